@@ -1,0 +1,3 @@
+from hospes.cli import main
+
+main()

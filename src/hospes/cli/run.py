@@ -1,0 +1,91 @@
+"""``hospes run``: boot one domain in the foreground, console on the terminal."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from hospes.errors import HospesError
+
+EXIT_MARK = re.compile(rb"hospes-exit-status=(\d+)")
+
+
+class _ConsoleSink:
+    """Writes guest output to stdout and remembers what init reports."""
+
+    def __init__(self) -> None:
+        self.tail = b""
+        self.exit_status: int | None = None
+        self.first_userspace: float | None = None
+        self.t0 = time.monotonic()
+
+    def __call__(self, data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        self.tail = (self.tail + data)[-4096:]
+        if self.first_userspace is None and b"hospes: userspace up" in self.tail:
+            self.first_userspace = time.monotonic() - self.t0
+        m = EXIT_MARK.search(self.tail)
+        if m:
+            self.exit_status = int(m.group(1))
+
+
+def register(group: click.Group) -> None:
+    @group.command("run", context_settings={"ignore_unknown_options": False})
+    @click.option("--kernel", type=click.Path(path_type=Path), help="PV kernel (bzImage or ELF); default: Debian's cloud kernel.")
+    @click.option("--ramdisk", type=click.Path(path_type=Path), help="Initrd; default: Hospes' busybox initramfs (only with the default kernel).")
+    @click.option("--cmdline", default=None, help="Kernel command line.")
+    @click.option("--memory", "memory", default=256, show_default=True, type=int, help="Memory in MiB.")
+    @click.option("--stats", is_flag=True, help="Print exit counts by kind when the guest stops.")
+    @click.argument("command", nargs=-1)
+    def run(kernel: Path | None, ramdisk: Path | None, cmdline: str | None, memory: int, stats: bool,
+            command: tuple[str, ...]) -> None:
+        """Boot a domain; with `-- CMD ARGS...` run CMD in the guest and exit with its status."""
+        from hospes.domain import Domain, DomainConfig
+
+        if kernel is None:
+            from hospes.images import ensure_default_images
+
+            images = ensure_default_images(log=lambda m: click.echo(m, err=True))
+            kernel = images.kernel
+            if ramdisk is None:
+                ramdisk = images.initramfs
+        if cmdline is None:
+            cmdline = "console=hvc0 quiet" if ramdisk is not None else ""
+        if command:
+            from hospes.images import encode_command
+
+            cmdline = f"{cmdline} {encode_command(list(command))}".strip()
+        if ramdisk is not None and not Path(ramdisk).exists():
+            raise HospesError(f"Ramdisk {ramdisk} does not exist; check the path or run `hospes image`.")
+        sink = _ConsoleSink()
+        dom = Domain(DomainConfig(kernel=kernel, ramdisk=ramdisk, cmdline=cmdline, memory_mib=memory),
+                     console_out=sink)
+        try:
+            result = dom.run()
+        finally:
+            dom.close()
+        elapsed = time.monotonic() - sink.t0
+        if stats:
+            click.echo(f"\n[hospes] {result.reason} after {elapsed:.2f} s"
+                       + (f", first userspace line at {sink.first_userspace:.2f} s" if sink.first_userspace else ""),
+                       err=True)
+            for key, n in sorted(result.stats.items(), key=lambda kv: -kv[1]):
+                click.echo(f"[hospes]   {key:24} {n}", err=True)
+        if result.reason == "crash":
+            click.echo(f"\nhospes: the guest crashed: {result.message}", err=True)
+            sys.exit(3)
+        if command:
+            if sink.exit_status is None:
+                click.echo("hospes: the guest stopped without reporting the command's exit status", err=True)
+                sys.exit(4)
+            sys.exit(sink.exit_status)
+        sys.exit(0)
+
+
+__all__ = ["register", "os"]

@@ -1,0 +1,338 @@
+"""A Domain: one KVM VM, its PV state and its in-process backends.
+
+Lifecycle: ``Domain(config)`` builds everything (memory, trampoline, kernel,
+start_info, xenstore, console) -> ``run()`` starts the vCPU threads and serves
+the console until the guest shuts down or crashes -> ``close()``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import sys
+import threading
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from hospes.devices.console import ConsoleBackend
+from hospes.errors import HospesError
+from hospes.kvm import Kvm
+from hospes.machine.memory import PAGE_SIZE, GuestMemory
+from hospes.pv import abi
+from hospes.pv import layout as L
+from hospes.pv.builder import build_domain, hypercall_page_bytes
+from hospes.pv.cpuid import CpuidPolicy
+from hospes.pv.errors import Errno
+from hospes.pv.evtchn import EventChannels
+from hospes.pv.guestvirt import GuestVirt
+from hospes.pv.hypercalls import build_table
+from hospes.pv.image.kernel import load_pv_kernel
+from hospes.pv.mmu import PvMmu
+from hospes.pv.msr import MsrEmulator
+from hospes.pv.store import Store
+from hospes.pv.store.connection import RingConnection
+from hospes.pv.time import Clock, Timers
+from hospes.pv.trampoline import Trampoline
+from hospes.pv.vcpu import PvVcpu
+
+MIN_MEMORY_MIB = 16
+MAX_MEMORY_MIB = 64 * 1024
+
+
+class DomainError(HospesError):
+    """The domain could not be created or run."""
+
+
+@dataclass
+class DomainConfig:
+    kernel: Path
+    ramdisk: Path | None = None
+    cmdline: str = ""
+    memory_mib: int = 256
+    vcpus: int = 1
+    name: str = "guest"
+    domid: int = 1
+
+
+@dataclass
+class ShutdownResult:
+    reason: str            # poweroff, reboot, crash, ...
+    message: str = ""
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+SHUTDOWN_NAMES = {0: "poweroff", 1: "reboot", 2: "suspend", 3: "crash", 4: "watchdog", 5: "soft_reset"}
+
+
+class _Backend:
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.notify = fn
+
+
+class Domain:
+    """A running PV domain inside this process."""
+
+    kick_signal = signal.SIGUSR1
+
+    def __init__(self, config: DomainConfig, console_out: Callable[[bytes], None] | None = None) -> None:
+        if not MIN_MEMORY_MIB <= config.memory_mib <= MAX_MEMORY_MIB:
+            raise DomainError(
+                f"Memory size {config.memory_mib} MiB is out of range: give between {MIN_MEMORY_MIB} and "
+                f"{MAX_MEMORY_MIB} MiB."
+            )
+        if not 1 <= config.vcpus <= 1:
+            raise DomainError("Only one vCPU per domain is supported so far; use --vcpus 1.")
+        self.config = config
+        self.domid = config.domid
+        self.uuid = uuidlib.uuid4()
+        self.cmdline = config.cmdline
+        self.console_out = console_out or (lambda b: (sys.stdout.buffer.write(b), sys.stdout.buffer.flush()))
+        kernel = load_pv_kernel(config.kernel)
+        initrd = None
+        if config.ramdisk is not None:
+            try:
+                initrd = Path(config.ramdisk).read_bytes()
+            except OSError as e:
+                raise DomainError(f"Cannot read the ramdisk {config.ramdisk}: {e.strerror}; check the path.") from e
+        self.layout = L.Layout(ram_pages=config.memory_mib * 256, nr_vcpus=config.vcpus)
+        lay = self.layout
+        self.mem = GuestMemory([
+            ("ram", lay.ram_bytes), ("xen", L.XEN_FRAMES * PAGE_SIZE), ("hv", lay.hv_pages * PAGE_SIZE)
+        ])
+        self.trampoline = Trampoline(self.mem, lay)
+        self.virt = GuestVirt(self.mem, lay.guest_frames)
+        self.mmu = PvMmu(self.mem, lay.ram_pages, lay.guest_frames, self.trampoline.l4_entries)
+        self.msrs = MsrEmulator()
+        self.hypercall_table = build_table()
+        self.vm_assist: set[int] = set()
+        self.grant_frames = 0
+        self.ldt_supported = False
+        self.shutdown_code: int | None = None
+        self.stopping = False
+        self.result: ShutdownResult | None = None
+        self._done = threading.Event()
+
+        self.kvm = Kvm()
+        self.vm = self.kvm.create_vm()
+        self.vm.set_user_memory_region(0, 0, lay.ram_bytes, self.mem.host_addr)
+        self.vm.set_user_memory_region(1, lay.ram_bytes, self.mem.size - lay.ram_bytes,
+                                       self.mem.host_addr + lay.ram_bytes)
+        self.cpuid = CpuidPolicy(self.kvm.supported_cpuid())
+
+        # Events, console and store.
+        self.vcpus: list[PvVcpu] = []
+        self.evtchn = EventChannels(
+            self.mem.addr(lay.shared_info_gpa, PAGE_SIZE), config.vcpus,
+            lambda v: self.mem.host_addr + self.vcpus[v].vcpu_info_gpa,
+            lambda v: self.vcpus[v].kick(), self.domid,
+        )
+        self._console_lock = threading.Lock()
+        self._store_lock = threading.Lock()
+        self.console_port = self.evtchn.alloc_backend_port(_Backend(self._console_event))
+        self.store_port = self.evtchn.alloc_backend_port(_Backend(self._store_event))
+        shared = self.mem.view(lay.shared_info_gpa, PAGE_SIZE)
+        for v in range(32):
+            shared[64 * v + 1] = 1  # evtchn_upcall_mask
+
+        self.boot = build_domain(
+            self.mem, lay.ram_pages, kernel, initrd, config.cmdline, lay.shared_info_gpa,
+            self.store_port, self.console_port, self.trampoline.l4_entries, hypercall_page_bytes(),
+        )
+        for frame, level in self.boot.page_table_frames:
+            self.mmu.level[frame] = level
+        self.mmu.pinned.add(self.boot.l4_gpa >> 12)
+        self.console = ConsoleBackend(self.mem.view(self.boot.console_gpa, PAGE_SIZE),
+                                      lambda: self.evtchn.notify_backend_port(self.console_port))
+        self.store = Store()
+        from hospes.pv.store import populate_domain
+
+        populate_domain(self.store, self.domid, config.name, str(self.uuid), config.vcpus,
+                        config.memory_mib * 1024)
+        self.store_conn = RingConnection(self.store, self.domid, self.mem.view(self.boot.store_gpa, PAGE_SIZE),
+                                         lambda: self.evtchn.notify_backend_port(self.store_port))
+
+        for v in range(config.vcpus):
+            kv = self.vm.create_vcpu(v)
+            pv = PvVcpu(self, v, kv, self.trampoline.vcpus[v])
+            self.vcpus.append(pv)
+        bsp = self.vcpus[0]
+        bsp.kernel_cr3 = self.boot.l4_gpa
+        bsp.kernel_sp = self.boot.stack_top
+        entries = self.cpuid.kvm_entries()
+        for pv in self.vcpus:
+            pv.setup_cpu(entries)
+        bsp.set_entry_state(self.boot.entry, self.boot.stack_top, self.boot.start_info_va)
+        bsp.online = True
+        bsp.initialised = True
+
+        self.clock = Clock(bsp.kvm.get_tsc_khz(), lambda: bsp.kvm.get_msrs([0x10])[0x10])
+        self._publish_time()
+        self.timers = Timers(self.clock, config.vcpus, self._timer_fired)
+
+    # --- time ---------------------------------------------------------------------
+
+    def _publish_time(self) -> None:
+        lay = self.layout
+        for pv in self.vcpus:
+            for gpa in {pv.vcpu_info_gpa, lay.shared_info_gpa + 64 * pv.id}:
+                self.mem.write(gpa + 0x20, self.clock.time_info(1))
+                self.mem.write(gpa + 0x20, self.clock.time_info(2))
+        sec, nsec = self.clock.wallclock()
+        base = lay.shared_info_gpa + 0xC00
+        self.mem.write(base, struct.pack("<III", 1, sec & 0xFFFFFFFF, nsec))
+        self.mem.write(base + 12, struct.pack("<I", sec >> 32))
+        self.mem.write(base, struct.pack("<I", 2))
+
+    def _timer_fired(self, v: int) -> None:
+        self.evtchn.raise_virq(abi.VIRQ_TIMER, v)
+        self.vcpus[v].kick()
+
+    # --- scheduling -----------------------------------------------------------------
+
+    def block(self, vcpu: PvVcpu) -> None:
+        with vcpu.wake:
+            vcpu.blocked = True
+            while not self.stopping and not vcpu.upcall_deliverable():
+                vcpu.wake.wait(0.05)
+                self._service_console()
+            vcpu.blocked = False
+
+    def poll(self, vcpu: PvVcpu, ports: Sequence[int], timeout: int) -> None:
+        with vcpu.wake:
+            while not self.stopping:
+                if vcpu.upcall_deliverable() or self.evtchn.poll_ready(vcpu.id, ports):
+                    return
+                if timeout and self.clock.now() >= timeout:
+                    return
+                wait = 0.05 if not timeout else max(0.0, min(0.05, (timeout - self.clock.now()) / 1e9))
+                vcpu.wake.wait(wait)
+
+    def on_yield(self, vcpu: PvVcpu) -> None:
+        self._service_console()
+
+    def rekick(self, vcpu: PvVcpu) -> None:
+        threading.Timer(0.0002, vcpu.kick).start()
+
+    def flush_others(self, vcpu: PvVcpu) -> None:
+        vcpu.request_flush()
+
+    # --- backends ----------------------------------------------------------------------
+
+    def console_write(self, data: bytes) -> None:
+        with self._console_lock:
+            self.console_out(data)
+
+    def _service_console(self) -> None:
+        with self._console_lock:
+            out = self.console.drain_output()
+            if out:
+                self.console_out(out)
+
+    def _console_event(self) -> None:
+        self._service_console()
+
+    def _store_event(self) -> None:
+        with self._store_lock:
+            self.store_conn.service()
+
+    def on_unbound_port(self, port: int, remote: int) -> None:
+        pass
+
+    # --- vCPU state helpers ---------------------------------------------------------
+
+    def descriptor_base(self, vcpu: PvVcpu, selector: int) -> int:
+        index = selector >> 3
+        if selector & 4 or index == 0 or index >= vcpu.gdt_ents:
+            return 0
+        frame = vcpu.gdt_frames[index // 512]
+        d = self.mem.read_u64((frame << 12) + (index % 512) * 8)
+        return ((d >> 16) & 0xFFFFFF) | (((d >> 56) & 0xFF) << 24)
+
+    def runstate_bytes(self, vcpu: PvVcpu) -> bytes:
+        now = self.clock.now()
+        return struct.pack("<iIQQQQQ", 0, 0, now, now, 0, 0, 0)
+
+    def write_runstate(self, vcpu: PvVcpu) -> None:
+        if vcpu.runstate_va:
+            try:
+                vcpu.write(vcpu.runstate_va, self.runstate_bytes(vcpu))
+            except HospesError:
+                pass
+
+    def move_vcpu_info(self, vcpu: PvVcpu, gpa: int) -> None:
+        old = self.mem.read(vcpu.vcpu_info_gpa, 64)
+        self.mem.write(gpa, old)
+        vcpu.vcpu_info_gpa = gpa
+        vcpu.vcpu_info_registered = True
+
+    def initialise_vcpu(self, target: PvVcpu, arg: int, caller: PvVcpu) -> int:
+        return -Errno.ENOSYS
+
+    def start_vcpu(self, target: PvVcpu) -> None:
+        target.online = True
+
+    def stop_vcpu(self, target: PvVcpu) -> None:
+        target.online = False
+
+    def port_read(self, port: int, size: int) -> int:
+        return (1 << (8 * size)) - 1
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def shutdown(self, reason: int, vcpu: PvVcpu | None = None) -> None:
+        self._service_console()
+        self._finish(ShutdownResult(SHUTDOWN_NAMES.get(reason, str(reason))))
+
+    def crash(self, vcpu: PvVcpu, message: str) -> None:
+        self._service_console()
+        text = f"vCPU {vcpu.id}: {message}\n{vcpu.register_dump()}"
+        self._finish(ShutdownResult("crash", text))
+
+    def _finish(self, result: ShutdownResult) -> None:
+        if self.result is None:
+            self.result = result
+        self.stopping = True
+        self._done.set()
+        for pv in self.vcpus:
+            pv.kick()
+
+    def run(self) -> ShutdownResult:
+        """Run until the guest powers off, reboots or crashes."""
+        old = signal.signal(self.kick_signal, lambda *_: None)
+        try:
+            self.timers.start()
+            for pv in self.vcpus:
+                t = threading.Thread(target=pv.loop, name=f"vcpu{pv.id}", daemon=True)
+                pv.thread = t
+                t.start()
+            while not self._done.wait(0.05):
+                self._service_console()
+                with self._store_lock:
+                    self.store_conn.service()
+            for pv in self.vcpus:
+                if pv.thread is not None:
+                    pv.thread.join(2)
+        finally:
+            self.timers.stop()
+            signal.signal(self.kick_signal, old)
+        self._service_console()
+        assert self.result is not None
+        stats: dict[str, int] = {}
+        for pv in self.vcpus:
+            for k, n in pv.stats.items():
+                stats[k] = stats.get(k, 0) + n
+        self.result.stats = stats
+        return self.result
+
+    def close(self) -> None:
+        for pv in self.vcpus:
+            pv.kvm.close()
+        self.vm.close()
+        self.kvm.close()
+
+
+__all__ = ["Domain", "DomainConfig", "DomainError", "ShutdownResult", "os"]

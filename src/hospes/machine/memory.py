@@ -1,0 +1,145 @@
+"""Guest memory: memfd-backed RAM and hypervisor pages, mapped into KVM slots.
+
+One memfd holds every guest-physical byte of a domain, in regions that are
+contiguous in guest-physical space and in the memfd. The VMM maps the memfd
+once; every access from Python goes through :meth:`GuestMemory.view` or the
+typed helpers, which check bounds against the region table, so nothing a guest
+passes (a frame number, a length, an address) can make Hospes touch memory
+that is not this domain's.
+
+Why a memfd rather than anonymous memory: it gives a file descriptor that a
+later save/restore or migration can hand to another process, and it lets the
+RAM slot be registered with dirty logging independently of the hypervisor
+pages.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+
+from hospes.errors import HospesError
+
+PAGE_SIZE = 4096
+PAGE_SHIFT = 12
+
+
+class MemoryError_(HospesError):
+    """A guest-physical access fell outside the domain's memory."""
+
+
+class GuestFault(HospesError):
+    """A guest-virtual access could not be translated (the guest sees -EFAULT)."""
+
+    def __init__(self, va: int, reason: str) -> None:
+        super().__init__(f"Guest address {va:#x} is not accessible: {reason}")
+        self.va = va
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Region:
+    """A named, page-aligned range of guest-physical memory."""
+
+    name: str
+    gpa: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.size
+
+    def contains(self, gpa: int, length: int = 1) -> bool:
+        return self.gpa <= gpa and gpa + length <= self.end
+
+
+class GuestMemory:
+    """All guest-physical memory of one domain.
+
+    Regions are laid out back to back from guest-physical 0 (RAM first), so a
+    guest-physical address is also an offset into the memfd and into the
+    host mapping; holes between regions are not allowed.
+    """
+
+    def __init__(self, regions: list[tuple[str, int]], name: str = "hospes-guest") -> None:
+        gpa = 0
+        self.regions: dict[str, Region] = {}
+        for rname, size in regions:
+            if size <= 0 or size % PAGE_SIZE:
+                raise MemoryError_(f"Region {rname} size {size:#x} is not a positive multiple of 4 KiB")
+            self.regions[rname] = Region(rname, gpa, size)
+            gpa += size
+        self.size = gpa
+        self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self.fd, self.size)
+            self.mm = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as e:
+            os.close(self.fd)
+            raise MemoryError_(f"Cannot allocate {self.size >> 20} MiB of guest memory: {e.strerror}") from e
+        self.buf = memoryview(self.mm)
+        self.q = self.buf.cast("Q")
+        self.host_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.mm))
+
+    def region(self, name: str) -> Region:
+        return self.regions[name]
+
+    # --- bounds-checked access -------------------------------------------------
+
+    def check(self, gpa: int, length: int) -> None:
+        if gpa < 0 or length < 0 or gpa + length > self.size:
+            raise MemoryError_(f"Guest-physical range {gpa:#x}+{length:#x} is outside the domain's memory")
+
+    def view(self, gpa: int, length: int) -> memoryview:
+        self.check(gpa, length)
+        return self.buf[gpa:gpa + length]
+
+    def read(self, gpa: int, length: int) -> bytes:
+        self.check(gpa, length)
+        return self.mm[gpa:gpa + length]
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        self.check(gpa, len(data))
+        self.buf[gpa:gpa + len(data)] = data
+
+    def read_u64(self, gpa: int) -> int:
+        if gpa & 7 or gpa < 0 or gpa + 8 > self.size:
+            self.check(gpa, 8)
+            return int(struct.unpack_from("<Q", self.mm, gpa)[0])
+        return int(self.q[gpa >> 3])
+
+    def write_u64(self, gpa: int, value: int) -> None:
+        if gpa & 7 or gpa < 0 or gpa + 8 > self.size:
+            self.check(gpa, 8)
+            struct.pack_into("<Q", self.mm, gpa, value)
+            return
+        self.q[gpa >> 3] = value
+
+    def read_u32(self, gpa: int) -> int:
+        self.check(gpa, 4)
+        return int(struct.unpack_from("<I", self.mm, gpa)[0])
+
+    def write_u32(self, gpa: int, value: int) -> None:
+        self.check(gpa, 4)
+        struct.pack_into("<I", self.mm, gpa, value)
+
+    def addr(self, gpa: int, length: int = 1) -> int:
+        """Host virtual address of a guest-physical byte (for atomics)."""
+        self.check(gpa, length)
+        return self.host_addr + gpa
+
+    def zero(self, gpa: int, length: int) -> None:
+        self.check(gpa, length)
+        self.buf[gpa:gpa + length] = bytes(length)
+
+    def close(self) -> None:
+        try:
+            self.q.release()
+            self.buf.release()
+            self.mm.close()
+        except (BufferError, ValueError):
+            pass  # a live export (ctypes view) keeps the mapping until process exit
+        os.close(self.fd)

@@ -1,0 +1,337 @@
+"""Exceptions Hospes handles itself instead of bouncing (pv-abi.md §7, §8.4).
+
+* #GP(0) from privileged instructions a PV kernel still executes: rdmsr/wrmsr,
+  mov from/to CR0/CR4, in/out (answered as an empty bus), cli/sti/wbinvd/clts,
+  and native ``cpuid`` under CPUID faulting.
+* #GP from ``int n`` through a DPL-0 gate, and #UD from ``int $0x80`` (PVM
+  raises #UD for DPL-3 software interrupts): delivered as software interrupts
+  when the guest's trap table allows.
+* #UD at Xen's forced-emulation prefix ``ud2; "xen"; cpuid``.
+* #PF writes to the guest's own read-only page tables: the instruction is
+  decoded with Capstone, the new entry validated and written from inside the
+  VM, and the instruction skipped (Xen's ptwr emulation).
+Everything else is reflected to the guest by the caller.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import capstone
+from capstone import x86_const as X
+
+from hospes.machine.memory import GuestFault
+from hospes.pv import abi
+from hospes.pv.errors import XenError
+
+if TYPE_CHECKING:
+    from hospes.pv.vcpu import PvVcpu
+
+FORCED_CPUID = b"\x0f\x0bxen\x0f\xa2"
+_md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+_md.detail = True
+
+MSR_PAT_VALUE = 0x0000050100070406
+
+
+def _fetch(vcpu: "PvVcpu", rip: int, size: int = 16) -> bytes:
+    cr3 = vcpu.kernel_cr3 if vcpu.kernel_mode else vcpu.user_cr3
+    out = b""
+    for i in range(size):
+        try:
+            out += vcpu.virt.read(cr3, rip + i, 1)
+        except GuestFault:
+            break
+    return out
+
+
+def handle_exception(vcpu: "PvVcpu", vec: int, err: int) -> bool:
+    if vec == 14:
+        handle_page_fault(vcpu, err)
+        return True
+    if vec == 13:
+        if err == 0:
+            return _privileged(vcpu)
+        if err & 2:  # IDT vector: software interrupt through a DPL-0 gate
+            return _soft_int(vcpu, err >> 3, length=2)
+        return False
+    if vec == 6:
+        code = _fetch(vcpu, vcpu.t_rip, 7)
+        if code == FORCED_CPUID:
+            _cpuid(vcpu)
+            vcpu.t_rip += 7
+            return True
+        if len(code) >= 2 and code[0] == 0xCD:
+            return _soft_int(vcpu, code[1], length=2)
+        return False
+    return False
+
+
+def _soft_int(vcpu: "PvVcpu", vector: int, length: int) -> bool:
+    entry = vcpu.trap_table.get(vector)
+    if entry is None or entry[1] == 0:
+        return False
+    dpl = entry[0] & 3
+    if dpl == 0 or (not vcpu.kernel_mode and dpl != 3):
+        return False
+    vcpu.t_rip += length
+    vcpu.bounce(entry[1], None, mask_events=bool(entry[0] & 4))
+    return True
+
+
+def _cpuid(vcpu: "PvVcpu") -> None:
+    regs = vcpu.regs
+    a, b, c, d = vcpu.domain.cpuid.lookup(regs.rax & 0xFFFFFFFF, regs.rcx & 0xFFFFFFFF)
+    if (regs.rax & 0xFFFFFFFF) == 1 and vcpu.cr4 & (1 << 18):
+        c |= 1 << 27
+    regs.rax, regs.rbx, regs.rcx, regs.rdx = a, b, c, d
+
+
+def _privileged(vcpu: "PvVcpu") -> bool:
+    code = _fetch(vcpu, vcpu.t_rip)
+    if not code:
+        return False
+    regs = vcpu.regs
+    kernel = vcpu.kernel_mode
+    # Skip legacy prefixes we tolerate (operand size, rep) for in/out.
+    i = 0
+    while i < len(code) and code[i] in (0x66, 0xF3, 0xF2):
+        i += 1
+    op = code[i:]
+    if op[:2] == b"\x0f\xa2":                          # cpuid under CPUID faulting
+        _cpuid(vcpu)
+        vcpu.t_rip += i + 2
+        return True
+    if not kernel:
+        if op and op[0] in (0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF) and vcpu.iopl >= 3:
+            return _port_io(vcpu, op, i)
+        return False
+    if op[:2] == b"\x0f\x32":                          # rdmsr
+        value = vcpu.domain.msrs.read(vcpu, regs.rcx & 0xFFFFFFFF)
+        if value is None:
+            return False
+        regs.rax = value & 0xFFFFFFFF
+        regs.rdx = value >> 32
+        vcpu.t_rip += i + 2
+        return True
+    if op[:2] == b"\x0f\x30":                          # wrmsr
+        value = (regs.rax & 0xFFFFFFFF) | ((regs.rdx & 0xFFFFFFFF) << 32)
+        if not vcpu.domain.msrs.write(vcpu, regs.rcx & 0xFFFFFFFF, value):
+            return False
+        vcpu.t_rip += i + 2
+        return True
+    if op[:2] in (b"\x0f\x20", b"\x0f\x22") or (len(op) >= 3 and op[0] & 0xF0 == 0x40 and op[1:3] in (b"\x0f\x20", b"\x0f\x22")):
+        return _mov_cr(vcpu, code, i)
+    if op[:1] in (b"\xfa", b"\xfb"):                    # cli / sti: no-ops (Xen)
+        vcpu.t_rip += i + 1
+        return True
+    if op[:2] in (b"\x0f\x09", b"\x0f\x06", b"\x0f\x08"):  # wbinvd / clts / invd
+        if op[1] == 0x06:
+            vcpu.cr0_ts = False
+        vcpu.t_rip += i + 2
+        return True
+    if op and op[0] in (0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF):
+        if vcpu.iopl < 1:
+            return False
+        return _port_io(vcpu, op, i)
+    if op and op[0] in (0x6C, 0x6D, 0x6E, 0x6F):       # ins/outs: skip (empty bus)
+        vcpu.t_rip += i + 1
+        return True
+    if op[:1] == b"\xf4":                               # hlt: behave like SCHEDOP_block
+        vcpu.t_rip += i + 1
+        vcpu.domain.block(vcpu)
+        return True
+    return False
+
+
+def _port_io(vcpu: "PvVcpu", op: bytes, prefix_len: int) -> bool:
+    """No devices on the I/O bus: reads return all-ones, writes are dropped."""
+    regs = vcpu.regs
+    opcode = op[0]
+    length = 2 if opcode in (0xE4, 0xE5, 0xE6, 0xE7) else 1
+    port = op[1] if length == 2 else regs.rdx & 0xFFFF
+    size = 1 if opcode in (0xE4, 0xE6, 0xEC, 0xEE) else (2 if prefix_len and 0x66 in op[:0] else 4)
+    if opcode in (0xE4, 0xE5, 0xEC, 0xED):  # in
+        value = vcpu.domain.port_read(port, size)
+        if size == 1:
+            regs.rax = (regs.rax & ~0xFF) | (value & 0xFF)
+        else:
+            regs.rax = (regs.rax & ~0xFFFFFFFF) | (value & 0xFFFFFFFF) if size == 4 else (regs.rax & ~0xFFFF) | (value & 0xFFFF)
+    vcpu.t_rip += prefix_len + length
+    return True
+
+
+_CR_REGS = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi"]
+
+
+def _gpr_name(n: int) -> str:
+    return _CR_REGS[n] if n < 8 else f"r{n}"
+
+
+def _mov_cr(vcpu: "PvVcpu", code: bytes, start: int) -> bool:
+    i = start
+    rex = 0
+    if code[i] & 0xF0 == 0x40:
+        rex = code[i]
+        i += 1
+    to_cr = code[i + 1] == 0x22
+    modrm = code[i + 2]
+    cr = ((modrm >> 3) & 7) | (8 if rex & 4 else 0)
+    reg = (modrm & 7) | (8 if rex & 1 else 0)
+    regs = vcpu.regs
+    name = _gpr_name(reg)
+    if not to_cr:
+        if cr == 0:
+            value = 0x80050033 | (8 if vcpu.cr0_ts else 0)
+        elif cr == 4:
+            value = vcpu.cr4
+        elif cr == 2:
+            value = vcpu.mem.read_u64(vcpu.vcpu_info_gpa + 0x10)
+        elif cr == 3:
+            value = vcpu.kernel_cr3
+        else:
+            return False
+        if name == "rsp":
+            vcpu.t_rsp = value
+        else:
+            setattr(regs, name, value)
+    else:
+        value = vcpu.t_rsp if name == "rsp" else getattr(regs, name)
+        if cr == 0:
+            vcpu.cr0_ts = bool(value & 8)
+        elif cr == 4:
+            # Guest-controllable: TSD, DE, FSGSBASE-less; keep the fixed bits.
+            vcpu.cr4 = 0x620 | (value & ((1 << 2) | (1 << 3)))
+        else:
+            return False
+    vcpu.t_rip += i + 3 - start + start
+    return True
+
+
+# --- page faults and ptwr ---------------------------------------------------------
+
+def handle_page_fault(vcpu: "PvVcpu", err: int) -> None:
+    cr2 = vcpu.sregs.cr2
+    if vcpu.kernel_mode and err & 3 == 3 and _ptwr(vcpu, cr2):
+        vcpu.count("ptwr")
+        return
+    if vcpu.kernel_mode:
+        err &= ~4  # hardware reports U=1: the guest kernel runs at CPL 3
+    vcpu.bounce_exception(14, err, cr2=cr2)
+
+
+def _ptwr(vcpu: "PvVcpu", cr2: int) -> bool:
+    mmu = vcpu.domain.mmu
+    try:
+        gpa = vcpu.virt.translate(vcpu.kernel_cr3, cr2)
+    except GuestFault:
+        return False
+    if not mmu.is_page_table(gpa >> 12):
+        return False
+    code = _fetch(vcpu, vcpu.t_rip)
+    try:
+        insn = next(_md.disasm(code, vcpu.t_rip, 1))
+    except StopIteration:
+        return False
+    slot = gpa & ~7
+    old = vcpu.mem.read_u64(slot)
+    result = _emulate_rmw(vcpu, insn, old, (gpa & 7) * 8)
+    if result is None:
+        return False
+    new, writeback = result
+    level = mmu.level[slot >> 12]
+    with mmu.lock:
+        try:
+            mmu.update_entry(vcpu, slot, new)
+        except XenError:
+            return False
+    writeback()
+    vcpu.t_rip += insn.size
+    return True
+
+
+_REG_CACHE: dict[int, tuple[str, int, int]] = {}
+
+
+def _reg(vcpu: "PvVcpu", reg: int) -> tuple[str, int, int]:
+    """(64-bit register name, shift, width) of a Capstone register id."""
+    name = _md.reg_name(reg)
+    base = {
+        "al": ("rax", 0, 8), "ah": ("rax", 8, 8), "ax": ("rax", 0, 16), "eax": ("rax", 0, 32), "rax": ("rax", 0, 64),
+        "bl": ("rbx", 0, 8), "bh": ("rbx", 8, 8), "bx": ("rbx", 0, 16), "ebx": ("rbx", 0, 32), "rbx": ("rbx", 0, 64),
+        "cl": ("rcx", 0, 8), "ch": ("rcx", 8, 8), "cx": ("rcx", 0, 16), "ecx": ("rcx", 0, 32), "rcx": ("rcx", 0, 64),
+        "dl": ("rdx", 0, 8), "dh": ("rdx", 8, 8), "dx": ("rdx", 0, 16), "edx": ("rdx", 0, 32), "rdx": ("rdx", 0, 64),
+        "sil": ("rsi", 0, 8), "si": ("rsi", 0, 16), "esi": ("rsi", 0, 32), "rsi": ("rsi", 0, 64),
+        "dil": ("rdi", 0, 8), "di": ("rdi", 0, 16), "edi": ("rdi", 0, 32), "rdi": ("rdi", 0, 64),
+        "bpl": ("rbp", 0, 8), "bp": ("rbp", 0, 16), "ebp": ("rbp", 0, 32), "rbp": ("rbp", 0, 64),
+    }.get(name)
+    if base:
+        return base
+    if name.startswith("r"):
+        num = name[1:].rstrip("bwd")
+        width = {"b": 8, "w": 16, "d": 32}.get(name[-1], 64) if not name[-1].isdigit() else 64
+        return (f"r{num}", 0, width)
+    raise KeyError(name)
+
+
+def _get(vcpu: "PvVcpu", reg: int) -> int:
+    n, shift, width = _reg(vcpu, reg)
+    return (getattr(vcpu.regs, n) >> shift) & ((1 << width) - 1)
+
+
+def _set(vcpu: "PvVcpu", reg: int, value: int) -> None:
+    n, shift, width = _reg(vcpu, reg)
+    mask = ((1 << width) - 1) << shift
+    cur = getattr(vcpu.regs, n)
+    if width == 32:
+        setattr(vcpu.regs, n, value & 0xFFFFFFFF)  # 32-bit writes zero-extend
+    else:
+        setattr(vcpu.regs, n, (cur & ~mask) | ((value << shift) & mask))
+
+
+def _emulate_rmw(vcpu: "PvVcpu", insn, old: int, bit_off: int):
+    """New 64-bit slot value for a write instruction, and a callback for its side effects."""
+    ops = insn.operands
+    if not ops or ops[0].type != X.X86_OP_MEM:
+        return None
+    size = ops[0].size * 8
+    mask = ((1 << size) - 1) << bit_off
+    cur = (old & mask) >> bit_off
+    m = insn.id
+    src = None
+    if len(ops) > 1:
+        src = _get(vcpu, ops[1].reg) if ops[1].type == X.X86_OP_REG else ops[1].imm & ((1 << size) - 1)
+
+    def merge(v: int) -> int:
+        return (old & ~mask) | ((v << bit_off) & mask)
+
+    nothing = lambda: None  # noqa: E731
+    if m == X.X86_INS_MOV and src is not None:
+        return merge(src), nothing
+    if m == X.X86_INS_XCHG and ops[1].type == X.X86_OP_REG:
+        reg = ops[1].reg
+        return merge(src), lambda: _set(vcpu, reg, cur)
+    if m in (X.X86_INS_AND, X.X86_INS_OR, X.X86_INS_XOR) and src is not None:
+        v = {X.X86_INS_AND: cur & src, X.X86_INS_OR: cur | src, X.X86_INS_XOR: cur ^ src}[m]
+        return merge(v), nothing
+    if m in (X.X86_INS_BTR, X.X86_INS_BTS, X.X86_INS_BTC) and src is not None:
+        bit = src % size
+        was = (cur >> bit) & 1
+        v = {X.X86_INS_BTR: cur & ~(1 << bit), X.X86_INS_BTS: cur | (1 << bit), X.X86_INS_BTC: cur ^ (1 << bit)}[m]
+
+        def set_cf() -> None:
+            vcpu.t_rflags = (vcpu.t_rflags & ~1) | was
+        return merge(v), set_cf
+    if m == X.X86_INS_CMPXCHG and ops[1].type == X.X86_OP_REG:
+        acc = vcpu.regs.rax & ((1 << size) - 1)
+        if acc == cur:
+            return merge(src), lambda: setattr(vcpu, "t_rflags", vcpu.t_rflags | 0x40)
+
+        def fail() -> None:
+            vcpu.t_rflags &= ~0x40
+            _set(vcpu, {8: X.X86_REG_AL, 16: X.X86_REG_AX, 32: X.X86_REG_EAX, 64: X.X86_REG_RAX}[size], cur)
+        return old, fail
+    return None
+
+
+__all__ = ["handle_exception", "MSR_PAT_VALUE", "abi"]

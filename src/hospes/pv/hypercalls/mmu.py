@@ -1,0 +1,146 @@
+"""The PV MMU hypercalls: mmu_update (#1), update_va_mapping (#14), mmuext_op (#26).
+
+Decoding only; the rules live in :mod:`hospes.pv.mmu`. Every change is queued
+on the vCPU and applied by the in-VM writer when the hypercall returns, which
+also flushes the TLB (CR3 reload) — enough for the local vCPU. Flushes of
+other vCPUs are done by kicking them through the same path.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from hospes.pv.abi import Hypercall
+from hospes.pv.errors import Errno, XenError
+
+MMU_NORMAL_PT_UPDATE = 0
+MMU_MACHPHYS_UPDATE = 1
+MMU_PT_UPDATE_PRESERVE_AD = 2
+MAX_BATCH = 4096
+
+MMUEXT_PIN = {0: 1, 1: 2, 2: 3, 3: 4}
+MMUEXT_UNPIN_TABLE = 4
+MMUEXT_NEW_BASEPTR = 5
+MMUEXT_TLB_FLUSH_LOCAL = 6
+MMUEXT_INVLPG_LOCAL = 7
+MMUEXT_TLB_FLUSH_MULTI = 8
+MMUEXT_INVLPG_MULTI = 9
+MMUEXT_TLB_FLUSH_ALL = 10
+MMUEXT_INVLPG_ALL = 11
+MMUEXT_FLUSH_CACHE = 12
+MMUEXT_SET_LDT = 13
+MMUEXT_NEW_USER_BASEPTR = 15
+MMUEXT_FLUSH_CACHE_GLOBAL = 18
+
+
+def _done(vcpu, done_va: int, n: int) -> None:
+    if done_va:
+        vcpu.write(done_va, struct.pack("<I", n))
+
+
+def mmu_update(vcpu, req_va: int, count: int, done_va: int, foreigndom: int, *_: int) -> int:
+    count &= 0xFFFFFFFF
+    if count > MAX_BATCH:
+        return -Errno.EINVAL
+    if foreigndom & 0xFFFF not in (0x7FF0, vcpu.domain.domid):
+        return -Errno.ESRCH
+    mmu = vcpu.domain.mmu
+    data = vcpu.read(req_va, 16 * count)
+    done = 0
+    with mmu.lock:
+        try:
+            for i in range(count):
+                ptr, val = struct.unpack_from("<QQ", data, 16 * i)
+                cmd = ptr & 3
+                if cmd in (MMU_NORMAL_PT_UPDATE, MMU_PT_UPDATE_PRESERVE_AD):
+                    mmu.update_entry(vcpu, ptr & ~7, val, preserve_ad=cmd == MMU_PT_UPDATE_PRESERVE_AD)
+                elif cmd == MMU_MACHPHYS_UPDATE:
+                    if (ptr >> 12) >= vcpu.domain.layout.ram_pages or val != (ptr >> 12):
+                        raise XenError(Errno.EINVAL)  # identity p2m: only identity updates make sense
+                else:
+                    raise XenError(Errno.ENOSYS)
+                done += 1
+        finally:
+            _done(vcpu, done_va, done)
+    vcpu.domain.flush_others(vcpu)
+    return 0
+
+
+UVMF_FLUSHTYPE_MASK = 3
+UVMF_ALL = 4
+
+
+def update_va_mapping(vcpu, va: int, new_pte: int, flags: int, *_: int) -> int:
+    mmu = vcpu.domain.mmu
+    with mmu.lock:
+        pte_gpa = mmu.l1_entry_gpa(vcpu.kernel_cr3, va)
+        mmu.update_entry(vcpu, pte_gpa, new_pte)
+    if flags & UVMF_ALL or flags & ~7:
+        vcpu.domain.flush_others(vcpu)
+    return 0
+
+
+def mmuext_op(vcpu, ops_va: int, count: int, done_va: int, foreigndom: int, *_: int) -> int:
+    count &= 0xFFFFFFFF
+    if count > MAX_BATCH:
+        return -Errno.EINVAL
+    mmu = vcpu.domain.mmu
+    data = vcpu.read(ops_va, 24 * count)
+    done = 0
+    rc = 0
+    with mmu.lock:
+        try:
+            for i in range(count):
+                cmd, arg1, arg2 = struct.unpack_from("<I4xQQ", data, 24 * i)
+                _mmuext(vcpu, mmu, cmd, arg1, arg2)
+                done += 1
+        except XenError as e:
+            rc = -e.errno
+        finally:
+            _done(vcpu, done_va, done)
+    return rc
+
+
+def _mmuext(vcpu, mmu, cmd: int, arg1: int, arg2: int) -> None:
+    ram = vcpu.domain.layout.ram_pages
+    if cmd in MMUEXT_PIN:
+        if arg1 >= ram:
+            raise XenError(Errno.EINVAL)
+        mmu.pin(vcpu, arg1, MMUEXT_PIN[cmd])
+    elif cmd == MMUEXT_UNPIN_TABLE:
+        mmu.unpin(arg1)
+    elif cmd == MMUEXT_NEW_BASEPTR:
+        if arg1 >= ram:
+            raise XenError(Errno.EINVAL)
+        mmu.validate_table(arg1, 4, vcpu.writes)
+        vcpu.kernel_cr3 = arg1 << 12
+    elif cmd == MMUEXT_NEW_USER_BASEPTR:
+        if arg1 == 0:
+            vcpu.user_cr3 = 0
+            return
+        if arg1 >= ram:
+            raise XenError(Errno.EINVAL)
+        mmu.validate_table(arg1, 4, vcpu.writes)
+        vcpu.user_cr3 = arg1 << 12
+    elif cmd in (MMUEXT_TLB_FLUSH_LOCAL, MMUEXT_INVLPG_LOCAL):
+        vcpu.request_flush()
+    elif cmd in (MMUEXT_TLB_FLUSH_MULTI, MMUEXT_INVLPG_MULTI, MMUEXT_TLB_FLUSH_ALL, MMUEXT_INVLPG_ALL):
+        vcpu.request_flush()
+        vcpu.domain.flush_others(vcpu)
+    elif cmd in (MMUEXT_FLUSH_CACHE, MMUEXT_FLUSH_CACHE_GLOBAL):
+        pass
+    elif cmd == MMUEXT_SET_LDT:
+        if arg1 & 0xFFF or arg2 > 8192:
+            raise XenError(Errno.EINVAL)
+        if arg2 and not vcpu.domain.ldt_supported:
+            raise XenError(Errno.ENOSYS)
+        vcpu.ldt_base, vcpu.ldt_ents = arg1, arg2
+    else:
+        raise XenError(Errno.ENOSYS)
+
+
+HANDLERS = {
+    Hypercall.mmu_update: mmu_update,
+    Hypercall.update_va_mapping: update_va_mapping,
+    Hypercall.mmuext_op: mmuext_op,
+}

@@ -1,0 +1,25 @@
+"""multicall (#13): run a batch, writing each entry's result (pv-abi.md §5.2)."""
+
+from __future__ import annotations
+
+import struct
+
+from hospes.pv.abi import Hypercall
+from hospes.pv.errors import Errno
+
+ENTRY = 64
+MAX_ENTRIES = 1024
+
+
+def multicall(vcpu, list_va: int, nr: int, *_: int) -> int:
+    if nr > MAX_ENTRIES:
+        return -Errno.EINVAL
+    for i in range(nr):
+        va = list_va + i * ENTRY
+        op, _result, a1, a2, a3, a4, a5, _a6 = struct.unpack("<8Q", vcpu.read(va, ENTRY))
+        result = vcpu.call_hypercall(op, (a1, a2, a3, a4, a5))
+        vcpu.write(va + 8, struct.pack("<q", result))
+    return 0
+
+
+HANDLERS = {Hypercall.multicall: multicall}

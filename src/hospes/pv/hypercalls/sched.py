@@ -1,0 +1,68 @@
+"""sched_op (#29) and set_timer_op (#15): yielding, blocking, polling, shutdown."""
+
+from __future__ import annotations
+
+import struct
+import time
+
+from hospes.pv import abi
+from hospes.pv.abi import Hypercall
+from hospes.pv.errors import Errno, XenError
+
+SCHEDOP_yield = 0
+SCHEDOP_block = 1
+SCHEDOP_shutdown = 2
+SCHEDOP_poll = 3
+SCHEDOP_remote_shutdown = 4
+SCHEDOP_shutdown_code = 5
+SCHEDOP_watchdog = 6
+SCHEDOP_pin_override = 7
+MAX_POLL_PORTS = 128
+
+
+def sched_op(vcpu, cmd: int, arg: int, *_: int) -> int:
+    cmd &= 0xFFFFFFFF
+    dom = vcpu.domain
+    if cmd == SCHEDOP_yield:
+        dom.on_yield(vcpu)
+        time.sleep(0)
+        return 0
+    if cmd == SCHEDOP_block:
+        vcpu.upcall_mask = 0
+        dom.block(vcpu)
+        return 0
+    if cmd == SCHEDOP_shutdown:
+        (reason,) = struct.unpack("<I", vcpu.read(arg, 4))
+        if reason > abi.SHUTDOWN_soft_reset:
+            return -Errno.EINVAL
+        if reason == abi.SHUTDOWN_suspend:
+            return 1  # cancelled: suspend is not supported yet
+        dom.shutdown(reason, vcpu)
+        return 0
+    if cmd == SCHEDOP_shutdown_code:
+        (reason,) = struct.unpack("<I", vcpu.read(arg, 4))
+        dom.shutdown_code = reason
+        return 0
+    if cmd == SCHEDOP_poll:
+        ports_va, nr, timeout = struct.unpack("<QI4xQ", vcpu.read(arg, 24))
+        if nr > MAX_POLL_PORTS:
+            return -Errno.EINVAL
+        ports = struct.unpack(f"<{nr}I", vcpu.read(ports_va, 4 * nr)) if nr else ()
+        for p in ports:
+            if p >= 4096:
+                raise XenError(Errno.EINVAL)
+        dom.poll(vcpu, ports, timeout)
+        return 0
+    if cmd in (SCHEDOP_remote_shutdown, SCHEDOP_pin_override):
+        return -Errno.EPERM
+    if cmd == SCHEDOP_watchdog:
+        return -Errno.ENOSYS
+    return -Errno.ENOSYS
+
+
+def set_timer_op(vcpu, timeout: int, *_: int) -> int:
+    vcpu.domain.timers.set_singleshot(vcpu.id, timeout)
+    return 0
+
+
+HANDLERS = {Hypercall.sched_op: sched_op, Hypercall.set_timer_op: set_timer_op}

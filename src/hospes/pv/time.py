@@ -1,0 +1,118 @@
+"""Guest time: the pvclock records and the per-vCPU timers (pv-abi.md §2.7, §9.8).
+
+System time is host CLOCK_MONOTONIC minus the domain's start, in ns. The
+guest TSC runs natively; one (TSC, system time) pair sampled at start and the
+TSC frequency from KVM give Xen's scale factors, published in every vCPU's
+``vcpu_time_info``. Timers fire VIRQ_TIMER from one thread that sleeps until
+the earliest deadline.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+import threading
+import time
+from typing import Callable
+
+NS = 1_000_000_000
+
+
+def time_scale(hz: int) -> tuple[int, int]:
+    """Xen's set_time_scale: (mul, shift) with ns = ((tsc << shift) * mul) >> 32."""
+    shift = 0
+    tps = hz
+    while tps > 2 * NS:
+        tps >>= 1
+        shift -= 1
+    while tps <= NS:
+        tps <<= 1
+        shift += 1
+    mul = (NS << 32) // tps
+    return mul & 0xFFFFFFFF, shift
+
+
+class Clock:
+    def __init__(self, tsc_khz: int, read_tsc: Callable[[], int]) -> None:
+        self.tsc_hz = tsc_khz * 1000
+        self.mul, self.shift = time_scale(self.tsc_hz)
+        t0 = time.monotonic_ns()
+        tsc = read_tsc()
+        t1 = time.monotonic_ns()
+        self.base_ns = (t0 + t1) // 2
+        self.tsc0 = tsc
+        self.wall0 = time.time_ns() - (time.monotonic_ns() - self.base_ns)
+
+    def now(self) -> int:
+        return time.monotonic_ns() - self.base_ns
+
+    def guest_tsc(self) -> int:
+        return self.tsc0 + self.now() * self.tsc_hz // NS
+
+    def time_info(self, version: int) -> bytes:
+        # system_time 0 corresponds to tsc0.
+        return struct.pack("<IIQQIbBH", version, 0, self.tsc0, 0, self.mul, self.shift, 0, 0)
+
+    def wallclock(self) -> tuple[int, int]:
+        return self.wall0 // NS, self.wall0 % NS
+
+
+class Timers:
+    """Singleshot and periodic timers of every vCPU, on one thread."""
+
+    def __init__(self, clock: Clock, nr_vcpus: int, fire: Callable[[int], None]) -> None:
+        self.clock = clock
+        self.fire = fire
+        self.singleshot = [0] * nr_vcpus
+        self.periodic = [0] * nr_vcpus
+        self.next_periodic = [0] * nr_vcpus
+        self.cond = threading.Condition()
+        self.heap: list[tuple[int, int, str]] = []
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, name="timers", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+
+    def set_singleshot(self, vcpu: int, deadline: int, force: bool = False) -> None:
+        with self.cond:
+            self.singleshot[vcpu] = deadline
+            if deadline:
+                heapq.heappush(self.heap, (deadline, vcpu, "one"))
+                self.cond.notify()
+
+    def set_periodic(self, vcpu: int, period: int) -> None:
+        with self.cond:
+            self.periodic[vcpu] = period
+            if period:
+                self.next_periodic[vcpu] = self.clock.now() + period
+                heapq.heappush(self.heap, (self.next_periodic[vcpu], vcpu, "per"))
+                self.cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            due: list[int] = []
+            with self.cond:
+                if self.stopping:
+                    return
+                now = self.clock.now()
+                while self.heap and self.heap[0][0] <= now:
+                    deadline, v, kind = heapq.heappop(self.heap)
+                    if kind == "one" and self.singleshot[v] == deadline:
+                        self.singleshot[v] = 0
+                        due.append(v)
+                    elif kind == "per" and self.periodic[v] and self.next_periodic[v] == deadline:
+                        due.append(v)
+                        self.next_periodic[v] = deadline + self.periodic[v]
+                        heapq.heappush(self.heap, (self.next_periodic[v], v, "per"))
+                if not due:
+                    timeout = (self.heap[0][0] - now) / NS if self.heap else None
+                    self.cond.wait(timeout)
+                    continue
+            for v in due:
+                self.fire(v)

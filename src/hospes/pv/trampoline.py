@@ -1,0 +1,304 @@
+"""The ring-0 trampoline: what Hospes puts inside each KVM VM besides the guest.
+
+Xen runs in ring 0 above the guest; Hospes runs in a host process, so inside
+the VM it only needs a few pages that hand control to Python:
+
+* an IDT whose 256 gates lead to 16-byte stubs that push (error code, vector)
+  and leave the VM with ``out %al, $PORT_EXCEPTION``; Python reads the frame
+  from the ring-0 stack. Gates are DPL 0 except 3, 4 and 0x80, as in Xen, so
+  ``int n`` from the guest becomes #GP((n << 3) | 2).
+* the SYSCALL entry: one ``out %al, $PORT_SYSCALL`` on a *user-executable*
+  page whose port the TSS I/O bitmap lets through. On PVM hosts SYSCALL keeps
+  running at CPL 3 (platform.md); on VT-x/SVM it lands at CPL 0. The same stub
+  leaves the VM either way.
+* the *writer*: a ring-0 routine that applies a batch of (address, value)
+  stores through a direct map of guest-physical memory, reloads CR3 and
+  ``iretq``s to the guest. Page-table changes must be made by guest-mode
+  instructions, because this KVM shadows page tables and never sees the VMM's
+  own stores (platform.md); batching them costs one VM entry per hypercall.
+* per vCPU: a GDT window (14 guest pages + Xen's reserved page with the flat
+  ring-3 selectors), a TSS with the I/O bitmap and an IST stack for #DF, and a
+  ring-0 stack.
+
+All of it is mapped from L4 slots that every guest L4 gets (see
+:mod:`hospes.pv.layout`); those subtrees are supervisor-only except the M2P
+(read-only, user) and the SYSCALL stub (execute-only, user).
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from dataclasses import dataclass, field
+
+from hospes.machine.memory import PAGE_SIZE, GuestMemory
+from hospes.pv import abi, layout as L
+from hospes.pv.abi import PTE_A, PTE_D, PTE_NX, PTE_P, PTE_RW, PTE_US
+
+# --- machine code (assembled with GNU as; listings kept for the reader) ------
+
+# exc stub without error code:  push $0; push $vec; out %al,$0xe0; add $16,%rsp; iretq
+# exc stub with error code:              push $vec; out %al,$0xe0; add $16,%rsp; iretq
+_OUT_EXC = bytes([0xE6, L.PORT_EXCEPTION])
+_ADD_RSP_16_IRETQ = bytes([0x48, 0x83, 0xC4, 0x10, 0x48, 0xCF])
+STUB_SIZE = 16
+
+# writer: push rax,rcx,rsi,rdi; lea rsi,[rsp+0x48]; mov rcx,[rsi+8]; add rsi,16
+#   1: jrcxz 2f; mov rdi,[rsi]; mov rax,[rsi+8]; mov [rdi],rax; add rsi,16; dec rcx; jmp 1b
+#   2: mov rax,[rsp+0x48]; mov cr3,rax; pop rdi,rsi,rcx,rax; iretq
+# The control block sits right above the 5-qword iretq frame that RSP points at:
+#   +0 new CR3, +8 count, +16 entries of (va, value).
+WRITER_CODE = bytes.fromhex(
+    "50515657" "488d742448" "488b4e08" "4883c610"
+    "e313" "488b3e" "488b4608" "488907" "4883c610" "48ffc9" "ebeb"
+    "488b442448" "0f22d8" "5f5e5958" "48cf"
+)
+
+# Where the writer returns between chunks of a batch too big for one control
+# block: out %al,$0xe2; ud2 (ring 0).
+CHUNK_EXIT_STUB = bytes([0xE6, L.PORT_WRITER_CHUNK, 0x0F, 0x0B])
+
+# The SYSCALL entry: out %al,$0xe1, then ud2 so a stray fall-through is loud.
+SYSCALL_STUB = bytes([0xE6, L.PORT_SYSCALL, 0x0F, 0x0B])
+
+HV_TABLE_FLAGS = PTE_P | PTE_RW | PTE_A | PTE_D
+
+
+def _exception_stub(vector: int) -> bytes:
+    code = b"" if vector in abi.ERROR_CODE_VECTORS else b"\x6a\x00"
+    code += b"\x68" + struct.pack("<I", vector) + _OUT_EXC + _ADD_RSP_16_IRETQ
+    assert len(code) <= STUB_SIZE
+    return code.ljust(STUB_SIZE, b"\xcc")
+
+
+def _gate(offset: int, dpl: int, ist: int = 0) -> bytes:
+    low = (
+        (offset & 0xFFFF)
+        | (abi.HYPERVISOR_CS << 16)
+        | (ist << 32)
+        | (0xE << 40)
+        | (dpl << 45)
+        | (1 << 47)
+        | (((offset >> 16) & 0xFFFF) << 48)
+    )
+    return struct.pack("<QQ", low, offset >> 32)
+
+
+def _tss_descriptor(base: int, limit: int) -> tuple[int, int]:
+    low = (
+        (limit & 0xFFFF)
+        | ((base & 0xFFFFFF) << 16)
+        | (0x9 << 40)
+        | (1 << 47)
+        | (((limit >> 16) & 0xF) << 48)
+        | (((base >> 24) & 0xFF) << 56)
+    )
+    return low, base >> 32
+
+
+# Xen's reserved GDT page (page 14 of the window), as offsets into that page.
+RESERVED_GDT = {
+    abi.HYPERVISOR_CS & 0xFF8: 0x00AF9B000000FFFF,
+    abi.HYPERVISOR_DS & 0xFF8: 0x00CF93000000FFFF,
+    abi.FLAT_RING3_CS32 & 0xFF8: 0x00CFFB000000FFFF,
+    abi.FLAT_RING3_DS & 0xFF8: 0x00CFF3000000FFFF,
+    abi.FLAT_RING3_CS64 & 0xFF8: 0x00AFFB000000FFFF,
+}
+TSS_LIMIT = 0x68 + 8192
+
+
+@dataclass
+class VcpuArea:
+    """Guest-physical addresses of one vCPU's trampoline pages."""
+
+    vcpu: int
+    va: int
+    page_gpa: dict[int, int] = field(default_factory=dict)  # va -> gpa for every mapped page
+    gdt_pte_gpa: int = 0         # GPA of the L1 entry mapping window page 0
+    reserved_gdt_gpa: int = 0
+
+    @property
+    def stack_top(self) -> int:
+        return self.va + L.STACK_OFF + L.STACK_PAGES * PAGE_SIZE
+
+    @property
+    def frame_va(self) -> int:
+        return self.va + L.FRAME_OFF
+
+    @property
+    def gdt_va(self) -> int:
+        return self.va + L.GDT_WINDOW_OFF
+
+    @property
+    def tss_va(self) -> int:
+        return self.va + L.TSS_OFF
+
+    def gpa_of(self, va: int) -> int:
+        return self.page_gpa[va & ~0xFFF] + (va & 0xFFF)
+
+
+class Trampoline:
+    """Builds and owns the hypervisor region of one domain's memory."""
+
+    def __init__(self, mem: GuestMemory, lay: L.Layout) -> None:
+        self.mem = mem
+        self.lay = lay
+        region = mem.region("hv")
+        self._next = region.gpa
+        self._end = region.end
+        self.l4_entries: dict[int, int] = {}
+        self._l3: dict[int, int] = {}
+        self.zero_page = self._alloc()
+        self.vcpus: list[VcpuArea] = []
+        self._hv_page_gpa: dict[int, int] = {}
+        self._build_m2p()
+        self._build_code()
+        self._build_direct_map()
+        for v in range(lay.nr_vcpus):
+            self.vcpus.append(self._build_vcpu(v))
+
+    # --- allocation and mapping ---------------------------------------------
+
+    def _alloc(self, pages: int = 1) -> int:
+        gpa = self._next
+        self._next += pages * PAGE_SIZE
+        if self._next > self._end:
+            raise RuntimeError("hypervisor region too small (layout estimate is wrong)")
+        return gpa
+
+    @property
+    def first_free_gpa(self) -> int:
+        return self._next
+
+    def _table_entry(self, table_gpa: int, index: int, flags: int) -> int:
+        """Return the GPA of the next-level table at table[index], creating it."""
+        entry = self.mem.read_u64(table_gpa + index * 8)
+        if entry & PTE_P:
+            return entry & abi.PTE_ADDR_MASK
+        child = self._alloc()
+        self.mem.write_u64(table_gpa + index * 8, child | flags)
+        return child
+
+    def map_page(self, va: int, gpa: int, leaf_flags: int, table_flags: int) -> int:
+        """Map one 4 KiB page in a hypervisor slot; return the GPA of its L1 entry."""
+        slot = (va >> 39) & 511
+        if slot not in self._l3:
+            self._l3[slot] = self._alloc()
+            self.l4_entries[slot] = self._l3[slot] | table_flags
+        l2 = self._table_entry(self._l3[slot], (va >> 30) & 511, table_flags)
+        l1 = self._table_entry(l2, (va >> 21) & 511, table_flags)
+        pte_gpa = l1 + ((va >> 12) & 511) * 8
+        self.mem.write_u64(pte_gpa, gpa | leaf_flags)
+        return pte_gpa
+
+    def map_range(self, va: int, gpa: int, pages: int, leaf_flags: int, table_flags: int) -> None:
+        """Map ``pages`` contiguous pages, filling whole L1 tables at a time."""
+        q = self.mem.q
+        done = 0
+        while done < pages:
+            cur = va + done * PAGE_SIZE
+            first_pte = self.map_page(cur, gpa + done * PAGE_SIZE, leaf_flags, table_flags)
+            index = (cur >> 12) & 511
+            n = min(512 - index, pages - done)
+            start = gpa + done * PAGE_SIZE
+            q[first_pte >> 3:(first_pte >> 3) + n] = array(
+                "Q", [a | leaf_flags for a in range(start, start + n * PAGE_SIZE, PAGE_SIZE)]
+            )
+            done += n
+
+    def _map_hv(self, va: int, gpa: int, writable: bool = True, executable: bool = False) -> int:
+        flags = PTE_P | PTE_A | PTE_D | (PTE_RW if writable else 0) | (0 if executable else PTE_NX)
+        self._hv_page_gpa[va] = gpa
+        return self.map_page(va, gpa, flags, HV_TABLE_FLAGS)
+
+    def hv_gpa(self, va: int) -> int:
+        return self._hv_page_gpa[va & ~0xFFF] + (va & 0xFFF)
+
+    # --- contents --------------------------------------------------------------
+
+    def _build_m2p(self) -> None:
+        lay = self.lay
+        first = self._alloc(lay.m2p_pages)
+        q = self.mem.q
+        base = first >> 3
+        q[base:base + lay.ram_pages] = array("Q", range(lay.ram_pages))
+        q[base + lay.ram_pages:base + lay.guest_frames] = array("Q", [(1 << 64) - 1]) * L.XEN_FRAMES
+        self.map_range(
+            L.M2P_VIRT_START, first, lay.m2p_pages,
+            PTE_P | PTE_US | PTE_A | PTE_NX, PTE_P | PTE_US | PTE_A | PTE_RW,
+        )
+        self.m2p_gpa = first
+
+    def _build_code(self) -> None:
+        idt = self._alloc()
+        stubs = self._alloc(L.STUB_PAGES)
+        code = bytearray()
+        for v in range(256):
+            code += _exception_stub(v)
+        self.writer_va = L.STUBS_VA + len(code)
+        code += WRITER_CODE
+        self.chunk_exit_va = L.STUBS_VA + len(code)
+        code += CHUNK_EXIT_STUB
+        self.mem.write(stubs, bytes(code))
+        gates = bytearray()
+        for v in range(256):
+            dpl = 3 if v in (3, 4, 0x80) else 0
+            gates += _gate(L.STUBS_VA + v * STUB_SIZE, dpl, ist=1 if v == 8 else 0)
+        self.mem.write(idt, bytes(gates))
+        self._map_hv(L.IDT_VA, idt, writable=False)
+        for i in range(L.STUB_PAGES):
+            self._map_hv(L.STUBS_VA + i * PAGE_SIZE, stubs + i * PAGE_SIZE, writable=False, executable=True)
+        user_stub = self._alloc()
+        self.mem.write(user_stub, SYSCALL_STUB)
+        self.map_page(L.USER_STUB_VIRT, user_stub, PTE_P | PTE_US | PTE_A, PTE_P | PTE_US | PTE_A | PTE_RW)
+        self.syscall_stub_va = L.USER_STUB_VIRT
+        self.syscall_out_end = L.USER_STUB_VIRT + 2
+
+    def _build_direct_map(self) -> None:
+        """Map all guest-physical memory (supervisor-only) for the in-VM writer.
+
+        Every table this needs is allocated up front from a worst-case count, so
+        the map also covers the pages it allocates for itself.
+        """
+        self.map_range(
+            L.DIRECT_VIRT, 0, self.mem.size // PAGE_SIZE,
+            PTE_P | PTE_RW | PTE_A | PTE_D | PTE_NX, HV_TABLE_FLAGS,
+        )
+
+    def _build_vcpu(self, v: int) -> VcpuArea:
+        area = VcpuArea(v, L.percpu_va(v))
+        for off, pages in L.PERCPU_MAPPED:
+            for i in range(pages):
+                va = area.va + off + i * PAGE_SIZE
+                if off == L.GDT_WINDOW_OFF and i < 14:
+                    pte = self._map_hv(va, self.zero_page)
+                    if i == 0:
+                        area.gdt_pte_gpa = pte
+                    area.page_gpa[va] = self.zero_page
+                    continue
+                gpa = self._alloc()
+                self._map_hv(va, gpa)
+                area.page_gpa[va] = gpa
+        reserved = area.page_gpa[area.gdt_va + 14 * PAGE_SIZE]
+        area.reserved_gdt_gpa = reserved
+        for off, desc in RESERVED_GDT.items():
+            self.mem.write_u64(reserved + off, desc)
+        lo, hi = _tss_descriptor(area.tss_va, TSS_LIMIT)
+        self.mem.write_u64(reserved + (abi.TSS_SELECTOR & 0xFF8), lo)
+        self.mem.write_u64(reserved + (abi.TSS_SELECTOR & 0xFF8) + 8, hi)
+        tss = area.gpa_of(area.tss_va)
+        tss_bytes = bytearray(3 * PAGE_SIZE)
+        struct.pack_into("<Q", tss_bytes, 4, area.stack_top)            # RSP0
+        struct.pack_into("<Q", tss_bytes, 0x24, area.va + L.IST_OFF + L.IST_PAGES * PAGE_SIZE)  # IST1
+        struct.pack_into("<H", tss_bytes, 0x66, 0x68)                   # I/O map base
+        bitmap = bytearray(b"\xff" * 8193)
+        bitmap[L.PORT_SYSCALL >> 3] &= ~(1 << (L.PORT_SYSCALL & 7)) & 0xFF
+        tss_bytes[0x68:0x68 + 8193] = bitmap
+        # The TSS spans three pages whose GPAs were allocated consecutively.
+        for i in range(L.TSS_PAGES):
+            self.mem.write(area.page_gpa[area.tss_va + i * PAGE_SIZE], tss_bytes[i * PAGE_SIZE:(i + 1) * PAGE_SIZE])
+        assert tss == area.page_gpa[area.tss_va]
+        return area
+
+    def is_hypervisor_frame(self, mfn: int) -> bool:
+        return mfn >= self.lay.guest_frames

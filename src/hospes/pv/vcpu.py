@@ -1,0 +1,580 @@
+"""One PV vCPU: its Xen-visible state and the exit loop that runs it.
+
+The guest kernel runs at CPL 3 in a KVM VM; every transition that Xen would
+handle in ring 0 leaves the VM and lands here:
+
+* ``out $PORT_SYSCALL`` from the SYSCALL stub: a hypercall when the vCPU is in
+  guest-kernel mode, a system call to bounce when it is in guest-user mode;
+* ``out $PORT_EXCEPTION`` from an IDT stub: an exception to emulate
+  (privileged instructions, page-table writes) or to bounce to the guest;
+* ``KVM_EXIT_INTR`` after a kick: an event upcall may now be deliverable.
+
+Each exit computes a *target* frame (rip, cs, rflags, rsp, ss) plus the
+guest's mode, and :meth:`PvVcpu._resume` gets the CPU there by the cheapest
+route: plain register writes when only RIP/RSP/RFLAGS change; the exception
+stub's own ``iretq`` over an edited hardware frame; or the in-VM writer when
+page-table stores or a CR3 switch are pending (platform.md: page-table changes
+must be made from guest mode).
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from typing import TYPE_CHECKING, Callable
+
+from hospes.kvm import constants as kc
+from hospes.kvm.structs import KvmSegment
+from hospes.machine.memory import PAGE_SIZE, GuestFault
+from hospes.pv import abi
+from hospes.pv import layout as L
+from hospes.pv.errors import Errno, XenError
+from hospes.pv.guestvirt import canonical
+from hospes.pv.trampoline import VcpuArea
+
+if TYPE_CHECKING:
+    from hospes.domain import Domain
+    from hospes.kvm import Vcpu
+
+RFLAGS_IF = 1 << 9
+RFLAGS_IOPL = 3 << 12
+RFLAGS_TF = 1 << 8
+RFLAGS_DF = 1 << 10
+RFLAGS_NT = 1 << 14
+RFLAGS_RF = 1 << 16
+RFLAGS_VM = 1 << 17
+RFLAGS_AC = 1 << 18
+RFLAGS_GUEST_MASK = 0x3F7FD5 & ~(RFLAGS_IOPL | RFLAGS_VM)  # arithmetic/control bits a guest may set
+
+# vcpu_info offsets (pv-abi.md §2.6).
+VI_PENDING = 0x00
+VI_MASK = 0x01
+VI_PENDING_SEL = 0x08
+VI_CR2 = 0x10
+VI_TIME = 0x20
+
+NO_RETURN = object()  # a hypercall handler that set the whole guest state itself
+
+
+class DomainCrash(Exception):
+    """The guest did something Xen would crash the domain for."""
+
+
+def ring0_cs() -> tuple[int, int, int, int, int]:
+    return (abi.HYPERVISOR_CS, 0xB, 0, 0, 1)
+
+
+def _segment(seg: KvmSegment, selector: int, code: bool, dpl: int, long: bool) -> None:
+    seg.base = 0
+    seg.limit = 0xFFFFFFFF
+    seg.selector = selector
+    seg.type = 0xB if code else 0x3
+    seg.present = 1
+    seg.dpl = dpl
+    seg.db = 0 if (code and long) else 1
+    seg.s = 1
+    seg.l = 1 if (code and long) else 0
+    seg.g = 1
+    seg.avl = 0
+    seg.unusable = 0
+
+
+class PvVcpu:
+    """A vCPU of a PV domain, run by one host thread."""
+
+    def __init__(self, domain: "Domain", vcpu_id: int, kvm_vcpu: "Vcpu", area: VcpuArea) -> None:
+        self.domain = domain
+        self.id = vcpu_id
+        self.kvm = kvm_vcpu
+        self.area = area
+        self.mem = domain.mem
+        self.virt = domain.virt
+        self.thread: threading.Thread | None = None
+        self.thread_ident: int | None = None
+        # Xen-visible state (struct pv_vcpu).
+        self.kernel_mode = True
+        self.kernel_cr3 = 0
+        self.user_cr3 = 0
+        self.cpu_cr3 = 0
+        self.gs_base_kernel = 0
+        self.gs_base_user = 0
+        self.fs_base = 0
+        self.gs_sel = 0
+        self.trap_table: dict[int, tuple[int, int]] = {}  # vector -> (flags, address)
+        self.callbacks: dict[int, tuple[int, int]] = {}   # type -> (address, flags)
+        self.kernel_ss = abi.FLAT_KERNEL_SS
+        self.kernel_sp = 0
+        self.iopl = 0
+        self.cr0_ts = False
+        self.cr4 = 0x620
+        self.debugreg = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400]
+        self.vcpu_info_gpa = domain.layout.shared_info_gpa + 64 * vcpu_id
+        self.vcpu_info_registered = False
+        self.runstate_va = 0
+        self.gdt_frames: list[int] = []
+        self.gdt_ents = 0
+        self.ldt_base = 0
+        self.ldt_ents = 0
+        self.online = False
+        self.initialised = False
+        self.tsc_aux = 0
+        # Pending in-VM work and the target frame of the next entry.
+        self.writes: list[tuple[int, int]] = []
+        self.flush_pending = False
+        self.t_rip = 0
+        self.t_cs = abi.FLAT_KERNEL_CS
+        self.t_rflags = 0x202
+        self.t_rsp = 0
+        self.t_ss = abi.FLAT_KERNEL_SS
+        self.exit_kind = "start"
+        self.wake = threading.Condition()
+        self.blocked = False
+        self.poll_ports: tuple[int, ...] = ()
+        self.poll_deadline = 0
+        self.stats: dict[str, int] = {}
+        self.run = kvm_vcpu.run_struct
+        self.regs = kvm_vcpu.sync.regs
+        self.sregs = kvm_vcpu.sync.sregs
+        self.events = kvm_vcpu.sync.events
+        self.hypercalls: dict[int, Callable[..., object]] = domain.hypercall_table
+
+    # --- helpers used by hypercalls -------------------------------------------
+
+    @property
+    def cr3(self) -> int:
+        return self.kernel_cr3
+
+    def read(self, va: int, size: int) -> bytes:
+        return self.virt.read(self.kernel_cr3, va, size)
+
+    def write(self, va: int, data: bytes | bytearray) -> None:
+        self.virt.write(self.kernel_cr3, va, data)
+
+    def read_u64(self, va: int) -> int:
+        return self.virt.read_u64(self.kernel_cr3, va)
+
+    def write_u64(self, va: int, value: int) -> None:
+        self.virt.write_u64(self.kernel_cr3, va, value)
+
+    def count(self, key: str) -> None:
+        self.stats[key] = self.stats.get(key, 0) + 1
+
+    # vcpu_info fields (guest memory; single bytes are atomic enough for reads).
+    @property
+    def upcall_mask(self) -> int:
+        return self.mem.buf[self.vcpu_info_gpa + VI_MASK]
+
+    @upcall_mask.setter
+    def upcall_mask(self, value: int) -> None:
+        self.mem.buf[self.vcpu_info_gpa + VI_MASK] = value
+
+    def upcall_deliverable(self) -> bool:
+        b = self.mem.buf
+        g = self.vcpu_info_gpa
+        return bool(b[g + VI_PENDING]) and not b[g + VI_MASK]
+
+    # --- initial state ------------------------------------------------------------
+
+    def setup_cpu(self, cpuid_entries: list) -> None:
+        """Program KVM state that never changes: CPUID, control registers, MSRs."""
+        k = self.kvm
+        k.set_cpuid2(cpuid_entries)
+        sregs = k.get_sregs()
+        sregs.cr0 = 0x80050033
+        sregs.cr4 = 0x620
+        sregs.efer = 0xD01
+        sregs.cr3 = self.kernel_cr3
+        sregs.gdt.base = self.area.gdt_va
+        sregs.gdt.limit = abi.GDT_LIMIT
+        sregs.idt.base = L.IDT_VA
+        sregs.idt.limit = 0xFFF
+        tr = sregs.tr
+        tr.base = self.area.tss_va
+        tr.limit = 0x68 + 8192
+        tr.selector = abi.TSS_SELECTOR
+        tr.type = 0xB
+        tr.present = 1
+        tr.dpl = 0
+        tr.db = 0
+        tr.s = 0
+        tr.l = 0
+        tr.g = 0
+        tr.unusable = 0
+        sregs.ldt.selector = 0
+        sregs.ldt.unusable = 1
+        sregs.ldt.present = 0
+        _segment(sregs.cs, abi.FLAT_KERNEL_CS, code=True, dpl=3, long=True)
+        _segment(sregs.ss, abi.FLAT_KERNEL_SS, code=False, dpl=3, long=False)
+        for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs):
+            _segment(seg, 0, code=False, dpl=3, long=False)
+            seg.selector = 0
+            seg.unusable = 1
+            seg.present = 0
+        sregs.fs.base = self.fs_base
+        sregs.gs.base = self.gs_base_kernel if self.kernel_mode else self.gs_base_user
+        k.set_sregs(sregs)
+        self.cpu_cr3 = self.kernel_cr3
+        k.set_msrs({
+            0xC0000081: (abi.FLAT_RING3_CS32 << 48) | (abi.HYPERVISOR_CS << 32),  # STAR
+            0xC0000082: self.domain.trampoline.syscall_stub_va,                      # LSTAR
+            0xC0000083: self.domain.trampoline.syscall_stub_va,                      # CSTAR
+            0xC0000084: 0x74700,                                                     # SFMASK
+            0x277: 0x0000050100070406,                                               # PAT
+            0xC0000102: 0,                                                           # KERNEL_GS_BASE
+        })
+        k.enable_sync_regs(regs=True, sregs=True, events=True)
+
+    def set_entry_state(self, rip: int, rsp: int, rsi: int, cs: int = abi.FLAT_KERNEL_CS,
+                        ss: int = abi.FLAT_KERNEL_SS, rflags: int = 0x202) -> None:
+        regs = self.kvm.get_regs()
+        for name, _ in regs._fields_:
+            setattr(regs, name, 0)
+        regs.rip = rip
+        regs.rsp = rsp
+        regs.rsi = rsi
+        regs.rflags = rflags
+        self.kvm.set_regs(regs)
+
+    # --- the loop --------------------------------------------------------------
+
+    def loop(self) -> None:
+        """Run the vCPU until the domain stops. Runs on this vCPU's thread."""
+        self.thread_ident = threading.get_ident()
+        dom = self.domain
+        run = self.kvm.run
+        while not dom.stopping:
+            if not self.online:
+                with self.wake:
+                    self.wake.wait(0.5)
+                continue
+            reason = run()
+            if self.kvm.immediate_exit:
+                self.kvm.immediate_exit = False
+            try:
+                if reason == kc.KVM_EXIT_IO:
+                    port = self.run.io.port
+                    if port == L.PORT_SYSCALL:
+                        self._on_syscall()
+                    elif port == L.PORT_EXCEPTION:
+                        self._on_exception()
+                    elif port == L.PORT_WRITER_CHUNK:
+                        self.exit_kind = "chunk"
+                        self._resume()
+                    else:
+                        raise DomainCrash(f"unexpected port {port:#x} exit")
+                elif reason == kc.KVM_EXIT_INTR:
+                    self._on_kick()
+                elif reason == kc.KVM_EXIT_SHUTDOWN:
+                    raise DomainCrash("triple fault (KVM_EXIT_SHUTDOWN)")
+                elif reason == kc.KVM_EXIT_INTERNAL_ERROR:
+                    raise DomainCrash(f"KVM internal error, suberror {self.run.internal.suberror}")
+                elif reason == kc.KVM_EXIT_FAIL_ENTRY:
+                    raise DomainCrash(f"VM entry failed, reason {self.run.fail_entry.hardware_entry_failure_reason:#x}")
+                else:
+                    raise DomainCrash(f"unexpected KVM exit reason {reason}")
+            except DomainCrash as e:
+                dom.crash(self, str(e))
+                return
+
+    # --- syscall exits -----------------------------------------------------------
+
+    def _on_syscall(self) -> None:
+        regs = self.regs
+        tr = self.domain.trampoline
+        if regs.rip != tr.syscall_stub_va and regs.rip != tr.syscall_out_end:
+            # The guest executed our port itself: as Xen would for a stray port access.
+            self.exit_kind = "syscall"
+            self.t_rip, self.t_cs, self.t_rflags = regs.rip, self.sregs.cs.selector, regs.rflags
+            self.t_rsp, self.t_ss = regs.rsp, self.sregs.ss.selector
+            self.bounce_exception(13, 0)
+            self._resume()
+            return
+        self.exit_kind = "syscall"
+        self.t_rip = regs.rcx
+        self.t_rflags = regs.r11
+        self.t_rsp = regs.rsp
+        if self.sregs.cs.dpl == 3:
+            self.t_cs = self.sregs.cs.selector
+            self.t_ss = self.sregs.ss.selector
+        else:  # VT-x/SVM: SYSCALL entered ring 0 with STAR's selectors
+            self.t_cs = abi.FLAT_KERNEL_CS if self.kernel_mode else abi.FLAT_USER_CS
+            self.t_ss = abi.FLAT_KERNEL_SS
+        if self.kernel_mode:
+            self._hypercall()
+        else:
+            self.count("syscall")
+            self.bounce_syscall()
+        self._resume()
+
+    def _hypercall(self) -> None:
+        regs = self.regs
+        nr = regs.rax
+        key = f"hypercall:{nr}"
+        self.stats[key] = self.stats.get(key, 0) + 1
+        handler = self.hypercalls.get(nr)
+        if handler is None:
+            regs.rax = (-Errno.ENOSYS) & 0xFFFF_FFFF_FFFF_FFFF
+            return
+        try:
+            result = handler(self, regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8)
+        except XenError as e:
+            result = -e.errno
+        except GuestFault:
+            result = -Errno.EFAULT
+        if result is NO_RETURN:
+            return
+        regs.rax = int(result) & 0xFFFF_FFFF_FFFF_FFFF  # type: ignore[call-overload]
+
+    def call_hypercall(self, nr: int, args: tuple[int, ...]) -> int:
+        """Run one hypercall on behalf of a multicall entry (iret is refused)."""
+        handler = self.hypercalls.get(nr)
+        if handler is None or nr in (abi.Hypercall.iret, abi.Hypercall.multicall):
+            return -Errno.ENOSYS if handler is None else -Errno.EINVAL
+        self.count(f"hypercall:{nr}")
+        try:
+            result = handler(self, *args)
+        except XenError as e:
+            return -e.errno
+        except GuestFault:
+            return -Errno.EFAULT
+        assert result is not NO_RETURN
+        return int(result)  # type: ignore[call-overload]
+
+    # --- exception exits -----------------------------------------------------------
+
+    def _on_exception(self) -> None:
+        self.exit_kind = "exception"
+        rsp = self.regs.rsp
+        gpa = self.area.gpa_of(rsp)
+        vec, err, rip, cs, rflags, ersp, ss = struct.unpack_from("<7Q", self.mem.buf, gpa)
+        if cs & 3 == 0:
+            raise DomainCrash(
+                f"exception {vec} (error {err:#x}) inside the hypervisor trampoline at rip {rip:#x}; "
+                f"cr2 {self.sregs.cr2:#x}"
+            )
+        self.t_rip, self.t_cs, self.t_rflags, self.t_rsp, self.t_ss = rip, cs, rflags, ersp, ss
+        self.count(f"trap:{vec}")
+        from hospes.pv import emulate
+
+        if not emulate.handle_exception(self, vec, err):
+            self.bounce_exception(vec, err if vec in abi.ERROR_CODE_VECTORS else None)
+        self._resume()
+
+    # --- kicks ---------------------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Make the vCPU notice new work: wake it if blocked, interrupt KVM_RUN if running."""
+        with self.wake:
+            self.blocked = False
+            self.wake.notify_all()
+        ident = self.thread_ident
+        if ident is not None and ident != threading.get_ident():
+            self.kvm.immediate_exit = True
+            import signal
+
+            try:
+                signal.pthread_kill(ident, self.domain.kick_signal)
+            except (ProcessLookupError, OSError):
+                pass
+
+    def _on_kick(self) -> None:
+        self.count("kick")
+        sregs = self.sregs
+        ev = self.events
+        in_guest = sregs.cs.dpl == 3 and not (ev.exception.injected or ev.exception.pending)
+        if self.regs.rip in (self.domain.trampoline.syscall_stub_va, self.domain.trampoline.syscall_out_end):
+            in_guest = False  # about to leave through the stub anyway
+        if not in_guest:
+            # Inside a stub or the writer: it reaches an exit or the guest shortly;
+            # try again then.
+            if self.upcall_deliverable():
+                self.domain.rekick(self)
+            return
+        if self.upcall_deliverable() and self.callbacks.get(abi.CALLBACKTYPE_event):
+            regs = self.regs
+            self.exit_kind = "intr"
+            self.t_rip, self.t_cs, self.t_rflags = regs.rip, sregs.cs.selector, regs.rflags
+            self.t_rsp, self.t_ss = regs.rsp, sregs.ss.selector
+            self._resume()
+
+    # --- bouncing ------------------------------------------------------------------------
+
+    def toggle_to_kernel(self) -> None:
+        self.kernel_mode = True
+
+    def bounce(self, target: int, error_code: int | None, mask_events: bool,
+               rcx: int | None = None, r11: int | None = None) -> None:
+        """Xen's create_bounce_frame: deliver to ``target`` on the guest kernel stack."""
+        if target == 0:
+            raise DomainCrash("the guest has no handler registered for this event")
+        if not self.kernel_mode:
+            self.kernel_mode = True
+            rsp = self.kernel_sp
+            cs = self.t_cs
+        else:
+            rsp = self.t_rsp
+            cs = self.t_cs & ~3
+        rsp &= ~0xF
+        old_mask = self.upcall_mask
+        rflags = (self.t_rflags & ~(RFLAGS_IOPL | RFLAGS_IF)) | (0 if old_mask else RFLAGS_IF)
+        frame = [
+            self.regs.rcx if rcx is None else rcx,
+            self.regs.r11 if r11 is None else r11,
+        ]
+        if error_code is not None:
+            frame.append(error_code)
+        frame += [self.t_rip, cs | (old_mask << 32), rflags, self.t_rsp, self.t_ss]
+        rsp -= 8 * len(frame)
+        try:
+            self.virt.write(self.kernel_cr3, rsp, struct.pack(f"<{len(frame)}Q", *frame))
+        except GuestFault as e:
+            raise DomainCrash(f"cannot write a bounce frame to the guest kernel stack: {e}") from e
+        if mask_events:
+            self.upcall_mask = 1
+        self.t_rip = target
+        self.t_cs = abi.FLAT_KERNEL_CS
+        self.t_ss = abi.FLAT_KERNEL_SS
+        self.t_rsp = rsp
+        self.t_rflags &= ~(RFLAGS_TF | RFLAGS_NT | RFLAGS_RF | RFLAGS_VM | RFLAGS_AC)
+
+    def bounce_exception(self, vec: int, error_code: int | None, cr2: int | None = None) -> None:
+        entry = self.trap_table.get(vec)
+        if entry is None or entry[1] == 0:
+            raise DomainCrash(
+                f"unhandled exception {vec} (error {error_code}) at rip {self.t_rip:#x}"
+                + (f", cr2 {cr2:#x}" if cr2 is not None else "")
+                + ": the guest registered no handler"
+            )
+        if cr2 is not None:
+            self.mem.write_u64(self.vcpu_info_gpa + VI_CR2, cr2)
+        flags, address = entry
+        self.bounce(address, error_code, mask_events=bool(flags & 4))
+
+    def bounce_syscall(self) -> None:
+        cb = self.callbacks.get(abi.CALLBACKTYPE_syscall)
+        if cb is None:
+            # Xen injects #UD at the SYSCALL instruction.
+            self.t_rip -= 2
+            self.bounce_exception(6, None)
+            return
+        address, flags = cb
+        rcx, r11 = self.regs.rcx, self.regs.r11
+        self.bounce(address, None, mask_events=bool(flags & abi.CALLBACKF_mask_events), rcx=rcx, r11=r11)
+        self.t_rflags &= ~RFLAGS_DF
+
+    def deliver_upcall_if_pending(self) -> None:
+        if self.upcall_deliverable():
+            cb = self.callbacks.get(abi.CALLBACKTYPE_event)
+            if cb is not None:
+                self.count("upcall")
+                self.bounce(cb[0], None, mask_events=True)
+
+    # --- return to the guest -----------------------------------------------------------
+
+    def _resume(self) -> None:
+        """Set up the next KVM_RUN so the guest continues at the target frame."""
+        self.deliver_upcall_if_pending()
+        want_cr3 = self.kernel_cr3 if self.kernel_mode else self.user_cr3
+        sregs = self.sregs
+        dirty_sregs = False
+        want_gs = self.gs_base_kernel if self.kernel_mode else self.gs_base_user
+        if sregs.gs.base != want_gs:
+            sregs.gs.base = want_gs
+            dirty_sregs = True
+        if sregs.fs.base != self.fs_base:
+            sregs.fs.base = self.fs_base
+            dirty_sregs = True
+        rflags = (self.t_rflags & RFLAGS_GUEST_MASK) | RFLAGS_IF | 2
+        frame = (self.t_rip, self.t_cs, rflags, self.t_rsp, self.t_ss)
+        regs = self.regs
+        kind = self.exit_kind
+        if self.writes or self.flush_pending or want_cr3 != self.cpu_cr3:
+            self.flush_pending = False
+            if sregs.cs.dpl != 0:
+                _segment(sregs.cs, abi.HYPERVISOR_CS, code=True, dpl=0, long=True)
+                _segment(sregs.ss, abi.HYPERVISOR_DS, code=False, dpl=0, long=False)
+                dirty_sregs = True
+            self._enter_writer(frame, want_cr3)
+            self.cpu_cr3 = want_cr3
+        elif kind == "exception":
+            # The stub continues with add $16,%rsp; iretq over the edited frame.
+            gpa = self.area.gpa_of(regs.rsp + 16)
+            struct.pack_into("<5Q", self.mem.buf, gpa, *frame)
+        elif kind == "chunk" or sregs.cs.selector != self.t_cs or sregs.ss.selector != self.t_ss:
+            if sregs.cs.dpl != 0:
+                _segment(sregs.cs, abi.HYPERVISOR_CS, code=True, dpl=0, long=True)
+                _segment(sregs.ss, abi.HYPERVISOR_DS, code=False, dpl=0, long=False)
+                dirty_sregs = True
+            self._enter_writer(frame, want_cr3)
+        else:
+            regs.rip = self.t_rip
+            regs.rsp = self.t_rsp
+            regs.rflags = rflags
+        self.kvm.mark_dirty(regs=True, sregs=dirty_sregs)
+
+    def _enter_writer(self, frame: tuple[int, int, int, int, int], cr3: int) -> None:
+        """Point the CPU at the in-VM writer with the pending stores and the final frame."""
+        writes = self.writes
+        chunk = writes[:L.WRITER_MAX_ENTRIES]
+        del writes[:L.WRITER_MAX_ENTRIES]
+        if writes:  # more to do: come back out between chunks
+            frame = (self.domain.trampoline.chunk_exit_va, abi.HYPERVISOR_CS, 2, self.area.stack_top,
+                     abi.HYPERVISOR_DS)
+            cr3 = self.cpu_cr3
+        area = self.area
+        gpa = area.gpa_of(area.frame_va)
+        buf = self.mem.buf
+        struct.pack_into("<5QQQ", buf, gpa, *frame, cr3, len(chunk))
+        if chunk:
+            flat: list[int] = []
+            for target_gpa, value in chunk:
+                flat.append(L.DIRECT_VIRT + target_gpa)
+                flat.append(value)
+            struct.pack_into(f"<{len(flat)}Q", buf, gpa + 56, *flat)
+        self.regs.rip = self.domain.trampoline.writer_va
+        self.regs.rsp = area.frame_va
+        self.count("writer")
+
+    def request_flush(self) -> None:
+        """Flush this vCPU's TLB (a CR3 reload by the writer) before the guest runs again."""
+        self.flush_pending = True
+
+    def load_gdt(self, frames: list[int], entries: int) -> None:
+        """Map the guest's GDT frames into this vCPU's window (pages 0-13)."""
+        tr = self.domain.trampoline
+        flags = 0x63 | (1 << 63)  # P|RW|A|D, NX; supervisor-only like the rest of the window
+        for i in range(14):
+            gpa = (frames[i] << 12) if i < len(frames) else tr.zero_page
+            self.writes.append((self.area.gdt_pte_gpa + i * 8, gpa | flags))
+        self.gdt_frames = list(frames)
+        self.gdt_ents = entries
+
+    # --- diagnostics -------------------------------------------------------------------------
+
+    def register_dump(self) -> str:
+        r = self.regs
+        s = self.sregs
+        names = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+                 "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags"]
+        lines = []
+        row = []
+        for n in names:
+            row.append(f"{n:>6}={getattr(r, n):016x}")
+            if len(row) == 3:
+                lines.append(" ".join(row))
+                row = []
+        if row:
+            lines.append(" ".join(row))
+        lines.append(
+            f"    cs={s.cs.selector:04x} ss={s.ss.selector:04x} cr2={s.cr2:016x} cr3={s.cr3:016x} "
+            f"mode={'kernel' if self.kernel_mode else 'user'} target_rip={self.t_rip:016x}"
+        )
+        return "\n".join(lines)
+
+    def check_canonical(self, *addrs: int) -> None:
+        for a in addrs:
+            if not canonical(a):
+                raise XenError(Errno.EINVAL)
+
+
+__all__ = ["PvVcpu", "DomainCrash", "NO_RETURN", "PAGE_SIZE"]
