@@ -152,7 +152,8 @@ class ConsoleBackend:
         with self._lock:
             room = PENDING_INPUT_LIMIT - len(self._pending)
             if len(data) > room:
-                log.warning("console: guest is not reading input; dropped %d bytes", len(data) - room)
+                dropped = len(data) - room
+                log.warning("console: guest is not reading input; dropped %d bytes", dropped)
                 data = data[:room]
             self._pending += data
         return self.flush_input()

@@ -178,9 +178,12 @@ def _apt_fingerprint() -> str:
     for base in APT_STATE:
         paths = sorted(base.rglob("*")) if base.is_dir() else []
         for path in paths:
-            if "partial" in path.parts or path.name == "lock" or not path.is_file():
+            try:
+                if "partial" in path.parts or path.name == "lock" or not path.is_file():
+                    continue
+                st = path.stat()
+            except OSError:
                 continue
-            st = path.stat()
             digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 

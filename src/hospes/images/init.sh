@@ -83,8 +83,11 @@ hospes_main() {
 
     # PID 1 takes the console as its controlling tty here; cttyhack below steals
     # it for the interactive shell's own session.
+    # (A failing redirection on exec would end PID 1, hence the trial open.)
     tty=/dev/console
-    [ -c /dev/hvc0 ] && tty=/dev/hvc0
+    if [ -c /dev/hvc0 ] && (: <>/dev/hvc0) 2>/dev/null; then
+        tty=/dev/hvc0
+    fi
     exec <"$tty" >"$tty" 2>&1
 
     hospes_load_modules

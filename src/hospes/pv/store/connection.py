@@ -43,7 +43,9 @@ lock) and does nothing when there is nothing to do.  ``notify()`` is called
 with no store lock held, on the thread whose operation produced the output:
 a guest's own ``service()``, or the toolstack thread whose ``Store.write``
 fired the guest's watch (events caused by dom0 are delivered immediately).
-dom0 watch callbacks run the same way, after the lock is released.
+dom0 watch callbacks run the same way, after the lock is released; they may
+use the store, and callbacks caused by different threads may interleave, so a
+callback should re-read the nodes it cares about rather than trust ordering.
 
 A malformed ring (``prod - cons > 1024``, a message longer than 4096 bytes)
 never raises: the connection sets the ring's ``error`` field (2 = ring index,
@@ -233,11 +235,13 @@ class Store(_Dom0Ops):
             self._depth -= 1
             notifies: list[Callable[[], None]] = []
             callbacks: list[tuple[Callback, str]] = []
-            if self._depth == 0:
-                notifies = self._flush_dirty()
-                callbacks = list(self._pending_callbacks)
-                self._pending_callbacks.clear()
-            self._lock.release()
+            try:
+                if self._depth == 0:
+                    notifies = self._flush_dirty()
+                    callbacks = list(self._pending_callbacks)
+                    self._pending_callbacks.clear()
+            finally:
+                self._lock.release()
             for notify in notifies:
                 try:
                     notify()
@@ -507,11 +511,11 @@ class Connection:
         self._out_bytes = sum(len(d) for d, _ in self._outq)
         self._event_bytes = sum(len(d) for d, e in self._outq if e)
         self._out_offset = state.out_offset
-        if self._outq:
-            self.store._mark_dirty(self)
 
     @classmethod
     def restore(cls, store: Store, state: ConnectionState) -> Connection:
+        """Recreate a saved connection on a restored store.  Queued output is
+        not pushed (nor the peer notified) until the next service()."""
         conn = cls(store, state.domid)
         with store._op():
             conn._restore_state(state)
@@ -530,7 +534,9 @@ class RingConnection(Connection):
     def __init__(
         self, store: Store, domid: int, page: memoryview, notify: Callable[[], None]
     ) -> None:
-        page = memoryview(page).cast("B") if memoryview(page).format != "B" else memoryview(page)
+        page = memoryview(page)
+        if page.format != "B":
+            page = page.cast("B")
         if page.readonly or len(page) < PAGE_SIZE:
             raise ValueError("The xenstore ring needs a writable 4096-byte page")
         self._page = page
@@ -651,7 +657,9 @@ class RingConnection(Connection):
         return kick
 
     def _fail(self, code: int, reason: str) -> None:
-        log.warning("xenstore: domain %d broke the ring protocol (%s); ignoring it", self.domid, reason)
+        log.warning(
+            "xenstore: domain %d broke the ring protocol (%s); ignoring it", self.domid, reason
+        )
         self._broken = True
         self._inbuf.clear()
         self._in_len = -1
