@@ -300,8 +300,18 @@ class Domain:
         for pv in self.vcpus:
             pv.kick()
 
-    def run(self) -> ShutdownResult:
-        """Run until the guest powers off, reboots or crashes."""
+    def console_input(self, data: bytes) -> None:
+        """Queue bytes for the guest's console (hvc0) and notify it."""
+        with self._console_lock:
+            self.console.queue_input(data)
+            self.console.flush_input()
+
+    def run(self, read_input: Callable[[], bytes | None] | None = None) -> ShutdownResult:
+        """Run until the guest powers off, reboots or crashes.
+
+        ``read_input``, polled by the main loop, returns console input (b"" for
+        none yet, None at end of input).
+        """
         old = signal.signal(self.kick_signal, lambda *_: None)
         try:
             self.timers.start()
@@ -309,8 +319,16 @@ class Domain:
                 t = threading.Thread(target=pv.loop, name=f"vcpu{pv.id}", daemon=True)
                 pv.thread = t
                 t.start()
-            while not self._done.wait(0.05):
+            while not self._done.wait(0.02):
+                if read_input is not None:
+                    data = read_input()
+                    if data is None:
+                        read_input = None
+                    elif data:
+                        self.console_input(data)
                 self._service_console()
+                with self._console_lock:
+                    self.console.flush_input()
                 with self._store_lock:
                     self.store_conn.service()
             for pv in self.vcpus:

@@ -35,16 +35,72 @@ class _ConsoleSink:
             self.exit_status = int(m.group(1))
 
 
+class _TerminalInput:
+    """Console input from stdin: raw mode on a terminal (Ctrl-] quits), plain reads on a pipe."""
+
+    QUIT = b"\x1d"
+
+    def __init__(self) -> None:
+        self.fd = sys.stdin.fileno() if sys.stdin is not None else -1
+        self.saved = None
+        self.eof = False
+
+    def __enter__(self):
+        if self.fd < 0:
+            return None
+        try:
+            os.fstat(self.fd)
+        except OSError:
+            return None
+        if os.isatty(self.fd):
+            import termios
+            import tty
+
+            self.saved = termios.tcgetattr(self.fd)
+            tty.setraw(self.fd)
+        os.set_blocking(self.fd, False)
+        return self.read
+
+    def read(self) -> bytes | None:
+        if self.eof:
+            return None
+        try:
+            data = os.read(self.fd, 4096)
+        except BlockingIOError:
+            return b""
+        except OSError:
+            data = b""
+        if not data:
+            self.eof = True
+            return None
+        if self.saved is not None and self.QUIT in data:
+            raise KeyboardInterrupt
+        return data.replace(b"\n", b"\r") if self.saved is None else data
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            try:
+                os.set_blocking(self.fd, True)
+            except OSError:
+                pass
+        if self.saved is not None:
+            import termios
+
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+
+
 def register(group: click.Group) -> None:
     @group.command("run", context_settings={"ignore_unknown_options": False})
     @click.option("--kernel", type=click.Path(path_type=Path), help="PV kernel (bzImage or ELF); default: Debian's cloud kernel.")
     @click.option("--ramdisk", type=click.Path(path_type=Path), help="Initrd; default: Hospes' busybox initramfs (only with the default kernel).")
     @click.option("--cmdline", default=None, help="Kernel command line.")
     @click.option("--memory", "memory", default=256, show_default=True, type=int, help="Memory in MiB.")
+    @click.option("--on-reboot", type=click.Choice(["restart", "exit"]), default="restart", show_default=True,
+                  help="What to do when the guest reboots.")
     @click.option("--stats", is_flag=True, help="Print exit counts by kind when the guest stops.")
     @click.argument("command", nargs=-1)
-    def run(kernel: Path | None, ramdisk: Path | None, cmdline: str | None, memory: int, stats: bool,
-            command: tuple[str, ...]) -> None:
+    def run(kernel: Path | None, ramdisk: Path | None, cmdline: str | None, memory: int, on_reboot: str,
+            stats: bool, command: tuple[str, ...]) -> None:
         """Boot a domain; with `-- CMD ARGS...` run CMD in the guest and exit with its status."""
         from hospes.domain import Domain, DomainConfig
 
@@ -64,12 +120,19 @@ def register(group: click.Group) -> None:
         if ramdisk is not None and not Path(ramdisk).exists():
             raise HospesError(f"Ramdisk {ramdisk} does not exist; check the path or run `hospes image`.")
         sink = _ConsoleSink()
-        dom = Domain(DomainConfig(kernel=kernel, ramdisk=ramdisk, cmdline=cmdline, memory_mib=memory),
-                     console_out=sink)
-        try:
-            result = dom.run()
-        finally:
-            dom.close()
+        config = DomainConfig(kernel=kernel, ramdisk=ramdisk, cmdline=cmdline, memory_mib=memory)
+        with _TerminalInput() as read_input:
+            while True:
+                dom = Domain(config, console_out=sink)
+                try:
+                    result = dom.run(read_input)
+                finally:
+                    dom.close()
+                if result.reason != "reboot" or on_reboot == "exit":
+                    break
+                click.echo("\n[hospes] the guest rebooted; starting it again", err=True)
+        if result.reason == "reboot":
+            click.echo("\n[hospes] the guest rebooted", err=True)
         elapsed = time.monotonic() - sink.t0
         if stats:
             click.echo(f"\n[hospes] {result.reason} after {elapsed:.2f} s"
