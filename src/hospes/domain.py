@@ -279,6 +279,14 @@ class Domain:
         target.online = False
 
     def port_read(self, port: int, size: int) -> int:
+        """An empty I/O bus reads all-ones, except the PIT counters.
+
+        Linux's quick PIT calibration spins while the counter's MSB reads
+        0xff (up to 100,000 reads, ~10 s at this host's trap cost); a stopped
+        counter reading 0 ends it at once. The TSC rate comes from pvclock.
+        """
+        if 0x40 <= port <= 0x42:
+            return 0
         return (1 << (8 * size)) - 1
 
     # --- lifecycle -------------------------------------------------------------------

@@ -62,7 +62,11 @@ def handle_exception(vcpu: "PvVcpu", vec: int, err: int) -> bool:
             vcpu.t_rip += 7
             return True
         if len(code) >= 2 and code[0] == 0xCD:
-            return _soft_int(vcpu, code[1], length=2)
+            # PVM raises #UD for `int n` through a DPL-3 gate; hardware (and Xen)
+            # give #GP((n << 3) | 2) when the gate's DPL forbids it.
+            if not _soft_int(vcpu, code[1], length=2):
+                vcpu.bounce_exception(13, (code[1] << 3) | 2)
+            return True
         return False
     return False
 

@@ -1,0 +1,217 @@
+"""Boot every PV test kernel on Hospes and check what it reports.
+
+Each kernel (tests/guests/<name>.c) prints ``PASS <name>`` per check,
+``FAIL <name>: <detail>`` on a failed one and ``DONE`` before it powers
+off. A kernel passes when Hospes exits 0, the output has a DONE line, no
+FAIL line, and exactly the PASS names listed below, so a kernel that stops
+early or skips a check fails too. Keep the lists in step with the sources
+(test_expected_names_are_in_the_sources checks that without KVM).
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+_TESTS = Path(__file__).resolve().parent
+_BUILD_PY = _TESTS / "guests" / "build.py"
+
+
+def _load_guest_build():
+    name = "hospes_tests_guests_build"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, _BUILD_PY)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+guest_build = _load_guest_build()
+
+RUN_TIMEOUT = 120  # seconds per kernel
+MEMORY_MB = 64
+
+EXPECTED_PASSES: dict[str, tuple[str, ...]] = {
+    "hello": (
+        "console_io_write",
+        "xen_version_major",
+        "start_info_magic",
+        "start_info_nr_pages",
+        "start_info_fields",
+        "boot_stack_in_region",
+        "pt_base_aligned",
+    ),
+    "hypercall_page": (
+        "hypercall_page_stub0_bytes",
+        "hypercall_page_all_stubs",
+        "hypercall_page_iret_stub_bytes",
+        "hypercall_page_xen_version",
+        "hypercall_page_console_io",
+        "hypercall_page_iret",
+    ),
+    "traps": (
+        "map_shared_info",
+        "set_trap_table",
+        "trap_de",
+        "trap_bp",
+        "trap_ud",
+        "trap_gp_noncanonical",
+        "trap_gp_int_n",
+        "trap_pf_read",
+        "trap_pf_write",
+    ),
+    "syscall_user": (
+        "user_pt_pinned",
+        "syscall_callback_registered",
+        "stack_switch",
+        "new_user_baseptr",
+        "syscall_frame",
+        "syscall_kernel_stack",
+        "syscall_events_masked",
+        "user_pf_bounce",
+        "syscall_iret_return",
+        "syscall_done",
+    ),
+    "mmu": (
+        "m2p_machphys_mapping",
+        "m2p_roundtrip",
+        "pin_l1",
+        "refuse_writable_pt_mapping",
+        "mmu_update_l2_link",
+        "mmu_update_map_new_frame",
+        "mmu_update_preserve_ad",
+        "update_va_mapping_invlpg",
+        "refuse_foreign_frame",
+        "refuse_l4_xen_slots",
+        "new_baseptr_copy",
+        "unpin_l1",
+        "pt_frame_writable_after_release",
+    ),
+    "events": (
+        "map_shared_info",
+        "register_callbacks",
+        "bind_virq_timer",
+        "virq_timer_upcall",
+        "upcall_frame",
+        "bind_ipi",
+        "ipi_send_self",
+        "masked_port_no_upcall",
+        "unmask_hypercall_delivers",
+        "local_unmask_poke_delivers",
+        "evtchn_status",
+        "bind_virq_eexist",
+        "evtchn_close",
+    ),
+    "timers": (
+        "pvclock_sane",
+        "pvclock_advances",
+        "wallclock",
+        "singleshot_sleeps",
+        "set_timer_op",
+        "periodic_timer",
+        "past_deadline_fires",
+        "singleshot_future_etime",
+    ),
+    "multicall": (
+        "multicall_returns_zero",
+        "multicall_xen_version_result",
+        "multicall_update_va_mapping",
+        "multicall_unknown_op_enosys",
+        "multicall_continues_after_error",
+    ),
+    "version": (
+        "features",
+        "extraversion",
+        "capabilities",
+        "pagesize",
+        "xen_version_unknown_cmd",
+        "unknown_hypercall_enosys",
+        "cpuid_xen_signature",
+        "cpuid_xen_version",
+        "rdmsr_unknown_gp",
+        "rdmsr_pat",
+        "kernel_gs_base_roundtrip",
+    ),
+}
+
+# A result line, optionally behind a Xen-style "(d1) " console prefix.
+_RESULT = re.compile(r"^(?:\(d\d+\) )?(PASS|FAIL|DONE)(?: (.*))?$")
+
+
+def parse_results(stdout: str) -> tuple[list[str], list[str], bool]:
+    """(PASS names, FAIL lines, saw DONE) from a kernel's console output."""
+    passes, fails, done = [], [], False
+    for raw in stdout.splitlines():
+        m = _RESULT.match(raw.rstrip("\r"))
+        if not m:
+            continue
+        kind, rest = m.group(1), m.group(2) or ""
+        if kind == "PASS":
+            passes.append(rest.strip())
+        elif kind == "FAIL":
+            fails.append(raw.strip())
+        elif not rest:
+            done = True
+    return passes, fails, done
+
+
+def test_expected_names_cover_every_guest():
+    assert set(EXPECTED_PASSES) == set(guest_build.ALL_GUESTS)
+
+
+@pytest.mark.parametrize("name", guest_build.ALL_GUESTS)
+def test_expected_names_are_in_the_sources(name):
+    source = (_TESTS / "guests" / f"{name}.c").read_text()
+    missing = [p for p in EXPECTED_PASSES[name] if f'"{p}"' not in source]
+    assert not missing, f"{name}.c never reports {missing}"
+
+
+def test_parse_results():
+    out = "noise\nPASS a\n(d1) PASS b\nFAIL c: bad\r\nDONE\n"
+    assert parse_results(out) == (["a", "b"], ["FAIL c: bad"], True)
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("name", guest_build.ALL_GUESTS)
+def test_pv_guest(name):
+    if not os.path.exists("/dev/kvm"):
+        pytest.skip("needs /dev/kvm")
+    elf = guest_build.build_guest(name)
+    cmd = [sys.executable, "-m", "hospes", "run", "--kernel", str(elf), "--memory", str(MEMORY_MB)]
+    try:
+        proc = subprocess.run(
+            cmd,
+            cwd=_TESTS.parent,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=RUN_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr
+        pytest.fail(
+            f"{name}: no exit within {RUN_TIMEOUT} s\n--- stdout\n{out or ''}\n--- stderr\n{(err or '')[-4000:]}"
+        )
+
+    passes, fails, done = parse_results(proc.stdout)
+    context = f"--- stdout\n{proc.stdout}\n--- stderr (tail)\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, f"{name}: hospes exited {proc.returncode}\n{context}"
+    assert not fails, f"{name}: {len(fails)} check(s) failed\n{context}"
+    assert done, f"{name}: no DONE line (the kernel stopped early)\n{context}"
+    duplicates = [p for p, n in collections.Counter(passes).items() if n > 1]
+    assert not duplicates, f"{name}: PASS reported twice: {duplicates}\n{context}"
+    expected = set(EXPECTED_PASSES[name])
+    got = set(passes)
+    assert got == expected, (
+        f"{name}: missing PASS {sorted(expected - got)}, unexpected PASS {sorted(got - expected)}\n{context}"
+    )
