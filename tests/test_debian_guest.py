@@ -77,3 +77,29 @@ def test_shell_over_console_answers(default_images) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_sigterm_asks_guest_to_power_off_via_xenstore(default_images) -> None:
+    """SIGTERM to `hospes run` writes control/shutdown=poweroff; the guest obeys."""
+    import os
+    import select
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hospes", "run"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    buf = b""
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and b"hospes:/#" not in buf:
+            if select.select([proc.stdout], [], [], 0.5)[0]:
+                buf += proc.stdout.read() or b""
+        assert b"hospes:/#" in buf, buf[-2000:]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -291,6 +291,16 @@ class Domain:
 
     # --- lifecycle -------------------------------------------------------------------
 
+    def request_shutdown(self, reason: str = "poweroff") -> None:
+        """Ask the guest to shut down, as xl does: write control/shutdown."""
+        if reason not in ("poweroff", "reboot", "halt"):
+            raise DomainError(f"Unknown shutdown request {reason!r}; use poweroff, reboot or halt.")
+        self.store.write(f"/local/domain/{self.domid}/control/shutdown", reason)
+
+    def destroy(self) -> None:
+        """Stop the domain at once, without asking the guest."""
+        self._finish(ShutdownResult("destroyed"))
+
     def shutdown(self, reason: int, vcpu: PvVcpu | None = None) -> None:
         self._service_console()
         self._finish(ShutdownResult(SHUTDOWN_NAMES.get(reason, str(reason))))

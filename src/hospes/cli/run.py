@@ -7,6 +7,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -89,6 +90,28 @@ class _TerminalInput:
             termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
 
 
+def _on_terminate(dom) -> "Callable[[], None]":
+    """SIGTERM/SIGHUP ask the guest to power off; a second one destroys it."""
+    import signal
+
+    asked = []
+
+    def handler(signum: int, frame: object) -> None:
+        if asked:
+            dom.destroy()
+            return
+        asked.append(signum)
+        dom.request_shutdown("poweroff")
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+    def restore() -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+    return restore
+
+
 def register(group: click.Group) -> None:
     @group.command("run", context_settings={"ignore_unknown_options": False})
     @click.option("--kernel", type=click.Path(path_type=Path), help="PV kernel (bzImage or ELF); default: Debian's cloud kernel.")
@@ -124,9 +147,11 @@ def register(group: click.Group) -> None:
         with _TerminalInput() as read_input:
             while True:
                 dom = Domain(config, console_out=sink)
+                restore = _on_terminate(dom)
                 try:
                     result = dom.run(read_input)
                 finally:
+                    restore()
                     dom.close()
                 if result.reason != "reboot" or on_reboot == "exit":
                     break
@@ -140,6 +165,9 @@ def register(group: click.Group) -> None:
                        err=True)
             for key, n in sorted(result.stats.items(), key=lambda kv: -kv[1]):
                 click.echo(f"[hospes]   {key:24} {n}", err=True)
+        if result.reason == "destroyed":
+            click.echo("\nhospes: the guest was destroyed", err=True)
+            sys.exit(5)
         if result.reason == "crash":
             click.echo(f"\nhospes: the guest crashed: {result.message}", err=True)
             sys.exit(3)

@@ -63,7 +63,20 @@ hospes_load_modules() {
     done <"$HOSPES_MODULE_LIST"
 }
 
+# busybox's halt/poweroff/reboot signal PID 1 (USR1/USR2/TERM), as does the
+# kernel's orderly_poweroff when the toolstack writes control/shutdown.
+hospes_on_signal() {
+    sync
+    if [ "$1" = reboot ]; then
+        reboot -f
+    else
+        poweroff -f
+    fi
+}
+
 hospes_main() {
+    trap 'hospes_on_signal poweroff' USR1 USR2
+    trap 'hospes_on_signal reboot' TERM
     PATH=/usr/sbin:/usr/bin:/sbin:/bin
     HOME=/root
     TERM=linux
@@ -95,7 +108,9 @@ hospes_main() {
 
     if b64=$(hospes_cmdline_arg hospes.cmd); then
         if cmd=$(hospes_decode_cmd "$b64"); then
-            hospes_run_cmd "$cmd"
+            # In the background so that PID 1 can act on signals meanwhile.
+            hospes_run_cmd "$cmd" <"$tty" &
+            wait $!
         else
             echo "hospes: warning: hospes.cmd is not valid base64" >&2
             echo "hospes-exit-status=125"
@@ -107,7 +122,11 @@ hospes_main() {
             poweroff -f
         fi
     else
-        setsid cttyhack sh
+        setsid cttyhack sh &
+        pid=$!
+        while kill -0 "$pid" 2>/dev/null; do
+            wait "$pid"
+        done
         sync
         poweroff -f
     fi
