@@ -113,6 +113,7 @@ class Domain:
         self.ldt_supported = False
         self.shutdown_code: int | None = None
         self.stopping = False
+        self.paused = False
         self.result: ShutdownResult | None = None
         self._done = threading.Event()
 
@@ -296,6 +297,17 @@ class Domain:
         if reason not in ("poweroff", "reboot", "halt"):
             raise DomainError(f"Unknown shutdown request {reason!r}; use poweroff, reboot or halt.")
         self.store.write(f"/local/domain/{self.domid}/control/shutdown", reason)
+
+    def pause(self) -> None:
+        """Stop running guest code until unpause(); timers keep counting."""
+        self.paused = True
+        for pv in self.vcpus:
+            pv.kick()
+
+    def unpause(self) -> None:
+        self.paused = False
+        for pv in self.vcpus:
+            pv.kick()
 
     def destroy(self) -> None:
         """Stop the domain at once, without asking the guest."""

@@ -243,7 +243,7 @@ class PvVcpu:
         dom = self.domain
         run = self.kvm.run
         while not dom.stopping:
-            if not self.online:
+            if not self.online or dom.paused:
                 with self.wake:
                     self.wake.wait(0.5)
                 continue
@@ -379,6 +379,8 @@ class PvVcpu:
 
     def _on_kick(self) -> None:
         self.count("kick")
+        if self.domain.paused:
+            return
         sregs = self.sregs
         ev = self.events
         in_guest = sregs.cs.dpl == 3 and not (ev.exception.injected or ev.exception.pending)
