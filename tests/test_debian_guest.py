@@ -103,3 +103,16 @@ def test_sigterm_asks_guest_to_power_off_via_xenstore(default_images) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_two_vcpus_come_online_and_run_in_parallel(default_images) -> None:
+    script = (
+        "cat /sys/devices/system/cpu/online; "
+        "for j in 1 2 3 4; do (i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; echo job$j) & done; wait"
+    )
+    p = run_hospes("run", "--vcpus", "2", "--", "sh", "-c", script)
+    out = p.stdout.decode(errors="replace")
+    assert p.returncode == 0, p.stderr.decode(errors="replace")[-2000:]
+    lines = out.splitlines()
+    assert "0-1" in lines
+    assert sorted(line for line in lines if line.startswith("job")) == ["job1", "job2", "job3", "job4"]

@@ -37,10 +37,12 @@ from hospes.pv.store import Store
 from hospes.pv.store.connection import RingConnection
 from hospes.pv.time import Clock, Timers
 from hospes.pv.trampoline import Trampoline
+from hospes.pv.smp import CONTEXT_SIZE
 from hospes.pv.vcpu import PvVcpu
 
 MIN_MEMORY_MIB = 16
 MAX_MEMORY_MIB = 64 * 1024
+MAX_VCPUS = 32  # vcpu_info slots in shared_info (XEN_LEGACY_MAX_VCPUS)
 
 
 class DomainError(HospesError):
@@ -68,6 +70,17 @@ class ShutdownResult:
 SHUTDOWN_NAMES = {0: "poweroff", 1: "reboot", 2: "suspend", 3: "crash", 4: "watchdog", 5: "soft_reset"}
 
 
+class _PollWaiter:
+    """What event channels wake when a polled port becomes pending."""
+
+    def __init__(self, vcpu: PvVcpu) -> None:
+        self.vcpu = vcpu
+
+    def set(self) -> None:
+        with self.vcpu.wake:
+            self.vcpu.wake.notify_all()
+
+
 class _Backend:
     def __init__(self, fn: Callable[[], None]) -> None:
         self.notify = fn
@@ -84,8 +97,8 @@ class Domain:
                 f"Memory size {config.memory_mib} MiB is out of range: give between {MIN_MEMORY_MIB} and "
                 f"{MAX_MEMORY_MIB} MiB."
             )
-        if not 1 <= config.vcpus <= 1:
-            raise DomainError("Only one vCPU per domain is supported so far; use --vcpus 1.")
+        if not 1 <= config.vcpus <= MAX_VCPUS:
+            raise DomainError(f"A domain has between 1 and {MAX_VCPUS} vCPUs; {config.vcpus} were asked for.")
         self.config = config
         self.domid = config.domid
         self.uuid = uuidlib.uuid4()
@@ -203,14 +216,22 @@ class Domain:
             vcpu.blocked = False
 
     def poll(self, vcpu: PvVcpu, ports: Sequence[int], timeout: int) -> None:
-        with vcpu.wake:
-            while not self.stopping:
-                if vcpu.upcall_deliverable() or self.evtchn.poll_ready(vcpu.id, ports):
-                    return
-                if timeout and self.clock.now() >= timeout:
-                    return
-                wait = 0.05 if not timeout else max(0.0, min(0.05, (timeout - self.clock.now()) / 1e9))
-                vcpu.wake.wait(wait)
+        """SCHEDOP_poll: sleep until a listed port is pending (even masked), an
+        upcall is deliverable, or the absolute timeout passes."""
+        waiter = _PollWaiter(vcpu)
+        self.evtchn.register_poller(waiter, ports)
+        try:
+            with vcpu.wake:
+                while not self.stopping:
+                    if vcpu.upcall_deliverable() or self.evtchn.poll_ready(vcpu.id, ports):
+                        return
+                    now = self.clock.now()
+                    if timeout and now >= timeout:
+                        return
+                    wait = 0.05 if not timeout else max(0.0, min(0.05, (timeout - now) / 1e9))
+                    vcpu.wake.wait(wait)
+        finally:
+            self.evtchn.unregister_poller(waiter)
 
     def on_yield(self, vcpu: PvVcpu) -> None:
         self._service_console()
@@ -219,7 +240,28 @@ class Domain:
         threading.Timer(0.0002, vcpu.kick).start()
 
     def flush_others(self, vcpu: PvVcpu) -> None:
+        """Flush every vCPU's TLB before returning (Xen's *_MULTI/ALL semantics).
+
+        A vCPU outside KVM_RUN flushes before it next runs guest code; a running
+        one is kicked, and we wait until it has scheduled its flush.
+        """
         vcpu.request_flush()
+        waits = []
+        for other in self.vcpus:
+            if other is vcpu or not other.online:
+                continue
+            gen = other.flush_generation
+            other.flush_pending = True
+            if other.in_kvm_run:
+                other.kick()
+                waits.append((other, gen))
+        deadline = time.monotonic() + 1.0
+        for other, gen in waits:
+            while other.flush_generation == gen and other.in_kvm_run and other.online and not self.stopping:
+                if time.monotonic() > deadline:
+                    other.kick()
+                    deadline = time.monotonic() + 1.0
+                time.sleep(0)
 
     # --- backends ----------------------------------------------------------------------
 
@@ -271,13 +313,24 @@ class Domain:
         vcpu.vcpu_info_registered = True
 
     def initialise_vcpu(self, target: PvVcpu, arg: int, caller: PvVcpu) -> int:
-        return -Errno.ENOSYS
+        """VCPUOP_initialise: load a vcpu_guest_context (pv-abi.md §12.2)."""
+        from hospes.pv.smp import load_guest_context
+
+        if target.initialised:
+            return -Errno.EEXIST
+        return load_guest_context(self, target, caller.read(arg, CONTEXT_SIZE))
 
     def start_vcpu(self, target: PvVcpu) -> None:
-        target.online = True
+        with target.wake:
+            target.online = True
+            target.wake.notify_all()
+        self.write_runstate(target)
 
     def stop_vcpu(self, target: PvVcpu) -> None:
         target.online = False
+        target.initialised = False
+        if target.thread_ident != threading.get_ident():
+            target.kick()
 
     def port_read(self, port: int, size: int) -> int:
         """An empty I/O bus reads all-ones, except the PIT counters.

@@ -118,11 +118,12 @@ def register(group: click.Group) -> None:
     @click.option("--ramdisk", type=click.Path(path_type=Path), help="Initrd; default: Hospes' busybox initramfs (only with the default kernel).")
     @click.option("--cmdline", default=None, help="Kernel command line.")
     @click.option("--memory", "memory", default=256, show_default=True, type=int, help="Memory in MiB.")
+    @click.option("--vcpus", default=1, show_default=True, type=int, help="Number of vCPUs.")
     @click.option("--on-reboot", type=click.Choice(["restart", "exit"]), default="restart", show_default=True,
                   help="What to do when the guest reboots.")
     @click.option("--stats", is_flag=True, help="Print exit counts by kind when the guest stops.")
     @click.argument("command", nargs=-1)
-    def run(kernel: Path | None, ramdisk: Path | None, cmdline: str | None, memory: int, on_reboot: str,
+    def run(kernel: Path | None, ramdisk: Path | None, cmdline: str | None, memory: int, vcpus: int, on_reboot: str,
             stats: bool, command: tuple[str, ...]) -> None:
         """Boot a domain; with `-- CMD ARGS...` run CMD in the guest and exit with its status."""
         from hospes.domain import Domain, DomainConfig
@@ -143,7 +144,7 @@ def register(group: click.Group) -> None:
         if ramdisk is not None and not Path(ramdisk).exists():
             raise HospesError(f"Ramdisk {ramdisk} does not exist; check the path or run `hospes image`.")
         sink = _ConsoleSink()
-        config = DomainConfig(kernel=kernel, ramdisk=ramdisk, cmdline=cmdline, memory_mib=memory)
+        config = DomainConfig(kernel=kernel, ramdisk=ramdisk, cmdline=cmdline, memory_mib=memory, vcpus=vcpus)
         with _TerminalInput() as read_input:
             while True:
                 dom = Domain(config, console_out=sink)

@@ -19,6 +19,7 @@ must be made from guest mode).
 
 from __future__ import annotations
 
+import ctypes
 import struct
 import threading
 from typing import TYPE_CHECKING, Callable
@@ -121,6 +122,9 @@ class PvVcpu:
         # Pending in-VM work and the target frame of the next entry.
         self.writes: list[tuple[int, int]] = []
         self.flush_pending = False
+        self.flush_generation = 0        # bumped whenever a TLB flush is scheduled before guest code
+        self.in_kvm_run = False
+        self.start_context: dict | None = None
         self.t_rip = 0
         self.t_cs = abi.FLAT_KERNEL_CS
         self.t_rflags = 0x202
@@ -245,9 +249,14 @@ class PvVcpu:
         while not dom.stopping:
             if not self.online or dom.paused:
                 with self.wake:
-                    self.wake.wait(0.5)
+                    if not self.online or dom.paused:
+                        self.wake.wait(0.5)
                 continue
+            if self.start_context is not None:
+                self._apply_start_context()
+            self.in_kvm_run = True
             reason = run()
+            self.in_kvm_run = False
             if self.kvm.immediate_exit:
                 self.kvm.immediate_exit = False
             try:
@@ -389,10 +398,10 @@ class PvVcpu:
         if not in_guest:
             # Inside a stub or the writer: it reaches an exit or the guest shortly;
             # try again then.
-            if self.upcall_deliverable():
+            if self.upcall_deliverable() or self.flush_pending:
                 self.domain.rekick(self)
             return
-        if self.upcall_deliverable() and self.callbacks.get(abi.CALLBACKTYPE_event):
+        if self.flush_pending or (self.upcall_deliverable() and self.callbacks.get(abi.CALLBACKTYPE_event)):
             regs = self.regs
             self.exit_kind = "intr"
             self.t_rip, self.t_cs, self.t_rflags = regs.rip, sregs.cs.selector, regs.rflags
@@ -491,7 +500,10 @@ class PvVcpu:
         regs = self.regs
         kind = self.exit_kind
         if self.writes or self.flush_pending or want_cr3 != self.cpu_cr3:
+            # No guest instruction runs before the writer's CR3 reload: for
+            # anyone waiting on a remote flush, this vCPU is done.
             self.flush_pending = False
+            self.flush_generation += 1
             if sregs.cs.dpl != 0:
                 _segment(sregs.cs, abi.HYPERVISOR_CS, code=True, dpl=0, long=True)
                 _segment(sregs.ss, abi.HYPERVISOR_DS, code=False, dpl=0, long=False)
@@ -536,6 +548,25 @@ class PvVcpu:
         self.regs.rip = self.domain.trampoline.writer_va
         self.regs.rsp = area.frame_va
         self.count("writer")
+
+    def _apply_start_context(self) -> None:
+        """First entry of a vCPU brought up with VCPUOP_initialise (runs on its thread)."""
+        ctx = self.start_context
+        assert ctx is not None
+        self.start_context = None
+        k = self.kvm
+        fresh = k.get_sregs()
+        ctypes.memmove(ctypes.addressof(self.sregs), ctypes.addressof(fresh), ctypes.sizeof(fresh))
+        fresh_regs = k.get_regs()
+        for name, value in ctx["gprs"].items():
+            setattr(fresh_regs, name, value)
+        ctypes.memmove(ctypes.addressof(self.regs), ctypes.addressof(fresh_regs), ctypes.sizeof(fresh_regs))
+        self.sregs.cr3 = self.kernel_cr3
+        self.cpu_cr3 = self.kernel_cr3
+        self.t_rip, self.t_cs, self.t_rflags, self.t_rsp, self.t_ss = ctx["frame"]
+        self.exit_kind = "start"
+        self._resume()
+        self.kvm.mark_dirty(regs=True, sregs=True)
 
     def request_flush(self) -> None:
         """Flush this vCPU's TLB (a CR3 reload by the writer) before the guest runs again."""
