@@ -252,8 +252,10 @@ class Domain:
                 continue
             gen = other.flush_generation
             other.flush_pending = True
+            # Kick even a vCPU between exits: immediate_exit makes its next
+            # KVM_RUN return at once, so it cannot enter the guest unflushed.
+            other.kick()
             if other.in_kvm_run:
-                other.kick()
                 waits.append((other, gen))
         deadline = time.monotonic() + 1.0
         for other, gen in waits:
