@@ -284,6 +284,10 @@ class PvVcpu:
             except DomainCrash as e:
                 dom.crash(self, str(e))
                 return
+            except Exception as e:  # noqa: BLE001 - a guest must never take the host down
+                # Whatever the guest did to reach this, it ends its own domain only.
+                dom.crash(self, f"internal error handling exit {reason}: {type(e).__name__}: {e}")
+                return
 
     # --- syscall exits -----------------------------------------------------------
 

@@ -53,6 +53,7 @@
 /* ---- Errno values (public/errno.h) ------------------------------------ */
 #define XEN_EPERM   1
 #define XEN_ENOENT  2
+#define XEN_EFAULT  14
 #define XEN_EEXIST  17
 #define XEN_EINVAL  22
 #define XEN_ENOSYS  38

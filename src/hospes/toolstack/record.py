@@ -1,0 +1,128 @@
+"""A domain's state record (``domains/<id>.json``) and the liveness of its process.
+
+Who writes the record:
+
+* the daemon writes the first version before it starts the domain process
+  (state ``building``, no pid yet);
+* from then on the domain process owns it: it records its pid, every state
+  change, and deletes it (with its control socket) when the domain is destroyed;
+* the daemon writes it again only when the process is gone (a rename of a dead
+  domain) and deletes it when a dead domain is destroyed.
+
+Every write is atomic (temporary file + rename), so a reader never sees half a
+record.
+
+Liveness: a pid alone is not proof, pids are reused. The record keeps the
+process's start time (``/proc/<pid>/stat`` field 22), and a process counts as
+alive only while a process with that pid *and* that start time exists and is not
+a zombie.
+
+Record states (the ``state`` field) and what the daemon reports::
+
+    building  -> running <-> paused -> (shutdown | record deleted)
+    any live state + process gone  => crashed (reported, kept until destroy)
+    shutdown + process gone        => a preserved, shut-down domain (on_* = preserve)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+RECORD_VERSION = 1
+LIVE_STATES = ("building", "running", "paused")
+STATES = LIVE_STATES + ("shutdown",)
+
+
+@dataclass
+class DomainRecord:
+    """What survives a daemon restart about one domain."""
+
+    domid: int
+    name: str
+    uuid: str
+    spec: dict[str, Any]
+    created: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.time)   # start of the current boot
+    state: str = "building"
+    shutdown_reason: str | None = None     # poweroff, reboot, crash, ... once shut down
+    message: str = ""                      # why it stopped or failed, for people
+    pid: int | None = None
+    pid_start: int | None = None           # /proc/<pid>/stat starttime, see module doc
+    boots: int = 1
+    start_paused: bool = False
+    console_log: str = ""
+    version: int = RECORD_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DomainRecord":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def write_record(path: Path, record: DomainRecord) -> None:
+    """Atomically replace ``path`` with ``record``."""
+    atomic_write(path, json.dumps(record.to_dict(), indent=1, sort_keys=True).encode() + b"\n")
+
+
+def read_record(path: Path) -> DomainRecord | None:
+    """The record at ``path``, or None if it is missing or unreadable."""
+    try:
+        data = json.loads(path.read_bytes())
+        return DomainRecord.from_dict(data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of ``/proc/<pid>/stat`` (clock ticks since boot), None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[19])
+
+
+def process_alive(pid: int | None, start: int | None) -> bool:
+    """True while ``pid`` names a live (non-zombie) process that started at ``start``."""
+    if not pid:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):
+        return False
+    return start is None or int(fields[19]) == start
+
+
+def remove_quietly(*paths: Path) -> None:
+    for p in paths:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
