@@ -156,9 +156,11 @@ class Domain:
             self.mem, lay.ram_pages, kernel, initrd, config.cmdline, lay.shared_info_gpa,
             self.store_port, self.console_port, self.trampoline.l4_entries, hypercall_page_bytes(),
         )
-        for frame, level in self.boot.page_table_frames:
-            self.mmu.level[frame] = level
-        self.mmu.pinned.add(self.boot.l4_gpa >> 12)
+        # The builder pins its L4 (as libxc does) and the boot vCPU's CR3 holds
+        # it: validating it types every bootstrap table. Its fix-ups were
+        # already in memory before the first entry, so no writer run is needed.
+        boot_writes: list[tuple[int, int]] = []
+        self.mmu.pin_boot_l4(self.boot.l4_gpa >> 12, boot_writes)
         self.console = ConsoleBackend(self.mem.view(self.boot.console_gpa, PAGE_SIZE),
                                       lambda: self.evtchn.notify_backend_port(self.console_port))
         self.store = Store()

@@ -243,7 +243,6 @@ def _ptwr(vcpu: "PvVcpu", cr2: int) -> bool:
     if result is None:
         return False
     new, writeback = result
-    level = mmu.level[slot >> 12]
     with mmu.lock:
         try:
             mmu.update_entry(vcpu, slot, new)

@@ -1,20 +1,29 @@
-"""The PV MMU: validating the guest's page tables (pv-abi.md §8).
+"""The PV MMU: Xen's page types, reference counted (pv-abi.md §8).
 
 The hardware walks the guest's own tables (machine frame == guest-physical
-frame), so Hospes' job is to keep them safe and runnable:
+frame), so what keeps a guest inside its memory and away from the trampoline
+is this bookkeeping, which follows Xen's:
 
-* every present entry gets ``_PAGE_USER`` (the guest kernel runs at CPL 3),
-  and L4 entries ``_PAGE_ACCESSED``, as Xen's adjust_guest_l*e does;
-* entries may only name frames of this domain: RAM at every level, plus the
-  hypervisor-owned frames the guest may map (shared_info, grant frames) in L1s;
-  no superpages;
-* L4 slots 256-271 belong to the hypervisor: guest writes there are refused and
-  every L4 validated gets Hospes' own entries;
-* writable mappings of pinned page tables are refused.
+* Every RAM frame has at most one *type* at a time: an L1..L4 page table,
+  ``WRITABLE`` (mapped writable somewhere), or ``SEGDESC`` (a GDT frame), with
+  a count of the references that hold it. A frame can only take a type when
+  its count is zero, so a page table can never be mapped writable and a
+  writable page can never become a page table: the guest cannot edit a live
+  table except through Hospes.
+* References come from validated entries (an L2 entry holds its L1's
+  ``L1`` type; a writable L1 entry holds its frame's ``WRITABLE`` type), from
+  pins, from the vCPUs' CR3s and from loaded GDTs. Taking the first reference
+  validates the table (recursively taking its children's); dropping the last
+  one releases them again.
+* Entries may only name this domain's frames: RAM at every level, plus the
+  hypervisor-owned frames the guest may map (shared_info, grant frames) in
+  L1s; no superpages. Present entries get ``_PAGE_USER`` (the guest kernel
+  runs at CPL 3) and L4 entries ``_PAGE_ACCESSED``, as Xen's adjust_guest_l*e.
+* L4 slots 256-271 belong to the hypervisor: every validated L4 gets Hospes'
+  entries there, and guest writes to them are refused.
 
-A frame's validated level is remembered so a table shared by many L4s (the
-kernel half) is walked once. Every change is queued on the vCPU and applied by
-the in-VM writer, because this KVM ignores page-table stores made by the VMM.
+Every resulting store is queued on the vCPU and made by the in-VM writer,
+because this KVM ignores page-table stores made by the VMM (platform.md).
 """
 
 from __future__ import annotations
@@ -22,7 +31,6 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
-from hospes.pv import layout as L
 from hospes.pv.abi import PTE_A, PTE_ADDR_MASK, PTE_P, PTE_PSE, PTE_RW, PTE_US
 from hospes.pv.errors import Errno, XenError
 
@@ -31,10 +39,15 @@ if TYPE_CHECKING:
 
 FIRST_XEN_SLOT = 256
 LAST_XEN_SLOT = 271
+WRITABLE = 8
+SEGDESC = 9
+TYPE_NAMES = {1: "L1", 2: "L2", 3: "L3", 4: "L4", WRITABLE: "writable", SEGDESC: "descriptor"}
+
+Writes = list[tuple[int, int]]
 
 
 class PvMmu:
-    """Page-table types and validation for one domain."""
+    """Page types, pins and validation for one domain."""
 
     def __init__(self, mem, ram_pages: int, guest_frames: int, hv_l4_entries: dict[int, int]) -> None:
         self.mem = mem
@@ -42,59 +55,119 @@ class PvMmu:
         self.ram_pages = ram_pages
         self.guest_frames = guest_frames
         self.hv_l4 = {slot: hv_l4_entries.get(slot, 0) for slot in range(FIRST_XEN_SLOT, LAST_XEN_SLOT + 1)}
-        self.level: dict[int, int] = {}
+        self.type: dict[int, int] = {}
+        self.count: dict[int, int] = {}
         self.pinned: set[int] = set()
         self.lock = threading.RLock()
 
     # --- entries -------------------------------------------------------------------
 
     def adjust(self, level: int, entry: int) -> int:
-        """Validate one entry for a table of ``level``; return it adjusted."""
+        """Check one entry for a table of ``level``; return it as Xen would store it."""
         if not entry & PTE_P:
             return entry
         frame = (entry & PTE_ADDR_MASK) >> 12
         if level == 1:
             if frame >= self.guest_frames:
                 raise XenError(Errno.EINVAL)
-            if entry & PTE_RW and frame in self.pinned:
-                raise XenError(Errno.EINVAL)
             return entry | PTE_US
         if frame >= self.ram_pages or entry & PTE_PSE:
             raise XenError(Errno.EINVAL)
         return entry | PTE_US | (PTE_A if level == 4 else 0)
 
-    def note_writable(self, level: int, entry: int) -> None:
-        """A frame mapped writable stops being a page table (Xen: type change)."""
-        if level == 1 and entry & (PTE_P | PTE_RW) == (PTE_P | PTE_RW):
-            frame = (entry & PTE_ADDR_MASK) >> 12
-            if frame in self.level and frame not in self.pinned:
-                del self.level[frame]
+    def _get_ref(self, level: int, entry: int, writes: Writes) -> None:
+        """Take the reference an (adjusted) entry holds on what it points at."""
+        if not entry & PTE_P:
+            return
+        frame = (entry & PTE_ADDR_MASK) >> 12
+        if level > 1:
+            self.get_type(frame, level - 1, writes)
+        elif entry & PTE_RW and frame < self.ram_pages:
+            self.get_type(frame, WRITABLE, writes)
 
-    def validate_table(self, frame: int, level: int, writes: list[tuple[int, int]]) -> None:
-        """Validate a whole table (and what it references), queueing fix-ups."""
+    def _put_ref(self, level: int, entry: int, writes: Writes) -> None:
+        if not entry & PTE_P:
+            return
+        frame = (entry & PTE_ADDR_MASK) >> 12
+        if level > 1:
+            self.put_type(frame, writes)
+        elif entry & PTE_RW and frame < self.ram_pages:
+            self.put_type(frame, writes)
+
+    # --- types ---------------------------------------------------------------------
+
+    def get_type(self, frame: int, kind: int, writes: Writes) -> None:
+        """Take a ``kind`` reference on ``frame``, validating it if it is new."""
         if frame >= self.ram_pages:
             raise XenError(Errno.EINVAL)
-        if self.level.get(frame) == level:
+        n = self.count.get(frame, 0)
+        if n:
+            if self.type[frame] != kind:
+                raise XenError(Errno.EINVAL)
+            self.count[frame] = n + 1
             return
-        base = frame << 9  # index of the table's first qword
-        q = self.q
-        entries = q[base:base + 512].tolist()
-        for i, entry in enumerate(entries):
+        self.type[frame] = kind
+        self.count[frame] = 1
+        if kind <= 4:
+            try:
+                self._validate(frame, kind, writes)
+            except XenError:
+                del self.type[frame]
+                del self.count[frame]
+                raise
+
+    def put_type(self, frame: int, writes: Writes) -> None:
+        n = self.count.get(frame, 0)
+        if n <= 0:
+            return  # a reference we never took (e.g. after a failed validation)
+        if n > 1:
+            self.count[frame] = n - 1
+            return
+        kind = self.type.pop(frame)
+        del self.count[frame]
+        if kind <= 4:
+            self._release(frame, kind, writes)
+
+    def _entries(self, frame: int) -> list[int]:
+        base = frame << 9
+        return self.q[base:base + 512].tolist()
+
+    def _validate(self, frame: int, level: int, writes: Writes) -> None:
+        """Check a table and take its children's references; undo all on failure."""
+        taken: list[int] = []
+        fixes: Writes = []
+        try:
+            for i, entry in enumerate(self._entries(frame)):
+                if level == 4 and FIRST_XEN_SLOT <= i <= LAST_XEN_SLOT:
+                    want = self.hv_l4[i]
+                    if entry != want:
+                        fixes.append(((frame << 12) + i * 8, want))
+                    continue
+                if not entry & PTE_P:
+                    continue
+                new = self.adjust(level, entry)
+                self._get_ref(level, new, writes)
+                taken.append(new)
+                if new != entry:
+                    fixes.append(((frame << 12) + i * 8, new))
+        except XenError:
+            for entry in taken:
+                self._put_ref(level, entry, writes)
+            raise
+        for gpa, value in fixes:
+            self.store(writes, gpa, value)
+
+    def _release(self, frame: int, level: int, writes: Writes) -> None:
+        for i, entry in enumerate(self._entries(frame)):
             if level == 4 and FIRST_XEN_SLOT <= i <= LAST_XEN_SLOT:
-                want = self.hv_l4[i]
-                if entry != want:
-                    writes.append(((frame << 12) + i * 8, want))
                 continue
-            if not entry & PTE_P:
-                continue
-            new = self.adjust(level, entry)
-            if level > 1:
-                self.validate_table((new & PTE_ADDR_MASK) >> 12, level - 1, writes)
-            else:
-                self.note_writable(1, new)
-            if new != entry:
-                writes.append(((frame << 12) + i * 8, new))
-        self.level[frame] = level
+            self._put_ref(level, entry, writes)
+
+    def store(self, writes: Writes, gpa: int, value: int) -> None:
+        """Store an entry: into memory now (so later checks in the same batch see
+        it) and queued for the in-VM writer (so KVM's shadow tables see it)."""
+        self.q[gpa >> 3] = value
+        writes.append((gpa, value))
 
     # --- operations the hypercalls use ----------------------------------------------
 
@@ -103,33 +176,52 @@ class PvMmu:
         frame = pte_gpa >> 12
         if frame >= self.ram_pages:
             raise XenError(Errno.EINVAL)
-        level = self.level.get(frame)
+        old = self.q[pte_gpa >> 3]
         if preserve_ad:
-            value |= self.q[pte_gpa >> 3] & 0x60
-        if level is None:
-            vcpu.writes.append((pte_gpa, value))
+            value |= old & 0x60
+        kind = self.type.get(frame) if self.count.get(frame) else None
+        if kind is None or kind == WRITABLE:
+            self.store(vcpu.writes, pte_gpa, value)  # an ordinary page: a plain store
             return
+        if kind == SEGDESC:
+            raise XenError(Errno.EINVAL)
         index = (pte_gpa & 0xFFF) >> 3
-        if level == 4 and FIRST_XEN_SLOT <= index <= LAST_XEN_SLOT:
+        if kind == 4 and FIRST_XEN_SLOT <= index <= LAST_XEN_SLOT:
             raise XenError(Errno.EPERM)
-        new = self.adjust(level, value)
-        if level > 1 and new & PTE_P:
-            self.validate_table((new & PTE_ADDR_MASK) >> 12, level - 1, vcpu.writes)
-        self.note_writable(level, new)
-        vcpu.writes.append((pte_gpa, new))
+        new = self.adjust(kind, value)
+        if (new ^ old) & ~0x60 == 0 or (new & PTE_P and old & PTE_P and
+                                        (new ^ old) & (PTE_ADDR_MASK | PTE_RW | PTE_P) == 0):
+            self.store(vcpu.writes, pte_gpa, new)  # same target and rights: no reference changes
+            return
+        self._get_ref(kind, new, vcpu.writes)
+        self._put_ref(kind, old, vcpu.writes)
+        self.store(vcpu.writes, pte_gpa, new)
 
     def pin(self, vcpu: "PvVcpu", frame: int, level: int) -> None:
         if frame in self.pinned:
             raise XenError(Errno.EINVAL)
-        self.validate_table(frame, level, vcpu.writes)
+        self.get_type(frame, level, vcpu.writes)
         self.pinned.add(frame)
 
-    def unpin(self, frame: int) -> None:
+    def pin_boot_l4(self, frame: int, writes: Writes) -> None:
+        """The builder's L4: pinned, plus the boot vCPU's CR3 reference."""
+        self.get_type(frame, 4, writes)
+        self.get_type(frame, 4, writes)
+        self.pinned.add(frame)
+
+    def unpin(self, vcpu: "PvVcpu", frame: int) -> None:
         if frame not in self.pinned:
             raise XenError(Errno.EINVAL)
         self.pinned.discard(frame)
-        if self.level.get(frame) == 1:
-            del self.level[frame]
+        self.put_type(frame, vcpu.writes)
+
+    def switch_l4(self, writes: Writes, old_cr3: int, new_frame: int) -> int:
+        """Move a CR3 reference from ``old_cr3`` to ``new_frame`` (0 = none); return the new CR3."""
+        if new_frame:
+            self.get_type(new_frame, 4, writes)
+        if old_cr3:
+            self.put_type(old_cr3 >> 12, writes)
+        return new_frame << 12
 
     def l1_entry_gpa(self, cr3: int, va: int) -> int:
         """GPA of the L1 entry mapping ``va`` under ``cr3`` (-EINVAL if none)."""
@@ -146,12 +238,10 @@ class PvMmu:
         return table + ((va >> 12) & 511) * 8
 
     def is_page_table(self, frame: int) -> bool:
-        return frame in self.level
+        return self.count.get(frame, 0) > 0 and self.type[frame] <= 4
+
+    def table_level(self, frame: int) -> int | None:
+        return self.type[frame] if self.is_page_table(frame) else None
 
 
-def hv_slot_entries(trampoline_entries: dict[int, int]) -> dict[int, int]:
-    """The values Hospes writes into slots 256-271 of every guest L4."""
-    return {slot: trampoline_entries.get(slot, 0) for slot in range(FIRST_XEN_SLOT, LAST_XEN_SLOT + 1)}
-
-
-__all__ = ["PvMmu", "hv_slot_entries", "L"]
+__all__ = ["PvMmu", "WRITABLE", "SEGDESC", "TYPE_NAMES"]

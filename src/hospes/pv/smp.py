@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from hospes.pv import abi
 from hospes.pv.errors import Errno, XenError
 from hospes.pv.guestvirt import canonical
-from hospes.pv.hypercalls.descriptors import check_descriptor
+from hospes.pv.hypercalls.descriptors import load_gdt_frames
 
 if TYPE_CHECKING:
     from hospes.domain import Domain
@@ -62,25 +62,19 @@ def load_guest_context(dom: "Domain", target: "PvVcpu", ctx: bytes) -> int:
     ram = dom.layout.ram_pages
     nframes = (gdt_ents + 511) // 512
     frames = gdt_frames[:nframes]
+    kernel_l4 = ctrlreg[3] >> 12
+    user_l4 = ctrlreg[1] >> 12
+    if kernel_l4 == 0 or kernel_l4 >= ram or user_l4 >= ram:
+        return -Errno.EINVAL
     with dom.mmu.lock:
-        for f in frames:
-            if f >= ram or dom.mmu.is_page_table(f):
-                return -Errno.EINVAL
         try:
-            fixed = [[check_descriptor(d) for d in dom.mem.q[f << 9:(f << 9) + 512].tolist()] for f in frames]
-            kernel_l4 = ctrlreg[3] >> 12
-            user_l4 = ctrlreg[1] >> 12
-            for l4 in (kernel_l4, user_l4):
-                if l4:
-                    if l4 >= ram:
-                        return -Errno.EINVAL
-                    dom.mmu.validate_table(l4, 4, target.writes)
+            rc = load_gdt_frames(target, frames, gdt_ents)
+            if rc:
+                return rc
+            target.kernel_cr3 = dom.mmu.switch_l4(target.writes, target.kernel_cr3, kernel_l4)
+            target.user_cr3 = dom.mmu.switch_l4(target.writes, target.user_cr3, user_l4)
         except XenError as e:
             return -e.errno
-    from array import array
-
-    for f, descs in zip(frames, fixed):
-        dom.mem.q[f << 9:(f << 9) + 512] = array("Q", descs)
 
     target.trap_table = traps
     target.callbacks = {abi.CALLBACKTYPE_event: (event_cb, abi.CALLBACKF_mask_events)}
@@ -92,8 +86,6 @@ def load_guest_context(dom: "Domain", target: "PvVcpu", ctx: bytes) -> int:
             syscall_cb, abi.CALLBACKF_mask_events if flags & VGCF_syscall_disables_events else 0)
     target.kernel_ss = (kernel_ss & 0xFFFF) | 3
     target.kernel_sp = kernel_sp
-    target.kernel_cr3 = kernel_l4 << 12
-    target.user_cr3 = user_l4 << 12
     target.kernel_mode = in_kernel
     target.fs_base = fs_base
     target.gs_base_kernel = gs_kernel
@@ -101,7 +93,6 @@ def load_guest_context(dom: "Domain", target: "PvVcpu", ctx: bytes) -> int:
     target.iopl = (rflags >> 12) & 3
     target.ldt_base, target.ldt_ents = ldt_base, ldt_ents
     target.debugreg = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400]
-    target.load_gdt(frames, gdt_ents)
     target.start_context = {
         "gprs": gprs,
         "frame": (rip, (cs & 0xFFFF) | 3, rflags & ~(3 << 12), rsp, (ss & 0xFFFF) | 3),

@@ -108,20 +108,15 @@ def _mmuext(vcpu, mmu, cmd: int, arg1: int, arg2: int) -> None:
             raise XenError(Errno.EINVAL)
         mmu.pin(vcpu, arg1, MMUEXT_PIN[cmd])
     elif cmd == MMUEXT_UNPIN_TABLE:
-        mmu.unpin(arg1)
+        mmu.unpin(vcpu, arg1)
     elif cmd == MMUEXT_NEW_BASEPTR:
-        if arg1 >= ram:
+        if arg1 == 0 or arg1 >= ram:
             raise XenError(Errno.EINVAL)
-        mmu.validate_table(arg1, 4, vcpu.writes)
-        vcpu.kernel_cr3 = arg1 << 12
+        vcpu.kernel_cr3 = mmu.switch_l4(vcpu.writes, vcpu.kernel_cr3, arg1)
     elif cmd == MMUEXT_NEW_USER_BASEPTR:
-        if arg1 == 0:
-            vcpu.user_cr3 = 0
-            return
         if arg1 >= ram:
             raise XenError(Errno.EINVAL)
-        mmu.validate_table(arg1, 4, vcpu.writes)
-        vcpu.user_cr3 = arg1 << 12
+        vcpu.user_cr3 = mmu.switch_l4(vcpu.writes, vcpu.user_cr3, arg1)
     elif cmd in (MMUEXT_TLB_FLUSH_LOCAL, MMUEXT_INVLPG_LOCAL):
         vcpu.request_flush()
     elif cmd in (MMUEXT_TLB_FLUSH_MULTI, MMUEXT_INVLPG_MULTI, MMUEXT_TLB_FLUSH_ALL, MMUEXT_INVLPG_ALL):

@@ -1,0 +1,323 @@
+"""The HTTP API as data: schemas and the route table, and the OpenAPI document built from them.
+
+This module is the single source of truth. :mod:`.api` routes requests and
+validates bodies and query parameters from ``ROUTES``/``SCHEMAS``; the daemon
+serves ``build_openapi()`` at ``GET /openapi.json``; ``docs/openapi.json`` is a
+committed copy (regenerate with ``python -m hospes.toolstack.apispec >
+docs/openapi.json``) and a test fails when the two drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+API_VERSION = 1
+NAME_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 64}
+STATES = ["building", "running", "paused", "shutdown", "crashed", "dying"]
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Error": {
+        "type": "object",
+        "description": "Every 4xx/5xx answer. The message starts with a capital letter and says what to do.",
+        "required": ["error"],
+        "properties": {"error": {"type": "string"}},
+    },
+    "Version": {
+        "type": "object",
+        "required": ["hospes", "api"],
+        "properties": {"hospes": {"type": "string"}, "api": {"type": "integer"}},
+    },
+    "HostInfo": {
+        "type": "object",
+        "description": "The host, as `xl info` reports it (names as xl's), plus dom0: the host itself.",
+        "required": ["host", "release", "version", "machine", "nr_cpus", "total_memory", "free_memory",
+                     "xen_major", "xen_minor", "xen_extra", "xen_version", "dom0"],
+        "properties": {
+            "host": {"type": "string"}, "release": {"type": "string"}, "version": {"type": "string"},
+            "machine": {"type": "string"}, "nr_cpus": {"type": "integer"}, "max_cpu_id": {"type": "integer"},
+            "nr_nodes": {"type": "integer"}, "cores_per_socket": {"type": "integer"},
+            "threads_per_core": {"type": "integer"}, "cpu_khz": {"type": "integer"},
+            "virt_caps": {"type": "string"},
+            "total_memory": {"type": "integer", "description": "MiB"},
+            "free_memory": {"type": "integer", "description": "MiB"},
+            "free_cpus": {"type": "integer"},
+            "xen_major": {"type": "integer"}, "xen_minor": {"type": "integer"}, "xen_extra": {"type": "string"},
+            "xen_version": {"type": "string"}, "xen_caps": {"type": "string"},
+            "xen_scheduler": {"type": "string"}, "xen_pagesize": {"type": "integer"},
+            "virt_start": {"type": "integer"}, "xen_changeset": {"type": "string"},
+            "xen_commandline": {"type": "string"}, "cc_compiler": {"type": "string"},
+            "cc_compile_by": {"type": "string"}, "cc_compile_domain": {"type": "string"},
+            "cc_compile_date": {"type": "string"}, "build_id": {"type": "string"},
+            "dom0": {"$ref": "#/components/schemas/Dom0"},
+        },
+    },
+    "Dom0": {
+        "type": "object",
+        "description": "The host seen as xl's Domain-0: memory not given to guests, its CPUs and their time.",
+        "required": ["memory_mib", "vcpus", "cpu_time", "uptime", "vcpu_times"],
+        "properties": {
+            "memory_mib": {"type": "integer"}, "vcpus": {"type": "integer"},
+            "cpu_time": {"type": "number"}, "uptime": {"type": "number"},
+            "vcpu_times": {"type": "array", "items": {"type": "number"}},
+        },
+    },
+    "DomainSpec": {
+        "type": "object",
+        "description": "A domain's configuration: DomainSpec.to_dict() of hospes.toolstack.spec.",
+        "required": ["name"],
+        "properties": {
+            "name": NAME_SCHEMA, "uuid": {"type": ["string", "null"]}, "type": {"type": "string"},
+            "memory": {"type": "integer", "minimum": 1}, "maxmem": {"type": ["integer", "null"]},
+            "vcpus": {"type": "integer", "minimum": 1}, "kernel": {"type": ["string", "null"]},
+            "ramdisk": {"type": ["string", "null"]}, "cmdline": {"type": ["string", "null"]},
+            "disks": {"type": "array"}, "vifs": {"type": "array"},
+            "on_poweroff": {"type": "string"}, "on_reboot": {"type": "string"}, "on_crash": {"type": "string"},
+        },
+    },
+    "CreateRequest": {
+        "type": "object",
+        "description": "Give `spec`, or `config_path` (an xl.cfg file on the daemon's host) with `overrides`.",
+        "additionalProperties": False,
+        "properties": {
+            "spec": {"$ref": "#/components/schemas/DomainSpec"},
+            "config_path": {"type": "string", "minLength": 1},
+            "overrides": {"type": "array", "items": {"type": "string"}, "maxItems": 256},
+            "paused": {"type": "boolean"},
+        },
+    },
+    "Domain": {
+        "type": "object",
+        "required": ["domid", "name", "uuid", "state", "flags", "memory_mib", "vcpus", "max_vcpus", "cpu_time",
+                     "created", "started", "uptime", "boots", "shutdown_reason", "message", "pid", "console_log",
+                     "config"],
+        "properties": {
+            "domid": {"type": "integer", "minimum": 1},
+            "name": {"type": "string"},
+            "uuid": {"type": "string"},
+            "state": {"type": "string", "enum": STATES},
+            "flags": {"type": "string", "pattern": "^[-r][-b][-p][-s][-rscwS?][-d]$",
+                      "description": "xl's six state letters"},
+            "memory_mib": {"type": "integer"},
+            "vcpus": {"type": "integer", "description": "online vCPUs"},
+            "max_vcpus": {"type": "integer"},
+            "cpu_time": {"type": "number", "description": "seconds of vCPU time in the current boot"},
+            "created": {"type": "number", "description": "Unix time of `create`"},
+            "started": {"type": "number", "description": "Unix time the current boot started"},
+            "uptime": {"type": "number"},
+            "boots": {"type": "integer"},
+            "shutdown_reason": {"type": ["string", "null"]},
+            "message": {"type": "string"},
+            "pid": {"type": ["integer", "null"]},
+            "console_log": {"type": "string"},
+            "config": {"$ref": "#/components/schemas/DomainSpec"},
+        },
+    },
+    "DomainList": {
+        "type": "object",
+        "required": ["domains"],
+        "properties": {"domains": {"type": "array", "items": {"$ref": "#/components/schemas/Domain"}}},
+    },
+    "Done": {
+        "type": "object",
+        "required": ["domid"],
+        "properties": {"domid": {"type": "integer"}},
+    },
+    "ShutdownRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "wait": {"type": "boolean", "description": "answer only once the domain has stopped"},
+            "timeout": {"type": "number", "minimum": 0, "maximum": 3600},
+        },
+    },
+    "ShutdownResult": {
+        "type": "object",
+        "required": ["domid", "outcome", "shutdown_reason"],
+        "properties": {
+            "domid": {"type": "integer"},
+            "outcome": {"type": "string", "enum": ["requested", "destroyed", "shutdown", "restarted", "crashed"]},
+            "shutdown_reason": {"type": ["string", "null"]},
+        },
+    },
+    "RenameRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name"],
+        "properties": {"name": NAME_SCHEMA},
+    },
+    "Vcpu": {
+        "type": "object",
+        "required": ["vcpu", "online", "running", "blocked", "cpu", "time"],
+        "properties": {
+            "vcpu": {"type": "integer"}, "online": {"type": "boolean"}, "running": {"type": "boolean"},
+            "blocked": {"type": "boolean"}, "cpu": {"type": "integer", "description": "host CPU, -1 if unknown"},
+            "time": {"type": "number"},
+        },
+    },
+    "VcpuList": {
+        "type": "object",
+        "required": ["domid", "name", "vcpus"],
+        "properties": {
+            "domid": {"type": "integer"}, "name": {"type": "string"},
+            "vcpus": {"type": "array", "items": {"$ref": "#/components/schemas/Vcpu"}},
+        },
+    },
+    "RunRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["command"],
+        "properties": {
+            "command": {"type": "string", "minLength": 1, "maxLength": 2048},
+            "timeout": {"type": "number", "minimum": 1, "maximum": 3600},
+        },
+    },
+    "RunResult": {
+        "type": "object",
+        "required": ["exit_status", "output"],
+        "properties": {"exit_status": {"type": "integer"}, "output": {"type": "string"}},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    where: str                      # "path" or "query"
+    schema: dict[str, Any]
+    description: str = ""
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Route:
+    """One operation. ``responses`` maps a status to (description, schema name | media type | None)."""
+
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    body: str | None = None
+    body_required: bool = False
+    params: tuple[Param, ...] = ()
+    responses: dict[int, tuple[str, str | None]] = field(default_factory=dict)
+
+
+DOMAIN = Param("domain", "path", {"type": "string", "minLength": 1}, "A domid or a domain name.", True)
+ERRORS_DOMAIN = {404: ("No such domain", "Error")}
+ERRORS_BODY = {400: ("Malformed request", "Error")}
+ERRORS_STATE = {409: ("The domain is not in a state that allows this", "Error")}
+
+ROUTES: tuple[Route, ...] = (
+    Route("get", "/v1/version", "getVersion", "Hospes' version and the API version",
+          responses={200: ("Versions", "Version")}),
+    Route("get", "/v1/host", "getHost", "The host, as `xl info` shows it",
+          responses={200: ("Host facts", "HostInfo")}),
+    Route("get", "/v1/domains", "listDomains", "All domains (not Domain-0: that is the host)",
+          responses={200: ("The domains, by domid", "DomainList")}),
+    Route("post", "/v1/domains", "createDomain", "Create and start a domain (xl create)",
+          body="CreateRequest", body_required=True,
+          responses={201: ("Created; the domain is running or paused", "Domain"), **ERRORS_BODY,
+                     409: ("The name is taken or the host lacks memory", "Error"),
+                     500: ("The domain could not be built", "Error")}),
+    Route("get", "/v1/domains/{domain}", "getDomain", "One domain", params=(DOMAIN,),
+          responses={200: ("The domain", "Domain"), **ERRORS_DOMAIN}),
+    Route("delete", "/v1/domains/{domain}", "deleteDomain", "Destroy a domain (same as POST .../destroy)",
+          params=(DOMAIN,), responses={200: ("Destroyed", "Done"), **ERRORS_DOMAIN}),
+    Route("post", "/v1/domains/{domain}/destroy", "destroyDomain", "Destroy a domain at once (xl destroy)",
+          params=(DOMAIN,), responses={200: ("Destroyed", "Done"), **ERRORS_DOMAIN}),
+    Route("post", "/v1/domains/{domain}/pause", "pauseDomain", "Pause (xl pause)", params=(DOMAIN,),
+          responses={200: ("Paused", "Done"), **ERRORS_DOMAIN, **ERRORS_STATE}),
+    Route("post", "/v1/domains/{domain}/unpause", "unpauseDomain", "Unpause (xl unpause)", params=(DOMAIN,),
+          responses={200: ("Unpaused", "Done"), **ERRORS_DOMAIN, **ERRORS_STATE}),
+    Route("post", "/v1/domains/{domain}/shutdown", "shutdownDomain",
+          "Ask the guest to power off (xl shutdown [-w])", body="ShutdownRequest", params=(DOMAIN,),
+          responses={200: ("Requested, or stopped when `wait`", "ShutdownResult"), **ERRORS_BODY,
+                     **ERRORS_DOMAIN, **ERRORS_STATE, 504: ("Still running after `timeout`", "Error")}),
+    Route("post", "/v1/domains/{domain}/reboot", "rebootDomain", "Ask the guest to reboot (xl reboot [-w])",
+          body="ShutdownRequest", params=(DOMAIN,),
+          responses={200: ("Requested, or rebooted when `wait`", "ShutdownResult"), **ERRORS_BODY,
+                     **ERRORS_DOMAIN, **ERRORS_STATE, 504: ("Still running after `timeout`", "Error")}),
+    Route("post", "/v1/domains/{domain}/rename", "renameDomain", "Rename (xl rename)", body="RenameRequest",
+          body_required=True, params=(DOMAIN,),
+          responses={200: ("Renamed", "Done"), **ERRORS_BODY, **ERRORS_DOMAIN,
+                     409: ("The name is taken", "Error")}),
+    Route("get", "/v1/domains/{domain}/vcpus", "listVcpus", "The domain's vCPUs (xl vcpu-list)",
+          params=(DOMAIN,), responses={200: ("vCPUs", "VcpuList"), **ERRORS_DOMAIN}),
+    Route("get", "/v1/domains/{domain}/console/log", "getConsoleLog", "The domain's console output so far",
+          params=(DOMAIN,
+                  Param("offset", "query", {"type": "integer", "minimum": 0}, "Start at this byte."),
+                  Param("tail", "query", {"type": "integer", "minimum": 1}, "Only the last N bytes.")),
+          responses={200: ("Raw console bytes", "application/octet-stream"), **ERRORS_BODY, **ERRORS_DOMAIN}),
+    Route("get", "/v1/domains/{domain}/console", "attachConsole",
+          "The console as a WebSocket: binary frames of guest output; frames sent are guest input",
+          params=(DOMAIN,),
+          responses={101: ("Switching to the WebSocket protocol", None),
+                     400: ("Not a WebSocket upgrade request", "Error"), **ERRORS_DOMAIN, **ERRORS_STATE}),
+    Route("post", "/v1/domains/{domain}/run", "runCommand",
+          "Run a shell command in the guest through its console shell (marker protocol)",
+          body="RunRequest", body_required=True, params=(DOMAIN,),
+          responses={200: ("The command's exit status and output", "RunResult"), **ERRORS_BODY,
+                     **ERRORS_DOMAIN, **ERRORS_STATE, 504: ("No answer within `timeout`", "Error")}),
+)
+
+
+def _content(target: str | None) -> dict[str, Any] | None:
+    if target is None:
+        return None
+    if "/" in target:
+        return {target: {"schema": {"type": "string", "format": "binary"}}}
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{target}"}}}
+
+
+def build_openapi() -> dict[str, Any]:
+    """The OpenAPI 3.1 document for ``ROUTES`` and ``SCHEMAS`` (deterministic)."""
+    paths: dict[str, dict[str, Any]] = {}
+    for r in ROUTES:
+        op: dict[str, Any] = {"operationId": r.operation_id, "summary": r.summary}
+        if r.params:
+            op["parameters"] = [
+                {"name": p.name, "in": p.where, "required": p.required, "schema": p.schema,
+                 **({"description": p.description} if p.description else {})}
+                for p in r.params
+            ]
+        if r.body:
+            op["requestBody"] = {"required": r.body_required, "content": _content(r.body)}
+        responses: dict[str, Any] = {}
+        for status, (desc, target) in sorted(r.responses.items()):
+            resp: dict[str, Any] = {"description": desc}
+            content = _content(target)
+            if content:
+                resp["content"] = content
+            responses[str(status)] = resp
+        responses.setdefault("500", {"description": "Internal error; the daemon keeps running",
+                                     "content": _content("Error")})
+        op["responses"] = responses
+        paths.setdefault(r.path, {})[r.method] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "hospesd",
+            "version": f"{API_VERSION}",
+            "description": (
+                "The Hospes node daemon: domains (Xen PV guests on KVM) and their consoles. Served on a Unix "
+                "socket ($HOSPES_RUN_DIR/hospesd.sock); over TCP only with `Authorization: Bearer <token>`."
+            ),
+        },
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "Required on TCP listeners only."}},
+        },
+        "paths": paths,
+    }
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(dumps(build_openapi()))

@@ -1,0 +1,127 @@
+"""The control protocol between hospesd and a domain process.
+
+Transport: the Unix stream socket ``domains/<id>.sock`` that the domain process
+listens on (kvmtool's model: one socket per guest in a known directory).
+
+Grammar of one connection::
+
+    client: request-line        (one JSON object + "\\n", at most MAX_LINE bytes)
+    server: reply-line          (one JSON object + "\\n")
+    [op == "console" and reply.ok: raw bytes both ways until either side closes]
+    close
+
+A request is ``{"op": NAME, ...arguments}``. A reply is ``{"ok": true, ...}`` or
+``{"ok": false, "error": MESSAGE}``. Operations (served by
+:mod:`hospes.toolstack.domain_process`):
+
+==========  =================================  ==========================================
+op          arguments                          reply
+==========  =================================  ==========================================
+status      -                                  the live status (see ``DomainProcess.status``)
+pause       -                                  -
+unpause     -                                  -
+shutdown    reason: "poweroff" | "reboot"      -  (writes control/shutdown; the guest obeys)
+destroy     -                                  -  (the process exits soon after)
+rename      name: str                          -
+log         -                                  path: the console log file
+console     -                                  then the raw console stream, both ways
+==========  =================================  ==========================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from hospes.errors import HospesError
+
+MAX_LINE = 64 * 1024
+OPS = ("status", "pause", "unpause", "shutdown", "destroy", "rename", "log", "console")
+
+
+class ControlError(HospesError):
+    """The domain process refused a request or could not be reached."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    """Parse one line; raise ControlError if it is not a JSON object."""
+    try:
+        obj = json.loads(line)
+    except ValueError as e:
+        raise ControlError(f"Malformed control message: {e}") from e
+    if not isinstance(obj, dict):
+        raise ControlError("Malformed control message: not a JSON object")
+    return obj
+
+
+def _check(reply: dict[str, Any]) -> dict[str, Any]:
+    if not reply.get("ok"):
+        raise ControlError(str(reply.get("error") or "The domain process refused the request."))
+    return reply
+
+
+async def request(path: Path, op: str, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
+    """Send one request and return the reply; ControlError on refusal or no answer."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path), limit=MAX_LINE), timeout)
+    except (OSError, asyncio.TimeoutError) as e:
+        raise ControlError(f"Cannot reach the domain process at {path}: {e or 'timeout'}") from e
+    try:
+        writer.write(encode({"op": op, **args}))
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout)
+        if not line:
+            raise ControlError(f"The domain process closed the control connection during {op!r}.")
+        return _check(decode(line))
+    except (OSError, asyncio.TimeoutError, ValueError) as e:
+        raise ControlError(f"The control request {op!r} failed: {e or 'timeout'}") from e
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+
+
+async def open_console(path: Path, timeout: float = 10.0) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a console stream: after this, reads are guest output, writes are guest input."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path), limit=MAX_LINE), timeout)
+    except (OSError, asyncio.TimeoutError) as e:
+        raise ControlError(f"Cannot reach the domain process at {path}: {e or 'timeout'}") from e
+    try:
+        writer.write(encode({"op": "console"}))
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout)
+        _check(decode(line) if line else {"ok": False, "error": "The domain process closed the console."})
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer
+
+
+def request_sync(path: Path, op: str, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
+    """Blocking variant of :func:`request`, for tools and tests."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(str(path))
+            s.sendall(encode({"op": op, **args}))
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        except OSError as e:
+            raise ControlError(f"The control request {op!r} to {path} failed: {e}") from e
+    if not buf:
+        raise ControlError(f"The domain process closed the control connection during {op!r}.")
+    return _check(decode(buf))

@@ -1,0 +1,497 @@
+"""The domain process: one Domain, run in this process's main thread.
+
+Started by hospesd as ``python -m hospes.toolstack.domain_process --run-dir DIR
+--domid N`` in its own session (so it outlives a daemon restart), after the
+daemon wrote ``domains/N.json`` (see :mod:`.record`). Call order::
+
+    start -> record pid -> control socket up -> [build -> run -> (restart: build ...)]
+          -> destroy: delete record and socket, exit 0
+          |  preserve: record state "shutdown", remove socket, exit 0
+          |  build failure: record the message, exit 2 (user error) or 1
+
+Threads: the main thread builds and runs the Domain (``Domain.run`` must own the
+main thread: it installs the vCPU kick signal handler). A helper thread runs an
+asyncio loop serving the control socket (:mod:`.control`). Pause, unpause,
+destroy and the xenstore writes behind shutdown/rename are thread-safe on the
+Domain (flags + kicks; the store has its own lock), so the control thread calls
+them directly; console input is queued and handed to the guest by the main
+loop's input poll.
+
+Signals: SIGTERM or SIGHUP asks the guest to power off; a second one destroys it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import dataclasses
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from hospes.errors import HospesError
+from hospes.toolstack import control
+from hospes.toolstack.lifecycle import RESTART_LIMIT, RESTART_WINDOW_S, action_for
+from hospes.toolstack.record import DomainRecord, process_start_time, read_record, remove_quietly, write_record
+from hospes.toolstack.rundir import RunDir
+
+DEFAULT_MARKER = "@default"
+LOG_ROTATE_BYTES = 16 * 1024 * 1024
+CONSOLE_BACKLOG_BYTES = 1024 * 1024   # a console client further behind than this is dropped
+NAME_MAX = 64
+
+
+def log(msg: str) -> None:
+    """One line on stderr (domains/<id>.err), timestamped."""
+    sys.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} hospes-domain[{os.getpid()}]: {msg}\n")
+    sys.stderr.flush()
+
+
+def valid_name(name: object) -> str:
+    """Return ``name`` if it can name a domain, else raise HospesError saying why."""
+    if not isinstance(name, str) or not name:
+        raise HospesError("A domain name must be a non-empty string.")
+    if len(name) > NAME_MAX:
+        raise HospesError(f"The domain name is too long ({len(name)} characters); use at most {NAME_MAX}.")
+    if name.isdigit():
+        raise HospesError(f"The domain name {name!r} is all digits, which would read as a domid; pick another.")
+    if any(c.isspace() or c in "/\\\"'" or not c.isprintable() for c in name):
+        raise HospesError(f"The domain name {name!r} has whitespace, quotes or slashes; pick another.")
+    if name == "Domain-0":
+        raise HospesError("The name Domain-0 is the host's; pick another.")
+    return name
+
+
+class ConsoleLog:
+    """Append-only console log with one level of rotation (``.1``) past LOG_ROTATE_BYTES."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(path, "ab", buffering=0)
+        self._size = self._f.tell()
+
+    def write(self, data: bytes) -> None:
+        if self._size + len(data) > LOG_ROTATE_BYTES:
+            self._f.close()
+            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            self._f = open(self.path, "ab", buffering=0)
+            self._size = 0
+        self._f.write(data)
+        self._size += len(data)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def build_config(spec: dict[str, Any], domid: int, name: str, uuid: str) -> Any:
+    """The DomainConfig for ``spec`` (a DomainSpec.to_dict()), resolving ``@default`` images."""
+    from hospes.domain import DomainConfig
+
+    kernel = spec.get("kernel") or DEFAULT_MARKER
+    ramdisk = spec.get("ramdisk")
+    cmdline = spec.get("cmdline")
+    if kernel == DEFAULT_MARKER or ramdisk == DEFAULT_MARKER:
+        from hospes.images import ensure_default_images
+
+        images = ensure_default_images(log=log)
+        if kernel == DEFAULT_MARKER:
+            kernel = str(images.kernel)
+            if ramdisk is None:
+                ramdisk = DEFAULT_MARKER
+        if ramdisk == DEFAULT_MARKER:
+            ramdisk = str(images.initramfs)
+            if not cmdline:
+                cmdline = "console=hvc0 quiet"
+    fields = {f.name for f in dataclasses.fields(DomainConfig)}
+    kwargs: dict[str, Any] = dict(
+        kernel=Path(kernel), ramdisk=Path(ramdisk) if ramdisk else None, cmdline=cmdline or "",
+        memory_mib=int(spec.get("memory") or 256), vcpus=int(spec.get("vcpus") or 1), name=name, domid=domid,
+    )
+    if "uuid" in fields:
+        kwargs["uuid"] = uuid
+    return DomainConfig(**kwargs)
+
+
+def _thread_cpu(thread: threading.Thread | None) -> tuple[float, int]:
+    """(CPU seconds, last host CPU) of a live thread; (-1, -1) if unknown."""
+    if thread is None or thread.ident is None or not thread.is_alive():
+        return -1.0, -1
+    try:
+        seconds = time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+    except (OSError, ProcessLookupError, AttributeError):
+        seconds = -1.0
+    cpu = -1
+    try:
+        stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+        cpu = int(stat[stat.rindex(")") + 2:].split()[36])
+    except (OSError, ValueError, IndexError):
+        pass
+    return seconds, cpu
+
+
+class ControlServer:
+    """Serves the control socket from a helper thread with its own asyncio loop."""
+
+    def __init__(self, proc: "DomainProcess", path: Path) -> None:
+        self.proc = proc
+        self.path = path
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.consoles: set[asyncio.StreamWriter] = set()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="control", daemon=True)
+        self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+            "status": self._status, "pause": self._pause, "unpause": self._unpause,
+            "shutdown": self._shutdown, "destroy": self._destroy, "rename": self._rename, "log": self._log,
+        }
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise HospesError(f"Cannot serve the control socket {self.path}: {self._error}")
+
+    def stop(self) -> None:
+        remove_quietly(self.path)
+        loop = self.loop
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(loop.stop)
+            self._thread.join(5)
+
+    def _main(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        try:
+            remove_quietly(self.path)
+            self.loop.run_until_complete(
+                asyncio.start_unix_server(self._handle, path=str(self.path), limit=control.MAX_LINE))
+            os.chmod(self.path, 0o600)
+        except BaseException as e:  # reported to start()
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+
+    # --- console fan-out (called from any thread) -----------------------------------
+
+    def broadcast(self, data: bytes) -> None:
+        loop = self.loop
+        if loop is not None and self.consoles:
+            try:
+                loop.call_soon_threadsafe(self._fanout, data)
+            except RuntimeError:  # loop closed at exit
+                pass
+
+    def _fanout(self, data: bytes) -> None:
+        for w in list(self.consoles):
+            if w.is_closing() or w.transport.get_write_buffer_size() > CONSOLE_BACKLOG_BYTES:
+                self.consoles.discard(w)
+                w.close()
+                continue
+            w.write(data)
+
+    # --- requests ----------------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                line = await reader.readline()
+                if not line:
+                    return
+                req = control.decode(line)
+                op = req.get("op")
+                if op == "console":
+                    writer.write(control.encode({"ok": True}))
+                    await writer.drain()
+                    await self._console(reader, writer)
+                    return
+                handler = self.handlers.get(op) if isinstance(op, str) else None
+                if handler is None:
+                    raise HospesError(f"Unknown control operation {op!r}; use one of {', '.join(control.OPS)}.")
+                reply = {"ok": True, **(await handler(req))}
+            except (HospesError, ValueError) as e:
+                reply = {"ok": False, "error": str(e)}
+            except Exception as e:  # never let a request take the process down
+                log(f"control request failed: {traceback.format_exc()}")
+                reply = {"ok": False, "error": f"Internal error: {e}"}
+            writer.write(control.encode(reply))
+            await writer.drain()
+        except (OSError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _console(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.consoles.add(writer)
+        try:
+            while True:
+                data = await reader.read(4096)
+                if not data:
+                    break
+                self.proc.queue_input(data)
+        finally:
+            self.consoles.discard(writer)
+
+    async def _status(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self.proc.status()
+
+    async def _pause(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.proc.pause()
+        return {}
+
+    async def _unpause(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.proc.unpause()
+        return {}
+
+    async def _shutdown(self, req: dict[str, Any]) -> dict[str, Any]:
+        reason = req.get("reason", "poweroff")
+        if reason not in ("poweroff", "reboot"):
+            raise HospesError(f"Unknown shutdown reason {reason!r}; use poweroff or reboot.")
+        self.proc.request_shutdown(reason)
+        return {}
+
+    async def _destroy(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.proc.destroy()
+        return {}
+
+    async def _rename(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.proc.rename(valid_name(req.get("name")))
+        return {}
+
+    async def _log(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"path": str(self.proc.log.path)}
+
+
+class DomainProcess:
+    """Runs one domain described by its state record; see the module docstring."""
+
+    def __init__(self, run: RunDir, domid: int) -> None:
+        self.run = run
+        self.domid = domid
+        record = read_record(run.state_file(domid))
+        if record is None:
+            raise HospesError(f"No readable state record {run.state_file(domid)}; the daemon writes it first.")
+        self.record = record
+        self.record.pid = os.getpid()
+        self.record.pid_start = process_start_time(os.getpid())
+        self.record.console_log = self.record.console_log or str(run.console_log(domid))
+        self._lock = threading.RLock()      # self.dom, self.record and record writes
+        self.dom: Any = None
+        self._destroy = threading.Event()
+        self._pending_shutdown: str | None = None
+        self._input = bytearray()
+        self._input_lock = threading.Lock()
+        self._last_cpu: list[float] = []
+        self._restarts: collections.deque[float] = collections.deque()
+        self.log = ConsoleLog(Path(self.record.console_log))
+        self.server = ControlServer(self, run.control_socket(domid))
+        self._save()
+
+    # --- record ------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        with self._lock:
+            write_record(self.run.state_file(self.domid), self.record)
+
+    def _set_state(self, state: str, **changes: Any) -> None:
+        with self._lock:
+            self.record.state = state
+            for k, v in changes.items():
+                setattr(self.record, k, v)
+            self._save()
+
+    # --- operations (any thread) ---------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            dom = self.dom
+            rec = self.record
+            vcpus = []
+            if dom is not None:
+                for pv in dom.vcpus:
+                    seconds, cpu = _thread_cpu(getattr(pv, "thread", None))
+                    vcpus.append({"vcpu": pv.id, "online": bool(pv.online), "blocked": bool(pv.blocked),
+                                  "running": bool(pv.online and not pv.blocked and not dom.paused),
+                                  "cpu": cpu, "time": max(seconds, 0.0)})
+                self._last_cpu = [v["time"] for v in vcpus]
+            return {
+                "domid": self.domid, "name": rec.name, "uuid": rec.uuid, "state": rec.state,
+                "shutdown_reason": rec.shutdown_reason, "message": rec.message, "boots": rec.boots,
+                "started": rec.started, "pid": os.getpid(), "vcpus": vcpus,
+                "cpu_time": sum(self._last_cpu),
+            }
+
+    def pause(self) -> None:
+        with self._lock:
+            if self.record.state == "shutdown":
+                raise HospesError("The domain is shut down; it cannot be paused.")
+            if self.dom is None:
+                self.record.start_paused = True
+                self._save()
+                return
+            self.dom.pause()
+            self._set_state("paused")
+
+    def unpause(self) -> None:
+        with self._lock:
+            if self.dom is None:
+                self.record.start_paused = False
+                self._save()
+                return
+            self.dom.unpause()
+            if self.record.state == "paused":
+                self._set_state("running")
+
+    def request_shutdown(self, reason: str) -> None:
+        with self._lock:
+            if self.dom is None:
+                self._pending_shutdown = reason
+                return
+            self.dom.request_shutdown(reason)
+
+    def destroy(self) -> None:
+        self._destroy.set()
+        with self._lock:
+            if self.dom is not None:
+                self.dom.destroy()
+
+    def rename(self, name: str) -> None:
+        with self._lock:
+            self.record.name = name
+            self.record.spec = {**self.record.spec, "name": name}
+            self._save()
+            dom = self.dom
+            if dom is not None:
+                dom.store.write(f"/local/domain/{self.domid}/name", name)
+                dom.store.write(f"/vm/{dom.uuid}/name", name)
+
+    def queue_input(self, data: bytes) -> None:
+        with self._input_lock:
+            self._input += data
+
+    # --- main thread ---------------------------------------------------------------------
+
+    def _read_input(self) -> bytes:
+        with self._input_lock:
+            data = bytes(self._input)
+            self._input.clear()
+        return data
+
+    def _console_out(self, data: bytes) -> None:
+        self.log.write(data)
+        self.server.broadcast(data)
+
+    def _install_signals(self) -> None:
+        asked: list[int] = []
+
+        def handler(signum: int, frame: object) -> None:
+            if asked:
+                self.destroy()
+            else:
+                asked.append(signum)
+                self.request_shutdown("poweroff")
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, handler)
+
+    def _build(self) -> Any:
+        from hospes.domain import Domain
+
+        config = build_config(self.record.spec, self.domid, self.record.name, self.record.uuid)
+        return Domain(config, console_out=self._console_out)
+
+    def main(self) -> int:
+        """Run the domain through its restarts; return the process exit status."""
+        self.server.start()
+        self._install_signals()
+        first = True
+        while True:
+            if self._destroy.is_set():
+                return self._finish_destroyed()
+            try:
+                dom = self._build()
+            except Exception as e:
+                user_error = isinstance(e, (HospesError, OSError))
+                msg = str(e) if user_error else f"Internal error while building the domain: {e!r}"
+                log(f"build failed: {traceback.format_exc()}")
+                self._set_state("shutdown", shutdown_reason="crash", message=msg)
+                self.server.stop()
+                return 2 if (first and user_error) else 1
+            first = False
+            with self._lock:
+                self.dom = dom
+                paused = self.record.start_paused
+                if paused:
+                    dom.pause()
+                if self._pending_shutdown:
+                    dom.request_shutdown(self._pending_shutdown)
+                    self._pending_shutdown = None
+                if self._destroy.is_set():
+                    dom.destroy()
+                self._set_state("paused" if paused else "running", started=time.time(), start_paused=False,
+                                shutdown_reason=None, message="")
+            try:
+                result = dom.run(self._read_input)
+            finally:
+                with self._lock:
+                    self.dom = None
+                dom.close()
+            reason = result.reason
+            log(f"domain {self.domid} ({self.record.name}) stopped: {reason} {result.message[:200]}".rstrip())
+            if reason == "destroyed" or self._destroy.is_set():
+                return self._finish_destroyed()
+            action = action_for(reason, self.record.spec)
+            if action == "restart" and not self._may_restart():
+                action = "preserve"
+                result.message = (f"Restarted {RESTART_LIMIT} times within {RESTART_WINDOW_S:.0f} s; "
+                                  f"preserved instead. {result.message}").strip()
+            log(f"action for {reason}: {action}")
+            if action == "restart":
+                self._set_state("building", boots=self.record.boots + 1)
+                continue
+            if action == "preserve":
+                self._set_state("shutdown", shutdown_reason=reason, message=result.message[:4096])
+                self.server.stop()
+                return 0
+            return self._finish_destroyed()
+
+    def _may_restart(self) -> bool:
+        now = time.monotonic()
+        self._restarts.append(now)
+        while self._restarts and now - self._restarts[0] > RESTART_WINDOW_S:
+            self._restarts.popleft()
+        return len(self._restarts) <= RESTART_LIMIT
+
+    def _finish_destroyed(self) -> int:
+        self.server.stop()
+        with self._lock:
+            remove_quietly(self.run.state_file(self.domid))
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hospes-domain", description="Run one Hospes domain (started by hospesd).")
+    parser.add_argument("--run-dir", required=True, type=Path)
+    parser.add_argument("--domid", required=True, type=int)
+    args = parser.parse_args(argv)
+    run = RunDir(args.run_dir)
+    try:
+        proc = DomainProcess(run, args.domid)
+    except HospesError as e:
+        log(str(e))
+        return 2
+    try:
+        return proc.main()
+    finally:
+        proc.log.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The daemon's view of the domains: state records on disk + live answers from domain processes.
+
+The registry keeps nothing that the runtime directory does not also hold, except
+the ``Popen`` objects of the domain processes this daemon started (so it can reap
+them and report how they died) and the last CPU time each domain reported. A
+restarted daemon therefore "re-adopts" running domains just by constructing a
+Registry over the same directory.
+
+Each query re-reads the record and asks the live process (``status`` over its
+control socket); see :mod:`.record` for how process liveness is decided and
+:mod:`.lifecycle` for the reported states.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from hospes.toolstack import control
+from hospes.toolstack.lifecycle import xl_flags
+from hospes.toolstack.record import DomainRecord, process_alive, read_record, remove_quietly
+from hospes.toolstack.rundir import RunDir
+
+STATUS_TIMEOUT = 3.0
+
+
+@dataclass
+class DomainView:
+    """A record joined with the process's liveness and its live status (if it answered)."""
+
+    record: DomainRecord
+    alive: bool
+    status: dict[str, Any] | None
+    state: str
+    message: str
+    cpu_time: float
+
+    @property
+    def domid(self) -> int:
+        return self.record.domid
+
+    def to_api(self) -> dict[str, Any]:
+        rec = self.record
+        st = self.status or {}
+        vcpus = st.get("vcpus") or []
+        online = sum(1 for v in vcpus if v.get("online"))
+        blocked = bool(vcpus) and all(v.get("blocked") or not v.get("online") for v in vcpus)
+        spec = rec.spec
+        max_vcpus = int(spec.get("vcpus") or 1)
+        reason = rec.shutdown_reason if self.state in ("shutdown", "crashed") else None
+        if self.state == "crashed" and reason is None:
+            reason = "crash"
+        return {
+            "domid": rec.domid,
+            "name": st.get("name", rec.name),
+            "uuid": rec.uuid,
+            "state": self.state,
+            "flags": xl_flags(self.state, reason, blocked),
+            "memory_mib": int(spec.get("memory") or 0) if self.alive else 0,
+            "vcpus": online if self.alive and vcpus else (max_vcpus if self.alive else 0),
+            "max_vcpus": max_vcpus,
+            "cpu_time": round(self.cpu_time, 3),
+            "created": rec.created,
+            "started": st.get("started", rec.started),
+            "uptime": max(0.0, time.time() - float(st.get("started", rec.started))),
+            "boots": int(st.get("boots", rec.boots)),
+            "shutdown_reason": reason,
+            "message": self.message,
+            "pid": rec.pid if self.alive else None,
+            "console_log": rec.console_log,
+            "config": spec,
+        }
+
+
+class Registry:
+    """Domains under one runtime directory. All methods run on the daemon's event loop."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self.exit_codes: dict[int, int] = {}
+        self.dying: set[int] = set()
+        self._cpu: dict[int, float] = {}
+
+    # --- processes ---------------------------------------------------------------------
+
+    def spawn(self, domid: int) -> subprocess.Popen[bytes]:
+        """Start the domain process for an existing record, in its own session."""
+        err = open(self.run.stderr_file(domid), "ab")
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hospes.toolstack.domain_process",
+                 "--run-dir", str(self.run.root), "--domid", str(domid)],
+                stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True, close_fds=True,
+            )
+        finally:
+            err.close()
+        self.children[domid] = proc
+        return proc
+
+    def reap(self) -> None:
+        """Collect exit statuses of finished children (so none stays a zombie)."""
+        for domid, proc in list(self.children.items()):
+            rc = proc.poll()
+            if rc is not None:
+                self.exit_codes[domid] = rc
+                del self.children[domid]
+
+    def is_alive(self, rec: DomainRecord) -> bool:
+        child = self.children.get(rec.domid)
+        if child is not None and child.poll() is None and (rec.pid is None or rec.pid == child.pid):
+            return True
+        return process_alive(rec.pid, rec.pid_start)
+
+    def kill(self, rec: DomainRecord) -> None:
+        """SIGKILL the domain process's group (its own session), if it is still the same process."""
+        child = self.children.get(rec.domid)
+        pid = rec.pid or (child.pid if child else None)
+        if not pid or not self.is_alive(rec):
+            return
+        try:
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def forget(self, domid: int) -> None:
+        """Remove a dead domain's record and socket (its console log stays)."""
+        remove_quietly(self.run.state_file(domid), self.run.control_socket(domid))
+        self._cpu.pop(domid, None)
+        self.exit_codes.pop(domid, None)
+
+    # --- queries -----------------------------------------------------------------------
+
+    def record(self, domid: int) -> DomainRecord | None:
+        return read_record(self.run.state_file(domid))
+
+    def _death(self, rec: DomainRecord) -> str:
+        rc = self.exit_codes.get(rec.domid)
+        if rc is None:
+            how = ""
+        elif rc < 0:
+            try:
+                how = f" (killed by {signal.Signals(-rc).name})"
+            except ValueError:
+                how = f" (killed by signal {-rc})"
+        else:
+            how = f" (exit status {rc})"
+        return f"The domain process {rec.pid} died unexpectedly{how}; `destroy` removes the domain."
+
+    async def view(self, domid: int) -> DomainView | None:
+        rec = self.record(domid)
+        if rec is None:
+            return None
+        alive = self.is_alive(rec)
+        status = None
+        if alive and rec.state != "shutdown":
+            try:
+                status = await control.request(self.run.control_socket(domid), "status", timeout=STATUS_TIMEOUT)
+            except control.ControlError:
+                status = None
+            fresh = self.record(domid)
+            if fresh is None:
+                return None
+            rec = fresh
+        message = rec.message
+        if domid in self.dying:
+            state = "dying"
+        elif alive:
+            state = str((status or {}).get("state", rec.state))
+            if state == "shutdown":
+                state = "crashed" if rec.shutdown_reason == "crash" else "shutdown"
+        elif rec.state == "shutdown":
+            state = "crashed" if rec.shutdown_reason == "crash" else "shutdown"
+        else:
+            state = "crashed"
+            message = self._death(rec)
+        if status is not None:
+            self._cpu[domid] = float(status.get("cpu_time", 0.0))
+        return DomainView(rec, alive, status, state, message, self._cpu.get(domid, 0.0))
+
+    async def views(self) -> list[DomainView]:
+        found = await asyncio.gather(*(self.view(d) for d in self.run.domids()))
+        return [v for v in found if v is not None]
+
+    def find(self, ident: str) -> DomainRecord | None:
+        """The record for a domid (all digits) or a name."""
+        if ident.isdigit():
+            return self.record(int(ident))
+        for domid in self.run.domids():
+            rec = self.record(domid)
+            if rec is not None and rec.name == ident:
+                return rec
+        return None
+
+    def names(self) -> dict[str, int]:
+        out = {}
+        for domid in self.run.domids():
+            rec = self.record(domid)
+            if rec is not None:
+                out[rec.name] = domid
+        return out

@@ -1,0 +1,130 @@
+"""The PV MMU's page types and reference counts, without KVM."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from hospes.machine.memory import GuestMemory
+from hospes.pv.abi import PTE_A, PTE_P, PTE_PSE, PTE_RW, PTE_US
+from hospes.pv.errors import XenError
+from hospes.pv.mmu import WRITABLE, PvMmu
+
+RAM = 64
+P_RW = PTE_P | PTE_RW
+
+
+@pytest.fixture()
+def mmu():
+    mem = GuestMemory([("ram", RAM * 4096), ("xen", 4 * 4096), ("hv", 4 * 4096)])
+    m = PvMmu(mem, RAM, RAM + 4, {257: (RAM + 4) << 12 | 0x23})
+    yield m
+    mem.close()
+
+
+def vcpu():
+    return SimpleNamespace(writes=[])
+
+
+def entry(mmu, frame, index):
+    return int(mmu.q[(frame << 9) + index])
+
+
+def set_entry(mmu, frame, index, value):
+    mmu.q[(frame << 9) + index] = value
+
+
+def build_tree(mmu):
+    """L4 10 -> L3 11 -> L2 12 -> L1 13 -> data 20 (rw) and 21 (ro)."""
+    set_entry(mmu, 10, 0, 11 << 12 | P_RW)
+    set_entry(mmu, 11, 0, 12 << 12 | P_RW)
+    set_entry(mmu, 12, 0, 13 << 12 | P_RW)
+    set_entry(mmu, 13, 0, 20 << 12 | P_RW)
+    set_entry(mmu, 13, 1, 21 << 12 | PTE_P)
+
+
+def test_pin_validates_tree_forces_user_and_installs_hypervisor_slots(mmu) -> None:
+    build_tree(mmu)
+    v = vcpu()
+    mmu.pin(v, 10, 4)
+    assert [mmu.table_level(f) for f in (10, 11, 12, 13)] == [4, 3, 2, 1]
+    assert mmu.type[20] == WRITABLE and 21 not in mmu.type
+    assert entry(mmu, 10, 0) & (PTE_US | PTE_A) == PTE_US | PTE_A
+    assert entry(mmu, 13, 1) & PTE_US
+    assert entry(mmu, 10, 257) == (RAM + 4) << 12 | 0x23
+    assert ((10 << 12) + 257 * 8, (RAM + 4) << 12 | 0x23) in v.writes
+
+
+def test_page_table_cannot_be_mapped_writable_until_released(mmu) -> None:
+    build_tree(mmu)
+    v = vcpu()
+    mmu.pin(v, 10, 4)
+    with pytest.raises(XenError):
+        mmu.update_entry(v, (13 << 12) + 2 * 8, 12 << 12 | P_RW)  # the L2, writable
+    mmu.update_entry(v, (13 << 12) + 2 * 8, 12 << 12 | PTE_P)    # read-only is fine
+    mmu.unpin(v, 10)
+    assert not mmu.type  # every reference released, down to the data pages
+    mmu.update_entry(v, (30 << 12), 12 << 12 | P_RW)             # 30 is no table: a plain store
+    assert entry(mmu, 30, 0) == 12 << 12 | P_RW
+
+
+def test_writable_page_cannot_become_a_page_table(mmu) -> None:
+    build_tree(mmu)
+    set_entry(mmu, 13, 2, 14 << 12 | P_RW)   # frame 14 mapped writable by the L1
+    v = vcpu()
+    mmu.pin(v, 10, 4)
+    with pytest.raises(XenError):
+        mmu.pin(v, 14, 1)
+    with pytest.raises(XenError):             # linking it as an L1 is refused too
+        mmu.update_entry(v, (12 << 12) + 8, 14 << 12 | P_RW)
+
+
+def test_self_mapping_writable_l1_is_refused(mmu) -> None:
+    set_entry(mmu, 13, 0, 13 << 12 | P_RW)
+    with pytest.raises(XenError):
+        mmu.pin(vcpu(), 13, 1)
+    assert not mmu.type and not mmu.count
+
+
+@pytest.mark.parametrize("bad", [(RAM + 4 + 2) << 12 | PTE_P, 5 << 12 | PTE_P | PTE_PSE])
+def test_entries_outside_the_domain_or_superpages_are_refused(mmu, bad) -> None:
+    set_entry(mmu, 12, 0, bad)
+    with pytest.raises(XenError):
+        mmu.pin(vcpu(), 12, 2)
+    assert not mmu.count
+
+
+def test_l1_may_map_hypervisor_owned_guest_frames_but_not_the_hypervisor(mmu) -> None:
+    v = vcpu()
+    mmu.pin(v, 13, 1)
+    mmu.update_entry(v, 13 << 12, RAM << 12 | P_RW)            # shared_info: allowed
+    with pytest.raises(XenError):
+        mmu.update_entry(v, (13 << 12) + 8, (RAM + 4) << 12 | PTE_P)  # hypervisor region
+
+
+def test_hypervisor_slots_cannot_be_written(mmu) -> None:
+    build_tree(mmu)
+    v = vcpu()
+    mmu.pin(v, 10, 4)
+    with pytest.raises(XenError):
+        mmu.update_entry(v, (10 << 12) + 260 * 8, 11 << 12 | P_RW)
+
+
+def test_replacing_an_entry_moves_references(mmu) -> None:
+    build_tree(mmu)
+    v = vcpu()
+    mmu.pin(v, 10, 4)
+    mmu.update_entry(v, 13 << 12, 22 << 12 | P_RW)   # 20 -> 22
+    assert 20 not in mmu.type and mmu.type[22] == WRITABLE
+    mmu.update_entry(v, 13 << 12, 22 << 12 | P_RW | PTE_A)  # same target: counts unchanged
+    assert mmu.count[22] == 1
+
+
+def test_cr3_switch_holds_a_reference(mmu) -> None:
+    build_tree(mmu)
+    v = vcpu()
+    cr3 = mmu.switch_l4(v.writes, 0, 10)
+    assert cr3 == 10 << 12 and mmu.table_level(10) == 4
+    mmu.switch_l4(v.writes, cr3, 0)
+    assert not mmu.count
