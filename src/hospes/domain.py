@@ -119,6 +119,7 @@ class Domain:
         self.trampoline = Trampoline(self.mem, lay)
         self.virt = GuestVirt(self.mem, lay.guest_frames)
         self.mmu = PvMmu(self.mem, lay.ram_pages, lay.guest_frames, self.trampoline.l4_entries)
+        self.mmu.flush_all = self.flush_all_vcpus
         self.msrs = MsrEmulator()
         self.hypercall_table = build_table()
         self.vm_assist: set[int] = set()
@@ -240,6 +241,12 @@ class Domain:
 
     def rekick(self, vcpu: PvVcpu) -> None:
         threading.Timer(0.0002, vcpu.kick).start()
+
+    def flush_all_vcpus(self) -> None:
+        """Every vCPU flushes its TLB before running guest code again (see flush_others)."""
+        current = threading.get_ident()
+        me = next((pv for pv in self.vcpus if pv.thread_ident == current), self.vcpus[0])
+        self.flush_others(me)
 
     def flush_others(self, vcpu: PvVcpu) -> None:
         """Flush every vCPU's TLB before returning (Xen's *_MULTI/ALL semantics).

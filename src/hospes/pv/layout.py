@@ -81,7 +81,7 @@ GRANT_FRAME_INDEX = 1
 MAX_GRANT_FRAMES = 32
 
 # Writer control block capacity (entries of 16 bytes after a 16-byte header).
-WRITER_MAX_ENTRIES = (CONTROL_PAGES * PAGE_SIZE - (FRAME_OFF - CONTROL_OFF) - 40 - 16) // 16
+WRITER_MAX_ENTRIES = (CONTROL_PAGES * PAGE_SIZE - (FRAME_OFF - CONTROL_OFF) - 40 - 24) // 16
 
 
 def percpu_va(vcpu: int) -> int:

@@ -29,7 +29,7 @@ because this KVM ignores page-table stores made by the VMM (platform.md).
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from hospes.pv.abi import PTE_A, PTE_ADDR_MASK, PTE_P, PTE_PSE, PTE_RW, PTE_US
 from hospes.pv.errors import Errno, XenError
@@ -59,6 +59,11 @@ class PvMmu:
         self.count: dict[int, int] = {}
         self.pinned: set[int] = set()
         self.lock = threading.RLock()
+        # Frames whose last writable mapping went away since the last flush of
+        # every vCPU: a TLB may still hold a writable entry for them, so before
+        # one becomes a page table or descriptor page, everyone flushes.
+        self.stale_writable: set[int] = set()
+        self.flush_all: Callable[[], None] = lambda: None
 
     # --- entries -------------------------------------------------------------------
 
@@ -106,6 +111,9 @@ class PvMmu:
                 raise XenError(Errno.EINVAL)
             self.count[frame] = n + 1
             return
+        if kind != WRITABLE and frame in self.stale_writable:
+            self.flush_all()
+            self.stale_writable.clear()
         self.type[frame] = kind
         self.count[frame] = 1
         if kind <= 4:
@@ -125,7 +133,9 @@ class PvMmu:
             return
         kind = self.type.pop(frame)
         del self.count[frame]
-        if kind <= 4:
+        if kind == WRITABLE:
+            self.stale_writable.add(frame)
+        elif kind <= 4:
             self._release(frame, kind, writes)
 
     def _entries(self, frame: int) -> list[int]:

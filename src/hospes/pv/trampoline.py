@@ -43,16 +43,22 @@ _OUT_EXC = bytes([0xE6, L.PORT_EXCEPTION])
 _ADD_RSP_16_IRETQ = bytes([0x48, 0x83, 0xC4, 0x10, 0x48, 0xCF])
 STUB_SIZE = 16
 
-# writer: push rax,rcx,rsi,rdi; lea rsi,[rsp+0x48]; mov rcx,[rsi+8]; add rsi,16
+# writer: push rax,rcx,rsi,rdi; lea rsi,[rsp+0x48]; mov rcx,[rsi+16]; add rsi,24
 #   1: jrcxz 2f; mov rdi,[rsi]; mov rax,[rsi+8]; mov [rdi],rax; add rsi,16; dec rcx; jmp 1b
-#   2: mov rax,[rsp+0x48]; mov cr3,rax; pop rdi,rsi,rcx,rax; iretq
+#   2: mov rax,[rsp+0x50]; test rax,rax; jz 3f; invlpg [rax]
+#   3: mov rax,[rsp+0x48]; test rax,rax; jz 4f; mov cr3,rax
+#   4: pop rdi,rsi,rcx,rax; iretq
 # The control block sits right above the 5-qword iretq frame that RSP points at:
-#   +0 new CR3, +8 count, +16 entries of (va, value).
+#   +0 CR3 to load (0: keep, no flush), +8 address to invlpg (0: none),
+#   +16 count, +24 entries of (va, value).
 WRITER_CODE = bytes.fromhex(
-    "50515657" "488d742448" "488b4e08" "4883c610"
+    "50515657" "488d742448" "488b4e10" "4883c618"
     "e313" "488b3e" "488b4608" "488907" "4883c610" "48ffc9" "ebeb"
-    "488b442448" "0f22d8" "5f5e5958" "48cf"
+    "488b442450" "4885c0" "7403" "0f0138"
+    "488b442448" "4885c0" "7403" "0f22d8"
+    "5f5e5958" "48cf"
 )
+WRITER_HEADER = 24
 
 # Where the writer returns between chunks of a batch too big for one control
 # block: out %al,$0xe2; ud2 (ring 0).

@@ -122,6 +122,7 @@ class PvVcpu:
         # Pending in-VM work and the target frame of the next entry.
         self.writes: list[tuple[int, int]] = []
         self.flush_pending = False
+        self.invlpg_va = 0
         self.flush_generation = 0        # bumped whenever a TLB flush is scheduled before guest code
         self.in_kvm_run = False
         self.start_context: dict | None = None
@@ -503,16 +504,21 @@ class PvVcpu:
         frame = (self.t_rip, self.t_cs, rflags, self.t_rsp, self.t_ss)
         regs = self.regs
         kind = self.exit_kind
-        if self.writes or self.flush_pending or want_cr3 != self.cpu_cr3:
-            # No guest instruction runs before the writer's CR3 reload: for
-            # anyone waiting on a remote flush, this vCPU is done.
-            self.flush_pending = False
-            self.flush_generation += 1
+        if self.writes or self.flush_pending or self.invlpg_va or want_cr3 != self.cpu_cr3:
+            load_cr3 = 0
+            if self.flush_pending or want_cr3 != self.cpu_cr3:
+                # No guest instruction runs before the writer's CR3 reload: for
+                # anyone waiting on a remote flush, this vCPU is done.
+                load_cr3 = want_cr3
+                self.flush_pending = False
+                self.flush_generation += 1
+            invlpg = 0 if load_cr3 else self.invlpg_va
+            self.invlpg_va = 0
             if sregs.cs.dpl != 0:
                 _segment(sregs.cs, abi.HYPERVISOR_CS, code=True, dpl=0, long=True)
                 _segment(sregs.ss, abi.HYPERVISOR_DS, code=False, dpl=0, long=False)
                 dirty_sregs = True
-            self._enter_writer(frame, want_cr3)
+            self._enter_writer(frame, load_cr3, invlpg)
             self.cpu_cr3 = want_cr3
         elif kind == "exception":
             # The stub continues with add $16,%rsp; iretq over the edited frame.
@@ -523,32 +529,38 @@ class PvVcpu:
                 _segment(sregs.cs, abi.HYPERVISOR_CS, code=True, dpl=0, long=True)
                 _segment(sregs.ss, abi.HYPERVISOR_DS, code=False, dpl=0, long=False)
                 dirty_sregs = True
-            self._enter_writer(frame, want_cr3)
+            self._enter_writer(frame, 0, 0)
         else:
             regs.rip = self.t_rip
             regs.rsp = self.t_rsp
             regs.rflags = rflags
         self.kvm.mark_dirty(regs=True, sregs=dirty_sregs)
 
-    def _enter_writer(self, frame: tuple[int, int, int, int, int], cr3: int) -> None:
-        """Point the CPU at the in-VM writer with the pending stores and the final frame."""
+    def _enter_writer(self, frame: tuple[int, int, int, int, int], cr3: int, invlpg: int) -> None:
+        """Point the CPU at the in-VM writer with the pending stores and the final frame.
+
+        ``cr3``: the CR3 to load at the end (0: none, so no flush); ``invlpg``: a
+        single address to flush (0: none).
+        """
         writes = self.writes
         chunk = writes[:L.WRITER_MAX_ENTRIES]
         del writes[:L.WRITER_MAX_ENTRIES]
-        if writes:  # more to do: come back out between chunks
+        if writes:  # more to do: come back out between chunks, flush at the end
             frame = (self.domain.trampoline.chunk_exit_va, abi.HYPERVISOR_CS, 2, self.area.stack_top,
                      abi.HYPERVISOR_DS)
-            cr3 = self.cpu_cr3
+            if cr3:
+                self.flush_pending = True
+            cr3 = invlpg = 0
         area = self.area
         gpa = area.gpa_of(area.frame_va)
         buf = self.mem.buf
-        struct.pack_into("<5QQQ", buf, gpa, *frame, cr3, len(chunk))
+        struct.pack_into("<5QQQQ", buf, gpa, *frame, cr3, invlpg, len(chunk))
         if chunk:
             flat: list[int] = []
             for target_gpa, value in chunk:
                 flat.append(L.DIRECT_VIRT + target_gpa)
                 flat.append(value)
-            struct.pack_into(f"<{len(flat)}Q", buf, gpa + 56, *flat)
+            struct.pack_into(f"<{len(flat)}Q", buf, gpa + 64, *flat)
         self.regs.rip = self.domain.trampoline.writer_va
         self.regs.rsp = area.frame_va
         self.count("writer")
@@ -576,6 +588,12 @@ class PvVcpu:
         """Flush this vCPU's TLB (a CR3 reload by the writer) before the guest runs again."""
         self.flush_pending = True
 
+    def request_invlpg(self, va: int) -> None:
+        """Flush one address before the guest runs again (two or more: a full flush)."""
+        if self.invlpg_va and self.invlpg_va != va:
+            self.flush_pending = True
+        self.invlpg_va = va or self.invlpg_va
+
     def load_gdt(self, frames: list[int], entries: int) -> None:
         """Map the guest's GDT frames into this vCPU's window (pages 0-13)."""
         tr = self.domain.trampoline
@@ -585,6 +603,7 @@ class PvVcpu:
             self.writes.append((self.area.gdt_pte_gpa + i * 8, gpa | flags))
         self.gdt_frames = list(frames)
         self.gdt_ents = entries
+        self.request_flush()
 
     # --- diagnostics -------------------------------------------------------------------------
 

@@ -1,9 +1,11 @@
 """The PV MMU hypercalls: mmu_update (#1), update_va_mapping (#14), mmuext_op (#26).
 
 Decoding only; the rules live in :mod:`hospes.pv.mmu`. Every change is queued
-on the vCPU and applied by the in-VM writer when the hypercall returns, which
-also flushes the TLB (CR3 reload) — enough for the local vCPU. Flushes of
-other vCPUs are done by kicking them through the same path.
+on the vCPU and applied by the in-VM writer when the hypercall returns. TLB
+flushes follow Xen's contract: only when the guest asks for one (the UVMF_*
+flags, MMUEXT_*FLUSH*/INVLPG*), or when Hospes needs one for safety (a frame
+that was writable becomes a page table). Flushes of other vCPUs kick them and
+wait until each has scheduled its flush.
 """
 
 from __future__ import annotations
@@ -62,11 +64,12 @@ def mmu_update(vcpu, req_va: int, count: int, done_va: int, foreigndom: int, *_:
                 done += 1
         finally:
             _done(vcpu, done_va, done)
-    vcpu.domain.flush_others(vcpu)
     return 0
 
 
 UVMF_FLUSHTYPE_MASK = 3
+UVMF_TLB_FLUSH = 1
+UVMF_INVLPG = 2
 UVMF_ALL = 4
 
 
@@ -75,8 +78,13 @@ def update_va_mapping(vcpu, va: int, new_pte: int, flags: int, *_: int) -> int:
     with mmu.lock:
         pte_gpa = mmu.l1_entry_gpa(vcpu.kernel_cr3, va)
         mmu.update_entry(vcpu, pte_gpa, new_pte)
-    if flags & UVMF_ALL or flags & ~7:
-        vcpu.domain.flush_others(vcpu)
+    kind = flags & UVMF_FLUSHTYPE_MASK
+    if kind and (flags & UVMF_ALL or flags & ~7):
+        vcpu.domain.flush_others(vcpu)  # UVMF_ALL / a vCPU mask: everyone, synchronously
+    elif kind == UVMF_TLB_FLUSH:
+        vcpu.request_flush()
+    elif kind == UVMF_INVLPG:
+        vcpu.request_invlpg(va)
     return 0
 
 
@@ -117,8 +125,10 @@ def _mmuext(vcpu, mmu, cmd: int, arg1: int, arg2: int) -> None:
         if arg1 >= ram:
             raise XenError(Errno.EINVAL)
         vcpu.user_cr3 = mmu.switch_l4(vcpu.writes, vcpu.user_cr3, arg1)
-    elif cmd in (MMUEXT_TLB_FLUSH_LOCAL, MMUEXT_INVLPG_LOCAL):
+    elif cmd == MMUEXT_TLB_FLUSH_LOCAL:
         vcpu.request_flush()
+    elif cmd == MMUEXT_INVLPG_LOCAL:
+        vcpu.request_invlpg(arg1)
     elif cmd in (MMUEXT_TLB_FLUSH_MULTI, MMUEXT_INVLPG_MULTI, MMUEXT_TLB_FLUSH_ALL, MMUEXT_INVLPG_ALL):
         vcpu.request_flush()
         vcpu.domain.flush_others(vcpu)
