@@ -120,6 +120,7 @@ class Domain:
         self.virt = GuestVirt(self.mem, lay.guest_frames)
         self.mmu = PvMmu(self.mem, lay.ram_pages, lay.guest_frames, self.trampoline.l4_entries)
         self.mmu.flush_all = self.flush_all_vcpus
+        self.mmu.translation_cache = self.virt.cache
         self.msrs = MsrEmulator()
         self.hypercall_table = build_table()
         self.vm_assist: set[int] = set()

@@ -34,14 +34,19 @@ _md.detail = True
 MSR_PAT_VALUE = 0x0000050100070406
 
 
-def _fetch(vcpu: "PvVcpu", rip: int, size: int = 16) -> bytes:
+def _fetch(vcpu: "PvVcpu", rip: int, size: int = 15) -> bytes:
+    """Up to ``size`` instruction bytes at ``rip``, fewer if the next page is unmapped."""
     cr3 = vcpu.kernel_cr3 if vcpu.kernel_mode else vcpu.user_cr3
-    out = b""
-    for i in range(size):
+    first = min(size, 4096 - (rip & 0xFFF))
+    try:
+        out = vcpu.virt.read(cr3, rip, first)
+    except GuestFault:
+        return b""
+    if first < size:
         try:
-            out += vcpu.virt.read(cr3, rip + i, 1)
+            out += vcpu.virt.read(cr3, rip + first, size - first)
         except GuestFault:
-            break
+            pass
     return out
 
 

@@ -29,27 +29,44 @@ class GuestVirt:
         self.mem = mem
         self.frame_limit = frame_limit  # frames [0, limit) are the guest's to reach
         self.q = mem.q
+        # (cr3, page) -> (frame address, writable). Valid because every table
+        # reachable from a CR3 is typed and changes only through the PV MMU,
+        # which clears this on every store.
+        self.cache: dict[tuple[int, int], tuple[int, bool]] = {}
 
     def translate(self, cr3: int, va: int, write: bool = False) -> int:
         """Guest-physical address of ``va`` under page table ``cr3``."""
+        hit = self.cache.get((cr3, va >> 12))
+        if hit is not None and (hit[1] or not write):
+            return hit[0] | (va & 0xFFF)
+        gpa = self._walk(cr3, va, write)
+        if len(self.cache) > 4096:
+            self.cache.clear()
+        return gpa
+
+    def _walk(self, cr3: int, va: int, write: bool) -> int:
         if not canonical(va):
             raise GuestFault(va, "not canonical")
         table = cr3 & PTE_ADDR_MASK
         q = self.q
         limit = self.frame_limit << 12
+        writable = True
         for shift in (39, 30, 21, 12):
             if table >= limit:
                 raise GuestFault(va, "page table outside the domain")
             entry = q[(table >> 3) + ((va >> shift) & 511)]
             if not entry & PTE_P:
                 raise GuestFault(va, "not mapped")
-            if write and not entry & PTE_RW:
-                raise GuestFault(va, "read-only")
+            if not entry & PTE_RW:
+                if write:
+                    raise GuestFault(va, "read-only")
+                writable = False
             if shift != 12 and shift != 39 and entry & PTE_PSE:
                 raise GuestFault(va, "superpage")
             table = entry & PTE_ADDR_MASK
         if table >= limit:
             raise GuestFault(va, "maps a frame outside the domain")
+        self.cache[(cr3, va >> 12)] = (table, writable)
         return table | (va & 0xFFF)
 
     def read(self, cr3: int, va: int, size: int) -> bytes:

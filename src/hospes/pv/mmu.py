@@ -64,6 +64,7 @@ class PvMmu:
         # one becomes a page table or descriptor page, everyone flushes.
         self.stale_writable: set[int] = set()
         self.flush_all: Callable[[], None] = lambda: None
+        self.translation_cache: dict = {}  # GuestVirt's; every store invalidates it
 
     # --- entries -------------------------------------------------------------------
 
@@ -136,6 +137,7 @@ class PvMmu:
         if kind == WRITABLE:
             self.stale_writable.add(frame)
         elif kind <= 4:
+            self.translation_cache.clear()  # the guest may now rewrite this table directly
             self._release(frame, kind, writes)
 
     def _entries(self, frame: int) -> list[int]:
@@ -178,6 +180,7 @@ class PvMmu:
         it) and queued for the in-VM writer (so KVM's shadow tables see it)."""
         self.q[gpa >> 3] = value
         writes.append((gpa, value))
+        self.translation_cache.clear()
 
     # --- operations the hypercalls use ----------------------------------------------
 

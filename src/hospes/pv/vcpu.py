@@ -32,6 +32,7 @@ from hospes.pv import layout as L
 from hospes.pv.errors import Errno, XenError
 from hospes.pv.guestvirt import canonical
 from hospes.pv.trampoline import VcpuArea
+from hospes.pv import emulate
 
 if TYPE_CHECKING:
     from hospes.domain import Domain
@@ -56,6 +57,10 @@ VI_TIME = 0x20
 
 NO_RETURN = object()  # a hypercall handler that set the whole guest state itself
 
+# Exit-count keys, built once: formatting a string on every exit shows up in profiles.
+HYPERCALL_KEYS = [f"hypercall:{n}" for n in range(64)]
+TRAP_KEYS = [f"trap:{v}" for v in range(256)]
+
 
 class DomainCrash(Exception):
     """The guest did something Xen would crash the domain for."""
@@ -78,6 +83,16 @@ def _segment(seg: KvmSegment, selector: int, code: bool, dpl: int, long: bool) -
     seg.g = 1
     seg.avl = 0
     seg.unusable = 0
+
+
+def _prebuilt(selector: int, code: bool, dpl: int, long: bool) -> KvmSegment:
+    seg = KvmSegment()
+    _segment(seg, selector, code, dpl, long)
+    return seg
+
+
+RING0_CS = _prebuilt(abi.HYPERVISOR_CS, code=True, dpl=0, long=True)
+RING0_SS = _prebuilt(abi.HYPERVISOR_DS, code=False, dpl=0, long=False)
 
 
 class PvVcpu:
@@ -323,7 +338,7 @@ class PvVcpu:
     def _hypercall(self) -> None:
         regs = self.regs
         nr = regs.rax
-        key = f"hypercall:{nr}"
+        key = HYPERCALL_KEYS[nr] if nr < 64 else f"hypercall:{nr}"
         self.stats[key] = self.stats.get(key, 0) + 1
         handler = self.hypercalls.get(nr)
         if handler is None:
@@ -344,7 +359,7 @@ class PvVcpu:
         handler = self.hypercalls.get(nr)
         if handler is None or nr in (abi.Hypercall.iret, abi.Hypercall.multicall):
             return -Errno.ENOSYS if handler is None else -Errno.EINVAL
-        self.count(f"hypercall:{nr}")
+        self.count(HYPERCALL_KEYS[nr] if nr < 64 else f"hypercall:{nr}")
         try:
             result = handler(self, *args)
         except XenError as e:
@@ -367,9 +382,7 @@ class PvVcpu:
                 f"cr2 {self.sregs.cr2:#x}"
             )
         self.t_rip, self.t_cs, self.t_rflags, self.t_rsp, self.t_ss = rip, cs, rflags, ersp, ss
-        self.count(f"trap:{vec}")
-        from hospes.pv import emulate
-
+        self.count(TRAP_KEYS[vec & 255])
         if not emulate.handle_exception(self, vec, err):
             self.bounce_exception(vec, err if vec in abi.ERROR_CODE_VECTORS else None)
         self._resume()
@@ -515,8 +528,8 @@ class PvVcpu:
             invlpg = 0 if load_cr3 else self.invlpg_va
             self.invlpg_va = 0
             if sregs.cs.dpl != 0:
-                _segment(sregs.cs, abi.HYPERVISOR_CS, code=True, dpl=0, long=True)
-                _segment(sregs.ss, abi.HYPERVISOR_DS, code=False, dpl=0, long=False)
+                sregs.cs = RING0_CS
+                sregs.ss = RING0_SS
                 dirty_sregs = True
             self._enter_writer(frame, load_cr3, invlpg)
             self.cpu_cr3 = want_cr3
@@ -526,8 +539,8 @@ class PvVcpu:
             struct.pack_into("<5Q", self.mem.buf, gpa, *frame)
         elif kind == "chunk" or sregs.cs.selector != self.t_cs or sregs.ss.selector != self.t_ss:
             if sregs.cs.dpl != 0:
-                _segment(sregs.cs, abi.HYPERVISOR_CS, code=True, dpl=0, long=True)
-                _segment(sregs.ss, abi.HYPERVISOR_DS, code=False, dpl=0, long=False)
+                sregs.cs = RING0_CS
+                sregs.ss = RING0_SS
                 dirty_sregs = True
             self._enter_writer(frame, 0, 0)
         else:
