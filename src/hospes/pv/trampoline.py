@@ -60,6 +60,12 @@ WRITER_CODE = bytes.fromhex(
 )
 WRITER_HEADER = 24
 
+# writer1: the common case of one store and no flush, in 8 instructions
+# (every ring-0 instruction is emulated on PVM, ~1 us each):
+#   push rax; push rdi; mov rdi,[rsp+0x50]; mov rax,[rsp+0x58]; mov [rdi],rax;
+#   pop rdi; pop rax; iretq      (same control block layout as the writer)
+WRITER1_CODE = bytes.fromhex("5057" "488b7c2450" "488b442458" "488907" "5f58" "48cf")
+
 # Where the writer returns between chunks of a batch too big for one control
 # block: out %al,$0xe2; ud2 (ring 0).
 CHUNK_EXIT_STUB = bytes([0xE6, L.PORT_WRITER_CHUNK, 0x0F, 0x0B])
@@ -245,6 +251,8 @@ class Trampoline:
         code += WRITER_CODE
         self.chunk_exit_va = L.STUBS_VA + len(code)
         code += CHUNK_EXIT_STUB
+        self.writer1_va = L.STUBS_VA + len(code)
+        code += WRITER1_CODE
         self.mem.write(stubs, bytes(code))
         gates = bytearray()
         for v in range(256):

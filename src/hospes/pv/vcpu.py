@@ -574,7 +574,8 @@ class PvVcpu:
                 flat.append(L.DIRECT_VIRT + target_gpa)
                 flat.append(value)
             struct.pack_into(f"<{len(flat)}Q", buf, gpa + 64, *flat)
-        self.regs.rip = self.domain.trampoline.writer_va
+        tr = self.domain.trampoline
+        self.regs.rip = tr.writer1_va if len(chunk) == 1 and not cr3 and not invlpg else tr.writer_va
         self.regs.rsp = area.frame_va
         self.count("writer")
 
