@@ -34,7 +34,7 @@ import functools
 import mmap
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from hospes.kvm import constants as c
 from hospes.kvm.errors import (
@@ -149,7 +149,33 @@ def _get_msr_list(fd: int, request: int, name: str) -> list[int]:
         return list(buf.entries[: buf.hdr.nmsrs])
 
 
-class Kvm:
+_Self = TypeVar("_Self", bound="_FdOwner")
+
+
+class _FdOwner:
+    """Owns one KVM file descriptor: close() once, also as a context manager or on collection."""
+
+    fd: int
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Kvm(_FdOwner):
     """The /dev/kvm system file descriptor."""
 
     fd: int
@@ -222,25 +248,9 @@ class Kvm:
         fd = _ioctl(self.fd, c.KVM_CREATE_VM, vm_type, "KVM_CREATE_VM")
         return Vm(fd, self.vcpu_mmap_size)
 
-    def close(self) -> None:
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
-
-    def __enter__(self) -> Kvm:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
-class Vm:
+class Vm(_FdOwner):
     """A VM file descriptor (from :meth:`Kvm.create_vm`)."""
 
     fd: int
@@ -336,25 +346,9 @@ class Vm:
             os.close(fd)
             raise
 
-    def close(self) -> None:
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
-
-    def __enter__(self) -> Vm:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
-class Vcpu:
+class Vcpu(_FdOwner):
     """A vCPU file descriptor and its mmap'd ``struct kvm_run``."""
 
     id: int
@@ -606,14 +600,3 @@ class Vcpu:
         finally:
             os.close(fd)
 
-    def __enter__(self) -> Vcpu:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
