@@ -45,6 +45,7 @@ class _TerminalInput:
         self.fd = sys.stdin.fileno() if sys.stdin is not None else -1
         self.saved = None
         self.eof = False
+        self.on_quit: Callable[[], None] = lambda: None
 
     def __enter__(self):
         if self.fd < 0:
@@ -60,7 +61,10 @@ class _TerminalInput:
             self.saved = termios.tcgetattr(self.fd)
             tty.setraw(self.fd)
         os.set_blocking(self.fd, False)
-        return self.read
+        return self
+
+    def __call__(self) -> bytes | None:
+        return self.read()
 
     def read(self) -> bytes | None:
         if self.eof:
@@ -75,7 +79,9 @@ class _TerminalInput:
             self.eof = True
             return None
         if self.saved is not None and self.QUIT in data:
-            raise KeyboardInterrupt
+            self.eof = True
+            self.on_quit()
+            return None
         return data.replace(b"\n", b"\r") if self.saved is None else data
 
     def __exit__(self, *exc: object) -> None:
@@ -148,6 +154,8 @@ def register(group: click.Group) -> None:
         with _TerminalInput() as read_input:
             while True:
                 dom = Domain(config, console_out=sink)
+                if read_input is not None:
+                    read_input.on_quit = dom.destroy  # Ctrl-] on a terminal
                 restore = _on_terminate(dom)
                 try:
                     result = dom.run(read_input)
