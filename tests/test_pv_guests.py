@@ -140,6 +140,10 @@ EXPECTED_PASSES: dict[str, tuple[str, ...]] = {
         "rdmsr_pat",
         "kernel_gs_base_roundtrip",
     ),
+    "failsafe": (
+        "failsafe_registered",
+        "failsafe_frame",
+    ),
 }
 
 # A result line, optionally behind a Xen-style "(d1) " console prefix.

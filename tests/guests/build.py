@@ -43,6 +43,7 @@ ALL_GUESTS: tuple[str, ...] = (
     "timers",
     "multicall",
     "version",
+    "failsafe",
 )
 
 # Freestanding kernel code: no libc, no PIC (Debian's gcc defaults to PIE),

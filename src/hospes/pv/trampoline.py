@@ -254,6 +254,7 @@ class Trampoline:
         self.writer1_va = L.STUBS_VA + len(code)
         code += WRITER1_CODE
         self.mem.write(stubs, bytes(code))
+        self._code = bytes(code)
         gates = bytearray()
         for v in range(256):
             dpl = 3 if v in (3, 4, 0x80) else 0
@@ -313,6 +314,11 @@ class Trampoline:
             self.mem.write(area.page_gpa[area.tss_va + i * PAGE_SIZE], tss_bytes[i * PAGE_SIZE:(i + 1) * PAGE_SIZE])
         assert tss == area.page_gpa[area.tss_va]
         return area
+
+    def is_iretq(self, va: int) -> bool:
+        """Is ``va`` one of the trampoline's iretq instructions (its returns to the guest)?"""
+        off = va - L.STUBS_VA
+        return 0 <= off < len(self._code) - 1 and self._code[off:off + 2] == b"\x48\xcf"
 
     def is_hypervisor_frame(self, mfn: int) -> bool:
         return mfn >= self.lay.guest_frames

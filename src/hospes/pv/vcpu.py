@@ -376,6 +376,16 @@ class PvVcpu:
         rsp = self.regs.rsp
         gpa = self.area.gpa_of(rsp)
         vec, err, rip, cs, rflags, ersp, ss = struct.unpack_from("<7Q", self.mem.buf, gpa)
+        if cs & 3 == 0 and vec in (11, 12, 13) and self.domain.trampoline.is_iretq(rip):
+            # Our own return to the guest faulted: the frame named a selector
+            # that cannot be loaded. Xen delivers the failsafe callback.
+            frame_gpa = self.area.gpa_of(ersp)
+            self.t_rip, self.t_cs, self.t_rflags, self.t_rsp, self.t_ss = struct.unpack_from(
+                "<5Q", self.mem.buf, frame_gpa)
+            self.count("failsafe")
+            self.bounce_failsafe()
+            self._resume()
+            return
         if cs & 3 == 0:
             raise DomainCrash(
                 f"exception {vec} (error {err:#x}) inside the hypervisor trampoline at rip {rip:#x}; "
@@ -431,8 +441,20 @@ class PvVcpu:
     def toggle_to_kernel(self) -> None:
         self.kernel_mode = True
 
+    def bounce_failsafe(self) -> None:
+        """Deliver the failsafe callback, with the guest's data selectors in the frame."""
+        cb = self.callbacks.get(abi.CALLBACKTYPE_failsafe)
+        if cb is None:
+            raise DomainCrash(
+                f"returning to the guest at {self.t_rip:#x} failed (cs {self.t_cs:#x}, ss {self.t_ss:#x}) "
+                "and it has no failsafe callback"
+            )
+        s = self.sregs
+        selectors = (s.ds.selector, s.es.selector, s.fs.selector, s.gs.selector)
+        self.bounce(cb[0], None, mask_events=bool(cb[1] & abi.CALLBACKF_mask_events), extra=selectors)
+
     def bounce(self, target: int, error_code: int | None, mask_events: bool,
-               rcx: int | None = None, r11: int | None = None) -> None:
+               rcx: int | None = None, r11: int | None = None, extra: tuple[int, ...] = ()) -> None:
         """Xen's create_bounce_frame: deliver to ``target`` on the guest kernel stack."""
         if target == 0:
             raise DomainCrash("the guest has no handler registered for this event")
@@ -450,6 +472,7 @@ class PvVcpu:
             self.regs.rcx if rcx is None else rcx,
             self.regs.r11 if r11 is None else r11,
         ]
+        frame += extra
         if error_code is not None:
             frame.append(error_code)
         frame += [self.t_rip, cs | (old_mask << 32), rflags, self.t_rsp, self.t_ss]
