@@ -100,7 +100,7 @@ def _on_terminate(dom) -> "Callable[[], None]":
     """SIGTERM/SIGHUP ask the guest to power off; a second one destroys it."""
     import signal
 
-    asked = []
+    asked: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
         if asked:

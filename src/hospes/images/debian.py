@@ -100,7 +100,7 @@ def ensure_default_images(cache_dir: Path | None = None, rebuild: bool = False,
                     f"{cached.kernel_version}")
                 return cached
         updated = selection is None
-        if updated:
+        if selection is None:
             apt_update(log)
             selection = _resolve_or_fail(root)
         if not rebuild:

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 import zstandard
 
@@ -53,7 +54,7 @@ DIRECTORIES = (("bin", 0o755), ("sbin", 0o755), ("usr/bin", 0o755), ("usr/sbin",
                ("etc", 0o755), ("root", 0o700), ("tmp", 0o1777), ("run", 0o755),
                ("mnt", 0o755))
 
-_DECOMPRESSORS = {
+_DECOMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
     ".ko": lambda data: data,
     ".ko.xz": lzma.decompress,
     ".ko.zst": lambda data: zstandard.ZstdDecompressor().decompressobj().decompress(data),

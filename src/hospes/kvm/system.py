@@ -97,7 +97,7 @@ def _ioctl(fd: int, request: int, arg: Any, name: str, detail: str = "") -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _flex_type(header: type, entry: type, count: int) -> Any:
+def _flex_type(header: type, entry: Any, count: int) -> Any:
     """A Structure type: ``hdr`` (a ``header``) then ``entries`` (``count`` ``entry``s).
 
     This is how a C structure ending in a flexible array is laid out.

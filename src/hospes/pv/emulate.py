@@ -124,8 +124,8 @@ def _privileged(vcpu: "PvVcpu") -> bool:
         vcpu.t_rip += i + 2
         return True
     if op[:2] == b"\x0f\x30":                          # wrmsr
-        value = (regs.rax & 0xFFFFFFFF) | ((regs.rdx & 0xFFFFFFFF) << 32)
-        if not vcpu.domain.msrs.write(vcpu, regs.rcx & 0xFFFFFFFF, value):
+        new = (regs.rax & 0xFFFFFFFF) | ((regs.rdx & 0xFFFFFFFF) << 32)
+        if not vcpu.domain.msrs.write(vcpu, regs.rcx & 0xFFFFFFFF, new):
             return False
         vcpu.t_rip += i + 2
         return True
@@ -316,7 +316,7 @@ def _emulate_rmw(vcpu: "PvVcpu", insn, old: int, bit_off: int):
     nothing = lambda: None  # noqa: E731
     if m == X.X86_INS_MOV and src is not None:
         return merge(src), nothing
-    if m == X.X86_INS_XCHG and ops[1].type == X.X86_OP_REG:
+    if m == X.X86_INS_XCHG and src is not None and ops[1].type == X.X86_OP_REG:
         reg = ops[1].reg
         return merge(src), lambda: _set(vcpu, reg, cur)
     if m in (X.X86_INS_AND, X.X86_INS_OR, X.X86_INS_XOR) and src is not None:
@@ -330,7 +330,7 @@ def _emulate_rmw(vcpu: "PvVcpu", insn, old: int, bit_off: int):
         def set_cf() -> None:
             vcpu.t_rflags = (vcpu.t_rflags & ~1) | was
         return merge(v), set_cf
-    if m == X.X86_INS_CMPXCHG and ops[1].type == X.X86_OP_REG:
+    if m == X.X86_INS_CMPXCHG and src is not None and ops[1].type == X.X86_OP_REG:
         acc = vcpu.regs.rax & ((1 << size) - 1)
         if acc == cur:
             return merge(src), lambda: setattr(vcpu, "t_rflags", vcpu.t_rflags | 0x40)

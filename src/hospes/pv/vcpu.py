@@ -37,6 +37,9 @@ from hospes.pv import emulate
 if TYPE_CHECKING:
     from hospes.domain import Domain
     from hospes.kvm import Vcpu
+    from hospes.kvm.structs import KvmRegs, KvmRun, KvmSregs, KvmVcpuEvents
+    from hospes.machine.memory import GuestMemory
+    from hospes.pv.guestvirt import GuestVirt
 
 RFLAGS_IF = 1 << 9
 RFLAGS_IOPL = 3 << 12
@@ -97,6 +100,63 @@ RING0_SS = _prebuilt(abi.HYPERVISOR_DS, code=False, dpl=0, long=False)
 
 class PvVcpu:
     """A vCPU of a PV domain, run by one host thread."""
+
+    domain: "Domain"
+    id: int
+    kvm: "Vcpu"
+    area: VcpuArea
+    mem: "GuestMemory"
+    virt: "GuestVirt"
+    thread: threading.Thread | None
+    thread_ident: int | None
+    kernel_mode: bool
+    kernel_cr3: int
+    user_cr3: int
+    cpu_cr3: int
+    gs_base_kernel: int
+    gs_base_user: int
+    fs_base: int
+    gs_sel: int
+    trap_table: dict[int, tuple[int, int]]
+    callbacks: dict[int, tuple[int, int]]
+    kernel_ss: int
+    kernel_sp: int
+    iopl: int
+    cr0_ts: bool
+    cr4: int
+    debugreg: list[int]
+    vcpu_info_gpa: int
+    vcpu_info_registered: bool
+    runstate_va: int
+    gdt_frames: list[int]
+    gdt_ents: int
+    ldt_base: int
+    ldt_ents: int
+    online: bool
+    initialised: bool
+    tsc_aux: int
+    writes: list[tuple[int, int]]
+    flush_pending: bool
+    invlpg_va: int
+    flush_generation: int
+    in_kvm_run: bool
+    start_context: dict | None
+    t_rip: int
+    t_cs: int
+    t_rflags: int
+    t_rsp: int
+    t_ss: int
+    exit_kind: str
+    wake: threading.Condition
+    blocked: bool
+    poll_ports: tuple[int, ...]
+    poll_deadline: int
+    stats: dict[str, int]
+    run: "KvmRun"
+    regs: KvmRegs
+    sregs: KvmSregs
+    events: KvmVcpuEvents
+    hypercalls: dict[int, Callable[..., object]]
 
     def __init__(self, domain: "Domain", vcpu_id: int, kvm_vcpu: "Vcpu", area: VcpuArea) -> None:
         self.domain = domain

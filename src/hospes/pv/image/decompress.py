@@ -55,7 +55,8 @@ class _Corrupt(Exception):
 class _StreamDecoder(Protocol):
     """What zlib, lzma, bz2, zstandard and lz4.frame decompressor objects share."""
 
-    eof: bool
+    @property
+    def eof(self) -> bool: ...
 
     def decompress(self, data: Buffer, /) -> bytes: ...
 
