@@ -116,3 +116,19 @@ def test_two_vcpus_come_online_and_run_in_parallel(default_images) -> None:
     lines = out.splitlines()
     assert "0-1" in lines
     assert sorted(line for line in lines if line.startswith("job")) == ["job1", "job2", "job3", "job4"]
+
+
+def test_disk_reads_and_writes_through_blkfront(default_images, tmp_path) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"HOSPES-DISK-MAGIC".ljust(512, b"\0") + bytes(8 * 1024 * 1024 - 512))
+    script = (
+        "cat /sys/block/xvda/size; dd if=/dev/xvda bs=17 count=1 2>/dev/null; echo; "
+        "echo written-by-guest | dd of=/dev/xvda bs=512 seek=100 conv=fsync 2>/dev/null"
+    )
+    p = run_hospes("run", "--disk", str(image), "--", "sh", "-c", script)
+    out = p.stdout.decode(errors="replace")
+    assert p.returncode == 0, p.stderr.decode(errors="replace")[-2000:]
+    lines = out.splitlines()
+    assert "16384" in lines and "HOSPES-DISK-MAGIC" in lines
+    assert "timeout closing device" not in out
+    assert image.read_bytes()[100 * 512:100 * 512 + 17] == b"written-by-guest\n"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from hospes.devices.block import BlockBackend, DiskConfig
 from hospes.devices.console import ConsoleBackend
 from hospes.errors import HospesError
 from hospes.kvm import Kvm
@@ -58,6 +59,7 @@ class DomainConfig:
     vcpus: int = 1
     name: str = "guest"
     domid: int = 1
+    disks: tuple[DiskConfig, ...] = ()
 
 
 @dataclass
@@ -170,6 +172,7 @@ class Domain:
 
         populate_domain(self.store, self.domid, config.name, str(self.uuid), config.vcpus,
                         config.memory_mib * 1024)
+        self.disks = [BlockBackend(self, disk) for disk in config.disks]
         self.store_conn = RingConnection(self.store, self.domid, self.mem.view(self.boot.store_gpa, PAGE_SIZE),
                                          lambda: self.evtchn.notify_backend_port(self.store_port))
 
@@ -442,6 +445,8 @@ class Domain:
         return self.result
 
     def close(self) -> None:
+        for disk in self.disks:
+            disk.close()
         for pv in self.vcpus:
             pv.kvm.close()
         self.vm.close()

@@ -7,7 +7,10 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from hospes.devices.block import DiskConfig
 
 import click
 
@@ -96,6 +99,18 @@ class _TerminalInput:
             termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
 
 
+def _disk_configs(specs: tuple[str, ...]) -> tuple["DiskConfig", ...]:
+    from hospes.devices.block import DiskConfig, vdev_number
+
+    out = []
+    for i, spec in enumerate(specs):
+        path, _, mode = spec.partition(",")
+        if mode not in ("", "rw", "ro"):
+            raise HospesError(f"Disk {spec!r}: the mode after the comma must be ro or rw.")
+        out.append(DiskConfig(Path(path), readonly=mode == "ro", vdev=vdev_number("xvd" + chr(ord("a") + i))))
+    return tuple(out)
+
+
 def _on_terminate(dom) -> "Callable[[], None]":
     """SIGTERM/SIGHUP ask the guest to power off; a second one destroys it."""
     import signal
@@ -125,11 +140,14 @@ def register(group: click.Group) -> None:
     @click.option("--cmdline", default=None, help="Kernel command line.")
     @click.option("--memory", "memory", default=256, show_default=True, type=int, help="Memory in MiB.")
     @click.option("--vcpus", default=1, show_default=True, type=int, help="Number of vCPUs.")
+    @click.option("--disk", "disks", multiple=True, metavar="PATH[,ro]",
+                  help="A disk image as xvda, xvdb, ... (repeatable; ',ro' for read-only).")
     @click.option("--on-reboot", type=click.Choice(["restart", "exit"]), default="restart", show_default=True,
                   help="What to do when the guest reboots.")
     @click.option("--stats", is_flag=True, help="Print exit counts by kind when the guest stops.")
     @click.argument("command", nargs=-1)
-    def run(kernel: Path | None, ramdisk: Path | None, cmdline: str | None, memory: int, vcpus: int, on_reboot: str,
+    def run(kernel: Path | None, ramdisk: Path | None, cmdline: str | None, memory: int, vcpus: int,
+            disks: tuple[str, ...], on_reboot: str,
             stats: bool, command: tuple[str, ...]) -> None:
         """Boot a domain; with `-- CMD ARGS...` run CMD in the guest and exit with its status."""
         from hospes.domain import Domain, DomainConfig
@@ -150,7 +168,8 @@ def register(group: click.Group) -> None:
         if ramdisk is not None and not Path(ramdisk).exists():
             raise HospesError(f"Ramdisk {ramdisk} does not exist; check the path or run `hospes image`.")
         sink = _ConsoleSink()
-        config = DomainConfig(kernel=kernel, ramdisk=ramdisk, cmdline=cmdline, memory_mib=memory, vcpus=vcpus)
+        config = DomainConfig(kernel=kernel, ramdisk=ramdisk, cmdline=cmdline, memory_mib=memory, vcpus=vcpus,
+                              disks=_disk_configs(disks))
         with _TerminalInput() as read_input:
             while True:
                 dom = Domain(config, console_out=sink)
