@@ -60,6 +60,7 @@ class DomainConfig:
     name: str = "guest"
     domid: int = 1
     disks: tuple[DiskConfig, ...] = ()
+    uuid: str | None = None
 
 
 @dataclass
@@ -103,7 +104,7 @@ class Domain:
             raise DomainError(f"A domain has between 1 and {MAX_VCPUS} vCPUs; {config.vcpus} were asked for.")
         self.config = config
         self.domid = config.domid
-        self.uuid = uuidlib.uuid4()
+        self.uuid = uuidlib.UUID(config.uuid) if config.uuid else uuidlib.uuid4()
         self.cmdline = config.cmdline
         self.console_out = console_out or (lambda b: (sys.stdout.buffer.write(b), sys.stdout.buffer.flush()))
         kernel = load_pv_kernel(config.kernel)

@@ -16,10 +16,12 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from hospes.cli import image, run
+    from hospes.cli import daemon, image, run, xl
 
     run.register(cli)
     image.register(cli)
+    xl.register(cli)
+    daemon.register(cli)
 
 
 def main() -> None:

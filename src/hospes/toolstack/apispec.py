@@ -67,11 +67,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "DomainSpec": {
         "type": "object",
         "description": "A domain's configuration: DomainSpec.to_dict() of hospes.toolstack.spec.",
-        "required": ["name"],
+        "required": ["format", "name", "kernel"],
         "properties": {
+            "format": {"type": "integer", "description": "spec format version (1)"},
             "name": NAME_SCHEMA, "uuid": {"type": ["string", "null"]}, "type": {"type": "string"},
             "memory": {"type": "integer", "minimum": 1}, "maxmem": {"type": ["integer", "null"]},
-            "vcpus": {"type": "integer", "minimum": 1}, "kernel": {"type": ["string", "null"]},
+            "vcpus": {"type": "integer", "minimum": 1}, "kernel": {"type": "string", "minLength": 1},
             "ramdisk": {"type": ["string", "null"]}, "cmdline": {"type": ["string", "null"]},
             "disks": {"type": "array"}, "vifs": {"type": "array"},
             "on_poweroff": {"type": "string"}, "on_reboot": {"type": "string"}, "on_crash": {"type": "string"},

@@ -38,7 +38,7 @@ from typing import Any, Awaitable, Callable
 from hospes.errors import HospesError
 from hospes.toolstack import control
 from hospes.toolstack.lifecycle import RESTART_LIMIT, RESTART_WINDOW_S, action_for
-from hospes.toolstack.record import DomainRecord, process_start_time, read_record, remove_quietly, write_record
+from hospes.toolstack.record import process_start_time, read_record, remove_quietly, write_record
 from hospes.toolstack.rundir import RunDir
 
 DEFAULT_MARKER = "@default"
@@ -494,4 +494,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module, not __main__, so its classes are the ones other modules see.
+    from hospes.toolstack import domain_process as _module
+
+    sys.exit(_module.main())

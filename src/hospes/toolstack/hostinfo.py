@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import platform
 import socket
-import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -150,4 +149,4 @@ def host_info(guest_memory_mib: Iterable[int] = ()) -> dict[str, Any]:
     }
 
 
-__all__ = ["cpu_times", "host_info", "host_uptime", "time"]
+__all__ = ["cpu_times", "host_info", "host_uptime"]

@@ -133,8 +133,8 @@ class Registry:
             pass
 
     def forget(self, domid: int) -> None:
-        """Remove a dead domain's record and socket (its console log stays)."""
-        remove_quietly(self.run.state_file(domid), self.run.control_socket(domid))
+        """Remove a dead domain's record, socket and stderr file (its console log stays)."""
+        remove_quietly(self.run.state_file(domid), self.run.control_socket(domid), self.run.stderr_file(domid))
         self._cpu.pop(domid, None)
         self.exit_codes.pop(domid, None)
 

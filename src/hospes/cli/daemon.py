@@ -1,0 +1,108 @@
+"""``hospes daemon start|stop|status``: run hospesd (the CLI also starts it on demand).
+
+Stopping the daemon leaves the domains running in their own processes; the next
+daemon on the same runtime directory finds them again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from hospes.errors import HospesError
+
+
+def _run_dir(run_dir: Path | None):
+    from hospes.toolstack.rundir import RunDir
+
+    return RunDir(run_dir.absolute()) if run_dir else RunDir.default()
+
+
+def _daemon_pid(run) -> int | None:
+    try:
+        pid = int(run.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+def register(group: click.Group) -> None:
+    @group.group("daemon")
+    def daemon() -> None:
+        """Start, stop or check hospesd, the node daemon."""
+
+    run_dir_opt = click.option("--run-dir", type=click.Path(path_type=Path), default=None,
+                               help="Runtime directory (default $HOSPES_RUN_DIR or /run/hospes).")
+
+    @daemon.command("start")
+    @run_dir_opt
+    @click.option("--foreground", "-F", is_flag=True, help="Serve in this process (logs on stderr).")
+    @click.option("--tcp", default=None, metavar="HOST:PORT", help="Also listen on TCP (needs a token).")
+    @click.option("--token-file", type=click.Path(path_type=Path), default=None,
+                  help="Bearer token for TCP clients (else $HOSPES_API_TOKEN).")
+    def start(run_dir: Path | None, foreground: bool, tcp: str | None, token_file: Path | None) -> None:
+        """Start hospesd (in the background unless -F)."""
+        run = _run_dir(run_dir)
+        args = ["--run-dir", str(run.root)]
+        if tcp:
+            args += ["--tcp", tcp]
+        if token_file:
+            args += ["--token-file", str(token_file)]
+        if foreground:
+            from hospes.toolstack.daemon import main
+
+            sys.exit(main(args))
+        if _daemon_pid(run) is not None:
+            click.echo(f"hospesd is already running on {run.root}", err=True)
+            return
+        if tcp:
+            import subprocess
+
+            run.ensure()
+            with open(run.daemon_log, "ab") as log:
+                subprocess.Popen([sys.executable, "-m", "hospes.toolstack.daemon", *args], stdin=subprocess.DEVNULL,
+                                 stdout=log, stderr=log, start_new_session=True)
+            time.sleep(1.0)
+            if _daemon_pid(run) is None:
+                raise HospesError(f"hospesd did not start; see {run.daemon_log}.")
+        else:
+            from hospes.toolstack.client import start_daemon
+
+            start_daemon(run)
+        click.echo(f"hospesd running on {run.api_socket}", err=True)
+
+    @daemon.command("stop")
+    @run_dir_opt
+    def stop(run_dir: Path | None) -> None:
+        """Stop hospesd (domains keep running)."""
+        run = _run_dir(run_dir)
+        pid = _daemon_pid(run)
+        if pid is None:
+            click.echo("hospesd is not running", err=True)
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _daemon_pid(run) == pid:
+            time.sleep(0.05)
+        if _daemon_pid(run) == pid:
+            raise HospesError(f"hospesd ({pid}) did not stop within 10 s.")
+
+    @daemon.command("status")
+    @run_dir_opt
+    def status(run_dir: Path | None) -> None:
+        """Say whether hospesd runs; exit 1 if not."""
+        run = _run_dir(run_dir)
+        pid = _daemon_pid(run)
+        if pid is None:
+            click.echo("hospesd is not running")
+            sys.exit(1)
+        click.echo(f"hospesd is running (pid {pid}) on {run.api_socket}")

@@ -1,0 +1,284 @@
+"""The Python API: ``import hospes; h = hospes.connect()``.
+
+A blocking client of hospesd's HTTP API (docs/openapi.json), over the daemon's
+Unix socket (starting the daemon if none runs) or over TCP with a bearer token::
+
+    h = hospes.connect()                                   # $HOSPES_RUN_DIR or /run/hospes
+    h = hospes.connect(url="http://10.0.0.5:8086", token="...")
+    d = h.create("examples/debian-pv.cfg", ["name=web", "memory=256"])
+    d.wait_for_console("hospes: userspace up")
+    print(d.run("uname -r").output)
+    d.shutdown(wait=True)
+
+Every failure is a :class:`HospesApiError` (a HospesError) carrying the HTTP
+status and the daemon's message. docs/python-api.md has the guided tour.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from hospes.errors import HospesError
+from hospes.toolstack.rundir import RunDir
+
+DEFAULT_TIMEOUT = 900.0
+DAEMON_START_TIMEOUT = 20.0
+
+
+class HospesApiError(HospesError):
+    """The daemon refused a request (``status`` is the HTTP status, 0 if unreachable)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.unix_path)
+        self.sock = s
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What :meth:`Domain.run` returns."""
+
+    exit_status: int
+    output: str
+
+
+class Transport:
+    """One HTTP request per call; JSON in, JSON (or bytes) out."""
+
+    def __init__(self, socket_path: Path | None = None, url: str | None = None, token: str | None = None) -> None:
+        self.socket_path = socket_path
+        self.url = urllib.parse.urlsplit(url) if url else None
+        self.token = token
+
+    def _conn(self, timeout: float) -> http.client.HTTPConnection:
+        if self.url is not None:
+            cls = http.client.HTTPSConnection if self.url.scheme == "https" else http.client.HTTPConnection
+            return cls(self.url.hostname or "localhost", self.url.port, timeout=timeout)
+        assert self.socket_path is not None
+        return _UnixHTTPConnection(str(self.socket_path), timeout)
+
+    def request(self, method: str, path: str, body: Any = None, timeout: float = DEFAULT_TIMEOUT,
+                raw: bool = False) -> Any:
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        conn = self._conn(timeout)
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            payload = resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            where = self.url.geturl() if self.url else self.socket_path
+            raise HospesApiError(0, f"Cannot reach hospesd at {where}: {e}; "
+                                    "is it running (`hospes daemon start`)?") from e
+        finally:
+            conn.close()
+        if resp.status >= 400:
+            try:
+                message = json.loads(payload)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = payload.decode(errors="replace")[:500] or resp.reason
+            raise HospesApiError(resp.status, message)
+        if raw:
+            return payload
+        return json.loads(payload) if payload else None
+
+
+class Domain:
+    """A handle on one domain (by domid). ``info`` is the last state fetched."""
+
+    def __init__(self, client: "Hospes", info: Mapping[str, Any]) -> None:
+        self.client = client
+        self.info = dict(info)
+
+    def __repr__(self) -> str:
+        return f"<hospes.Domain {self.domid} {self.name!r} {self.state}>"
+
+    @property
+    def domid(self) -> int:
+        return int(self.info["domid"])
+
+    @property
+    def name(self) -> str:
+        return str(self.info["name"])
+
+    @property
+    def state(self) -> str:
+        return str(self.info["state"])
+
+    @property
+    def uuid(self) -> str:
+        return str(self.info["uuid"])
+
+    def _path(self, suffix: str = "") -> str:
+        return f"/v1/domains/{self.domid}{suffix}"
+
+    def refresh(self) -> "Domain":
+        self.info = self.client.transport.request("GET", self._path())
+        return self
+
+    def pause(self) -> None:
+        self.client.transport.request("POST", self._path("/pause"))
+
+    def unpause(self) -> None:
+        self.client.transport.request("POST", self._path("/unpause"))
+
+    def shutdown(self, wait: bool = True, timeout: float = 300.0) -> dict[str, Any]:
+        """Ask the guest to power off; with ``wait``, return once it stopped (``outcome`` says how)."""
+        return self.client.transport.request("POST", self._path("/shutdown"), {"wait": wait, "timeout": timeout},
+                                             timeout=timeout + 30)
+
+    def reboot(self, wait: bool = False, timeout: float = 300.0) -> dict[str, Any]:
+        return self.client.transport.request("POST", self._path("/reboot"), {"wait": wait, "timeout": timeout},
+                                             timeout=timeout + 30)
+
+    def destroy(self) -> None:
+        self.client.transport.request("POST", self._path("/destroy"))
+
+    def rename(self, name: str) -> None:
+        self.client.transport.request("POST", self._path("/rename"), {"name": name})
+        self.info["name"] = name
+
+    def vcpus(self) -> list[dict[str, Any]]:
+        return list(self.client.transport.request("GET", self._path("/vcpus"))["vcpus"])
+
+    def console_log(self, tail: int | None = None, offset: int | None = None) -> str:
+        """The console output so far (all of it, from ``offset``, or the last ``tail`` bytes)."""
+        return self.console_log_bytes(tail, offset).decode(errors="replace")
+
+    def console_log_bytes(self, tail: int | None = None, offset: int | None = None) -> bytes:
+        q = {k: v for k, v in (("tail", tail), ("offset", offset)) if v is not None}
+        path = self._path("/console/log") + (f"?{urllib.parse.urlencode(q)}" if q else "")
+        return self.client.transport.request("GET", path, raw=True)
+
+    def wait_for_console(self, text: str, timeout: float = 300.0, interval: float = 0.5) -> str:
+        """Poll the console log until it contains ``text``; return the log. HospesError on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.console_log()
+            if text in out:
+                return out
+            if time.monotonic() > deadline:
+                raise HospesError(f"{text!r} did not appear on the console of {self.name} within {timeout:.0f} s.")
+            time.sleep(interval)
+
+    def run(self, command: str, timeout: float = 60.0) -> CommandResult:
+        """Run ``command`` with the guest's console shell; see hospes.toolstack.console_run."""
+        r = self.client.transport.request("POST", self._path("/run"), {"command": command, "timeout": timeout},
+                                          timeout=timeout + 30)
+        return CommandResult(int(r["exit_status"]), str(r["output"]))
+
+
+class Hospes:
+    """A connection to one hospesd. Cheap: every call is its own HTTP request."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def version(self) -> dict[str, Any]:
+        return self.transport.request("GET", "/v1/version", timeout=10)
+
+    def host(self) -> dict[str, Any]:
+        return self.transport.request("GET", "/v1/host")
+
+    def domains(self) -> list[Domain]:
+        return [Domain(self, d) for d in self.transport.request("GET", "/v1/domains")["domains"]]
+
+    def domain(self, name_or_id: str | int) -> Domain:
+        ident = urllib.parse.quote(str(name_or_id), safe="")
+        return Domain(self, self.transport.request("GET", f"/v1/domains/{ident}"))
+
+    def create(self, config: str | os.PathLike[str] | Mapping[str, Any] | Any, overrides: Iterable[str] = (),
+               paused: bool = False) -> Domain:
+        """Create a domain from an xl config file (parsed here, so relative paths are yours),
+        a spec dict, or a DomainSpec; ``overrides`` are ``key=value`` lines applied on top."""
+        spec = self.parse_config(config, overrides)
+        info = self.transport.request("POST", "/v1/domains", {"spec": spec, "paused": paused})
+        return Domain(self, info)
+
+    @staticmethod
+    def parse_config(config: str | os.PathLike[str] | Mapping[str, Any] | Any,
+                     overrides: Iterable[str] = ()) -> dict[str, Any]:
+        """The spec dict the API takes, from a config path, a dict or a DomainSpec."""
+        from hospes.toolstack import spec as specmod
+
+        overrides = list(overrides)
+        if isinstance(config, (str, os.PathLike)):
+            spec = specmod.load_spec(Path(config), overrides)
+        elif isinstance(config, Mapping):
+            spec = specmod.DomainSpec.from_dict(dict(config))
+            if overrides:
+                raise HospesError("Overrides apply to config files only; edit the spec dict instead.")
+        else:
+            spec = config
+        data = spec.to_dict()
+        for key in ("kernel", "ramdisk"):
+            value = data.get(key)
+            if value and not str(value).startswith("@"):
+                data[key] = str(Path(value).absolute())
+        return data
+
+
+def start_daemon(run: RunDir, timeout: float = DAEMON_START_TIMEOUT) -> None:
+    """Start hospesd in the background on ``run`` and wait until it answers."""
+    run.ensure()
+    log = open(run.daemon_log, "ab")
+    try:
+        subprocess.Popen(
+            [sys.executable, "-m", "hospes.toolstack.daemon", "--run-dir", str(run.root)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
+        )
+    finally:
+        log.close()
+    probe = Transport(socket_path=run.api_socket)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            probe.request("GET", "/v1/version", timeout=2)
+            return
+        except HospesApiError:
+            time.sleep(0.1)
+    raise HospesError(f"hospesd did not start within {timeout:.0f} s; see {run.daemon_log}.")
+
+
+def connect(run_dir: str | os.PathLike[str] | None = None, *, url: str | None = None, token: str | None = None,
+            autostart: bool = True) -> Hospes:
+    """A client of hospesd: over ``url`` (TCP, with ``token``), else the Unix socket of
+    ``run_dir`` (default ``$HOSPES_RUN_DIR`` or /run/hospes), starting the daemon there
+    if it is not running and ``autostart``."""
+    if url is not None:
+        return Hospes(Transport(url=url, token=token or os.environ.get("HOSPES_API_TOKEN")))
+    run = RunDir(Path(run_dir).absolute()) if run_dir is not None else RunDir.default()
+    client = Hospes(Transport(socket_path=run.api_socket))
+    try:
+        client.version()
+    except HospesApiError as e:
+        if e.status != 0 or not autostart:
+            raise
+        start_daemon(run)
+    return client

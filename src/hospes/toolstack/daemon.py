@@ -1,0 +1,489 @@
+"""hospesd: the node daemon. The registry of domains, one process per domain, the HTTP API.
+
+Run it as ``hospesd`` / ``hospes daemon start`` (or let the CLI start it on
+demand). One daemon per runtime directory, enforced with a flock. It owns no
+domain state of its own (see :mod:`.registry`): stop it, start it again, and the
+domains that kept running in their own processes are all still there.
+
+:class:`Daemon` implements the operations; each raises :class:`ApiError` with an
+HTTP status and a message for people. :mod:`.api` maps HTTP onto it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any
+
+from hospes import __version__
+from hospes.errors import HospesError
+from hospes.toolstack import control
+from hospes.toolstack.console_run import PROBE_INTERVAL, MarkerRun
+from hospes.toolstack.domain_process import DEFAULT_MARKER, valid_name
+from hospes.toolstack.hostinfo import host_info
+from hospes.toolstack.record import DomainRecord, write_record
+from hospes.toolstack.registry import DomainView, Registry
+from hospes.toolstack.rundir import RunDir
+
+log = logging.getLogger("hospesd")
+
+BUILD_TIMEOUT_S = 600.0        # first use may build the default images
+DESTROY_GRACE_S = 10.0
+HOST_MEMORY_RESERVE_MIB = 256
+
+
+class ApiError(HospesError):
+    """A request the daemon refuses: ``status`` is the HTTP status, the text says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def load_spec_dict(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The normalized spec of a create request and its warnings (ApiError 400 if invalid)."""
+    from hospes.toolstack import spec as specmod
+
+    try:
+        if "spec" in body:
+            spec = specmod.DomainSpec.from_dict(body["spec"])
+        elif "config_path" in body:
+            if not os.path.isabs(body["config_path"]):
+                raise ApiError(400, "The config_path must be an absolute path on the daemon's host.")
+            spec = specmod.load_spec(Path(body["config_path"]), list(body.get("overrides") or []))
+        else:
+            raise ApiError(400, "Give either `spec` or `config_path` in the request body.")
+    except ApiError:
+        raise
+    except (HospesError, ValueError, TypeError, KeyError, OSError) as e:
+        raise ApiError(400, f"Invalid domain configuration: {e}") from e
+    return spec.to_dict(), list(getattr(spec, "warnings", []) or [])
+
+
+def check_paths(spec: dict[str, Any]) -> None:
+    for key in ("kernel", "ramdisk"):
+        value = spec.get(key)
+        if value and value != DEFAULT_MARKER and not Path(value).is_file():
+            raise ApiError(400, f"The {key} {value} does not exist on the host; check the path in the config.")
+
+
+def available_memory_mib() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError):
+        pass
+    return 1 << 30
+
+
+class Daemon:
+    """The operations behind the API, over one runtime directory."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run.ensure()
+        self.registry = Registry(run)
+        self._run_locks: dict[int, asyncio.Lock] = {}
+        self._create_lock = asyncio.Lock()
+        self._reaper: asyncio.Task[None] | None = None
+
+    # --- lifecycle of the daemon -------------------------------------------------------
+
+    async def start(self) -> None:
+        adopted = [v for v in await self.registry.views() if v.alive]
+        if adopted:
+            log.info("adopted %d running domain(s): %s", len(adopted),
+                     ", ".join(f"{v.domid}:{v.record.name}" for v in adopted))
+        self._reaper = asyncio.create_task(self._reap_forever())
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.registry.reap()
+
+    # --- lookups -----------------------------------------------------------------------
+
+    def record(self, ident: str) -> DomainRecord:
+        rec = self.registry.find(ident)
+        if rec is None:
+            raise ApiError(404, f"Domain {ident!r} does not exist; `hospes list` shows the domains.")
+        return rec
+
+    async def view(self, ident: str) -> DomainView:
+        rec = self.record(ident)
+        v = await self.registry.view(rec.domid)
+        if v is None:
+            raise ApiError(404, f"Domain {ident!r} does not exist any more.")
+        return v
+
+    async def live(self, ident: str, action: str) -> DomainView:
+        v = await self.view(ident)
+        if not v.alive or v.state in ("shutdown", "crashed", "dying"):
+            raise ApiError(409, f"Domain {v.record.name} ({v.domid}) is {v.state}; it cannot {action}. "
+                                "`hospes destroy` removes it.")
+        return v
+
+    async def _request(self, v: DomainView, op: str, **args: Any) -> dict[str, Any]:
+        try:
+            return await control.request(self.run.control_socket(v.domid), op, **args)
+        except control.ControlError as e:
+            raise ApiError(409, str(e)) from e
+
+    # --- operations ------------------------------------------------------------------
+
+    async def domains(self) -> list[dict[str, Any]]:
+        return [v.to_api() for v in await self.registry.views()]
+
+    async def host(self) -> dict[str, Any]:
+        views = await self.registry.views()
+        return host_info(v.to_api()["memory_mib"] for v in views)
+
+    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        spec, warnings = load_spec_dict(body)
+        for w in warnings:
+            log.info("config warning: %s", w)
+        try:
+            name = valid_name(spec.get("name"))
+        except HospesError as e:
+            raise ApiError(400, str(e)) from e
+        check_paths(spec)
+        memory = int(spec.get("memory") or 0)
+        async with self._create_lock:
+            if name in self.registry.names():
+                raise ApiError(409, f"A domain named {name!r} already exists; pick another name (name=...).")
+            free = available_memory_mib() - HOST_MEMORY_RESERVE_MIB
+            if memory > free:
+                raise ApiError(409, f"Not enough free memory for {name}: {memory} MiB asked, {max(free, 0)} MiB "
+                                    "free; destroy a domain or ask for less (memory=...).")
+            domid = self.run.allocate_domid()
+            uuid = str(spec.get("uuid") or uuidlib.uuid4())
+            spec = {**spec, "uuid": uuid}
+            record = DomainRecord(domid=domid, name=name, uuid=uuid, spec=spec,
+                                  start_paused=bool(body.get("paused")),
+                                  console_log=str(self.run.console_log(domid)))
+            write_record(self.run.state_file(domid), record)
+            proc = self.registry.spawn(domid)
+        log.info("creating domain %d (%s), process %d", domid, name, proc.pid)
+        deadline = time.monotonic() + BUILD_TIMEOUT_S
+        while time.monotonic() < deadline:
+            rc = proc.poll()
+            rec = self.registry.record(domid)
+            if rc is not None:
+                self.registry.reap()
+                if rc == 0 and rec is None:
+                    raise ApiError(500, f"Domain {name} started and stopped at once; see its console log "
+                                        f"{self.run.console_log(domid)}.")
+                if rc == 0:
+                    break   # it ran and stopped already, preserved (build failures exit 1 or 2)
+                message = (rec.message if rec and rec.message else self._stderr_tail(domid)) or f"exit status {rc}"
+                self.registry.forget(domid)
+                status = 400 if rc == 2 else 500
+                raise ApiError(status, f"Domain {name} could not be built: {message}")
+            if rec is not None and rec.state in ("running", "paused"):
+                break   # built; "shutdown" here means the build failed and the process is exiting
+            await asyncio.sleep(0.1)
+        else:
+            rec = self.registry.record(domid)
+            if rec is not None:
+                self.registry.kill(rec)
+            self.registry.forget(domid)
+            raise ApiError(500, f"Domain {name} was not built within {BUILD_TIMEOUT_S:.0f} s; it was destroyed.")
+        v = await self.registry.view(domid)
+        if v is None:
+            raise ApiError(500, f"Domain {name} stopped right after it was built; see its console log.")
+        return v.to_api()
+
+    def _stderr_tail(self, domid: int) -> str:
+        try:
+            lines = self.run.stderr_file(domid).read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
+
+    async def destroy(self, ident: str) -> dict[str, Any]:
+        rec = self.record(ident)
+        domid = rec.domid
+        self.registry.dying.add(domid)
+        try:
+            if self.registry.is_alive(rec):
+                try:
+                    await control.request(self.run.control_socket(domid), "destroy", timeout=5)
+                except control.ControlError:
+                    pass
+                if not await self._wait_dead(rec, DESTROY_GRACE_S):
+                    log.warning("domain %d did not stop; killing process group %s", domid, rec.pid)
+                    self.registry.kill(rec)
+                    await self._wait_dead(rec, 5.0)
+            self.registry.reap()
+            self.registry.forget(domid)
+        finally:
+            self.registry.dying.discard(domid)
+        log.info("destroyed domain %d (%s)", domid, rec.name)
+        return {"domid": domid}
+
+    async def _wait_dead(self, rec: DomainRecord, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            fresh = self.registry.record(rec.domid) or rec
+            if not self.registry.is_alive(fresh):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def pause(self, ident: str) -> dict[str, Any]:
+        v = await self.live(ident, "be paused")
+        await self._request(v, "pause")
+        return {"domid": v.domid}
+
+    async def unpause(self, ident: str) -> dict[str, Any]:
+        v = await self.live(ident, "be unpaused")
+        await self._request(v, "unpause")
+        return {"domid": v.domid}
+
+    async def shutdown(self, ident: str, reason: str, body: dict[str, Any]) -> dict[str, Any]:
+        v = await self.live(ident, "shut down" if reason == "poweroff" else "reboot")
+        boots = int((v.status or {}).get("boots", v.record.boots))
+        await self._request(v, "shutdown", reason=reason)
+        if not body.get("wait"):
+            return {"domid": v.domid, "outcome": "requested", "shutdown_reason": None}
+        timeout = float(body.get("timeout") or 300.0)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            rec = self.registry.record(v.domid)
+            if rec is None:
+                return {"domid": v.domid, "outcome": "destroyed", "shutdown_reason": reason}
+            if rec.boots != boots:
+                return {"domid": v.domid, "outcome": "restarted", "shutdown_reason": reason}
+            if not self.registry.is_alive(rec):
+                crashed = rec.state != "shutdown" or rec.shutdown_reason == "crash"
+                return {"domid": v.domid, "outcome": "crashed" if crashed else "shutdown",
+                        "shutdown_reason": rec.shutdown_reason or "crash"}
+        raise ApiError(504, f"Domain {v.record.name} ({v.domid}) is still running after {timeout:.0f} s; "
+                            "`hospes destroy` stops it at once.")
+
+    async def rename(self, ident: str, new: str) -> dict[str, Any]:
+        try:
+            new = valid_name(new)
+        except HospesError as e:
+            raise ApiError(400, str(e)) from e
+        v = await self.view(ident)
+        async with self._create_lock:
+            owner = self.registry.names().get(new)
+            if owner is not None and owner != v.domid:
+                raise ApiError(409, f"A domain named {new!r} already exists; pick another name.")
+            if v.alive:
+                await self._request(v, "rename", name=new)
+            else:
+                rec = v.record
+                rec.name = new
+                rec.spec = {**rec.spec, "name": new}
+                write_record(self.run.state_file(rec.domid), rec)
+        return {"domid": v.domid}
+
+    async def vcpus(self, ident: str) -> dict[str, Any]:
+        v = await self.view(ident)
+        st = v.status or {}
+        vcpus = st.get("vcpus")
+        if not vcpus:
+            n = int(v.record.spec.get("vcpus") or 1)
+            vcpus = [{"vcpu": i, "online": False, "running": False, "blocked": False, "cpu": -1, "time": 0.0}
+                     for i in range(n)]
+        return {"domid": v.domid, "name": v.to_api()["name"], "vcpus": vcpus}
+
+    def console_log(self, ident: str, offset: int | None, tail: int | None) -> bytes:
+        rec = self.record(ident)
+        path = Path(rec.console_log or self.run.console_log(rec.domid))
+        try:
+            with open(path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                start = 0
+                if offset is not None:
+                    start = min(offset, size)
+                if tail is not None:
+                    start = max(start, size - tail)
+                f.seek(start)
+                return f.read()
+        except FileNotFoundError:
+            return b""
+
+    async def run_command(self, ident: str, command: str, timeout: float) -> dict[str, Any]:
+        v = await self.live(ident, "run commands")
+        try:
+            marker = MarkerRun(command)
+        except ValueError as e:
+            raise ApiError(400, str(e)) from e
+        lock = self._run_locks.setdefault(v.domid, asyncio.Lock())
+        async with lock:
+            try:
+                reader, writer = await control.open_console(self.run.control_socket(v.domid))
+            except control.ControlError as e:
+                raise ApiError(409, str(e)) from e
+            try:
+                await asyncio.wait_for(self._drive(marker, reader, writer), timeout)
+            except asyncio.TimeoutError:
+                what = "finish" if marker.ready else "get a shell prompt on the console"
+                raise ApiError(504, f"The command did not {what} within {timeout:.0f} s.") from None
+            except ValueError as e:
+                raise ApiError(400, str(e)) from e
+            finally:
+                writer.close()
+        return {"exit_status": marker.exit_status, "output": marker.output}
+
+    @staticmethod
+    async def _drive(marker: MarkerRun, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        last_probe = 0.0
+        sent = False
+        while not marker.done:
+            now = time.monotonic()
+            if not marker.ready and now - last_probe >= PROBE_INTERVAL:
+                writer.write(marker.probe_line())
+                last_probe = now
+            if marker.ready and not sent:
+                writer.write(marker.command_line())
+                sent = True
+            await writer.drain()
+            try:
+                data = await asyncio.wait_for(reader.read(65536), 0.5)
+            except asyncio.TimeoutError:
+                continue
+            if not data:
+                raise ApiError(409, "The domain stopped before the command finished.")
+            marker.feed(data)
+
+
+# --- process entry point ----------------------------------------------------------------
+
+
+class SingleInstance:
+    """The daemon's flock on hospesd.lock plus its pid file."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.fd = -1
+
+    def acquire(self) -> bool:
+        self.fd = os.open(self.run.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = -1
+            return False
+        self.run.pid_file.write_text(f"{os.getpid()}\n")
+        return True
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            try:
+                if self.run.pid_file.read_text().strip() == str(os.getpid()):
+                    self.run.pid_file.unlink()
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = -1
+
+
+def read_token(token_file: Path | None) -> str | None:
+    if token_file is not None:
+        return token_file.read_text().strip() or None
+    return os.environ.get("HOSPES_API_TOKEN") or None
+
+
+async def serve(run: RunDir, tcp: str | None = None, token: str | None = None,
+                ready: "asyncio.Event | None" = None) -> None:
+    """Serve the API until SIGTERM/SIGINT; domains keep running afterwards."""
+    from aiohttp import web
+
+    from hospes.toolstack.api import make_app
+
+    daemon = Daemon(run)
+    await daemon.start()
+    runner = web.AppRunner(make_app(daemon, token=token), access_log=None, handle_signals=False)
+    await runner.setup()
+    sock = run.api_socket
+    try:
+        sock.unlink()
+    except FileNotFoundError:
+        pass
+    old_umask = os.umask(0o177)
+    try:
+        await web.UnixSite(runner, str(sock)).start()
+    finally:
+        os.umask(old_umask)
+    if tcp:
+        host, _, port = tcp.rpartition(":")
+        await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+        log.info("listening on tcp %s (bearer token required)", tcp)
+    log.info("hospesd %s serving %s", __version__, sock)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping (domains keep running)")
+        await daemon.stop()
+        await runner.cleanup()
+        try:
+            sock.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``hospesd [--run-dir DIR] [--tcp HOST:PORT --token-file FILE]``: serve in the foreground."""
+    parser = argparse.ArgumentParser(prog="hospesd", description="The Hospes node daemon (HTTP API on a Unix socket).")
+    parser.add_argument("--run-dir", type=Path, default=None,
+                        help="runtime directory (default $HOSPES_RUN_DIR or /run/hospes)")
+    parser.add_argument("--tcp", default=None, metavar="HOST:PORT", help="also listen on TCP (needs a token)")
+    parser.add_argument("--token-file", type=Path, default=None, help="bearer token for TCP (else $HOSPES_API_TOKEN)")
+    parser.add_argument("--new-token", action="store_true", help="with --tcp: make a random token, print it")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s hospesd[%(process)d]: %(message)s", stream=sys.stderr)
+    run = RunDir(args.run_dir.absolute()) if args.run_dir else RunDir.default()
+    try:
+        run.ensure()
+        token = read_token(args.token_file)
+    except (HospesError, OSError) as e:
+        print(f"hospesd: {e}", file=sys.stderr)
+        return 2
+    if args.tcp and args.new_token:
+        token = secrets.token_urlsafe(24)
+        print(f"hospesd: TCP token: {token}", file=sys.stderr)
+    if args.tcp and not token:
+        print("hospesd: --tcp needs a token: --token-file FILE, $HOSPES_API_TOKEN or --new-token", file=sys.stderr)
+        return 2
+    os.chdir("/")  # pin no directory; every path the daemon uses is absolute
+    lock = SingleInstance(run)
+    if not lock.acquire():
+        print(f"hospesd: another hospesd is running on {run.root}", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(serve(run, args.tcp, token))
+    finally:
+        lock.release()
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the imported module, not __main__, so its classes are the ones other modules see.
+    from hospes.toolstack import daemon as _module
+
+    sys.exit(_module.main())

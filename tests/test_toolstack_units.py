@@ -1,0 +1,247 @@
+"""Unit tests of the toolstack's small parts: no daemon, no KVM."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hospes.errors import HospesError
+from hospes.toolstack import control, lifecycle
+from hospes.toolstack.console_run import MAX_COMMAND, MarkerRun
+from hospes.toolstack.domain_process import ControlServer, build_config, valid_name
+from hospes.toolstack.record import (
+    DomainRecord, process_alive, process_start_time, read_record, write_record,
+)
+from hospes.toolstack.rundir import RunDir, RunDirError
+from hospes.toolstack.schema import validate
+
+
+# --- run dir and records ---------------------------------------------------------------------
+
+
+def test_domids_are_monotonic_and_skip_existing(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r").ensure()
+    assert [run.allocate_domid() for _ in range(3)] == [1, 2, 3]
+    write_record(run.state_file(10), DomainRecord(10, "x", "u", {}))
+    assert run.allocate_domid() == 11
+    assert run.domids() == [10]
+
+
+def test_run_dir_too_long_for_sockets_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RunDirError, match="too long"):
+        RunDir(tmp_path / ("x" * 120)).ensure()
+
+
+def test_record_round_trip_and_unknown_fields(tmp_path: Path) -> None:
+    rec = DomainRecord(4, "web", "uuid-1", {"name": "web", "memory": 128}, state="running", pid=123)
+    path = tmp_path / "4.json"
+    write_record(path, rec)
+    assert read_record(path) == rec
+    path.write_text('{"domid": 4, "name": "n", "uuid": "u", "spec": {}, "future_field": 1}')
+    assert read_record(path).name == "n"
+    path.write_text("{half")
+    assert read_record(path) is None
+    assert read_record(tmp_path / "missing.json") is None
+
+
+def test_process_liveness_uses_start_time() -> None:
+    me = os.getpid()
+    start = process_start_time(me)
+    assert process_alive(me, start)
+    assert not process_alive(me, start + 1)     # same pid, another process (reuse)
+    assert not process_alive(None, None)
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    pid = p.pid
+    st = process_start_time(pid)
+    deadline = time.monotonic() + 10
+    while process_alive(pid, st) and time.monotonic() < deadline:
+        time.sleep(0.02)                        # a zombie counts as dead already
+    assert not process_alive(pid, st)
+    p.wait()
+
+
+# --- lifecycle -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reason, spec, action", [
+    ("poweroff", {}, "destroy"),
+    ("reboot", {}, "restart"),
+    ("crash", {}, "destroy"),
+    ("crash", {"on_crash": "preserve"}, "preserve"),
+    ("poweroff", {"on_poweroff": "restart"}, "restart"),
+    ("reboot", {"on_reboot": "rename-restart"}, "restart"),
+    ("crash", {"on_crash": "coredump-destroy"}, "destroy"),
+    ("watchdog", {}, "destroy"),
+    ("suspend", {}, "preserve"),
+    ("mystery", {}, "destroy"),
+])
+def test_actions(reason: str, spec: dict, action: str) -> None:
+    assert lifecycle.action_for(reason, spec) == action
+
+
+def test_xl_flags() -> None:
+    assert lifecycle.xl_flags("running") == "r-----"
+    assert lifecycle.xl_flags("running", blocked=True) == "-b----"
+    assert lifecycle.xl_flags("paused") == "--p---"
+    assert lifecycle.xl_flags("shutdown", "poweroff") == "---s--"
+    assert lifecycle.xl_flags("shutdown", "reboot") == "---sr-"
+    assert lifecycle.xl_flags("crashed", "crash") == "---sc-"
+    assert lifecycle.xl_flags("dying") == "-----d"
+
+
+@pytest.mark.parametrize("name", ["", "123", "a b", "a/b", "Domain-0", "x" * 65, "tab\there", 'q"'])
+def test_bad_names(name: str) -> None:
+    with pytest.raises(HospesError):
+        valid_name(name)
+
+
+def test_good_name() -> None:
+    assert valid_name("web-1.example_2") == "web-1.example_2"
+
+
+def test_build_config_maps_the_spec(tmp_path: Path) -> None:
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"k")
+    cfg = build_config({"kernel": str(kernel), "memory": 192, "vcpus": 1, "cmdline": "quiet"}, 7, "web", "u")
+    assert (cfg.kernel, cfg.ramdisk, cfg.memory_mib, cfg.domid, cfg.name, cfg.cmdline) == \
+        (kernel, None, 192, 7, "web", "quiet")
+
+
+# --- the console marker protocol ----------------------------------------------------------------
+
+
+def test_marker_run_parses_output_between_markers() -> None:
+    m = MarkerRun("echo hi; false", token="tok")
+    assert b"tok ready" in m.probe_line() and b"tok-ready" not in m.probe_line()
+    line = m.command_line()
+    assert b"tok-begin" not in line and b"tok-end" not in line
+    # The terminal echoes the typed lines first; they must not count.
+    m.feed(m.probe_line().replace(b"\n", b"\r\n"))
+    assert not m.ready
+    m.feed(b"tok-ready\r\nhospes:/# ")
+    assert m.ready and not m.done
+    m.feed(line.replace(b"\n", b"\r\n") + b"tok-begin\r\nhi\r\nsecond line\r\n")
+    assert not m.done
+    m.feed(b"tok-end 1\r\nhospes:/# ")
+    assert m.done and m.exit_status == 1 and m.output == "hi\nsecond line\n"
+
+
+def test_marker_run_command_round_trips_through_the_shell() -> None:
+    """The typed line, run by a real sh, runs the command and reports its status."""
+    cmd = "printf '%s\\n' \"it's $((6*7))\"; exit 5"
+    m = MarkerRun(cmd, token="T")
+    p = subprocess.run(["sh"], input=m.command_line()[1:], capture_output=True, timeout=10)
+    m.feed(p.stdout)
+    assert m.done and m.exit_status == 5 and m.output == "it's 42\n"
+
+
+def test_marker_run_refuses_long_commands() -> None:
+    with pytest.raises(ValueError):
+        MarkerRun("x" * (MAX_COMMAND + 1))
+
+
+# --- the schema subset ----------------------------------------------------------------------
+
+
+def test_schema_validator() -> None:
+    comps = {"N": {"type": "object", "required": ["a"], "additionalProperties": False,
+                   "properties": {"a": {"type": "integer", "minimum": 1},
+                                  "b": {"type": ["string", "null"], "maxLength": 3},
+                                  "c": {"type": "array", "items": {"type": "boolean"}}}}}
+    ref = {"$ref": "#/components/schemas/N"}
+    assert validate({"a": 1, "b": None, "c": [True]}, ref, comps) == []
+    assert validate({"a": True}, ref, comps)            # a bool is no integer
+    assert validate({"a": 0}, ref, comps)
+    assert validate({"a": 1, "b": "long"}, ref, comps)
+    assert validate({"a": 1, "c": [1]}, ref, comps)
+    assert validate({"a": 1, "z": 1}, ref, comps)
+    assert validate({}, ref, comps)
+    assert validate([], ref, comps)
+    assert validate(2.0, {"type": "integer"}, comps) == []
+
+
+# --- the control server of a domain process (with a stand-in for the domain) ------------------------
+
+
+class _FakeProc:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.input = b""
+
+        class _Log:
+            path = Path("/tmp/console.log")
+
+        self.log = _Log()
+
+    def status(self) -> dict:
+        return {"state": "running"}
+
+    def pause(self) -> None:
+        self.calls.append(("pause",))
+
+    def unpause(self) -> None:
+        self.calls.append(("unpause",))
+
+    def request_shutdown(self, reason: str) -> None:
+        self.calls.append(("shutdown", reason))
+
+    def destroy(self) -> None:
+        self.calls.append(("destroy",))
+
+    def rename(self, name: str) -> None:
+        self.calls.append(("rename", name))
+
+    def queue_input(self, data: bytes) -> None:
+        self.input += data
+
+
+def test_control_server_ops_and_console(tmp_path: Path) -> None:
+    import socket
+
+    fake = _FakeProc()
+    path = tmp_path / "c.sock"
+    server = ControlServer(fake, path)  # type: ignore[arg-type]
+    server.start()
+    try:
+        assert control.request_sync(path, "status")["state"] == "running"
+        control.request_sync(path, "pause")
+        control.request_sync(path, "shutdown", reason="reboot")
+        control.request_sync(path, "rename", name="new")
+        assert control.request_sync(path, "log")["path"] == "/tmp/console.log"
+        with pytest.raises(control.ControlError, match="Unknown control operation"):
+            control.request_sync(path, "explode")
+        with pytest.raises(control.ControlError, match="Unknown shutdown reason"):
+            control.request_sync(path, "shutdown", reason="halt-and-catch-fire")
+        with pytest.raises(control.ControlError, match="name"):
+            control.request_sync(path, "rename", name="bad name")
+        # Garbage does not take the server down.
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(path))
+            s.sendall(b"\xff\xfe not json\n")
+            assert b'"ok":false' in s.recv(4096)
+        assert fake.calls == [("pause",), ("shutdown", "reboot"), ("rename", "new")]
+        # Console: output fans out, input is queued for the guest.
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(path))
+            s.sendall(control.encode({"op": "console"}))
+            assert s.recv(4096) == b'{"ok":true}\n'
+            deadline = time.monotonic() + 5
+            while not server.consoles and time.monotonic() < deadline:
+                time.sleep(0.01)
+            server.broadcast(b"guest says hi")
+            s.settimeout(5)
+            assert s.recv(4096) == b"guest says hi"
+            s.sendall(b"ls\r")
+            deadline = time.monotonic() + 5
+            while fake.input != b"ls\r" and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert fake.input == b"ls\r"
+        assert control.request_sync(path, "status")["state"] == "running"
+    finally:
+        server.stop()
+    assert not path.exists()
