@@ -128,10 +128,6 @@ class Layout:
         return pages_for(self.guest_frames * 8)
 
     @property
-    def total_frames_estimate(self) -> int:
-        return self.guest_frames + self.hv_pages
-
-    @property
     def hv_pages(self) -> int:
         """Pages of the hypervisor region, generously sized for its page tables."""
         fixed = 1 + STUB_PAGES + 1 + 1  # IDT, stubs, user stub, zero page

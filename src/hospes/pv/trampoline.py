@@ -58,8 +58,6 @@ WRITER_CODE = bytes.fromhex(
     "488b442448" "4885c0" "7403" "0f22d8"
     "5f5e5958" "48cf"
 )
-WRITER_HEADER = 24
-
 # writer1: the common case of one store and no flush, in 8 instructions
 # (every ring-0 instruction is emulated on PVM, ~1 us each):
 #   push rax; push rdi; mov rdi,[rsp+0x50]; mov rax,[rsp+0x58]; mov [rdi],rax;

@@ -30,7 +30,6 @@ from hospes.machine.memory import PAGE_SIZE, GuestFault
 from hospes.pv import abi
 from hospes.pv import layout as L
 from hospes.pv.errors import Errno, XenError
-from hospes.pv.guestvirt import canonical
 from hospes.pv.trampoline import VcpuArea
 from hospes.pv import emulate
 
@@ -67,10 +66,6 @@ TRAP_KEYS = [f"trap:{v}" for v in range(256)]
 
 class DomainCrash(Exception):
     """The guest did something Xen would crash the domain for."""
-
-
-def ring0_cs() -> tuple[int, int, int, int, int]:
-    return (abi.HYPERVISOR_CS, 0xB, 0, 0, 1)
 
 
 def _segment(seg: KvmSegment, selector: int, code: bool, dpl: int, long: bool) -> None:
@@ -134,7 +129,6 @@ class PvVcpu:
     ldt_ents: int
     online: bool
     initialised: bool
-    tsc_aux: int
     writes: list[tuple[int, int]]
     flush_pending: bool
     invlpg_va: int
@@ -149,8 +143,6 @@ class PvVcpu:
     exit_kind: str
     wake: threading.Condition
     blocked: bool
-    poll_ports: tuple[int, ...]
-    poll_deadline: int
     stats: dict[str, int]
     run: "KvmRun"
     regs: KvmRegs
@@ -193,7 +185,6 @@ class PvVcpu:
         self.ldt_ents = 0
         self.online = False
         self.initialised = False
-        self.tsc_aux = 0
         # Pending in-VM work and the target frame of the next entry.
         self.writes: list[tuple[int, int]] = []
         self.flush_pending = False
@@ -209,8 +200,6 @@ class PvVcpu:
         self.exit_kind = "start"
         self.wake = threading.Condition()
         self.blocked = False
-        self.poll_ports: tuple[int, ...] = ()
-        self.poll_deadline = 0
         self.stats: dict[str, int] = {}
         self.run = kvm_vcpu.run_struct
         self.regs = kvm_vcpu.sync.regs
@@ -219,10 +208,6 @@ class PvVcpu:
         self.hypercalls: dict[int, Callable[..., object]] = domain.hypercall_table
 
     # --- helpers used by hypercalls -------------------------------------------
-
-    @property
-    def cr3(self) -> int:
-        return self.kernel_cr3
 
     def read(self, va: int, size: int) -> bytes:
         return self.virt.read(self.kernel_cr3, va, size)
@@ -498,9 +483,6 @@ class PvVcpu:
 
     # --- bouncing ------------------------------------------------------------------------
 
-    def toggle_to_kernel(self) -> None:
-        self.kernel_mode = True
-
     def bounce_failsafe(self) -> None:
         """Deliver the failsafe callback, with the guest's data selectors in the frame."""
         cb = self.callbacks.get(abi.CALLBACKTYPE_failsafe)
@@ -724,10 +706,6 @@ class PvVcpu:
         )
         return "\n".join(lines)
 
-    def check_canonical(self, *addrs: int) -> None:
-        for a in addrs:
-            if not canonical(a):
-                raise XenError(Errno.EINVAL)
 
 
 __all__ = ["PvVcpu", "DomainCrash", "NO_RETURN", "PAGE_SIZE"]

@@ -137,8 +137,8 @@ def _mmuext(vcpu, mmu, cmd: int, arg1: int, arg2: int) -> None:
     elif cmd == MMUEXT_SET_LDT:
         if arg1 & 0xFFF or arg2 > 8192:
             raise XenError(Errno.EINVAL)
-        if arg2 and not vcpu.domain.ldt_supported:
-            raise XenError(Errno.ENOSYS)
+        if arg2:
+            raise XenError(Errno.ENOSYS)  # no LDTs yet; Linux itself only ever clears it
         vcpu.ldt_base, vcpu.ldt_ents = arg1, arg2
     else:
         raise XenError(Errno.ENOSYS)
