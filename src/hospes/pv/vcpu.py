@@ -188,6 +188,7 @@ class PvVcpu:
         # Pending in-VM work and the target frame of the next entry.
         self.writes: list[tuple[int, int]] = []
         self.flush_pending = False
+        self._segments: dict[tuple[int, int], KvmSegment] = {}
         self.invlpg_va = 0
         self.flush_generation = 0        # bumped whenever a TLB flush is scheduled before guest code
         self.in_kvm_run = False
@@ -582,7 +583,28 @@ class PvVcpu:
         frame = (self.t_rip, self.t_cs, rflags, self.t_rsp, self.t_ss)
         regs = self.regs
         kind = self.exit_kind
-        if self.writes or self.flush_pending or self.invlpg_va or want_cr3 != self.cpu_cr3:
+        switch = (want_cr3 != self.cpu_cr3 or sregs.cs.selector != self.t_cs
+                  or sregs.ss.selector != self.t_ss or kind == "chunk")
+        if switch and not (self.writes or self.flush_pending or self.invlpg_va) and kind != "chunk":
+            # Only the mode changes (a system call, an iret to user space, a
+            # bounce from user mode): load CS, SS and CR3 through sync regs.
+            # A CR3 written this way makes KVM drop its cached translations,
+            # and no page-table stores are pending, so no in-VM work is needed.
+            cs = self.segment_for(self.t_cs)
+            ss = self.segment_for(self.t_ss)
+            if cs is not None and ss is not None and cs.type & 8 and not ss.type & 8 and ss.type & 2:
+                sregs.cs = cs
+                sregs.ss = ss
+                if want_cr3 != self.cpu_cr3:
+                    sregs.cr3 = want_cr3
+                    self.cpu_cr3 = want_cr3
+                regs.rip = self.t_rip
+                regs.rsp = self.t_rsp
+                regs.rflags = rflags
+                self.count("sregs_switch")
+                self.kvm.mark_dirty(regs=True, sregs=True)
+                return
+        if self.writes or self.flush_pending or self.invlpg_va or switch:
             load_cr3 = 0
             if self.flush_pending or want_cr3 != self.cpu_cr3:
                 # No guest instruction runs before the writer's CR3 reload: for
@@ -602,12 +624,6 @@ class PvVcpu:
             # The stub continues with add $16,%rsp; iretq over the edited frame.
             gpa = self.area.gpa_of(regs.rsp + 16)
             struct.pack_into("<5Q", self.mem.buf, gpa, *frame)
-        elif kind == "chunk" or sregs.cs.selector != self.t_cs or sregs.ss.selector != self.t_ss:
-            if sregs.cs.dpl != 0:
-                sregs.cs = RING0_CS
-                sregs.ss = RING0_SS
-                dirty_sregs = True
-            self._enter_writer(frame, 0, 0)
         else:
             regs.rip = self.t_rip
             regs.rsp = self.t_rsp
@@ -662,6 +678,49 @@ class PvVcpu:
         self.exit_kind = "start"
         self._resume()
         self.kvm.mark_dirty(regs=True, sregs=True)
+
+    def segment_for(self, selector: int) -> KvmSegment | None:
+        """The segment register state ``selector`` loads, read from this vCPU's GDT.
+
+        None when it cannot be loaded at CPL 3 (null, beyond the table, not
+        present, not DPL 3, a system segment): the caller then returns through
+        the writer's iretq, whose fault ends in the failsafe callback as on Xen.
+        """
+        index = selector >> 3
+        if selector & 4 or index == 0 or selector & 3 != 3:
+            return None
+        if index >= abi.FIRST_RESERVED_GDT_ENTRY:
+            gpa = self.area.reserved_gdt_gpa + (index - abi.FIRST_RESERVED_GDT_ENTRY) * 8
+            if index - abi.FIRST_RESERVED_GDT_ENTRY >= 512:
+                return None
+        else:
+            if index >= self.gdt_ents:
+                return None
+            gpa = (self.gdt_frames[index // 512] << 12) + (index % 512) * 8
+        d = self.mem.read_u64(gpa)
+        cached = self._segments.get((selector, d))
+        if cached is not None:
+            return cached
+        if not d & (1 << 47) or (d >> 45) & 3 != 3 or not d & (1 << 44):
+            return None
+        seg = KvmSegment()
+        limit = (d & 0xFFFF) | ((d >> 32) & 0xF0000)
+        seg.g = (d >> 55) & 1
+        seg.limit = (limit << 12) | 0xFFF if seg.g else limit
+        seg.base = ((d >> 16) & 0xFFFFFF) | (((d >> 56) & 0xFF) << 24)
+        seg.selector = selector
+        seg.type = (d >> 40) & 0xF
+        seg.s = 1
+        seg.dpl = 3
+        seg.present = 1
+        seg.avl = (d >> 52) & 1
+        seg.l = (d >> 53) & 1
+        seg.db = (d >> 54) & 1
+        seg.unusable = 0
+        if len(self._segments) > 64:
+            self._segments.clear()
+        self._segments[(selector, d)] = seg
+        return seg
 
     def request_flush(self) -> None:
         """Flush this vCPU's TLB (a CR3 reload by the writer) before the guest runs again."""
