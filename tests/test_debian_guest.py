@@ -132,3 +132,153 @@ def test_disk_reads_and_writes_through_blkfront(default_images, tmp_path) -> Non
     assert "16384" in lines and "HOSPES-DISK-MAGIC" in lines
     assert "timeout closing device" not in out
     assert image.read_bytes()[100 * 512:100 * 512 + 17] == b"written-by-guest\n"
+
+
+# --- networking: netfront <-> the vif backend <-> a TAP in a private network namespace ----------
+
+def _in_netns(ns: str, fn):
+    """Run ``fn()`` on a thread that entered network namespace ``ns`` (sockets it makes stay there)."""
+    import ctypes
+    import os
+    import threading
+
+    out: list = []
+
+    def run() -> None:
+        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+        try:
+            if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+                out.append(OSError(ctypes.get_errno(), f"setns {ns}"))
+                return
+            out.append(fn())
+        except Exception as e:  # handed to the caller
+            out.append(e)
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if isinstance(out[0], Exception):
+        raise out[0]
+    return out[0]
+
+
+def _can_make_netns() -> bool:
+    import os
+    import shutil
+
+    return os.geteuid() == 0 and shutil.which("ip") is not None and os.path.exists("/dev/net/tun")
+
+
+@pytest.mark.skipif(not _can_make_netns(), reason="needs root, iproute2 and /dev/net/tun")
+def test_network_ping_and_tcp_through_a_tap_in_a_namespace(default_images) -> None:
+    """The guest's eth0 reaches a TAP that the test moved into its own network
+    namespace (link-local addresses, nothing leaves this machine): ping, then
+    TCP both ways with busybox nc, bytes checked by MD5."""
+    import hashlib
+    import os
+    import random
+    import re
+    import socket
+    import threading
+
+    ns = f"hospes-e2e{os.getpid()}"
+    tap = f"hpe{os.getpid() % 100000}"
+    host_ip, guest_ip = "169.254.99.1", "169.254.99.2"
+    down = random.Random(42).randbytes(1 << 20)
+    script = (
+        f"ip addr add {guest_ip}/24 dev eth0 && ip link set eth0 up; "
+        f"i=0; until ping -c1 -W1 {host_ip} >/dev/null 2>&1; do i=$((i+1)); [ $i -ge 90 ] && break; done; "
+        f"ping -c 3 {host_ip}; "
+        "dd if=/dev/urandom of=/tmp/up bs=1k count=1024 2>/dev/null; echo up-md5 $(md5sum < /tmp/up); "
+        f"nc {host_ip} 5000 < /tmp/up; "
+        "nc -l -p 5001 > /tmp/down; echo down-md5 $(md5sum < /tmp/down) $(wc -c < /tmp/down)"
+    )
+    ip = lambda *a: subprocess.run(["ip", *a], check=True, capture_output=True)  # noqa: E731
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    ip("netns", "add", ns)
+    proc = None
+    try:
+        ip("-n", ns, "link", "set", "lo", "up")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hospes", "run", "--vif", f"mac=00:16:3e:00:63:02,tap={tap}", "--",
+             "sh", "-c", script],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 60
+        while subprocess.run(["ip", "link", "show", tap], capture_output=True).returncode != 0:
+            assert proc.poll() is None and time.monotonic() < deadline, "the TAP never appeared"
+            time.sleep(0.05)
+        ip("link", "set", tap, "netns", ns)
+        ip("-n", ns, "addr", "add", f"{host_ip}/24", "dev", tap)
+        ip("-n", ns, "link", "set", tap, "up")
+
+        got: dict[str, object] = {}
+
+        def receive() -> None:  # guest -> namespace
+            def listen():
+                s = socket.socket()
+                s.bind((host_ip, 5000))
+                s.listen(1)
+                return s
+
+            srv = _in_netns(ns, listen)
+            srv.settimeout(200)
+            try:
+                conn, _ = srv.accept()
+                conn.settimeout(60)
+                h, n, t0 = hashlib.md5(), 0, time.monotonic()
+                while chunk := conn.recv(1 << 16):
+                    h.update(chunk)
+                    n += len(chunk)
+                got["up"] = (h.hexdigest(), n, time.monotonic() - t0)
+                conn.close()
+            except OSError as e:
+                got["up"] = e
+            finally:
+                srv.close()
+
+        def send() -> None:  # namespace -> guest, once the guest listens
+            end = time.monotonic() + 200
+            while time.monotonic() < end and proc.poll() is None:
+                c = _in_netns(ns, socket.socket)
+                c.settimeout(60)
+                try:
+                    c.connect((guest_ip, 5001))
+                except OSError:
+                    c.close()
+                    time.sleep(0.2)
+                    continue
+                t0 = time.monotonic()
+                c.sendall(down)
+                c.shutdown(socket.SHUT_WR)
+                c.recv(1)
+                got["down"] = time.monotonic() - t0
+                c.close()
+                return
+
+        threads = [threading.Thread(target=receive, daemon=True), threading.Thread(target=send, daemon=True)]
+        for t in threads:
+            t.start()
+        out_b, err_b = proc.communicate(timeout=300)
+        out, err = out_b.decode(errors="replace"), err_b.decode(errors="replace")
+        for t in threads:
+            t.join(10)
+        assert proc.returncode == 0, (out[-3000:], err[-2000:])
+        assert "Traceback" not in err
+        assert re.search(r"3 packets transmitted, 3 packets received", out), out[-3000:]
+        rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
+        assert len(rtts) == 3
+        up = re.search(r"up-md5 ([0-9a-f]{32})", out)
+        assert up and isinstance(got.get("up"), tuple), (got, out[-2000:])
+        assert got["up"][:2] == (up.group(1), 1 << 20)
+        dn = re.search(r"down-md5 ([0-9a-f]{32}) +-? *(\d+)", out)
+        assert dn, out[-2000:]
+        assert dn.group(1) == hashlib.md5(down).hexdigest() and int(dn.group(2)) == len(down)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", tap], capture_output=True)

@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 from hospes.devices.block import BlockBackend, DiskConfig
 from hospes.devices.console import ConsoleBackend
+from hospes.devices.net import NetBackend, VifConfig
 from hospes.errors import HospesError
 from hospes.kvm import Kvm
 from hospes.machine.memory import PAGE_SIZE, GuestMemory
@@ -60,6 +61,7 @@ class DomainConfig:
     name: str = "guest"
     domid: int = 1
     disks: tuple[DiskConfig, ...] = ()
+    vifs: tuple[VifConfig, ...] = ()
     uuid: str | None = None
 
 
@@ -174,6 +176,7 @@ class Domain:
         populate_domain(self.store, self.domid, config.name, str(self.uuid), config.vcpus,
                         config.memory_mib * 1024)
         self.disks = [BlockBackend(self, disk) for disk in config.disks]
+        self.vifs = [NetBackend(self, vif) for vif in config.vifs]
         self.store_conn = RingConnection(self.store, self.domid, self.mem.view(self.boot.store_gpa, PAGE_SIZE),
                                          lambda: self.evtchn.notify_backend_port(self.store_port))
 
@@ -448,6 +451,8 @@ class Domain:
     def close(self) -> None:
         for disk in self.disks:
             disk.close()
+        for vif in self.vifs:
+            vif.close()
         for pv in self.vcpus:
             pv.kvm.close()
         self.vm.close()

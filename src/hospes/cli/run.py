@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from hospes.devices.block import DiskConfig
+    from hospes.devices.net import VifConfig
 
 import click
 
@@ -111,6 +112,28 @@ def _disk_configs(specs: tuple[str, ...]) -> tuple["DiskConfig", ...]:
     return tuple(out)
 
 
+def _vif_configs(specs: tuple[str, ...], domid: int = 1) -> tuple["VifConfig", ...]:
+    """``mac=..,tap=..,mtu=..`` (every key optional) -> VifConfig, devids 0, 1, ..."""
+    from hospes.devices.net import VifConfig, default_mac, parse_mac
+
+    out = []
+    for devid, spec in enumerate(specs):
+        keys: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            key, eq, value = item.partition("=")
+            if not eq or key not in ("mac", "tap", "mtu") or not value:
+                raise HospesError(f"Network interface {spec!r}: {item!r} is not one of mac=MAC, tap=NAME, mtu=N.")
+            keys[key] = value
+        mac = keys.get("mac", default_mac(domid, devid))
+        parse_mac(mac)
+        try:
+            mtu = int(keys.get("mtu", "1500"))
+        except ValueError:
+            raise HospesError(f"Network interface {spec!r}: the MTU must be a number.") from None
+        out.append(VifConfig(mac=mac, tap=keys.get("tap"), devid=devid, mtu=mtu))
+    return tuple(out)
+
+
 def _on_terminate(dom) -> "Callable[[], None]":
     """SIGTERM/SIGHUP ask the guest to power off; a second one destroys it."""
     import signal
@@ -142,12 +165,15 @@ def register(group: click.Group) -> None:
     @click.option("--vcpus", default=1, show_default=True, type=int, help="Number of vCPUs.")
     @click.option("--disk", "disks", multiple=True, metavar="PATH[,ro]",
                   help="A disk image as xvda, xvdb, ... (repeatable; ',ro' for read-only).")
+    @click.option("--vif", "vifs", multiple=True, metavar="[mac=MAC][,tap=NAME][,mtu=N]",
+                  help="A network interface eth0, eth1, ... on a host TAP device (repeatable; default "
+                       "MAC 00:16:3e:.. from the domid, TAP hospes<domid>.<n>; '' for all defaults).")
     @click.option("--on-reboot", type=click.Choice(["restart", "exit"]), default="restart", show_default=True,
                   help="What to do when the guest reboots.")
     @click.option("--stats", is_flag=True, help="Print exit counts by kind when the guest stops.")
     @click.argument("command", nargs=-1)
     def run(kernel: Path | None, ramdisk: Path | None, cmdline: str | None, memory: int, vcpus: int,
-            disks: tuple[str, ...], on_reboot: str,
+            disks: tuple[str, ...], vifs: tuple[str, ...], on_reboot: str,
             stats: bool, command: tuple[str, ...]) -> None:
         """Boot a domain; with `-- CMD ARGS...` run CMD in the guest and exit with its status."""
         from hospes.domain import Domain, DomainConfig
@@ -169,7 +195,7 @@ def register(group: click.Group) -> None:
             raise HospesError(f"Ramdisk {ramdisk} does not exist; check the path or run `hospes image`.")
         sink = _ConsoleSink()
         config = DomainConfig(kernel=kernel, ramdisk=ramdisk, cmdline=cmdline, memory_mib=memory, vcpus=vcpus,
-                              disks=_disk_configs(disks))
+                              disks=_disk_configs(disks), vifs=_vif_configs(vifs))
         with _TerminalInput() as read_input:
             while True:
                 dom = Domain(config, console_out=sink)

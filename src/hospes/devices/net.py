@@ -1,0 +1,943 @@
+"""The virtual network interface backend (netback): a host TAP device as the guest's ethN.
+
+Xenbus handshake (pv-abi.md §10.7), as the toolstack and netback do it::
+
+    toolstack: frontend dir (state 1, mac) + backend dir (state 2, InitWait,
+               feature-rx-copy and the other features we really handle)
+    frontend:  grants a TX and an RX ring page, allocates one event channel
+               (or one per direction when feature-split-event-channels), writes
+               tx-ring-ref, rx-ring-ref, event-channel, request-rx-copy=1 and
+               its own feature-* keys, posts RX buffers and goes straight to 4
+    backend:   maps both rings, binds the port(s), state 4 (Connected)
+    closing:   frontend 5 -> backend 5 (the frontend waits for exactly this),
+               frontend 6 -> backend 6; a frontend back at 1 (driver reloaded)
+               finds the backend at 2 again
+
+Rings (io/netif.h, pv-abi.md §11.5) are one page each with 256 slots: TX slots
+of 12 bytes carry packets from the guest (one packet is a chain of request
+slots linked by NETTXF_more_data, the first slot's size being the whole
+packet's, optionally followed by extra-info slots), RX slots of 8 bytes carry
+empty guest pages the backend copies received frames into. Every data page is
+named by a grant reference, checked before use (permit access, granted to
+domain 0, writable for RX) as the block backend does; a slot that breaks the
+rules gets an error status, the packet is dropped and counted, and nothing is
+ever raised into the vCPU or worker thread.
+
+The host side is a TAP device opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR:
+every read and write carries a 10-byte virtio-net header in front of the
+Ethernet frame. On TX the header says whether the guest validated the
+checksum, or, for a TCP segmentation offload packet, how the host kernel must
+segment it; on RX it tells us whether the host left the TCP/UDP checksum to be
+completed (passed to the guest as NETRXF_csum_blank) or already validated it.
+TCP/UDP checksums the guest left blank on ordinary packets (NETTXF_csum_blank)
+are completed here in Python.
+
+One worker thread per vif serves both rings and the TAP: the vCPU thread that
+notifies only wakes it (an eventfd), so a guest never waits for the host.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import re
+import select
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+from hospes.errors import HospesError
+from hospes.machine.atomics import mfence
+
+if TYPE_CHECKING:
+    from hospes.domain import Domain
+
+log = logging.getLogger(__name__)
+
+# --- io/netif.h ------------------------------------------------------------------------
+NETTXF_csum_blank = 1
+NETTXF_data_validated = 2
+NETTXF_more_data = 4
+NETTXF_extra_info = 8
+NETRXF_data_validated = 1
+NETRXF_csum_blank = 2
+NETRXF_more_data = 4
+NETRXF_extra_info = 8
+NETIF_RSP_DROPPED = -2
+NETIF_RSP_ERROR = -1
+NETIF_RSP_OKAY = 0
+NETIF_RSP_NULL = 1
+XEN_NETIF_EXTRA_TYPE_GSO = 1
+XEN_NETIF_EXTRA_TYPE_MAX = 6
+XEN_NETIF_EXTRA_FLAG_MORE = 1
+XEN_NETIF_GSO_TYPE_TCPV4 = 1
+XEN_NETIF_GSO_TYPE_TCPV6 = 2
+XEN_NETIF_NR_SLOTS_MIN = 18     # the most data slots one packet may use
+RING_SLOTS = 256
+RING_HEADER = 64
+TX_SLOT = 12
+RX_SLOT = 8
+PAGE = 4096
+ETH_HLEN = 14
+MAX_PACKET = 65535             # XEN_NETIF_MAX_TX_SIZE; u16 sizes
+GTF_permit_access = 1
+GTF_readonly = 4
+GRANT_ENTRIES_PER_FRAME = 512
+U32 = 0xFFFFFFFF
+
+# --- linux/if_tun.h, virtio_net.h, sockios.h ----------------------------------------------
+TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+SIOCSIFMTU = 0x8922
+IFF_UP = 0x1
+VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+VNET_HDR_LEN = VNET_HDR.size
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VIRTIO_NET_HDR_F_DATA_VALID = 2
+VIRTIO_NET_HDR_GSO_NONE = 0
+VIRTIO_NET_HDR_GSO_TCPV4 = 1
+VIRTIO_NET_HDR_GSO_TCPV6 = 4
+NO_VNET_HDR = VNET_HDR.pack(0, 0, 0, 0, 0, 0)
+VALID_VNET_HDR = VNET_HDR.pack(VIRTIO_NET_HDR_F_DATA_VALID, 0, 0, 0, 0, 0)
+
+#: How long frames may wait in the TAP while the guest posts no RX buffer
+#: before we read and drop them (netback's rx_drain_timeout, shortened).
+RX_STALL_DROP_S = 1.0
+#: Responses are published in batches of at most this many packets.
+PUSH_BATCH = 32
+
+_TX_REQ = struct.Struct("<IHHHH")   # gref, offset, flags, id, size
+_TX_RSP = struct.Struct("<Hh")      # id, status
+_EXTRA = struct.Struct("<BBHBBH")   # type, flags, gso size, gso type, pad, gso features
+_RX_REQ = struct.Struct("<HxxI")    # id, gref
+_RX_RSP = struct.Struct("<HHHh")    # id, offset, flags, status
+_GRANT = struct.Struct("<HHI")      # flags, domid, frame
+
+# write(2) called with the GIL held: a vCPU thread that wakes the worker must not
+# give the GIL away in the middle of its exit (the worker would take it and the
+# guest would wait for the packet's whole processing).
+_write_holding_gil = ctypes.PyDLL(None).write
+_write_holding_gil.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t)
+_write_holding_gil.restype = ctypes.c_ssize_t
+_EVENTFD_ONE = struct.pack("<Q", 1)
+
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+class NetError(HospesError):
+    """A network interface could not be attached."""
+
+
+@dataclass(frozen=True)
+class VifConfig:
+    mac: str
+    tap: str | None = None   # a TAP device to create or attach; default "hospes<domid>.<devid>"
+    devid: int = 0
+    mtu: int = 1500
+
+
+def default_mac(domid: int, devid: int) -> str:
+    """Xen's 00:16:3e prefix, then the domid (15 bits) and the devid (8 bits)."""
+    return f"00:16:3e:{(domid >> 8) & 0x7F:02x}:{domid & 0xFF:02x}:{devid & 0xFF:02x}"
+
+
+def parse_mac(mac: str) -> bytes:
+    if not _MAC_RE.match(mac):
+        raise NetError(f"MAC address {mac!r} is not six hex pairs separated by ':' (e.g. 00:16:3e:00:01:00).")
+    raw = bytes(int(x, 16) for x in mac.split(":"))
+    if raw[0] & 1:
+        raise NetError(f"MAC address {mac} is a multicast address; a NIC needs a unicast one (even first octet).")
+    if raw == bytes(6):
+        raise NetError("MAC address 00:00:00:00:00:00 is not usable; give another one.")
+    return raw
+
+
+@dataclass
+class NetStats:
+    """Counters of one vif; tx = guest -> host, rx = host -> guest."""
+
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    tx_errors: int = 0      # malformed packets answered with an error status
+    tx_dropped: int = 0     # well-formed packets the host did not take
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    rx_dropped: int = 0     # frames that did not fit, found no buffer, or had a bad grant
+    rx_errors: int = 0      # RX requests answered with an error status (bad grant)
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class _Malformed(Exception):
+    """A TX packet breaks the protocol (answered with NETIF_RSP_ERROR)."""
+
+
+# --- checksums ---------------------------------------------------------------------------
+
+def _ones_sum(*parts: bytes | bytearray | memoryview) -> int:
+    """The folded 16-bit one's complement sum of the concatenated parts
+    (every part but the last must have an even length)."""
+    total = 0
+    for p in parts:
+        v = int.from_bytes(p, "big")
+        if len(p) & 1:
+            v <<= 8
+        total += v
+    s = total % 0xFFFF
+    return s if s or not total else 0xFFFF
+
+
+def l4_info(frame: bytes | bytearray) -> tuple[int, int, int, bytes] | None:
+    """For a TCP or UDP packet over IPv4/IPv6 (optionally VLAN-tagged), return
+    (L4 offset, L4 length, protocol, pseudo-header); else None."""
+    n = len(frame)
+    off = 12
+    if n < ETH_HLEN:
+        return None
+    ethertype = int.from_bytes(frame[12:14], "big")
+    while ethertype in (0x8100, 0x88A8) and off + 6 <= n:
+        off += 4
+        ethertype = int.from_bytes(frame[off:off + 2], "big")
+    off += 2
+    if ethertype == 0x0800:
+        if off + 20 > n or frame[off] >> 4 != 4:
+            return None
+        ihl = (frame[off] & 15) * 4
+        total = int.from_bytes(frame[off + 2:off + 4], "big")
+        frag = int.from_bytes(frame[off + 6:off + 8], "big")
+        proto = frame[off + 9]
+        if ihl < 20 or frag & 0x3FFF or total < ihl or off + total > n:
+            return None
+        l4 = off + ihl
+        length = total - ihl
+        pseudo = bytes(frame[off + 12:off + 20]) + bytes((0, proto)) + length.to_bytes(2, "big")
+    elif ethertype == 0x86DD:
+        if off + 40 > n or frame[off] >> 4 != 6:
+            return None
+        payload = int.from_bytes(frame[off + 4:off + 6], "big")
+        proto = frame[off + 6]
+        src_dst = bytes(frame[off + 8:off + 40])
+        l4 = off + 40
+        end = l4 + payload
+        if end > n:
+            return None
+        while proto in (0, 43, 60):  # hop-by-hop, routing, destination options
+            if l4 + 8 > end:
+                return None
+            proto, hlen = frame[l4], (frame[l4 + 1] + 1) * 8
+            l4 += hlen
+        if l4 > end:
+            return None
+        length = end - l4
+        pseudo = src_dst + length.to_bytes(4, "big") + bytes((0, 0, 0, proto))
+    else:
+        return None
+    if proto == 6:
+        if length < 20:
+            return None
+    elif proto == 17:
+        if length < 8:
+            return None
+    else:
+        return None
+    return l4, length, proto, pseudo
+
+
+def complete_l4_checksum(frame: bytearray) -> bool:
+    """Compute and store the TCP/UDP checksum of ``frame`` in place; False if it
+    is not a TCP or UDP packet over IPv4/IPv6 we can parse."""
+    info = l4_info(frame)
+    if info is None:
+        return False
+    l4, length, proto, pseudo = info
+    field = l4 + (16 if proto == 6 else 6)
+    frame[field:field + 2] = b"\0\0"
+    csum = ~_ones_sum(pseudo, memoryview(frame)[l4:l4 + length]) & 0xFFFF
+    if proto == 17 and csum == 0:
+        csum = 0xFFFF
+    frame[field:field + 2] = csum.to_bytes(2, "big")
+    return True
+
+
+def checksum_ok(frame: bytes | bytearray) -> bool:
+    """True if ``frame`` is TCP/UDP over IPv4/IPv6 with a correct checksum."""
+    info = l4_info(frame)
+    if info is None:
+        return False
+    l4, length, proto, pseudo = info
+    if proto == 17 and frame[l4 + 6:l4 + 8] == b"\0\0":
+        return True
+    return _ones_sum(pseudo, memoryview(frame)[l4:l4 + length]) == 0xFFFF
+
+
+# --- the TAP -----------------------------------------------------------------------------
+
+def open_tap(name: str, mtu: int) -> int:
+    """Create (or attach to a persistent) TAP device ``name``; set its MTU and bring it up."""
+    if not name or len(name.encode()) > 15 or "/" in name or name in (".", ".."):
+        raise NetError(f"TAP name {name!r} is not a valid interface name (1-15 characters, no '/').")
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise NetError(f"Cannot open /dev/net/tun: {e.strerror}; creating a TAP device needs root "
+                       "(CAP_NET_ADMIN) and the tun module.") from e
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+        fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM)
+    except OSError as e:
+        os.close(fd)
+        hint = " (is it in use, or a TUN device?)" if e.errno in (errno.EBUSY, errno.EINVAL) else ""
+        raise NetError(f"Cannot create TAP device {name}: {e.strerror}{hint}; pick another name with tap=.") from e
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            fcntl.ioctl(s, SIOCSIFMTU, struct.pack("16si20x", name.encode(), mtu))
+            flags = struct.unpack_from("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16s24x", name.encode())))[1]
+            fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", name.encode(), flags | IFF_UP))
+    except OSError as e:
+        log.warning("vif %s: cannot set MTU %d / bring the TAP up: %s", name, mtu, e.strerror)
+    return fd
+
+
+class _Port:
+    """One event channel end of a vif (the backend object the port notifies)."""
+
+    def __init__(self, owner: "NetBackend") -> None:
+        self.notify = owner.notify
+
+
+class NetBackend:
+    """One virtual network interface of one domain."""
+
+    def __init__(self, dom: "Domain", vif: VifConfig, *, tap_fd: int | None = None) -> None:
+        """``tap_fd``, for tests: a datagram fd speaking the TAP's framing (a
+        virtio-net header, then the Ethernet frame) used instead of a TAP; the
+        caller keeps ownership of it."""
+        self.dom = dom
+        self.vif = vif
+        self.mac = parse_mac(vif.mac)
+        if not 0 <= vif.devid < 1 << 16:
+            raise NetError(f"vif device id {vif.devid} is out of range (0-65535).")
+        if not 68 <= vif.mtu <= MAX_PACKET - ETH_HLEN - 4:
+            raise NetError(f"MTU {vif.mtu} is out of range (68-{MAX_PACKET - ETH_HLEN - 4}).")
+        d = dom.domid
+        self.tap_name = vif.tap or f"hospes{d}.{vif.devid}"
+        self._own_fd = tap_fd is None
+        self.fd = open_tap(self.tap_name, vif.mtu) if tap_fd is None else tap_fd
+        if tap_fd is not None:
+            os.set_blocking(tap_fd, False)
+        self.front = f"/local/domain/{d}/device/vif/{vif.devid}"
+        self.back = f"/local/domain/0/backend/vif/{d}/{vif.devid}"
+        self.stats = NetStats()
+        self.connected = False
+        self.tx_gpa = self.rx_gpa = -1
+        self.tx_port = self.rx_port = 0
+        self.tx_req_cons = self.tx_rsp_prod_pvt = 0
+        self.rx_req_cons = self.rx_rsp_prod_pvt = 0
+        self.rx_sg = False          # the frontend takes frames over several RX slots
+        self.rx_gso = 0             # bit 1: TCPv4, bit 2: TCPv6 GSO frames accepted by the frontend
+        self._rx_pending: tuple[bytes, int] | None = None   # (frame with vnet header, slots needed)
+        self._rx_buf = bytearray(VNET_HDR_LEN + 65536 + 256)
+        self._rx_view = memoryview(self._rx_buf)
+        self._rx_starved_since: float | None = None
+        self._lock = threading.Lock()      # ring state (worker vs. xenbus)
+        self._xb_lock = threading.Lock()   # xenbus state changes
+        self._stop = False
+        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._kicked = False
+        self._ports = (_Port(self), _Port(self))
+        self._thread = threading.Thread(target=self._serve, name=f"netback-{d}.{vif.devid}", daemon=True)
+        try:
+            self._publish()
+        except HospesError:
+            self._close_fds()
+            raise
+        self._thread.start()
+        self._watch = dom.store.watch(f"{self.front}/state", lambda path: self._frontend_changed())
+
+    # --- xenbus --------------------------------------------------------------------
+
+    def _publish(self) -> None:
+        st = self.dom.store
+        d = self.dom.domid
+        n = self.vif.devid
+        with st.transaction() as t:
+            # The guest must be able to read the backend directory (its
+            # children inherit this) and own its frontend directory.
+            t.mkdir(self.back, perms=["n0", f"r{d}"])
+            t.mkdir(self.front, perms=[f"n{d}"])
+            t.write(f"{self.back}/frontend", self.front)
+            t.write(f"{self.back}/frontend-id", str(d))
+            t.write(f"{self.back}/online", "1")
+            t.write(f"{self.back}/handle", str(n))
+            t.write(f"{self.back}/mac", self.vif.mac)
+            t.write(f"{self.back}/type", "vif")
+            t.write(f"{self.back}/feature-rx-copy", "1")
+            t.write(f"{self.back}/feature-sg", "1")
+            t.write(f"{self.back}/feature-gso-tcpv4", "1")
+            t.write(f"{self.back}/feature-gso-tcpv6", "1")
+            t.write(f"{self.back}/feature-ipv6-csum-offload", "1")
+            t.write(f"{self.back}/feature-split-event-channels", "1")
+            t.write(f"{self.back}/state", "2")
+            t.write(f"{self.front}/backend", self.back)
+            t.write(f"{self.front}/backend-id", "0")
+            t.write(f"{self.front}/handle", str(n))
+            t.write(f"{self.front}/mac", self.vif.mac)
+            t.write(f"{self.front}/state", "1")
+
+    def _read(self, path: str) -> str | None:
+        try:
+            return self.dom.store.read(path).decode()
+        except (HospesError, UnicodeDecodeError):
+            return None
+
+    def _set_state(self, state: str) -> None:
+        try:
+            self.dom.store.write(f"{self.back}/state", state)
+        except HospesError as e:
+            log.warning("vif %s: cannot write the backend state: %s", self.tap_name, e)
+
+    def _frontend_changed(self) -> None:
+        with self._xb_lock:
+            state = self._read(f"{self.front}/state")
+            back = self._read(f"{self.back}/state")
+            if state in ("3", "4"):
+                if not self.connected and back == "2":
+                    self._connect()
+            elif state == "5":
+                # Closing: follow (a frontend shutting down waits for exactly this).
+                self._disconnect()
+                self._set_state("5")
+            elif state == "6" or state is None:
+                self._disconnect()
+                self._set_state("6")
+            elif state == "1" and back in ("5", "6"):
+                # The frontend starts over (driver reloaded): be ready again.
+                self._disconnect()
+                self._set_state("2")
+
+    def _disconnect(self) -> None:
+        with self._lock:
+            self.connected = False
+            self._rx_pending = None
+
+    def _connect(self) -> None:
+        f = self.front
+        tx_ref, rx_ref = self._read(f"{f}/tx-ring-ref"), self._read(f"{f}/rx-ring-ref")
+        single = self._read(f"{f}/event-channel")
+        tx_evt, rx_evt = self._read(f"{f}/event-channel-tx"), self._read(f"{f}/event-channel-rx")
+        try:
+            if tx_ref is None or rx_ref is None:
+                raise ValueError("tx-ring-ref or rx-ring-ref is missing")
+            if self._read(f"{f}/request-rx-copy") != "1":
+                raise ValueError("the frontend does not request the copying receive path (request-rx-copy)")
+            queues = self._read(f"{f}/multi-queue-num-queues")
+            if queues not in (None, "1"):
+                raise ValueError(f"{queues} queues asked for; this backend has one")
+            if single is not None:
+                tx_port = rx_port = int(single)
+            elif tx_evt is not None and rx_evt is not None:
+                tx_port, rx_port = int(tx_evt), int(rx_evt)
+            else:
+                raise ValueError("event-channel is missing")
+            tx_gpa = self._granted_frame(int(tx_ref), writable=True)
+            rx_gpa = self._granted_frame(int(rx_ref), writable=True)
+            if tx_gpa == rx_gpa:
+                raise ValueError("the TX and RX rings share a page")
+            rx_sg = self._read(f"{f}/feature-sg") == "1"
+            rx_gso = (2 if self._read(f"{f}/feature-gso-tcpv4") == "1" else 0) | \
+                     (4 if self._read(f"{f}/feature-gso-tcpv6") == "1" else 0)
+            with self._lock:
+                self.tx_gpa, self.rx_gpa = tx_gpa, rx_gpa
+                self.tx_port, self.rx_port = tx_port, rx_port
+                self.tx_req_cons = self.tx_rsp_prod_pvt = 0
+                self.rx_req_cons = self.rx_rsp_prod_pvt = 0
+                self.rx_sg, self.rx_gso = rx_sg, rx_gso if rx_sg else 0
+                self._rx_pending = None
+                self._rx_starved_since = None
+            self._set_offload(rx_gso if rx_sg else 0)
+            self.dom.evtchn.bind_interdomain_local(tx_port, self._ports[0])
+            if rx_port != tx_port:
+                self.dom.evtchn.bind_interdomain_local(rx_port, self._ports[1])
+        except (ValueError, HospesError) as e:
+            log.warning("vif %s: the frontend's rings are unusable: %s", self.tap_name, e)
+            self._set_state("6")
+            return
+        self._set_state("4")
+        with self._lock:
+            self.connected = True
+        self.notify()
+
+    def _set_offload(self, gso: int) -> None:
+        """Let the host hand us partial checksums, and TCP segmentation offload
+        frames of the kinds the frontend takes (a frame over one page needs SG)."""
+        if not self._own_fd:
+            return
+        flags = TUN_F_CSUM | (TUN_F_TSO4 if gso & 2 else 0) | (TUN_F_TSO6 if gso & 4 else 0)
+        try:
+            fcntl.ioctl(self.fd, TUNSETOFFLOAD, flags)
+        except OSError as e:
+            log.warning("vif %s: cannot set the TAP offloads: %s", self.tap_name, e.strerror)
+
+    # --- grants --------------------------------------------------------------------
+
+    def _granted_frame(self, ref: int, writable: bool) -> int:
+        """Guest-physical address of the frame grant ``ref`` gives domain 0."""
+        frame_index, slot = divmod(ref, GRANT_ENTRIES_PER_FRAME)
+        if ref < 0 or frame_index >= self.dom.grant_frames:
+            raise ValueError(f"grant reference {ref} is outside the grant table")
+        flags, domid, frame = _GRANT.unpack_from(self.dom.mem.buf,
+                                                 self.dom.layout.grant_frame_gpa(frame_index) + slot * 8)
+        if flags & 3 != GTF_permit_access or domid != 0:
+            raise ValueError(f"grant reference {ref} does not grant access to domain 0")
+        if writable and flags & GTF_readonly:
+            raise ValueError(f"grant reference {ref} is read-only")
+        if frame >= self.dom.layout.ram_pages:
+            raise ValueError(f"grant reference {ref} names frame {frame:#x} outside the guest's RAM")
+        return frame << 12
+
+    # --- worker --------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """The guest sent on our port (called on its vCPU thread: just wake the worker)."""
+        if not self._kicked:
+            self._kicked = True
+            _write_holding_gil(self._efd, _EVENTFD_ONE, 8)
+
+    def _serve(self) -> None:
+        poller = select.poll()
+        poller.register(self._efd, select.POLLIN)
+        tap_polled = False
+        while not self._stop:
+            want_tap = False
+            timeout = 500
+            self._kicked = False
+            with self._lock:
+                if self.connected:
+                    try:
+                        self._tx_drain()
+                        if self.connected:
+                            self._rx_fill()
+                        if self.connected:
+                            want_tap, timeout = self._rx_plan()
+                    except Exception:  # never let one bad packet end the vif
+                        log.exception("vif %s: unexpected error; dropping the work at hand", self.tap_name)
+                        self._rx_pending = None
+            if want_tap != tap_polled:
+                if want_tap:
+                    poller.register(self.fd, select.POLLIN)
+                else:
+                    poller.unregister(self.fd)
+                tap_polled = want_tap
+            try:
+                events = poller.poll(timeout)
+            except InterruptedError:
+                continue
+            for fd, _ in events:
+                if fd == self._efd:
+                    try:
+                        os.eventfd_read(self._efd)
+                    except OSError:
+                        pass
+
+    def _fail(self, why: str) -> None:
+        """The frontend broke the ring protocol beyond repair: disconnect (lock held)."""
+        log.warning("vif %s: %s; disconnecting", self.tap_name, why)
+        self.connected = False
+        self._rx_pending = None
+        threading.Thread(target=self._set_state, args=("6",), daemon=True).start()
+
+    def _push(self, base: int, prod: int) -> bool:
+        """Publish responses up to ``prod``; True if the frontend asked to be notified."""
+        mem = self.dom.mem
+        old = mem.read_u32(base + 8)
+        mem.write_u32(base + 8, prod)   # x86 keeps the response stores before this one
+        mfence()
+        event = mem.read_u32(base + 12)
+        return (prod - event) & U32 < (prod - old) & U32
+
+    def _notify_guest(self, port: int, which: int) -> None:
+        endpoint = self._ports[which] if self.rx_port != self.tx_port else self._ports[0]
+        self.dom.evtchn.notify_backend_port(port, endpoint)
+
+    # --- TX: guest -> TAP ------------------------------------------------------------
+
+    def _tx_drain(self) -> None:
+        mem = self.dom.mem
+        base = self.tx_gpa
+        buf = mem.buf
+        while True:
+            req_prod = mem.read_u32(base)
+            if (req_prod - self.tx_req_cons) & U32 > RING_SLOTS:
+                self._fail("the frontend's TX ring indices are corrupt")
+                return
+            notify = False
+            done = 0
+            incomplete = False
+            while self.tx_req_cons != req_prod:
+                used = self._tx_packet(buf, base, req_prod)
+                if used == 0:
+                    incomplete = True   # the rest of the chain is not on the ring yet
+                    break
+                done += 1
+                if done % PUSH_BATCH == 0:
+                    notify |= self._push(base, self.tx_rsp_prod_pvt)
+            if done:
+                notify |= self._push(base, self.tx_rsp_prod_pvt)
+            if notify:
+                self._notify_guest(self.tx_port, 0)
+            # Final check (ring.h): ask to be notified of the next request, then look again.
+            mem.write_u32(base + 4, ((req_prod if incomplete else self.tx_req_cons) + 1) & U32)
+            mfence()
+            if mem.read_u32(base) == req_prod:
+                return
+
+    def _tx_packet(self, buf: memoryview, base: int, req_prod: int) -> int:
+        """Consume, send and answer one packet; return the slots used (0: incomplete chain)."""
+        cons = self.tx_req_cons
+        avail = (req_prod - cons) & U32
+        slots: list[tuple[int, int, int, int]] = []   # (gref, offset, id, size) of the data slots
+        extras: list[bytes] = []
+        malformed = ""
+        first = _TX_REQ.unpack_from(buf, base + RING_HEADER + (cons % RING_SLOTS) * TX_SLOT)
+        gref, offset, flags, rid, size = first
+        slots.append((gref, offset, rid, size))
+        used = 1
+        layout = [rid]            # response ids in slot order; -1 marks an extra-info slot
+        if flags & NETTXF_extra_info:
+            more = True
+            while more:
+                if used == avail:
+                    return self._tx_incomplete(cons, avail, layout)
+                raw = bytes(buf[base + RING_HEADER + ((cons + used) % RING_SLOTS) * TX_SLOT:][:8])
+                extras.append(raw)
+                layout.append(-1)
+                used += 1
+                more = bool(raw[1] & XEN_NETIF_EXTRA_FLAG_MORE)
+                if len(extras) > XEN_NETIF_EXTRA_TYPE_MAX:
+                    malformed = "too many extra-info slots"
+                    break
+        chain = flags
+        while chain & NETTXF_more_data and not malformed:
+            if used == avail:
+                return self._tx_incomplete(cons, avail, layout)
+            g, o, chain, i, s = _TX_REQ.unpack_from(buf, base + RING_HEADER + ((cons + used) % RING_SLOTS) * TX_SLOT)
+            slots.append((g, o, i, s))
+            layout.append(i)
+            used += 1
+        self.tx_req_cons = (cons + used) & U32
+        status = NETIF_RSP_OKAY
+        try:
+            if malformed:
+                raise _Malformed(malformed)
+            if len(slots) > XEN_NETIF_NR_SLOTS_MIN:
+                raise _Malformed(f"{len(slots)} slots in one packet (at most {XEN_NETIF_NR_SLOTS_MIN})")
+            frame, hdr = self._tx_build(buf, slots, flags, extras)
+            try:
+                os.writev(self.fd, (hdr, frame))
+            except OSError as e:
+                self.stats.tx_dropped += 1
+                status = NETIF_RSP_DROPPED
+                if e.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EIO, errno.EINVAL, errno.ENOMEM):
+                    log.warning("vif %s: TAP write failed: %s", self.tap_name, e.strerror)
+            else:
+                self.stats.tx_packets += 1
+                self.stats.tx_bytes += len(frame)
+        except (_Malformed, ValueError) as e:
+            log.debug("vif %s: TX packet dropped: %s", self.tap_name, e)
+            self.stats.tx_errors += 1
+            status = NETIF_RSP_ERROR
+        self._tx_respond(layout, status)
+        return used
+
+    def _tx_incomplete(self, cons: int, avail: int, layout: list[int]) -> int:
+        if avail < RING_SLOTS:
+            return 0
+        # The chain fills the whole ring and still goes on: it can never end.
+        self.tx_req_cons = (cons + avail) & U32
+        self.stats.tx_errors += 1
+        ids = []
+        buf = self.dom.mem.buf
+        for k in range(avail):
+            slot = self.tx_gpa + RING_HEADER + ((cons + k) % RING_SLOTS) * TX_SLOT
+            ids.append(layout[k] if k < len(layout) else _TX_REQ.unpack_from(buf, slot)[3])
+        self._tx_respond(ids, NETIF_RSP_ERROR)
+        return avail
+
+    def _tx_respond(self, layout: list[int], status: int) -> None:
+        buf = self.dom.mem.buf
+        base = self.tx_gpa + RING_HEADER
+        prod = self.tx_rsp_prod_pvt
+        for rid in layout:
+            slot = base + (prod % RING_SLOTS) * TX_SLOT
+            if rid < 0:
+                _TX_RSP.pack_into(buf, slot, 0, NETIF_RSP_NULL)
+            else:
+                _TX_RSP.pack_into(buf, slot, rid, status)
+            prod = (prod + 1) & U32
+        self.tx_rsp_prod_pvt = prod
+
+    def _tx_build(self, buf: memoryview, slots: list[tuple[int, int, int, int]], flags: int,
+                  extras: list[bytes]) -> tuple[bytes | bytearray, bytes]:
+        """Gather one packet's data; return (frame, virtio-net header)."""
+        total = slots[0][3]
+        rest = sum(s[3] for s in slots[1:])
+        if total < ETH_HLEN or rest > total:
+            raise _Malformed(f"packet size {total} with {rest} bytes in later slots")
+        parts = []
+        for k, (gref, offset, _rid, size) in enumerate(slots):
+            n = total - rest if k == 0 else size
+            if offset + n > PAGE:
+                raise _Malformed(f"slot data {offset}+{n} crosses the page")
+            gpa = self._granted_frame(gref, writable=False) + offset
+            parts.append(buf[gpa:gpa + n])
+        frame: bytes | bytearray = b"".join(parts)
+        gso = None
+        for raw in extras:
+            etype, _eflags, gso_size, gso_type, _pad, _features = _EXTRA.unpack(raw)
+            if etype == XEN_NETIF_EXTRA_TYPE_GSO:
+                if gso_type not in (XEN_NETIF_GSO_TYPE_TCPV4, XEN_NETIF_GSO_TYPE_TCPV6) or gso_size == 0:
+                    raise _Malformed(f"GSO type {gso_type} size {gso_size}")
+                gso = (gso_type, gso_size)
+            elif not 0 < etype < XEN_NETIF_EXTRA_TYPE_MAX:
+                raise _Malformed(f"extra-info type {etype}")
+            # Multicast filter and hash extras need no action: we pass every frame.
+        if gso is not None:
+            return frame, self._gso_header(frame, *gso)
+        if flags & NETTXF_csum_blank:
+            frame = bytearray(frame)
+            if not complete_l4_checksum(frame):
+                raise _Malformed("checksum left blank on a packet that is not TCP/UDP over IP")
+        if flags & NETTXF_data_validated:
+            return frame, VALID_VNET_HDR
+        return frame, NO_VNET_HDR
+
+    def _gso_header(self, frame: bytes | bytearray, gso_type: int, gso_size: int) -> bytes:
+        info = l4_info(frame)
+        if info is None or info[2] != 6:
+            raise _Malformed("a GSO packet that is not TCP over IP")
+        l4, _length, _proto, _pseudo = info
+        thl = (frame[l4 + 12] >> 4) * 4
+        if thl < 20 or l4 + thl > len(frame):
+            raise _Malformed("a GSO packet with a bad TCP header")
+        vtype = VIRTIO_NET_HDR_GSO_TCPV6 if gso_type == XEN_NETIF_GSO_TYPE_TCPV6 else VIRTIO_NET_HDR_GSO_TCPV4
+        # The guest left the checksum partial (pseudo-header sum in place) for the segments.
+        return VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, vtype, l4 + thl, gso_size, l4, 16)
+
+    # --- RX: TAP -> guest ------------------------------------------------------------
+
+    def _rx_posted(self) -> int:
+        """Unconsumed RX requests (buffers the guest posted), or -1 if the indices are corrupt."""
+        n = (self.dom.mem.read_u32(self.rx_gpa) - self.rx_req_cons) & U32
+        return n if n <= RING_SLOTS else -1
+
+    def _rx_plan(self) -> tuple[bool, int]:
+        """After the work: should the worker poll the TAP, and for how long may it sleep (ms)?"""
+        need = self._rx_pending[1] if self._rx_pending is not None else 1
+        posted = self._rx_posted()
+        if posted < 0:
+            return False, 500
+        if posted >= need:
+            self._rx_starved_since = None
+            return self._rx_pending is None, 0 if self._rx_pending is not None else 500
+        now = time.monotonic()
+        if self._rx_starved_since is None:
+            self._rx_starved_since = now
+        left = self._rx_starved_since + RX_STALL_DROP_S - now
+        if left <= 0:
+            return True, 500       # drop mode: take frames off the TAP and count them as dropped
+        return False, max(1, min(500, int(left * 1000) + 1))
+
+    def _rx_slots(self, length: int, gso: bool) -> int:
+        """RX slots a frame of ``length`` bytes needs (0: it can never fit)."""
+        if length <= PAGE:
+            n = 1
+        elif self.rx_sg:
+            n = -(-length // PAGE)
+        else:
+            return 0
+        if n > XEN_NETIF_NR_SLOTS_MIN:
+            return 0
+        return n + (1 if gso else 0)
+
+    def _rx_read(self) -> memoryview | None:
+        try:
+            n = os.readv(self.fd, (self._rx_buf,))
+            return self._rx_view[:n]
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as e:
+            log.warning("vif %s: TAP read failed: %s", self.tap_name, e.strerror)
+            return None
+
+    def _rx_fill(self) -> None:
+        mem = self.dom.mem
+        base = self.rx_gpa
+        notify = False
+        done = 0
+        data: bytes | memoryview | None
+        while True:
+            posted = self._rx_posted()
+            if posted < 0:
+                self._fail("the frontend's RX ring indices are corrupt")
+                return
+            if self._rx_pending is not None:
+                data, need = self._rx_pending
+                if need > posted:
+                    if self._rx_starved_since is None or \
+                            time.monotonic() - self._rx_starved_since < RX_STALL_DROP_S:
+                        break
+                    self._rx_pending = None
+                    self.stats.rx_dropped += 1
+                    continue
+                self._rx_pending = None
+            else:
+                starving = posted == 0 and self._rx_starved_since is not None and \
+                    time.monotonic() - self._rx_starved_since >= RX_STALL_DROP_S
+                if posted == 0 and not starving:
+                    break
+                data = self._rx_read()
+                if data is None:
+                    break
+                if len(data) < VNET_HDR_LEN + ETH_HLEN:
+                    self.stats.rx_dropped += 1
+                    continue
+                gso = data[1] != VIRTIO_NET_HDR_GSO_NONE
+                need = self._rx_slots(len(data) - VNET_HDR_LEN, gso)
+                if need == 0 or (gso and not self._rx_gso_ok(data[1])):
+                    self.stats.rx_dropped += 1
+                    continue
+                if need > posted:
+                    if starving:
+                        self.stats.rx_dropped += 1
+                        continue
+                    self._rx_pending = (bytes(data), need)
+                    break
+            self._rx_deliver(data, need)
+            done += 1
+            if done % PUSH_BATCH == 0:
+                notify |= self._push(base, self.rx_rsp_prod_pvt)
+        if done:
+            notify |= self._push(base, self.rx_rsp_prod_pvt)
+        if notify:
+            self._notify_guest(self.rx_port, 1)
+        need = self._rx_pending[1] if self._rx_pending is not None else 1
+        mem.write_u32(base + 4, (self.rx_req_cons + need) & U32)
+        mfence()
+
+    def _rx_gso_ok(self, vtype: int) -> bool:
+        vtype &= 0x7F
+        if vtype == VIRTIO_NET_HDR_GSO_TCPV4:
+            return bool(self.rx_gso & 2)
+        if vtype == VIRTIO_NET_HDR_GSO_TCPV6:
+            return bool(self.rx_gso & 4)
+        return False
+
+    def _rx_deliver(self, data: bytes | memoryview, need: int) -> None:
+        """Copy one frame (with its virtio-net header) into the next ``need`` posted buffers."""
+        buf = self.dom.mem.buf
+        base = self.rx_gpa + RING_HEADER
+        vflags, vtype, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(data)
+        frame = memoryview(data)[VNET_HDR_LEN:]
+        length = len(frame)
+        gso = vtype != VIRTIO_NET_HDR_GSO_NONE
+        cons = self.rx_req_cons
+        reqs = [_RX_REQ.unpack_from(buf, base + ((cons + k) % RING_SLOTS) * RX_SLOT) for k in range(need)]
+        self.rx_req_cons = self.rx_rsp_prod_pvt = (cons + need) & U32
+        try:
+            pages = [self._granted_frame(gref, writable=True) for _rid, gref in reqs]
+        except ValueError as e:
+            log.debug("vif %s: RX buffer refused: %s", self.tap_name, e)
+            for k, (rid, _gref) in enumerate(reqs):
+                _RX_RSP.pack_into(buf, base + ((cons + k) % RING_SLOTS) * RX_SLOT, rid, 0, 0, NETIF_RSP_ERROR)
+            self.stats.rx_errors += need
+            self.stats.rx_dropped += 1
+            return
+        flags = 0
+        if vflags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            info = l4_info(frame)
+            if info is not None and info[0] == csum_start and csum_offset == (16 if info[2] == 6 else 6):
+                flags = NETRXF_csum_blank | NETRXF_data_validated
+            elif gso:
+                self._rx_drop_slots(reqs, cons)
+                return
+            else:
+                # Not a kind the guest completes itself: finish the partial checksum here.
+                fixed = bytearray(frame)
+                if csum_start + csum_offset + 2 > length:
+                    self._rx_drop_slots(reqs, cons)
+                    return
+                s = ~_ones_sum(memoryview(fixed)[csum_start:]) & 0xFFFF
+                fixed[csum_start + csum_offset:csum_start + csum_offset + 2] = s.to_bytes(2, "big")
+                frame = memoryview(bytes(fixed))
+                flags = NETRXF_data_validated
+        elif vflags & VIRTIO_NET_HDR_F_DATA_VALID:
+            flags = NETRXF_data_validated
+        k = 0
+        pos = 0
+        for slot_no in range(need):
+            rid = reqs[slot_no][0]
+            slot = base + ((cons + slot_no) % RING_SLOTS) * RX_SLOT
+            if gso and slot_no == 1:
+                # The extra-info slot: GSO type and segment size, in the response ring.
+                gtype = XEN_NETIF_GSO_TYPE_TCPV6 if vtype & 0x7F == VIRTIO_NET_HDR_GSO_TCPV6 \
+                    else XEN_NETIF_GSO_TYPE_TCPV4
+                _EXTRA.pack_into(buf, slot, XEN_NETIF_EXTRA_TYPE_GSO, 0, gso_size, gtype, 0, 0)
+                continue
+            chunk = min(PAGE, length - pos)
+            gpa = pages[slot_no]
+            buf[gpa:gpa + chunk] = frame[pos:pos + chunk]
+            pos += chunk
+            f = flags if k == 0 else 0
+            if pos < length:
+                f |= NETRXF_more_data
+            if k == 0 and gso:
+                f |= NETRXF_extra_info
+            _RX_RSP.pack_into(buf, slot, rid, 0, f, chunk)
+            k += 1
+        self.stats.rx_packets += 1
+        self.stats.rx_bytes += length
+
+    def _rx_drop_slots(self, reqs: list[tuple[int, int]], cons: int) -> None:
+        buf = self.dom.mem.buf
+        base = self.rx_gpa + RING_HEADER
+        for k, (rid, _gref) in enumerate(reqs):
+            _RX_RSP.pack_into(buf, base + ((cons + k) % RING_SLOTS) * RX_SLOT, rid, 0, 0, NETIF_RSP_ERROR)
+        self.stats.rx_dropped += 1
+
+    # --- teardown --------------------------------------------------------------------
+
+    def _close_fds(self) -> None:
+        if self._own_fd and self.fd >= 0:
+            os.close(self.fd)
+        self.fd = -1
+        if self._efd >= 0:
+            self._kicked = True   # notify() is a no-op from now on
+            efd, self._efd = self._efd, -1
+            os.close(efd)
+
+    def close(self) -> None:
+        self._stop = True
+        self.notify()
+        self._thread.join(2)
+        try:
+            self.dom.store.unwatch(self._watch)
+        except HospesError:
+            pass
+        with self._lock:
+            self.connected = False
+            self._close_fds()
