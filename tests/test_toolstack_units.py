@@ -112,6 +112,23 @@ def test_build_config_maps_the_spec(tmp_path: Path) -> None:
         (kernel, None, 192, 7, "web", "quiet")
 
 
+def test_build_config_attaches_disks_and_vifs_from_the_spec(tmp_path: Path) -> None:
+    from hospes.toolstack.spec import load_spec
+
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"k")
+    cfgfile = tmp_path / "d.cfg"
+    cfgfile.write_text(
+        f'name = "d"\nkernel = "{kernel}"\n'
+        f'disk = [ "{tmp_path}/a.img,raw,xvda,rw", "{tmp_path}/b.img,raw,xvdb,ro" ]\n'
+        'vif = [ "mac=00:16:3e:00:00:01,vifname=tapd0", "" ]\n'
+    )
+    cfg = build_config(load_spec(cfgfile).to_dict(), 3, "d", "u")
+    assert [(d.path.name, d.readonly, d.vdev) for d in cfg.disks] == [("a.img", False, 51712), ("b.img", True, 51728)]
+    assert [(v.mac, v.tap, v.devid) for v in cfg.vifs] == [("00:16:3e:00:00:01", "tapd0", 0), (cfg.vifs[1].mac, None, 1)]
+    assert cfg.vifs[1].mac.startswith("00:16:3e:")
+
+
 # --- the console marker protocol ----------------------------------------------------------------
 
 

@@ -116,7 +116,31 @@ def build_config(spec: dict[str, Any], domid: int, name: str, uuid: str) -> Any:
     )
     if "uuid" in fields:
         kwargs["uuid"] = uuid
+    kwargs["disks"] = tuple(_disk_config(d) for d in spec.get("disks") or ())
+    kwargs["vifs"] = tuple(_vif_config(v, domid, i) for i, v in enumerate(spec.get("vifs") or ()))
     return DomainConfig(**kwargs)
+
+
+def _disk_config(disk: dict[str, Any]) -> Any:
+    """A DiskSpec (as a dict) -> the block backend's DiskConfig: raw files as xvdX."""
+    from hospes.devices.block import BlockError, DiskConfig, vdev_number
+
+    target = disk.get("target")
+    if not target:
+        raise BlockError(f"Disk {disk.get('vdev')}: an empty drive (no target) is not supported.")
+    if disk.get("format", "raw") != "raw" or disk.get("devtype", "disk") != "disk":
+        raise BlockError(f"Disk {target}: only raw disk images are supported (format=raw, devtype=disk).")
+    return DiskConfig(Path(target), readonly=disk.get("access", "rw") in ("r", "ro"),
+                      vdev=vdev_number(str(disk.get("vdev", "xvda"))))
+
+
+def _vif_config(vif: dict[str, Any], domid: int, index: int) -> Any:
+    """A VifSpec (as a dict) -> the network backend's VifConfig on a TAP named by vifname."""
+    from hospes.devices.net import VifConfig, default_mac
+
+    devid = int(vif.get("devid", index))
+    return VifConfig(mac=vif.get("mac") or default_mac(domid, devid), tap=vif.get("vifname"),
+                     devid=devid, mtu=int(vif.get("mtu") or 1500))
 
 
 def _thread_cpu(thread: threading.Thread | None) -> tuple[float, int]:
