@@ -130,7 +130,6 @@ class Domain:
         self.hypercall_table = build_table()
         self.vm_assist: set[int] = set()
         self.grant_frames = 0
-        self.ldt_supported = False
         self.shutdown_code: int | None = None
         self.stopping = False
         self.paused = False
@@ -301,18 +300,12 @@ class Domain:
         with self._store_lock:
             self.store_conn.service()
 
-    def on_unbound_port(self, port: int, remote: int) -> None:
-        pass
-
     # --- vCPU state helpers ---------------------------------------------------------
 
     def descriptor_base(self, vcpu: PvVcpu, selector: int) -> int:
-        index = selector >> 3
-        if selector & 4 or index == 0 or index >= vcpu.gdt_ents:
-            return 0
-        frame = vcpu.gdt_frames[index // 512]
-        d = self.mem.read_u64((frame << 12) + (index % 512) * 8)
-        return ((d >> 16) & 0xFFFFFF) | (((d >> 56) & 0xFF) << 24)
+        """Base of the segment a user selector names (0 for null or unusable ones)."""
+        seg = vcpu.segment_for(selector | 3)
+        return int(seg.base) if seg is not None else 0
 
     def runstate_bytes(self, vcpu: PvVcpu) -> bytes:
         now = self.clock.now()

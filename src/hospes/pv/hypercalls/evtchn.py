@@ -49,7 +49,6 @@ def event_channel_op(vcpu, cmd: int, arg: int, *_: int) -> int:
             return -Errno.EPERM
         port = ev.alloc_unbound(remote)
         vcpu.write(arg + 4, struct.pack("<I", port))
-        vcpu.domain.on_unbound_port(port, remote)
         return 0
     if cmd == EVTCHNOP_close:
         ev.close(_u32(vcpu, arg))
