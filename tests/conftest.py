@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+
+def _load_guest_build():
+    """tests/guests/build.py, loaded once under a private name (it is not a package)."""
+    name = "hospes_tests_guests_build"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "guests" / "build.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+guest_build = _load_guest_build()
 
 
 def run_hospes(*args: str, timeout: float = 240, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:

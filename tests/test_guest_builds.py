@@ -7,30 +7,15 @@ kernel bug cannot cancel out. Numbers: xen/include/public/elfnote.h.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import struct
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-_BUILD_PY = Path(__file__).resolve().parent / "guests" / "build.py"
-
-
-def _load_guest_build():
-    name = "hospes_tests_guests_build"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, _BUILD_PY)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-guest_build = _load_guest_build()
+from conftest import guest_build  # noqa: E402
 
 XEN_ELFNOTE_ENTRY = 1
 XEN_ELFNOTE_HYPERCALL_PAGE = 2

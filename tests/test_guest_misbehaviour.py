@@ -3,15 +3,10 @@ the domain with a register dump and a clear message, never a traceback."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import run_hospes
-
-sys.path.insert(0, str(Path(__file__).parent / "guests"))
-import build as guest_build  # noqa: E402
+from conftest import guest_build, run_hospes
 
 pytestmark = pytest.mark.kvm
 

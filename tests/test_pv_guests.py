@@ -11,7 +11,6 @@ early or skips a check fails too. Keep the lists in step with the sources
 from __future__ import annotations
 
 import collections
-import importlib.util
 import os
 import re
 import subprocess
@@ -21,20 +20,7 @@ from pathlib import Path
 import pytest
 
 _TESTS = Path(__file__).resolve().parent
-_BUILD_PY = _TESTS / "guests" / "build.py"
-
-
-def _load_guest_build():
-    name = "hospes_tests_guests_build"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, _BUILD_PY)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-guest_build = _load_guest_build()
+from conftest import guest_build  # noqa: E402
 
 RUN_TIMEOUT = 120  # seconds per kernel
 MEMORY_MB = 64

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hospes.devices.xenbus import device_paths, publish_device
 from hospes.errors import HospesError
 from hospes.machine.atomics import mfence
 
@@ -92,9 +93,7 @@ class BlockBackend:
             os.close(self.fd)
             raise BlockError(f"Disk image {disk.path} is {size} bytes; a disk needs at least one 512-byte sector.")
         self.sectors = size // SECTOR
-        d = dom.domid
-        self.front = f"/local/domain/{d}/device/vbd/{disk.vdev}"
-        self.back = f"/local/domain/0/backend/vbd/{d}/{disk.vdev}"
+        self.front, self.back = device_paths(dom.domid, "vbd", disk.vdev)
         self.port = 0
         self.ring_gpa = -1
         self.req_cons = 0
@@ -111,25 +110,15 @@ class BlockBackend:
     # --- xenbus --------------------------------------------------------------------
 
     def _publish(self) -> None:
-        st = self.dom.store
-        d = self.dom.domid
-        with st.transaction() as t:
-            # The guest must be able to read the backend directory (its
-            # children inherit this) and own its frontend directory.
-            t.mkdir(self.back, perms=["n0", f"r{d}"])
-            t.mkdir(self.front, perms=[f"n{d}"])
-            t.write(f"{self.back}/frontend", self.front)
-            t.write(f"{self.back}/frontend-id", str(d))
-            t.write(f"{self.back}/online", "1")
-            t.write(f"{self.back}/params", str(self.disk.path))
-            t.write(f"{self.back}/mode", "r" if self.disk.readonly else "w")
-            t.write(f"{self.back}/feature-flush-cache", "1")
-            t.write(f"{self.back}/state", "2")
-            t.write(f"{self.front}/backend", self.back)
-            t.write(f"{self.front}/backend-id", "0")
-            t.write(f"{self.front}/virtual-device", str(self.disk.vdev))
-            t.write(f"{self.front}/device-type", "disk")
-            t.write(f"{self.front}/state", "1")
+        publish_device(
+            self.dom.store, self.dom.domid, self.front, self.back,
+            backend={
+                "params": str(self.disk.path),
+                "mode": "r" if self.disk.readonly else "w",
+                "feature-flush-cache": "1",
+            },
+            frontend={"virtual-device": str(self.disk.vdev), "device-type": "disk"},
+        )
 
     def _read(self, path: str) -> str | None:
         try:

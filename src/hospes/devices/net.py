@@ -52,6 +52,7 @@ import time
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
+from hospes.devices.xenbus import device_paths, publish_device
 from hospes.errors import HospesError
 from hospes.machine.atomics import mfence
 
@@ -340,8 +341,7 @@ class NetBackend:
         self.fd = open_tap(self.tap_name, vif.mtu) if tap_fd is None else tap_fd
         if tap_fd is not None:
             os.set_blocking(tap_fd, False)
-        self.front = f"/local/domain/{d}/device/vif/{vif.devid}"
-        self.back = f"/local/domain/0/backend/vif/{d}/{vif.devid}"
+        self.front, self.back = device_paths(d, "vif", vif.devid)
         self.stats = NetStats()
         self.connected = False
         self.tx_gpa = self.rx_gpa = -1
@@ -372,32 +372,13 @@ class NetBackend:
     # --- xenbus --------------------------------------------------------------------
 
     def _publish(self) -> None:
-        st = self.dom.store
-        d = self.dom.domid
-        n = self.vif.devid
-        with st.transaction() as t:
-            # The guest must be able to read the backend directory (its
-            # children inherit this) and own its frontend directory.
-            t.mkdir(self.back, perms=["n0", f"r{d}"])
-            t.mkdir(self.front, perms=[f"n{d}"])
-            t.write(f"{self.back}/frontend", self.front)
-            t.write(f"{self.back}/frontend-id", str(d))
-            t.write(f"{self.back}/online", "1")
-            t.write(f"{self.back}/handle", str(n))
-            t.write(f"{self.back}/mac", self.vif.mac)
-            t.write(f"{self.back}/type", "vif")
-            t.write(f"{self.back}/feature-rx-copy", "1")
-            t.write(f"{self.back}/feature-sg", "1")
-            t.write(f"{self.back}/feature-gso-tcpv4", "1")
-            t.write(f"{self.back}/feature-gso-tcpv6", "1")
-            t.write(f"{self.back}/feature-ipv6-csum-offload", "1")
-            t.write(f"{self.back}/feature-split-event-channels", "1")
-            t.write(f"{self.back}/state", "2")
-            t.write(f"{self.front}/backend", self.back)
-            t.write(f"{self.front}/backend-id", "0")
-            t.write(f"{self.front}/handle", str(n))
-            t.write(f"{self.front}/mac", self.vif.mac)
-            t.write(f"{self.front}/state", "1")
+        n = str(self.vif.devid)
+        features = ("rx-copy", "sg", "gso-tcpv4", "gso-tcpv6", "ipv6-csum-offload", "split-event-channels")
+        publish_device(
+            self.dom.store, self.dom.domid, self.front, self.back,
+            backend={"handle": n, "mac": self.vif.mac, "type": "vif", **{f"feature-{f}": "1" for f in features}},
+            frontend={"handle": n, "mac": self.vif.mac},
+        )
 
     def _read(self, path: str) -> str | None:
         try:
