@@ -13,7 +13,6 @@ import gzip
 import lzma
 import os
 import struct
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
