@@ -1,0 +1,512 @@
+"""The measurements. Each suite adds its figures to a shared ``Results``.
+
+Suites, in the order ``bench/run.py`` runs them:
+
+  floor    bench/c/kvm_exit.c (C exit floor) and the nullcall PV guest
+           (Hospes null hypercall, forced CPUID, bounced int3, mmu_update,
+           update_va_mapping)
+  boot     `hospes run -- uname -a` vs QEMU TCG and QEMU KVM with the same
+           kernel, initramfs and command
+  cpu      bench/c/compute.c natively, in Hospes and under QEMU TCG
+  os       bench/c/osbench.c natively, in Hospes and under QEMU TCG
+  memory   RSS of the hospes process beyond the guest memory it touched
+  devices  the PV block device (blkbench) natively and in Hospes; a sentence
+           for what has no backend yet (network)
+
+Exit counts (``hospes run --stats``) are collected from every Hospes run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from hospesbench import parse
+from hospesbench.model import ENV_FLOOR, ENV_HOSPES, ENV_NATIVE, ENV_QKVM, ENV_TCG, Results
+from hospesbench.report import DEVICES_NONE
+from hospesbench.runner import ProcResult, Proc, run
+from hospesbench.stats import median_counts, per_op_counts
+
+USERSPACE = "hospes: userspace up"
+EXIT_STATUS = "hospes-exit-status="
+CLOCKSOURCE = "/sys/devices/system/clocksource/clocksource0/current_clocksource"
+IDLE_MARK = "bench-idle-begin"
+MEMFD_PREFIX = "/memfd:hospes-guest"
+GUEST_MIB = 256
+BOOT_COMMAND = ["uname", "-a"]
+USERSPACE_LIMIT_S = 180.0     # a guest not in userspace by then is stuck
+
+
+@dataclass
+class Plan:
+    """How many repetitions of what (``--quick`` makes a smaller one)."""
+
+    floor_iters: int = 20000
+    floor_rounds: int = 7
+    nullcall_boots: int = 3
+    nullcall_n: int = 2000
+    nullcall_rounds: int = 5
+    boot_runs: int = 5
+    qemu_kvm_timeout: float = 300.0
+    compute_native_reps: int = 7
+    compute_boots: int = 3
+    compute_reps: int = 3
+    os_native_samples: int = 7
+    os_boots: int = 2
+    os_samples: int = 5
+    os_target_ms: int = 200
+    idle_s: float = 8.0
+    opexits_scale: float = 1.0
+    opexits_baselines: int = 3
+    blk_boots: int = 2
+    blk_samples: int = 5
+
+    @classmethod
+    def quick(cls) -> "Plan":
+        return cls(floor_iters=5000, floor_rounds=3, nullcall_boots=1, nullcall_n=500, nullcall_rounds=3,
+                   boot_runs=2, qemu_kvm_timeout=20.0, compute_native_reps=3, compute_boots=1,
+                   compute_reps=2, os_native_samples=3, os_boots=1, os_samples=3, os_target_ms=60,
+                   idle_s=4.0, opexits_scale=0.3, opexits_baselines=1,
+                   blk_boots=1, blk_samples=2)
+
+
+@dataclass
+class Bench:
+    """Everything the suites need, and where they put what they find."""
+
+    plan: Plan
+    results: Results
+    logs_dir: Path
+    hospes: list[str]                 # argv prefix that runs the hospes CLI
+    kernel: Path
+    initramfs: Path
+    bench_initramfs: Path
+    programs: dict[str, Path]
+    nullcall: Path
+    qemu: str | None
+    tsc_khz: int | None = None
+    disk_image: Path | None = None
+    disk_mib: int = 64
+    log: Callable[[str], None] = print
+    _log_seq: int = field(default=0)
+
+    # --- helpers --------------------------------------------------------------
+
+    def save_log(self, name: str, res: ProcResult) -> Path:
+        self._log_seq += 1
+        path = self.logs_dir / f"{self._log_seq:03d}-{name}.log"
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            f"$ {shlex.join(res.argv)}\n# exit {res.returncode}, {res.wall_s:.2f} s"
+            f"{', TIMED OUT' if res.timed_out else ''}, marks {res.marks}\n"
+            f"--- stdout ---\n{res.stdout}\n--- stderr ---\n{res.stderr}\n")
+        return path
+
+    def error(self, msg: str) -> None:
+        self.log(f"  ! {msg}")
+        self.results.errors.append(msg)
+
+    def hospes_run(self, args: list[str], command: list[str] | None, name: str, workload: str | None,
+                   timeout: float = 600, userspace: bool = True) -> ProcResult | None:
+        """``hospes run --stats ARGS [-- COMMAND]``; records exit counts under ``workload``.
+
+        With ``userspace`` the guest must print /init's userspace line within
+        USERSPACE_LIMIT_S (a stuck boot is killed early).
+
+        Returns None (after recording an error) when the run failed.
+        """
+        argv = [*self.hospes, "run", "--stats", *args]
+        if command is not None:
+            argv += ["--", *command]
+        res = _run_guest(argv, timeout, USERSPACE_LIMIT_S) if userspace else run(argv, timeout)
+        log = self.save_log(name, res)
+        stats = parse.parse_exit_stats(res.stderr)
+        ok = res.returncode == 0 and not res.timed_out
+        if command is not None:
+            ok = ok and f"{EXIT_STATUS}0" in res.stdout
+        if not ok:
+            self.error(f"{name}: hospes run failed (exit {res.returncode}"
+                       f"{', timed out' if res.timed_out else ''}, guest {stats.reason}); log {log}")
+            return None
+        if workload is not None and stats.counts:
+            self.results.add_exit_run(workload, stats.counts)
+        return res
+
+    def qemu_argv(self, accel: str, command: list[str], initrd: Path, quiet: bool = True) -> list[str]:
+        from hospes.images import encode_command
+
+        assert self.qemu is not None
+        cpu = "max" if accel == "tcg" else "host"
+        append = (f"console=ttyS0 {'quiet ' if quiet else ''}{qemu_tsc_params(self.tsc_khz)}"
+                  f"{encode_command(command)}")
+        return [self.qemu, "-M", f"microvm,accel={accel}", "-cpu", cpu, "-m", str(GUEST_MIB),
+                "-kernel", str(self.kernel), "-initrd", str(initrd), "-append", append,
+                "-display", "none", "-nodefaults", "-serial", "stdio", "-no-reboot"]
+
+    def qemu_run(self, command: list[str], name: str, initrd: Path, timeout: float = 900) -> ProcResult | None:
+        res = _run_guest(self.qemu_argv("tcg", command, initrd), timeout, USERSPACE_LIMIT_S)
+        log = self.save_log(name, res)
+        if res.timed_out or f"{EXIT_STATUS}0" not in res.stdout:
+            self.error(f"{name}: QEMU TCG run failed (exit {res.returncode}"
+                       f"{', timed out' if res.timed_out else ''}); log {log}")
+            return None
+        return res
+
+    def record_info(self, env: str, text: str) -> None:
+        info = parse.parse_bench_info(text)
+        if info:
+            self.results.info.setdefault(env, {}).update(info)
+
+    def add_values(self, suite: str, env: str, unit: str, text: str, names: set[str] | None = None) -> int:
+        """Add every BENCH value of ``text`` as samples of (suite, name, env); returns how many."""
+        vals = parse.bench_values(text)
+        count = 0
+        for name, samples in vals.items():
+            if names is not None and name not in names:
+                continue
+            self.results.add(suite, name, env, unit, samples)
+            count += len(samples)
+        return count
+
+
+def _run_guest(argv: list[str], timeout: float, userspace_limit: float) -> ProcResult:
+    """Run a guest to completion, but give up early if it never reaches userspace."""
+    proc = Proc(argv, markers=[USERSPACE])
+    if proc.wait_mark(USERSPACE, userspace_limit) is None:
+        proc.stop()
+        res = proc.finish(30)
+        res.timed_out = res.timed_out or res.returncode is None or res.returncode < 0
+        return res
+    return proc.finish(max(1.0, timeout - (time.monotonic() - proc.t0)))
+
+
+def qemu_tsc_params(tsc_khz: int | None) -> str:
+    """Kernel parameters that give a QEMU guest the TSC rate instead of calibrating it.
+
+    Under TCG on a busy 2-core host, Linux's PIT calibration of the TSC fails
+    ("Fast TSC calibration failed", "Unable to calibrate against PIT"), the TSC is
+    marked unstable and microvm, having no HPET/PM timer, then hangs before any
+    console output. TCG's TSC runs at the host's rate, so the host's rate is
+    the truth; a Hospes guest gets it from pvclock the same way. tsc=reliable
+    keeps the clocksource watchdog from dropping the TSC under load (the
+    microbenchmarks would then time with jiffies).
+    """
+    if not tsc_khz:
+        return ""
+    return f"tsc_early_khz={tsc_khz} tsc=reliable "
+
+
+def _guest_script(program: str) -> list[str]:
+    """``sh -c`` command for a guest: report the clocksource, then run ``program``."""
+    return ["sh", "-c", f"echo BENCHINFO clocksource=$(cat {CLOCKSOURCE}); {program}"]
+
+
+# --- 1. exit floor and Hospes transitions ------------------------------------------
+
+def suite_floor(b: Bench) -> None:
+    p = b.plan
+    for mode in ("out", "syscall"):
+        b.log(f"  C floor: {mode} x {p.floor_iters} x {p.floor_rounds}")
+        res = run([str(b.programs["kvm_exit"]), mode, str(p.floor_iters), str(p.floor_rounds)], 600)
+        b.save_log(f"floor-{mode}", res)
+        if res.returncode != 0 or b.add_values("transitions", ENV_FLOOR, "ns", res.stdout) == 0:
+            b.error(f"kvm_exit {mode} failed (exit {res.returncode}): {res.stderr.strip()[-300:]}")
+    for i in range(p.nullcall_boots):
+        b.log(f"  nullcall guest {i + 1}/{p.nullcall_boots}")
+        res = b.hospes_run(["--kernel", str(b.nullcall), "--memory", "64",
+                            "--cmdline", f"n={p.nullcall_n} rounds={p.nullcall_rounds}"],
+                           None, f"nullcall-{i}", "nullcall", timeout=600, userspace=False)
+        if res is None:
+            continue
+        if "PASS nullcall" not in res.stdout or "FAIL" in res.stdout:
+            b.error(f"nullcall guest did not pass: {[ln for ln in res.stdout.splitlines() if 'FAIL' in ln][:3]}")
+            continue
+        b.add_values("transitions", ENV_HOSPES, "ns", res.stdout)
+
+
+# --- 2. boot --------------------------------------------------------------------
+
+def _boot_hospes(b: Bench, i: int) -> None:
+    res = b.hospes_run([], BOOT_COMMAND, f"boot-hospes-{i}", "boot", timeout=600)
+    if res is None:
+        return
+    up = res.marks.get(USERSPACE)
+    if up is None:
+        b.error("boot: Hospes printed no userspace line")
+        return
+    b.results.add("boot", "userspace", ENV_HOSPES, "s", [up])
+    b.results.add("boot", "poweroff", ENV_HOSPES, "s", [res.wall_s])
+    stats = parse.parse_exit_stats(res.stderr)
+    if stats.first_userspace_s is not None:
+        b.results.add("boot", "userspace_inproc", ENV_HOSPES, "s", [stats.first_userspace_s],
+                      "hospes' own figure: from domain build start, after Python start-up")
+    if stats.wall_s is not None:
+        b.results.add("boot", "poweroff_inproc", ENV_HOSPES, "s", [stats.wall_s])
+
+
+def _boot_tcg(b: Bench, i: int) -> None:
+    res = b.qemu_run(BOOT_COMMAND, f"boot-qemu-tcg-{i}", b.initramfs, timeout=600)
+    if res is None:
+        return
+    up = res.marks.get(USERSPACE)
+    if up is None:
+        b.error("boot: QEMU TCG printed no userspace line")
+        return
+    b.results.add("boot", "userspace", ENV_TCG, "s", [up])
+    b.results.add("boot", "poweroff", ENV_TCG, "s", [res.wall_s])
+
+
+QEMU_KVM_ERROR = "KVM internal error"
+
+
+def _boot_qemu_kvm(b: Bench) -> None:
+    """One attempt, as it fares: QEMU stops the VM (but keeps running) on a KVM internal error."""
+    limit = b.plan.qemu_kvm_timeout
+    b.log(f"  QEMU KVM (limit {limit:.0f} s)")
+    # Without `quiet`, so that the last console line shows how far the kernel got.
+    proc = Proc(b.qemu_argv("kvm", BOOT_COMMAND, b.initramfs, quiet=False), markers=[USERSPACE])
+    first = proc.wait_any([QEMU_KVM_ERROR, EXIT_STATUS], limit)
+    if first == QEMU_KVM_ERROR:
+        time.sleep(1.0)                         # let the register dump arrive
+        proc.stop()
+    res = proc.finish(max(1.0, limit - (time.monotonic() - proc.t0)))
+    b.save_log("boot-qemu-kvm", res)
+    up = res.marks.get(USERSPACE)
+    if up is not None and not res.timed_out and f"{EXIT_STATUS}0" in res.stdout:
+        b.results.add("boot", "userspace", ENV_QKVM, "s", [up])
+        b.results.add("boot", "poweroff", ENV_QKVM, "s", [res.wall_s])
+        return
+    last = parse.last_console_line(res.stdout)
+    where = f"; last console line: `{last[:100]}`" if last else "; no console output"
+    if first == QEMU_KVM_ERROR:
+        reason = parse.qemu_failure_reason(res.stderr) or QEMU_KVM_ERROR
+        insn = parse.qemu_faulting_instruction(res.stderr)
+        status = (f"failed after {res.marks[QEMU_KVM_ERROR]:.0f} s: {reason}"
+                  + (f" on `{insn}`" if insn else "") + where)
+    elif res.timed_out:
+        status = f"no poweroff within the {limit:.0f} s limit (killed)" + (
+            f", userspace at {up:.1f} s" if up is not None else ", never reached userspace") + where
+    else:
+        reason = parse.qemu_failure_reason(res.stderr)
+        status = f"failed after {res.wall_s:.0f} s: {reason or f'exit {res.returncode}'}" + where
+    b.results.status[f"boot/{ENV_QKVM}"] = status
+    b.log(f"    {status}")
+
+
+def suite_boot(b: Bench) -> None:
+    for i in range(b.plan.boot_runs):
+        b.log(f"  boot {i + 1}/{b.plan.boot_runs}: Hospes" + (", QEMU TCG" if b.qemu else ""))
+        _boot_hospes(b, i)
+        if b.qemu:
+            _boot_tcg(b, i)
+    if b.qemu:
+        _boot_qemu_kvm(b)
+    else:
+        b.results.status[f"boot/{ENV_TCG}"] = "not run: qemu-system-x86_64 is not installed"
+        b.results.status[f"boot/{ENV_QKVM}"] = "not run: qemu-system-x86_64 is not installed"
+
+
+# --- 3. CPU-bound -----------------------------------------------------------------
+
+def suite_cpu(b: Bench) -> None:
+    """Native, Hospes and TCG runs interleaved, so a burst of other load hits all three alike."""
+    p = b.plan
+    native_reps = max(1, -(-p.compute_native_reps // p.compute_boots))
+    script = _guest_script(f"/bench/compute {p.compute_reps}")
+    for i in range(p.compute_boots):
+        b.log(f"  compute round {i + 1}/{p.compute_boots}: native x {native_reps}, Hospes x {p.compute_reps}"
+              + (f", QEMU TCG x {p.compute_reps}" if b.qemu else ""))
+        res = run([str(b.programs["compute"]), str(native_reps)], 900)
+        b.save_log(f"compute-native-{i}", res)
+        if res.returncode != 0 or b.add_values("cpu", ENV_NATIVE, "s", res.stdout) == 0:
+            b.error(f"compute native failed (exit {res.returncode})")
+        res = b.hospes_run(["--ramdisk", str(b.bench_initramfs)], script, f"compute-hospes-{i}", "compute")
+        if res is not None:
+            b.add_values("cpu", ENV_HOSPES, "s", res.stdout)
+            b.record_info(ENV_HOSPES, res.stdout)
+        if b.qemu:
+            res = b.qemu_run(script, f"compute-qemu-tcg-{i}", b.bench_initramfs)
+            if res is not None:
+                b.add_values("cpu", ENV_TCG, "s", res.stdout)
+                b.record_info(ENV_TCG, res.stdout)
+
+
+# --- 4. OS microbenchmarks ----------------------------------------------------------
+
+def suite_os(b: Bench) -> None:
+    """Native, Hospes and TCG runs interleaved, as for the CPU-bound suite."""
+    p = b.plan
+    native_samples = max(1, -(-p.os_native_samples // p.os_boots))
+    script = _guest_script(f"/bench/osbench -s {p.os_samples} -t {p.os_target_ms}")
+    for i in range(p.os_boots):
+        b.log(f"  osbench round {i + 1}/{p.os_boots}: native, Hospes" + (", QEMU TCG" if b.qemu else ""))
+        res = run([str(b.programs["osbench"]), "-s", str(native_samples), "-t", str(p.os_target_ms)], 900)
+        b.save_log(f"osbench-native-{i}", res)
+        if res.returncode != 0 or b.add_values("os", ENV_NATIVE, "ns", res.stdout) == 0:
+            b.error(f"osbench native failed (exit {res.returncode}): {res.stderr.strip()[-300:]}")
+        res = b.hospes_run(["--ramdisk", str(b.bench_initramfs)], script, f"osbench-hospes-{i}", "osbench",
+                           timeout=900)
+        if res is not None:
+            b.add_values("os", ENV_HOSPES, "ns", res.stdout)
+            b.record_info(ENV_HOSPES, res.stdout)
+        if b.qemu:
+            res = b.qemu_run(script, f"osbench-qemu-tcg-{i}", b.bench_initramfs)
+            if res is not None:
+                b.add_values("os", ENV_TCG, "ns", res.stdout)
+                b.record_info(ENV_TCG, res.stdout)
+
+
+# --- 5b. exits per guest operation ---------------------------------------------------
+
+# Operations per run: enough that the op's exits dwarf the boot's run-to-run noise.
+OPEXIT_OPS = {"null_syscall": 3000, "open_close": 1500, "fork_exit": 100, "fork_exec": 100,
+              "page_fault": 2000, "pipe_pingpong": 1000}
+
+
+def suite_opexits(b: Bench) -> None:
+    """osbench with a fixed operation count per boot, minus a baseline boot: exits per operation."""
+    p = b.plan
+    tiny = ["/bench/osbench", "-n", "1", "-s", "1", "null_syscall"]
+    base_runs = []
+    for i in range(p.opexits_baselines):
+        b.log(f"  baseline {i + 1}/{p.opexits_baselines}: {' '.join(tiny)}")
+        res = b.hospes_run(["--ramdisk", str(b.bench_initramfs)], tiny, f"opexits-baseline-{i}", None)
+        if res is not None:
+            base_runs.append(parse.parse_exit_stats(res.stderr).counts)
+    if not base_runs:
+        b.error("opexits: no baseline run")
+        return
+    baseline = median_counts(base_runs)
+    for test, ops in OPEXIT_OPS.items():
+        n = max(10, int(ops * p.opexits_scale))
+        b.log(f"  {test} x {n}")
+        res = b.hospes_run(["--ramdisk", str(b.bench_initramfs)],
+                           ["/bench/osbench", "-n", str(n), "-s", "1", test], f"opexits-{test}", None)
+        if res is None:
+            continue
+        vals = parse.bench_values(res.stdout).get(f"os_{test}", [])
+        b.results.op_exits[test] = {
+            "ops": n,
+            "ns_per_op": vals[0] if vals else None,
+            "per_op": per_op_counts(parse.parse_exit_stats(res.stderr).counts, baseline, n),
+        }
+
+
+# --- 7. memory --------------------------------------------------------------------
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def suite_memory(b: Bench) -> None:
+    p = b.plan
+    sleep_s = int(p.idle_s) + 3     # ends by itself soon after the sample
+    argv = [*b.hospes, "run", "--stats", "--", "sh", "-c", f"echo {IDLE_MARK}; sleep {sleep_s}"]
+    b.log(f"  hospes idle, sampled {p.idle_s:.0f} s after userspace")
+    proc = Proc(argv, markers=[IDLE_MARK])
+    snap: dict[str, object] = {}
+    try:
+        if proc.wait_mark(IDLE_MARK, 600) is None:
+            raise RuntimeError("the guest never reached the idle command")
+        time.sleep(p.idle_s)
+        status = parse.parse_status_kb(_read(f"/proc/{proc.pid}/status"))
+        maps = parse.parse_smaps(_read(f"/proc/{proc.pid}/smaps"))
+        memfd_rss, memfd_size = parse.mapping_rss_kb(maps, MEMFD_PREFIX)
+        if memfd_size == 0:
+            raise RuntimeError(f"no {MEMFD_PREFIX} mapping in /proc/{proc.pid}/smaps")
+        snap = {
+            "idle_s": p.idle_s,
+            "guest_ram_kb": GUEST_MIB * 1024,
+            "memfd_size_kb": memfd_size,
+            "memfd_rss_kb": memfd_rss,
+            "vmrss_kb": status.get("VmRSS"),
+            "vmhwm_kb": status.get("VmHWM"),
+            "rss_anon_kb": status.get("RssAnon"),
+            "rss_file_kb": status.get("RssFile"),
+            "rss_shmem_kb": status.get("RssShmem"),
+            "overhead_kb": (status.get("VmRSS") or 0) - memfd_rss,
+        }
+    except (OSError, RuntimeError) as e:
+        b.error(f"memory: {e}")
+        b.results.status["memory/hospes"] = f"not measured: {e}"
+    finally:
+        res = proc.finish(sleep_s + 120)
+        b.save_log("memory-idle", res)
+        stats = parse.parse_exit_stats(res.stderr)
+        if stats.counts:
+            b.results.add_exit_run("idle", stats.counts)
+    if snap:
+        base = run([sys.executable, "-c",
+                    "import hospes.domain, hospes.cli, hospes.images; print(open('/proc/self/status').read())"], 120)
+        snap["baseline_vmrss_kb"] = parse.parse_status_kb(base.stdout).get("VmRSS")
+        b.results.memory = snap
+
+
+# --- 6. devices ---------------------------------------------------------------------
+
+def backend_modules() -> list[str]:
+    """Device backends in hospes.devices besides the console."""
+    try:
+        pkg = importlib.import_module("hospes.devices")
+        names = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__))
+    except ImportError:
+        return []
+    return [n for n in names if n not in ("console", "__init__")]
+
+
+def devices_sentence(backends: list[str], block_measured: bool) -> str:
+    """What the devices section says about what is not measured."""
+    has_net = any("net" in n for n in backends)
+    if not backends:
+        return DEVICES_NONE
+    parts = []
+    if not block_measured:
+        parts.append("block: not measured yet" + ("" if any("bl" in n for n in backends) else " (no block backend)"))
+    parts.append("network: not measured yet" + (" (backend present, no benchmark)" if has_net else
+                                                 " (no net backend)"))
+    return "; ".join(parts)
+
+
+def _hospes_has_disk_option(b: Bench) -> bool:
+    res = run([*b.hospes, "run", "--help"], 120)
+    return "--disk" in res.stdout
+
+
+def suite_devices(b: Bench) -> None:
+    """The PV block device (blkfront -> Hospes' blkback -> the host file) vs the same file natively."""
+    p = b.plan
+    backends = backend_modules()
+    measured = False
+    if b.disk_image is not None and any("bl" in n for n in backends) and _hospes_has_disk_option(b):
+        disk = str(b.disk_image)
+        args = ["-s", str(p.blk_samples), "-m", str(b.disk_mib)]
+        for i in range(p.blk_boots):
+            b.log(f"  block round {i + 1}/{p.blk_boots}: native (buffered, host page cache), "
+                  "Hospes (O_DIRECT on /dev/xvda)")
+            res = run([str(b.programs["blkbench"]), "-w", *args, disk], 600)
+            b.save_log(f"blk-native-{i}", res)
+            if res.returncode != 0 or b.add_values("devices", ENV_NATIVE, "ns", res.stdout) == 0:
+                b.error(f"blkbench native failed (exit {res.returncode}): {res.stderr.strip()[-300:]}")
+            res = b.hospes_run(["--disk", disk, "--ramdisk", str(b.bench_initramfs)],
+                               ["/bench/blkbench", "-d", "-w", *args, "/dev/xvda"], f"blk-hospes-{i}", "blk")
+            if res is not None and b.add_values("devices", ENV_HOSPES, "ns", res.stdout):
+                measured = True
+    b.results.devices = devices_sentence(backends, measured)
+
+
+SUITES: dict[str, Callable[[Bench], None]] = {
+    "floor": suite_floor,
+    "boot": suite_boot,
+    "cpu": suite_cpu,
+    "os": suite_os,
+    "opexits": suite_opexits,
+    "memory": suite_memory,
+    "devices": suite_devices,
+}
