@@ -132,6 +132,7 @@ class Domain:
         self.grant_frames = 0
         self.shutdown_code: int | None = None
         self.stopping = False
+        self.closed = False
         self.paused = False
         self.result: ShutdownResult | None = None
         self._done = threading.Event()
@@ -247,7 +248,11 @@ class Domain:
         self._service_console()
 
     def rekick(self, vcpu: PvVcpu) -> None:
-        threading.Timer(0.0002, vcpu.kick).start()
+        def again() -> None:
+            if not self.closed:
+                vcpu.kick()
+
+        threading.Timer(0.0002, again).start()
 
     def flush_all_vcpus(self) -> None:
         """Every vCPU flushes its TLB before running guest code again (see flush_others)."""
@@ -442,6 +447,7 @@ class Domain:
         return self.result
 
     def close(self) -> None:
+        self.closed = True  # no more kicks: the vCPUs' kvm_run pages go away below
         for disk in self.disks:
             disk.close()
         for vif in self.vifs:

@@ -451,7 +451,7 @@ class PvVcpu:
             self.blocked = False
             self.wake.notify_all()
         ident = self.thread_ident
-        if ident is not None and ident != threading.get_ident():
+        if ident is not None and ident != threading.get_ident() and not self.domain.closed:
             self.kvm.immediate_exit = True
             import signal
 
