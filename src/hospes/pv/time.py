@@ -1,10 +1,12 @@
 """Guest time: the pvclock records and the per-vCPU timers (pv-abi.md §2.7, §9.8).
 
 System time is host CLOCK_MONOTONIC minus the domain's start, in ns. The
-guest TSC runs natively; one (TSC, system time) pair sampled at start and the
-TSC frequency from KVM give Xen's scale factors, published in every vCPU's
-``vcpu_time_info``. Timers fire VIRQ_TIMER from one thread that sleeps until
-the earliest deadline.
+guest TSC runs natively; a (TSC, system time) pair and the TSC frequency from
+KVM give Xen's scale factors, published in every vCPU's ``vcpu_time_info``.
+Each vCPU re-samples its pair about once a second: a guest TSC on a nested or
+migrating host can drift from the host's monotonic clock, and the timers below
+compare guest deadlines with that clock, so the two must not drift apart.
+Timers fire VIRQ_TIMER from one thread that sleeps until the earliest deadline.
 """
 
 from __future__ import annotations
@@ -49,9 +51,18 @@ class Clock:
     def guest_tsc(self) -> int:
         return self.tsc0 + self.now() * self.tsc_hz // NS
 
-    def time_info(self, version: int) -> bytes:
-        # system_time 0 corresponds to tsc0.
-        return struct.pack("<IIQQIbBH", version, 0, self.tsc0, 0, self.mul, self.shift, 0, 0)
+    def time_info(self, version: int, tsc: int | None = None, system_time: int = 0) -> bytes:
+        """A vcpu_time_info record: ``system_time`` ns corresponds to guest TSC ``tsc``."""
+        return struct.pack("<IIQQIbBH", version, 0, self.tsc0 if tsc is None else tsc, system_time,
+                           self.mul, self.shift, 0, 0)
+
+    def publish(self, buf: memoryview, gpa: int, tsc: int, system_time: int) -> None:
+        """Rewrite a live vcpu_info.time under its version protocol (odd while changing)."""
+        (version,) = struct.unpack_from("<I", buf, gpa)
+        odd = (version + 1) | 1
+        struct.pack_into("<I", buf, gpa, odd)                      # odd: update in progress
+        buf[gpa:gpa + 32] = self.time_info(odd, tsc, system_time)
+        struct.pack_into("<I", buf, gpa, (odd + 1) & 0xFFFFFFFF)   # even: stable again
 
     def wallclock(self) -> tuple[int, int]:
         return self.wall0 // NS, self.wall0 % NS

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import struct
 import threading
+import time
 from typing import TYPE_CHECKING, Callable
 
 from hospes.kvm import constants as kc
@@ -58,6 +59,8 @@ VI_CR2 = 0x10
 VI_TIME = 0x20
 
 NO_RETURN = object()  # a hypercall handler that set the whole guest state itself
+
+CLOCK_SYNC_NS = 1_000_000_000  # how often each vCPU re-anchors its pvclock
 
 # Exit-count keys, built once: formatting a string on every exit shows up in profiles.
 HYPERCALL_KEYS = [f"hypercall:{n}" for n in range(64)]
@@ -131,6 +134,7 @@ class PvVcpu:
     initialised: bool
     writes: list[tuple[int, int]]
     flush_pending: bool
+    next_clock_sync: int
     invlpg_va: int
     flush_generation: int
     in_kvm_run: bool
@@ -188,6 +192,7 @@ class PvVcpu:
         # Pending in-VM work and the target frame of the next entry.
         self.writes: list[tuple[int, int]] = []
         self.flush_pending = False
+        self.next_clock_sync = 0
         self._segments: dict[tuple[int, int], KvmSegment] = {}
         self.invlpg_va = 0
         self.flush_generation = 0        # bumped whenever a TLB flush is scheduled before guest code
@@ -316,6 +321,8 @@ class PvVcpu:
                 continue
             if self.start_context is not None:
                 self._apply_start_context()
+            if time.monotonic_ns() >= self.next_clock_sync:
+                self._sync_clock()
             self.in_kvm_run = True
             reason = run()
             self.in_kvm_run = False
@@ -721,6 +728,13 @@ class PvVcpu:
             self._segments.clear()
         self._segments[(selector, d)] = seg
         return seg
+
+    def _sync_clock(self) -> None:
+        """Re-anchor this vCPU's pvclock: its guest TSC now is our system time now."""
+        clock = self.domain.clock
+        tsc = self.kvm.get_msrs([0x10])[0x10]
+        clock.publish(self.mem.buf, self.vcpu_info_gpa + VI_TIME, tsc, clock.now())
+        self.next_clock_sync = time.monotonic_ns() + CLOCK_SYNC_NS
 
     def request_flush(self) -> None:
         """Flush this vCPU's TLB (a CR3 reload by the writer) before the guest runs again."""
