@@ -54,6 +54,14 @@ def _samples(res: Results, suite: str) -> dict[tuple[str, str], list[float]]:
     return {(m.name, m.env): m.samples for m in res.measurements if m.suite == suite}
 
 
+def _save(plt, fig, path: Path) -> bool:  # noqa: ANN001 - matplotlib is imported lazily
+    """Lay out, write the PNG and free the figure; a plot function's last step."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def plot_transitions(res: Results, path: Path) -> bool:
     plt = _plt()
     data = _samples(res, "transitions")
@@ -73,10 +81,7 @@ def plot_transitions(res: Results, path: Path) -> bool:
     ax.set_xlabel("us per round trip (bar: median; dots: samples)")
     ax.set_title("Exit floor vs Hospes transitions")
     ax.grid(axis="x", alpha=0.3, zorder=0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def plot_boot(res: Results, path: Path) -> bool:
@@ -91,10 +96,7 @@ def plot_boot(res: Results, path: Path) -> bool:
     ax.set_xticklabels(["first userspace line", "poweroff"])
     ax.set_ylabel("seconds from process start")
     ax.set_title("Boot: Debian cloud kernel + busybox initramfs, `uname -a`")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def plot_cpu(res: Results, path: Path) -> bool:
@@ -108,10 +110,7 @@ def plot_cpu(res: Results, path: Path) -> bool:
     ax.set_xticklabels([g.replace("compute_", "") for g in groups])
     ax.set_ylabel("seconds (fixed work)")
     ax.set_title("CPU-bound kernels")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def plot_os(res: Results, path: Path) -> bool:
@@ -126,10 +125,7 @@ def plot_os(res: Results, path: Path) -> bool:
     ax.set_xticklabels([g.replace("os_", "") for g in groups], fontsize=8)
     ax.set_ylabel("us per operation (log)")
     ax.set_title("OS microbenchmarks")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def plot_exits(res: Results, path: Path) -> bool:
@@ -152,10 +148,7 @@ def plot_exits(res: Results, path: Path) -> bool:
     ax.set_title("Exits to Hospes by kind (resume paths such as the writer not included)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def write_plots(res: Results, out_dir: Path) -> list[Path]:

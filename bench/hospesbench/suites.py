@@ -232,16 +232,21 @@ def suite_floor(b: Bench) -> None:
 
 # --- 2. boot --------------------------------------------------------------------
 
-def _boot_hospes(b: Bench, i: int) -> None:
-    res = b.hospes_run([], BOOT_COMMAND, f"boot-hospes-{i}", "boot", timeout=600)
-    if res is None:
-        return
+def _add_boot(b: Bench, env: str, who: str, res) -> bool:  # noqa: ANN001 - a runner result
+    """Record one boot's userspace and poweroff times; False if it never reached userspace."""
     up = res.marks.get(USERSPACE)
     if up is None:
-        b.error("boot: Hospes printed no userspace line")
+        b.error(f"boot: {who} printed no userspace line")
+        return False
+    b.results.add("boot", "userspace", env, "s", [up])
+    b.results.add("boot", "poweroff", env, "s", [res.wall_s])
+    return True
+
+
+def _boot_hospes(b: Bench, i: int) -> None:
+    res = b.hospes_run([], BOOT_COMMAND, f"boot-hospes-{i}", "boot", timeout=600)
+    if res is None or not _add_boot(b, ENV_HOSPES, "Hospes", res):
         return
-    b.results.add("boot", "userspace", ENV_HOSPES, "s", [up])
-    b.results.add("boot", "poweroff", ENV_HOSPES, "s", [res.wall_s])
     stats = parse.parse_exit_stats(res.stderr)
     if stats.first_userspace_s is not None:
         b.results.add("boot", "userspace_inproc", ENV_HOSPES, "s", [stats.first_userspace_s],
@@ -252,14 +257,8 @@ def _boot_hospes(b: Bench, i: int) -> None:
 
 def _boot_tcg(b: Bench, i: int) -> None:
     res = b.qemu_run(BOOT_COMMAND, f"boot-qemu-tcg-{i}", b.initramfs, timeout=600)
-    if res is None:
-        return
-    up = res.marks.get(USERSPACE)
-    if up is None:
-        b.error("boot: QEMU TCG printed no userspace line")
-        return
-    b.results.add("boot", "userspace", ENV_TCG, "s", [up])
-    b.results.add("boot", "poweroff", ENV_TCG, "s", [res.wall_s])
+    if res is not None:
+        _add_boot(b, ENV_TCG, "QEMU TCG", res)
 
 
 QEMU_KVM_ERROR = "KVM internal error"
