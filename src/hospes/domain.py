@@ -204,8 +204,7 @@ class Domain:
         lay = self.layout
         for pv in self.vcpus:
             for gpa in {pv.vcpu_info_gpa, lay.shared_info_gpa + 64 * pv.id}:
-                self.mem.write(gpa + 0x20, self.clock.time_info(1))
-                self.mem.write(gpa + 0x20, self.clock.time_info(2))
+                self.clock.publish(self.mem.buf, gpa + 0x20, self.clock.tsc0, 0)
         sec, nsec = self.clock.wallclock()
         base = lay.shared_info_gpa + 0xC00
         self.mem.write(base, struct.pack("<III", 1, sec & 0xFFFFFFFF, nsec))

@@ -51,10 +51,9 @@ class Clock:
     def guest_tsc(self) -> int:
         return self.tsc0 + self.now() * self.tsc_hz // NS
 
-    def time_info(self, version: int, tsc: int | None = None, system_time: int = 0) -> bytes:
+    def time_info(self, version: int, tsc: int, system_time: int) -> bytes:
         """A vcpu_time_info record: ``system_time`` ns corresponds to guest TSC ``tsc``."""
-        return struct.pack("<IIQQIbBH", version, 0, self.tsc0 if tsc is None else tsc, system_time,
-                           self.mul, self.shift, 0, 0)
+        return struct.pack("<IIQQIbBH", version, 0, tsc, system_time, self.mul, self.shift, 0, 0)
 
     def publish(self, buf: memoryview, gpa: int, tsc: int, system_time: int) -> None:
         """Rewrite a live vcpu_info.time under its version protocol (odd while changing)."""
