@@ -322,17 +322,36 @@ def test_devices_section():
     from hospesbench.suites import devices_sentence
 
     assert devices_sentence([], False) == DEVICES_NONE
-    assert devices_sentence(["block"], True) == "network: not measured yet (no net backend)"
+    assert devices_sentence(["block"], True) == "network: not measured (no net backend)"
     assert devices_sentence(["block"], False) == ("block: not measured yet; "
-                                                  "network: not measured yet (no net backend)")
+                                                  "network: not measured (no net backend)")
+    assert devices_sentence(["block", "net"], True, False, "needs root") == "network: not measured (needs root)"
+    assert devices_sentence(["block", "net"], True, True) == ""
     r = Results()
     r.add("devices", "blk_seq_read", ENV_NATIVE, "ns", [125000, 131072])
     r.add("devices", "blk_seq_read", ENV_HOSPES, "ns", [10485760, 10485760])
-    r.devices = "network: not measured yet (no net backend)"
+    r.devices = "network: not measured (no net backend)"
     lines = render_markdown(r).splitlines()
     row = next(ln for ln in lines if ln.startswith("| sequential read"))
     assert row == "| sequential read, 1 MiB requests | 125 / 128 [5%] | 8,190 | 10,486 / 10,486 [0%] | 100 | 81.9x |"
-    assert "network: not measured yet (no net backend)" in lines
+    assert "network: not measured (no net backend)" in lines
+
+
+def test_network_rows_pair_each_topology_with_the_veth_reference():
+    r = Results()
+    r.add("devices", "net_send", ENV_NATIVE, "ns", [1_000_000, 1_048_576])
+    r.add("devices", "net_rr", ENV_NATIVE, "ns", [20_000, 30_000])
+    r.add("devices", "net_gh_send", ENV_HOSPES, "ns", [4_194_304, 4_194_304])
+    r.add("devices", "net_gg_send", ENV_HOSPES, "ns", [10_485_760])
+    r.add("devices", "net_gh_rr", ENV_HOSPES, "ns", [1_000_000, 1_500_000])
+    r.add("devices", "net_recv", ENV_NATIVE, "ns", [1_000_000])     # no Hospes figure: no row
+    lines = render_markdown(r).splitlines()
+    assert "| guest -> host, stream | 1,000 / 1,024 [5%] | 1,024 | 4,194 / 4,194 [0%] | 250 | 4.09x |" in lines
+    assert "| guest <-> host, 1-byte round trip | 20.0 / 25.0 [40%] | - | 1,000 / 1,250 [40%] | - | 50.0x |" in lines
+    assert "| guest -> guest, stream | 1,000 / 1,024 [5%] | 1,024 | 10,486 (n=1) | 100 | 10.2x |" in lines
+    assert not any(ln.startswith("| host -> guest") for ln in lines)
+    # everything measured: no "not measured" sentence under the tables
+    assert DEVICES_NONE not in lines
 
 
 def test_add_appends_samples():

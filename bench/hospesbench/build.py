@@ -1,13 +1,13 @@
 """Building what the benchmarks run.
 
 * host programs from bench/c/ with the system gcc: ``kvm_exit`` (the exit
-  floor), and the static ``compute``, ``osbench`` and ``tiny`` that run natively,
-  in a Hospes guest and under QEMU unchanged;
+  floor), and the static ``compute``, ``osbench``, ``tiny``, ``blkbench`` and
+  ``netbench`` that run natively, in a Hospes guest and under QEMU unchanged;
 * the PV guest bench/guests/nullcall.c, compiled with exactly the flags, headers,
   linker script and runtime (tests/guests/lib) of the project's PV test kernels
   -- taken from tests/guests/build.py, which is imported, not copied;
 * the bench initramfs: the default initramfs with a second newc archive
-  appended that holds /bench/{compute,osbench,tiny,blkbench} (the kernel unpacks
+  appended that holds /bench/{compute,osbench,tiny,blkbench,netbench} (the kernel unpacks
   concatenated archives);
 * a 64 MiB disk image of pseudo-random bytes for the block device test.
 """
@@ -32,11 +32,12 @@ HOST_PROGRAMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "compute": ("compute.c", ("-static",)),
     "osbench": ("osbench.c", ("-static",)),
     "blkbench": ("blkbench.c", ("-static",)),
+    "netbench": ("netbench.c", ("-static",)),
     "tiny": ("tiny.c", ("-static", "-nostdlib", "-fno-pie", "-no-pie", "-fno-stack-protector",
                         "-fcf-protection=none")),
 }
 HOST_CFLAGS = ("-O2", "-Wall", "-Wextra", "-Werror")
-GUEST_PROGRAMS = ("compute", "osbench", "tiny", "blkbench")   # what goes into the bench initramfs
+GUEST_PROGRAMS = ("compute", "osbench", "tiny", "blkbench", "netbench")   # what goes into the bench initramfs
 DISK_MIB = 64
 
 

@@ -56,9 +56,11 @@ WORKLOADS: list[tuple[str, str]] = [
     ("compute", "compute"),
     ("osbench", "osbench"),
     ("blk", "blkbench"),
+    ("net", "netbench guest <-> host"),
+    ("net-gg", "netbench guest <-> guest (client)"),
     ("idle", "boot + idle"),
 ]
-BOOT_INCLUDED = ("compute", "osbench", "blk", "idle")   # these runs contain a whole boot too
+BOOT_INCLUDED = ("compute", "osbench", "blk", "net", "idle")   # these runs contain a whole boot too
 EXIT_ROWS = 16
 
 DEVICES_NONE = "not measured yet (no block/net backend)"
@@ -301,8 +303,18 @@ def _mb_s(s: Summary | None, nbytes: float) -> str:
     return fmt_num(nbytes / (s.median * 1e-9) / 1e6)
 
 
-def _section_devices(res: Results) -> list[str]:
-    lines = ["### 6. Devices", ""]
+# (Hospes name, native name, label, bytes per op or 0 for a round trip)
+NETWORK: list[tuple[str, str, str, float]] = [
+    ("net_gh_send", "net_send", "guest -> host, stream", 1 << 20),
+    ("net_gh_recv", "net_recv", "host -> guest, stream", 1 << 20),
+    ("net_gh_rr", "net_rr", "guest <-> host, 1-byte round trip", 0),
+    ("net_gg_send", "net_send", "guest -> guest, stream", 1 << 20),
+    ("net_gg_recv", "net_recv", "guest <- guest, stream (the other direction)", 1 << 20),
+    ("net_gg_rr", "net_rr", "guest <-> guest, 1-byte round trip", 0),
+]
+
+
+def _block_rows(res: Results) -> list[str]:
     rows = []
     for name, label, nbytes in BLOCK:
         nat = res.summary("devices", name, ENV_NATIVE)
@@ -311,14 +323,42 @@ def _section_devices(res: Results) -> list[str]:
             continue
         rows.append([label, fmt_cell(nat, 1e-3), _mb_s(nat, nbytes), fmt_cell(hos, 1e-3), _mb_s(hos, nbytes),
                      fmt_ratio(hos, nat)])
-    if rows:
-        lines += _table(["block (`bench/c/blkbench.c`, 64 MiB image)", "native us/op", "native MB/s",
-                         "Hospes us/op", "Hospes MB/s", "Hospes / native"], rows)
-        lines += ["", "Native: buffered I/O on the image file (the host page cache, where Hospes' "
-                  "backend reads too). Hospes: O_DIRECT on the guest's /dev/xvda (`hospes run --disk`), "
-                  "so every request goes blkfront -> ring -> Hospes' blkback -> pread/pwrite on the "
-                  "same file. QEMU is not compared (the initramfs carries no virtio modules).", ""]
-    lines += [res.devices or DEVICES_NONE, ""]
+    if not rows:
+        return []
+    return _table(["block (`bench/c/blkbench.c`, 64 MiB image)", "native us/op", "native MB/s",
+                   "Hospes us/op", "Hospes MB/s", "Hospes / native"], rows) + [
+        "", "Native: buffered I/O on the image file (the host page cache, where Hospes' "
+        "backend reads too). Hospes: O_DIRECT on the guest's /dev/xvda (`hospes run --disk`), "
+        "so every request goes blkfront -> ring -> Hospes' blkback -> pread/pwrite on the "
+        "same file. QEMU is not compared (the initramfs carries no virtio modules).", ""]
+
+
+def _network_rows(res: Results) -> list[str]:
+    rows = []
+    for name, native, label, nbytes in NETWORK:
+        nat = res.summary("devices", native, ENV_NATIVE)
+        hos = res.summary("devices", name, ENV_HOSPES)
+        if hos is None:
+            continue
+        rate = (lambda s: _mb_s(s, nbytes)) if nbytes else (lambda s: "-")
+        rows.append([label, fmt_cell(nat, 1e-3), rate(nat), fmt_cell(hos, 1e-3), rate(hos), fmt_ratio(hos, nat)])
+    if not rows:
+        return []
+    return _table(["TCP (`bench/c/netbench.c`)", "native us/op", "native MB/s", "Hospes us/op", "Hospes MB/s",
+                   "Hospes / native"], rows) + [
+        "", "An op is 1 MiB for a stream (timed until the receiver acknowledges the last byte) and one "
+        "exchange for a round trip; the guest is always the side that connects and times. Guest <-> host: "
+        "the guest's eth0 (netfront -> Hospes' netback -> a TAP, `hospes run --vif`) and the TAP moved "
+        "into a private namespace. Guest <-> guest: two guests whose TAPs share a bridge there. Native: "
+        "the same program between two namespaces joined by a veth pair, the same reference for both "
+        "Hospes topologies. QEMU is not compared (the initramfs carries no virtio modules).", ""]
+
+
+def _section_devices(res: Results) -> list[str]:
+    lines = ["### 6. Devices", ""]
+    lines += _block_rows(res) + _network_rows(res)
+    if res.devices or len(lines) == 2:
+        lines += [res.devices or DEVICES_NONE, ""]
     return lines
 
 

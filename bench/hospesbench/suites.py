@@ -10,8 +10,9 @@ Suites, in the order ``bench/run.py`` runs them:
   cpu      bench/c/compute.c natively, in Hospes and under QEMU TCG
   os       bench/c/osbench.c natively, in Hospes and under QEMU TCG
   memory   RSS of the hospes process beyond the guest memory it touched
-  devices  the PV block device (blkbench) natively and in Hospes; a sentence
-           for what has no backend yet (network)
+  devices  the PV block device (blkbench) natively and in Hospes; TCP
+           (netbench) guest <-> host and guest <-> guest through the PV
+           network device, against two host namespaces joined by a veth pair
 
 Exit counts (``hospes run --stats``) are collected from every Hospes run.
 """
@@ -19,15 +20,18 @@ Exit counts (``hospes run --stats``) are collected from every Hospes run.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import shlex
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from hospesbench import parse
+from hospesbench import netns, parse
 from hospesbench.model import ENV_FLOOR, ENV_HOSPES, ENV_NATIVE, ENV_QKVM, ENV_TCG, Results
 from hospesbench.report import DEVICES_NONE
 from hospesbench.runner import ProcResult, Proc, run
@@ -41,6 +45,7 @@ MEMFD_PREFIX = "/memfd:hospes-guest"
 GUEST_MIB = 256
 BOOT_COMMAND = ["uname", "-a"]
 USERSPACE_LIMIT_S = 180.0     # a guest not in userspace by then is stuck
+_LOG_LOCK = threading.Lock()
 
 
 @dataclass
@@ -66,6 +71,10 @@ class Plan:
     opexits_baselines: int = 3
     blk_boots: int = 2
     blk_samples: int = 5
+    net_boots: int = 2
+    net_samples: int = 5
+    net_mib: int = 64
+    net_rounds: int = 500
 
     @classmethod
     def quick(cls) -> "Plan":
@@ -73,7 +82,7 @@ class Plan:
                    boot_runs=2, qemu_kvm_timeout=20.0, compute_native_reps=3, compute_boots=1,
                    compute_reps=2, os_native_samples=3, os_boots=1, os_samples=3, os_target_ms=60,
                    idle_s=4.0, opexits_scale=0.3, opexits_baselines=1,
-                   blk_boots=1, blk_samples=2)
+                   blk_boots=1, blk_samples=2, net_boots=1, net_samples=2, net_mib=16, net_rounds=200)
 
 
 @dataclass
@@ -99,8 +108,10 @@ class Bench:
     # --- helpers --------------------------------------------------------------
 
     def save_log(self, name: str, res: ProcResult) -> Path:
-        self._log_seq += 1
-        path = self.logs_dir / f"{self._log_seq:03d}-{name}.log"
+        with _LOG_LOCK:   # two guests of the network bench finish on two threads
+            self._log_seq += 1
+            seq = self._log_seq
+        path = self.logs_dir / f"{seq:03d}-{name}.log"
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(
             f"$ {shlex.join(res.argv)}\n# exit {res.returncode}, {res.wall_s:.2f} s"
@@ -460,16 +471,20 @@ def backend_modules() -> list[str]:
     return [n for n in names if n not in ("console", "__init__")]
 
 
-def devices_sentence(backends: list[str], block_measured: bool) -> str:
-    """What the devices section says about what is not measured."""
-    has_net = any("net" in n for n in backends)
+def devices_sentence(backends: list[str], block_measured: bool, net_measured: bool = False,
+                     net_reason: str = "") -> str:
+    """What the devices section says about what is not measured ("" when both are)."""
     if not backends:
         return DEVICES_NONE
     parts = []
     if not block_measured:
         parts.append("block: not measured yet" + ("" if any("bl" in n for n in backends) else " (no block backend)"))
-    parts.append("network: not measured yet" + (" (backend present, no benchmark)" if has_net else
-                                                 " (no net backend)"))
+    if not net_measured:
+        if not any("net" in n for n in backends):
+            reason = "no net backend"
+        else:
+            reason = net_reason or "backend present, no benchmark"
+        parts.append(f"network: not measured ({reason})")
     return "; ".join(parts)
 
 
@@ -478,26 +493,160 @@ def _hospes_has_disk_option(b: Bench) -> bool:
     return "--disk" in res.stdout
 
 
-def suite_devices(b: Bench) -> None:
-    """The PV block device (blkfront -> Hospes' blkback -> the host file) vs the same file natively."""
+def _block(b: Bench) -> bool:
+    """blkbench on the disk image natively and on /dev/xvda in a guest; True if Hospes was measured."""
     p = b.plan
-    backends = backend_modules()
     measured = False
-    if b.disk_image is not None and any("bl" in n for n in backends) and _hospes_has_disk_option(b):
-        disk = str(b.disk_image)
-        args = ["-s", str(p.blk_samples), "-m", str(b.disk_mib)]
-        for i in range(p.blk_boots):
-            b.log(f"  block round {i + 1}/{p.blk_boots}: native (buffered, host page cache), "
-                  "Hospes (O_DIRECT on /dev/xvda)")
-            res = run([str(b.programs["blkbench"]), "-w", *args, disk], 600)
-            b.save_log(f"blk-native-{i}", res)
-            if res.returncode != 0 or b.add_values("devices", ENV_NATIVE, "ns", res.stdout) == 0:
-                b.error(f"blkbench native failed (exit {res.returncode}): {res.stderr.strip()[-300:]}")
-            res = b.hospes_run(["--disk", disk, "--ramdisk", str(b.bench_initramfs)],
-                               ["/bench/blkbench", "-d", "-w", *args, "/dev/xvda"], f"blk-hospes-{i}", "blk")
-            if res is not None and b.add_values("devices", ENV_HOSPES, "ns", res.stdout):
-                measured = True
-    b.results.devices = devices_sentence(backends, measured)
+    disk = str(b.disk_image)
+    args = ["-s", str(p.blk_samples), "-m", str(b.disk_mib)]
+    for i in range(p.blk_boots):
+        b.log(f"  block round {i + 1}/{p.blk_boots}: native (buffered, host page cache), "
+              "Hospes (O_DIRECT on /dev/xvda)")
+        res = run([str(b.programs["blkbench"]), "-w", *args, disk], 600)
+        b.save_log(f"blk-native-{i}", res)
+        if res.returncode != 0 or b.add_values("devices", ENV_NATIVE, "ns", res.stdout) == 0:
+            b.error(f"blkbench native failed (exit {res.returncode}): {res.stderr.strip()[-300:]}")
+        res = b.hospes_run(["--disk", disk, "--ramdisk", str(b.bench_initramfs)],
+                           ["/bench/blkbench", "-d", "-w", *args, "/dev/xvda"], f"blk-hospes-{i}", "blk")
+        if res is not None and b.add_values("devices", ENV_HOSPES, "ns", res.stdout):
+            measured = True
+    return measured
+
+
+# Link-local addresses, one /24 per topology; every link sits in a private namespace.
+NET_VETH = ("169.254.97.1", "169.254.97.2")     # native: client namespace, server namespace
+NET_GH = ("169.254.96.1", "169.254.96.2")       # guest <-> host: host end (server), guest (client)
+NET_GG = ("169.254.95.2", "169.254.95.3")       # guest <-> guest: server guest, client guest
+NET_PORT = 5201
+NET_SERVER_IDLE_S = 240       # a server whose client never comes gives up after this
+
+
+def _netbench_client(b: Bench, binary: str, server: str, prefix: str) -> list[str]:
+    p = b.plan
+    return [binary, "-c", server, "-p", str(NET_PORT), "-n", prefix, "-s", str(p.net_samples),
+            "-m", str(p.net_mib), "-r", str(p.net_rounds), "-q"]
+
+
+def _netbench_server(binary: str) -> list[str]:
+    return [binary, "-l", "-p", str(NET_PORT), "-t", str(NET_SERVER_IDLE_S)]
+
+
+def _guest_net(addr: str, argv: list[str]) -> list[str]:
+    """A guest command: address eth0, then run ``argv``."""
+    return _guest_script(f"ip addr add {addr}/24 dev eth0 && ip link set eth0 up && {shlex.join(argv)}")
+
+
+def _vif(mac_last: int, tap: str) -> list[str]:
+    return ["--vif", f"mac=00:16:3e:00:62:{mac_last:02x},tap={tap}"]
+
+
+def _tap_name(tag: str) -> str:
+    return f"hb{os.getpid() % 100000}{tag}"[:15]
+
+
+def _net_native(b: Bench, i: int) -> bool:
+    """netbench between two namespaces over a veth pair: the host kernel on both ends."""
+    binary = str(b.programs["netbench"])
+    tag = f"{os.getpid() % 100000}{i}"
+    with netns.Namespace(f"hbench-c{tag}") as cli, netns.Namespace(f"hbench-s{tag}") as srv:
+        netns.veth_between(cli, f"{NET_VETH[0]}/24", srv, f"{NET_VETH[1]}/24", tag)
+        server = Proc(srv.argv(_netbench_server(binary)))
+        try:
+            res = run(cli.argv(_netbench_client(b, binary, NET_VETH[1], "net")), 600)
+        finally:
+            server.stop()
+            server.finish(5)
+    b.save_log(f"net-native-{i}", res)
+    if res.returncode != 0 or b.add_values("devices", ENV_NATIVE, "ns", res.stdout) == 0:
+        b.error(f"netbench native failed (exit {res.returncode}): {res.stderr.strip()[-300:]}")
+        return False
+    return True
+
+
+def _guests_with_plumbing(b: Bench, guests: list[tuple[list[str], list[str], str, str | None]],
+                          plumb: Callable[[Callable[[], bool]], Proc | None]) -> list[ProcResult | None]:
+    """Run ``guests`` (hospes_run arguments) concurrently while ``plumb`` wires their TAPs.
+
+    ``plumb`` gets a liveness test (some guest is still running) and may return
+    a host-side process to stop once the guests are done.
+    """
+    helper: Proc | None = None
+    with ThreadPoolExecutor(len(guests)) as pool:
+        futures = [pool.submit(b.hospes_run, args, cmd, name, workload) for args, cmd, name, workload in guests]
+        try:
+            helper = plumb(lambda: not all(f.done() for f in futures))
+        except netns.NetnsError as e:
+            # the guests' clients give up after netbench's connect wait, their servers after NET_SERVER_IDLE_S
+            b.error(f"network plumbing failed: {e}")
+        results = [f.result() for f in futures]
+    if helper is not None:
+        helper.stop()
+        res = helper.finish(5)
+        if res.returncode not in (0, None) and not res.timed_out:
+            b.error(f"host netbench server exited {res.returncode}: {res.stderr.strip()[-300:]}")
+    return results
+
+
+def _net_guest_host(b: Bench, i: int) -> bool:
+    """netbench in a guest (client) against the host end of its TAP (server)."""
+    tap = _tap_name(f"h{i}")
+    binary = str(b.programs["netbench"])
+    with netns.Namespace(f"hbench-gh{os.getpid() % 100000}{i}") as ns:
+        def plumb(alive: Callable[[], bool]) -> Proc:
+            netns.wait_for_link(tap, alive, USERSPACE_LIMIT_S)
+            ns.adopt(tap, f"{NET_GH[0]}/24")
+            return Proc(ns.argv(_netbench_server(binary)))
+
+        guest = ([*_vif(1, tap), "--ramdisk", str(b.bench_initramfs)],
+                 _guest_net(NET_GH[1], _netbench_client(b, "/bench/netbench", NET_GH[0], "net_gh")),
+                 f"net-guest-host-{i}", "net")
+        (res,) = _guests_with_plumbing(b, [guest], plumb)
+    return res is not None and b.add_values("devices", ENV_HOSPES, "ns", res.stdout) > 0
+
+
+def _net_guest_guest(b: Bench, i: int) -> bool:
+    """netbench between two guests whose TAPs share a bridge in a private namespace."""
+    taps = (_tap_name(f"s{i}"), _tap_name(f"c{i}"))
+    with netns.Namespace(f"hbench-gg{os.getpid() % 100000}{i}") as ns:
+        def plumb(alive: Callable[[], bool]) -> None:
+            ns.bridge("br0")
+            for tap in taps:
+                netns.wait_for_link(tap, alive, USERSPACE_LIMIT_S)
+                ns.adopt(tap, master="br0")
+
+        ramdisk = ["--ramdisk", str(b.bench_initramfs)]
+        server = ([*_vif(2, taps[0]), *ramdisk], _guest_net(NET_GG[0], _netbench_server("/bench/netbench")),
+                  f"net-gg-server-{i}", None)
+        client = ([*_vif(3, taps[1]), *ramdisk],
+                  _guest_net(NET_GG[1], _netbench_client(b, "/bench/netbench", NET_GG[0], "net_gg")),
+                  f"net-gg-client-{i}", "net-gg")
+        _, res = _guests_with_plumbing(b, [server, client], plumb)
+    return res is not None and b.add_values("devices", ENV_HOSPES, "ns", res.stdout) > 0
+
+
+def _network(b: Bench) -> tuple[bool, str]:
+    """TCP through the PV network device; (measured, why not)."""
+    reason = netns.unavailable_reason()
+    if reason is not None:
+        return False, reason
+    p = b.plan
+    measured = False
+    for i in range(p.net_boots):
+        b.log(f"  network round {i + 1}/{p.net_boots}: native (veth between namespaces), "
+              "guest <-> host (TAP), guest <-> guest (two TAPs on a bridge)")
+        _net_native(b, i)
+        measured = _net_guest_host(b, i) or measured
+        measured = _net_guest_guest(b, i) or measured
+    return measured, "" if measured else "every network run failed; see the problems below"
+
+
+def suite_devices(b: Bench) -> None:
+    """The PV block and network devices vs the same work natively."""
+    backends = backend_modules()
+    block = (b.disk_image is not None and any("bl" in n for n in backends) and _hospes_has_disk_option(b)
+             and _block(b))
+    net, why = _network(b) if any("net" in n for n in backends) else (False, "")
+    b.results.devices = devices_sentence(backends, block, net, why)
 
 
 SUITES: dict[str, Callable[[Bench], None]] = {
