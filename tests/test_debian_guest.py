@@ -13,6 +13,7 @@ import time
 import pytest
 
 from conftest import run_hospes
+from netns_helpers import can_make_netns, in_netns
 
 pytestmark = [pytest.mark.kvm, pytest.mark.debian]
 
@@ -136,42 +137,7 @@ def test_disk_reads_and_writes_through_blkfront(default_images, tmp_path) -> Non
 
 # --- networking: netfront <-> the vif backend <-> a TAP in a private network namespace ----------
 
-def _in_netns(ns: str, fn):
-    """Run ``fn()`` on a thread that entered network namespace ``ns`` (sockets it makes stay there)."""
-    import ctypes
-    import os
-    import threading
-
-    out: list = []
-
-    def run() -> None:
-        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-        try:
-            if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
-                out.append(OSError(ctypes.get_errno(), f"setns {ns}"))
-                return
-            out.append(fn())
-        except Exception as e:  # handed to the caller
-            out.append(e)
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if isinstance(out[0], Exception):
-        raise out[0]
-    return out[0]
-
-
-def _can_make_netns() -> bool:
-    import os
-    import shutil
-
-    return os.geteuid() == 0 and shutil.which("ip") is not None and os.path.exists("/dev/net/tun")
-
-
-@pytest.mark.skipif(not _can_make_netns(), reason="needs root, iproute2 and /dev/net/tun")
+@pytest.mark.skipif(not can_make_netns(), reason="needs root, iproute2 and /dev/net/tun")
 def test_network_ping_and_tcp_through_a_tap_in_a_namespace(default_images) -> None:
     """The guest's eth0 reaches a TAP that the test moved into its own network
     namespace (link-local addresses, nothing leaves this machine): ping, then
@@ -223,7 +189,7 @@ def test_network_ping_and_tcp_through_a_tap_in_a_namespace(default_images) -> No
                 s.listen(1)
                 return s
 
-            srv = _in_netns(ns, listen)
+            srv = in_netns(ns, listen)
             srv.settimeout(200)
             try:
                 conn, _ = srv.accept()
@@ -242,7 +208,7 @@ def test_network_ping_and_tcp_through_a_tap_in_a_namespace(default_images) -> No
         def send() -> None:  # namespace -> guest, once the guest listens
             end = time.monotonic() + 200
             while time.monotonic() < end and proc.poll() is None:
-                c = _in_netns(ns, socket.socket)
+                c = in_netns(ns, socket.socket)
                 c.settimeout(60)
                 try:
                     c.connect((guest_ip, 5001))
@@ -282,3 +248,71 @@ def test_network_ping_and_tcp_through_a_tap_in_a_namespace(default_images) -> No
             proc.wait(10)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "link", "del", tap], capture_output=True)
+
+
+@pytest.mark.skipif(not can_make_netns(), reason="needs root, iproute2 and /dev/net/tun")
+def test_vif_on_a_bridge_with_a_rate_limit(default_images) -> None:
+    """`hospes run` inside a private namespace with `--vif bridge=br0,rate=1Mb/s`:
+    the TAP joins the bridge (the guest reaches the bridge's address) and what
+    the guest sends is held to the rate. 512 KiB at 125,000 bytes/s with at
+    most 128 KiB of saved-up credit cannot arrive in under ~3.1 s; 2 s is the
+    bound checked (a limiter can only make it slower, never faster)."""
+    import hashlib
+    import os
+    import re
+    import socket
+
+    ns = f"hospes-brt{os.getpid()}"
+    host_ip, guest_ip = "169.254.94.1", "169.254.94.2"
+    size = 512 << 10
+    script = (
+        f"ip addr add {guest_ip}/24 dev eth0 && ip link set eth0 up; "
+        f"i=0; until ping -c1 -W1 {host_ip} >/dev/null 2>&1; do i=$((i+1)); [ $i -ge 90 ] && break; done; "
+        f"dd if=/dev/urandom of=/tmp/up bs=1k count={size >> 10} 2>/dev/null; echo up-md5 $(md5sum < /tmp/up); "
+        f"nc {host_ip} 5000 < /tmp/up"
+    )
+    ip = lambda *a: subprocess.run(["ip", *a], check=True, capture_output=True)  # noqa: E731
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    ip("netns", "add", ns)
+    try:
+        ip("-n", ns, "link", "set", "lo", "up")
+        ip("-n", ns, "link", "add", "br0", "type", "bridge")
+        ip("-n", ns, "addr", "add", f"{host_ip}/24", "dev", "br0")
+        ip("-n", ns, "link", "set", "br0", "up")
+
+        def listen() -> socket.socket:
+            s = socket.socket()
+            s.bind((host_ip, 5000))
+            s.listen(1)
+            return s
+
+        srv = in_netns(ns, listen)
+        srv.settimeout(240)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "hospes", "run",
+             "--vif", "mac=00:16:3e:00:5e:02,bridge=br0,rate=1Mb/s", "--", "sh", "-c", script],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            conn, _ = srv.accept()
+            conn.settimeout(60)
+            h, n = hashlib.md5(), 0
+            first = None
+            while chunk := conn.recv(1 << 16):
+                first = first or time.monotonic()
+                h.update(chunk)
+                n += len(chunk)
+            took = time.monotonic() - (first or time.monotonic())
+            conn.close()
+            out_b, err_b = proc.communicate(timeout=120)
+        finally:
+            srv.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        out, err = out_b.decode(errors="replace"), err_b.decode(errors="replace")
+        assert proc.returncode == 0, (out[-3000:], err[-2000:])
+        up = re.search(r"up-md5 ([0-9a-f]{32})", out)
+        assert up and (h.hexdigest(), n) == (up.group(1), size), out[-2000:]
+        assert took >= 2.0, f"{size} bytes arrived in {took:.2f} s: faster than rate=1Mb/s allows"
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)

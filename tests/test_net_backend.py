@@ -7,13 +7,10 @@ a real TAP device inside a network namespace it creates (root only).
 
 from __future__ import annotations
 
-import ctypes
 import os
-import shutil
 import socket
 import struct
 import subprocess
-import threading
 import time
 from types import SimpleNamespace
 
@@ -38,9 +35,11 @@ from hospes.devices.net import (
     default_mac,
     parse_mac,
 )
+from hospes.devices.netrate import TxCredit
 from hospes.machine.memory import GuestMemory
 from hospes.pv.layout import Layout
 from hospes.pv.store import Store, populate_domain
+from netns_helpers import can_make_netns, in_netns
 
 D = 1
 MAC = "00:16:3e:00:01:00"
@@ -158,7 +157,7 @@ class Front:
         st.write(f"{FRONT}/state", state)
 
     # TX: requests are (gref, offset, flags, id, size) or raw 8-byte extra-info slots.
-    def send(self, backend: NetBackend, slots: list) -> list[tuple[int, int]]:
+    def send(self, backend: NetBackend, slots: list, wait: bool = True) -> list[tuple[int, int]]:
         base = TX_RING << 12
         start = self.tx_prod
         for s in slots:
@@ -170,9 +169,14 @@ class Front:
             self.tx_prod += 1
         self.mem.write_u32(base, self.tx_prod)
         backend.notify()
+        if not wait:
+            return []
         assert wait_for(lambda: self.mem.read_u32(base + 8) == self.tx_prod)
         return [struct.unpack_from("<Hh", self.mem.buf, base + 64 + (i % 256) * 12)
                 for i in range(start, self.tx_prod)]
+
+    def tx_responses_done(self) -> int:
+        return self.mem.read_u32((TX_RING << 12) + 8)
 
     def put_tx_data(self, k: int, data: bytes, offset: int = 0) -> None:
         self.mem.write(((TX_DATA + k) << 12) + offset, data)
@@ -597,35 +601,68 @@ def test_close_stops_the_worker(setup) -> None:
     b.notify()   # harmless after close
 
 
+# --- rate= -----------------------------------------------------------------------------------
+
+def test_tx_credit_charges_whole_packets_and_carries_credit_over() -> None:
+    now = [100.0]
+    c = TxCredit(1000, 0.05, clock=lambda: now[0])
+    assert c.take(600) and not c.take(600) and c.limited == 1
+    assert c.next_credit_at == pytest.approx(100.05)
+    now[0] = 100.05
+    assert c.take(600) and c.take(600) and not c.take(600)     # 400 left + 1000
+    now[0] = 100.2
+    assert c.take(1000) and c.credit == 200
+    # idle time accumulates credit, but only up to max(128 KiB, one interval's credit)
+    for k in range(1, 400):
+        now[0] = 100.2 + k * 0.05
+        c.take(0)
+        c.take(10**9)
+    assert c.credit == 131072 and c.take(65535) and c.take(65535) and not c.take(65535)
+
+
+def test_tx_credit_refuses_nonsense() -> None:
+    with pytest.raises(ValueError):
+        TxCredit(0, 0.05)
+    with pytest.raises(ValueError):
+        TxCredit(100, 0)
+
+
+def test_rate_limited_tx_holds_packets_until_credit_is_due(setup) -> None:
+    """rate= as xl gives it: 1000 bytes per 200 ms; five 600-byte packets need
+    three credit windows, and the ones held back are sent, in order, later."""
+    s = setup
+    b = s.make(rate_bytes=1000, rate_usecs=200_000)
+    s.front.connect()
+    frames = [udp4_frame(bytes([k]) * (600 - 42), csum=None) for k in range(5)]
+    for k, f in enumerate(frames):
+        s.front.put_tx_data(k, f)
+    t0 = time.monotonic()
+    s.front.send(b, [(GREF_TX0 + k, 0, NETTXF_data_validated, k, len(f)) for k, f in enumerate(frames)], wait=False)
+    assert host_recv(s.host)[1] == frames[0]
+    time.sleep(0.1)
+    assert s.front.tx_responses_done() == 1 and b.stats.tx_packets == 1   # the window's credit is spent
+    got = [host_recv(s.host)[1] for _ in range(4)]
+    assert got == frames[1:]
+    assert time.monotonic() - t0 >= 0.35      # two more windows had to open
+    assert wait_for(lambda: s.front.tx_responses_done() == 5)
+    assert b.stats.tx_packets == 5 and b.stats.tx_rate_limited >= 2
+
+
+def test_unlimited_vif_is_not_slowed(setup) -> None:
+    s = setup
+    b = s.make()
+    s.front.connect()
+    frame = udp4_frame(b"x" * 1400, csum=None)
+    for k in range(8):
+        s.front.put_tx_data(k, frame)
+    rsp = s.front.send(b, [(GREF_TX0 + k, 0, NETTXF_data_validated, k, len(frame)) for k in range(8)])
+    assert rsp == [(k, NETIF_RSP_OKAY) for k in range(8)]
+    assert b.tx_credit is None and b.stats.tx_rate_limited == 0
+
+
 # --- a real TAP in a network namespace ------------------------------------------------------
 
-def _netns_socket(ns: str, family: int, kind: int) -> socket.socket:
-    """A socket created inside network namespace ``ns`` (setns in a throwaway thread)."""
-    out: list[object] = []
-
-    def run() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, 0x40000000) != 0:   # CLONE_NEWNET
-                out.append(OSError(ctypes.get_errno(), "setns"))
-                return
-            out.append(socket.socket(family, kind))
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if isinstance(out[0], Exception):
-        raise out[0]
-    return out[0]  # type: ignore[return-value]
-
-
-needs_root_netns = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("ip") is None or not os.path.exists("/dev/net/tun"),
-    reason="needs root, iproute2 and /dev/net/tun",
-)
+needs_root_netns = pytest.mark.skipif(not can_make_netns(), reason="needs root, iproute2 and /dev/net/tun")
 
 
 @needs_root_netns
@@ -643,8 +680,8 @@ def test_real_tap_in_a_network_namespace(setup) -> None:
         s.front.connect()
         # Host -> guest: a UDP datagram from inside the namespace lands in a posted buffer.
         first = s.front.post(b, [(k, GREF_RX0 + k) for k in range(8)])
-        tx = _netns_socket(ns, socket.AF_INET, socket.SOCK_DGRAM)
-        rx = _netns_socket(ns, socket.AF_INET, socket.SOCK_DGRAM)
+        tx = in_netns(ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        rx = in_netns(ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         try:
             rx.bind(("169.254.1.1", 5000))
             rx.settimeout(5)
@@ -679,3 +716,28 @@ def test_real_tap_in_a_network_namespace(setup) -> None:
         b.close()
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "link", "del", tap], capture_output=True)
+
+
+@needs_root_netns
+def test_bridge_puts_the_tap_on_an_existing_bridge(setup) -> None:
+    """bridge= enslaves the vif's TAP (all inside a private namespace); a missing
+    bridge or a device that is not one is a clear NetError and leaves no TAP behind."""
+    s = setup
+    ns, tap = f"hospes-br{os.getpid()}", f"hpbr{os.getpid() % 100000}"
+    ip = lambda *a: subprocess.run(["ip", *a], check=True, capture_output=True, text=True)  # noqa: E731
+    ip("netns", "add", ns)
+    try:
+        ip("-n", ns, "link", "add", "hbr0", "type", "bridge")
+        b = in_netns(ns, lambda: NetBackend(s.dom, VifConfig(mac=MAC, tap=tap, bridge="hbr0")))
+        try:
+            assert "master hbr0" in ip("-n", ns, "link", "show", tap).stdout
+        finally:
+            b.close()
+        for bridge, says in (("nobr0", "does not exist"), ("lo", "is not a Linux bridge"),
+                             ("bad name", "not a valid interface name")):
+            with pytest.raises(NetError, match=says):
+                in_netns(ns, lambda: NetBackend(s.dom, VifConfig(mac=MAC, tap=tap, bridge=bridge)))
+            gone = subprocess.run(["ip", "-n", ns, "link", "show", tap], capture_output=True)
+            assert gone.returncode != 0, f"the TAP outlived a failed attach to {bridge!r}"
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)

@@ -517,11 +517,10 @@ def test_example_contents() -> None:
     devices = load_spec(EXAMPLES / "with-disk-and-vif.cfg")
     assert devices.cmdline == "root=/dev/xvda1 ro console=hvc0"
     assert [(d.vdev, d.access, d.devtype, d.format) for d in devices.disks] == [
-        ("xvda", "rw", "disk", "raw"), ("xvdb", "ro", "disk", "raw"),
-        ("xvdc", "ro", "cdrom", "empty")]
+        ("xvda", "rw", "disk", "raw"), ("xvdb", "ro", "disk", "raw")]
     assert devices.vifs[0] == VifSpec(devid=0)
     assert devices.vifs[1].rate == VifRate(1_250_000, 50_000)
-    assert devices.vifs[1].mac == "00:16:3e:12:34:56"
+    assert devices.vifs[1].mac == "00:16:3e:12:34:56" and devices.vifs[1].bridge == "xenbr0"
 
 
 def test_location_of_plain_values_is_the_source() -> None:

@@ -128,6 +128,52 @@ def test_python_api_drives_a_domain(fleet: tuple[Hospesd, list[str]]) -> None:
     assert out[1].split()[:3] == [names[1], str(dom.domid), "0"]
 
 
+def test_sched_credit_sets_weight_and_cap_on_the_domains_cgroup(fleet: tuple[Hospesd, list[str]]) -> None:
+    """xl sched-credit: every domain process sits in a CPU cgroup of its own; -w/-c change its
+    controller files at run time and the listing shows the values in force."""
+    from hospes.cgroup import find_hierarchy
+
+    d, names = fleet
+    name = names[2]
+    r = d.cli("sched-credit")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert lines[:3] == ["Cpupool Pool-0: sched=linux", "Name                                ID Weight  Cap",
+                         "Domain-0                             0    256    0"]
+    assert {ln.split()[0] for ln in lines[3:]} >= set(names[1:])
+    assert all(ln.split()[2:] == ["256", "0"] for ln in lines[3:])
+
+    r = d.cli("sched-credit", "-d", name, "-w", "512", "-c", "40")
+    assert r.returncode == 0, r.stderr
+    domid = d.client().domain(name).domid
+    out = d.cli("sched-credit", "-d", name).stdout.decode().splitlines()
+    assert out == ["Name                                ID Weight  Cap", f"{name:<33} {domid:4d}    512   40"]
+
+    st = d.client().domain(name).sched()
+    cg = Path(st["cgroup"])
+    pid = d.client().domain(name).info["pid"]
+    rel = "/" + str(cg.relative_to(find_hierarchy().root))
+    assert any(ln.endswith(":" + rel) for ln in Path(f"/proc/{pid}/cgroup").read_text().splitlines())
+    if (cg / "cpu.shares").exists():
+        assert (cg / "cpu.shares").read_text().strip() == "2048"
+        assert (cg / "cpu.cfs_quota_us").read_text().strip() == "40000"
+    else:
+        assert (cg / "cpu.weight").read_text().strip() == "200"
+        assert (cg / "cpu.max").read_text().strip() == "40000 100000"
+    assert d.client().domain(name).info["sched"] == {"weight": 512, "cap": 40}
+
+    # bad values never reach the domain; a cap can be lifted again
+    assert d.json("PUT", f"/v1/domains/{name}/sched", {"weight": 0})[0] == 400
+    assert d.json("PUT", f"/v1/domains/{name}/sched", {})[0] == 400
+    assert d.cli("sched-credit", "-d", name, "-w", "70000").returncode == 2
+    assert d.cli("sched-credit", "-w", "300").returncode != 0      # xl: "Must specify a domain."
+    d.client().domain(name).set_sched(cap=0, weight=256)
+    assert d.client().domain(name).sched()["cap"] == 0
+    assert (cg / "cpu.cfs_quota_us").read_text().strip() == "-1" if (cg / "cpu.shares").exists() else \
+        (cg / "cpu.max").read_text().startswith("max")
+    assert d.client().domain(name).run("true").exit_status == 0
+
+
 def test_destroy_one_leaves_the_others_running(fleet: tuple[Hospesd, list[str]]) -> None:
     d, names = fleet
     victim = names[0]

@@ -129,6 +129,31 @@ def test_build_config_attaches_disks_and_vifs_from_the_spec(tmp_path: Path) -> N
     assert cfg.vifs[1].mac.startswith("00:16:3e:")
 
 
+def test_build_config_carries_bridge_and_rate_to_the_backend(tmp_path: Path) -> None:
+    from hospes.toolstack.spec import load_spec
+
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"k")
+    cfgfile = tmp_path / "d.cfg"
+    cfgfile.write_text(f'name = "d"\nkernel = "{kernel}"\n'
+                       'vif = [ "bridge=br7,rate=10Mb/s@20ms", "rate=1B/s", "" ]\n')
+    vifs = build_config(load_spec(cfgfile).to_dict(), 3, "d", "u").vifs
+    # 10 Mbit/s = 1,250,000 bytes/s -> 25,000 bytes per 20 ms window
+    assert [(v.bridge, v.rate_bytes, v.rate_usecs) for v in vifs] == [
+        ("br7", 25_000, 20_000), (None, 1, 50_000), (None, 0, 50_000)]
+
+
+def test_run_vif_option_takes_bridge_and_rate() -> None:
+    from hospes.cli.run import _vif_configs
+    from hospes.errors import HospesError
+
+    (v,) = _vif_configs(("tap=t0,bridge=br0,rate=8KB/s@100ms",))
+    assert (v.tap, v.bridge, v.rate_bytes, v.rate_usecs) == ("t0", "br0", 800, 100_000)
+    for bad, says in (("rate=fast", "invalid rate"), ("speed=1", "is not one of"), ("rate=1Mb/s@0ms", "out of range")):
+        with pytest.raises(HospesError, match=says):
+            _vif_configs((bad,))
+
+
 # --- the console marker protocol ----------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
+    from hospes.cgroup import DomainCgroup
     from hospes.devices.block import DiskConfig
     from hospes.devices.net import VifConfig
 
@@ -113,16 +114,18 @@ def _disk_configs(specs: tuple[str, ...]) -> tuple["DiskConfig", ...]:
 
 
 def _vif_configs(specs: tuple[str, ...], domid: int = 1) -> tuple["VifConfig", ...]:
-    """``mac=..,tap=..,mtu=..`` (every key optional) -> VifConfig, devids 0, 1, ..."""
+    """``mac=..,tap=..,bridge=..,mtu=..,rate=..`` (every key optional) -> VifConfig, devids 0, 1, ..."""
     from hospes.devices.net import VifConfig, default_mac, parse_mac
+    from hospes.toolstack.spec import VifRate
 
     out = []
     for devid, spec in enumerate(specs):
         keys: dict[str, str] = {}
         for item in filter(None, (part.strip() for part in spec.split(","))):
             key, eq, value = item.partition("=")
-            if not eq or key not in ("mac", "tap", "mtu") or not value:
-                raise HospesError(f"Network interface {spec!r}: {item!r} is not one of mac=MAC, tap=NAME, mtu=N.")
+            if not eq or key not in ("mac", "tap", "bridge", "mtu", "rate") or not value:
+                raise HospesError(f"Network interface {spec!r}: {item!r} is not one of mac=MAC, tap=NAME, "
+                                  "bridge=NAME, mtu=N, rate=RATE[@INTERVAL].")
             keys[key] = value
         mac = keys.get("mac", default_mac(domid, devid))
         parse_mac(mac)
@@ -130,7 +133,15 @@ def _vif_configs(specs: tuple[str, ...], domid: int = 1) -> tuple["VifConfig", .
             mtu = int(keys.get("mtu", "1500"))
         except ValueError:
             raise HospesError(f"Network interface {spec!r}: the MTU must be a number.") from None
-        out.append(VifConfig(mac=mac, tap=keys.get("tap"), devid=devid, mtu=mtu))
+        rate_bytes, rate_usecs = 0, 50_000
+        if "rate" in keys:
+            try:
+                rate = VifRate.parse(keys["rate"])
+            except ValueError as e:
+                raise HospesError(f"Network interface {spec!r}: {e}.") from None
+            rate_bytes, rate_usecs = max(1, rate.bytes_per_interval), rate.interval_usecs
+        out.append(VifConfig(mac=mac, tap=keys.get("tap"), bridge=keys.get("bridge"), devid=devid, mtu=mtu,
+                             rate_bytes=rate_bytes, rate_usecs=rate_usecs))
     return tuple(out)
 
 
@@ -165,72 +176,97 @@ def register(group: click.Group) -> None:
     @click.option("--vcpus", default=1, show_default=True, type=int, help="Number of vCPUs.")
     @click.option("--disk", "disks", multiple=True, metavar="PATH[,ro]",
                   help="A disk image as xvda, xvdb, ... (repeatable; ',ro' for read-only).")
-    @click.option("--vif", "vifs", multiple=True, metavar="[mac=MAC][,tap=NAME][,mtu=N]",
-                  help="A network interface eth0, eth1, ... on a host TAP device (repeatable; default "
-                       "MAC 00:16:3e:.. from the domid, TAP hospes<domid>.<n>; '' for all defaults).")
+    @click.option("--vif", "vifs", multiple=True, metavar="[mac=MAC][,tap=NAME][,bridge=BR][,mtu=N][,rate=R]",
+                  help="A network interface eth0, eth1, ... on a host TAP device, put on bridge BR if "
+                       "given; rate= limits what the guest sends, as xl's (e.g. 10Mb/s@50ms). Repeatable; "
+                       "default MAC 00:16:3e:.. from the domid, TAP hospes<domid>.<n>; '' for all defaults.")
     @click.option("--on-reboot", type=click.Choice(["restart", "exit"]), default="restart", show_default=True,
                   help="What to do when the guest reboots.")
+    @click.option("--cap", type=click.IntRange(0, 65535), default=0, show_default=True,
+                  help="CPU limit in percent of one host CPU (xl's cap; 0 = none), via a cgroup.")
+    @click.option("--weight", type=click.IntRange(1, 65535), default=256, show_default=True,
+                  help="Relative CPU share against other domains (xl's cpu_weight), via a cgroup.")
     @click.option("--stats", is_flag=True, help="Print exit counts by kind when the guest stops.")
     @click.argument("command", nargs=-1)
     def run(kernel: Path | None, ramdisk: Path | None, cmdline: str | None, memory: int, vcpus: int,
-            disks: tuple[str, ...], vifs: tuple[str, ...], on_reboot: str,
+            disks: tuple[str, ...], vifs: tuple[str, ...], on_reboot: str, cap: int, weight: int,
             stats: bool, command: tuple[str, ...]) -> None:
         """Boot a domain; with `-- CMD ARGS...` run CMD in the guest and exit with its status."""
-        from hospes.domain import Domain, DomainConfig
+        from hospes.cgroup import SchedParams, confine
 
-        if kernel is None:
-            from hospes.images import ensure_default_images
+        params = SchedParams(weight=weight, cap=cap)
+        cgroup = confine(1, params) if not params.is_default else None
+        try:
+            _run(kernel, ramdisk, cmdline, memory, vcpus, disks, vifs, on_reboot, stats, command, cgroup)
+        finally:
+            if cgroup is not None:
+                cgroup.remove()
 
-            images = ensure_default_images(log=lambda m: click.echo(m, err=True))
-            kernel = images.kernel
-            if ramdisk is None:
-                ramdisk = images.initramfs
-        if cmdline is None:
-            cmdline = "console=hvc0 quiet" if ramdisk is not None else ""
-        if command:
-            from hospes.images import encode_command
 
-            cmdline = f"{cmdline} {encode_command(list(command))}".strip()
-        if ramdisk is not None and not Path(ramdisk).exists():
-            raise HospesError(f"Ramdisk {ramdisk} does not exist; check the path or run `hospes image`.")
-        sink = _ConsoleSink()
-        config = DomainConfig(kernel=kernel, ramdisk=ramdisk, cmdline=cmdline, memory_mib=memory, vcpus=vcpus,
-                              disks=_disk_configs(disks), vifs=_vif_configs(vifs))
-        with _TerminalInput() as read_input:
-            while True:
-                dom = Domain(config, console_out=sink)
-                if read_input is not None:
-                    read_input.on_quit = dom.destroy  # Ctrl-] on a terminal
-                restore = _on_terminate(dom)
-                try:
-                    result = dom.run(read_input)
-                finally:
-                    restore()
-                    dom.close()
-                if result.reason != "reboot" or on_reboot == "exit":
-                    break
-                click.echo("\n[hospes] the guest rebooted; starting it again", err=True)
-        if result.reason == "reboot":
-            click.echo("\n[hospes] the guest rebooted", err=True)
-        elapsed = time.monotonic() - sink.t0
-        if stats:
-            click.echo(f"\n[hospes] {result.reason} after {elapsed:.2f} s"
-                       + (f", first userspace line at {sink.first_userspace:.2f} s" if sink.first_userspace else ""),
-                       err=True)
-            for key, n in sorted(result.stats.items(), key=lambda kv: -kv[1]):
-                click.echo(f"[hospes]   {key:24} {n}", err=True)
-        if result.reason == "destroyed":
-            click.echo("\nhospes: the guest was destroyed", err=True)
-            sys.exit(5)
-        if result.reason == "crash":
-            click.echo(f"\nhospes: the guest crashed: {result.message}", err=True)
-            sys.exit(3)
-        if command:
-            if sink.exit_status is None:
-                click.echo("hospes: the guest stopped without reporting the command's exit status", err=True)
-                sys.exit(4)
-            sys.exit(sink.exit_status)
-        sys.exit(0)
+def _run(kernel: Path | None, ramdisk: Path | None, cmdline: str | None, memory: int, vcpus: int,
+         disks: tuple[str, ...], vifs: tuple[str, ...], on_reboot: str, stats: bool,
+         command: tuple[str, ...], cgroup: "DomainCgroup | None") -> None:
+    """Build and run the domain (again after each reboot, unless told to exit); exits with the outcome."""
+    from hospes.domain import Domain, DomainConfig
+
+    if kernel is None:
+        from hospes.images import ensure_default_images
+
+        images = ensure_default_images(log=lambda m: click.echo(m, err=True))
+        kernel = images.kernel
+        if ramdisk is None:
+            ramdisk = images.initramfs
+    if cmdline is None:
+        cmdline = "console=hvc0 quiet" if ramdisk is not None else ""
+    if command:
+        from hospes.images import encode_command
+
+        cmdline = f"{cmdline} {encode_command(list(command))}".strip()
+    if ramdisk is not None and not Path(ramdisk).exists():
+        raise HospesError(f"Ramdisk {ramdisk} does not exist; check the path or run `hospes image`.")
+    sink = _ConsoleSink()
+    config = DomainConfig(kernel=kernel, ramdisk=ramdisk, cmdline=cmdline, memory_mib=memory, vcpus=vcpus,
+                          disks=_disk_configs(disks), vifs=_vif_configs(vifs))
+    with _TerminalInput() as read_input:
+        while True:
+            dom = Domain(config, console_out=sink)
+            if read_input is not None:
+                read_input.on_quit = dom.destroy  # Ctrl-] on a terminal
+            restore = _on_terminate(dom)
+            try:
+                result = dom.run(read_input)
+            finally:
+                restore()
+                dom.close()
+            if result.reason != "reboot" or on_reboot == "exit":
+                break
+            click.echo("\n[hospes] the guest rebooted; starting it again", err=True)
+    if result.reason == "reboot":
+        click.echo("\n[hospes] the guest rebooted", err=True)
+    elapsed = time.monotonic() - sink.t0
+    if stats:
+        click.echo(f"\n[hospes] {result.reason} after {elapsed:.2f} s"
+                   + (f", first userspace line at {sink.first_userspace:.2f} s" if sink.first_userspace else ""),
+                   err=True)
+        for key, n in sorted(result.stats.items(), key=lambda kv: -kv[1]):
+            click.echo(f"[hospes]   {key:24} {n}", err=True)
+        if cgroup is not None:
+            t = cgroup.throttled()
+            ns = t.get("throttled_time", t.get("throttled_usec", 0) * 1000)
+            click.echo(f"[hospes] cgroup {cgroup.path}: throttled in {t.get('nr_throttled', 0)} of "
+                       f"{t.get('nr_periods', 0)} periods, {ns / 1e9:.2f} s", err=True)
+    if result.reason == "destroyed":
+        click.echo("\nhospes: the guest was destroyed", err=True)
+        sys.exit(5)
+    if result.reason == "crash":
+        click.echo(f"\nhospes: the guest crashed: {result.message}", err=True)
+        sys.exit(3)
+    if command:
+        if sink.exit_status is None:
+            click.echo("hospes: the guest stopped without reporting the command's exit status", err=True)
+            sys.exit(4)
+        sys.exit(sink.exit_status)
+    sys.exit(0)
 
 
 __all__ = ["register", "os"]

@@ -204,6 +204,37 @@ def cmd_vcpu_list(domains: tuple[str, ...]) -> None:
     click.echo(xlfmt.format_vcpu_list(h.host(), lists, dom0=want_dom0), nl=False)
 
 
+def cmd_sched_credit(domain: str | None, weight: int | None, cap: int | None, schedparam: bool,
+                     cpupool: str | None) -> None:
+    """xl sched-credit: list weights and caps, or set them for one domain (-d DOM -w W -c C)."""
+    from hospes.toolstack import xlfmt
+
+    if cpupool not in (None, "Pool-0"):
+        raise HospesError(f"unknown cpupool '{cpupool}'")
+    if (cpupool or schedparam) and (domain or weight is not None or cap is not None):
+        raise HospesError("Specifying a cpupool or schedparam is not allowed with domain options.")
+    if domain is None and (weight is not None or cap is not None):
+        raise HospesError("Must specify a domain.")
+    if schedparam:
+        click.echo(xlfmt.POOL_LINE)
+        return
+    h = connect()
+    if domain is None:
+        rows = [h.domain(str(d.domid)).sched() for d in h.domains() if d.state in ("running", "paused", "building")]
+        click.echo(xlfmt.format_sched_credit(rows), nl=False)
+        return
+    if domain in DOM0_IDS:
+        if weight is not None or cap is not None:
+            raise HospesError("Domain-0 is the host itself; its CPU share is not Hospes' to set.")
+        click.echo(xlfmt.format_sched_credit([], pool=False), nl=False)
+        return
+    d = h.domain(domain)
+    if weight is None and cap is None:
+        click.echo(xlfmt.format_sched_credit([d.sched()], pool=False, dom0=False), nl=False)
+    else:
+        d.set_sched(weight=weight, cap=cap)
+
+
 def cmd_uptime(short: bool, domains: tuple[str, ...]) -> None:
     from hospes.toolstack import xlfmt
 
@@ -312,6 +343,16 @@ COMMANDS: tuple[Command, ...] = (
     Command("info", cmd_info, "Facts about the host, as xl info prints them.", (
         click.Argument(["name"], required=False),)),
     Command("vcpu-list", cmd_vcpu_list, "List the vCPUs of domains.", (_domains(),)),
+    Command("sched-credit", cmd_sched_credit,
+            "Show or set domains' CPU weight and cap (the credit scheduler's parameters, on cgroups).", (
+        click.Option(["-d", "--domain", "domain"], default=None, help="The domain to show or change."),
+        click.Option(["-w", "--weight", "weight"], type=click.IntRange(1, 65535), default=None,
+                     help="Relative CPU share (default 256)."),
+        click.Option(["-c", "--cap", "cap"], type=click.IntRange(0, 65535), default=None,
+                     help="Limit in percent of one host CPU; 0 = none."),
+        click.Option(["-s", "--schedparam", "schedparam"], is_flag=True, help="Show the pool's scheduler."),
+        click.Option(["-p", "--cpupool", "cpupool"], default=None, help="Only Pool-0 exists."),
+    )),
     Command("uptime", cmd_uptime, "Print the uptime of domains (-s: short).", (
         click.Option(["-s", "short"], is_flag=True, help="uptime(1)-like lines."), _domains())),
     Command("log", cmd_log, "Print a domain's console log (-f: keep following it).", (

@@ -23,9 +23,8 @@ domain 0, writable for RX) as the block backend does; a slot that breaks the
 rules gets an error status, the packet is dropped and counted, and nothing is
 ever raised into the vCPU or worker thread.
 
-The host side is a TAP device opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR:
-every read and write carries a 10-byte virtio-net header in front of the
-Ethernet frame. On TX the header says whether the guest validated the
+The host side is a TAP device (``hospes.devices.tap``) whose every read and
+write carries a 10-byte virtio-net header in front of the Ethernet frame. On TX the header says whether the guest validated the
 checksum, or, for a TCP segmentation offload packet, how the host kernel must
 segment it; on RX it tells us whether the host left the TCP/UDP checksum to be
 completed (passed to the guest as NETRXF_csum_blank) or already validated it.
@@ -45,13 +44,14 @@ import logging
 import os
 import re
 import select
-import socket
 import struct
 import threading
 import time
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
+from hospes.devices.tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUNSETOFFLOAD, NetError, attach_to_bridge, open_tap
+from hospes.devices.netrate import TxCredit
 from hospes.devices.xenbus import device_paths, publish_device
 from hospes.errors import HospesError
 from hospes.machine.atomics import mfence
@@ -92,19 +92,7 @@ GTF_readonly = 4
 GRANT_ENTRIES_PER_FRAME = 512
 U32 = 0xFFFFFFFF
 
-# --- linux/if_tun.h, virtio_net.h, sockios.h ----------------------------------------------
-TUNSETIFF = 0x400454CA
-TUNSETOFFLOAD = 0x400454D0
-IFF_TAP = 0x0002
-IFF_NO_PI = 0x1000
-IFF_VNET_HDR = 0x4000
-TUN_F_CSUM = 0x01
-TUN_F_TSO4 = 0x02
-TUN_F_TSO6 = 0x04
-SIOCGIFFLAGS = 0x8913
-SIOCSIFFLAGS = 0x8914
-SIOCSIFMTU = 0x8922
-IFF_UP = 0x1
+# --- linux/virtio_net.h ----------------------------------------------------------------
 VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 VNET_HDR_LEN = VNET_HDR.size
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
@@ -139,16 +127,15 @@ _EVENTFD_ONE = struct.pack("<Q", 1)
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
-class NetError(HospesError):
-    """A network interface could not be attached."""
-
-
 @dataclass(frozen=True)
 class VifConfig:
     mac: str
     tap: str | None = None   # a TAP device to create or attach; default "hospes<domid>.<devid>"
+    bridge: str | None = None  # a Linux bridge to put the TAP on
     devid: int = 0
     mtu: int = 1500
+    rate_bytes: int = 0        # guest -> host limit: bytes per rate_usecs (0: unlimited)
+    rate_usecs: int = 50_000
 
 
 def default_mac(domid: int, devid: int) -> str:
@@ -179,6 +166,7 @@ class NetStats:
     rx_bytes: int = 0
     rx_dropped: int = 0     # frames that did not fit, found no buffer, or had a bad grant
     rx_errors: int = 0      # RX requests answered with an error status (bad grant)
+    tx_rate_limited: int = 0  # times TX stopped to wait for rate= credit
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -286,34 +274,6 @@ def checksum_ok(frame: bytes | bytearray) -> bool:
     return _ones_sum(pseudo, memoryview(frame)[l4:l4 + length]) == 0xFFFF
 
 
-# --- the TAP -----------------------------------------------------------------------------
-
-def open_tap(name: str, mtu: int) -> int:
-    """Create (or attach to a persistent) TAP device ``name``; set its MTU and bring it up."""
-    if not name or len(name.encode()) > 15 or "/" in name or name in (".", ".."):
-        raise NetError(f"TAP name {name!r} is not a valid interface name (1-15 characters, no '/').")
-    try:
-        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        raise NetError(f"Cannot open /dev/net/tun: {e.strerror}; creating a TAP device needs root "
-                       "(CAP_NET_ADMIN) and the tun module.") from e
-    try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
-        fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM)
-    except OSError as e:
-        os.close(fd)
-        hint = " (is it in use, or a TUN device?)" if e.errno in (errno.EBUSY, errno.EINVAL) else ""
-        raise NetError(f"Cannot create TAP device {name}: {e.strerror}{hint}; pick another name with tap=.") from e
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            fcntl.ioctl(s, SIOCSIFMTU, struct.pack("16si20x", name.encode(), mtu))
-            flags = struct.unpack_from("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16s24x", name.encode())))[1]
-            fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", name.encode(), flags | IFF_UP))
-    except OSError as e:
-        log.warning("vif %s: cannot set MTU %d / bring the TAP up: %s", name, mtu, e.strerror)
-    return fd
-
-
 class _Port:
     """One event channel end of a vif (the backend object the port notifies)."""
 
@@ -335,10 +295,19 @@ class NetBackend:
             raise NetError(f"vif device id {vif.devid} is out of range (0-65535).")
         if not 68 <= vif.mtu <= MAX_PACKET - ETH_HLEN - 4:
             raise NetError(f"MTU {vif.mtu} is out of range (68-{MAX_PACKET - ETH_HLEN - 4}).")
+        if vif.rate_bytes < 0 or (vif.rate_bytes and vif.rate_usecs <= 0):
+            raise NetError(f"rate {vif.rate_bytes} bytes per {vif.rate_usecs} us is not a valid limit.")
+        self.tx_credit = TxCredit(vif.rate_bytes, vif.rate_usecs / 1e6) if vif.rate_bytes else None
         d = dom.domid
         self.tap_name = vif.tap or f"hospes{d}.{vif.devid}"
         self._own_fd = tap_fd is None
         self.fd = open_tap(self.tap_name, vif.mtu) if tap_fd is None else tap_fd
+        if vif.bridge is not None and tap_fd is None:
+            try:
+                attach_to_bridge(self.tap_name, vif.bridge)
+            except NetError:
+                os.close(self.fd)
+                raise
         if tap_fd is not None:
             os.set_blocking(tap_fd, False)
         self.front, self.back = device_paths(d, "vif", vif.devid)
@@ -515,6 +484,9 @@ class NetBackend:
                             self._rx_fill()
                         if self.connected:
                             want_tap, timeout = self._rx_plan()
+                        if self.tx_credit is not None and self._tx_waiting():
+                            left = self.tx_credit.next_credit_at - time.monotonic()
+                            timeout = max(0, min(timeout, int(left * 1000) + 1))
                     except Exception:  # never let one bad packet end the vif
                         log.exception("vif %s: unexpected error; dropping the work at hand", self.tap_name)
                         self._rx_pending = None
@@ -568,10 +540,20 @@ class NetBackend:
                 return
             notify = False
             done = 0
-            incomplete = False
+            incomplete = limited = False
+            credit = self.tx_credit
+            size = 0
             while self.tx_req_cons != req_prod:
+                if credit is not None:
+                    # the first slot's size is the whole packet's (netif.h)
+                    size = _TX_REQ.unpack_from(buf, base + RING_HEADER + (self.tx_req_cons % RING_SLOTS) * TX_SLOT)[4]
+                    if not credit.take(size):
+                        limited = True
+                        break
                 used = self._tx_packet(buf, base, req_prod)
                 if used == 0:
+                    if credit is not None:
+                        credit.credit += size   # not sent yet: charged again when it is
                     incomplete = True   # the rest of the chain is not on the ring yet
                     break
                 done += 1
@@ -581,11 +563,19 @@ class NetBackend:
                 notify |= self._push(base, self.tx_rsp_prod_pvt)
             if notify:
                 self._notify_guest(self.tx_port, 0)
+            if limited:
+                # the worker comes back when credit is due (_serve's sleep), not on a notification
+                self.stats.tx_rate_limited += 1
+                return
             # Final check (ring.h): ask to be notified of the next request, then look again.
             mem.write_u32(base + 4, ((req_prod if incomplete else self.tx_req_cons) + 1) & U32)
             mfence()
             if mem.read_u32(base) == req_prod:
                 return
+
+    def _tx_waiting(self) -> bool:
+        """Requests left on the TX ring (after a drain: the rate limit held them)."""
+        return self.connected and self.dom.mem.read_u32(self.tx_gpa) != self.tx_req_cons
 
     def _tx_packet(self, buf: memoryview, base: int, req_prod: int) -> int:
         """Consume, send and answer one packet; return the slots used (0: incomplete chain)."""

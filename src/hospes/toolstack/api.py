@@ -85,6 +85,12 @@ class Api:
     async def renameDomain(self, req: web.Request, body: dict, query: dict) -> web.StreamResponse:
         return _json(await self.daemon.rename(req.match_info["domain"], body["name"]))
 
+    async def getSched(self, req: web.Request, body: dict, query: dict) -> web.StreamResponse:
+        return _json(await self.daemon.sched(req.match_info["domain"]))
+
+    async def setSched(self, req: web.Request, body: dict, query: dict) -> web.StreamResponse:
+        return _json(await self.daemon.sched(req.match_info["domain"], body.get("weight"), body.get("cap")))
+
     async def listVcpus(self, req: web.Request, body: dict, query: dict) -> web.StreamResponse:
         return _json(await self.daemon.vcpus(req.match_info["domain"]))
 

@@ -113,6 +113,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "message": {"type": "string"},
             "pid": {"type": ["integer", "null"]},
             "console_log": {"type": "string"},
+            "sched": {"$ref": "#/components/schemas/Sched"},
             "config": {"$ref": "#/components/schemas/DomainSpec"},
         },
     },
@@ -165,6 +166,34 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "domid": {"type": "integer"}, "name": {"type": "string"},
             "vcpus": {"type": "array", "items": {"$ref": "#/components/schemas/Vcpu"}},
         },
+    },
+    "Sched": {
+        "type": "object",
+        "description": "Credit-scheduler parameters, applied to the domain process's CPU cgroup: `weight` "
+                       "is relative (cpu.shares / cpu.weight), `cap` an absolute limit in percent of one host "
+                       "CPU (CFS quota), 0 = none.",
+        "required": ["weight", "cap"],
+        "properties": {"weight": {"type": "integer", "minimum": 1, "maximum": 65535},
+                       "cap": {"type": "integer", "minimum": 0, "maximum": 65535}},
+    },
+    "SchedState": {
+        "type": "object",
+        "description": "The parameters in force (xl sched-credit -d), the cgroup and what the cap held back "
+                       "(cpu.stat: nr_periods, nr_throttled, throttled_time ns or throttled_usec).",
+        "required": ["domid", "name", "weight", "cap", "cgroup", "throttled"],
+        "properties": {
+            "domid": {"type": "integer"}, "name": {"type": "string"},
+            "weight": {"type": "integer"}, "cap": {"type": "integer"},
+            "cgroup": {"type": ["string", "null"]},
+            "throttled": {"type": "object", "additionalProperties": {"type": "integer"}},
+        },
+    },
+    "SchedRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "minProperties": 1,
+        "properties": {"weight": {"type": "integer", "minimum": 1, "maximum": 65535},
+                       "cap": {"type": "integer", "minimum": 0, "maximum": 65535}},
     },
     "RunRequest": {
         "type": "object",
@@ -247,6 +276,13 @@ ROUTES: tuple[Route, ...] = (
                      409: ("The name is taken", "Error")}),
     Route("get", "/v1/domains/{domain}/vcpus", "listVcpus", "The domain's vCPUs (xl vcpu-list)",
           params=(DOMAIN,), responses={200: ("vCPUs", "VcpuList"), **ERRORS_DOMAIN}),
+    Route("get", "/v1/domains/{domain}/sched", "getSched", "Weight and cap (xl sched-credit -d DOM)",
+          params=(DOMAIN,), responses={200: ("In force", "SchedState"), **ERRORS_DOMAIN}),
+    Route("put", "/v1/domains/{domain}/sched", "setSched",
+          "Change weight and/or cap of a running domain (xl sched-credit -d DOM -w W -c C)",
+          body="SchedRequest", body_required=True, params=(DOMAIN,),
+          responses={200: ("Applied; the parameters now in force", "SchedState"), **ERRORS_BODY,
+                     **ERRORS_DOMAIN, 409: ("Not running, or resource control is unavailable here", "Error")}),
     Route("get", "/v1/domains/{domain}/console/log", "getConsoleLog", "The domain's console output so far",
           params=(DOMAIN,
                   Param("offset", "query", {"type": "integer", "minimum": 0}, "Start at this byte."),

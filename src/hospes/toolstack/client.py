@@ -164,6 +164,15 @@ class Domain:
         self.client.transport.request("POST", self._path("/rename"), {"name": name})
         self.info["name"] = name
 
+    def sched(self) -> dict[str, Any]:
+        """Weight and cap in force, the cgroup, and what the cap held back (``xl sched-credit -d``)."""
+        return dict(self.client.transport.request("GET", self._path("/sched")))
+
+    def set_sched(self, weight: int | None = None, cap: int | None = None) -> dict[str, Any]:
+        """Change the weight (relative, default 256) and/or the cap (% of one host CPU, 0 = none)."""
+        body = {k: v for k, v in (("weight", weight), ("cap", cap)) if v is not None}
+        return dict(self.client.transport.request("PUT", self._path("/sched"), body))
+
     def vcpus(self) -> list[dict[str, Any]]:
         return list(self.client.transport.request("GET", self._path("/vcpus"))["vcpus"])
 

@@ -39,7 +39,7 @@ from typing import Any
 from hospes.errors import HospesError
 
 MAX_LINE = 64 * 1024
-OPS = ("status", "pause", "unpause", "shutdown", "destroy", "rename", "log", "console")
+OPS = ("status", "pause", "unpause", "shutdown", "destroy", "rename", "log", "sched", "console")
 
 
 class ControlError(HospesError):

@@ -294,6 +294,19 @@ class Daemon:
                 write_record(self.run.state_file(rec.domid), rec)
         return {"domid": v.domid}
 
+    async def sched(self, ident: str, weight: int | None = None, cap: int | None = None) -> dict[str, Any]:
+        """The credit scheduler's weight and cap of a domain; set whichever of them is given."""
+        if weight is None and cap is None:
+            v = await self.view(ident)
+            live = (v.status or {}).get("sched") if v.alive else None
+            return {"domid": v.domid, "name": v.to_api()["name"], **(live or {**v.to_api()["sched"],
+                                                                             "cgroup": None, "throttled": {}})}
+        v = await self.live(ident, "change its scheduling parameters")
+        args = {k: x for k, x in (("weight", weight), ("cap", cap)) if x is not None}
+        reply = await self._request(v, "sched", **args)
+        reply.pop("ok", None)
+        return {"domid": v.domid, "name": v.to_api()["name"], **reply}
+
     async def vcpus(self, ident: str) -> dict[str, Any]:
         v = await self.view(ident)
         st = v.status or {}

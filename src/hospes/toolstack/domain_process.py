@@ -35,6 +35,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from hospes.cgroup import CgroupError, DomainCgroup, SchedParams, confine
 from hospes.errors import HospesError
 from hospes.toolstack import control
 from hospes.toolstack.lifecycle import RESTART_LIMIT, RESTART_WINDOW_S, action_for
@@ -135,12 +136,17 @@ def _disk_config(disk: dict[str, Any]) -> Any:
 
 
 def _vif_config(vif: dict[str, Any], domid: int, index: int) -> Any:
-    """A VifSpec (as a dict) -> the network backend's VifConfig on a TAP named by vifname."""
+    """A VifSpec (as a dict) -> the network backend's VifConfig: a TAP named by vifname, on
+    ``bridge``, with ``rate`` as a credit per interval."""
     from hospes.devices.net import VifConfig, default_mac
 
     devid = int(vif.get("devid", index))
+    rate = vif.get("rate") or {}
+    usecs = int(rate.get("interval_usecs", 50_000))
+    per_sec = int(rate.get("bytes_per_sec", 0))
     return VifConfig(mac=vif.get("mac") or default_mac(domid, devid), tap=vif.get("vifname"),
-                     devid=devid, mtu=int(vif.get("mtu") or 1500))
+                     bridge=vif.get("bridge") or None, devid=devid, mtu=int(vif.get("mtu") or 1500),
+                     rate_bytes=max(1, per_sec * usecs // 1_000_000) if per_sec else 0, rate_usecs=usecs)
 
 
 def _thread_cpu(thread: threading.Thread | None) -> tuple[float, int]:
@@ -174,6 +180,7 @@ class ControlServer:
         self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "status": self._status, "pause": self._pause, "unpause": self._unpause,
             "shutdown": self._shutdown, "destroy": self._destroy, "rename": self._rename, "log": self._log,
+            "sched": self._sched,
         }
 
     def start(self) -> None:
@@ -292,6 +299,9 @@ class ControlServer:
     async def _log(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"path": str(self.proc.log.path)}
 
+    async def _sched(self, req: dict[str, Any]) -> dict[str, Any]:
+        return self.proc.set_sched(req.get("weight"), req.get("cap"))
+
 
 class DomainProcess:
     """Runs one domain described by its state record; see the module docstring."""
@@ -314,6 +324,7 @@ class DomainProcess:
         self._input_lock = threading.Lock()
         self._last_cpu: list[float] = []
         self._restarts: collections.deque[float] = collections.deque()
+        self.cgroup: DomainCgroup | None = None
         self.log = ConsoleLog(Path(self.record.console_log))
         self.server = ControlServer(self, run.control_socket(domid))
         self._save()
@@ -349,8 +360,45 @@ class DomainProcess:
                 "domid": self.domid, "name": rec.name, "uuid": rec.uuid, "state": rec.state,
                 "shutdown_reason": rec.shutdown_reason, "message": rec.message, "boots": rec.boots,
                 "started": rec.started, "pid": os.getpid(), "vcpus": vcpus,
-                "cpu_time": sum(self._last_cpu),
+                "cpu_time": sum(self._last_cpu), "sched": self.sched_status(),
             }
+
+    # --- resource control ------------------------------------------------------------------
+
+    def sched_params(self) -> SchedParams:
+        """What is in force: the last ``sched-credit`` change, else the config's cpu_weight/cap."""
+        rec = self.record
+        weight = rec.sched.get("weight", rec.spec.get("cpu_weight") or 256)
+        cap = rec.sched.get("cap", rec.spec.get("cap") or 0)
+        return SchedParams(weight=int(weight), cap=int(cap))
+
+    def sched_status(self) -> dict[str, Any]:
+        cg = self.cgroup
+        return {**self.sched_params().to_dict(), "cgroup": str(cg.path) if cg else None,
+                "throttled": cg.throttled() if cg else {}}
+
+    def _confine(self) -> None:
+        """Join a CPU cgroup with the domain's weight and cap (before any vCPU thread exists)."""
+        self.cgroup = confine(self.domid, self.sched_params())
+        with self._lock:
+            self.record.cgroup = str(self.cgroup.path) if self.cgroup else ""
+            self._save()
+
+    def set_sched(self, weight: Any = None, cap: Any = None) -> dict[str, Any]:
+        """``xl sched-credit -d DOM [-w W] [-c C]``: change the weight and/or cap of a running domain."""
+        with self._lock:
+            old = self.sched_params()
+            new = SchedParams(weight=old.weight if weight is None else weight, cap=old.cap if cap is None else cap)
+            if self.cgroup is None:
+                if new.is_default:
+                    return self.sched_status()
+                self.cgroup = confine(self.domid, new)   # raises if it cannot be enforced
+                self.record.cgroup = str(self.cgroup.path) if self.cgroup else ""
+            else:
+                self.cgroup.apply(new)
+            self.record.sched = new.to_dict()
+            self._save()
+            return self.sched_status()
 
     def pause(self) -> None:
         with self._lock:
@@ -433,8 +481,22 @@ class DomainProcess:
 
     def main(self) -> int:
         """Run the domain through its restarts; return the process exit status."""
+        try:
+            return self._main()
+        finally:
+            if self.cgroup is not None:
+                self.cgroup.remove()
+
+    def _main(self) -> int:
         self.server.start()
         self._install_signals()
+        try:
+            self._confine()
+        except CgroupError as e:
+            log(f"resource control: {e}")
+            self._set_state("shutdown", shutdown_reason="crash", message=str(e))
+            self.server.stop()
+            return 2
         first = True
         while True:
             if self._destroy.is_set():

@@ -57,6 +57,8 @@ class DomainRecord:
     boots: int = 1
     start_paused: bool = False
     console_log: str = ""
+    sched: dict[str, int] = field(default_factory=dict)   # weight, cap in force (empty: the spec's)
+    cgroup: str = ""                       # the cgroup the process runs in, if any
     version: int = RECORD_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Supported keywords: ``$ref`` (to ``#/components/schemas/NAME``), ``type`` (a name or
 a list of names), ``properties``, ``required``, ``additionalProperties`` (bool or
 schema), ``items``, ``enum``, ``minimum``, ``maximum``, ``minLength``,
-``maxLength``, ``pattern``, ``minItems``, ``maxItems``. Anything else is ignored,
+``maxLength``, ``pattern``, ``minItems``, ``maxItems``, ``minProperties``. Anything else is ignored,
 so keep the document within this list (``test_api_contract`` checks it).
 
 ``validate(value, schema, components)`` returns a list of messages, empty when the
@@ -18,7 +18,7 @@ from typing import Any, Mapping
 KEYWORDS = frozenset({
     "$ref", "type", "properties", "required", "additionalProperties", "items", "enum", "minimum",
     "maximum", "minLength", "maxLength", "pattern", "minItems", "maxItems", "description", "title",
-    "default", "example", "format",
+    "default", "example", "format", "minProperties",
 })
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -86,6 +86,8 @@ def validate(value: Any, schema: Mapping[str, Any], components: Mapping[str, Any
         for key in schema.get("required", ()):
             if key not in value:
                 errors.append(f"{path}: missing required property {key!r}")
+        if len(value) < schema.get("minProperties", 0):
+            errors.append(f"{path}: needs at least {schema['minProperties']} of {', '.join(props) or 'properties'}")
         extra = schema.get("additionalProperties", True)
         for key, item in value.items():
             if key in props:

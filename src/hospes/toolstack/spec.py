@@ -875,7 +875,8 @@ class _Reader:
         v = self.get("vif")
         if v is None:
             return ()
-        vifs, seen = [], {}
+        vifs: list[VifSpec] = []
+        seen: dict[int, Location | None] = {}
         for index, (text, location) in enumerate(as_str_list(v, "vif")):
             vif = VifSpec.parse(text, devid=index, location=location, warn=self.warnings.append)
             if vif.devid in seen:

@@ -96,6 +96,20 @@ def format_vcpu_list(host: Mapping[str, Any], vcpu_lists: Iterable[Mapping[str, 
     return "\n".join(lines) + "\n"
 
 
+POOL_LINE = "Cpupool Pool-0: sched=linux"   # as xl prints an RTDS pool: no credit tslice to show
+
+
+def format_sched_credit(rows: Iterable[Mapping[str, Any]], pool: bool = True, dom0: bool = True) -> str:
+    """``xl sched-credit``; ``rows`` have name, domid, weight and cap. Domain-0 (the host) is unconfined."""
+    lines = [POOL_LINE] if pool else []
+    lines.append(f"{'Name':<33} {'ID':>4} {'Weight':>6} {'Cap':>4}")
+    if dom0:
+        lines.append(f"{DOM0_NAME:<33} {0:4d} {256:6d} {0:4d}")
+    for r in sorted(rows, key=lambda x: x["domid"]):
+        lines.append(f"{r['name']:<33} {r['domid']:4d} {r['weight']:6d} {r['cap']:4d}")
+    return "\n".join(lines) + "\n"
+
+
 INFO_LAYOUT: tuple[tuple[str, str], ...] = (
     ("host", "{host}"),
     ("release", "{release}"),

@@ -1,0 +1,258 @@
+"""Resource control of a domain: Xen's credit-scheduler weight and cap on a CPU cgroup.
+
+A domain is one host process (its vCPUs are threads), so its CPU share is that
+process's. Each domain process moves itself into a cgroup of its own,
+``<cpu hierarchy>/hospes/dom<domid>-<pid>``, and sets the CPU controller from
+the two numbers xl users know (xl.cfg ``cpu_weight``/``cap``, ``xl
+sched-credit``):
+
+* **weight** (1-65535, default 256) is relative: under contention a domain of
+  weight 512 gets twice the CPU of one of weight 256. cgroup v1 ``cpu.shares``
+  = weight x 4 (256 -> the default 1024); v2 ``cpu.weight`` = weight x 100 / 256
+  (256 -> the default 100), clamped to 1-10000.
+* **cap** (percent of one host CPU, 0 = none) is absolute, enforced even on an
+  idle host: CFS bandwidth control, quota = cap% of a 100 ms period (v1
+  ``cpu.cfs_quota_us``, v2 ``cpu.max``). A cap above 100 lets an SMP guest use
+  more than one CPU.
+
+Both cgroup v2 (the unified hierarchy with the ``cpu`` controller) and v1 (a
+hierarchy mounted with ``cpu``) are handled. Where neither can be used (not
+root, no controller), a domain with default parameters runs unconfined and a
+domain that asks for a cap or weight is refused: a limit that is silently not
+applied would be worse than an error.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from hospes.errors import HospesError
+
+DEFAULT_WEIGHT = 256
+MAX_WEIGHT = 65535
+MAX_CAP = 65535
+PERIOD_US = 100_000
+BASE = "hospes"
+
+
+class CgroupError(HospesError):
+    """CPU resource control could not be set up or changed."""
+
+
+@dataclass(frozen=True)
+class SchedParams:
+    weight: int = DEFAULT_WEIGHT
+    cap: int = 0          # % of one host CPU; 0 = no cap
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weight, bool) or not isinstance(self.weight, int) \
+                or not 1 <= self.weight <= MAX_WEIGHT:
+            raise CgroupError(f"Weight {self.weight!r} is out of range: it is 1-{MAX_WEIGHT} (default "
+                              f"{DEFAULT_WEIGHT}).")
+        if isinstance(self.cap, bool) or not isinstance(self.cap, int) or not 0 <= self.cap <= MAX_CAP:
+            raise CgroupError(f"Cap {self.cap!r} is out of range: it is 0 (no cap) to {MAX_CAP}, in percent "
+                              "of one host CPU.")
+
+    @property
+    def is_default(self) -> bool:
+        return self == SchedParams()
+
+    def to_dict(self) -> dict[str, int]:
+        return {"weight": self.weight, "cap": self.cap}
+
+    # --- the controller's units ---------------------------------------------------------
+
+    def v1_shares(self) -> int:
+        return self.weight * 4
+
+    def v1_quota_us(self) -> int:
+        return self.cap * PERIOD_US // 100 if self.cap else -1
+
+    def v2_weight(self) -> int:
+        return max(1, min(10000, self.weight * 100 // DEFAULT_WEIGHT))
+
+    def v2_max(self) -> str:
+        return f"{self.cap * PERIOD_US // 100 if self.cap else 'max'} {PERIOD_US}"
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    version: int        # 1 or 2
+    root: Path          # where the hierarchy is mounted
+
+
+def _mounts(path: str = "/proc/self/mounts") -> list[tuple[str, str, list[str]]]:
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 4:
+                    out.append((parts[2], parts[1].replace("\\040", " "), parts[3].split(",")))
+    except OSError:
+        pass
+    return out
+
+
+def find_hierarchy(mounts: str = "/proc/self/mounts") -> Hierarchy | None:
+    """The hierarchy that has the CPU controller: v1 ``cpu`` if mounted, else v2 with ``cpu``."""
+    table = _mounts(mounts)
+    for fstype, where, opts in table:
+        if fstype == "cgroup" and "cpu" in opts:
+            return Hierarchy(1, Path(where))
+    for fstype, where, _ in table:
+        if fstype == "cgroup2":
+            try:
+                controllers = (Path(where) / "cgroup.controllers").read_text().split()
+            except OSError:
+                continue
+            if "cpu" in controllers:
+                return Hierarchy(2, Path(where))
+    return None
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        path.write_text(value)
+    except OSError as e:
+        raise CgroupError(f"Cannot write {value!r} to {path}: {e.strerror}.") from e
+
+
+def _own_cgroup(hier: Hierarchy, pid: int | str = "self") -> Path:
+    """The cgroup ``pid`` is in now, in ``hier``."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError as e:
+        raise CgroupError(f"Cannot read /proc/{pid}/cgroup: {e.strerror}.") from e
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if (hier.version == 2 and controllers == "") or \
+                (hier.version == 1 and "cpu" in controllers.split(",")):
+            return hier.root / path.lstrip("/")
+    return hier.root
+
+
+class DomainCgroup:
+    """The cgroup one domain process lives in while it runs."""
+
+    def __init__(self, hier: Hierarchy, name: str) -> None:
+        self.hier = hier
+        self.base = hier.root / BASE
+        self.path = self.base / name
+        self._home: Path | None = None      # where the process was before enter()
+
+    @classmethod
+    def create(cls, domid: int, hier: Hierarchy | None = None) -> "DomainCgroup":
+        hier = hier or find_hierarchy()
+        if hier is None:
+            raise CgroupError("No cgroup hierarchy with the CPU controller is mounted, so cap and weight "
+                              "cannot be applied.")
+        cg = cls(hier, f"dom{domid}-{os.getpid()}")
+        sweep_stale(hier)
+        try:
+            if hier.version == 2:
+                _enable_cpu(hier.root)
+                cg.base.mkdir(exist_ok=True)
+                _enable_cpu(cg.base)
+            else:
+                cg.base.mkdir(exist_ok=True)
+            cg.path.mkdir(exist_ok=True)
+        except OSError as e:
+            raise CgroupError(f"Cannot create the cgroup {cg.path}: {e.strerror}"
+                              f"{' (needs root)' if e.errno in (errno.EACCES, errno.EPERM) else ''}.") from e
+        return cg
+
+    def apply(self, params: SchedParams) -> None:
+        if self.hier.version == 2:
+            _write(self.path / "cpu.weight", str(params.v2_weight()))
+            _write(self.path / "cpu.max", params.v2_max())
+        else:
+            _write(self.path / "cpu.shares", str(params.v1_shares()))
+            _write(self.path / "cpu.cfs_period_us", str(PERIOD_US))
+            _write(self.path / "cpu.cfs_quota_us", str(params.v1_quota_us()))
+
+    def controller_values(self) -> dict[str, str]:
+        """The CPU controller files as the kernel reports them (for status and tests)."""
+        names = ("cpu.weight", "cpu.max") if self.hier.version == 2 else \
+            ("cpu.shares", "cpu.cfs_period_us", "cpu.cfs_quota_us")
+        out = {}
+        for n in names:
+            try:
+                out[n] = (self.path / n).read_text().strip()
+            except OSError:
+                pass
+        return out
+
+    def throttled(self) -> dict[str, int]:
+        """``cpu.stat``: how often and for how long the cap held the domain back."""
+        try:
+            text = (self.path / "cpu.stat").read_text()
+        except OSError:
+            return {}
+        stats = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
+        keys = ("nr_periods", "nr_throttled", "throttled_time", "throttled_usec")
+        return {k: int(v) for k, v in stats.items() if k in keys}
+
+    def enter(self) -> None:
+        """Move this whole process (every thread) into the cgroup."""
+        self._home = _own_cgroup(self.hier)
+        _write(self.path / "cgroup.procs", str(os.getpid()))
+
+    def remove(self) -> None:
+        """Move the process back where it was and delete the cgroup (best effort)."""
+        home = self._home if self._home is not None and self._home.exists() else self.hier.root
+        try:
+            (home / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError:
+            pass
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+
+
+def _enable_cpu(group: Path) -> None:
+    """v2: let ``group``'s children use the cpu controller."""
+    control = group / "cgroup.subtree_control"
+    if "cpu" not in control.read_text().split():
+        control.write_text("+cpu")
+
+
+def sweep_stale(hier: Hierarchy) -> None:
+    """Remove the empty cgroups of domain processes that died without cleaning up (kill -9)."""
+    try:
+        entries = list((hier.root / BASE).iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry.name.rpartition("-")[2]
+        if entry.is_dir() and entry.name.startswith("dom") and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            try:
+                entry.rmdir()
+            except OSError:
+                pass
+
+
+def confine(domid: int, params: SchedParams) -> DomainCgroup | None:
+    """Put this process in a cgroup of its own with ``params`` applied.
+
+    Returns None when no cgroup could be made and ``params`` are the defaults
+    (nothing to enforce); raises CgroupError when a cap or weight was asked for
+    and cannot be enforced.
+    """
+    cg: DomainCgroup | None = None
+    try:
+        cg = DomainCgroup.create(domid)
+        cg.apply(params)
+        cg.enter()
+        return cg
+    except CgroupError as e:
+        if cg is not None:
+            cg.remove()
+        if params.is_default:
+            return None
+        raise CgroupError(f"{e} Cap and weight need root and a cgroup hierarchy with the cpu "
+                          "controller; without them leave cap/weight at their defaults.") from e

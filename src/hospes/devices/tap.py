@@ -1,0 +1,95 @@
+"""The host end of a virtual network interface: a TAP device, optionally on a bridge.
+
+A vif's TAP is opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, so every read
+and write carries a virtio-net header in front of the Ethernet frame (the
+network backend's framing). ``bridge=`` in a vif specification enslaves the
+TAP to an existing Linux bridge, as Xen's vif-bridge script does: the guest
+then shares that bridge's segment with the host's other ports. Hospes never
+creates bridges: a missing one is a configuration error the user must see.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import socket
+import struct
+
+from hospes.errors import HospesError
+
+log = logging.getLogger(__name__)
+
+# --- linux/if_tun.h, sockios.h -----------------------------------------------------------
+TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+SIOCSIFMTU = 0x8922
+SIOCBRADDIF = 0x89A2
+IFF_UP = 0x1
+IFNAMSIZ = 16
+
+
+class NetError(HospesError):
+    """A network interface could not be attached."""
+
+
+def check_ifname(name: str, what: str) -> None:
+    if not name or len(name.encode()) >= IFNAMSIZ or "/" in name or name in (".", "..") \
+            or any(c.isspace() for c in name):
+        raise NetError(f"{what} name {name!r} is not a valid interface name (1-15 characters, no '/' "
+                       "or spaces).")
+
+
+def open_tap(name: str, mtu: int) -> int:
+    """Create (or attach to a persistent) TAP device ``name``; set its MTU and bring it up."""
+    check_ifname(name, "TAP")
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise NetError(f"Cannot open /dev/net/tun: {e.strerror}; creating a TAP device needs root "
+                       "(CAP_NET_ADMIN) and the tun module.") from e
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+        fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM)
+    except OSError as e:
+        os.close(fd)
+        hint = " (is it in use, or a TUN device?)" if e.errno in (errno.EBUSY, errno.EINVAL) else ""
+        raise NetError(f"Cannot create TAP device {name}: {e.strerror}{hint}; pick another name with tap=.") from e
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            fcntl.ioctl(s, SIOCSIFMTU, struct.pack("16si20x", name.encode(), mtu))
+            flags = struct.unpack_from("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16s24x", name.encode())))[1]
+            fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", name.encode(), flags | IFF_UP))
+    except OSError as e:
+        log.warning("vif %s: cannot set MTU %d / bring the TAP up: %s", name, mtu, e.strerror)
+    return fd
+
+
+def attach_to_bridge(ifname: str, bridge: str) -> None:
+    """Enslave ``ifname`` to the existing Linux bridge ``bridge`` (both in this thread's netns)."""
+    check_ifname(bridge, "Bridge")
+    try:
+        index = socket.if_nametoindex(ifname)
+    except OSError as e:
+        raise NetError(f"Cannot add {ifname} to bridge {bridge}: {ifname} is gone ({e.strerror}).") from e
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            fcntl.ioctl(s, SIOCBRADDIF, struct.pack("16si20x", bridge.encode(), index))
+    except OSError as e:
+        if e.errno == errno.ENODEV:
+            why = (f"Bridge {bridge} does not exist; create it first (e.g. `ip link add {bridge} type bridge "
+                   f"&& ip link set {bridge} up`) or leave bridge= out to get a TAP on no bridge.")
+        elif e.errno == errno.EOPNOTSUPP:
+            why = f"{bridge} is not a Linux bridge; bridge= names a bridge device."
+        else:
+            why = f"Cannot add {ifname} to bridge {bridge}: {e.strerror}."
+        raise NetError(why) from e
