@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from hospes.devices import block
 from hospes.devices.block import BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, XVDA, BlockBackend, DiskConfig
 from hospes.machine.memory import GuestMemory
 from hospes.pv.layout import Layout
@@ -17,6 +18,8 @@ from hospes.pv.store import Store, populate_domain
 D = 1
 RING, DATA, RO_DATA = 10, 11, 12   # guest frames
 GREF_RING, GREF_DATA, GREF_RO = 8, 9, 10
+IND0 = 13                          # frames 13, 14: indirect segment pages (gref = frame)
+BIG0, NBIG = 20, 40                # frames 20..59: data pages for indirect requests (gref = frame)
 
 
 class FakeEvtchn:
@@ -41,7 +44,10 @@ def setup(tmp_path: Path):
     image = tmp_path / "disk.img"
     image.write_bytes(bytes(range(256)) * 16 * 64)  # 256 KiB, a known pattern
     grants = lay.grant_frame_gpa(0)
-    for ref, frame, ro in ((GREF_RING, RING, False), (GREF_DATA, DATA, False), (GREF_RO, RO_DATA, True)):
+    entries = [(GREF_RING, RING, False), (GREF_DATA, DATA, False), (GREF_RO, RO_DATA, True),
+               (IND0, IND0, True), (IND0 + 1, IND0 + 1, True)]
+    entries += [(BIG0 + k, BIG0 + k, False) for k in range(NBIG)]
+    for ref, frame, ro in entries:
         struct.pack_into("<HHI", mem.buf, grants + ref * 8, 1 | (4 if ro else 0), 0, frame)
     yield dom, image
     mem.close()
@@ -78,6 +84,25 @@ def submit(dom, backend, reqs) -> list[tuple[int, int, int]]:
     return out
 
 
+def submit_indirect(dom, backend, op: int, sector: int, segs: list[tuple[int, int, int]],
+                    pages: tuple[int, ...] = (IND0, IND0 + 1), nseg: int | None = None) -> tuple[int, int, int]:
+    """One BLKIF_OP_INDIRECT request whose segment list lies in the granted pages ``pages``."""
+    for i, (gref, first, last) in enumerate(segs):
+        struct.pack_into("<IBB2x", dom.mem.buf, (IND0 << 12) + 8 * i, gref, first, last)
+    grefs = list(pages) + [0] * (8 - len(pages))
+    base = RING << 12
+    prod = dom.mem.read_u32(base)
+    req = struct.pack("<BBH4xQQH2x8I4x", 6, op, len(segs) if nseg is None else nseg, 0x7000 + prod, sector,
+                      XVDA, *grefs)
+    dom.mem.write(base + 64 + (prod % 32) * 112, req.ljust(112, b"\0"))
+    dom.mem.write_u32(base, prod + 1)
+    backend.notify()
+    deadline = time.monotonic() + 5
+    while dom.mem.read_u32(base + 8) != prod + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return struct.unpack_from("<QBxh", dom.mem.buf, base + 64 + (prod % 32) * 112)
+
+
 def test_handshake_publishes_the_disk(setup) -> None:
     dom, image = setup
     b = BlockBackend(dom, DiskConfig(image))
@@ -87,6 +112,7 @@ def test_handshake_publishes_the_disk(setup) -> None:
     connect(dom, b)
     assert dom.store.read(f"{back}/state") == b"4"
     assert dom.store.read(f"{back}/sectors") == str(256 * 1024 // 512).encode()
+    assert dom.store.read(f"{back}/feature-max-indirect-segments") == b"256"
     assert dom.evtchn.bound == {5: b}
     b.close()
 
@@ -137,4 +163,59 @@ def test_corrupt_ring_indices_disconnect_without_raising(setup) -> None:
     while dom.store.read(back) != b"6" and time.monotonic() < deadline:
         time.sleep(0.01)
     assert dom.store.read(back) == b"6"
+    b.close()
+
+
+def test_indirect_requests_move_many_segments_each(setup) -> None:
+    """BLKIF_OP_INDIRECT: 40 pages read in one request; a write of partial pages lands
+    contiguously on disk; the response names the operation done (blkfront checks)."""
+    dom, image = setup
+    b = BlockBackend(dom, DiskConfig(image))
+    connect(dom, b)
+    disk = image.read_bytes()
+    rid, op, status = submit_indirect(dom, b, 0, 8, [(BIG0 + k, 0, 7) for k in range(NBIG)])
+    assert (op, status) == (0, BLKIF_RSP_OKAY) and rid & 0xF000 == 0x7000
+    for k in range(NBIG):
+        assert dom.mem.read((BIG0 + k) << 12, 4096) == disk[4096 + k * 4096:4096 + (k + 1) * 4096], k
+    for k in range(20):
+        dom.mem.write(((BIG0 + k) << 12) + 512, bytes([k + 1]) * 3072)   # sectors 1..6 of each page
+    rid, op, status = submit_indirect(dom, b, 1, 100, [(BIG0 + k, 1, 6) for k in range(20)])
+    assert (op, status) == (1, BLKIF_RSP_OKAY)
+    after = image.read_bytes()
+    assert after[100 * 512:100 * 512 + 20 * 3072] == b"".join(bytes([k + 1]) * 3072 for k in range(20))
+    assert after[:100 * 512] == disk[:100 * 512] and after[100 * 512 + 20 * 3072:] == disk[100 * 512 + 20 * 3072:]
+    b.close()
+
+
+def test_bad_indirect_requests_get_errors(setup) -> None:
+    dom, image = setup
+    b = BlockBackend(dom, DiskConfig(image))
+    connect(dom, b)
+    before = image.read_bytes()
+    page = [(BIG0, 0, 7)]
+    assert submit_indirect(dom, b, 0, 0, page, nseg=0)[2] == BLKIF_RSP_ERROR
+    assert submit_indirect(dom, b, 0, 0, page * 257)[2] == BLKIF_RSP_ERROR          # over what we offer
+    assert submit_indirect(dom, b, 3, 0, page)[1:] == (3, BLKIF_RSP_ERROR)            # only read/write
+    assert submit_indirect(dom, b, 0, 0, page, pages=(999,))[2] == BLKIF_RSP_ERROR    # ungranted list page
+    assert submit_indirect(dom, b, 0, 0, [(BIG0, 0, 7), (GREF_RO, 0, 7)])[2] == BLKIF_RSP_ERROR
+    assert submit_indirect(dom, b, 1, 510, page * 2)[2] == BLKIF_RSP_ERROR             # past the end
+    assert image.read_bytes() == before
+    assert submit_indirect(dom, b, 0, 0, page)[2] == BLKIF_RSP_OKAY                    # the ring still works
+    b.close()
+
+
+def test_short_transfers_continue_where_they_stopped(setup, monkeypatch) -> None:
+    dom, image = setup
+    real_preadv = block.os.preadv
+
+    def preadv_1000(fd, views, pos):   # the kernel may return less than asked
+        v = views[0]
+        n = min(len(v), 1000)
+        return real_preadv(fd, [v[:n]], pos)
+
+    monkeypatch.setattr(block.os, "preadv", preadv_1000)
+    b = BlockBackend(dom, DiskConfig(image))
+    connect(dom, b)
+    assert submit_indirect(dom, b, 0, 3, [(BIG0 + k, 0, 7) for k in range(3)])[2] == BLKIF_RSP_OKAY
+    assert b"".join(dom.mem.read((BIG0 + k) << 12, 4096) for k in range(3)) == image.read_bytes()[1536:1536 + 12288]
     b.close()
