@@ -81,7 +81,12 @@ class GuestMemory:
             os.close(self.fd)
             raise MemoryError_(f"Cannot allocate {self.size >> 20} MiB of guest memory: {e.strerror}") from e
         self.buf = memoryview(self.mm)
+        # Word views: an item access is one aligned load or store, so a guest on
+        # another CPU never sees half of it. struct.pack_into/unpack_from are not
+        # usable on shared words: they go byte by byte, and pack_into zeroes the
+        # field before writing it (a ring index read as 0 mid-update).
         self.q = self.buf.cast("Q")
+        self.d = self.buf.cast("I")
         self.host_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.mm))
 
     def region(self, name: str) -> Region:
@@ -114,17 +119,22 @@ class GuestMemory:
     def write_u64(self, gpa: int, value: int) -> None:
         if gpa & 7 or gpa < 0 or gpa + 8 > self.size:
             self.check(gpa, 8)
-            struct.pack_into("<Q", self.mm, gpa, value)
+            self.buf[gpa:gpa + 8] = value.to_bytes(8, "little")
             return
         self.q[gpa >> 3] = value
 
     def read_u32(self, gpa: int) -> int:
-        self.check(gpa, 4)
-        return int(struct.unpack_from("<I", self.mm, gpa)[0])
+        if gpa & 3 or gpa < 0 or gpa + 4 > self.size:
+            self.check(gpa, 4)
+            return int.from_bytes(self.mm[gpa:gpa + 4], "little")
+        return int(self.d[gpa >> 2])
 
     def write_u32(self, gpa: int, value: int) -> None:
-        self.check(gpa, 4)
-        struct.pack_into("<I", self.mm, gpa, value)
+        if gpa & 3 or gpa < 0 or gpa + 4 > self.size:
+            self.check(gpa, 4)
+            self.buf[gpa:gpa + 4] = value.to_bytes(4, "little")
+            return
+        self.d[gpa >> 2] = value
 
     def addr(self, gpa: int, length: int = 1) -> int:
         """Host virtual address of a guest-physical byte (for atomics)."""
@@ -138,6 +148,7 @@ class GuestMemory:
     def close(self) -> None:
         try:
             self.q.release()
+            self.d.release()
             self.buf.release()
             self.mm.close()
         except (BufferError, ValueError):

@@ -57,11 +57,12 @@ class Clock:
 
     def publish(self, buf: memoryview, gpa: int, tsc: int, system_time: int) -> None:
         """Rewrite a live vcpu_info.time under its version protocol (odd while changing)."""
-        (version,) = struct.unpack_from("<I", buf, gpa)
-        odd = (version + 1) | 1
-        struct.pack_into("<I", buf, gpa, odd)                      # odd: update in progress
-        buf[gpa:gpa + 32] = self.time_info(odd, tsc, system_time)
-        struct.pack_into("<I", buf, gpa, (odd + 1) & 0xFFFFFFFF)   # even: stable again
+        word = buf[gpa:gpa + 4].cast("I")       # the version: single aligned stores, never torn
+        odd = (word[0] + 1) | 1
+        word[0] = odd                                               # odd: update in progress
+        buf[gpa + 4:gpa + 32] = self.time_info(odd, tsc, system_time)[4:]
+        word[0] = (odd + 1) & 0xFFFFFFFF                            # even: stable again
+        word.release()
 
     def wallclock(self) -> tuple[int, int]:
         return self.wall0 // NS, self.wall0 % NS
