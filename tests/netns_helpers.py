@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import socket
 import threading
 from typing import Callable, TypeVar
 
@@ -39,3 +40,14 @@ def in_netns(ns: str, fn: Callable[[], T]) -> T:
     if isinstance(out[0], BaseException):
         raise out[0]
     return out[0]  # type: ignore[return-value]
+
+
+def tcp_listener(ns: str, host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port`` inside network namespace ``ns``."""
+    def listen() -> socket.socket:
+        s = socket.socket()
+        s.bind((host, port))
+        s.listen(1)
+        return s
+
+    return in_netns(ns, listen)

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import run_hospes
-from netns_helpers import can_make_netns, in_netns
+from netns_helpers import can_make_netns, in_netns, tcp_listener
 
 pytestmark = [pytest.mark.kvm, pytest.mark.debian]
 
@@ -183,13 +183,7 @@ def test_network_ping_and_tcp_through_a_tap_in_a_namespace(default_images) -> No
         got: dict[str, object] = {}
 
         def receive() -> None:  # guest -> namespace
-            def listen():
-                s = socket.socket()
-                s.bind((host_ip, 5000))
-                s.listen(1)
-                return s
-
-            srv = in_netns(ns, listen)
+            srv = tcp_listener(ns, host_ip, 5000)
             srv.settimeout(200)
             try:
                 conn, _ = srv.accept()
@@ -260,7 +254,6 @@ def test_vif_on_a_bridge_with_a_rate_limit(default_images) -> None:
     import hashlib
     import os
     import re
-    import socket
 
     ns = f"hospes-brt{os.getpid()}"
     host_ip, guest_ip = "169.254.94.1", "169.254.94.2"
@@ -280,13 +273,7 @@ def test_vif_on_a_bridge_with_a_rate_limit(default_images) -> None:
         ip("-n", ns, "addr", "add", f"{host_ip}/24", "dev", "br0")
         ip("-n", ns, "link", "set", "br0", "up")
 
-        def listen() -> socket.socket:
-            s = socket.socket()
-            s.bind((host_ip, 5000))
-            s.listen(1)
-            return s
-
-        srv = in_netns(ns, listen)
+        srv = tcp_listener(ns, host_ip, 5000)
         srv.settimeout(240)
         proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-m", "hospes", "run",
