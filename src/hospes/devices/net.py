@@ -24,10 +24,11 @@ rules gets an error status, the packet is dropped and counted, and nothing is
 ever raised into the vCPU or worker thread.
 
 The host side is a TAP device (``hospes.devices.tap``) whose every read and
-write carries a 10-byte virtio-net header in front of the Ethernet frame. On TX the header says whether the guest validated the
-checksum, or, for a TCP segmentation offload packet, how the host kernel must
-segment it; on RX it tells us whether the host left the TCP/UDP checksum to be
-completed (passed to the guest as NETRXF_csum_blank) or already validated it.
+write carries a 10-byte virtio-net header in front of the Ethernet frame. On
+TX the header says whether the guest validated the checksum, or, for a TCP
+segmentation offload packet, how the host kernel must segment it; on RX it
+tells us whether the host left the TCP/UDP checksum to be completed (passed
+to the guest as NETRXF_csum_blank) or already validated it.
 TCP/UDP checksums the guest left blank on ordinary packets (NETTXF_csum_blank)
 are completed here in Python.
 
