@@ -139,7 +139,7 @@ def _vif_configs(specs: tuple[str, ...], domid: int = 1) -> tuple["VifConfig", .
                 rate = VifRate.parse(keys["rate"])
             except ValueError as e:
                 raise HospesError(f"Network interface {spec!r}: {e}.") from None
-            rate_bytes, rate_usecs = max(1, rate.bytes_per_interval), rate.interval_usecs
+            rate_bytes, rate_usecs = rate.credit_bytes, rate.interval_usecs
         out.append(VifConfig(mac=mac, tap=keys.get("tap"), bridge=keys.get("bridge"), devid=devid, mtu=mtu,
                              rate_bytes=rate_bytes, rate_usecs=rate_usecs))
     return tuple(out)

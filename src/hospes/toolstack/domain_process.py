@@ -139,14 +139,14 @@ def _vif_config(vif: dict[str, Any], domid: int, index: int) -> Any:
     """A VifSpec (as a dict) -> the network backend's VifConfig: a TAP named by vifname, on
     ``bridge``, with ``rate`` as a credit per interval."""
     from hospes.devices.net import VifConfig, default_mac
+    from hospes.toolstack.spec import VifRate
 
     devid = int(vif.get("devid", index))
-    rate = vif.get("rate") or {}
-    usecs = int(rate.get("interval_usecs", 50_000))
-    per_sec = int(rate.get("bytes_per_sec", 0))
+    rate = VifRate(**vif["rate"]) if vif.get("rate") else None
     return VifConfig(mac=vif.get("mac") or default_mac(domid, devid), tap=vif.get("vifname"),
                      bridge=vif.get("bridge") or None, devid=devid, mtu=int(vif.get("mtu") or 1500),
-                     rate_bytes=max(1, per_sec * usecs // 1_000_000) if per_sec else 0, rate_usecs=usecs)
+                     rate_bytes=rate.credit_bytes if rate else 0,
+                     rate_usecs=rate.interval_usecs if rate else 50_000)
 
 
 def _thread_cpu(thread: threading.Thread | None) -> tuple[float, int]:
@@ -366,11 +366,7 @@ class DomainProcess:
     # --- resource control ------------------------------------------------------------------
 
     def sched_params(self) -> SchedParams:
-        """What is in force: the last ``sched-credit`` change, else the config's cpu_weight/cap."""
-        rec = self.record
-        weight = rec.sched.get("weight", rec.spec.get("cpu_weight") or 256)
-        cap = rec.sched.get("cap", rec.spec.get("cap") or 0)
-        return SchedParams(weight=int(weight), cap=int(cap))
+        return SchedParams(**self.record.sched_in_force())
 
     def sched_status(self) -> dict[str, Any]:
         cg = self.cgroup

@@ -61,6 +61,11 @@ class DomainRecord:
     cgroup: str = ""                       # the cgroup the process runs in, if any
     version: int = RECORD_VERSION
 
+    def sched_in_force(self) -> dict[str, int]:
+        """Weight and cap in force: the last ``sched-credit`` change, else the config's cpu_weight/cap."""
+        return {"weight": int(self.sched.get("weight", self.spec.get("cpu_weight") or 256)),
+                "cap": int(self.sched.get("cap", self.spec.get("cap") or 0))}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

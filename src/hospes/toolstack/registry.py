@@ -74,8 +74,7 @@ class DomainView:
             "message": self.message,
             "pid": rec.pid if self.alive else None,
             "console_log": rec.console_log,
-            "sched": {"weight": int(rec.sched.get("weight", spec.get("cpu_weight") or 256)),
-                      "cap": int(rec.sched.get("cap", spec.get("cap") or 0))},
+            "sched": rec.sched_in_force(),
             "config": spec,
         }
 

@@ -449,6 +449,11 @@ class VifRate:
     def bytes_per_interval(self) -> int:
         return self.bytes_per_sec * self.interval_usecs // 1_000_000
 
+    @property
+    def credit_bytes(self) -> int:
+        """The backend's credit per interval: never 0 (which would mean no limit at all)."""
+        return max(1, self.bytes_per_interval)
+
     @classmethod
     def parse(cls, text: str) -> "VifRate":
         """Raises ValueError with xl's reason (invalid rate, rate overflow, ...)."""
