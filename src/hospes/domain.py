@@ -15,6 +15,7 @@ import threading
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -65,14 +66,32 @@ class DomainConfig:
     uuid: str | None = None
 
 
+class ShutdownReason(StrEnum):
+    """Why a domain stopped: Xen's SHUTDOWN_* codes (sched.h), plus destroyed by the toolstack."""
+
+    POWEROFF = "poweroff"
+    REBOOT = "reboot"
+    SUSPEND = "suspend"
+    CRASH = "crash"
+    WATCHDOG = "watchdog"
+    SOFT_RESET = "soft_reset"
+    DESTROYED = "destroyed"
+
+    @classmethod
+    def from_code(cls, code: int) -> "ShutdownReason":
+        """The reason for a guest's SCHEDOP_shutdown code; an unknown code is a crash."""
+        return _SHUTDOWN_CODES.get(code, cls.CRASH)
+
+
+_SHUTDOWN_CODES = {0: ShutdownReason.POWEROFF, 1: ShutdownReason.REBOOT, 2: ShutdownReason.SUSPEND,
+                   3: ShutdownReason.CRASH, 4: ShutdownReason.WATCHDOG, 5: ShutdownReason.SOFT_RESET}
+
+
 @dataclass
 class ShutdownResult:
-    reason: str            # poweroff, reboot, crash, ...
+    reason: ShutdownReason
     message: str = ""
     stats: dict[str, int] = field(default_factory=dict)
-
-
-SHUTDOWN_NAMES = {0: "poweroff", 1: "reboot", 2: "suspend", 3: "crash", 4: "watchdog", 5: "soft_reset"}
 
 
 class _PollWaiter:
@@ -380,16 +399,16 @@ class Domain:
 
     def destroy(self) -> None:
         """Stop the domain at once, without asking the guest."""
-        self._finish(ShutdownResult("destroyed"))
+        self._finish(ShutdownResult(ShutdownReason.DESTROYED))
 
     def shutdown(self, reason: int, vcpu: PvVcpu | None = None) -> None:
         self._service_console()
-        self._finish(ShutdownResult(SHUTDOWN_NAMES.get(reason, str(reason))))
+        self._finish(ShutdownResult(ShutdownReason.from_code(reason)))
 
     def crash(self, vcpu: PvVcpu, message: str) -> None:
         self._service_console()
         text = f"vCPU {vcpu.id}: {message}\n{vcpu.register_dump()}"
-        self._finish(ShutdownResult("crash", text))
+        self._finish(ShutdownResult(ShutdownReason.CRASH, text))
 
     def _finish(self, result: ShutdownResult) -> None:
         if self.result is None:
@@ -457,4 +476,4 @@ class Domain:
         self.kvm.close()
 
 
-__all__ = ["Domain", "DomainConfig", "DomainError", "ShutdownResult", "os"]
+__all__ = ["Domain", "DomainConfig", "DomainError", "ShutdownReason", "ShutdownResult"]
