@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from hospes.cgroup import DomainCgroup
     from hospes.devices.block import DiskConfig
     from hospes.devices.net import VifConfig
+    from hospes.domain import Domain
 
 import click
 
@@ -88,6 +89,37 @@ class _TerminalInput:
             self.on_quit()
             return None
         return data.replace(b"\n", b"\r") if self.saved is None else data
+
+    def pump_into(self, dom: "Domain") -> Callable[[], None]:
+        """Feed stdin to ``dom``'s console from a thread of its own; return what stops it.
+
+        The thread sleeps in select() on stdin and a wake-up pipe, so it costs
+        nothing while the user types nothing.
+        """
+        import select
+        import threading
+
+        stop_r, stop_w = os.pipe()
+
+        def pump() -> None:
+            while not self.eof:
+                ready, _, _ = select.select([self.fd, stop_r], [], [])
+                if stop_r in ready:
+                    return
+                data = self.read()
+                if data:
+                    dom.console_input(data)
+
+        thread = threading.Thread(target=pump, name="console-input", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            os.write(stop_w, b"x")
+            thread.join()
+            os.close(stop_w)
+            os.close(stop_r)
+
+        return stop
 
     def __exit__(self, *exc: object) -> None:
         if self.fd >= 0:
@@ -233,9 +265,12 @@ def _run(kernel: Path | None, ramdisk: Path | None, cmdline: str | None, memory:
             if read_input is not None:
                 read_input.on_quit = dom.destroy  # Ctrl-] on a terminal
             restore = _on_terminate(dom)
+            stop_input = read_input.pump_into(dom) if read_input is not None else None
             try:
-                result = dom.run(read_input)
+                result = dom.run()
             finally:
+                if stop_input is not None:
+                    stop_input()
                 restore()
                 dom.close()
             if result.reason != "reboot" or on_reboot == "exit":

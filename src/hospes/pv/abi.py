@@ -60,6 +60,7 @@ XEN_EXTRAVERSION = ".0"
 XEN_CAPABILITIES = "xen-3.0-x86_64 "
 
 DOMID_SELF = 0x7FF0
+XEN_LEGACY_MAX_VCPUS = 32  # vcpu_info slots in shared_info (xen.h)
 
 # Selectors (arch-x86/xen-x86_64.h, desc.h).
 FLAT_RING3_CS32 = 0xE023

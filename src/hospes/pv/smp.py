@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 from hospes.pv import abi
 from hospes.pv.errors import Errno, XenError
 from hospes.pv.guestvirt import canonical
-from hospes.pv.hypercalls.descriptors import load_gdt_frames
+from hospes.pv.descriptors import load_gdt_frames
 
 if TYPE_CHECKING:
-    from hospes.domain import Domain
+    from hospes.pv.mmu import PvMmu
     from hospes.pv.vcpu import PvVcpu
 
 CONTEXT_SIZE = 5168
@@ -30,7 +30,8 @@ USER_REGS = 0x208
 TRAP_CTXT = 0x2D0
 
 
-def load_guest_context(dom: "Domain", target: "PvVcpu", ctx: bytes) -> int:
+def load_guest_context(mmu: "PvMmu", ram_pages: int, target: "PvVcpu", ctx: bytes) -> int:
+    """Validate ``ctx`` and store it on ``target``; 0 or a negative Xen errno."""
     (flags,) = struct.unpack_from("<Q", ctx, 0x200)
     values = struct.unpack_from("<15Q", ctx, USER_REGS)
     gprs = dict(zip(_GPRS, values))
@@ -59,20 +60,20 @@ def load_guest_context(dom: "Domain", target: "PvVcpu", ctx: bytes) -> int:
     if not in_kernel and ctrlreg[1] == 0:
         return -Errno.EINVAL
 
-    ram = dom.layout.ram_pages
+    ram = ram_pages
     nframes = (gdt_ents + 511) // 512
     frames = gdt_frames[:nframes]
     kernel_l4 = ctrlreg[3] >> 12
     user_l4 = ctrlreg[1] >> 12
     if kernel_l4 == 0 or kernel_l4 >= ram or user_l4 >= ram:
         return -Errno.EINVAL
-    with dom.mmu.lock:
+    with mmu.lock:
         try:
             rc = load_gdt_frames(target, frames, gdt_ents)
             if rc:
                 return rc
-            target.kernel_cr3 = dom.mmu.switch_l4(target.writes, target.kernel_cr3, kernel_l4)
-            target.user_cr3 = dom.mmu.switch_l4(target.writes, target.user_cr3, user_l4)
+            target.kernel_cr3 = mmu.switch_l4(target.writes, target.kernel_cr3, kernel_l4)
+            target.user_cr3 = mmu.switch_l4(target.writes, target.user_cr3, user_l4)
         except XenError as e:
             return -e.errno
 

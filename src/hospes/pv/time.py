@@ -79,6 +79,8 @@ class Timers:
         self.next_periodic = [0] * nr_vcpus
         self.cond = threading.Condition()
         self.heap: list[tuple[int, int, str]] = []
+        self.calls: list[tuple[int, int, Callable[[], None]]] = []  # (deadline, seq, fn): call_later
+        self._seq = 0
         self.stopping = False
         self.thread = threading.Thread(target=self._run, name="timers", daemon=True)
 
@@ -105,13 +107,23 @@ class Timers:
                 heapq.heappush(self.heap, (self.next_periodic[vcpu], vcpu, "per"))
                 self.cond.notify()
 
+    def call_later(self, delay_ns: int, fn: Callable[[], None]) -> None:
+        """Call ``fn`` on the timer thread ``delay_ns`` from now (no thread of its own)."""
+        with self.cond:
+            self._seq += 1
+            heapq.heappush(self.calls, (self.clock.now() + delay_ns, self._seq, fn))
+            self.cond.notify()
+
     def _run(self) -> None:
         while True:
             due: list[int] = []
+            calls: list[Callable[[], None]] = []
             with self.cond:
                 if self.stopping:
                     return
                 now = self.clock.now()
+                while self.calls and self.calls[0][0] <= now:
+                    calls.append(heapq.heappop(self.calls)[2])
                 while self.heap and self.heap[0][0] <= now:
                     deadline, v, kind = heapq.heappop(self.heap)
                     if kind == "one" and self.singleshot[v] == deadline:
@@ -121,9 +133,11 @@ class Timers:
                         due.append(v)
                         self.next_periodic[v] = deadline + self.periodic[v]
                         heapq.heappush(self.heap, (self.next_periodic[v], v, "per"))
-                if not due:
-                    timeout = (self.heap[0][0] - now) / NS if self.heap else None
-                    self.cond.wait(timeout)
+                if not due and not calls:
+                    deadlines = [q[0][0] for q in (self.heap, self.calls) if q]
+                    self.cond.wait((min(deadlines) - now) / NS if deadlines else None)
                     continue
+            for fn in calls:
+                fn()
             for v in due:
                 self.fire(v)

@@ -20,6 +20,7 @@ must be made from guest mode).
 from __future__ import annotations
 
 import ctypes
+import signal
 import struct
 import threading
 import time
@@ -31,12 +32,13 @@ from hospes.machine.memory import PAGE_SIZE, GuestFault
 from hospes.pv import abi
 from hospes.pv import layout as L
 from hospes.pv.errors import Errno, XenError
+from hospes.pv.runstate import RunState, VcpuRun
 from hospes.pv.trampoline import VcpuArea
 from hospes.pv import emulate
 
 if TYPE_CHECKING:
-    from hospes.domain import Domain
     from hospes.kvm import Vcpu
+    from hospes.pv.pvdomain import PvDomain
     from hospes.kvm.structs import KvmRegs, KvmRun, KvmSregs, KvmVcpuEvents
     from hospes.machine.memory import GuestMemory
     from hospes.pv.guestvirt import GuestVirt
@@ -59,6 +61,21 @@ VI_CR2 = 0x10
 VI_TIME = 0x20
 
 NO_RETURN = object()  # a hypercall handler that set the whole guest state itself
+
+# The signal that interrupts a vCPU thread's KVM_RUN. Its handler is installed
+# once per process and never removed (see PvVcpu.kick): a kick that arrives
+# late, after a domain has stopped, must find a handler, not the default
+# action, which would kill the process.
+KICK_SIGNAL = signal.SIGUSR1
+_kick_handler_installed = False
+
+
+def install_kick_handler() -> None:
+    """Give KICK_SIGNAL a no-op handler for the life of the process (main thread only)."""
+    global _kick_handler_installed
+    if not _kick_handler_installed:
+        signal.signal(KICK_SIGNAL, lambda *_: None)
+        _kick_handler_installed = True
 
 CLOCK_SYNC_NS = 1_000_000_000  # how often each vCPU re-anchors its pvclock
 
@@ -99,7 +116,7 @@ RING0_SS = _prebuilt(abi.HYPERVISOR_DS, code=False, dpl=0, long=False)
 class PvVcpu:
     """A vCPU of a PV domain, run by one host thread."""
 
-    domain: "Domain"
+    domain: "PvDomain"
     id: int
     kvm: "Vcpu"
     area: VcpuArea
@@ -130,7 +147,7 @@ class PvVcpu:
     gdt_ents: int
     ldt_base: int
     ldt_ents: int
-    online: bool
+    run_state: VcpuRun
     initialised: bool
     writes: list[tuple[int, int]]
     flush_pending: bool
@@ -145,8 +162,6 @@ class PvVcpu:
     t_rsp: int
     t_ss: int
     exit_kind: str
-    wake: threading.Condition
-    blocked: bool
     stats: dict[str, int]
     run: "KvmRun"
     regs: KvmRegs
@@ -154,7 +169,7 @@ class PvVcpu:
     events: KvmVcpuEvents
     hypercalls: dict[int, Callable[..., object]]
 
-    def __init__(self, domain: "Domain", vcpu_id: int, kvm_vcpu: "Vcpu", area: VcpuArea) -> None:
+    def __init__(self, domain: "PvDomain", vcpu_id: int, kvm_vcpu: "Vcpu", area: VcpuArea) -> None:
         self.domain = domain
         self.id = vcpu_id
         self.kvm = kvm_vcpu
@@ -187,7 +202,7 @@ class PvVcpu:
         self.gdt_ents = 0
         self.ldt_base = 0
         self.ldt_ents = 0
-        self.online = False
+        self.run_state = VcpuRun()
         self.initialised = False
         # Pending in-VM work and the target frame of the next entry.
         self.writes: list[tuple[int, int]] = []
@@ -204,8 +219,6 @@ class PvVcpu:
         self.t_rsp = 0
         self.t_ss = abi.FLAT_KERNEL_SS
         self.exit_kind = "start"
-        self.wake = threading.Condition()
-        self.blocked = False
         self.stats: dict[str, int] = {}
         self.run = kvm_vcpu.run_struct
         self.regs = kvm_vcpu.sync.regs
@@ -238,6 +251,10 @@ class PvVcpu:
     @upcall_mask.setter
     def upcall_mask(self, value: int) -> None:
         self.mem.buf[self.vcpu_info_gpa + VI_MASK] = value
+
+    @property
+    def online(self) -> bool:
+        return self.run_state.online
 
     def upcall_deliverable(self) -> bool:
         b = self.mem.buf
@@ -313,12 +330,8 @@ class PvVcpu:
         self.thread_ident = threading.get_ident()
         dom = self.domain
         run = self.kvm.run
-        while not dom.stopping:
-            if not self.online or dom.paused:
-                with self.wake:
-                    if not self.online or dom.paused:
-                        self.wake.wait(0.5)
-                continue
+        runnable = self.run_state.wait_runnable
+        while runnable() is RunState.RUNNING:
             if self.start_context is not None:
                 self._apply_start_context()
             if time.monotonic_ns() >= self.next_clock_sync:
@@ -453,23 +466,25 @@ class PvVcpu:
     # --- kicks ---------------------------------------------------------------------------
 
     def kick(self) -> None:
-        """Make the vCPU notice new work: wake it if blocked, interrupt KVM_RUN if running."""
-        with self.wake:
-            self.blocked = False
-            self.wake.notify_all()
+        """Make the vCPU notice new work: wake it if it sleeps, interrupt KVM_RUN if it runs.
+
+        ``immediate_exit`` covers a vCPU between exits (its next KVM_RUN returns
+        at once); the signal covers one inside KVM_RUN. The signal's handler is
+        never removed (install_kick_handler), so a kick racing with the end of
+        the domain is harmless.
+        """
+        self.run_state.kick()
         ident = self.thread_ident
         if ident is not None and ident != threading.get_ident() and not self.domain.closed:
             self.kvm.immediate_exit = True
-            import signal
-
             try:
-                signal.pthread_kill(ident, self.domain.kick_signal)
+                signal.pthread_kill(ident, KICK_SIGNAL)
             except (ProcessLookupError, OSError):
-                pass
+                pass  # the thread has ended
 
     def _on_kick(self) -> None:
         self.count("kick")
-        if self.domain.paused:
+        if self.run_state.state is not RunState.RUNNING:
             return
         sregs = self.sregs
         ev = self.events
@@ -781,4 +796,4 @@ class PvVcpu:
 
 
 
-__all__ = ["PvVcpu", "DomainCrash", "NO_RETURN", "PAGE_SIZE"]
+__all__ = ["KICK_SIGNAL", "PvVcpu", "DomainCrash", "NO_RETURN", "PAGE_SIZE", "install_kick_handler"]

@@ -37,6 +37,7 @@ from typing import Any, Awaitable, Callable
 
 from hospes.cgroup import CgroupError, DomainCgroup, SchedParams, confine
 from hospes.errors import HospesError
+from hospes.pv.runstate import RunState
 from hospes.toolstack import control
 from hospes.toolstack.lifecycle import RESTART_LIMIT, RESTART_WINDOW_S, action_for
 from hospes.toolstack.record import process_start_time, read_record, remove_quietly, write_record
@@ -352,8 +353,9 @@ class DomainProcess:
             if dom is not None:
                 for pv in dom.vcpus:
                     seconds, cpu = _thread_cpu(getattr(pv, "thread", None))
-                    vcpus.append({"vcpu": pv.id, "online": bool(pv.online), "blocked": bool(pv.blocked),
-                                  "running": bool(pv.online and not pv.blocked and not dom.paused),
+                    state = pv.run_state.state
+                    vcpus.append({"vcpu": pv.id, "online": pv.online, "blocked": state is RunState.BLOCKED,
+                                  "running": state is RunState.RUNNING,
                                   "cpu": cpu, "time": max(seconds, 0.0)})
                 self._last_cpu = [v["time"] for v in vcpus]
             return {
@@ -441,16 +443,14 @@ class DomainProcess:
                 dom.store.write(f"/vm/{dom.uuid}/name", name)
 
     def queue_input(self, data: bytes) -> None:
+        """Console input: straight to the running domain, else kept for the next one."""
         with self._input_lock:
-            self._input += data
+            if self.dom is None:
+                self._input += data
+            else:
+                self.dom.console_input(data)
 
     # --- main thread ---------------------------------------------------------------------
-
-    def _read_input(self) -> bytes:
-        with self._input_lock:
-            data = bytes(self._input)
-            self._input.clear()
-        return data
 
     def _console_out(self, data: bytes) -> None:
         self.log.write(data)
@@ -508,7 +508,11 @@ class DomainProcess:
                 return 2 if (first and user_error) else 1
             first = False
             with self._lock:
-                self.dom = dom
+                with self._input_lock:  # input typed while no domain ran goes to this one, in order
+                    self.dom = dom
+                    if self._input:
+                        dom.console_input(bytes(self._input))
+                        self._input.clear()
                 paused = self.record.start_paused
                 if paused:
                     dom.pause()
@@ -520,9 +524,9 @@ class DomainProcess:
                 self._set_state("paused" if paused else "running", started=time.time(), start_paused=False,
                                 shutdown_reason=None, message="")
             try:
-                result = dom.run(self._read_input)
+                result = dom.run()
             finally:
-                with self._lock:
+                with self._lock, self._input_lock:
                     self.dom = None
                 dom.close()
             reason = result.reason

@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import struct
-from array import array
+from typing import TYPE_CHECKING
 
 from hospes.pv import abi
 from hospes.pv.abi import Hypercall
-from hospes.pv.errors import Errno, XenError
-from hospes.pv.mmu import SEGDESC
+from hospes.pv.descriptors import check_descriptor, load_gdt_frames
+from hospes.pv.errors import Errno
 
-DESC_P = 1 << 47
-DESC_S = 1 << 44
-DESC_DPL3 = 3 << 45
-
-
-def check_descriptor(desc: int) -> int:
-    """Xen's check_descriptor for a 64-bit guest: raise DPL to 3, refuse system types."""
-    if not desc & DESC_P:
-        return desc
-    if desc & DESC_S:
-        return desc | DESC_DPL3
-    if (desc >> 40) & 0xF == 0:
-        return desc
-    raise XenError(Errno.EINVAL)
+if TYPE_CHECKING:
+    from hospes.pv.vcpu import PvVcpu
 
 
-def set_gdt(vcpu, frame_list: int, entries: int, *_: int) -> int:
+def set_gdt(vcpu: PvVcpu, frame_list: int, entries: int, *_: int) -> int:
     entries &= 0xFFFFFFFF
     if entries > abi.FIRST_RESERVED_GDT_ENTRY:
         return -Errno.EINVAL
@@ -35,34 +23,7 @@ def set_gdt(vcpu, frame_list: int, entries: int, *_: int) -> int:
     return load_gdt_frames(vcpu, frames, entries)
 
 
-def load_gdt_frames(vcpu, frames: list[int], entries: int) -> int:
-    """Validate descriptor frames, type them as descriptor pages and load them."""
-    mem = vcpu.mem
-    mmu = vcpu.domain.mmu
-    with mmu.lock:
-        fixed = []
-        for f in frames:
-            if f >= vcpu.domain.layout.ram_pages:
-                return -Errno.EINVAL
-            fixed.append([check_descriptor(d) for d in mem.q[f << 9:(f << 9) + 512].tolist()])
-        taken = []
-        try:
-            for f in frames:
-                mmu.get_type(f, SEGDESC, vcpu.writes)
-                taken.append(f)
-        except XenError:
-            for f in taken:
-                mmu.put_type(f, vcpu.writes)
-            raise
-        for f in vcpu.gdt_frames:
-            mmu.put_type(f, vcpu.writes)
-        for f, descs in zip(frames, fixed):
-            mem.q[f << 9:(f << 9) + 512] = array("Q", descs)
-        vcpu.load_gdt(frames, entries)
-    return 0
-
-
-def update_descriptor(vcpu, maddr: int, desc: int, *_: int) -> int:
+def update_descriptor(vcpu: PvVcpu, maddr: int, desc: int, *_: int) -> int:
     if maddr & 7 or (maddr >> 12) >= vcpu.domain.layout.ram_pages:
         return -Errno.EINVAL
     if vcpu.domain.mmu.is_page_table(maddr >> 12):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import struct
 
 from hospes.pv.abi import DOMID_SELF, Hypercall
 from hospes.pv.errors import Errno, XenError
+
+if TYPE_CHECKING:
+    from hospes.pv.vcpu import PvVcpu
 
 EVTCHNOP_bind_interdomain = 0
 EVTCHNOP_bind_virq = 1
@@ -23,11 +27,11 @@ EVTCHNOP_expand_array = 12
 EVTCHNOP_set_priority = 13
 
 
-def _u32(vcpu, va: int) -> int:
+def _u32(vcpu: PvVcpu, va: int) -> int:
     return int(struct.unpack("<I", vcpu.read(va, 4))[0])
 
 
-def event_channel_op(vcpu, cmd: int, arg: int, *_: int) -> int:
+def event_channel_op(vcpu: PvVcpu, cmd: int, arg: int, *_: int) -> int:
     cmd &= 0xFFFFFFFF
     ev = vcpu.domain.evtchn
     if cmd == EVTCHNOP_send:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import struct
 
 from hospes.pv import layout as L
 from hospes.pv.abi import DOMID_SELF, Hypercall
 from hospes.pv.errors import Errno
+
+if TYPE_CHECKING:
+    from hospes.pv.vcpu import PvVcpu
 
 GNTTABOP_setup_table = 2
 GNTTABOP_query_size = 6
@@ -17,7 +21,7 @@ GNTST_bad_domain = -2
 GNTST_general_error = -1
 
 
-def grant_table_op(vcpu, cmd: int, uop: int, count: int, *_: int) -> int:
+def grant_table_op(vcpu: PvVcpu, cmd: int, uop: int, count: int, *_: int) -> int:
     cmd &= 0xFFFFFFFF
     dom = vcpu.domain
     if cmd == GNTTABOP_setup_table:

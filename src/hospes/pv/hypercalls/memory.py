@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import struct
 
 from hospes.pv import layout as L
 from hospes.pv.abi import Hypercall
 from hospes.pv.errors import Errno, XenError
+
+if TYPE_CHECKING:
+    from hospes.pv.vcpu import PvVcpu
 
 XENMEM_maximum_ram_page = 2
 XENMEM_current_reservation = 3
@@ -16,7 +20,7 @@ XENMEM_machphys_mapping = 12
 E820_RAM = 1
 
 
-def memory_op(vcpu, cmd: int, arg: int, *_: int) -> int:
+def memory_op(vcpu: PvVcpu, cmd: int, arg: int, *_: int) -> int:
     cmd &= 0xFFFF  # upper bits carry continuation state in Xen
     lay = vcpu.domain.layout
     if cmd == XENMEM_machphys_mapping:

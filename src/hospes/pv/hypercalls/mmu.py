@@ -10,10 +10,14 @@ wait until each has scheduled its flush.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import struct
 
 from hospes.pv.abi import Hypercall
 from hospes.pv.errors import Errno, XenError
+
+if TYPE_CHECKING:
+    from hospes.pv.vcpu import PvVcpu
 
 MMU_NORMAL_PT_UPDATE = 0
 MMU_MACHPHYS_UPDATE = 1
@@ -35,12 +39,12 @@ MMUEXT_NEW_USER_BASEPTR = 15
 MMUEXT_FLUSH_CACHE_GLOBAL = 18
 
 
-def _done(vcpu, done_va: int, n: int) -> None:
+def _done(vcpu: PvVcpu, done_va: int, n: int) -> None:
     if done_va:
         vcpu.write(done_va, struct.pack("<I", n))
 
 
-def mmu_update(vcpu, req_va: int, count: int, done_va: int, foreigndom: int, *_: int) -> int:
+def mmu_update(vcpu: PvVcpu, req_va: int, count: int, done_va: int, foreigndom: int, *_: int) -> int:
     count &= 0xFFFFFFFF
     if count > MAX_BATCH:
         return -Errno.EINVAL
@@ -73,7 +77,7 @@ UVMF_INVLPG = 2
 UVMF_ALL = 4
 
 
-def update_va_mapping(vcpu, va: int, new_pte: int, flags: int, *_: int) -> int:
+def update_va_mapping(vcpu: PvVcpu, va: int, new_pte: int, flags: int, *_: int) -> int:
     mmu = vcpu.domain.mmu
     with mmu.lock:
         pte_gpa = mmu.l1_entry_gpa(vcpu.kernel_cr3, va)
@@ -88,7 +92,7 @@ def update_va_mapping(vcpu, va: int, new_pte: int, flags: int, *_: int) -> int:
     return 0
 
 
-def mmuext_op(vcpu, ops_va: int, count: int, done_va: int, foreigndom: int, *_: int) -> int:
+def mmuext_op(vcpu: PvVcpu, ops_va: int, count: int, done_va: int, foreigndom: int, *_: int) -> int:
     count &= 0xFFFFFFFF
     if count > MAX_BATCH:
         return -Errno.EINVAL
@@ -109,7 +113,7 @@ def mmuext_op(vcpu, ops_va: int, count: int, done_va: int, foreigndom: int, *_: 
     return rc
 
 
-def _mmuext(vcpu, mmu, cmd: int, arg1: int, arg2: int) -> None:
+def _mmuext(vcpu: PvVcpu, mmu, cmd: int, arg1: int, arg2: int) -> None:
     ram = vcpu.domain.layout.ram_pages
     if cmd in MMUEXT_PIN:
         if arg1 >= ram:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import struct
 
 from hospes.pv.abi import Hypercall
 from hospes.pv.errors import Errno
 
+if TYPE_CHECKING:
+    from hospes.pv.vcpu import PvVcpu
+
 ENTRY = 64
 MAX_ENTRIES = 1024
 
 
-def multicall(vcpu, list_va: int, nr: int, *_: int) -> int:
+def multicall(vcpu: PvVcpu, list_va: int, nr: int, *_: int) -> int:
     if nr > MAX_ENTRIES:
         return -Errno.EINVAL
     for i in range(nr):

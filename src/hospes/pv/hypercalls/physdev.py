@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import struct
 
 from hospes.pv.abi import Hypercall
 from hospes.pv.errors import Errno, XenError
+
+if TYPE_CHECKING:
+    from hospes.pv.vcpu import PvVcpu
 
 PHYSDEVOP_set_iopl = 6
 PHYSDEVOP_set_iobitmap = 7
 VM_ASSIST_TYPES = {0, 1, 2, 3, 4, 5, 32}
 
 
-def physdev_op(vcpu, cmd: int, arg: int, *_: int) -> int:
+def physdev_op(vcpu: PvVcpu, cmd: int, arg: int, *_: int) -> int:
     cmd &= 0xFFFFFFFF
     if cmd == PHYSDEVOP_set_iopl:
         iopl = struct.unpack("<I", vcpu.read(arg, 4))[0]
@@ -26,7 +30,7 @@ def physdev_op(vcpu, cmd: int, arg: int, *_: int) -> int:
     return -Errno.ENOSYS
 
 
-def vm_assist(vcpu, cmd: int, type_: int, *_: int) -> int:
+def vm_assist(vcpu: PvVcpu, cmd: int, type_: int, *_: int) -> int:
     if cmd & 0xFFFFFFFF not in (0, 1) or type_ & 0xFFFFFFFF not in VM_ASSIST_TYPES:
         return -Errno.EINVAL
     if cmd == 0:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import struct
-import time
 
 from hospes.pv import abi
 from hospes.pv.abi import Hypercall
 from hospes.pv.errors import Errno, XenError
+
+if TYPE_CHECKING:
+    from hospes.pv.vcpu import PvVcpu
 
 SCHEDOP_yield = 0
 SCHEDOP_block = 1
@@ -20,12 +23,11 @@ SCHEDOP_pin_override = 7
 MAX_POLL_PORTS = 128
 
 
-def sched_op(vcpu, cmd: int, arg: int, *_: int) -> int:
+def sched_op(vcpu: PvVcpu, cmd: int, arg: int, *_: int) -> int:
     cmd &= 0xFFFFFFFF
     dom = vcpu.domain
     if cmd == SCHEDOP_yield:
-        dom.on_yield(vcpu)
-        time.sleep(0)
+        dom.yield_(vcpu)
         return 0
     if cmd == SCHEDOP_block:
         vcpu.upcall_mask = 0
@@ -37,7 +39,7 @@ def sched_op(vcpu, cmd: int, arg: int, *_: int) -> int:
             return -Errno.EINVAL
         if reason == abi.SHUTDOWN_suspend:
             return 1  # cancelled: suspend is not supported yet
-        dom.shutdown(reason, vcpu)
+        dom.shutdown(reason)
         return 0
     if cmd == SCHEDOP_shutdown_code:
         (reason,) = struct.unpack("<I", vcpu.read(arg, 4))
@@ -60,7 +62,7 @@ def sched_op(vcpu, cmd: int, arg: int, *_: int) -> int:
     return -Errno.ENOSYS
 
 
-def set_timer_op(vcpu, timeout: int, *_: int) -> int:
+def set_timer_op(vcpu: PvVcpu, timeout: int, *_: int) -> int:
     vcpu.domain.timers.set_singleshot(vcpu.id, timeout)
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import struct
 
 from hospes.pv import abi
@@ -10,10 +11,13 @@ from hospes.pv.errors import Errno, XenError
 from hospes.pv.guestvirt import canonical
 from hospes.pv.vcpu import NO_RETURN, RFLAGS_IF, DomainCrash
 
+if TYPE_CHECKING:
+    from hospes.pv.vcpu import PvVcpu
+
 MAX_TRAPS = 256
 
 
-def set_trap_table(vcpu, table_va: int, *_: int) -> int:
+def set_trap_table(vcpu: PvVcpu, table_va: int, *_: int) -> int:
     if table_va == 0:
         vcpu.trap_table.clear()
         return 0
@@ -33,7 +37,7 @@ _KNOWN_CALLBACKS = {abi.CALLBACKTYPE_event, abi.CALLBACKTYPE_failsafe, abi.CALLB
                     abi.CALLBACKTYPE_sysenter, abi.CALLBACKTYPE_syscall32, abi.CALLBACKTYPE_nmi}
 
 
-def callback_op(vcpu, cmd: int, arg: int, *_: int) -> int:
+def callback_op(vcpu: PvVcpu, cmd: int, arg: int, *_: int) -> int:
     cmd &= 0xFFFFFFFF
     if cmd == CALLBACKOP_register:
         type_, flags, address = struct.unpack("<HHxxxxQ", vcpu.read(arg, 16))
@@ -54,7 +58,7 @@ def callback_op(vcpu, cmd: int, arg: int, *_: int) -> int:
     return -Errno.ENOSYS
 
 
-def set_callbacks(vcpu, event: int, failsafe: int, syscall: int, *_: int) -> int:
+def set_callbacks(vcpu: PvVcpu, event: int, failsafe: int, syscall: int, *_: int) -> int:
     for a in (event, failsafe, syscall):
         if not canonical(a):
             raise XenError(Errno.EINVAL)
@@ -64,13 +68,13 @@ def set_callbacks(vcpu, event: int, failsafe: int, syscall: int, *_: int) -> int
     return 0
 
 
-def stack_switch(vcpu, ss: int, sp: int, *_: int) -> int:
+def stack_switch(vcpu: PvVcpu, ss: int, sp: int, *_: int) -> int:
     vcpu.kernel_ss = (ss & 0xFFFF) | 3
     vcpu.kernel_sp = sp
     return 0
 
 
-def fpu_taskswitch(vcpu, set_: int, *_: int) -> int:
+def fpu_taskswitch(vcpu: PvVcpu, set_: int, *_: int) -> int:
     vcpu.cr0_ts = bool(set_ & 0xFFFFFFFF)
     return 0
 
@@ -81,7 +85,7 @@ SEGBASE_GS_KERNEL = 2
 SEGBASE_GS_USER_SEL = 3
 
 
-def set_segment_base(vcpu, which: int, base: int, *_: int) -> int:
+def set_segment_base(vcpu: PvVcpu, which: int, base: int, *_: int) -> int:
     which &= 0xFFFFFFFF
     if which == SEGBASE_GS_USER_SEL:
         sel = base & 0xFFFF
@@ -103,7 +107,7 @@ def set_segment_base(vcpu, which: int, base: int, *_: int) -> int:
     return 0
 
 
-def set_debugreg(vcpu, reg: int, value: int, *_: int) -> int:
+def set_debugreg(vcpu: PvVcpu, reg: int, value: int, *_: int) -> int:
     reg &= 0xFFFFFFFF
     if reg <= 3:
         if not canonical(value) or value >= 0xFFFF_8000_0000_0000 and value < 0xFFFF_8800_0000_0000:
@@ -120,7 +124,7 @@ def set_debugreg(vcpu, reg: int, value: int, *_: int) -> int:
     return 0
 
 
-def get_debugreg(vcpu, reg: int, *_: int) -> int:
+def get_debugreg(vcpu: PvVcpu, reg: int, *_: int) -> int:
     reg &= 0xFFFFFFFF
     if reg in (4, 5):
         reg += 2
@@ -129,7 +133,7 @@ def get_debugreg(vcpu, reg: int, *_: int) -> int:
     return vcpu.debugreg[reg]
 
 
-def iret(vcpu, *_: int) -> object:
+def iret(vcpu: PvVcpu, *_: int) -> object:
     regs = vcpu.regs
     try:
         rax, r11, rcx, flags, rip, cs, rflags, rsp, ss = struct.unpack("<9Q", vcpu.read(regs.rsp, 72))

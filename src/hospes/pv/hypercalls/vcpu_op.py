@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import struct
 
 from hospes.pv.abi import Hypercall
 from hospes.pv.errors import Errno, XenError
+
+if TYPE_CHECKING:
+    from hospes.pv.vcpu import PvVcpu
 
 VCPUOP_initialise = 0
 VCPUOP_up = 1
@@ -24,7 +28,7 @@ VCPUOP_register_vcpu_time_memory_area = 13
 VCPU_SSHOTTMR_future = 1
 
 
-def vcpu_op(vcpu, cmd: int, target_id: int, arg: int, *_: int) -> int:
+def vcpu_op(vcpu: PvVcpu, cmd: int, target_id: int, arg: int, *_: int) -> int:
     cmd &= 0xFFFFFFFF
     target_id &= 0xFFFFFFFF
     dom = vcpu.domain

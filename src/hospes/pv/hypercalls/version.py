@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import struct
 
 from hospes.pv import abi
 from hospes.pv.abi import Hypercall
 from hospes.pv.errors import Errno, XenError
 
+if TYPE_CHECKING:
+    from hospes.pv.vcpu import PvVcpu
 
-def _string(vcpu, arg: int, text: str, size: int) -> int:
+
+def _string(vcpu: PvVcpu, arg: int, text: str, size: int) -> int:
     data = text.encode()[: size - 1]
     vcpu.write(arg, data + b"\0" * (size - len(data)))
     return 0
 
 
-def xen_version(vcpu, cmd: int, arg: int, *_: int) -> int:
+def xen_version(vcpu: PvVcpu, cmd: int, arg: int, *_: int) -> int:
     cmd &= 0xFFFFFFFF
     if cmd == 0:
         return (abi.XEN_MAJOR << 16) | abi.XEN_MINOR

@@ -1,0 +1,336 @@
+"""The PV domain: what Xen's ``struct domain`` holds for a PV guest, and the
+services its hypercalls call.
+
+A hypercall handler reaches everything it may touch through
+``vcpu.domain``, a :class:`PvDomain`: the MMU, event channels, time, the
+vCPUs, and the scheduling services (block, poll, yield, kicks, cross-vCPU TLB
+flushes, vCPU bring-up). What lies above the PV layer — the console and block
+and network backends, the xenstore's owner, the domain's lifecycle — is
+reached only through :class:`PvHooks`, three callbacks the assembler
+(``hospes.domain``) passes in: the PV layer never imports it.
+
+Construction order (``hospes.domain.Domain`` does this)::
+
+    PvDomain(mem, layout, trampoline, vm, cpuid, identity, hooks)
+      -> evtchn.alloc_backend_port(...)* -> builder -> boot(image) -> start() -> ... -> stop() -> close()
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from hospes.errors import HospesError
+from hospes.kvm import Vm
+from hospes.machine.memory import PAGE_SIZE, GuestMemory
+from hospes.pv import abi
+from hospes.pv import layout as L
+from hospes.pv.cpuid import CpuidPolicy
+from hospes.pv.errors import Errno
+from hospes.pv.evtchn import EventChannels
+from hospes.pv.guestvirt import GuestVirt
+from hospes.pv.hypercalls import build_table
+from hospes.pv.mmu import PvMmu
+from hospes.pv.msr import MsrEmulator
+from hospes.pv.runstate import RunEvent, RunState
+from hospes.pv.smp import CONTEXT_SIZE, load_guest_context
+from hospes.pv.time import Clock, Timers
+from hospes.pv.trampoline import Trampoline
+from hospes.pv.vcpu import VI_TIME, PvVcpu
+
+SHARED_INFO_WALLCLOCK = 0xC00
+REKICK_NS = 200_000  # a kick that found the vCPU inside a stub or the writer is retried this much later
+
+
+@dataclass(frozen=True)
+class PvHooks:
+    """What the PV layer asks of the domain that assembled it.
+
+    ``console_io``: bytes a guest wrote with HYPERVISOR_console_io.
+    ``shutdown``: SCHEDOP_shutdown with its reason code.
+    ``crash``: the domain must end; the text says why (with a register dump).
+    """
+
+    console_io: Callable[[bytes], None]
+    shutdown: Callable[[int], None]
+    crash: Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DomainIdentity:
+    domid: int
+    uuid: uuidlib.UUID
+    cmdline: str
+
+
+class _PollWaiter:
+    """What event channels wake when a polled port becomes pending."""
+
+    def __init__(self, vcpu: PvVcpu) -> None:
+        self.vcpu = vcpu
+
+    def set(self) -> None:
+        self.vcpu.run_state.kick()
+
+
+class PvDomain:
+    """One PV domain's hypervisor-side state and services."""
+
+    def __init__(self, mem: GuestMemory, layout: L.Layout, trampoline: Trampoline, vm: Vm,
+                 cpuid: CpuidPolicy, identity: DomainIdentity, hooks: PvHooks) -> None:
+        self.mem = mem
+        self.layout = layout
+        self.trampoline = trampoline
+        self.cpuid = cpuid
+        self.domid = identity.domid
+        self.uuid = identity.uuid
+        self.cmdline = identity.cmdline
+        self.hooks = hooks
+        self.virt = GuestVirt(mem, layout.guest_frames)
+        self.mmu = PvMmu(mem, layout.ram_pages, layout.guest_frames, trampoline.l4_entries)
+        self.mmu.flush_all = self.flush_all_vcpus
+        self.mmu.translation_cache = self.virt.cache
+        self.msrs = MsrEmulator()
+        self.hypercall_table = build_table()
+        self.vm_assist: set[int] = set()
+        self.grant_frames = 0
+        self.shutdown_code: int | None = None
+        self.stopping = False   # no vCPU enters the guest again
+        self.closed = False     # no more kicks: the vCPUs' kvm_run pages are going away
+        self.paused = False
+
+        self.vcpus: list[PvVcpu] = []
+        self.evtchn = EventChannels(
+            mem.addr(layout.shared_info_gpa, PAGE_SIZE), layout.nr_vcpus,
+            lambda v: mem.host_addr + self.vcpus[v].vcpu_info_gpa,
+            lambda v: self.vcpus[v].kick(), self.domid,
+        )
+        shared = mem.view(layout.shared_info_gpa, PAGE_SIZE)
+        for v in range(abi.XEN_LEGACY_MAX_VCPUS):
+            shared[64 * v + 1] = 1  # evtchn_upcall_mask: no upcalls before the guest asks
+        for v in range(layout.nr_vcpus):
+            self.vcpus.append(PvVcpu(self, v, vm.create_vcpu(v), trampoline.vcpus[v]))
+        bsp = self.vcpus[0]
+        self.clock = Clock(bsp.kvm.get_tsc_khz(), lambda: bsp.kvm.get_msrs([0x10])[0x10])
+        self.timers = Timers(self.clock, layout.nr_vcpus, self._timer_fired)
+
+    # --- start of day ------------------------------------------------------------
+
+    def boot(self, l4_gpa: int, entry: int, stack_top: int, start_info_va: int) -> None:
+        """Type the builder's page tables and point the boot vCPU at the kernel entry."""
+        # The builder pins its L4 (as libxc does) and the boot vCPU's CR3 holds
+        # it: validating it types every bootstrap table. Its fix-ups were
+        # already in memory before the first entry, so no writer run is needed.
+        boot_writes: list[tuple[int, int]] = []
+        self.mmu.pin_boot_l4(l4_gpa >> 12, boot_writes)
+        bsp = self.vcpus[0]
+        bsp.kernel_cr3 = l4_gpa
+        bsp.kernel_sp = stack_top
+        entries = self.cpuid.kvm_entries()
+        for pv in self.vcpus:
+            pv.setup_cpu(entries)
+        bsp.set_entry_state(entry, stack_top, start_info_va)
+        bsp.initialised = True
+        bsp.run_state.fire(RunEvent.UP)
+        self._publish_time()
+
+    def _publish_time(self) -> None:
+        """The first pvclock records and the wallclock in shared_info."""
+        lay = self.layout
+        for pv in self.vcpus:
+            for gpa in {pv.vcpu_info_gpa, lay.shared_info_gpa + 64 * pv.id}:
+                self.clock.publish(self.mem.buf, gpa + VI_TIME, self.clock.tsc0, 0)
+        sec, nsec = self.clock.wallclock()
+        base = lay.shared_info_gpa + SHARED_INFO_WALLCLOCK
+        self.mem.write_u32(base, 1)  # odd: update in progress (the version protocol of pvclock)
+        self.mem.write(base + 4, struct.pack("<II", sec & 0xFFFFFFFF, nsec))
+        self.mem.write_u32(base + 12, sec >> 32)
+        self.mem.write_u32(base, 2)
+
+    # --- running -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the timer thread and one thread per vCPU."""
+        self.timers.start()
+        for pv in self.vcpus:
+            t = threading.Thread(target=pv.loop, name=f"vcpu{pv.id}", daemon=True)
+            pv.thread = t
+            t.start()
+
+    def stop(self) -> None:
+        """Every vCPU leaves the guest and its thread ends (safe from any thread, repeatable)."""
+        self.stopping = True
+        for pv in self.vcpus:
+            pv.run_state.fire(RunEvent.STOP)
+            pv.kick()
+
+    def join(self, timeout: float = 2.0) -> None:
+        """Wait for the vCPU threads (after :meth:`stop`), then stop the timers."""
+        me = threading.current_thread()
+        for pv in self.vcpus:
+            if pv.thread is not None and pv.thread is not me:
+                pv.thread.join(timeout)
+        self.timers.stop()
+
+    def pause(self) -> None:
+        """No vCPU runs guest code until unpause(); timers keep counting."""
+        self.paused = True
+        for pv in self.vcpus:
+            pv.run_state.fire(RunEvent.PAUSE)
+            pv.kick()
+
+    def unpause(self) -> None:
+        self.paused = False
+        for pv in self.vcpus:
+            pv.run_state.fire(RunEvent.UNPAUSE)
+
+    def crash(self, vcpu: PvVcpu, message: str) -> None:
+        self.hooks.crash(f"vCPU {vcpu.id}: {message}\n{vcpu.register_dump()}")
+
+    def close(self) -> None:
+        """Release the vCPUs' KVM state (after :meth:`join`)."""
+        self.closed = True
+        for pv in self.vcpus:
+            pv.kvm.close()
+
+    def stats(self) -> dict[str, int]:
+        """Exit counts by kind, summed over the vCPUs."""
+        total: dict[str, int] = {}
+        for pv in self.vcpus:
+            for k, n in pv.stats.items():
+                total[k] = total.get(k, 0) + n
+        return total
+
+    # --- time -------------------------------------------------------------------------
+
+    def _timer_fired(self, v: int) -> None:
+        self.evtchn.raise_virq(abi.VIRQ_TIMER, v)
+        self.vcpus[v].kick()
+
+    # --- scheduling ---------------------------------------------------------------------
+
+    def block(self, vcpu: PvVcpu) -> None:
+        """SCHEDOP_block (and hlt): sleep until an upcall is deliverable."""
+        vcpu.run_state.block(vcpu.upcall_deliverable)
+
+    def poll(self, vcpu: PvVcpu, ports: Sequence[int], timeout: int) -> None:
+        """SCHEDOP_poll: sleep until a listed port is pending (even masked), an
+        upcall is deliverable, or the absolute guest-time ``timeout`` passes."""
+        waiter = _PollWaiter(vcpu)
+        self.evtchn.register_poller(waiter, ports)
+        try:
+            vcpu.run_state.block(
+                lambda: vcpu.upcall_deliverable() or self.evtchn.poll_ready(vcpu.id, ports),
+                deadline_ns=timeout, now_ns=self.clock.now)
+        finally:
+            self.evtchn.unregister_poller(waiter)
+
+    def yield_(self, vcpu: PvVcpu) -> None:
+        """SCHEDOP_yield: let the host run someone else."""
+        time.sleep(0)
+
+    def rekick(self, vcpu: PvVcpu) -> None:
+        """Kick ``vcpu`` again shortly: it was inside a stub or the writer, which
+        reach the guest or an exit within microseconds."""
+        self.timers.call_later(REKICK_NS, vcpu.kick)
+
+    def flush_all_vcpus(self) -> None:
+        """Every vCPU flushes its TLB before running guest code again (see flush_others)."""
+        current = threading.get_ident()
+        me = next((pv for pv in self.vcpus if pv.thread_ident == current), self.vcpus[0])
+        self.flush_others(me)
+
+    def flush_others(self, vcpu: PvVcpu) -> None:
+        """Flush every vCPU's TLB before returning (Xen's *_MULTI/ALL semantics).
+
+        A vCPU outside KVM_RUN flushes before it next runs guest code; a running
+        one is kicked, and we wait until it has scheduled its flush.
+        """
+        vcpu.request_flush()
+        waits = []
+        for other in self.vcpus:
+            if other is vcpu or not other.online:
+                continue
+            gen = other.flush_generation
+            other.flush_pending = True
+            # Kick even a vCPU between exits: immediate_exit makes its next
+            # KVM_RUN return at once, so it cannot enter the guest unflushed.
+            other.kick()
+            if other.in_kvm_run:
+                waits.append((other, gen))
+        deadline = time.monotonic() + 1.0
+        for other, gen in waits:
+            while other.flush_generation == gen and other.in_kvm_run and other.online and not self.stopping:
+                if time.monotonic() > deadline:
+                    other.kick()
+                    deadline = time.monotonic() + 1.0
+                time.sleep(0)
+
+    # --- vCPU state -------------------------------------------------------------------------
+
+    def descriptor_base(self, vcpu: PvVcpu, selector: int) -> int:
+        """Base of the segment a user selector names (0 for null or unusable ones)."""
+        seg = vcpu.segment_for(selector | 3)
+        return int(seg.base) if seg is not None else 0
+
+    def runstate_bytes(self, vcpu: PvVcpu) -> bytes:
+        """A vcpu_runstate_info: always running, entered at the current system time."""
+        now = self.clock.now()
+        return struct.pack("<iIQQQQQ", 0, 0, now, now, 0, 0, 0)
+
+    def write_runstate(self, vcpu: PvVcpu) -> None:
+        if vcpu.runstate_va:
+            try:
+                vcpu.write(vcpu.runstate_va, self.runstate_bytes(vcpu))
+            except HospesError:
+                pass  # Xen ignores a runstate area it cannot reach
+
+    def move_vcpu_info(self, vcpu: PvVcpu, gpa: int) -> None:
+        old = self.mem.read(vcpu.vcpu_info_gpa, 64)
+        self.mem.write(gpa, old)
+        vcpu.vcpu_info_gpa = gpa
+        vcpu.vcpu_info_registered = True
+
+    def initialise_vcpu(self, target: PvVcpu, arg: int, caller: PvVcpu) -> int:
+        """VCPUOP_initialise: load a vcpu_guest_context (pv-abi.md §12.2)."""
+        if target.initialised:
+            return -Errno.EEXIST
+        return load_guest_context(self.mmu, self.layout.ram_pages, target, caller.read(arg, CONTEXT_SIZE))
+
+    def start_vcpu(self, target: PvVcpu) -> None:
+        target.run_state.fire(RunEvent.UP)
+        self.write_runstate(target)
+
+    def stop_vcpu(self, target: PvVcpu) -> None:
+        target.initialised = False
+        target.run_state.fire(RunEvent.DOWN)
+        if target.thread_ident != threading.get_ident():
+            target.kick()
+
+    # --- console and shutdown -------------------------------------------------------------
+
+    def console_write(self, data: bytes) -> None:
+        self.hooks.console_io(data)
+
+    def shutdown(self, reason: int) -> None:
+        self.hooks.shutdown(reason)
+
+    # --- I/O ---------------------------------------------------------------------------------
+
+    def port_read(self, port: int, size: int) -> int:
+        """An empty I/O bus reads all-ones, except the PIT counters.
+
+        Linux's quick PIT calibration spins while the counter's MSB reads
+        0xff (up to 100,000 reads, ~10 s at this host's trap cost); a stopped
+        counter reading 0 ends it at once. The TSC rate comes from pvclock.
+        """
+        if 0x40 <= port <= 0x42:
+            return 0
+        return (1 << (8 * size)) - 1
+
+
+__all__ = ["DomainIdentity", "PvDomain", "PvHooks", "RunState"]
