@@ -74,8 +74,8 @@ class Clock:
         t1 = time.monotonic_ns()
         self.base_ns = (t0 + t1) // 2 - system_time
         # The guest TSC at system time 0. After a restore this may be negative
-        # (a new vCPU's TSC can be behind the continued system time); only the
-        # sums in guest_tsc() are guest-visible, and those are not.
+        # (a new vCPU's TSC can be behind the continued system time); the guest
+        # only sees guest_tsc(), which never goes below the TSC read here.
         self.tsc0 = tsc - system_time * self.tsc_hz // NS
         self.wall0 = time.time_ns() - (time.monotonic_ns() - self.base_ns)
 
