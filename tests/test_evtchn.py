@@ -8,6 +8,8 @@ vcpu_info. Every test reads the guest-visible bits directly.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import json
 import mmap
 import struct
 import threading
@@ -16,16 +18,19 @@ from collections.abc import Iterator, Mapping
 import pytest
 
 from hospes.machine import atomics
-from hospes.pv.errors import Errno, RestoreError, XenError
+from hospes.pv.errors import Errno, XenError
 from hospes.pv.evtchn import (
     DOMID_SELF,
     NR_PORTS,
+    ChannelRecord,
     EventChannels,
     EventChannelState,
     EvtchnStat,
+    PortState,
     PortStatus,
     Virq,
 )
+from hospes.state import StateError, decode, encode
 
 DOMID = 7
 NR_VCPUS = 3
@@ -624,10 +629,47 @@ def test_restore_rejects_a_state_that_does_not_fit(guest: Guest, ev: EventChanne
             backends=backends,
         )
 
-    with pytest.raises(RestoreError, match="backend"):
+    with pytest.raises(StateError, match="backend"):
         restore(NR_VCPUS, {})
-    with pytest.raises(RestoreError, match="vCPU"):
+    with pytest.raises(StateError, match="vCPU"):
         restore(1, backends)
+
+
+def _restore_into(guest: Guest, state: EventChannelState, backends: Mapping[int, Backend]) -> EventChannels:
+    return EventChannels.restore(
+        state,
+        shared_info_addr=guest.base,
+        nr_vcpus=NR_VCPUS,
+        vcpu_info_addr=guest.vcpu_info.__getitem__,
+        kick=guest.kicks.append,
+        domid=DOMID,
+        backends=backends,
+    )
+
+
+def test_state_round_trips_through_json(guest: Guest, ev: EventChannels) -> None:
+    backends: dict[int, Backend] = {}
+    _populate(ev, backends)
+    state = ev.save()
+    assert {c.state for c in state.channels} == {
+        PortState.UNBOUND, PortState.INTERDOMAIN, PortState.VIRQ, PortState.IPI
+    }
+    data = json.loads(json.dumps(encode(state)))
+    assert decode(EventChannelState, data) == state
+    assert _restore_into(guest, decode(EventChannelState, data), backends).save() == state
+
+
+def test_restore_refuses_newer_versions(guest: Guest, ev: EventChannels) -> None:
+    backends: dict[int, Backend] = {}
+    _populate(ev, backends)
+    state = ev.save()
+    newer = dataclasses.replace(state, version=EventChannelState.VERSION + 1)
+    with pytest.raises(StateError, match="saved event channel table is version"):
+        _restore_into(guest, newer, backends)
+    first, *rest = state.channels
+    newer_record = dataclasses.replace(first, version=ChannelRecord.VERSION + 1)
+    with pytest.raises(StateError, match=f"saved event channel port {first.port} is version"):
+        _restore_into(guest, EventChannelState((newer_record, *rest)), backends)
 
 
 # -- concurrency with the guest -------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -9,16 +11,22 @@ import pytest
 from hospes.machine.memory import GuestMemory
 from hospes.pv.abi import PTE_A, PTE_P, PTE_PSE, PTE_RW, PTE_US
 from hospes.pv.errors import XenError
-from hospes.pv.mmu import WRITABLE, PvMmu
+from hospes.pv.mmu import SEGDESC, WRITABLE, MmuState, PvMmu
+from hospes.state import StateError, decode, encode
 
 RAM = 64
 P_RW = PTE_P | PTE_RW
+HV_L4 = {257: (RAM + 4) << 12 | 0x23}
+
+
+def new_memory():
+    return GuestMemory([("ram", RAM * 4096), ("xen", 4 * 4096), ("hv", 4 * 4096)])
 
 
 @pytest.fixture()
 def mmu():
-    mem = GuestMemory([("ram", RAM * 4096), ("xen", 4 * 4096), ("hv", 4 * 4096)])
-    m = PvMmu(mem, RAM, RAM + 4, {257: (RAM + 4) << 12 | 0x23})
+    mem = new_memory()
+    m = PvMmu(mem, RAM, RAM + 4, HV_L4)
     yield m
     mem.close()
 
@@ -128,3 +136,107 @@ def test_cr3_switch_holds_a_reference(mmu) -> None:
     assert cr3 == 10 << 12 and mmu.table_level(10) == 4
     mmu.switch_l4(v.writes, cr3, 0)
     assert not mmu.count
+
+
+# --- save / restore -----------------------------------------------------------------
+
+
+@pytest.fixture()
+def moved():
+    """Memory of a 'new host', filled by restore_elsewhere."""
+    mem = new_memory()
+    yield mem
+    mem.close()
+
+
+def restore_elsewhere(mmu, mem, state):
+    """Copy guest memory as a migration would, then restore the MMU over the copy."""
+    mem.write(0, mmu.mem.read(0, mmu.mem.size))
+    return PvMmu.restore(state, mem=mem, ram_pages=RAM, guest_frames=RAM + 4, hv_l4_entries=HV_L4)
+
+
+def busy(mmu):
+    """A pinned tree, a second (CR3) reference on its L4, a pinned lone L1, a GDT frame."""
+    build_tree(mmu)
+    v = vcpu()
+    mmu.pin(v, 10, 4)
+    cr3 = mmu.switch_l4(v.writes, 0, 10)
+    set_entry(mmu, 15, 0, 20 << 12 | P_RW)   # a second writable mapping of frame 20
+    mmu.pin(v, 15, 1)
+    mmu.get_type(40, SEGDESC, v.writes)
+    return v, cr3
+
+
+def test_state_lists_only_typed_frames_sorted(mmu) -> None:
+    busy(mmu)
+    state = mmu.save()
+    assert state.frames == (
+        (10, 4, 2), (11, 3, 1), (12, 2, 1), (13, 1, 1), (15, 1, 1), (20, WRITABLE, 2), (40, SEGDESC, 1),
+    )
+    assert state.pinned == ((10, 4), (15, 1))
+    assert PvMmu(mmu.mem, RAM, RAM + 4, HV_L4).save() == MmuState((), ())
+
+
+def test_round_trip_through_restore_and_json(mmu, moved) -> None:
+    busy(mmu)
+    state = mmu.save()
+    again = restore_elsewhere(mmu, moved, state)
+    assert again.save() == state
+    assert again.mem is moved and again.hv_l4 == mmu.hv_l4
+    assert decode(MmuState, json.loads(json.dumps(encode(state)))) == state
+
+
+def test_restored_mmu_keeps_enforcing_types(mmu, moved) -> None:
+    busy(mmu)
+    l2_writable = 12 << 12 | P_RW
+    with pytest.raises(XenError):
+        mmu.update_entry(vcpu(), (13 << 12) + 2 * 8, l2_writable)
+    again = restore_elsewhere(mmu, moved, mmu.save())
+    v = vcpu()
+    with pytest.raises(XenError):            # the L2 is still a table: no writable mapping
+        again.update_entry(v, (13 << 12) + 2 * 8, l2_writable)
+    with pytest.raises(XenError):            # frame 20 is still writable: no table
+        again.pin(v, 20, 1)
+    with pytest.raises(XenError):            # already pinned
+        again.pin(v, 10, 4)
+    with pytest.raises(XenError):            # the hypervisor slots stay refused
+        again.update_entry(v, (10 << 12) + 260 * 8, 11 << 12 | P_RW)
+
+
+def test_restored_counts_release_exactly_like_the_original(mmu, moved) -> None:
+    _, cr3 = busy(mmu)
+    again = restore_elsewhere(mmu, moved, mmu.save())
+    v = vcpu()
+    again.unpin(v, 10)
+    assert again.table_level(10) == 4        # the CR3 reference still holds it
+    again.switch_l4(v.writes, cr3, 0)
+    again.unpin(v, 15)
+    again.put_type(40, v.writes)
+    assert not again.type and not again.count and not again.pinned
+    # Released, the old L2 may now be mapped writable like any page.
+    again.update_entry(v, (30 << 12), 12 << 12 | P_RW)
+
+
+def test_newer_version_is_refused(mmu) -> None:
+    state = dataclasses.replace(mmu.save(), version=MmuState.VERSION + 1)
+    with pytest.raises(StateError, match="PV MMU state is version"):
+        PvMmu.restore(state, mem=mmu.mem, ram_pages=RAM, guest_frames=RAM + 4, hv_l4_entries=HV_L4)
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        (MmuState(((RAM, 1, 1),), ()), "RAM frames"),
+        (MmuState(((5, 1, 1), (5, 1, 1)), ()), "twice"),
+        (MmuState(((5, 7, 1),), ()), "unknown type 7"),
+        (MmuState(((5, 2, 0),), ()), "0 references"),
+        (MmuState(((5, 4, 1),), ((5, 5),)), "level 5"),
+        (MmuState(((5, 4, 1),), ((5, 3),)), "as an L3 table, but saves L4"),
+        (MmuState(((5, WRITABLE, 1),), ((5, 1),)), "saves writable"),
+        (MmuState((), ((5, 1),)), "saves no type"),
+        (MmuState(((5, 1, 2),), ((5, 1), (5, 1))), "pins frame 0x5 twice"),
+    ],
+)
+def test_inconsistent_state_is_refused(mmu, state, message) -> None:
+    with pytest.raises(StateError, match=message):
+        PvMmu.restore(state, mem=mmu.mem, ram_pages=RAM, guest_frames=RAM + 4, hv_l4_entries=HV_L4)

@@ -18,6 +18,7 @@ from hospes.pv.store.tree import (
     parse_perms,
 )
 from hospes.pv.store.watches import WatchList, is_child
+from hospes.state import StateError
 
 
 def errno_of(excinfo: pytest.ExceptionInfo[StoreError]) -> str:
@@ -263,9 +264,9 @@ def test_tree_save_restore_round_trip() -> None:
 
 def test_restore_rejects_an_inconsistent_tree() -> None:
     bad = TreeState((NodeRecord("/", b"", ("n0",), ("a",), 0),), 0)
-    with pytest.raises(StoreError):
+    with pytest.raises(StateError):
         Tree.restore(bad)
-    with pytest.raises(StoreError):
+    with pytest.raises(StateError):
         Tree.restore(TreeState((), 0))
 
 

@@ -38,7 +38,11 @@ class StateError(HospesError):
 
 class SavedState(Protocol):
     VERSION: ClassVar[int]
-    version: int
+
+    # A property, so that frozen dataclasses (whose fields mypy sees as
+    # read-only) satisfy the protocol.
+    @property
+    def version(self) -> int: ...
 
 
 S = TypeVar("S")

@@ -105,10 +105,11 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from hospes.machine.atomics import load64, test_and_clear_bit, test_and_set_bit, test_bit, xchg8
-from hospes.pv.errors import Errno, RestoreError, XenError
+from hospes.pv.errors import Errno, XenError
+from hospes.state import StateError, check_version
 
 NR_PORTS = 4096  # EVTCHN_2L_NR_CHANNELS: 64 words x 64 bits
 NR_VIRQS = 24
@@ -224,12 +225,14 @@ class ChannelRecord:
     ``virq`` to VIRQ ports; they are 0 otherwise.
     """
 
+    VERSION: ClassVar[int] = 1
     port: int
     state: PortState
     notify_vcpu: int
     remote_dom: int = 0
     remote_port: int = 0
     virq: int = 0
+    version: int = VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +241,9 @@ class EventChannelState:
     guest memory and travel with it. Backends and pollers are live objects and
     are not saved either (see :meth:`EventChannels.restore`)."""
 
+    VERSION: ClassVar[int] = 1
     channels: tuple[ChannelRecord, ...]
+    version: int = VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,7 +604,8 @@ class EventChannels:
     ) -> EventChannels:
         """Rebuild from :meth:`save`'s record. ``backends`` maps each saved
         interdomain port to the live backend that serves it now. Shared memory
-        is not touched. Raises :class:`RestoreError` if the record does not fit."""
+        is not touched. Raises :class:`StateError` if the record does not fit."""
+        check_version(state, "event channel table")
         self = cls(shared_info_addr, nr_vcpus, vcpu_info_addr, kick, domid)
         for record in state.channels:
             self._restore_channel(record, backends)
@@ -608,11 +614,12 @@ class EventChannels:
     def _restore_channel(
         self, record: ChannelRecord, backends: Mapping[int, BackendEndpoint]
     ) -> None:
+        check_version(record, f"event channel port {record.port}")
         port, state, vcpu = record.port, record.state, record.notify_vcpu
         if not 0 < port < NR_PORTS or self._channels[port] is not None:
-            raise RestoreError(f"Saved event channel port {port} is invalid or duplicated")
+            raise StateError(f"Saved event channel port {port} is invalid or duplicated")
         if not 0 <= vcpu < self._nr_vcpus:
-            raise RestoreError(
+            raise StateError(
                 f"Saved event channel port {port} notifies vCPU {vcpu}, "
                 f"but the domain has {self._nr_vcpus}; restore with more vCPUs"
             )
@@ -620,19 +627,19 @@ class EventChannels:
         if state is PortState.INTERDOMAIN:
             backend = backends.get(port)
             if backend is None:
-                raise RestoreError(
+                raise StateError(
                     f"Saved event channel port {port} is connected to a backend; "
                     "pass that backend in `backends`"
                 )
         elif state is PortState.VIRQ:
             if not 0 <= record.virq < NR_VIRQS:
-                raise RestoreError(f"Saved event channel port {port} has bad VIRQ {record.virq}")
+                raise StateError(f"Saved event channel port {port} has bad VIRQ {record.virq}")
             table = self._virq_ports[vcpu if record.virq in PER_VCPU_VIRQS else 0]
             if table[record.virq]:
-                raise RestoreError(f"VIRQ {record.virq} is bound twice in the saved state")
+                raise StateError(f"VIRQ {record.virq} is bound twice in the saved state")
             table[record.virq] = port
         elif state not in (PortState.UNBOUND, PortState.IPI):
-            raise RestoreError(f"Saved event channel port {port} has unsupported state {state!r}")
+            raise StateError(f"Saved event channel port {port} has unsupported state {state!r}")
         self._channels[port] = _Channel(
             state, vcpu, record.remote_dom, record.remote_port, record.virq, backend
         )

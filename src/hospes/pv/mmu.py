@@ -24,17 +24,25 @@ is this bookkeeping, which follows Xen's:
 
 Every resulting store is queued on the vCPU and made by the in-VM writer,
 because this KVM ignores page-table stores made by the VMM (platform.md).
+
+Saved state (:class:`MmuState`) is the type and count of every frame that has
+one, and the pins. The tables themselves are guest memory and travel with it;
+the counts are saved rather than rebuilt by revalidating because part of them
+are held by vCPU CR3s and loaded GDTs, which the MMU cannot see.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 from hospes.pv.abi import PTE_A, PTE_ADDR_MASK, PTE_P, PTE_PSE, PTE_RW, PTE_US
 from hospes.pv.errors import Errno, XenError
+from hospes.state import StateError, check_version
 
 if TYPE_CHECKING:
+    from hospes.machine.memory import GuestMemory
     from hospes.pv.vcpu import PvVcpu
 
 FIRST_XEN_SLOT = 256
@@ -44,12 +52,32 @@ SEGDESC = 9
 TYPE_NAMES = {1: "L1", 2: "L2", 3: "L3", 4: "L4", WRITABLE: "writable", SEGDESC: "descriptor"}
 
 Writes = list[tuple[int, int]]
+#: GuestVirt's translation cache, (cr3, virtual page) -> (L1 table, writable).
+TranslationCache = dict[tuple[int, int], tuple[int, bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class MmuState:
+    """Saved page types: only frames that have one, so the record stays small.
+
+    ``frames`` holds ``(frame, type, count)`` sorted by frame, with the type
+    as in :data:`TYPE_NAMES`; ``pinned`` holds ``(frame, level)`` sorted by
+    frame. Frames that merely await a TLB flush (``stale_writable``) are not
+    saved: the restored domain's vCPUs start with empty TLBs.
+    """
+
+    VERSION: ClassVar[int] = 1
+    frames: tuple[tuple[int, int, int], ...]
+    pinned: tuple[tuple[int, int], ...]
+    version: int = VERSION
 
 
 class PvMmu:
     """Page types, pins and validation for one domain."""
 
-    def __init__(self, mem, ram_pages: int, guest_frames: int, hv_l4_entries: dict[int, int]) -> None:
+    def __init__(
+        self, mem: GuestMemory, ram_pages: int, guest_frames: int, hv_l4_entries: dict[int, int]
+    ) -> None:
         self.mem = mem
         self.q = mem.q
         self.ram_pages = ram_pages
@@ -64,7 +92,7 @@ class PvMmu:
         # one becomes a page table or descriptor page, everyone flushes.
         self.stale_writable: set[int] = set()
         self.flush_all: Callable[[], None] = lambda: None
-        self.translation_cache: dict = {}  # GuestVirt's; every store invalidates it
+        self.translation_cache: TranslationCache = {}  # GuestVirt's; every store invalidates it
 
     # --- entries -------------------------------------------------------------------
 
@@ -256,5 +284,67 @@ class PvMmu:
     def table_level(self, frame: int) -> int | None:
         return self.type[frame] if self.is_page_table(frame) else None
 
+    # --- save / restore --------------------------------------------------------------
 
-__all__ = ["PvMmu", "WRITABLE", "SEGDESC", "TYPE_NAMES"]
+    def save(self) -> MmuState:
+        with self.lock:
+            return MmuState(
+                frames=tuple(sorted((f, self.type[f], n) for f, n in self.count.items())),
+                pinned=tuple(sorted((f, self.type[f]) for f in self.pinned)),
+            )
+
+    @classmethod
+    def restore(
+        cls,
+        state: MmuState,
+        *,
+        mem: GuestMemory,
+        ram_pages: int,
+        guest_frames: int,
+        hv_l4_entries: dict[int, int],
+    ) -> PvMmu:
+        """An MMU with the saved types, counts and pins, over the restored memory.
+
+        Memory is neither read nor written: the tables were validated when
+        they took their types and come back byte for byte. What can be checked
+        without walking them is checked, so a record that does not fit this
+        domain is refused (:class:`StateError`) instead of letting the guest
+        run with counts that would let it write a live table.
+        """
+        check_version(state, "PV MMU state")
+        mmu = cls(mem, ram_pages, guest_frames, hv_l4_entries)
+        for frame, kind, count in state.frames:
+            if not 0 <= frame < ram_pages:
+                raise StateError(
+                    f"The saved PV MMU state gives frame {frame:#x} a page type, but the domain "
+                    f"has {ram_pages:#x} RAM frames; restore it with the memory size it was saved with."
+                )
+            if frame in mmu.count:
+                raise StateError(f"The saved PV MMU state lists frame {frame:#x} twice.")
+            if kind not in TYPE_NAMES:
+                raise StateError(f"The saved PV MMU state gives frame {frame:#x} unknown type {kind}.")
+            if count < 1:
+                raise StateError(
+                    f"The saved PV MMU state gives frame {frame:#x} a {TYPE_NAMES[kind]} type "
+                    f"with {count} references; a typed frame has at least one."
+                )
+            mmu.type[frame] = kind
+            mmu.count[frame] = count
+        for frame, level in state.pinned:
+            if not 1 <= level <= 4:
+                raise StateError(f"The saved PV MMU state pins frame {frame:#x} at level {level}, not 1-4.")
+            if frame in mmu.pinned:
+                raise StateError(f"The saved PV MMU state pins frame {frame:#x} twice.")
+            # A pin holds a reference of the pinned level, so the frame must
+            # have that type; anything else means the counts are not ours.
+            if mmu.type.get(frame) != level:
+                have = TYPE_NAMES.get(mmu.type.get(frame, 0), "no")
+                raise StateError(
+                    f"The saved PV MMU state pins frame {frame:#x} as an L{level} table, "
+                    f"but saves {have} type for it."
+                )
+            mmu.pinned.add(frame)
+        return mmu
+
+
+__all__ = ["MmuState", "PvMmu", "WRITABLE", "SEGDESC", "TYPE_NAMES"]

@@ -100,7 +100,6 @@ class PvDomain:
         self.grant_frames = 0
         self.shutdown_code: int | None = None
         self.stopping = False   # no vCPU enters the guest again
-        self.closed = False     # no more kicks: the vCPUs' kvm_run pages are going away
         self.paused = False
 
         self.vcpus: list[PvVcpu] = []
@@ -193,9 +192,8 @@ class PvDomain:
 
     def close(self) -> None:
         """Release the vCPUs' KVM state (after :meth:`join`)."""
-        self.closed = True
         for pv in self.vcpus:
-            pv.kvm.close()
+            pv.close()
 
     def stats(self) -> dict[str, int]:
         """Exit counts by kind, summed over the vCPUs."""

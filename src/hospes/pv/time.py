@@ -7,6 +7,13 @@ Each vCPU re-samples its pair about once a second: a guest TSC on a nested or
 migrating host can drift from the host's monotonic clock, and the timers below
 compare guest deadlines with that clock, so the two must not drift apart.
 Timers fire VIRQ_TIMER from one thread that sleeps until the earliest deadline.
+
+Save/restore and migration keep system time continuous, as Xen does for a
+domain: the restored :class:`Clock` starts at the saved system time on the new
+host's monotonic clock, so timer deadlines (absolute system times chosen by the
+guest) keep their meaning and the guest never sees time go backwards. The
+wall clock is not saved: it is the new host's real time minus system time, so
+the guest's date stays right even though system time did not stop.
 """
 
 from __future__ import annotations
@@ -15,7 +22,10 @@ import heapq
 import struct
 import threading
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+from hospes.state import StateError, check_version
 
 NS = 1_000_000_000
 
@@ -34,16 +44,58 @@ def time_scale(hz: int) -> tuple[int, int]:
     return mul & 0xFFFFFFFF, shift
 
 
+@dataclass(frozen=True, slots=True)
+class ClockState:
+    """Saved clock: where the domain's system time stood when it was saved.
+
+    ``tsc_khz`` is the guest's TSC rate then, for the restoring domain to ask
+    of KVM (a guest may have calibrated with it); the restored clock itself
+    scales with the rate its vCPUs really run at on the new host.
+    """
+
+    VERSION: ClassVar[int] = 1
+    system_time_ns: int
+    tsc_khz: int
+    version: int = VERSION
+
+
 class Clock:
     def __init__(self, tsc_khz: int, read_tsc: Callable[[], int]) -> None:
+        self._start(tsc_khz, read_tsc, 0)
+
+    def _start(self, tsc_khz: int, read_tsc: Callable[[], int], system_time: int) -> None:
+        """Anchor system time ``system_time`` to this host's clock and the guest TSC now."""
+        if tsc_khz <= 0:
+            raise ValueError(f"The TSC rate must be positive, not {tsc_khz} kHz")  # time_scale would never end
         self.tsc_hz = tsc_khz * 1000
         self.mul, self.shift = time_scale(self.tsc_hz)
         t0 = time.monotonic_ns()
         tsc = read_tsc()
         t1 = time.monotonic_ns()
-        self.base_ns = (t0 + t1) // 2
-        self.tsc0 = tsc
+        self.base_ns = (t0 + t1) // 2 - system_time
+        # The guest TSC at system time 0. After a restore this may be negative
+        # (a new vCPU's TSC can be behind the continued system time); the guest
+        # only sees guest_tsc(), which never goes below the TSC read here.
+        self.tsc0 = tsc - system_time * self.tsc_hz // NS
         self.wall0 = time.time_ns() - (time.monotonic_ns() - self.base_ns)
+
+    def save(self) -> ClockState:
+        return ClockState(system_time_ns=self.now(), tsc_khz=self.tsc_hz // 1000)
+
+    @classmethod
+    def restore(cls, state: ClockState, *, tsc_khz: int, read_tsc: Callable[[], int]) -> Clock:
+        """A clock whose system time continues from ``state`` on this host.
+
+        ``tsc_khz`` and ``read_tsc`` are the new host's, as for the
+        constructor; the guest TSC is re-anchored to whatever the restored
+        vCPU reads now, so guest_tsc() agrees with the guest's RDTSC.
+        """
+        check_version(state, "guest clock")
+        if state.system_time_ns < 0:
+            raise StateError(f"The saved guest clock has negative system time {state.system_time_ns} ns.")
+        clock = cls.__new__(cls)
+        clock._start(tsc_khz, read_tsc, state.system_time_ns)
+        return clock
 
     def now(self) -> int:
         return time.monotonic_ns() - self.base_ns
@@ -68,6 +120,27 @@ class Clock:
         return self.wall0 // NS, self.wall0 % NS
 
 
+@dataclass(frozen=True, slots=True)
+class VcpuTimersState:
+    """One vCPU's timers, as absolute guest system times in ns (0 = not set)."""
+
+    VERSION: ClassVar[int] = 1
+    singleshot: int
+    period: int
+    next_periodic: int
+    version: int = VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class TimersState:
+    """Saved timers, one entry per vCPU. Deadlines are guest system time, which
+    the restored :class:`Clock` continues, so they need no adjusting."""
+
+    VERSION: ClassVar[int] = 1
+    vcpus: tuple[VcpuTimersState, ...]
+    version: int = VERSION
+
+
 class Timers:
     """Singleshot and periodic timers of every vCPU, on one thread."""
 
@@ -88,9 +161,12 @@ class Timers:
         self.thread.start()
 
     def stop(self) -> None:
+        """Stop the thread and wait for it: no timer fires (and no call is made) afterwards."""
         with self.cond:
             self.stopping = True
             self.cond.notify()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join()
 
     def set_singleshot(self, vcpu: int, deadline: int, force: bool = False) -> None:
         with self.cond:
@@ -114,9 +190,69 @@ class Timers:
             heapq.heappush(self.calls, (self.clock.now() + delay_ns, self._seq, fn))
             self.cond.notify()
 
+    def save(self) -> TimersState:
+        with self.cond:
+            return TimersState(
+                tuple(
+                    VcpuTimersState(
+                        singleshot=self.singleshot[v],
+                        period=self.periodic[v],
+                        # Left behind when a periodic timer is stopped; meaningless then.
+                        next_periodic=self.next_periodic[v] if self.periodic[v] else 0,
+                    )
+                    for v in range(len(self.singleshot))
+                )
+            )
+
+    @classmethod
+    def restore(
+        cls, state: TimersState, *, clock: Clock, nr_vcpus: int, fire: Callable[[int], None]
+    ) -> Timers:
+        """Timers armed at the saved deadlines on ``clock`` (a restored clock
+        continues system time, so they fire when they would have). Deadlines
+        already past fire as soon as the thread starts. Not started."""
+        check_version(state, "vCPU timers")
+        if len(state.vcpus) != nr_vcpus:
+            raise StateError(
+                f"The saved vCPU timers are for {len(state.vcpus)} vCPUs, but the domain has "
+                f"{nr_vcpus}; restore it with the vCPU count it was saved with."
+            )
+        timers = cls(clock, nr_vcpus, fire)
+        for v, saved in enumerate(state.vcpus):
+            check_version(saved, f"timers of vCPU {v}")
+            if min(saved.singleshot, saved.period, saved.next_periodic) < 0 or (
+                bool(saved.period) != bool(saved.next_periodic)
+            ):
+                raise StateError(
+                    f"The saved timers of vCPU {v} are inconsistent: singleshot {saved.singleshot}, "
+                    f"period {saved.period}, next periodic deadline {saved.next_periodic}."
+                )
+            timers.singleshot[v] = saved.singleshot
+            timers.periodic[v] = saved.period
+            timers.next_periodic[v] = saved.next_periodic
+            if saved.singleshot:
+                heapq.heappush(timers.heap, (saved.singleshot, v, "one"))
+            if saved.period:
+                heapq.heappush(timers.heap, (saved.next_periodic, v, "per"))
+        return timers
+
+    def _take_due(self, now: int) -> list[int]:
+        """Pop the timers due at ``now`` (re-arming periodic ones); the vCPUs to fire.
+        Called with ``cond`` held."""
+        due: list[int] = []
+        while self.heap and self.heap[0][0] <= now:
+            deadline, v, kind = heapq.heappop(self.heap)
+            if kind == "one" and self.singleshot[v] == deadline:
+                self.singleshot[v] = 0
+                due.append(v)
+            elif kind == "per" and self.periodic[v] and self.next_periodic[v] == deadline:
+                due.append(v)
+                self.next_periodic[v] = deadline + self.periodic[v]
+                heapq.heappush(self.heap, (self.next_periodic[v], v, "per"))
+        return due
+
     def _run(self) -> None:
         while True:
-            due: list[int] = []
             calls: list[Callable[[], None]] = []
             with self.cond:
                 if self.stopping:
@@ -124,15 +260,7 @@ class Timers:
                 now = self.clock.now()
                 while self.calls and self.calls[0][0] <= now:
                     calls.append(heapq.heappop(self.calls)[2])
-                while self.heap and self.heap[0][0] <= now:
-                    deadline, v, kind = heapq.heappop(self.heap)
-                    if kind == "one" and self.singleshot[v] == deadline:
-                        self.singleshot[v] = 0
-                        due.append(v)
-                    elif kind == "per" and self.periodic[v] and self.next_periodic[v] == deadline:
-                        due.append(v)
-                        self.next_periodic[v] = deadline + self.periodic[v]
-                        heapq.heappush(self.heap, (self.next_periodic[v], v, "per"))
+                due = self._take_due(now)
                 if not due and not calls:
                     deadlines = [q[0][0] for q in (self.heap, self.calls) if q]
                     self.cond.wait((min(deadlines) - now) / NS if deadlines else None)
@@ -141,3 +269,6 @@ class Timers:
                 fn()
             for v in due:
                 self.fire(v)
+
+
+__all__ = ["NS", "Clock", "ClockState", "Timers", "TimersState", "VcpuTimersState", "time_scale"]

@@ -177,7 +177,9 @@ class PvVcpu:
         self.mem = domain.mem
         self.virt = domain.virt
         self.thread: threading.Thread | None = None
-        self.thread_ident: int | None = None
+        self.thread_ident: int | None = None   # set while loop() runs; kicks signal only then
+        self._thread_lock = threading.Lock()
+        self._closed = False
         # Xen-visible state (struct pv_vcpu).
         self.kernel_mode = True
         self.kernel_cr3 = 0
@@ -327,7 +329,15 @@ class PvVcpu:
 
     def loop(self) -> None:
         """Run the vCPU until the domain stops. Runs on this vCPU's thread."""
-        self.thread_ident = threading.get_ident()
+        with self._thread_lock:
+            self.thread_ident = threading.get_ident()
+        try:
+            self._loop()
+        finally:
+            with self._thread_lock:
+                self.thread_ident = None
+
+    def _loop(self) -> None:
         dom = self.domain
         run = self.kvm.run
         runnable = self.run_state.wait_runnable
@@ -474,13 +484,11 @@ class PvVcpu:
         the domain is harmless.
         """
         self.run_state.kick()
-        ident = self.thread_ident
-        if ident is not None and ident != threading.get_ident() and not self.domain.closed:
-            self.kvm.immediate_exit = True
-            try:
+        with self._thread_lock:  # the thread cannot end, nor its KVM state go away, meanwhile
+            ident = self.thread_ident
+            if ident is not None and ident != threading.get_ident() and not self._closed:
+                self.kvm.immediate_exit = True
                 signal.pthread_kill(ident, KICK_SIGNAL)
-            except (ProcessLookupError, OSError):
-                pass  # the thread has ended
 
     def _on_kick(self) -> None:
         self.count("kick")
@@ -771,6 +779,12 @@ class PvVcpu:
         self.gdt_frames = list(frames)
         self.gdt_ents = entries
         self.request_flush()
+
+    def close(self) -> None:
+        """Release the KVM vCPU; later kicks only wake sleepers."""
+        with self._thread_lock:
+            self._closed = True
+            self.kvm.close()
 
     # --- diagnostics -------------------------------------------------------------------------
 

@@ -60,7 +60,9 @@ import threading
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, ClassVar, Iterator, Sequence
+
+from hospes.state import StateError, check_version
 
 from .errors import StoreError
 from .transactions import Transaction, TransactionsState, TransactionTable, commit
@@ -116,7 +118,9 @@ class WatchHandle:
 class StoreState:
     """Saved store: the tree (dom0 Python watches are re-registered by their owners)."""
 
+    VERSION: ClassVar[int] = 1
     tree: TreeState
+    version: int = VERSION
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,7 @@ class ConnectionState:
     """Saved connection.  ``outq`` holds ``(bytes, is_event)``; ``out_offset``
     is how much of the first entry the guest already has."""
 
+    VERSION: ClassVar[int] = 1
     domid: int
     watches: WatchesState
     transactions: TransactionsState
@@ -131,6 +136,7 @@ class ConnectionState:
     out_offset: int
     inbuf: bytes = b""
     broken: bool = False
+    version: int = VERSION
 
 
 def _dom0_path(path: str, *, allow_special: bool = False) -> str:
@@ -339,6 +345,7 @@ class Store(_Dom0Ops):
 
     @classmethod
     def restore(cls, state: StoreState, quota: Quota | None = None) -> Store:
+        check_version(state, "xenstore")
         quota = quota or Quota()
         return cls(quota, tree=Tree.restore(state.tree, quota))
 
@@ -501,12 +508,25 @@ class Connection:
             )
 
     def _restore_state(self, state: ConnectionState) -> None:
-        self.watches = WatchList.restore(state.watches, self.domid, self.quota)
-        self.transactions = TransactionTable.restore(
-            state.transactions,
-            self.store.tree,
-            self.quota.max_transactions if self.quota else None,
-        )
+        """Take over a saved connection's state (transports add their own);
+        on a record that does not fit, close and raise :class:`StateError`."""
+        try:
+            check_version(state, f"xenstore connection of domain {state.domid}")
+            first = len(state.outq[0][0]) if state.outq else 0
+            if not 0 <= state.out_offset <= first:
+                raise StateError(
+                    f"The saved xenstore connection of domain {state.domid} has sent "
+                    f"{state.out_offset} bytes of a {first}-byte message."
+                )
+            self.watches = WatchList.restore(state.watches, self.domid, self.quota)
+            self.transactions = TransactionTable.restore(
+                state.transactions,
+                self.store.tree,
+                self.quota.max_transactions if self.quota else None,
+            )
+        except StateError:
+            self.close()  # constructing attached us to the store
+            raise
         self._outq = deque((bytes(d), bool(e)) for d, e in state.outq)
         self._out_bytes = sum(len(d) for d, _ in self._outq)
         self._event_bytes = sum(len(d) for d, e in self._outq if e)
@@ -516,6 +536,7 @@ class Connection:
     def restore(cls, store: Store, state: ConnectionState) -> Connection:
         """Recreate a saved connection on a restored store.  Queued output is
         not pushed (nor the peer notified) until the next service()."""
+        check_version(state, f"xenstore connection of domain {state.domid}")
         conn = cls(store, state.domid)
         with store._op():
             conn._restore_state(state)

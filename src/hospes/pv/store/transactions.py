@@ -23,6 +23,9 @@ so the guest simply retries; aborting one is fine.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
+
+from hospes.state import StateError, check_version
 
 from .errors import StoreError
 from .tree import Change, Tree
@@ -65,8 +68,10 @@ def commit(live: Tree, tx: Transaction) -> list[Change]:
 class TransactionsState:
     """Saved form of a table: ids of the (dropped) open transactions."""
 
+    VERSION: ClassVar[int] = 1
     open_ids: tuple[int, ...]
     next_id: int
+    version: int = VERSION
 
 
 class TransactionTable:
@@ -117,8 +122,12 @@ class TransactionTable:
         cls, state: TransactionsState, live: Tree, limit: int | None = None
     ) -> TransactionTable:
         """Recreate the table with every saved transaction doomed (see module doc)."""
+        check_version(state, "xenstore transaction table")
         table = cls(limit)
         table._next_id = state.next_id & _TX_ID_MASK
         for tx_id in state.open_ids:
+            # Id 0 means "no transaction" on the wire, and ids are u32 there.
+            if not 0 < tx_id <= _TX_ID_MASK or tx_id in table._open:
+                raise StateError(f"The saved xenstore transaction id {tx_id} is invalid or duplicated.")
             table._open[tx_id] = Transaction(tx_id, live.snapshot(), doomed=True)
         return table

@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Iterable, Iterator, Sequence
+from typing import ClassVar, Iterable, Iterator, Sequence
+
+from hospes.state import StateError, check_version
 
 from .errors import StoreError
 
@@ -209,19 +211,23 @@ class Change:
 class NodeRecord:
     """Saved form of one node."""
 
+    VERSION: ClassVar[int] = 1
     path: str
     value: bytes
     perms: tuple[str, ...]
     children: tuple[str, ...]
     generation: int
+    version: int = VERSION
 
 
 @dataclass(frozen=True)
 class TreeState:
     """Saved form of a whole tree: every node with perms and generation."""
 
+    VERSION: ClassVar[int] = 1
     nodes: tuple[NodeRecord, ...]
     generation: int
+    version: int = VERSION
 
 
 ROOT_PERMS: Perms = (Perm("n", PRIVILEGED_DOMID),)
@@ -475,21 +481,31 @@ class Tree:
 
     @classmethod
     def restore(cls, state: TreeState, quota: Quota | None = None) -> Tree:
-        """Rebuild a tree; raise ``StoreError("EINVAL")`` if it is inconsistent."""
+        """Rebuild a tree; raise :class:`StateError` if it is inconsistent."""
+        check_version(state, "xenstore tree")
         tree = cls(quota)
         tree._nodes = {}
         tree._owned = {}
         for rec in state.nodes:
-            node = Node(rec.value, parse_perms(rec.perms), tuple(rec.children), rec.generation)
+            check_version(rec, f"xenstore node {rec.path}")
+            try:
+                if canonicalize(rec.path, PRIVILEGED_DOMID) != rec.path:
+                    raise StoreError("EINVAL", "not an absolute path")
+                perms = parse_perms(rec.perms)
+            except StoreError as e:
+                raise StateError(f"The saved xenstore node {rec.path!r} is malformed: {e}") from e
             if rec.path in tree._nodes:
-                raise StoreError("EINVAL", f"duplicate node {rec.path} in saved store")
-            tree.install(rec.path, node)
+                raise StateError(f"The saved xenstore holds node {rec.path} twice.")
+            tree.install(rec.path, Node(rec.value, perms, tuple(rec.children), rec.generation))
         if "/" not in tree._nodes:
-            raise StoreError("EINVAL", "saved store has no root")
+            raise StateError("The saved xenstore has no root node.")
         for path, node in tree._nodes.items():
             for child in node.children:
                 if child_path(path, child) not in tree._nodes:
-                    raise StoreError("EINVAL", f"saved store lacks {child_path(path, child)}")
+                    raise StateError(
+                        f"The saved xenstore node {path} lists child {child!r}, "
+                        f"but {child_path(path, child)} is not saved."
+                    )
         tree._generation = max(
             [state.generation] + [n.generation for n in tree._nodes.values()]
         )

@@ -19,7 +19,9 @@ watch gets is the caller's business (see :mod:`.wire`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import ClassVar, Iterator
+
+from hospes.state import StateError, check_version
 
 from .errors import StoreError
 from .tree import Change, Quota, canonicalize, home_path, is_special
@@ -58,7 +60,9 @@ class Watch:
 class WatchesState:
     """Saved watches: ``(path as registered, token)`` in registration order."""
 
+    VERSION: ClassVar[int] = 1
     watches: tuple[tuple[str, str], ...]
+    version: int = VERSION
 
 
 class WatchList:
@@ -119,8 +123,14 @@ class WatchList:
     def restore(
         cls, state: WatchesState, domid: int, quota: Quota | None = None
     ) -> WatchList:
+        check_version(state, f"xenstore watches of domain {domid}")
         watches = cls(domid, quota)
         for path, token in state.watches:
-            name, prefix_len = watches._canonical(path)
+            try:
+                name, prefix_len = watches._canonical(path)
+            except StoreError as e:
+                raise StateError(
+                    f"The saved xenstore watch {path!r} of domain {domid} is malformed: {e}"
+                ) from e
             watches._watches.append(Watch(name, token, prefix_len))
         return watches

@@ -1,0 +1,160 @@
+"""Guest time across save/restore: the clock continues system time, timers keep their deadlines."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from hospes.pv import time as pvtime
+from hospes.pv.time import NS, Clock, ClockState, Timers, TimersState, VcpuTimersState, time_scale
+from hospes.state import StateError, decode, encode
+
+
+class FakeHost:
+    """A host's monotonic and wall clocks, moved by hand."""
+
+    def __init__(self, monotonic: int, wall: int) -> None:
+        self.monotonic = monotonic
+        self.wall = wall
+
+    def advance(self, ns: int) -> None:
+        self.monotonic += ns
+        self.wall += ns
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(pvtime.time, "monotonic_ns", lambda: self.monotonic)
+        monkeypatch.setattr(pvtime.time, "time_ns", lambda: self.wall)
+
+
+def test_restored_clock_continues_system_time_on_another_host(monkeypatch) -> None:
+    old = FakeHost(monotonic=7 * NS, wall=1_700_000_000 * NS)
+    old.install(monkeypatch)
+    clock = Clock(2_000_000, lambda: 123_456)
+    old.advance(5 * NS)
+    state = clock.save()
+    assert state == ClockState(system_time_ns=5 * NS, tsc_khz=2_000_000)
+
+    # The new host booted later (smaller monotonic clock), its real time is
+    # 20 s on, it runs TSCs at another rate, and the new vCPU's TSC reads 99.
+    new = FakeHost(monotonic=3 * NS, wall=1_700_000_000 * NS + 20 * NS)
+    new.install(monkeypatch)
+    restored = Clock.restore(state, tsc_khz=3_000_000, read_tsc=lambda: 99)
+    assert restored.now() == 5 * NS
+    assert restored.guest_tsc() == 99
+    assert (restored.mul, restored.shift) == time_scale(3_000_000_000)
+    # Wall clock = this host's real time minus system time, so the guest's date is right.
+    assert restored.wallclock() == divmod(1_700_000_000 * NS + 15 * NS, NS)
+    new.advance(NS)
+    assert restored.now() == 6 * NS
+    assert restored.guest_tsc() == 99 + 3_000_000_000
+
+
+def test_restored_clock_on_the_real_host_is_monotonic_from_the_saved_time() -> None:
+    clock = Clock(1_000_000, lambda: 0)
+    state = dataclasses.replace(clock.save(), system_time_ns=clock.now() + 3600 * NS)
+    restored = Clock.restore(state, tsc_khz=1_000_000, read_tsc=lambda: 0)
+    first = restored.now()
+    assert first >= state.system_time_ns
+    assert restored.now() >= first
+
+
+def test_clock_state_round_trips_through_json() -> None:
+    state = Clock(2_500_000, lambda: 0).save()
+    assert decode(ClockState, json.loads(json.dumps(encode(state)))) == state
+
+
+def test_clock_refuses_a_newer_version_and_negative_time() -> None:
+    with pytest.raises(StateError, match="saved guest clock is version 2"):
+        Clock.restore(ClockState(0, 1_000_000, version=2), tsc_khz=1_000_000, read_tsc=lambda: 0)
+    with pytest.raises(StateError, match="negative"):
+        Clock.restore(ClockState(-1, 1_000_000), tsc_khz=1_000_000, read_tsc=lambda: 0)
+
+
+# --- timers ---------------------------------------------------------------------------
+
+
+def fake_clock(now: int) -> SimpleNamespace:
+    clock = SimpleNamespace(t=now)
+    clock.now = lambda: clock.t
+    return clock
+
+
+def armed(clock) -> Timers:
+    """vCPU 0: singleshot at 5000; vCPU 1: every 1000 from 100; vCPU 2: idle."""
+    timers = Timers(clock, 3, lambda v: None)
+    timers.set_singleshot(0, 5000)
+    timers.set_periodic(1, 1000)
+    return timers
+
+
+def test_timers_state_holds_deadlines_in_system_time() -> None:
+    timers = armed(fake_clock(100))
+    assert timers.save() == TimersState(
+        (VcpuTimersState(5000, 0, 0), VcpuTimersState(0, 1000, 1100), VcpuTimersState(0, 0, 0))
+    )
+    timers.set_periodic(1, 0)  # a stopped periodic timer leaves no deadline behind
+    assert timers.save().vcpus[1] == VcpuTimersState(0, 0, 0)
+
+
+def test_timers_round_trip_through_restore_and_json() -> None:
+    clock = fake_clock(100)
+    state = armed(clock).save()
+    again = Timers.restore(state, clock=clock, nr_vcpus=3, fire=lambda v: None)
+    assert again.save() == state
+    assert decode(TimersState, json.loads(json.dumps(encode(state)))) == state
+
+
+def test_restored_timers_fire_at_the_saved_deadlines() -> None:
+    state = armed(fake_clock(100)).save()
+    restored = Timers.restore(state, clock=fake_clock(100), nr_vcpus=3, fire=lambda v: None)
+    with restored.cond:
+        assert restored._take_due(1099) == []
+        assert restored._take_due(1100) == [1]
+        assert restored._take_due(4999) == [1, 1, 1]  # 2100, 3100, 4100
+        assert restored._take_due(5000) == [0]
+        assert restored._take_due(6099) == [1]  # 5100; the one-shot does not come back
+    assert restored.save().vcpus[0] == VcpuTimersState(0, 0, 0)
+
+
+def test_restored_timer_thread_fires_a_deadline_the_continued_clock_has_passed() -> None:
+    clock = Clock(1_000_000, lambda: 0)
+    saved_clock = clock.save()
+    timers = Timers(clock, 2, lambda v: None)
+    timers.set_singleshot(1, saved_clock.system_time_ns)  # due exactly when the domain was saved
+    state = timers.save()
+
+    restored_clock = Clock.restore(saved_clock, tsc_khz=1_000_000, read_tsc=lambda: 0)
+    fired: list[int] = []
+    done = threading.Event()
+
+    def fire(v: int) -> None:
+        fired.append(v)
+        done.set()
+
+    restored = Timers.restore(state, clock=restored_clock, nr_vcpus=2, fire=fire)
+    restored.start()
+    try:
+        assert done.wait(10)
+    finally:
+        restored.stop()
+        restored.thread.join(10)
+    assert fired == [1]
+
+
+def test_timers_refuse_newer_versions_other_vcpu_counts_and_inconsistency() -> None:
+    clock = fake_clock(0)
+    ok = VcpuTimersState(0, 0, 0)
+    with pytest.raises(StateError, match="saved vCPU timers is version 9"):
+        Timers.restore(TimersState((ok,), version=9), clock=clock, nr_vcpus=1, fire=print)
+    with pytest.raises(StateError, match="saved timers of vCPU 0 is version 9"):
+        Timers.restore(TimersState((VcpuTimersState(0, 0, 0, version=9),)), clock=clock, nr_vcpus=1, fire=print)
+    with pytest.raises(StateError, match="for 1 vCPUs, but the domain has 2"):
+        Timers.restore(TimersState((ok,)), clock=clock, nr_vcpus=2, fire=print)
+    with pytest.raises(StateError, match="inconsistent"):
+        Timers.restore(TimersState((VcpuTimersState(0, 1000, 0),)), clock=clock, nr_vcpus=1, fire=print)
+    with pytest.raises(StateError, match="inconsistent"):
+        Timers.restore(TimersState((VcpuTimersState(-5, 0, 0),)), clock=clock, nr_vcpus=1, fire=print)
