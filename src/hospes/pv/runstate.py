@@ -73,6 +73,7 @@ class VcpuRun:
         self._state = RunState.RUNNING if online else RunState.DOWN
         self._paused_in: RunState | None = None  # the state PAUSED interrupted
         self._kicks = 0                            # bumped by every kick, so waiters can tell
+        self.parked = False                        # the vCPU thread sleeps between exits (wait_runnable)
 
     @property
     def state(self) -> RunState:
@@ -120,8 +121,16 @@ class VcpuRun:
         """Sleep until the vCPU may run guest code (RUNNING) or must stop (STOPPING)."""
         with self.cond:
             while self._state not in (RunState.RUNNING, RunState.STOPPING):
+                self.parked = True
                 self.cond.wait()
+            self.parked = False
             return self._state
+
+    def restore_online(self, online: bool) -> None:
+        """Set up/down for a vCPU being restored (its thread has not started)."""
+        with self.cond:
+            self._state = RunState.RUNNING if online else RunState.DOWN
+            self._paused_in = None
 
     def block(self, ready: Callable[[], bool], deadline_ns: int = 0,
               now_ns: Callable[[], int] = time.monotonic_ns) -> None:

@@ -35,6 +35,8 @@ from hospes.pv.errors import Errno, XenError
 from hospes.pv.runstate import RunState, VcpuRun
 from hospes.pv.trampoline import VcpuArea
 from hospes.pv import emulate
+from hospes.pv.vcpu_state import PvVcpuState, StartContext, capture_cpu, load_cpu
+from hospes.state import StateError, check_version
 
 if TYPE_CHECKING:
     from hospes.kvm import Vcpu
@@ -785,6 +787,62 @@ class PvVcpu:
         with self._thread_lock:
             self._closed = True
             self.kvm.close()
+
+    # --- saved state ---------------------------------------------------------------------
+
+    def save(self) -> PvVcpuState:
+        """This vCPU's state; its thread must be parked or not started (see vcpu_state)."""
+        if self.thread_ident is not None and not self.run_state.parked:
+            raise StateError(f"vCPU {self.id} is running; pause the domain before saving it.")
+        ctx = self.start_context
+        return PvVcpuState(
+            vcpu_id=self.id, online=self.online, initialised=self.initialised,
+            kernel_mode=self.kernel_mode, kernel_cr3=self.kernel_cr3, user_cr3=self.user_cr3,
+            cpu_cr3=self.cpu_cr3, gs_base_kernel=self.gs_base_kernel, gs_base_user=self.gs_base_user,
+            fs_base=self.fs_base, gs_sel=self.gs_sel,
+            trap_table=tuple(sorted((v, f, a) for v, (f, a) in self.trap_table.items())),
+            callbacks=tuple(sorted((t, a, f) for t, (a, f) in self.callbacks.items())),
+            kernel_ss=self.kernel_ss, kernel_sp=self.kernel_sp, iopl=self.iopl, cr0_ts=self.cr0_ts,
+            cr4=self.cr4, debugreg=tuple(self.debugreg), vcpu_info_gpa=self.vcpu_info_gpa,
+            vcpu_info_registered=self.vcpu_info_registered, runstate_va=self.runstate_va,
+            gdt_frames=tuple(self.gdt_frames), gdt_ents=self.gdt_ents, ldt_base=self.ldt_base,
+            ldt_ents=self.ldt_ents, writes=tuple(self.writes), flush_pending=self.flush_pending,
+            invlpg_va=self.invlpg_va,
+            start_context=None if ctx is None else StartContext(
+                gprs=tuple(sorted(ctx["gprs"].items())), frame=ctx["frame"]),
+            cpu=capture_cpu(self.kvm),
+        )
+
+    @classmethod
+    def restore(cls, state: PvVcpuState, *, domain: "PvDomain", kvm_vcpu: "Vcpu", area: VcpuArea,
+                cpuid_entries: list) -> "PvVcpu":
+        """A vCPU in the saved state, ready for its thread (construction with a state)."""
+        check_version(state, f"vCPU {state.vcpu_id}")
+        if state.start_context is not None:
+            check_version(state.start_context, f"start context of vCPU {state.vcpu_id}")
+        if len(state.debugreg) != 8:
+            raise StateError(f"The saved vCPU {state.vcpu_id} has {len(state.debugreg)} debug registers, not 8.")
+        limit = domain.layout.guest_frames << 12
+        if not 0 <= state.vcpu_info_gpa <= limit - 64 or any(not 0 <= g < limit for g, _ in state.writes):
+            raise StateError(f"The saved vCPU {state.vcpu_id} points outside the domain's memory.")
+        pv = cls(domain, state.vcpu_id, kvm_vcpu, area)
+        for name in ("initialised", "kernel_mode", "kernel_cr3", "user_cr3", "gs_base_kernel", "gs_base_user",
+                     "fs_base", "gs_sel", "kernel_ss", "kernel_sp", "iopl", "cr0_ts", "cr4", "vcpu_info_gpa",
+                     "vcpu_info_registered", "runstate_va", "gdt_ents", "ldt_base", "ldt_ents",
+                     "flush_pending", "invlpg_va"):
+            setattr(pv, name, getattr(state, name))
+        pv.trap_table = {v: (f, a) for v, f, a in state.trap_table}
+        pv.callbacks = {t: (a, f) for t, a, f in state.callbacks}
+        pv.debugreg = list(state.debugreg)
+        pv.gdt_frames = list(state.gdt_frames)
+        pv.writes = list(state.writes)
+        if state.start_context is not None:
+            pv.start_context = {"gprs": dict(state.start_context.gprs), "frame": state.start_context.frame}
+        pv.setup_cpu(cpuid_entries)
+        load_cpu(kvm_vcpu, state.cpu)
+        pv.cpu_cr3 = state.cpu_cr3
+        pv.run_state.restore_online(state.online)
+        return pv
 
     # --- diagnostics -------------------------------------------------------------------------
 
