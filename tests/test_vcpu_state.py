@@ -16,7 +16,7 @@ from hospes.pv.pvdomain import DomainIdentity, PvDomain, PvHooks
 from hospes.pv.runstate import RunEvent
 from hospes.pv.trampoline import Trampoline
 from hospes.pv.vcpu import PvVcpu
-from hospes.pv.vcpu_state import PvVcpuState
+from hospes.pv.vcpu_state import PvVcpuState, StartContext
 from hospes.state import StateError, decode, encode
 
 pytestmark = pytest.mark.kvm
@@ -70,7 +70,7 @@ def dress(pv: PvVcpu) -> None:
     pv.gdt_frames, pv.gdt_ents, pv.ldt_base, pv.ldt_ents = [7, 8], 600, 0xFFFF888000020000, 5
     pv.writes = [(0x9000, 0x5067), (0x9008, 0)]
     pv.flush_pending, pv.invlpg_va, pv.initialised = True, 0x400000, True
-    pv.start_context = {"gprs": {"rax": 1, "rdi": 2}, "frame": (0x1000, 0xE033, 0x202, 0x2000, 0xE02B)}
+    pv.start_context = StartContext(gprs=(("rax", 1), ("rdi", 2)), frame=(0x1000, 0xE033, 0x202, 0x2000, 0xE02B))
     pv.run_state.fire(RunEvent.UP)
 
 

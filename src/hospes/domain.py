@@ -166,6 +166,10 @@ class Domain:
     def paused(self) -> bool:
         return self.pv.paused
 
+    @property
+    def grant_frames(self) -> int:
+        return self.pv.grant_frames
+
     # --- what the PV layer asks of us (PvHooks) ---------------------------------------
 
     def _console_io(self, data: bytes) -> None:

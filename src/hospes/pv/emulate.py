@@ -15,6 +15,7 @@ Everything else is reflected to the guest by the caller.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import capstone
@@ -284,7 +285,7 @@ def _reg(vcpu: "PvVcpu", reg: int) -> tuple[str, int, int]:
 
 def _get(vcpu: "PvVcpu", reg: int) -> int:
     n, shift, width = _reg(vcpu, reg)
-    return (getattr(vcpu.regs, n) >> shift) & ((1 << width) - 1)
+    return (int(getattr(vcpu.regs, n)) >> shift) & ((1 << width) - 1)
 
 
 def _set(vcpu: "PvVcpu", reg: int, value: int) -> None:
@@ -297,18 +298,19 @@ def _set(vcpu: "PvVcpu", reg: int, value: int) -> None:
         setattr(vcpu.regs, n, (cur & ~mask) | ((value << shift) & mask))
 
 
-def _emulate_rmw(vcpu: "PvVcpu", insn, old: int, bit_off: int):
+def _emulate_rmw(vcpu: "PvVcpu", insn: capstone.CsInsn, old: int,
+                 bit_off: int) -> tuple[int, Callable[[], None]] | None:
     """New 64-bit slot value for a write instruction, and a callback for its side effects."""
     ops = insn.operands
     if not ops or ops[0].type != X.X86_OP_MEM:
         return None
-    size = ops[0].size * 8
+    size = int(ops[0].size) * 8
     mask = ((1 << size) - 1) << bit_off
     cur = (old & mask) >> bit_off
     m = insn.id
-    src = None
+    src: int | None = None
     if len(ops) > 1:
-        src = _get(vcpu, ops[1].reg) if ops[1].type == X.X86_OP_REG else ops[1].imm & ((1 << size) - 1)
+        src = _get(vcpu, ops[1].reg) if ops[1].type == X.X86_OP_REG else int(ops[1].imm) & ((1 << size) - 1)
 
     def merge(v: int) -> int:
         return (old & ~mask) | ((v << bit_off) & mask)

@@ -111,6 +111,9 @@ class VcpuRun:
         else:
             self._state = TRANSITIONS.get((state, event), state)
 
+    def _now(self) -> RunState:
+        return self._state
+
     def kick(self) -> None:
         """Wake whatever this vCPU's thread is waiting for, so it looks again."""
         with self.cond:
@@ -147,7 +150,7 @@ class VcpuRun:
             self._apply(RunEvent.BLOCK)
             try:
                 while True:
-                    state = self._state
+                    state = self._now()  # changed by other threads while we waited
                     if state is RunState.STOPPING or (state is RunState.DOWN):
                         return
                     blocked = state is RunState.BLOCKED or self._paused_in is RunState.BLOCKED
@@ -168,7 +171,7 @@ class VcpuRun:
                     else:
                         self.cond.wait()
             finally:
-                if self._state is RunState.BLOCKED:
+                if self._now() is RunState.BLOCKED:
                     self._apply(RunEvent.WAKE)
 
 

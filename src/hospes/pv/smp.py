@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from hospes.pv import abi
 from hospes.pv.errors import Errno, XenError
 from hospes.pv.guestvirt import canonical
+from hospes.pv.vcpu_state import StartContext
 from hospes.pv.descriptors import load_gdt_frames
 
 if TYPE_CHECKING:
@@ -94,9 +95,9 @@ def load_guest_context(mmu: "PvMmu", ram_pages: int, target: "PvVcpu", ctx: byte
     target.iopl = (rflags >> 12) & 3
     target.ldt_base, target.ldt_ents = ldt_base, ldt_ents
     target.debugreg = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400]
-    target.start_context = {
-        "gprs": gprs,
-        "frame": (rip, (cs & 0xFFFF) | 3, rflags & ~(3 << 12), rsp, (ss & 0xFFFF) | 3),
-    }
+    target.start_context = StartContext(
+        gprs=tuple(sorted(gprs.items())),
+        frame=(rip, (cs & 0xFFFF) | 3, rflags & ~(3 << 12), rsp, (ss & 0xFFFF) | 3),
+    )
     target.initialised = True
     return 0

@@ -24,7 +24,7 @@ import signal
 import struct
 import threading
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, cast
 
 from hospes.kvm import constants as kc
 from hospes.kvm.structs import KvmSegment
@@ -41,7 +41,7 @@ from hospes.state import StateError, check_version
 if TYPE_CHECKING:
     from hospes.kvm import Vcpu
     from hospes.pv.pvdomain import PvDomain
-    from hospes.kvm.structs import KvmRegs, KvmRun, KvmSregs, KvmVcpuEvents
+    from hospes.kvm.structs import KvmCpuidEntry2, KvmRegs, KvmRun, KvmSregs, KvmVcpuEvents
     from hospes.machine.memory import GuestMemory
     from hospes.pv.guestvirt import GuestVirt
 
@@ -157,7 +157,7 @@ class PvVcpu:
     invlpg_va: int
     flush_generation: int
     in_kvm_run: bool
-    start_context: dict | None
+    start_context: StartContext | None
     t_rip: int
     t_cs: int
     t_rflags: int
@@ -216,7 +216,7 @@ class PvVcpu:
         self.invlpg_va = 0
         self.flush_generation = 0        # bumped whenever a TLB flush is scheduled before guest code
         self.in_kvm_run = False
-        self.start_context: dict | None = None
+        self.start_context: StartContext | None = None
         self.t_rip = 0
         self.t_cs = abi.FLAT_KERNEL_CS
         self.t_rflags = 0x202
@@ -267,7 +267,7 @@ class PvVcpu:
 
     # --- initial state ------------------------------------------------------------
 
-    def setup_cpu(self, cpuid_entries: list) -> None:
+    def setup_cpu(self, cpuid_entries: list[KvmCpuidEntry2]) -> None:
         """Program KVM state that never changes: CPUID, control registers, MSRs."""
         k = self.kvm
         k.set_cpuid2(cpuid_entries)
@@ -319,8 +319,7 @@ class PvVcpu:
     def set_entry_state(self, rip: int, rsp: int, rsi: int, cs: int = abi.FLAT_KERNEL_CS,
                         ss: int = abi.FLAT_KERNEL_SS, rflags: int = 0x202) -> None:
         regs = self.kvm.get_regs()
-        for name, _ in regs._fields_:
-            setattr(regs, name, 0)
+        ctypes.memset(ctypes.addressof(regs), 0, ctypes.sizeof(regs))
         regs.rip = rip
         regs.rsp = rsp
         regs.rsi = rsi
@@ -445,7 +444,7 @@ class PvVcpu:
         except GuestFault:
             return -Errno.EFAULT
         assert result is not NO_RETURN
-        return int(result)  # type: ignore[call-overload]
+        return cast(int, result)
 
     # --- exception exits -----------------------------------------------------------
 
@@ -701,12 +700,12 @@ class PvVcpu:
         fresh = k.get_sregs()
         ctypes.memmove(ctypes.addressof(self.sregs), ctypes.addressof(fresh), ctypes.sizeof(fresh))
         fresh_regs = k.get_regs()
-        for name, value in ctx["gprs"].items():
+        for name, value in ctx.gprs:
             setattr(fresh_regs, name, value)
         ctypes.memmove(ctypes.addressof(self.regs), ctypes.addressof(fresh_regs), ctypes.sizeof(fresh_regs))
         self.sregs.cr3 = self.kernel_cr3
         self.cpu_cr3 = self.kernel_cr3
-        self.t_rip, self.t_cs, self.t_rflags, self.t_rsp, self.t_ss = ctx["frame"]
+        self.t_rip, self.t_cs, self.t_rflags, self.t_rsp, self.t_ss = ctx.frame
         self.exit_kind = "start"
         self._resume()
         self.kvm.mark_dirty(regs=True, sregs=True)
@@ -808,14 +807,13 @@ class PvVcpu:
             gdt_frames=tuple(self.gdt_frames), gdt_ents=self.gdt_ents, ldt_base=self.ldt_base,
             ldt_ents=self.ldt_ents, writes=tuple(self.writes), flush_pending=self.flush_pending,
             invlpg_va=self.invlpg_va,
-            start_context=None if ctx is None else StartContext(
-                gprs=tuple(sorted(ctx["gprs"].items())), frame=ctx["frame"]),
+            start_context=ctx,
             cpu=capture_cpu(self.kvm),
         )
 
     @classmethod
     def restore(cls, state: PvVcpuState, *, domain: "PvDomain", kvm_vcpu: "Vcpu", area: VcpuArea,
-                cpuid_entries: list) -> "PvVcpu":
+                cpuid_entries: list[KvmCpuidEntry2]) -> "PvVcpu":
         """A vCPU in the saved state, ready for its thread (construction with a state)."""
         check_version(state, f"vCPU {state.vcpu_id}")
         if state.start_context is not None:
@@ -836,8 +834,7 @@ class PvVcpu:
         pv.debugreg = list(state.debugreg)
         pv.gdt_frames = list(state.gdt_frames)
         pv.writes = list(state.writes)
-        if state.start_context is not None:
-            pv.start_context = {"gprs": dict(state.start_context.gprs), "frame": state.start_context.frame}
+        pv.start_context = state.start_context
         pv.setup_cpu(cpuid_entries)
         load_cpu(kvm_vcpu, state.cpu)
         pv.cpu_cr3 = state.cpu_cr3

@@ -17,6 +17,7 @@ from hospes.pv.abi import Hypercall
 from hospes.pv.errors import Errno, XenError
 
 if TYPE_CHECKING:
+    from hospes.pv.mmu import PvMmu
     from hospes.pv.vcpu import PvVcpu
 
 MMU_NORMAL_PT_UPDATE = 0
@@ -113,7 +114,7 @@ def mmuext_op(vcpu: PvVcpu, ops_va: int, count: int, done_va: int, foreigndom: i
     return rc
 
 
-def _mmuext(vcpu: PvVcpu, mmu, cmd: int, arg1: int, arg2: int) -> None:
+def _mmuext(vcpu: PvVcpu, mmu: PvMmu, cmd: int, arg1: int, arg2: int) -> None:
     ram = vcpu.domain.layout.ram_pages
     if cmd in MMUEXT_PIN:
         if arg1 >= ram:

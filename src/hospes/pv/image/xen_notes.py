@@ -98,7 +98,7 @@ def _number(note: ElfNote, where: str) -> int:
             f"built by a broken toolchain: use another kernel build."
         )
     (value,) = struct.unpack(fmt, note.desc)
-    return value
+    return int(value)
 
 
 def _name(note_type: int) -> str:

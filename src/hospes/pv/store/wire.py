@@ -102,7 +102,7 @@ class Message:
 
 def decode_header(data: bytes) -> tuple[int, int, int, int]:
     """``(type, req_id, tx_id, len)`` of a 16-byte header."""
-    return HEADER.unpack_from(data)  # type: ignore[return-value]
+    return HEADER.unpack_from(data)
 
 
 def error_message(request: Message, errno_name: str) -> Message:
