@@ -2,47 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import uuid
 
 import pytest
 
-from hospes.kvm import Kvm
-from hospes.machine.memory import PAGE_SIZE, GuestMemory
 from hospes.pv import abi
-from hospes.pv import layout as L
-from hospes.pv.cpuid import CpuidPolicy
-from hospes.pv.pvdomain import DomainIdentity, PvDomain, PvHooks
 from hospes.pv.runstate import RunEvent
-from hospes.pv.trampoline import Trampoline
 from hospes.pv.vcpu import PvVcpu
 from hospes.pv.vcpu_state import PvVcpuState, StartContext
 from hospes.state import StateError, decode, encode
+from pv_machine import Machine
 
 pytestmark = pytest.mark.kvm
-
-
-class Machine:
-    """A PV domain without a kernel: memory, trampoline, VM and vCPUs."""
-
-    def __init__(self, nr_vcpus: int = 2) -> None:
-        self.layout = L.Layout(ram_pages=16 * 256, nr_vcpus=nr_vcpus)
-        lay = self.layout
-        self.mem = GuestMemory([("ram", lay.ram_bytes), ("xen", L.XEN_FRAMES * PAGE_SIZE),
-                                ("hv", lay.hv_pages * PAGE_SIZE)])
-        self.trampoline = Trampoline(self.mem, lay)
-        self.kvm = Kvm()
-        self.vm = self.kvm.create_vm()
-        self.vm.set_user_memory_region(0, 0, self.mem.size, self.mem.host_addr)
-        self.cpuid = CpuidPolicy(self.kvm.supported_cpuid())
-        self.pv = PvDomain(self.mem, lay, self.trampoline, self.vm, self.cpuid,
-                           DomainIdentity(1, uuid.uuid4(), ""),
-                           PvHooks(console_io=lambda b: None, shutdown=lambda c: None, crash=lambda t: None))
-
-    def close(self) -> None:
-        self.pv.close()
-        self.vm.close()
-        self.kvm.close()
 
 
 @pytest.fixture()
@@ -121,3 +93,47 @@ def test_restore_refuses_a_newer_version_and_foreign_addresses(machine: Machine)
         PvVcpu.restore(dataclasses.replace(state, writes=((1 << 40, 0),)), **args)
     with pytest.raises(StateError, match="KVM's struct"):
         PvVcpu.restore(dataclasses.replace(state, cpu=dataclasses.replace(state.cpu, regs=b"\0" * 3)), **args)
+
+
+class _Backend:
+    def __init__(self) -> None:
+        self.notified = 0
+
+    def notify(self) -> None:
+        self.notified += 1
+
+
+def test_a_pv_domain_saved_and_restored_on_a_new_vm_saves_the_same(machine: Machine):
+    """vCPUs, page types and pins, event channels, timers and domain flags come back as they were;
+    the clock continues from the saved system time."""
+    pv = machine.pv
+    for v in pv.vcpus:
+        dress(v)
+    backend = _Backend()
+    port = pv.evtchn.alloc_backend_port(backend)
+    pv.evtchn.bind_virq(abi.VIRQ_TIMER, 1)
+    pv.evtchn.alloc_unbound(0)
+    pv.mmu.pin(pv.vcpus[0], 40, 1)  # an empty L1 is a valid page table
+    pv.timers.set_singleshot(0, pv.clock.now() + 10**9)
+    pv.timers.set_periodic(1, 5 * 10**6)
+    pv.vm_assist.add(2)
+    pv.grant_frames, pv.shutdown_code = 4, 3
+    first = pv.save()
+    assert decode(type(first), json.loads(json.dumps(encode(first)))) == first
+    restored_backend = _Backend()
+    other = Machine(saved=first, memory=bytes(machine.mem.buf), backends={port: restored_backend})
+    try:
+        second = other.pv.save()
+        assert second.clock.system_time_ns >= first.clock.system_time_ns
+        assert dataclasses.replace(second, clock=first.clock) == first
+        assert other.pv.mmu.table_level(40) == 1
+        other.pv.evtchn.send(port)
+        assert restored_backend.notified == 1 and backend.notified == 0
+    finally:
+        other.close()
+
+
+def test_a_saved_pv_domain_does_not_restore_with_other_vcpus(machine: Machine):
+    first = machine.pv.save()
+    with pytest.raises(StateError, match="cannot become domain 1 with 3"):
+        Machine(nr_vcpus=3, saved=first)

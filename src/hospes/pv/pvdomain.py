@@ -21,8 +21,9 @@ import struct
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from hospes.errors import HospesError
 from hospes.kvm import Vm
@@ -31,16 +32,18 @@ from hospes.pv import abi
 from hospes.pv import layout as L
 from hospes.pv.cpuid import CpuidPolicy
 from hospes.pv.errors import Errno
-from hospes.pv.evtchn import EventChannels
+from hospes.pv.evtchn import BackendEndpoint, EventChannels, EventChannelState
 from hospes.pv.guestvirt import GuestVirt
 from hospes.pv.hypercalls import build_table
-from hospes.pv.mmu import PvMmu
+from hospes.pv.mmu import MmuState, PvMmu
 from hospes.pv.msr import MsrEmulator
 from hospes.pv.runstate import RunEvent, RunState
 from hospes.pv.smp import CONTEXT_SIZE, load_guest_context
-from hospes.pv.time import Clock, Timers
+from hospes.pv.time import Clock, ClockState, Timers, TimersState
 from hospes.pv.trampoline import Trampoline
 from hospes.pv.vcpu import VI_TIME, PvVcpu
+from hospes.pv.vcpu_state import PvVcpuState
+from hospes.state import StateError, check_version
 
 SHARED_INFO_WALLCLOCK = 0xC00
 REKICK_NS = 200_000  # a kick that found the vCPU inside a stub or the writer is retried this much later
@@ -67,6 +70,23 @@ class DomainIdentity:
     cmdline: str
 
 
+@dataclass(frozen=True)
+class PvDomainState:
+    """Everything a PV domain holds beyond guest memory (and its backends)."""
+
+    VERSION: ClassVar[int] = 1
+    domid: int
+    vcpus: tuple[PvVcpuState, ...]
+    mmu: MmuState
+    evtchn: EventChannelState
+    clock: ClockState
+    timers: TimersState
+    vm_assist: tuple[int, ...]
+    grant_frames: int
+    shutdown_code: int | None
+    version: int = VERSION
+
+
 class _PollWaiter:
     """What event channels wake when a polled port becomes pending."""
 
@@ -81,7 +101,12 @@ class PvDomain:
     """One PV domain's hypervisor-side state and services."""
 
     def __init__(self, mem: GuestMemory, layout: L.Layout, trampoline: Trampoline, vm: Vm,
-                 cpuid: CpuidPolicy, identity: DomainIdentity, hooks: PvHooks) -> None:
+                 cpuid: CpuidPolicy, identity: DomainIdentity, hooks: PvHooks,
+                 saved: PvDomainState | None = None,
+                 backends: Mapping[int, BackendEndpoint] | None = None) -> None:
+        """A new domain, or with ``saved`` the domain :meth:`save` described
+        (its guest memory already restored); ``backends`` then maps each saved
+        port connected to an in-process backend to that backend, live."""
         self.mem = mem
         self.layout = layout
         self.trampoline = trampoline
@@ -92,30 +117,75 @@ class PvDomain:
         self.hooks = hooks
         self.virt = GuestVirt(mem, layout.guest_frames)
         self.mmu = PvMmu(mem, layout.ram_pages, layout.guest_frames, trampoline.l4_entries)
-        self.mmu.flush_all = self.flush_all_vcpus
-        self.mmu.translation_cache = self.virt.cache
         self.msrs = MsrEmulator()
         self.hypercall_table = build_table()
         self.vm_assist: set[int] = set()
         self.grant_frames = 0
         self.shutdown_code: int | None = None
+        if saved is not None:
+            check_version(saved, "PV domain")
+            if saved.domid != self.domid or len(saved.vcpus) != layout.nr_vcpus:
+                raise StateError(
+                    f"The saved PV domain is domain {saved.domid} with {len(saved.vcpus)} vCPUs; it cannot "
+                    f"become domain {self.domid} with {layout.nr_vcpus}. Restore it with its own configuration.")
+            self.mmu = PvMmu.restore(saved.mmu, mem=mem, ram_pages=layout.ram_pages,
+                                     guest_frames=layout.guest_frames, hv_l4_entries=trampoline.l4_entries)
+            self.vm_assist = set(saved.vm_assist)
+            self.grant_frames = saved.grant_frames
+            self.shutdown_code = saved.shutdown_code
         self.stopping = False   # no vCPU enters the guest again
         self.paused = False
 
+        self.mmu.flush_all = self.flush_all_vcpus
+        self.mmu.translation_cache = self.virt.cache
+
         self.vcpus: list[PvVcpu] = []
-        self.evtchn = EventChannels(
-            mem.addr(layout.shared_info_gpa, PAGE_SIZE), layout.nr_vcpus,
-            lambda v: mem.host_addr + self.vcpus[v].vcpu_info_gpa,
-            lambda v: self.vcpus[v].kick(), self.domid,
-        )
-        shared = mem.view(layout.shared_info_gpa, PAGE_SIZE)
-        for v in range(abi.XEN_LEGACY_MAX_VCPUS):
-            shared[64 * v + 1] = 1  # evtchn_upcall_mask: no upcalls before the guest asks
-        for v in range(layout.nr_vcpus):
-            self.vcpus.append(PvVcpu(self, v, vm.create_vcpu(v), trampoline.vcpus[v]))
+        shared_info_addr = mem.addr(layout.shared_info_gpa, PAGE_SIZE)
+
+        def vcpu_info_addr(v: int) -> int:
+            return mem.host_addr + self.vcpus[v].vcpu_info_gpa
+
+        def kick(v: int) -> None:
+            self.vcpus[v].kick()
+
+        if saved is None:
+            self.evtchn = EventChannels(shared_info_addr, layout.nr_vcpus, vcpu_info_addr, kick, self.domid)
+            shared = mem.view(layout.shared_info_gpa, PAGE_SIZE)
+            for v in range(abi.XEN_LEGACY_MAX_VCPUS):
+                shared[64 * v + 1] = 1  # evtchn_upcall_mask: no upcalls before the guest asks
+            for v in range(layout.nr_vcpus):
+                self.vcpus.append(PvVcpu(self, v, vm.create_vcpu(v), trampoline.vcpus[v]))
+        else:
+            self.evtchn = EventChannels.restore(
+                saved.evtchn, shared_info_addr=shared_info_addr, nr_vcpus=layout.nr_vcpus,
+                vcpu_info_addr=vcpu_info_addr, kick=kick, domid=self.domid, backends=backends or {})
+            entries = cpuid.kvm_entries()
+            for v, vstate in enumerate(saved.vcpus):
+                if vstate.vcpu_id != v:
+                    raise StateError(f"The saved PV domain lists vCPU {vstate.vcpu_id} in place {v}.")
+                self.vcpus.append(PvVcpu.restore(vstate, domain=self, kvm_vcpu=vm.create_vcpu(v),
+                                                 area=trampoline.vcpus[v], cpuid_entries=entries))
         bsp = self.vcpus[0]
-        self.clock = Clock(bsp.kvm.get_tsc_khz(), lambda: bsp.kvm.get_msrs([0x10])[0x10])
-        self.timers = Timers(self.clock, layout.nr_vcpus, self._timer_fired)
+        tsc_khz = bsp.kvm.get_tsc_khz()
+        read_tsc = lambda: bsp.kvm.get_msrs([0x10])[0x10]  # noqa: E731
+        if saved is None:
+            self.clock = Clock(tsc_khz, read_tsc)
+            self.timers = Timers(self.clock, layout.nr_vcpus, self._timer_fired)
+        else:
+            self.clock = Clock.restore(saved.clock, tsc_khz=tsc_khz, read_tsc=read_tsc)
+            self.timers = Timers.restore(saved.timers, clock=self.clock, nr_vcpus=layout.nr_vcpus,
+                                         fire=self._timer_fired)
+
+    # --- saved state ------------------------------------------------------------------
+
+    def save(self) -> PvDomainState:
+        """The PV domain's state beyond guest memory; every vCPU must be parked (paused)."""
+        return PvDomainState(
+            domid=self.domid, vcpus=tuple(pv.save() for pv in self.vcpus), mmu=self.mmu.save(),
+            evtchn=self.evtchn.save(), clock=self.clock.save(), timers=self.timers.save(),
+            vm_assist=tuple(sorted(self.vm_assist)), grant_frames=self.grant_frames,
+            shutdown_code=self.shutdown_code,
+        )
 
     # --- start of day ------------------------------------------------------------
 
@@ -331,4 +401,4 @@ class PvDomain:
         return (1 << (8 * size)) - 1
 
 
-__all__ = ["DomainIdentity", "PvDomain", "PvHooks", "RunState"]
+__all__ = ["DomainIdentity", "PvDomain", "PvDomainState", "PvHooks", "RunState"]
