@@ -173,7 +173,8 @@ def build_domain(
     si_gpa = start_info_pfn * PAGE_SIZE
     si = bytearray(PAGE_SIZE)
     si[0:32] = b"xen-3.0-x86_64".ljust(32, b"\0")
-    struct.pack_into("<QQI", si, 0x20, ram_pages, shared_info_gpa, abi.SIF_MOD_START_PFN if (initrd and not mapped_initrd) else 0)
+    flags = abi.SIF_MOD_START_PFN if (initrd and not mapped_initrd) else 0
+    struct.pack_into("<QQI", si, 0x20, ram_pages, shared_info_gpa, flags)
     struct.pack_into("<QI", si, 0x38, store_pfn, store_port)
     struct.pack_into("<QI", si, 0x48, console_pfn, console_port)
     struct.pack_into(

@@ -51,7 +51,7 @@ def load_gdt_frames(vcpu: "PvVcpu", frames: list[int], entries: int) -> int:
             raise
         for f in vcpu.gdt_frames:
             mmu.put_type(f, vcpu.writes)
-        for f, descs in zip(frames, fixed):
+        for f, descs in zip(frames, fixed, strict=False):
             mem.q[f << 9:(f << 9) + 512] = array("Q", descs)
         vcpu.load_gdt(frames, entries)
     return 0

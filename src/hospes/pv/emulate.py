@@ -114,7 +114,7 @@ def _privileged(vcpu: "PvVcpu") -> bool:
         return True
     if not kernel:
         if op and op[0] in (0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF) and vcpu.iopl >= 3:
-            return _port_io(vcpu, op, i)
+            return _port_io(vcpu, op, code[:i])
         return False
     if op[:2] == b"\x0f\x32":                          # rdmsr
         value = vcpu.domain.msrs.read(vcpu, regs.rcx & 0xFFFFFFFF)
@@ -130,7 +130,8 @@ def _privileged(vcpu: "PvVcpu") -> bool:
             return False
         vcpu.t_rip += i + 2
         return True
-    if op[:2] in (b"\x0f\x20", b"\x0f\x22") or (len(op) >= 3 and op[0] & 0xF0 == 0x40 and op[1:3] in (b"\x0f\x20", b"\x0f\x22")):
+    mov_cr = (b"\x0f\x20", b"\x0f\x22")
+    if op[:2] in mov_cr or (len(op) >= 3 and op[0] & 0xF0 == 0x40 and op[1:3] in mov_cr):
         return _mov_cr(vcpu, code, i)
     if op[:1] in (b"\xfa", b"\xfb"):                    # cli / sti: no-ops (Xen)
         vcpu.t_rip += i + 1
@@ -143,7 +144,7 @@ def _privileged(vcpu: "PvVcpu") -> bool:
     if op and op[0] in (0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF):
         if vcpu.iopl < 1:
             return False
-        return _port_io(vcpu, op, i)
+        return _port_io(vcpu, op, code[:i])
     if op and op[0] in (0x6C, 0x6D, 0x6E, 0x6F):       # ins/outs: skip (empty bus)
         vcpu.t_rip += i + 1
         return True
@@ -154,20 +155,21 @@ def _privileged(vcpu: "PvVcpu") -> bool:
     return False
 
 
-def _port_io(vcpu: "PvVcpu", op: bytes, prefix_len: int) -> bool:
+def _port_io(vcpu: "PvVcpu", op: bytes, prefixes: bytes) -> bool:
     """No devices on the I/O bus: reads return all-ones, writes are dropped."""
     regs = vcpu.regs
     opcode = op[0]
     length = 2 if opcode in (0xE4, 0xE5, 0xE6, 0xE7) else 1
     port = op[1] if length == 2 else regs.rdx & 0xFFFF
-    size = 1 if opcode in (0xE4, 0xE6, 0xEC, 0xEE) else (2 if prefix_len and 0x66 in op[:0] else 4)
+    size = 1 if opcode in (0xE4, 0xE6, 0xEC, 0xEE) else (2 if 0x66 in prefixes else 4)
     if opcode in (0xE4, 0xE5, 0xEC, 0xED):  # in
         value = vcpu.domain.port_read(port, size)
-        if size == 1:
-            regs.rax = (regs.rax & ~0xFF) | (value & 0xFF)
+        if size == 4:
+            regs.rax = value & 0xFFFFFFFF  # a 32-bit register write zero-extends
         else:
-            regs.rax = (regs.rax & ~0xFFFFFFFF) | (value & 0xFFFFFFFF) if size == 4 else (regs.rax & ~0xFFFF) | (value & 0xFFFF)
-    vcpu.t_rip += prefix_len + length
+            mask = 0xFF if size == 1 else 0xFFFF
+            regs.rax = (regs.rax & ~mask) | (value & mask)
+    vcpu.t_rip += len(prefixes) + length
     return True
 
 

@@ -35,7 +35,7 @@ def load_guest_context(mmu: "PvMmu", ram_pages: int, target: "PvVcpu", ctx: byte
     """Validate ``ctx`` and store it on ``target``; 0 or a negative Xen errno."""
     (flags,) = struct.unpack_from("<Q", ctx, 0x200)
     values = struct.unpack_from("<15Q", ctx, USER_REGS)
-    gprs = dict(zip(_GPRS, values))
+    gprs = dict(zip(_GPRS, values, strict=False))
     (rip,) = struct.unpack_from("<Q", ctx, USER_REGS + 0x80)
     (cs,) = struct.unpack_from("<H", ctx, USER_REGS + 0x88)
     rflags, rsp, ss = struct.unpack_from("<QQH", ctx, USER_REGS + 0x90)
