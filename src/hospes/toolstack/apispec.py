@@ -14,9 +14,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from hospes.toolstack.lifecycle import DomainState
+
 API_VERSION = 1
 NAME_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 64}
-STATES = ["building", "running", "paused", "shutdown", "crashed", "dying"]
+STATES = [str(state) for state in DomainState]
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": {

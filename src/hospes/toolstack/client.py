@@ -29,18 +29,16 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from hospes.errors import HospesError
+from hospes.toolstack.api_error import ApiError
 from hospes.toolstack.rundir import RunDir
 
 DEFAULT_TIMEOUT = 900.0
 DAEMON_START_TIMEOUT = 20.0
 
 
-class HospesApiError(HospesError):
-    """The daemon refused a request (``status`` is the HTTP status, 0 if unreachable)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+#: The daemon refused a request (``status`` is the HTTP status, 0 if unreachable): the
+#: same error type the daemon raises, under the name the Python API has always used.
+HospesApiError = ApiError
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
