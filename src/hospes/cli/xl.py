@@ -63,14 +63,14 @@ def cmd_create(config: str, overrides: tuple[str, ...], console: bool, paused: b
 
     if not quiet:
         click.echo(f"Parsing config from {config}", err=True)
-    spec = Hospes.parse_config(config, overrides)
-    for w in spec.get("warnings") or []:
+    spec = Hospes.load_config(config, overrides)
+    for w in spec.warnings:
         click.echo(f"WARNING: {w}", err=True)
     if dryrun:
-        click.echo(json.dumps(spec, indent=4, sort_keys=True))
+        click.echo(json.dumps(spec.to_dict(), indent=4, sort_keys=True))
         return
     h = connect()
-    info = h.transport.request("POST", "/v1/domains", {"spec": spec, "paused": paused})
+    info = h.transport.request("POST", "/v1/domains", {"spec": spec.to_dict(), "paused": paused})
     if console:
         from hospes.toolstack.console_client import attach
 
