@@ -120,14 +120,14 @@ def _shutdown_or_reboot(reboot: bool, wait: bool, all_: bool, domains: tuple[str
             (d.reboot if reboot else d.shutdown)(wait=False)
     if not wait:
         return
+    from hospes.toolstack.lifecycle import WaitOutcome, reason_code
+
     click.echo(f"Waiting for {len(targets)} domains", err=True)
     for d in targets:
         r = (d.reboot if reboot else d.shutdown)(wait=True)
-        if r["outcome"] == "destroyed":
+        if r["outcome"] == WaitOutcome.DESTROYED:
             click.echo(f"Domain {d.domid} has been destroyed", err=True)
         else:
-            from hospes.toolstack.lifecycle import reason_code
-
             code = reason_code(r.get("shutdown_reason"))
             click.echo(f"Domain {d.domid} has been shut down, reason code {code}", err=True)
 

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from hospes.toolstack.lifecycle import DomainState
+from hospes.toolstack.lifecycle import DomainState, WaitOutcome
 
 API_VERSION = 1
 NAME_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 64}
@@ -142,7 +142,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "required": ["domid", "outcome", "shutdown_reason"],
         "properties": {
             "domid": {"type": "integer"},
-            "outcome": {"type": "string", "enum": ["requested", "destroyed", "shutdown", "restarted", "crashed"]},
+            "outcome": {"type": "string", "enum": [str(outcome) for outcome in WaitOutcome]},
             "shutdown_reason": {"type": ["string", "null"]},
         },
     },

@@ -33,7 +33,7 @@ from hospes.toolstack.api_error import ApiError
 from hospes.toolstack.console_run import PROBE_INTERVAL, MarkerRun
 from hospes.toolstack.domain_process import valid_name
 from hospes.toolstack.hostinfo import host_info
-from hospes.toolstack.lifecycle import DomainState, ShutdownRequest
+from hospes.toolstack.lifecycle import DomainState, ShutdownRequest, WaitOutcome
 from hospes.toolstack.record import DomainRecord, write_record
 from hospes.toolstack.registry import DomainView, Registry
 from hospes.toolstack.rundir import RunDir
@@ -250,19 +250,20 @@ class Daemon:
         boots = int((v.status or {}).get("boots", v.record.boots))
         await self._request(v, "shutdown", reason=str(reason))
         if not body.get("wait"):
-            return {"domid": v.domid, "outcome": "requested", "shutdown_reason": None}
+            return {"domid": v.domid, "outcome": str(WaitOutcome.REQUESTED), "shutdown_reason": None}
         timeout = float(body.get("timeout") or 300.0)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             await asyncio.sleep(0.2)
             rec = self.registry.record(v.domid)
             if rec is None:
-                return {"domid": v.domid, "outcome": "destroyed", "shutdown_reason": str(reason)}
+                return {"domid": v.domid, "outcome": str(WaitOutcome.DESTROYED), "shutdown_reason": str(reason)}
             if rec.boots != boots:
-                return {"domid": v.domid, "outcome": "restarted", "shutdown_reason": str(reason)}
+                return {"domid": v.domid, "outcome": str(WaitOutcome.RESTARTED), "shutdown_reason": str(reason)}
             if not self.registry.is_alive(rec):
                 crashed = rec.state != DomainState.SHUTDOWN or rec.shutdown_reason is ShutdownReason.CRASH
-                return {"domid": v.domid, "outcome": "crashed" if crashed else "shutdown",
+                outcome = WaitOutcome.CRASHED if crashed else WaitOutcome.SHUTDOWN
+                return {"domid": v.domid, "outcome": str(outcome),
                         "shutdown_reason": str(rec.shutdown_reason or ShutdownReason.CRASH)}
         raise ApiError(504, f"Domain {v.record.name} ({v.domid}) is still running after {timeout:.0f} s; "
                             "`hospes destroy` stops it at once.")

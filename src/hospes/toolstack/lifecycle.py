@@ -51,6 +51,16 @@ class ShutdownRequest(StrEnum):
     REBOOT = "reboot"
 
 
+class WaitOutcome(StrEnum):
+    """How a shutdown or reboot request ended (the API's ``outcome``)."""
+
+    REQUESTED = "requested"     # not waited for
+    DESTROYED = "destroyed"
+    SHUTDOWN = "shutdown"       # preserved
+    RESTARTED = "restarted"
+    CRASHED = "crashed"
+
+
 # xl's shutdown reason letters, indexed by Xen's SHUTDOWN_* code ("-rscwS").
 REASON_CODES = {ShutdownReason.POWEROFF: 0, ShutdownReason.REBOOT: 1, ShutdownReason.SUSPEND: 2,
                 ShutdownReason.CRASH: 3, ShutdownReason.WATCHDOG: 4, ShutdownReason.SOFT_RESET: 5}
