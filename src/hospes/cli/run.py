@@ -20,6 +20,8 @@ import click
 from hospes.toolstack.run_spec import RUN_MEMORY_MIB
 
 if TYPE_CHECKING:
+    from hospes.cgroup import CpuControl
+    from hospes.domain import ShutdownResult
     from hospes.toolstack.spec import DomainSpec
 
 EXIT_MARK = re.compile(rb"hospes-exit-status=(\d+)")
@@ -145,48 +147,50 @@ def register(group: click.Group) -> None:
         sys.exit(run_domain(spec, stats=stats, command=bool(command)))
 
 
+def _print_stats(result: "ShutdownResult", sink: _ConsoleSink, cpu: "CpuControl") -> None:
+    elapsed = time.monotonic() - sink.t0
+    click.echo(f"\n[hospes] {result.reason} after {elapsed:.2f} s"
+               + (f", first userspace line at {sink.first_userspace:.2f} s" if sink.first_userspace else ""),
+               err=True)
+    for key, n in sorted(result.stats.items(), key=lambda kv: -kv[1]):
+        click.echo(f"[hospes]   {key:24} {n}", err=True)
+    if cpu.cgroup is not None:
+        t = cpu.throttled()
+        ns = t.get("throttled_time", t.get("throttled_usec", 0) * 1000)
+        click.echo(f"[hospes] cgroup {cpu.path}: throttled in {t.get('nr_throttled', 0)} of "
+                   f"{t.get('nr_periods', 0)} periods, {ns / 1e9:.2f} s", err=True)
+
+
 def run_domain(spec: "DomainSpec", *, stats: bool = False, command: bool = False) -> int:
     """Run ``spec`` in the foreground through its restarts; return ``hospes run``'s exit status.
 
     ``command``: the spec's command line carries a command whose exit status is the result.
     """
     from hospes.cgroup import CpuControl, SchedParams
-    from hospes.domain import Domain, ShutdownReason, ShutdownResult
+    from hospes.domain import Domain, ShutdownReason
     from hospes.toolstack.domain_config import domain_config
     from hospes.toolstack.runner import DomainRunner, TerminationSignals
-
-    sink = _ConsoleSink()
 
     def log(message: str) -> None:
         click.echo(message, err=True)
 
-    def build() -> Domain:
-        return Domain(domain_config(spec, RUN_DOMID, log), console_out=sink)
-
     def restarting(result: ShutdownResult) -> None:
         click.echo("\n[hospes] the guest rebooted; starting it again", err=True)
 
-    runner = DomainRunner(lambda: spec, build, on_restart=restarting)
-    with CpuControl(RUN_DOMID) as cpu, _TerminalInput() as read_input, TerminationSignals(runner):
+    with CpuControl(RUN_DOMID) as cpu:
         cpu.start(SchedParams(weight=spec.cpu_weight, cap=spec.cap), eager=False)
-        if read_input is not None:
-            read_input.on_quit = runner.destroy  # Ctrl-] on a terminal
-        ending = runner.run(read_input)
-        result = ending.result
+        # Before the terminal goes raw: a first run prints the default images' build progress.
+        config = domain_config(spec, RUN_DOMID, log)
+        sink = _ConsoleSink()
+        runner = DomainRunner(lambda: spec, lambda: Domain(config, console_out=sink), on_restart=restarting)
+        with _TerminalInput() as read_input, TerminationSignals(runner):
+            if read_input is not None:
+                read_input.on_quit = runner.destroy  # Ctrl-] on a terminal
+            result = runner.run(read_input).result
         if result.reason is ShutdownReason.REBOOT:
             click.echo("\n[hospes] the guest rebooted", err=True)
-        elapsed = time.monotonic() - sink.t0
         if stats:
-            click.echo(f"\n[hospes] {result.reason} after {elapsed:.2f} s"
-                       + (f", first userspace line at {sink.first_userspace:.2f} s" if sink.first_userspace else ""),
-                       err=True)
-            for key, n in sorted(result.stats.items(), key=lambda kv: -kv[1]):
-                click.echo(f"[hospes]   {key:24} {n}", err=True)
-            if cpu.cgroup is not None:
-                t = cpu.throttled()
-                ns = t.get("throttled_time", t.get("throttled_usec", 0) * 1000)
-                click.echo(f"[hospes] cgroup {cpu.path}: throttled in {t.get('nr_throttled', 0)} of "
-                           f"{t.get('nr_periods', 0)} periods, {ns / 1e9:.2f} s", err=True)
+            _print_stats(result, sink, cpu)
     if result.reason is ShutdownReason.DESTROYED:
         click.echo("\nhospes: the guest was destroyed", err=True)
         return EXIT_DESTROYED
