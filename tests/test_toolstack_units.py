@@ -304,3 +304,57 @@ def test_control_server_ops_and_console(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert not path.exists()
+
+
+# --- the one place @default is resolved ----------------------------------------------------------------
+
+
+@pytest.fixture()
+def fake_default_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> object:
+    from hospes.images import DefaultImages
+
+    images = DefaultImages(kernel=tmp_path / "vmlinuz-default", initramfs=tmp_path / "initramfs-default",
+                           kernel_version="6.1", modules=())
+    images.initramfs.write_bytes(b"")
+    monkeypatch.setattr("hospes.images.ensure_default_images", lambda **kw: images)
+    return images
+
+
+def test_default_kernel_brings_the_default_initramfs_and_its_console(fake_default_images) -> None:
+    cfg = build_config(_spec(kernel="@default"), 2)
+    assert (cfg.kernel, cfg.ramdisk, cfg.cmdline) == (
+        fake_default_images.kernel, fake_default_images.initramfs, "console=hvc0 quiet")
+    cfg = build_config(_spec(kernel="@default", cmdline="console=hvc0 loglevel=8"), 2)
+    assert cfg.cmdline == "console=hvc0 loglevel=8"
+
+
+def test_an_own_ramdisk_keeps_its_empty_command_line(fake_default_images, tmp_path: Path) -> None:
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"")
+    cfg = build_config(_spec(kernel="@default", ramdisk=str(initrd)), 2)
+    assert (cfg.kernel, cfg.ramdisk, cfg.cmdline) == (fake_default_images.kernel, initrd, "")
+    with pytest.raises(HospesError, match="Ramdisk .*missing does not exist; check the path"):
+        build_config(_spec(ramdisk=str(tmp_path / "missing")), 2)
+
+
+def test_run_flags_and_a_config_file_build_the_same_domain_config(fake_default_images, tmp_path: Path) -> None:
+    from hospes.toolstack.run_spec import RunFlags, run_spec
+    from hospes.toolstack.spec import load_spec
+
+    cfgfile = tmp_path / "d.cfg"
+    cfgfile.write_text('name = "guest"\nkernel = "@default"\nmemory = 256\non_soft_reset = "destroy"\n'
+                       'disk = [ "/srv/a.img,raw,xvda,rw" ]\nvif = [ "vifname=t0" ]\n')
+    from_flags = build_config(run_spec(RunFlags(disks=("/srv/a.img",), vifs=("tap=t0",))), 1)
+    assert from_flags == build_config(load_spec(cfgfile), 1)
+
+
+def test_records_keep_enums_and_the_typed_spec_through_json(tmp_path: Path) -> None:
+    from hospes.toolstack.lifecycle import DomainState
+
+    rec = DomainRecord(5, "web", "u", _spec("web", on_crash="preserve"), state=DomainState.SHUTDOWN,
+                       shutdown_reason=ShutdownReason.CRASH)
+    write_record(tmp_path / "5.json", rec)
+    back = read_record(tmp_path / "5.json")
+    assert back == rec
+    assert back.state is DomainState.SHUTDOWN and back.shutdown_reason is ShutdownReason.CRASH
+    assert back.spec.on_crash == "preserve" and isinstance(back.spec, DomainSpec)
