@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_hospes
-from hospes.cgroup import (PERIOD_US, CgroupError, DomainCgroup, Hierarchy, SchedParams, find_hierarchy,
-                           sweep_stale)
+from hospes.cgroup import (PERIOD_US, CgroupError, CpuControl, DomainCgroup, Hierarchy, SchedParams,
+                           find_hierarchy, sweep_stale)
 
 
 def test_params_map_to_both_controller_versions() -> None:
@@ -115,6 +115,48 @@ def test_a_process_confines_itself_and_cleans_up() -> None:
         assert first["values"] == {"cpu.weight": "200", "cpu.max": "30000 100000"}
         assert second == {"cpu.weight": "117", "cpu.max": "max 100000"}
     assert not path.exists(), "the cgroup outlived its process"
+
+
+def test_cpu_control_makes_no_cgroup_for_defaults_unless_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hospes run` (lazy) makes a cgroup only for a weight or cap; the domain process (eager)
+    always tries, and either way no cgroup is no error while there is nothing to enforce."""
+    made: list[SchedParams] = []
+
+    def confine(domid: int, params: SchedParams) -> None:
+        made.append(params)
+        return None
+
+    monkeypatch.setattr("hospes.cgroup.confine", confine)
+    with CpuControl(1) as lazy:
+        lazy.start(SchedParams(), eager=False)
+        lazy.change(SchedParams())
+        assert made == [] and lazy.path is None and lazy.throttled() == {}
+        lazy.change(SchedParams(cap=10))
+    assert made == [SchedParams(cap=10)]
+    CpuControl(2).start(SchedParams())
+    assert made[-1] == SchedParams()
+
+
+CONTROL_CHILD = """
+import json
+from hospes.cgroup import CpuControl, SchedParams
+with CpuControl(44) as cpu:
+    cpu.start(SchedParams(), eager=False)
+    before = cpu.path
+    cpu.change(SchedParams(weight=512))
+    print(json.dumps([before, str(cpu.path), cpu.cgroup.controller_values()]), flush=True)
+print(json.dumps(cpu.path), flush=True)
+"""
+
+
+@needs_cgroups
+def test_cpu_control_makes_the_cgroup_on_demand_and_removes_it() -> None:
+    p = subprocess.run([sys.executable, "-c", CONTROL_CHILD], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    (before, path, values), after = (json.loads(line) for line in p.stdout.splitlines())
+    assert before is None and after is None and Path(path).name.startswith("dom44-")
+    assert values.get("cpu.weight", values.get("cpu.shares")) in ("200", "2048")
+    assert not Path(path).exists()
 
 
 @needs_cgroups

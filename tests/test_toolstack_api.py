@@ -24,9 +24,12 @@ from typing import Any, Iterator
 
 import pytest
 
+from hospes.domain import ShutdownReason
 from hospes.toolstack.apispec import SCHEMAS, build_openapi, dumps
+from hospes.toolstack.lifecycle import DomainState
 from hospes.toolstack.record import DomainRecord, remove_quietly, write_record
 from hospes.toolstack.schema import resolve, unsupported_keywords, validate
+from hospes.toolstack.spec import DomainSpec
 from toolstack_helpers import REPO, Hospesd
 
 SEED = 20240601
@@ -53,8 +56,9 @@ def fake_domain(d: Hospesd, domid: int, name: str, state: str = "running", reaso
             "vcpus": 1, "type": "pv", "disks": [], "vifs": [], "on_poweroff": "destroy",
             "on_reboot": "restart", "on_crash": "destroy"}
     write_record(d.run_dir / "domains" / f"{domid}.json",
-                 DomainRecord(domid, name, f"00000000-0000-4000-8000-{domid:012d}", spec, state=state,
-                              shutdown_reason=reason, pid=None, pid_start=None,
+                 DomainRecord(domid, name, f"00000000-0000-4000-8000-{domid:012d}", DomainSpec.from_dict(spec),
+                              state=DomainState(state), shutdown_reason=ShutdownReason(reason) if reason else None,
+                              pid=None, pid_start=None,
                               console_log=str(d.run_dir / "logs" / f"console-{domid}.log")))
 
 

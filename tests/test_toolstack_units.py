@@ -13,12 +13,23 @@ import pytest
 from hospes.errors import HospesError
 from hospes.toolstack import control, lifecycle
 from hospes.toolstack.console_run import MAX_COMMAND, MarkerRun
-from hospes.toolstack.domain_process import ControlServer, build_config, valid_name
+from hospes.domain import ShutdownReason
+from hospes.toolstack.domain_config import domain_config
+from hospes.toolstack.domain_process import ControlServer, valid_name
 from hospes.toolstack.record import (
     DomainRecord, process_alive, process_start_time, read_record, write_record,
 )
 from hospes.toolstack.rundir import RunDir, RunDirError
 from hospes.toolstack.schema import validate
+from hospes.toolstack.spec import DomainSpec
+
+
+def _spec(name: str = "x", **keys: object) -> DomainSpec:
+    return DomainSpec.from_config({"name": name, "kernel": "/k", **keys})
+
+
+def build_config(spec: DomainSpec, domid: int) -> object:
+    return domain_config(spec, domid, log=print)
 
 
 # --- run dir and records ---------------------------------------------------------------------
@@ -27,7 +38,7 @@ from hospes.toolstack.schema import validate
 def test_domids_are_monotonic_and_skip_existing(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "r").ensure()
     assert [run.allocate_domid() for _ in range(3)] == [1, 2, 3]
-    write_record(run.state_file(10), DomainRecord(10, "x", "u", {}))
+    write_record(run.state_file(10), DomainRecord(10, "x", "u", _spec()))
     assert run.allocate_domid() == 11
     assert run.domids() == [10]
 
@@ -38,11 +49,12 @@ def test_run_dir_too_long_for_sockets_is_refused(tmp_path: Path) -> None:
 
 
 def test_record_round_trip_and_unknown_fields(tmp_path: Path) -> None:
-    rec = DomainRecord(4, "web", "uuid-1", {"name": "web", "memory": 128}, state="running", pid=123)
+    rec = DomainRecord(4, "web", "uuid-1", _spec("web", memory=128), state="running", pid=123)
     path = tmp_path / "4.json"
     write_record(path, rec)
     assert read_record(path) == rec
-    path.write_text('{"domid": 4, "name": "n", "uuid": "u", "spec": {}, "future_field": 1}')
+    path.write_text('{"domid": 4, "name": "n", "uuid": "u", "spec": {"format": 1, "name": "n", "kernel": "/k"}, '
+                    '"future_field": 1}')
     assert read_record(path).name == "n"
     path.write_text("{half")
     assert read_record(path) is None
@@ -78,10 +90,10 @@ def test_process_liveness_uses_start_time() -> None:
     ("crash", {"on_crash": "coredump-destroy"}, "destroy"),
     ("watchdog", {}, "destroy"),
     ("suspend", {}, "preserve"),
-    ("mystery", {}, "destroy"),
+    ("destroyed", {"on_poweroff": "restart"}, "destroy"),
 ])
 def test_actions(reason: str, spec: dict, action: str) -> None:
-    assert lifecycle.action_for(reason, spec) == action
+    assert lifecycle.action_for(ShutdownReason(reason), _spec(**spec)) == action
 
 
 def test_xl_flags() -> None:
@@ -107,7 +119,7 @@ def test_good_name() -> None:
 def test_build_config_maps_the_spec(tmp_path: Path) -> None:
     kernel = tmp_path / "vmlinuz"
     kernel.write_bytes(b"k")
-    cfg = build_config({"kernel": str(kernel), "memory": 192, "vcpus": 1, "cmdline": "quiet"}, 7, "web", "u")
+    cfg = build_config(_spec("web", kernel=str(kernel), memory=192, vcpus=1, cmdline="quiet"), 7)
     assert (cfg.kernel, cfg.ramdisk, cfg.memory_mib, cfg.domid, cfg.name, cfg.cmdline) == \
         (kernel, None, 192, 7, "web", "quiet")
 
@@ -123,7 +135,7 @@ def test_build_config_attaches_disks_and_vifs_from_the_spec(tmp_path: Path) -> N
         f'disk = [ "{tmp_path}/a.img,raw,xvda,rw", "{tmp_path}/b.img,raw,xvdb,ro" ]\n'
         'vif = [ "mac=00:16:3e:00:00:01,vifname=tapd0", "" ]\n'
     )
-    cfg = build_config(load_spec(cfgfile).to_dict(), 3, "d", "u")
+    cfg = build_config(load_spec(cfgfile), 3)
     assert [(d.path.name, d.readonly, d.vdev) for d in cfg.disks] == [("a.img", False, 51712), ("b.img", True, 51728)]
     assert [(v.mac, v.tap, v.devid) for v in cfg.vifs] == [("00:16:3e:00:00:01", "tapd0", 0), (cfg.vifs[1].mac, None, 1)]
     assert cfg.vifs[1].mac.startswith("00:16:3e:")
@@ -137,14 +149,19 @@ def test_build_config_carries_bridge_and_rate_to_the_backend(tmp_path: Path) -> 
     cfgfile = tmp_path / "d.cfg"
     cfgfile.write_text(f'name = "d"\nkernel = "{kernel}"\n'
                        'vif = [ "bridge=br7,rate=10Mb/s@20ms", "rate=1B/s", "" ]\n')
-    vifs = build_config(load_spec(cfgfile).to_dict(), 3, "d", "u").vifs
+    vifs = build_config(load_spec(cfgfile), 3).vifs
     # 10 Mbit/s = 1,250,000 bytes/s -> 25,000 bytes per 20 ms window
     assert [(v.bridge, v.rate_bytes, v.rate_usecs) for v in vifs] == [
         ("br7", 25_000, 20_000), (None, 1, 50_000), (None, 0, 50_000)]
 
 
+def _vif_configs(vifs: tuple[str, ...]) -> tuple:
+    from hospes.toolstack.run_spec import RunFlags, run_spec
+
+    return build_config(run_spec(RunFlags(kernel=Path("/k"), vifs=vifs)), 1).vifs
+
+
 def test_run_vif_option_takes_bridge_and_rate() -> None:
-    from hospes.cli.run import _vif_configs
     from hospes.errors import HospesError
 
     (v,) = _vif_configs(("tap=t0,bridge=br0,rate=8KB/s@100ms",))
@@ -287,3 +304,57 @@ def test_control_server_ops_and_console(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert not path.exists()
+
+
+# --- the one place @default is resolved ----------------------------------------------------------------
+
+
+@pytest.fixture()
+def fake_default_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> object:
+    from hospes.images import DefaultImages
+
+    images = DefaultImages(kernel=tmp_path / "vmlinuz-default", initramfs=tmp_path / "initramfs-default",
+                           kernel_version="6.1", modules=())
+    images.initramfs.write_bytes(b"")
+    monkeypatch.setattr("hospes.images.ensure_default_images", lambda **kw: images)
+    return images
+
+
+def test_default_kernel_brings_the_default_initramfs_and_its_console(fake_default_images) -> None:
+    cfg = build_config(_spec(kernel="@default"), 2)
+    assert (cfg.kernel, cfg.ramdisk, cfg.cmdline) == (
+        fake_default_images.kernel, fake_default_images.initramfs, "console=hvc0 quiet")
+    cfg = build_config(_spec(kernel="@default", cmdline="console=hvc0 loglevel=8"), 2)
+    assert cfg.cmdline == "console=hvc0 loglevel=8"
+
+
+def test_an_own_ramdisk_keeps_its_empty_command_line(fake_default_images, tmp_path: Path) -> None:
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"")
+    cfg = build_config(_spec(kernel="@default", ramdisk=str(initrd)), 2)
+    assert (cfg.kernel, cfg.ramdisk, cfg.cmdline) == (fake_default_images.kernel, initrd, "")
+    with pytest.raises(HospesError, match="Ramdisk .*missing does not exist; check the path"):
+        build_config(_spec(ramdisk=str(tmp_path / "missing")), 2)
+
+
+def test_run_flags_and_a_config_file_build_the_same_domain_config(fake_default_images, tmp_path: Path) -> None:
+    from hospes.toolstack.run_spec import RunFlags, run_spec
+    from hospes.toolstack.spec import load_spec
+
+    cfgfile = tmp_path / "d.cfg"
+    cfgfile.write_text('name = "guest"\nkernel = "@default"\nmemory = 256\non_soft_reset = "destroy"\n'
+                       'disk = [ "/srv/a.img,raw,xvda,rw" ]\nvif = [ "vifname=t0" ]\n')
+    from_flags = build_config(run_spec(RunFlags(disks=("/srv/a.img",), vifs=("tap=t0",))), 1)
+    assert from_flags == build_config(load_spec(cfgfile), 1)
+
+
+def test_records_keep_enums_and_the_typed_spec_through_json(tmp_path: Path) -> None:
+    from hospes.toolstack.lifecycle import DomainState
+
+    rec = DomainRecord(5, "web", "u", _spec("web", on_crash="preserve"), state=DomainState.SHUTDOWN,
+                       shutdown_reason=ShutdownReason.CRASH)
+    write_record(tmp_path / "5.json", rec)
+    back = read_record(tmp_path / "5.json")
+    assert back == rec
+    assert back.state is DomainState.SHUTDOWN and back.shutdown_reason is ShutdownReason.CRASH
+    assert back.spec.on_crash == "preserve" and isinstance(back.spec, DomainSpec)

@@ -256,3 +256,47 @@ def confine(domid: int, params: SchedParams) -> DomainCgroup | None:
             return None
         raise CgroupError(f"{e} Cap and weight need root and a cgroup hierarchy with the cpu "
                           "controller; without them leave cap/weight at their defaults.") from e
+
+
+class CpuControl:
+    """The CPU cgroup of one domain process, from set-up through changes to removal.
+
+    ``hospes run`` and the domain process both hold one. ``start(params)`` joins a
+    cgroup before any vCPU thread exists; with ``eager`` False it makes none for
+    the default weight and cap (nothing to enforce). ``change`` applies new
+    parameters, making the cgroup if there is none yet. ``close`` (or leaving the
+    ``with`` block) moves the process back and deletes the cgroup.
+    """
+
+    def __init__(self, domid: int) -> None:
+        self.domid = domid
+        self.cgroup: DomainCgroup | None = None
+
+    @property
+    def path(self) -> Path | None:
+        return self.cgroup.path if self.cgroup is not None else None
+
+    def start(self, params: SchedParams, *, eager: bool = True) -> None:
+        """Raises CgroupError when ``params`` ask for a limit that cannot be enforced."""
+        if eager or not params.is_default:
+            self.cgroup = confine(self.domid, params)
+
+    def change(self, params: SchedParams) -> None:
+        if self.cgroup is not None:
+            self.cgroup.apply(params)
+        elif not params.is_default:
+            self.cgroup = confine(self.domid, params)
+
+    def throttled(self) -> dict[str, int]:
+        return self.cgroup.throttled() if self.cgroup is not None else {}
+
+    def close(self) -> None:
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
+
+    def __enter__(self) -> "CpuControl":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -11,19 +11,23 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from hospes.errors import HospesError
 
+if TYPE_CHECKING:
+    from hospes.toolstack.rundir import RunDir
 
-def _run_dir(run_dir: Path | None):
+
+def _run_dir(run_dir: Path | None) -> "RunDir":
     from hospes.toolstack.rundir import RunDir
 
     return RunDir(run_dir.absolute()) if run_dir else RunDir.default()
 
 
-def _daemon_pid(run) -> int | None:
+def _daemon_pid(run: "RunDir") -> int | None:
     try:
         pid = int(run.pid_file.read_text().strip())
     except (OSError, ValueError):

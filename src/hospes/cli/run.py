@@ -1,4 +1,10 @@
-"""``hospes run``: boot one domain in the foreground, console on the terminal."""
+"""``hospes run``: boot one domain in the foreground, console on the terminal.
+
+The flags become a DomainSpec (:mod:`hospes.toolstack.run_spec`, the xl.cfg
+grammar), the spec a DomainConfig (:mod:`hospes.toolstack.domain_config`), and the
+domain runs through :class:`hospes.toolstack.runner.DomainRunner`, as in the
+daemon's domain processes; what is left here is the terminal and the exit status.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +13,23 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
-
-if TYPE_CHECKING:
-    from hospes.cgroup import DomainCgroup
-    from hospes.devices.block import DiskConfig
-    from hospes.devices.net import VifConfig
-    from hospes.domain import Domain
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from hospes.errors import HospesError
+from hospes.toolstack.run_spec import RUN_MEMORY_MIB
+
+if TYPE_CHECKING:
+    from hospes.cgroup import CpuControl
+    from hospes.domain import ShutdownResult
+    from hospes.toolstack.spec import DomainSpec
 
 EXIT_MARK = re.compile(rb"hospes-exit-status=(\d+)")
+RUN_DOMID = 1
+# Exit statuses README documents (a command's own status passes through).
+EXIT_CRASHED = 3
+EXIT_NO_STATUS = 4
+EXIT_DESTROYED = 5
 
 
 class _ConsoleSink:
@@ -49,11 +59,11 @@ class _TerminalInput:
 
     def __init__(self) -> None:
         self.fd = sys.stdin.fileno() if sys.stdin is not None else -1
-        self.saved = None
+        self.saved: list[Any] | None = None
         self.eof = False
         self.on_quit: Callable[[], None] = lambda: None
 
-    def __enter__(self):
+    def __enter__(self) -> "_TerminalInput | None":
         if self.fd < 0:
             return None
         try:
@@ -69,10 +79,39 @@ class _TerminalInput:
         os.set_blocking(self.fd, False)
         return self
 
-    def __call__(self) -> bytes | None:
-        return self.read()
+    def pump(self, sink: Callable[[bytes], None]) -> Callable[[], None]:
+        """Feed stdin to ``sink`` from a thread of its own; return what stops it.
+
+        The thread sleeps in select() on stdin and a wake-up pipe, so it costs
+        nothing while nobody types.
+        """
+        import select
+        import threading
+
+        stop_r, stop_w = os.pipe()
+
+        def pump() -> None:
+            while not self.eof:
+                ready, _, _ = select.select([self.fd, stop_r], [], [])
+                if stop_r in ready:
+                    return
+                data = self.read()
+                if data:
+                    sink(data)
+
+        thread = threading.Thread(target=pump, name="console-input", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            os.write(stop_w, b"x")
+            thread.join()
+            os.close(stop_w)
+            os.close(stop_r)
+
+        return stop
 
     def read(self) -> bytes | None:
+        """What stdin holds now: b"" for nothing yet, None at its end (or Ctrl-] on a terminal)."""
         if self.eof:
             return None
         try:
@@ -90,37 +129,6 @@ class _TerminalInput:
             return None
         return data.replace(b"\n", b"\r") if self.saved is None else data
 
-    def pump_into(self, dom: "Domain") -> Callable[[], None]:
-        """Feed stdin to ``dom``'s console from a thread of its own; return what stops it.
-
-        The thread sleeps in select() on stdin and a wake-up pipe, so it costs
-        nothing while the user types nothing.
-        """
-        import select
-        import threading
-
-        stop_r, stop_w = os.pipe()
-
-        def pump() -> None:
-            while not self.eof:
-                ready, _, _ = select.select([self.fd, stop_r], [], [])
-                if stop_r in ready:
-                    return
-                data = self.read()
-                if data:
-                    dom.console_input(data)
-
-        thread = threading.Thread(target=pump, name="console-input", daemon=True)
-        thread.start()
-
-        def stop() -> None:
-            os.write(stop_w, b"x")
-            thread.join()
-            os.close(stop_w)
-            os.close(stop_r)
-
-        return stop
-
     def __exit__(self, *exc: object) -> None:
         if self.fd >= 0:
             try:
@@ -133,85 +141,21 @@ class _TerminalInput:
             termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
 
 
-def _disk_configs(specs: tuple[str, ...]) -> tuple["DiskConfig", ...]:
-    from hospes.devices.block import DiskConfig, vdev_number
-
-    out = []
-    for i, spec in enumerate(specs):
-        path, _, mode = spec.partition(",")
-        if mode not in ("", "rw", "ro"):
-            raise HospesError(f"Disk {spec!r}: the mode after the comma must be ro or rw.")
-        out.append(DiskConfig(Path(path), readonly=mode == "ro", vdev=vdev_number("xvd" + chr(ord("a") + i))))
-    return tuple(out)
-
-
-def _vif_configs(specs: tuple[str, ...], domid: int = 1) -> tuple["VifConfig", ...]:
-    """``mac=..,tap=..,bridge=..,mtu=..,rate=..`` (every key optional) -> VifConfig, devids 0, 1, ..."""
-    from hospes.devices.net import VifConfig, default_mac, parse_mac
-    from hospes.toolstack.spec import VifRate
-
-    out = []
-    for devid, spec in enumerate(specs):
-        keys: dict[str, str] = {}
-        for item in filter(None, (part.strip() for part in spec.split(","))):
-            key, eq, value = item.partition("=")
-            if not eq or key not in ("mac", "tap", "bridge", "mtu", "rate") or not value:
-                raise HospesError(f"Network interface {spec!r}: {item!r} is not one of mac=MAC, tap=NAME, "
-                                  "bridge=NAME, mtu=N, rate=RATE[@INTERVAL].")
-            keys[key] = value
-        mac = keys.get("mac", default_mac(domid, devid))
-        parse_mac(mac)
-        try:
-            mtu = int(keys.get("mtu", "1500"))
-        except ValueError:
-            raise HospesError(f"Network interface {spec!r}: the MTU must be a number.") from None
-        rate_bytes, rate_usecs = 0, 50_000
-        if "rate" in keys:
-            try:
-                rate = VifRate.parse(keys["rate"])
-            except ValueError as e:
-                raise HospesError(f"Network interface {spec!r}: {e}.") from None
-            rate_bytes, rate_usecs = rate.credit_bytes, rate.interval_usecs
-        out.append(VifConfig(mac=mac, tap=keys.get("tap"), bridge=keys.get("bridge"), devid=devid, mtu=mtu,
-                             rate_bytes=rate_bytes, rate_usecs=rate_usecs))
-    return tuple(out)
-
-
-def _on_terminate(dom) -> "Callable[[], None]":
-    """SIGTERM/SIGHUP ask the guest to power off; a second one destroys it."""
-    import signal
-
-    asked: list[int] = []
-
-    def handler(signum: int, frame: object) -> None:
-        if asked:
-            dom.destroy()
-            return
-        asked.append(signum)
-        dom.request_shutdown("poweroff")
-
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
-
-    def restore() -> None:
-        for sig, h in old.items():
-            signal.signal(sig, h)
-
-    return restore
-
-
 def register(group: click.Group) -> None:
     @group.command("run", context_settings={"ignore_unknown_options": False})
     @click.option("--kernel", type=click.Path(path_type=Path), help="PV kernel (bzImage or ELF); default: Debian's cloud kernel.")
     @click.option("--ramdisk", type=click.Path(path_type=Path), help="Initrd; default: Hospes' busybox initramfs (only with the default kernel).")
     @click.option("--cmdline", default=None, help="Kernel command line.")
-    @click.option("--memory", "memory", default=256, show_default=True, type=int, help="Memory in MiB.")
+    @click.option("--memory", "memory", default=RUN_MEMORY_MIB, show_default=True, type=int, help="Memory in MiB.")
     @click.option("--vcpus", default=1, show_default=True, type=int, help="Number of vCPUs.")
-    @click.option("--disk", "disks", multiple=True, metavar="PATH[,ro]",
-                  help="A disk image as xvda, xvdb, ... (repeatable; ',ro' for read-only).")
-    @click.option("--vif", "vifs", multiple=True, metavar="[mac=MAC][,tap=NAME][,bridge=BR][,mtu=N][,rate=R]",
-                  help="A network interface eth0, eth1, ... on a host TAP device, put on bridge BR if "
-                       "given; rate= limits what the guest sends, as xl's (e.g. 10Mb/s@50ms). Repeatable; "
-                       "default MAC 00:16:3e:.. from the domid, TAP hospes<domid>.<n>; '' for all defaults.")
+    @click.option("--disk", "disks", multiple=True, metavar="SPEC",
+                  help="A disk, as one entry of xl.cfg's disk=[...] (e.g. disk.img,raw,xvda,rw); "
+                       "PATH[,ro] is short for the image PATH as xvda, xvdb, ... by position. Repeatable.")
+    @click.option("--vif", "vifs", multiple=True, metavar="SPEC",
+                  help="A network interface eth0, eth1, ..., as one entry of xl.cfg's vif=[...] "
+                       "(mac=, bridge=, mtu=, rate= e.g. 10Mb/s@50ms, vifname= the host TAP device; tap= is "
+                       "short for vifname=). Repeatable; default MAC 00:16:3e:.. from the domid, TAP "
+                       "hospes<domid>.<n>; '' for all defaults.")
     @click.option("--on-reboot", type=click.Choice(["restart", "exit"]), default="restart", show_default=True,
                   help="What to do when the guest reboots.")
     @click.option("--cap", type=click.IntRange(0, 65535), default=0, show_default=True,
@@ -224,84 +168,76 @@ def register(group: click.Group) -> None:
             disks: tuple[str, ...], vifs: tuple[str, ...], on_reboot: str, cap: int, weight: int,
             stats: bool, command: tuple[str, ...]) -> None:
         """Boot a domain; with `-- CMD ARGS...` run CMD in the guest and exit with its status."""
-        from hospes.cgroup import SchedParams, confine
+        from hospes.toolstack.run_spec import RunFlags, run_spec
 
-        params = SchedParams(weight=weight, cap=cap)
-        cgroup = confine(1, params) if not params.is_default else None
-        try:
-            _run(kernel, ramdisk, cmdline, memory, vcpus, disks, vifs, on_reboot, stats, command, cgroup)
-        finally:
-            if cgroup is not None:
-                cgroup.remove()
+        spec = run_spec(RunFlags(kernel=kernel, ramdisk=ramdisk, cmdline=cmdline, memory=memory, vcpus=vcpus,
+                                 disks=disks, vifs=vifs, on_reboot=on_reboot, weight=weight, cap=cap,
+                                 command=command))
+        sys.exit(run_domain(spec, stats=stats, command=bool(command)))
 
 
-def _run(kernel: Path | None, ramdisk: Path | None, cmdline: str | None, memory: int, vcpus: int,
-         disks: tuple[str, ...], vifs: tuple[str, ...], on_reboot: str, stats: bool,
-         command: tuple[str, ...], cgroup: "DomainCgroup | None") -> None:
-    """Build and run the domain (again after each reboot, unless told to exit); exits with the outcome."""
-    from hospes.domain import Domain, DomainConfig
+def _print_stats(result: "ShutdownResult", sink: _ConsoleSink, cpu: "CpuControl") -> None:
+    elapsed = time.monotonic() - sink.t0
+    click.echo(f"\n[hospes] {result.reason} after {elapsed:.2f} s"
+               + (f", first userspace line at {sink.first_userspace:.2f} s" if sink.first_userspace else ""),
+               err=True)
+    for key, n in sorted(result.stats.items(), key=lambda kv: -kv[1]):
+        click.echo(f"[hospes]   {key:24} {n}", err=True)
+    if cpu.cgroup is not None:
+        t = cpu.throttled()
+        ns = t.get("throttled_time", t.get("throttled_usec", 0) * 1000)
+        click.echo(f"[hospes] cgroup {cpu.path}: throttled in {t.get('nr_throttled', 0)} of "
+                   f"{t.get('nr_periods', 0)} periods, {ns / 1e9:.2f} s", err=True)
 
-    if kernel is None:
-        from hospes.images import ensure_default_images
 
-        images = ensure_default_images(log=lambda m: click.echo(m, err=True))
-        kernel = images.kernel
-        if ramdisk is None:
-            ramdisk = images.initramfs
-    if cmdline is None:
-        cmdline = "console=hvc0 quiet" if ramdisk is not None else ""
-    if command:
-        from hospes.images import encode_command
+def run_domain(spec: "DomainSpec", *, stats: bool = False, command: bool = False) -> int:
+    """Run ``spec`` in the foreground through its restarts; return ``hospes run``'s exit status.
 
-        cmdline = f"{cmdline} {encode_command(list(command))}".strip()
-    if ramdisk is not None and not Path(ramdisk).exists():
-        raise HospesError(f"Ramdisk {ramdisk} does not exist; check the path or run `hospes image`.")
-    sink = _ConsoleSink()
-    config = DomainConfig(kernel=kernel, ramdisk=ramdisk, cmdline=cmdline, memory_mib=memory, vcpus=vcpus,
-                          disks=_disk_configs(disks), vifs=_vif_configs(vifs))
-    with _TerminalInput() as read_input:
-        while True:
-            dom = Domain(config, console_out=sink)
-            if read_input is not None:
-                read_input.on_quit = dom.destroy  # Ctrl-] on a terminal
-            restore = _on_terminate(dom)
-            stop_input = read_input.pump_into(dom) if read_input is not None else None
+    ``command``: the spec's command line carries a command whose exit status is the result.
+    """
+    from hospes.cgroup import CpuControl, SchedParams
+    from hospes.domain import Domain, ShutdownReason
+    from hospes.toolstack.domain_config import domain_config
+    from hospes.toolstack.runner import DomainRunner, TerminationSignals
+
+    def log(message: str) -> None:
+        click.echo(message, err=True)
+
+    def restarting(result: ShutdownResult) -> None:
+        click.echo("\n[hospes] the guest rebooted; starting it again", err=True)
+
+    with CpuControl(RUN_DOMID) as cpu:
+        cpu.start(SchedParams(weight=spec.cpu_weight, cap=spec.cap), eager=False)
+        # Before the terminal goes raw: a first run prints the default images' build progress.
+        config = domain_config(spec, RUN_DOMID, log)
+        sink = _ConsoleSink()
+        runner = DomainRunner(lambda: spec, lambda: Domain(config, console_out=sink), on_restart=restarting)
+        with _TerminalInput() as terminal, TerminationSignals(runner):
+            stop_input = None
+            if terminal is not None:
+                terminal.on_quit = runner.destroy  # Ctrl-] on a terminal
+                stop_input = terminal.pump(runner.console_input)
             try:
-                result = dom.run()
+                result = runner.run().result
             finally:
                 if stop_input is not None:
                     stop_input()
-                restore()
-                dom.close()
-            if result.reason != "reboot" or on_reboot == "exit":
-                break
-            click.echo("\n[hospes] the guest rebooted; starting it again", err=True)
-    if result.reason == "reboot":
-        click.echo("\n[hospes] the guest rebooted", err=True)
-    elapsed = time.monotonic() - sink.t0
-    if stats:
-        click.echo(f"\n[hospes] {result.reason} after {elapsed:.2f} s"
-                   + (f", first userspace line at {sink.first_userspace:.2f} s" if sink.first_userspace else ""),
-                   err=True)
-        for key, n in sorted(result.stats.items(), key=lambda kv: -kv[1]):
-            click.echo(f"[hospes]   {key:24} {n}", err=True)
-        if cgroup is not None:
-            t = cgroup.throttled()
-            ns = t.get("throttled_time", t.get("throttled_usec", 0) * 1000)
-            click.echo(f"[hospes] cgroup {cgroup.path}: throttled in {t.get('nr_throttled', 0)} of "
-                       f"{t.get('nr_periods', 0)} periods, {ns / 1e9:.2f} s", err=True)
-    if result.reason == "destroyed":
+        if result.reason is ShutdownReason.REBOOT:
+            click.echo("\n[hospes] the guest rebooted", err=True)
+        if stats:
+            _print_stats(result, sink, cpu)
+    if result.reason is ShutdownReason.DESTROYED:
         click.echo("\nhospes: the guest was destroyed", err=True)
-        sys.exit(5)
-    if result.reason == "crash":
+        return EXIT_DESTROYED
+    if result.reason is ShutdownReason.CRASH:
         click.echo(f"\nhospes: the guest crashed: {result.message}", err=True)
-        sys.exit(3)
+        return EXIT_CRASHED
     if command:
         if sink.exit_status is None:
             click.echo("hospes: the guest stopped without reporting the command's exit status", err=True)
-            sys.exit(4)
-        sys.exit(sink.exit_status)
-    sys.exit(0)
+            return EXIT_NO_STATUS
+        return sink.exit_status
+    return 0
 
 
-__all__ = ["register", "os"]
+__all__ = ["register", "run_domain"]

@@ -39,6 +39,16 @@ def _not_dom0(ident: str, action: str) -> None:
         raise HospesError(f"Domain-0 is the host itself; it cannot {action}.")
 
 
+def _live(state: str) -> bool:
+    """Whether an API ``state`` is one of a domain that exists (building, running, paused)."""
+    from hospes.toolstack.lifecycle import LIVE_STATES, DomainState
+
+    try:
+        return DomainState(state) in LIVE_STATES
+    except ValueError:
+        return False
+
+
 def _fail(message: str, code: int = 1) -> None:
     click.echo(message, err=True)
     sys.exit(code)
@@ -53,14 +63,14 @@ def cmd_create(config: str, overrides: tuple[str, ...], console: bool, paused: b
 
     if not quiet:
         click.echo(f"Parsing config from {config}", err=True)
-    spec = Hospes.parse_config(config, overrides)
-    for w in spec.get("warnings") or []:
+    spec = Hospes.load_config(config, overrides)
+    for w in spec.warnings:
         click.echo(f"WARNING: {w}", err=True)
     if dryrun:
-        click.echo(json.dumps(spec, indent=4, sort_keys=True))
+        click.echo(json.dumps(spec.to_dict(), indent=4, sort_keys=True))
         return
     h = connect()
-    info = h.transport.request("POST", "/v1/domains", {"spec": spec, "paused": paused})
+    info = h.transport.request("POST", "/v1/domains", {"spec": spec.to_dict(), "paused": paused})
     if console:
         from hospes.toolstack.console_client import attach
 
@@ -96,7 +106,7 @@ def cmd_console(domain: str) -> None:
 def _shutdown_or_reboot(reboot: bool, wait: bool, all_: bool, domains: tuple[str, ...]) -> None:
     h = connect()
     if all_:
-        targets = [d for d in h.domains() if d.state in ("running", "paused", "building")]
+        targets = [d for d in h.domains() if _live(d.state)]
     elif domains:
         for ident in domains:
             _not_dom0(ident, "be shut down or rebooted")
@@ -110,15 +120,15 @@ def _shutdown_or_reboot(reboot: bool, wait: bool, all_: bool, domains: tuple[str
             (d.reboot if reboot else d.shutdown)(wait=False)
     if not wait:
         return
+    from hospes.toolstack.lifecycle import WaitOutcome, reason_code
+
     click.echo(f"Waiting for {len(targets)} domains", err=True)
     for d in targets:
         r = (d.reboot if reboot else d.shutdown)(wait=True)
-        if r["outcome"] == "destroyed":
+        if r["outcome"] == WaitOutcome.DESTROYED:
             click.echo(f"Domain {d.domid} has been destroyed", err=True)
         else:
-            from hospes.toolstack.lifecycle import REASON_CODES
-
-            code = REASON_CODES.get(r.get("shutdown_reason") or "", 0)
+            code = reason_code(r.get("shutdown_reason"))
             click.echo(f"Domain {d.domid} has been shut down, reason code {code}", err=True)
 
 
@@ -220,7 +230,7 @@ def cmd_sched_credit(domain: str | None, weight: int | None, cap: int | None, sc
         return
     h = connect()
     if domain is None:
-        rows = [h.domain(str(d.domid)).sched() for d in h.domains() if d.state in ("running", "paused", "building")]
+        rows = [h.domain(str(d.domid)).sched() for d in h.domains() if _live(d.state)]
         click.echo(xlfmt.format_sched_credit(rows), nl=False)
         return
     if domain in DOM0_IDS:
@@ -241,7 +251,7 @@ def cmd_uptime(short: bool, domains: tuple[str, ...]) -> None:
     h = connect()
     want_dom0 = not domains or any(d in DOM0_IDS for d in domains)
     doms = ([h.domain(d).info for d in domains if d not in DOM0_IDS] if domains
-            else [d.info for d in h.domains() if d.state in ("running", "paused", "building")])
+            else [d.info for d in h.domains() if _live(d.state)])
     click.echo(xlfmt.format_uptime(h.host(), doms, short=short, dom0=want_dom0), nl=False)
 
 

@@ -27,7 +27,9 @@ from aiohttp import WSMsgType, web
 from hospes import __version__
 from hospes.toolstack import control
 from hospes.toolstack.apispec import API_VERSION, ROUTES, SCHEMAS, Route, build_openapi
-from hospes.toolstack.daemon import ApiError, Daemon
+from hospes.toolstack.api_error import ApiError
+from hospes.toolstack.daemon import Daemon
+from hospes.toolstack.lifecycle import ShutdownRequest
 from hospes.toolstack.schema import validate
 
 log = logging.getLogger("hospesd.api")
@@ -77,10 +79,10 @@ class Api:
         return _json(await self.daemon.unpause(req.match_info["domain"]))
 
     async def shutdownDomain(self, req: web.Request, body: dict, query: dict) -> web.StreamResponse:
-        return _json(await self.daemon.shutdown(req.match_info["domain"], "poweroff", body))
+        return _json(await self.daemon.shutdown(req.match_info["domain"], ShutdownRequest.POWEROFF, body))
 
     async def rebootDomain(self, req: web.Request, body: dict, query: dict) -> web.StreamResponse:
-        return _json(await self.daemon.shutdown(req.match_info["domain"], "reboot", body))
+        return _json(await self.daemon.shutdown(req.match_info["domain"], ShutdownRequest.REBOOT, body))
 
     async def renameDomain(self, req: web.Request, body: dict, query: dict) -> web.StreamResponse:
         return _json(await self.daemon.rename(req.match_info["domain"], body["name"]))

@@ -14,9 +14,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from hospes.toolstack.lifecycle import DomainState, WaitOutcome
+
 API_VERSION = 1
 NAME_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 64}
-STATES = ["building", "running", "paused", "shutdown", "crashed", "dying"]
+STATES = [str(state) for state in DomainState]
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": {
@@ -140,7 +142,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "required": ["domid", "outcome", "shutdown_reason"],
         "properties": {
             "domid": {"type": "integer"},
-            "outcome": {"type": "string", "enum": ["requested", "destroyed", "shutdown", "restarted", "crashed"]},
+            "outcome": {"type": "string", "enum": [str(outcome) for outcome in WaitOutcome]},
             "shutdown_reason": {"type": ["string", "null"]},
         },
     },

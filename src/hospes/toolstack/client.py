@@ -24,23 +24,22 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from hospes.errors import HospesError
+from hospes.toolstack.api_error import ApiError
 from hospes.toolstack.rundir import RunDir
+from hospes.toolstack.spec import DomainSpec
 
 DEFAULT_TIMEOUT = 900.0
 DAEMON_START_TIMEOUT = 20.0
 
 
-class HospesApiError(HospesError):
-    """The daemon refused a request (``status`` is the HTTP status, 0 if unreachable)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+#: The daemon refused a request (``status`` is the HTTP status, 0 if unreachable): the
+#: same error type the daemon raises, under the name the Python API has always used.
+HospesApiError = ApiError
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -222,35 +221,42 @@ class Hospes:
         ident = urllib.parse.quote(str(name_or_id), safe="")
         return Domain(self, self.transport.request("GET", f"/v1/domains/{ident}"))
 
-    def create(self, config: str | os.PathLike[str] | Mapping[str, Any] | Any, overrides: Iterable[str] = (),
+    def create(self, config: str | os.PathLike[str] | Mapping[str, Any] | DomainSpec, overrides: Iterable[str] = (),
                paused: bool = False) -> Domain:
         """Create a domain from an xl config file (parsed here, so relative paths are yours),
         a spec dict, or a DomainSpec; ``overrides`` are ``key=value`` lines applied on top."""
-        spec = self.parse_config(config, overrides)
-        info = self.transport.request("POST", "/v1/domains", {"spec": spec, "paused": paused})
+        spec = self.load_config(config, overrides)
+        info = self.transport.request("POST", "/v1/domains", {"spec": spec.to_dict(), "paused": paused})
         return Domain(self, info)
 
     @staticmethod
-    def parse_config(config: str | os.PathLike[str] | Mapping[str, Any] | Any,
-                     overrides: Iterable[str] = ()) -> dict[str, Any]:
-        """The spec dict the API takes, from a config path, a dict or a DomainSpec."""
-        from hospes.toolstack import spec as specmod
+    def load_config(config: str | os.PathLike[str] | Mapping[str, Any] | DomainSpec,
+                    overrides: Iterable[str] = ()) -> DomainSpec:
+        """The typed spec of a config path, a spec dict or a DomainSpec, its kernel and
+        ramdisk made absolute (the daemon resolves paths from /)."""
+        from hospes.toolstack.spec import DEFAULT_IMAGE, load_spec
 
         overrides = list(overrides)
         if isinstance(config, (str, os.PathLike)):
-            spec = specmod.load_spec(Path(config), overrides)
+            spec = load_spec(Path(config), overrides)
         elif isinstance(config, Mapping):
-            spec = specmod.DomainSpec.from_dict(dict(config))
+            spec = DomainSpec.from_dict(dict(config))
             if overrides:
                 raise HospesError("Overrides apply to config files only; edit the spec dict instead.")
         else:
             spec = config
-        data = spec.to_dict()
-        for key in ("kernel", "ramdisk"):
-            value = data.get(key)
-            if value and not str(value).startswith("@"):
-                data[key] = str(Path(value).absolute())
-        return data
+
+        def absolute(path: str) -> str:
+            return path if path == DEFAULT_IMAGE else str(Path(path).absolute())
+
+        return replace(spec, kernel=absolute(spec.kernel),
+                       ramdisk=None if spec.ramdisk is None else absolute(spec.ramdisk))
+
+    @staticmethod
+    def parse_config(config: str | os.PathLike[str] | Mapping[str, Any] | DomainSpec,
+                     overrides: Iterable[str] = ()) -> dict[str, Any]:
+        """The spec dict the API takes (``load_config``'s spec as JSON data)."""
+        return Hospes.load_config(config, overrides).to_dict()
 
 
 def start_daemon(run: RunDir, timeout: float = DAEMON_START_TIMEOUT) -> None:

@@ -5,8 +5,8 @@ demand). One daemon per runtime directory, enforced with a flock. It owns no
 domain state of its own (see :mod:`.registry`): stop it, start it again, and the
 domains that kept running in their own processes are all still there.
 
-:class:`Daemon` implements the operations; each raises :class:`ApiError` with an
-HTTP status and a message for people. :mod:`.api` maps HTTP onto it.
+:class:`Daemon` implements the operations; each raises :class:`.api_error.ApiError`
+with an HTTP status and a message for people. :mod:`.api` maps HTTP onto it.
 """
 
 from __future__ import annotations
@@ -21,18 +21,23 @@ import signal
 import sys
 import time
 import uuid as uuidlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from hospes import __version__
+from hospes.domain import ShutdownReason
 from hospes.errors import HospesError
 from hospes.toolstack import control
+from hospes.toolstack.api_error import ApiError
 from hospes.toolstack.console_run import PROBE_INTERVAL, MarkerRun
-from hospes.toolstack.domain_process import DEFAULT_MARKER, valid_name
+from hospes.toolstack.domain_process import valid_name
 from hospes.toolstack.hostinfo import host_info
+from hospes.toolstack.lifecycle import DomainState, ShutdownRequest, WaitOutcome
 from hospes.toolstack.record import DomainRecord, write_record
 from hospes.toolstack.registry import DomainView, Registry
 from hospes.toolstack.rundir import RunDir
+from hospes.toolstack.spec import DEFAULT_IMAGE, DomainSpec, load_spec
 
 log = logging.getLogger("hospesd")
 
@@ -41,38 +46,25 @@ DESTROY_GRACE_S = 10.0
 HOST_MEMORY_RESERVE_MIB = 256
 
 
-class ApiError(HospesError):
-    """A request the daemon refuses: ``status`` is the HTTP status, the text says why."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def load_spec_dict(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The normalized spec of a create request and its warnings (ApiError 400 if invalid)."""
-    from hospes.toolstack import spec as specmod
-
+def request_spec(body: dict[str, Any]) -> DomainSpec:
+    """The typed spec of a create request (ApiError 400 if it is invalid)."""
     try:
         if "spec" in body:
-            spec = specmod.DomainSpec.from_dict(body["spec"])
-        elif "config_path" in body:
+            return DomainSpec.from_dict(body["spec"])
+        if "config_path" in body:
             if not os.path.isabs(body["config_path"]):
                 raise ApiError(400, "The config_path must be an absolute path on the daemon's host.")
-            spec = specmod.load_spec(Path(body["config_path"]), list(body.get("overrides") or []))
-        else:
-            raise ApiError(400, "Give either `spec` or `config_path` in the request body.")
+            return load_spec(Path(body["config_path"]), list(body.get("overrides") or []))
+        raise ApiError(400, "Give either `spec` or `config_path` in the request body.")
     except ApiError:
         raise
     except (HospesError, ValueError, TypeError, KeyError, OSError) as e:
         raise ApiError(400, f"Invalid domain configuration: {e}") from e
-    return spec.to_dict(), list(getattr(spec, "warnings", []) or [])
 
 
-def check_paths(spec: dict[str, Any]) -> None:
-    for key in ("kernel", "ramdisk"):
-        value = spec.get(key)
-        if value and value != DEFAULT_MARKER and not Path(value).is_file():
+def check_paths(spec: DomainSpec) -> None:
+    for key, value in (("kernel", spec.kernel), ("ramdisk", spec.ramdisk)):
+        if value and value != DEFAULT_IMAGE and not Path(value).is_file():
             raise ApiError(400, f"The {key} {value} does not exist on the host; check the path in the config.")
 
 
@@ -131,7 +123,7 @@ class Daemon:
 
     async def live(self, ident: str, action: str) -> DomainView:
         v = await self.view(ident)
-        if not v.alive or v.state in ("shutdown", "crashed", "dying"):
+        if not v.alive or v.state in (DomainState.SHUTDOWN, DomainState.CRASHED, DomainState.DYING):
             raise ApiError(409, f"Domain {v.record.name} ({v.domid}) is {v.state}; it cannot {action}. "
                                 "`hospes destroy` removes it.")
         return v
@@ -152,15 +144,15 @@ class Daemon:
         return host_info(v.to_api()["memory_mib"] for v in views)
 
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        spec, warnings = load_spec_dict(body)
-        for w in warnings:
+        spec = request_spec(body)
+        for w in spec.warnings:
             log.info("config warning: %s", w)
         try:
-            name = valid_name(spec.get("name"))
+            name = valid_name(spec.name)
         except HospesError as e:
             raise ApiError(400, str(e)) from e
         check_paths(spec)
-        memory = int(spec.get("memory") or 0)
+        memory = spec.memory
         async with self._create_lock:
             if name in self.registry.names():
                 raise ApiError(409, f"A domain named {name!r} already exists; pick another name (name=...).")
@@ -169,8 +161,8 @@ class Daemon:
                 raise ApiError(409, f"Not enough free memory for {name}: {memory} MiB asked, {max(free, 0)} MiB "
                                     "free; destroy a domain or ask for less (memory=...).")
             domid = self.run.allocate_domid()
-            uuid = str(spec.get("uuid") or uuidlib.uuid4())
-            spec = {**spec, "uuid": uuid}
+            uuid = spec.uuid or str(uuidlib.uuid4())
+            spec = replace(spec, uuid=uuid)
             record = DomainRecord(domid=domid, name=name, uuid=uuid, spec=spec,
                                   start_paused=bool(body.get("paused")),
                                   console_log=str(self.run.console_log(domid)))
@@ -192,7 +184,7 @@ class Daemon:
                 self.registry.forget(domid)
                 status = 400 if rc == 2 else 500
                 raise ApiError(status, f"Domain {name} could not be built: {message}")
-            if rec is not None and rec.state in ("running", "paused"):
+            if rec is not None and rec.state in (DomainState.RUNNING, DomainState.PAUSED):
                 break   # built; "shutdown" here means the build failed and the process is exiting
             await asyncio.sleep(0.1)
         else:
@@ -253,25 +245,26 @@ class Daemon:
         await self._request(v, "unpause")
         return {"domid": v.domid}
 
-    async def shutdown(self, ident: str, reason: str, body: dict[str, Any]) -> dict[str, Any]:
-        v = await self.live(ident, "shut down" if reason == "poweroff" else "reboot")
+    async def shutdown(self, ident: str, reason: ShutdownRequest, body: dict[str, Any]) -> dict[str, Any]:
+        v = await self.live(ident, "shut down" if reason is ShutdownRequest.POWEROFF else "reboot")
         boots = int((v.status or {}).get("boots", v.record.boots))
-        await self._request(v, "shutdown", reason=reason)
+        await self._request(v, "shutdown", reason=str(reason))
         if not body.get("wait"):
-            return {"domid": v.domid, "outcome": "requested", "shutdown_reason": None}
+            return {"domid": v.domid, "outcome": str(WaitOutcome.REQUESTED), "shutdown_reason": None}
         timeout = float(body.get("timeout") or 300.0)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             await asyncio.sleep(0.2)
             rec = self.registry.record(v.domid)
             if rec is None:
-                return {"domid": v.domid, "outcome": "destroyed", "shutdown_reason": reason}
+                return {"domid": v.domid, "outcome": str(WaitOutcome.DESTROYED), "shutdown_reason": str(reason)}
             if rec.boots != boots:
-                return {"domid": v.domid, "outcome": "restarted", "shutdown_reason": reason}
+                return {"domid": v.domid, "outcome": str(WaitOutcome.RESTARTED), "shutdown_reason": str(reason)}
             if not self.registry.is_alive(rec):
-                crashed = rec.state != "shutdown" or rec.shutdown_reason == "crash"
-                return {"domid": v.domid, "outcome": "crashed" if crashed else "shutdown",
-                        "shutdown_reason": rec.shutdown_reason or "crash"}
+                crashed = rec.state != DomainState.SHUTDOWN or rec.shutdown_reason is ShutdownReason.CRASH
+                outcome = WaitOutcome.CRASHED if crashed else WaitOutcome.SHUTDOWN
+                return {"domid": v.domid, "outcome": str(outcome),
+                        "shutdown_reason": str(rec.shutdown_reason or ShutdownReason.CRASH)}
         raise ApiError(504, f"Domain {v.record.name} ({v.domid}) is still running after {timeout:.0f} s; "
                             "`hospes destroy` stops it at once.")
 
@@ -290,7 +283,7 @@ class Daemon:
             else:
                 rec = v.record
                 rec.name = new
-                rec.spec = {**rec.spec, "name": new}
+                rec.spec = replace(rec.spec, name=new)
                 write_record(self.run.state_file(rec.domid), rec)
         return {"domid": v.domid}
 
@@ -312,7 +305,7 @@ class Daemon:
         st = v.status or {}
         vcpus = st.get("vcpus")
         if not vcpus:
-            n = int(v.record.spec.get("vcpus") or 1)
+            n = v.record.spec.vcpus
             vcpus = [{"vcpu": i, "online": False, "running": False, "blocked": False, "cpu": -1, "time": 0.0}
                      for i in range(n)]
         return {"domid": v.domid, "name": v.to_api()["name"], "vcpus": vcpus}

@@ -17,17 +17,18 @@ Domain (flags + kicks; the store has its own lock), so the control thread calls
 them directly; console input is queued and handed to the guest by the main
 loop's input poll.
 
-Signals: SIGTERM or SIGHUP asks the guest to power off; a second one destroys it.
+Signals: SIGTERM or SIGHUP asks the guest to power off; a second one destroys it
+(:class:`.runner.TerminationSignals`, as in ``hospes run``). The build and restart
+loop is :class:`.runner.DomainRunner`, the configuration path
+:func:`.domain_config.domain_config`, both shared with ``hospes run``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import dataclasses
 import os
-import signal
 import sys
 import threading
 import time
@@ -35,15 +36,17 @@ import traceback
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from hospes.cgroup import CgroupError, DomainCgroup, SchedParams, confine
+from hospes.cgroup import CgroupError, CpuControl, SchedParams
+from hospes.domain import Domain, ShutdownReason, ShutdownResult
 from hospes.errors import HospesError
 from hospes.pv.runstate import RunState
 from hospes.toolstack import control
-from hospes.toolstack.lifecycle import RESTART_LIMIT, RESTART_WINDOW_S, action_for
+from hospes.toolstack.domain_config import domain_config
+from hospes.toolstack.lifecycle import DomainState, Outcome, ShutdownRequest
 from hospes.toolstack.record import process_start_time, read_record, remove_quietly, write_record
+from hospes.toolstack.runner import DomainRunner, RestartLimit, TerminationSignals
 from hospes.toolstack.rundir import RunDir
 
-DEFAULT_MARKER = "@default"
 LOG_ROTATE_BYTES = 16 * 1024 * 1024
 CONSOLE_BACKLOG_BYTES = 1024 * 1024   # a console client further behind than this is dropped
 NAME_MAX = 64
@@ -90,64 +93,6 @@ class ConsoleLog:
 
     def close(self) -> None:
         self._f.close()
-
-
-def build_config(spec: dict[str, Any], domid: int, name: str, uuid: str) -> Any:
-    """The DomainConfig for ``spec`` (a DomainSpec.to_dict()), resolving ``@default`` images."""
-    from hospes.domain import DomainConfig
-
-    kernel = spec.get("kernel") or DEFAULT_MARKER
-    ramdisk = spec.get("ramdisk")
-    cmdline = spec.get("cmdline")
-    if kernel == DEFAULT_MARKER or ramdisk == DEFAULT_MARKER:
-        from hospes.images import ensure_default_images
-
-        images = ensure_default_images(log=log)
-        if kernel == DEFAULT_MARKER:
-            kernel = str(images.kernel)
-            if ramdisk is None:
-                ramdisk = DEFAULT_MARKER
-        if ramdisk == DEFAULT_MARKER:
-            ramdisk = str(images.initramfs)
-            if not cmdline:
-                cmdline = "console=hvc0 quiet"
-    fields = {f.name for f in dataclasses.fields(DomainConfig)}
-    kwargs: dict[str, Any] = dict(
-        kernel=Path(kernel), ramdisk=Path(ramdisk) if ramdisk else None, cmdline=cmdline or "",
-        memory_mib=int(spec.get("memory") or 256), vcpus=int(spec.get("vcpus") or 1), name=name, domid=domid,
-    )
-    if "uuid" in fields:
-        kwargs["uuid"] = uuid
-    kwargs["disks"] = tuple(_disk_config(d) for d in spec.get("disks") or ())
-    kwargs["vifs"] = tuple(_vif_config(v, domid, i) for i, v in enumerate(spec.get("vifs") or ()))
-    return DomainConfig(**kwargs)
-
-
-def _disk_config(disk: dict[str, Any]) -> Any:
-    """A DiskSpec (as a dict) -> the block backend's DiskConfig: raw files as xvdX."""
-    from hospes.devices.block import BlockError, DiskConfig, vdev_number
-
-    target = disk.get("target")
-    if not target:
-        raise BlockError(f"Disk {disk.get('vdev')}: an empty drive (no target) is not supported.")
-    if disk.get("format", "raw") != "raw" or disk.get("devtype", "disk") != "disk":
-        raise BlockError(f"Disk {target}: only raw disk images are supported (format=raw, devtype=disk).")
-    return DiskConfig(Path(target), readonly=disk.get("access", "rw") in ("r", "ro"),
-                      vdev=vdev_number(str(disk.get("vdev", "xvda"))))
-
-
-def _vif_config(vif: dict[str, Any], domid: int, index: int) -> Any:
-    """A VifSpec (as a dict) -> the network backend's VifConfig: a TAP named by vifname, on
-    ``bridge``, with ``rate`` as a credit per interval."""
-    from hospes.devices.net import VifConfig, default_mac
-    from hospes.toolstack.spec import VifRate
-
-    devid = int(vif.get("devid", index))
-    rate = VifRate(**vif["rate"]) if vif.get("rate") else None
-    return VifConfig(mac=vif.get("mac") or default_mac(domid, devid), tap=vif.get("vifname"),
-                     bridge=vif.get("bridge") or None, devid=devid, mtu=int(vif.get("mtu") or 1500),
-                     rate_bytes=rate.credit_bytes if rate else 0,
-                     rate_usecs=rate.interval_usecs if rate else 50_000)
 
 
 def _thread_cpu(thread: threading.Thread | None) -> tuple[float, int]:
@@ -284,9 +229,11 @@ class ControlServer:
 
     async def _shutdown(self, req: dict[str, Any]) -> dict[str, Any]:
         reason = req.get("reason", "poweroff")
-        if reason not in ("poweroff", "reboot"):
-            raise HospesError(f"Unknown shutdown reason {reason!r}; use poweroff or reboot.")
-        self.proc.request_shutdown(reason)
+        try:
+            request = ShutdownRequest(reason)
+        except ValueError:
+            raise HospesError(f"Unknown shutdown reason {reason!r}; use poweroff or reboot.") from None
+        self.proc.request_shutdown(request)
         return {}
 
     async def _destroy(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -317,18 +264,19 @@ class DomainProcess:
         self.record.pid = os.getpid()
         self.record.pid_start = process_start_time(os.getpid())
         self.record.console_log = self.record.console_log or str(run.console_log(domid))
-        self._lock = threading.RLock()      # self.dom, self.record and record writes
-        self.dom: Any = None
-        self._destroy = threading.Event()
-        self._pending_shutdown: str | None = None
-        self._input = bytearray()
-        self._input_lock = threading.Lock()
+        self._lock = threading.RLock()      # the runner's domain, self.record and record writes
+        self.runner = DomainRunner(lambda: self.record.spec, self._build, lock=self._lock,
+                                   restart_limit=RestartLimit(), on_built=self._built,
+                                   on_stopped=self._stopped, on_restart=self._restarting)
         self._last_cpu: list[float] = []
-        self._restarts: collections.deque[float] = collections.deque()
-        self.cgroup: DomainCgroup | None = None
+        self.cpu = CpuControl(domid)
         self.log = ConsoleLog(Path(self.record.console_log))
         self.server = ControlServer(self, run.control_socket(domid))
         self._save()
+
+    @property
+    def dom(self) -> Domain | None:
+        return self.runner.dom
 
     # --- record ------------------------------------------------------------------------
 
@@ -336,7 +284,7 @@ class DomainProcess:
         with self._lock:
             write_record(self.run.state_file(self.domid), self.record)
 
-    def _set_state(self, state: str, **changes: Any) -> None:
+    def _set_state(self, state: DomainState, **changes: Any) -> None:
         with self._lock:
             self.record.state = state
             for k, v in changes.items():
@@ -359,8 +307,9 @@ class DomainProcess:
                                   "cpu": cpu, "time": max(seconds, 0.0)})
                 self._last_cpu = [v["time"] for v in vcpus]
             return {
-                "domid": self.domid, "name": rec.name, "uuid": rec.uuid, "state": rec.state,
-                "shutdown_reason": rec.shutdown_reason, "message": rec.message, "boots": rec.boots,
+                "domid": self.domid, "name": rec.name, "uuid": rec.uuid, "state": str(rec.state),
+                "shutdown_reason": None if rec.shutdown_reason is None else str(rec.shutdown_reason),
+                "message": rec.message, "boots": rec.boots,
                 "started": rec.started, "pid": os.getpid(), "vcpus": vcpus,
                 "cpu_time": sum(self._last_cpu), "sched": self.sched_status(),
             }
@@ -371,43 +320,40 @@ class DomainProcess:
         return SchedParams(**self.record.sched_in_force())
 
     def sched_status(self) -> dict[str, Any]:
-        cg = self.cgroup
-        return {**self.sched_params().to_dict(), "cgroup": str(cg.path) if cg else None,
-                "throttled": cg.throttled() if cg else {}}
+        path = self.cpu.path
+        return {**self.sched_params().to_dict(), "cgroup": str(path) if path else None,
+                "throttled": self.cpu.throttled()}
 
     def _confine(self) -> None:
         """Join a CPU cgroup with the domain's weight and cap (before any vCPU thread exists)."""
-        self.cgroup = confine(self.domid, self.sched_params())
+        self.cpu.start(self.sched_params())
         with self._lock:
-            self.record.cgroup = str(self.cgroup.path) if self.cgroup else ""
+            self.record.cgroup = str(self.cpu.path or "")
             self._save()
 
-    def set_sched(self, weight: Any = None, cap: Any = None) -> dict[str, Any]:
+    def set_sched(self, weight: int | None = None, cap: int | None = None) -> dict[str, Any]:
         """``xl sched-credit -d DOM [-w W] [-c C]``: change the weight and/or cap of a running domain."""
         with self._lock:
             old = self.sched_params()
             new = SchedParams(weight=old.weight if weight is None else weight, cap=old.cap if cap is None else cap)
-            if self.cgroup is None:
-                if new.is_default:
-                    return self.sched_status()
-                self.cgroup = confine(self.domid, new)   # raises if it cannot be enforced
-                self.record.cgroup = str(self.cgroup.path) if self.cgroup else ""
-            else:
-                self.cgroup.apply(new)
+            if self.cpu.cgroup is None and new.is_default:
+                return self.sched_status()
+            self.cpu.change(new)    # raises if it cannot be enforced
+            self.record.cgroup = str(self.cpu.path or "")
             self.record.sched = new.to_dict()
             self._save()
             return self.sched_status()
 
     def pause(self) -> None:
         with self._lock:
-            if self.record.state == "shutdown":
+            if self.record.state == DomainState.SHUTDOWN:
                 raise HospesError("The domain is shut down; it cannot be paused.")
             if self.dom is None:
                 self.record.start_paused = True
                 self._save()
                 return
             self.dom.pause()
-            self._set_state("paused")
+            self._set_state(DomainState.PAUSED)
 
     def unpause(self) -> None:
         with self._lock:
@@ -416,26 +362,19 @@ class DomainProcess:
                 self._save()
                 return
             self.dom.unpause()
-            if self.record.state == "paused":
-                self._set_state("running")
+            if self.record.state == DomainState.PAUSED:
+                self._set_state(DomainState.RUNNING)
 
-    def request_shutdown(self, reason: str) -> None:
-        with self._lock:
-            if self.dom is None:
-                self._pending_shutdown = reason
-                return
-            self.dom.request_shutdown(reason)
+    def request_shutdown(self, reason: ShutdownRequest) -> None:
+        self.runner.request_shutdown(reason)
 
     def destroy(self) -> None:
-        self._destroy.set()
-        with self._lock:
-            if self.dom is not None:
-                self.dom.destroy()
+        self.runner.destroy()
 
     def rename(self, name: str) -> None:
         with self._lock:
             self.record.name = name
-            self.record.spec = {**self.record.spec, "name": name}
+            self.record.spec = dataclasses.replace(self.record.spec, name=name)
             self._save()
             dom = self.dom
             if dom is not None:
@@ -443,12 +382,7 @@ class DomainProcess:
                 dom.store.write(f"/vm/{dom.uuid}/name", name)
 
     def queue_input(self, data: bytes) -> None:
-        """Console input: straight to the running domain, else kept for the next one."""
-        with self._input_lock:
-            if self.dom is None:
-                self._input += data
-            else:
-                self.dom.console_input(data)
+        self.runner.console_input(data)
 
     # --- main thread ---------------------------------------------------------------------
 
@@ -456,104 +390,55 @@ class DomainProcess:
         self.log.write(data)
         self.server.broadcast(data)
 
-    def _install_signals(self) -> None:
-        asked: list[int] = []
+    def _build(self) -> Domain:
+        return Domain(domain_config(self.record.spec, self.domid, log), console_out=self._console_out)
 
-        def handler(signum: int, frame: object) -> None:
-            if asked:
-                self.destroy()
-            else:
-                asked.append(signum)
-                self.request_shutdown("poweroff")
+    def _built(self, dom: Domain) -> None:
+        paused = self.record.start_paused
+        if paused:
+            dom.pause()
+        self._set_state(DomainState.PAUSED if paused else DomainState.RUNNING, started=time.time(),
+                        start_paused=False, shutdown_reason=None, message="")
 
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, handler)
+    def _stopped(self, result: ShutdownResult, outcome: Outcome) -> None:
+        log(f"domain {self.domid} ({self.record.name}) stopped: {result.reason} {result.message[:200]}".rstrip())
+        log(f"action for {result.reason}: {outcome}")
 
-    def _build(self) -> Any:
-        from hospes.domain import Domain
-
-        config = build_config(self.record.spec, self.domid, self.record.name, self.record.uuid)
-        return Domain(config, console_out=self._console_out)
+    def _restarting(self, result: ShutdownResult) -> None:
+        self._set_state(DomainState.BUILDING, boots=self.record.boots + 1)
 
     def main(self) -> int:
         """Run the domain through its restarts; return the process exit status."""
         try:
-            return self._main()
+            with TerminationSignals(self.runner):
+                return self._main()
         finally:
-            if self.cgroup is not None:
-                self.cgroup.remove()
+            self.cpu.close()
 
     def _main(self) -> int:
         self.server.start()
-        self._install_signals()
         try:
             self._confine()
         except CgroupError as e:
             log(f"resource control: {e}")
-            self._set_state("shutdown", shutdown_reason="crash", message=str(e))
+            self._set_state(DomainState.SHUTDOWN, shutdown_reason=ShutdownReason.CRASH, message=str(e))
             self.server.stop()
             return 2
-        first = True
-        while True:
-            if self._destroy.is_set():
-                return self._finish_destroyed()
-            try:
-                dom = self._build()
-            except Exception as e:
-                user_error = isinstance(e, (HospesError, OSError))
-                msg = str(e) if user_error else f"Internal error while building the domain: {e!r}"
-                log(f"build failed: {traceback.format_exc()}")
-                self._set_state("shutdown", shutdown_reason="crash", message=msg)
-                self.server.stop()
-                return 2 if (first and user_error) else 1
-            first = False
-            with self._lock:
-                with self._input_lock:  # input typed while no domain ran goes to this one, in order
-                    self.dom = dom
-                    if self._input:
-                        dom.console_input(bytes(self._input))
-                        self._input.clear()
-                paused = self.record.start_paused
-                if paused:
-                    dom.pause()
-                if self._pending_shutdown:
-                    dom.request_shutdown(self._pending_shutdown)
-                    self._pending_shutdown = None
-                if self._destroy.is_set():
-                    dom.destroy()
-                self._set_state("paused" if paused else "running", started=time.time(), start_paused=False,
-                                shutdown_reason=None, message="")
-            try:
-                result = dom.run()
-            finally:
-                with self._lock, self._input_lock:
-                    self.dom = None
-                dom.close()
-            reason = result.reason
-            log(f"domain {self.domid} ({self.record.name}) stopped: {reason} {result.message[:200]}".rstrip())
-            if reason == "destroyed" or self._destroy.is_set():
-                return self._finish_destroyed()
-            action = action_for(reason, self.record.spec)
-            if action == "restart" and not self._may_restart():
-                action = "preserve"
-                result.message = (f"Restarted {RESTART_LIMIT} times within {RESTART_WINDOW_S:.0f} s; "
-                                  f"preserved instead. {result.message}").strip()
-            log(f"action for {reason}: {action}")
-            if action == "restart":
-                self._set_state("building", boots=self.record.boots + 1)
-                continue
-            if action == "preserve":
-                self._set_state("shutdown", shutdown_reason=reason, message=result.message[:4096])
-                self.server.stop()
-                return 0
-            return self._finish_destroyed()
-
-    def _may_restart(self) -> bool:
-        now = time.monotonic()
-        self._restarts.append(now)
-        while self._restarts and now - self._restarts[0] > RESTART_WINDOW_S:
-            self._restarts.popleft()
-        return len(self._restarts) <= RESTART_LIMIT
+        try:
+            ending = self.runner.run()
+        except Exception as e:
+            user_error = isinstance(e, (HospesError, OSError))
+            msg = str(e) if user_error else f"Internal error while building the domain: {e!r}"
+            log(f"build failed: {traceback.format_exc()}")
+            self._set_state(DomainState.SHUTDOWN, shutdown_reason=ShutdownReason.CRASH, message=msg)
+            self.server.stop()
+            return 2 if (self.runner.builds == 0 and user_error) else 1
+        if ending.outcome is Outcome.PRESERVE:
+            self._set_state(DomainState.SHUTDOWN, shutdown_reason=ending.result.reason,
+                            message=ending.result.message[:4096])
+            self.server.stop()
+            return 0
+        return self._finish_destroyed()
 
     def _finish_destroyed(self) -> int:
         self.server.stop()

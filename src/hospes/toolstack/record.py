@@ -30,27 +30,34 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from hospes.domain import ShutdownReason
+from hospes.errors import HospesError
+from hospes.toolstack.lifecycle import DomainState
+from hospes.toolstack.spec import DomainSpec
+
 RECORD_VERSION = 1
-LIVE_STATES = ("building", "running", "paused")
-STATES = LIVE_STATES + ("shutdown",)
 
 
 @dataclass
 class DomainRecord:
-    """What survives a daemon restart about one domain."""
+    """What survives a daemon restart about one domain.
+
+    The spec is typed here; it becomes a dict only in the JSON file, through
+    ``DomainSpec.to_dict``/``from_dict``.
+    """
 
     domid: int
     name: str
     uuid: str
-    spec: dict[str, Any]
+    spec: DomainSpec
     created: float = field(default_factory=time.time)
     started: float = field(default_factory=time.time)   # start of the current boot
-    state: str = "building"
-    shutdown_reason: str | None = None     # poweroff, reboot, crash, ... once shut down
+    state: DomainState = DomainState.BUILDING
+    shutdown_reason: ShutdownReason | None = None   # once shut down
     message: str = ""                      # why it stopped or failed, for people
     pid: int | None = None
     pid_start: int | None = None           # /proc/<pid>/stat starttime, see module doc
@@ -63,15 +70,26 @@ class DomainRecord:
 
     def sched_in_force(self) -> dict[str, int]:
         """Weight and cap in force: the last ``sched-credit`` change, else the config's cpu_weight/cap."""
-        return {"weight": int(self.sched.get("weight", self.spec.get("cpu_weight") or 256)),
-                "cap": int(self.sched.get("cap", self.spec.get("cap") or 0))}
+        return {"weight": int(self.sched.get("weight", self.spec.cpu_weight)),
+                "cap": int(self.sched.get("cap", self.spec.cap))}
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["spec"] = self.spec.to_dict()
+        data["state"] = str(self.state)
+        data["shutdown_reason"] = None if self.shutdown_reason is None else str(self.shutdown_reason)
+        data["sched"] = dict(self.sched)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DomainRecord":
+        """The record in ``data`` (unknown fields are ignored); ValueError or ConfigError if corrupt."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["spec"] = DomainSpec.from_dict(known["spec"])
+        if "state" in known:
+            known["state"] = DomainState(known["state"])
+        if known.get("shutdown_reason") is not None:
+            known["shutdown_reason"] = ShutdownReason(known["shutdown_reason"])
         return cls(**known)
 
 
@@ -85,7 +103,7 @@ def read_record(path: Path) -> DomainRecord | None:
     try:
         data = json.loads(path.read_bytes())
         return DomainRecord.from_dict(data)
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, KeyError, HospesError):
         return None
 
 

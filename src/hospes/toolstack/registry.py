@@ -22,8 +22,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from hospes.domain import ShutdownReason
 from hospes.toolstack import control
-from hospes.toolstack.lifecycle import xl_flags
+from hospes.toolstack.lifecycle import DomainState, xl_flags
 from hospes.toolstack.record import DomainRecord, process_alive, read_record, remove_quietly
 from hospes.toolstack.rundir import RunDir
 
@@ -37,7 +38,7 @@ class DomainView:
     record: DomainRecord
     alive: bool
     status: dict[str, Any] | None
-    state: str
+    state: DomainState
     message: str
     cpu_time: float
 
@@ -52,17 +53,17 @@ class DomainView:
         online = sum(1 for v in vcpus if v.get("online"))
         blocked = bool(vcpus) and all(v.get("blocked") or not v.get("online") for v in vcpus)
         spec = rec.spec
-        max_vcpus = int(spec.get("vcpus") or 1)
-        reason = rec.shutdown_reason if self.state in ("shutdown", "crashed") else None
-        if self.state == "crashed" and reason is None:
-            reason = "crash"
+        max_vcpus = spec.vcpus
+        reason = rec.shutdown_reason if self.state in (DomainState.SHUTDOWN, DomainState.CRASHED) else None
+        if self.state is DomainState.CRASHED and reason is None:
+            reason = ShutdownReason.CRASH
         return {
             "domid": rec.domid,
             "name": st.get("name", rec.name),
             "uuid": rec.uuid,
-            "state": self.state,
+            "state": str(self.state),
             "flags": xl_flags(self.state, reason, blocked),
-            "memory_mib": int(spec.get("memory") or 0) if self.alive else 0,
+            "memory_mib": spec.memory if self.alive else 0,
             "vcpus": online if self.alive and vcpus else (max_vcpus if self.alive else 0),
             "max_vcpus": max_vcpus,
             "cpu_time": round(self.cpu_time, 3),
@@ -70,13 +71,21 @@ class DomainView:
             "started": st.get("started", rec.started),
             "uptime": max(0.0, time.time() - float(st.get("started", rec.started))),
             "boots": int(st.get("boots", rec.boots)),
-            "shutdown_reason": reason,
+            "shutdown_reason": None if reason is None else str(reason),
             "message": self.message,
             "pid": rec.pid if self.alive else None,
             "console_log": rec.console_log,
             "sched": rec.sched_in_force(),
-            "config": spec,
+            "config": spec.to_dict(),
         }
+
+
+def _state(reported: object, recorded: DomainState) -> DomainState:
+    """The state a domain process reported, else the recorded one (an older process may say less)."""
+    try:
+        return DomainState(reported) if isinstance(reported, str) else recorded
+    except ValueError:
+        return recorded
 
 
 class Registry:
@@ -163,7 +172,7 @@ class Registry:
             return None
         alive = self.is_alive(rec)
         status = None
-        if alive and rec.state != "shutdown":
+        if alive and rec.state != DomainState.SHUTDOWN:
             try:
                 status = await control.request(self.run.control_socket(domid), "status", timeout=STATUS_TIMEOUT)
             except control.ControlError:
@@ -173,16 +182,18 @@ class Registry:
                 return None
             rec = fresh
         message = rec.message
+        stopped = DomainState.CRASHED if rec.shutdown_reason is ShutdownReason.CRASH else DomainState.SHUTDOWN
+        state: DomainState
         if domid in self.dying:
-            state = "dying"
+            state = DomainState.DYING
         elif alive:
-            state = str((status or {}).get("state", rec.state))
-            if state == "shutdown":
-                state = "crashed" if rec.shutdown_reason == "crash" else "shutdown"
-        elif rec.state == "shutdown":
-            state = "crashed" if rec.shutdown_reason == "crash" else "shutdown"
+            state = _state((status or {}).get("state"), rec.state)
+            if state == DomainState.SHUTDOWN:
+                state = stopped
+        elif rec.state == DomainState.SHUTDOWN:
+            state = stopped
         else:
-            state = "crashed"
+            state = DomainState.CRASHED
             message = self._death(rec)
         if status is not None:
             self._cpu[domid] = float(status.get("cpu_time", 0.0))

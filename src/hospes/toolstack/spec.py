@@ -64,6 +64,9 @@ from hospes.toolstack.xlcfg import (
 #: kernel and Hospes' busybox initramfs). Kept as is in the spec; the toolstack
 #: replaces it with the paths when it builds the domain.
 DEFAULT_IMAGE = "@default"
+#: The command line the default initramfs gets when the configuration gives none:
+#: its console on hvc0, and a quiet kernel so the guest's output is the command's.
+DEFAULT_IMAGE_CMDLINE = "console=hvc0 quiet"
 #: Version of the to_dict() layout.
 SPEC_FORMAT = 1
 
@@ -563,8 +566,8 @@ class VifSpec:
             elif key in _VIF_UNSUPPORTED or key.startswith("colo_"):
                 note(f"vif parameter '{key}' is not supported yet; it is ignored")
             else:
-                raise fail(f"unknown parameter {key!r}; the parameters are mac, bridge, ip, rate, "
-                           "type, model, vifname, script, backend, gatewaydev, mtu, devid and the "
+                raise fail(f"unknown parameter {key!r}: it is not one of mac, bridge, ip, rate, "
+                           "type, model, vifname, script, backend, gatewaydev, mtu, devid or the "
                            "flags trusted, untrusted")
         return cls(**values)
 
@@ -937,6 +940,6 @@ def load_spec(path: Path | str, overrides: Sequence[str] = ()) -> DomainSpec:
 
 
 __all__ = [
-    "Action", "DEFAULT_ACTIONS", "DEFAULT_IMAGE", "DEFAULT_MEMORY_MIB", "DiskSpec", "DomainSpec",
+    "Action", "DEFAULT_ACTIONS", "DEFAULT_IMAGE", "DEFAULT_IMAGE_CMDLINE", "DEFAULT_MEMORY_MIB", "DiskSpec", "DomainSpec",
     "IMPLEMENTED_KEYS", "SPEC_FORMAT", "VifRate", "VifSpec", "XL_KEYS", "load_spec",
 ]
