@@ -24,7 +24,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
-from hospes import __version__
+from hospes.version import __version__
 from hospes.toolstack import control
 from hospes.toolstack.apispec import API_VERSION, ROUTES, SCHEMAS, Route, build_openapi
 from hospes.toolstack.api_error import ApiError

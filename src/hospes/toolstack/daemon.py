@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hospes import __version__
+from hospes.version import __version__
 from hospes.domain import ShutdownReason
 from hospes.errors import HospesError
 from hospes.toolstack import control

@@ -15,7 +15,7 @@ import socket
 from pathlib import Path
 from typing import Any, Iterable
 
-from hospes import __version__
+from hospes.version import __version__
 from hospes.pv import abi
 
 
