@@ -234,6 +234,8 @@ class FakePvDomain(PvDomain):
     """The real PvDomain over fake KVM, with recorders for sleeping, time and hooks."""
 
     vcpus: list[FakeVcpu]  # type: ignore[assignment]
+    clock: FakeClock  # type: ignore[assignment]
+    timers: RecordingTimers  # type: ignore[assignment]
 
     def __init__(self, nr_vcpus: int = NR_VCPUS, ram_pages: int = RAM_PAGES) -> None:
         lay = L.Layout(ram_pages=ram_pages, nr_vcpus=nr_vcpus)
@@ -246,8 +248,8 @@ class FakePvDomain(PvDomain):
         # The same vCPUs, as FakeVcpus (the event channels look them up by index).
         self.vcpus[:] = [FakeVcpu(self, v, self.vm.kvm_vcpus[v], self.trampoline.vcpus[v])  # type: ignore[misc]
                          for v in range(nr_vcpus)]
-        self.clock = FakeClock()  # type: ignore[assignment]
-        self.timers = RecordingTimers()  # type: ignore[assignment]
+        self.clock = FakeClock()
+        self.timers = RecordingTimers()
         self.blocked: list[int] = []
         self.polled: list[tuple[int, tuple[int, ...], int]] = []
         self.yields: list[int] = []

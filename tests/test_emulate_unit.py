@@ -255,11 +255,12 @@ def test_port_io_needs_the_virtual_iopl(vcpu: FakeVcpu) -> None:
     assert emulate.handle_exception(vcpu, GP, 0)
 
 
-@pytest.mark.parametrize("code", [b"\xfa", b"\xfb"])
-def test_cli_and_sti_are_skipped_without_touching_the_event_mask(vcpu: FakeVcpu, code: bytes) -> None:
+@pytest.mark.parametrize(("code", "mask"), [(b"\xfa", 0), (b"\xfb", 1)])   # cli with events on, sti off
+def test_cli_and_sti_are_skipped_without_touching_the_event_mask(vcpu: FakeVcpu, code: bytes, mask: int) -> None:
+    vcpu.upcall_mask = mask
     at(vcpu, code)
     assert emulate.handle_exception(vcpu, GP, 0)
-    assert vcpu.t_rip == CODE_VA + 1 and vcpu.upcall_mask == 0
+    assert vcpu.t_rip == CODE_VA + 1 and vcpu.upcall_mask == mask
 
 
 def test_cli_in_user_mode_is_not_emulated(vcpu: FakeVcpu) -> None:

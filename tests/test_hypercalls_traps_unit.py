@@ -216,7 +216,8 @@ def test_iret_to_the_kernel_loads_the_frame_from_the_guest_stack(vcpu: FakeVcpu)
     assert vcpu.upcall_mask == 0                                   # IF set in the frame: events on
 
 
-def test_iret_returns_no_return_and_keeps_events_masked_when_if_is_clear(vcpu: FakeVcpu) -> None:
+def test_iret_returns_no_return_and_masks_events_when_if_is_clear(vcpu: FakeVcpu) -> None:
+    vcpu.upcall_mask = 0
     push_iret_frame(vcpu, rip=HANDLER, cs=abi.FLAT_KERNEL_CS & ~3, rflags=0x2, rsp=STACK_TOP, ss=0)
     assert traps.iret(vcpu) is NO_RETURN
     assert vcpu.upcall_mask == 1
