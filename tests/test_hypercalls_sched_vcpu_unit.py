@@ -169,7 +169,31 @@ def test_initialise_then_up_then_down_brings_a_vcpu_online_and_offline(dom: Fake
     assert vcpu_op(vcpu, V.VCPUOP_is_up, 1) == 1
     assert vcpu_op(vcpu, V.VCPUOP_down, 1) == 0
     assert vcpu_op(vcpu, V.VCPUOP_is_up, 1) == 0
-    assert not target.initialised and target.kicks == 1
+    assert not target.online and target.kicks == 1      # woken to notice it is down
+
+
+def bring_up_vcpu1(vcpu: FakeVcpu) -> None:
+    ctx = guest_context(rip=HANDLER + 0x100, rsp=STACK_TOP - 0x800, cr3=L4_FRAME << 12)
+    assert vcpu_op(vcpu, V.VCPUOP_initialise, 1, ctx, arg=BUF_VA) == 0
+    assert vcpu_op(vcpu, V.VCPUOP_up, 1) == 0
+
+
+@pytest.mark.xfail(strict=True, reason="VCPUOP_down forgets the vCPU's context (stop_vcpu clears initialised), so "
+                   "VCPUOP_up after it is -EINVAL; Xen keeps is_initialised, and Linux re-onlines a CPU with "
+                   "VCPUOP_up alone")
+def test_a_vcpu_taken_down_can_be_brought_up_again_without_a_new_context(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    bring_up_vcpu1(vcpu)
+    assert vcpu_op(vcpu, V.VCPUOP_down, 1) == 0
+    assert vcpu_op(vcpu, V.VCPUOP_up, 1) == 0
+    assert vcpu_op(vcpu, V.VCPUOP_is_up, 1) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="taking down the last online vCPU leaves a domain with no vCPU running; "
+                   "Xen's VCPUOP_down shuts the domain down with SHUTDOWN_poweroff instead")
+def test_taking_down_the_last_online_vcpu_powers_the_domain_off(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    assert vcpu_op(vcpu, V.VCPUOP_down, 0) == 0
+    assert dom.record.shutdowns == [abi.SHUTDOWN_poweroff]
+    assert vcpu.online
 
 
 def test_initialise_refuses_a_context_without_a_kernel_page_table(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
