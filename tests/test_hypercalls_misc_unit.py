@@ -204,7 +204,7 @@ def test_xen_version_strings(vcpu: FakeVcpu) -> None:
     assert cstring(vcpu, BUF_VA, 16) == abi.XEN_EXTRAVERSION.encode()
     assert vcpu.hypercall(Hypercall.xen_version, 3, BUF_VA) == 0
     assert b"xen-3.0-x86_64" in cstring(vcpu, BUF_VA, 1024).split()
-    # Hospes answers the domain's own command line (pv-abi.md), not a hypervisor's.
+    # Hospes' choice: the domain's own command line (Xen gives its own, to privileged domains only).
     assert vcpu.hypercall(Hypercall.xen_version, 9, BUF_VA) == 0
     assert cstring(vcpu, BUF_VA, 1024) == CMDLINE.encode()
 
