@@ -225,8 +225,6 @@ def test_out_is_dropped(vcpu: FakeVcpu) -> None:
     assert vcpu.regs.rax == RAX and vcpu.t_rip == CODE_VA + 2
 
 
-@pytest.mark.xfail(strict=True, reason="in %dx,%eax keeps the upper half of RAX; a 32-bit register write "
-                   "zero-extends on x86-64")
 def test_in_eax_zero_extends_into_rax(vcpu: FakeVcpu) -> None:
     vcpu.iopl = 1
     at(vcpu, b"\xed")                                   # in (%dx),%eax
@@ -235,8 +233,6 @@ def test_in_eax_zero_extends_into_rax(vcpu: FakeVcpu) -> None:
     assert vcpu.regs.rax == 0xFFFF_FFFF
 
 
-@pytest.mark.xfail(strict=True, reason="the 0x66 operand-size prefix is ignored by _port_io (it tests an empty "
-                   "slice), so in %dx,%ax is emulated as a 32-bit in")
 def test_in_ax_writes_only_ax(vcpu: FakeVcpu) -> None:
     vcpu.iopl = 1
     at(vcpu, b"\x66\xed")                               # in (%dx),%ax

@@ -162,7 +162,7 @@ def test_initialise_then_up_then_down_brings_a_vcpu_online_and_offline(dom: Fake
     ctx = guest_context(rip=HANDLER + 0x100, rsp=STACK_TOP - 0x800, cr3=L4_FRAME << 12)
     assert vcpu_op(vcpu, V.VCPUOP_initialise, 1, ctx, arg=BUF_VA) == 0
     assert target.initialised and target.kernel_cr3 == L4_FRAME << 12
-    assert target.start_context is not None and target.start_context["frame"][0] == HANDLER + 0x100
+    assert target.start_context is not None and target.start_context.frame[0] == HANDLER + 0x100
     assert target.callbacks[abi.CALLBACKTYPE_event][0] == HANDLER
     assert vcpu_op(vcpu, V.VCPUOP_initialise, 1, arg=BUF_VA) == -Errno.EEXIST
     assert vcpu_op(vcpu, V.VCPUOP_up, 1) == 0
