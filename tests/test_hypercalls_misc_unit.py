@@ -157,8 +157,6 @@ def test_memory_map_is_one_ram_entry_covering_the_domains_memory(dom: FakePvDoma
     assert struct.unpack("<QQI", vcpu.get(BUF_VA, 20)) == (0, dom.layout.ram_bytes, M.E820_RAM)
 
 
-@pytest.mark.xfail(strict=True, reason="XENMEM_memory_map with room for no entries answers -EINVAL; Xen copies "
-                   "min(room, entries) = 0 entries and answers 0")
 def test_memory_map_with_room_for_no_entries_returns_none(vcpu: FakeVcpu) -> None:
     vcpu.put(ARG_VA, struct.pack("<I4xQ", 0, BUF_VA))
     assert vcpu.hypercall(Hypercall.memory_op, M.XENMEM_memory_map, ARG_VA) == 0
@@ -322,8 +320,6 @@ def test_vm_assist_refuses_an_unknown_type(dom: FakePvDomain, vcpu: FakeVcpu) ->
     assert dom.vm_assist == set()
 
 
-@pytest.mark.xfail(strict=True, reason="vm_assist with an unknown command for a valid type answers -EINVAL; "
-                   "Xen's do_vm_assist answers -ENOSYS")
 def test_vm_assist_with_an_unknown_command_is_enosys(vcpu: FakeVcpu) -> None:
     assert vcpu.hypercall(Hypercall.vm_assist, 7, VMASST_TYPE_writable_pagetables) == -Errno.ENOSYS
 

@@ -106,8 +106,6 @@ def test_mmu_update_refuses_a_writable_mapping_of_a_page_table(dom: FakePvDomain
     assert dom.mmu.table_level(L2_FRAME) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="a writable mapping of a page table is refused with -EINVAL; "
-                   "Xen's get_page_from_l1e answers -EBUSY")
 def test_mmu_update_answers_ebusy_for_a_writable_mapping_of_a_page_table(vcpu: FakeVcpu) -> None:
     rc, _ = mmu_update(vcpu, (l1_slot(UNMAPPED_INDEX), (L2_FRAME << 12) | P_RW))
     assert rc == -Errno.EBUSY

@@ -87,8 +87,6 @@ def test_shutdown_code_records_the_code_without_shutting_down(dom: FakePvDomain,
     assert dom.record.shutdowns == []
 
 
-@pytest.mark.xfail(strict=True, reason="SCHEDOP_shutdown_code is stored but never used: a later SCHEDOP_shutdown "
-                   "reports its own reason, where Xen's domain_shutdown reports the code set first")
 def test_a_shutdown_after_shutdown_code_reports_the_code(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
     sched_op(vcpu, sched.SCHEDOP_shutdown_code, struct.pack("<I", abi.SHUTDOWN_crash))
     sched_op(vcpu, sched.SCHEDOP_shutdown, struct.pack("<I", abi.SHUTDOWN_poweroff))
@@ -178,9 +176,6 @@ def bring_up_vcpu1(vcpu: FakeVcpu) -> None:
     assert vcpu_op(vcpu, V.VCPUOP_up, 1) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="VCPUOP_down forgets the vCPU's context (stop_vcpu clears initialised), so "
-                   "VCPUOP_up after it is -EINVAL; Xen keeps is_initialised, and Linux re-onlines a CPU with "
-                   "VCPUOP_up alone")
 def test_a_vcpu_taken_down_can_be_brought_up_again_without_a_new_context(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
     bring_up_vcpu1(vcpu)
     assert vcpu_op(vcpu, V.VCPUOP_down, 1) == 0
@@ -188,8 +183,6 @@ def test_a_vcpu_taken_down_can_be_brought_up_again_without_a_new_context(dom: Fa
     assert vcpu_op(vcpu, V.VCPUOP_is_up, 1) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="taking down the last online vCPU leaves a domain with no vCPU running; "
-                   "Xen's VCPUOP_down shuts the domain down with SHUTDOWN_poweroff instead")
 def test_taking_down_the_last_online_vcpu_powers_the_domain_off(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
     assert vcpu_op(vcpu, V.VCPUOP_down, 0) == 0
     assert dom.record.shutdowns == [abi.SHUTDOWN_poweroff]

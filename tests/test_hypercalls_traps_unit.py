@@ -131,8 +131,6 @@ def test_callback_op_unregister_allows_only_the_nmi_callback(vcpu: FakeVcpu) -> 
     assert abi.CALLBACKTYPE_nmi not in vcpu.callbacks
 
 
-@pytest.mark.xfail(strict=True, reason="CALLBACKOP_unregister of an unknown callback type answers -EINVAL; "
-                   "Xen's unregister_guest_callback answers -ENOSYS")
 def test_callback_op_unregister_of_an_unknown_type_is_enosys(vcpu: FakeVcpu) -> None:
     assert unregister(vcpu, 6) == -Errno.ENOSYS
 

@@ -117,7 +117,10 @@ class PvMmu:
         if level > 1:
             self.get_type(frame, level - 1, writes)
         elif entry & PTE_RW and frame < self.ram_pages:
-            self.get_type(frame, WRITABLE, writes)
+            try:
+                self.get_type(frame, WRITABLE, writes)
+            except XenError as e:  # a frame typed as a table or descriptor page: Xen's get_page_from_l1e
+                raise XenError(Errno.EBUSY, "A writable mapping of a page table or descriptor page") from e
 
     def _put_ref(self, level: int, entry: int, writes: Writes) -> None:
         if not entry & PTE_P:

@@ -374,7 +374,11 @@ class PvDomain:
         self.write_runstate(target)
 
     def stop_vcpu(self, target: PvVcpu) -> None:
-        target.initialised = False
+        """VCPUOP_down. The vCPU keeps its context (VCPUOP_up alone brings it back);
+        the last vCPU going down powers the domain off instead, as in Xen."""
+        if not any(pv.online for pv in self.vcpus if pv is not target):
+            self.shutdown(abi.SHUTDOWN_poweroff)
+            return
         target.run_state.fire(RunEvent.DOWN)
         if target.thread_ident != threading.get_ident():
             target.kick()
@@ -385,7 +389,8 @@ class PvDomain:
         self.hooks.console_io(data)
 
     def shutdown(self, reason: int) -> None:
-        self.hooks.shutdown(reason)
+        """SCHEDOP_shutdown: a code set earlier with SCHEDOP_shutdown_code wins, as in Xen."""
+        self.hooks.shutdown(self.shutdown_code if self.shutdown_code is not None else reason)
 
     # --- I/O ---------------------------------------------------------------------------------
 

@@ -29,10 +29,9 @@ def memory_op(vcpu: PvVcpu, cmd: int, arg: int, *_: int) -> int:
         return 0
     if cmd == XENMEM_memory_map:
         capacity, buffer = struct.unpack("<I4xQ", vcpu.read(arg, 16))
-        if capacity < 1:
-            raise XenError(Errno.EINVAL)
-        vcpu.write(buffer, struct.pack("<QQI", 0, lay.ram_bytes, E820_RAM))
-        vcpu.write(arg, struct.pack("<I", 1))
+        if capacity:  # Xen copies min(room, entries) entries; room for none gets none
+            vcpu.write(buffer, struct.pack("<QQI", 0, lay.ram_bytes, E820_RAM))
+        vcpu.write(arg, struct.pack("<I", min(capacity, 1)))
         return 0
     if cmd == XENMEM_maximum_ram_page:
         return lay.guest_frames - 1

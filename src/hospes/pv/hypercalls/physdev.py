@@ -31,8 +31,10 @@ def physdev_op(vcpu: PvVcpu, cmd: int, arg: int, *_: int) -> int:
 
 
 def vm_assist(vcpu: PvVcpu, cmd: int, type_: int, *_: int) -> int:
-    if cmd & 0xFFFFFFFF not in (0, 1) or type_ & 0xFFFFFFFF not in VM_ASSIST_TYPES:
+    if type_ & 0xFFFFFFFF not in VM_ASSIST_TYPES:
         return -Errno.EINVAL
+    if cmd & 0xFFFFFFFF not in (0, 1):
+        return -Errno.ENOSYS
     if cmd == 0:
         vcpu.domain.vm_assist.add(type_)
     else:

@@ -43,7 +43,8 @@ def sched_op(vcpu: PvVcpu, cmd: int, arg: int, *_: int) -> int:
         return 0
     if cmd == SCHEDOP_shutdown_code:
         (reason,) = struct.unpack("<I", vcpu.read(arg, 4))
-        dom.shutdown_code = reason
+        if dom.shutdown_code is None:  # the first code set is the one reported
+            dom.shutdown_code = reason
         return 0
     if cmd == SCHEDOP_poll:
         ports_va, nr, timeout = struct.unpack("<QI4xQ", vcpu.read(arg, 24))

@@ -51,8 +51,10 @@ def callback_op(vcpu: PvVcpu, cmd: int, arg: int, *_: int) -> int:
         return 0
     if cmd == CALLBACKOP_unregister:
         (type_,) = struct.unpack("<H", vcpu.read(arg, 2))
+        if type_ not in _KNOWN_CALLBACKS:
+            return -Errno.ENOSYS
         if type_ != abi.CALLBACKTYPE_nmi:
-            return -Errno.EINVAL
+            return -Errno.EINVAL  # Xen refuses to unregister the callbacks a PV kernel needs
         vcpu.callbacks.pop(type_, None)
         return 0
     return -Errno.ENOSYS
