@@ -5,7 +5,6 @@ from __future__ import annotations
 import struct
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -14,6 +13,7 @@ from hospes.devices.block import BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, XVDA, BlockBac
 from hospes.machine.memory import GuestMemory
 from hospes.pv.layout import Layout
 from hospes.pv.store import Store, populate_domain
+from device_helpers import make_host
 
 D = 1
 RING, DATA, RO_DATA = 10, 11, 12   # guest frames
@@ -22,16 +22,6 @@ IND0 = 13                          # frames 13, 14: indirect segment pages (gref
 BIG0, NBIG = 20, 40                # frames 20..59: data pages for indirect requests (gref = frame)
 
 
-class FakeEvtchn:
-    def __init__(self) -> None:
-        self.bound: dict[int, object] = {}
-        self.notified: list[int] = []
-
-    def bind_interdomain_local(self, port: int, backend: object) -> None:
-        self.bound[port] = backend
-
-    def notify_backend_port(self, port: int, backend: object = None) -> None:
-        self.notified.append(port)
 
 
 @pytest.fixture()
@@ -40,7 +30,7 @@ def setup(tmp_path: Path):
     mem = GuestMemory([("ram", lay.ram_bytes), ("xen", 64 * 4096), ("hv", 4096)])
     store = Store()
     populate_domain(store, D, "t", "00000000-0000-0000-0000-000000000001", 1, 256)
-    dom = SimpleNamespace(domid=D, mem=mem, layout=lay, store=store, evtchn=FakeEvtchn(), grant_frames=1)
+    dom = make_host(D, mem, lay, store)
     image = tmp_path / "disk.img"
     image.write_bytes(bytes(range(256)) * 16 * 64)  # 256 KiB, a known pattern
     grants = lay.grant_frame_gpa(0)

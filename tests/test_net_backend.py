@@ -39,6 +39,7 @@ from hospes.devices.netrate import TxCredit
 from hospes.machine.memory import GuestMemory
 from hospes.pv.layout import Layout
 from hospes.pv.store import Store, populate_domain
+from device_helpers import make_host
 from netns_helpers import can_make_netns, in_netns
 
 D = 1
@@ -58,17 +59,6 @@ BACK = f"/local/domain/0/backend/vif/{D}/0"
 VNET = struct.Struct("<BBHHHH")
 
 
-class FakeEvtchn:
-    def __init__(self) -> None:
-        self.bound: dict[int, object] = {}
-        self.notified: list[int] = []
-
-    def bind_interdomain_local(self, port: int, backend: object) -> None:
-        self.bound[port] = backend
-
-    def notify_backend_port(self, port: int, backend: object = None) -> None:
-        if self.bound.get(port) is backend:
-            self.notified.append(port)
 
 
 def wait_for(cond, timeout: float = 5.0) -> bool:
@@ -209,7 +199,7 @@ def setup():
     mem = GuestMemory([("ram", lay.ram_bytes), ("xen", 64 * 4096), ("hv", 4096)])
     store = Store()
     populate_domain(store, D, "t", "00000000-0000-0000-0000-000000000001", 1, 256)
-    dom = SimpleNamespace(domid=D, mem=mem, layout=lay, store=store, evtchn=FakeEvtchn(), grant_frames=1)
+    dom = make_host(D, mem, lay, store)
     grants = lay.grant_frame_gpa(0)
     entries = [(GREF_TX_RING, TX_RING, 0), (GREF_RX_RING, RX_RING, 0), (GREF_RO, RO_FRAME, 4)]
     entries += [(GREF_TX0 + k, TX_DATA + k, 4) for k in range(20)]

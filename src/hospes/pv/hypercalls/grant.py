@@ -1,10 +1,17 @@
-"""grant_table_op (#20): the grant-table frames a frontend needs (pv-abi.md §11.2)."""
+"""grant_table_op (#20): the grant-table frames a frontend needs (pv-abi.md §11.2).
+
+The frames themselves and how many are set up belong to the domain's
+:class:`hospes.pv.grant.GrantTable` (``vcpu.domain.grants``); this module only
+moves the guest's arguments and results.
+"""
 
 from __future__ import annotations
 
 import struct
+from typing import Protocol
 
-from hospes.pv import layout as L
+from hospes.pv.grant import GrantTable
+
 from hospes.pv.abi import DOMID_SELF, Hypercall
 from hospes.pv.errors import Errno
 
@@ -17,7 +24,23 @@ GNTST_bad_domain = -2
 GNTST_general_error = -1
 
 
-def grant_table_op(vcpu, cmd: int, uop: int, count: int, *_: int) -> int:
+class _Domain(Protocol):
+    @property
+    def domid(self) -> int: ...
+    @property
+    def grants(self) -> GrantTable: ...
+
+
+class _Vcpu(Protocol):
+    """What this hypercall uses of a vCPU (a PvVcpu fits)."""
+
+    @property
+    def domain(self) -> _Domain: ...
+    def read(self, va: int, size: int) -> bytes: ...
+    def write(self, va: int, data: bytes) -> None: ...
+
+
+def grant_table_op(vcpu: _Vcpu, cmd: int, uop: int, count: int, *_: int) -> int:
     cmd &= 0xFFFFFFFF
     dom = vcpu.domain
     if cmd == GNTTABOP_setup_table:
@@ -27,19 +50,22 @@ def grant_table_op(vcpu, cmd: int, uop: int, count: int, *_: int) -> int:
         if domid not in (DOMID_SELF, dom.domid):
             vcpu.write(uop + 8, struct.pack("<h", GNTST_bad_domain))
             return 0
-        if nr_frames > L.MAX_GRANT_FRAMES:
+        grants = dom.grants
+        if nr_frames > grants.max_frames:
             vcpu.write(uop + 8, struct.pack("<h", GNTST_general_error))
             return 0
-        frames = [dom.layout.grant_frame_gpa(i) >> 12 for i in range(nr_frames)]
+        # The frame list is written before the table grows: a fault on it leaves the table as it was.
+        frames = [grants.frame_gfn(i) for i in range(nr_frames)]
         if frames:
             vcpu.write(frame_list, struct.pack(f"<{nr_frames}Q", *frames))
-        dom.grant_frames = max(dom.grant_frames, nr_frames)
+        grants.setup(nr_frames)
         vcpu.write(uop + 8, struct.pack("<h", GNTST_okay))
         return 0
     if cmd == GNTTABOP_query_size:
         if count != 1:
             return -Errno.EINVAL
-        vcpu.write(uop + 4, struct.pack("<IIh", dom.grant_frames, L.MAX_GRANT_FRAMES, GNTST_okay))
+        grants = dom.grants
+        vcpu.write(uop + 4, struct.pack("<IIh", grants.nr_frames, grants.max_frames, GNTST_okay))
         return 0
     if cmd == GNTTABOP_set_version:
         (version,) = struct.unpack("<I", vcpu.read(uop, 4))
