@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 from hospes.devices.block import BlockBackend, DiskConfig
 from hospes.devices.console import ConsoleBackend
+from hospes.devices.host import BackendHost
 from hospes.devices.net import NetBackend, VifConfig
 from hospes.errors import HospesError
 from hospes.kvm import Kvm
@@ -31,6 +32,7 @@ from hospes.pv.builder import build_domain, hypercall_page_bytes
 from hospes.pv.cpuid import CpuidPolicy
 from hospes.pv.errors import Errno
 from hospes.pv.evtchn import EventChannels
+from hospes.pv.grant import GrantTable
 from hospes.pv.guestvirt import GuestVirt
 from hospes.pv.hypercalls import build_table
 from hospes.pv.image.kernel import load_pv_kernel
@@ -148,7 +150,8 @@ class Domain:
         self.msrs = MsrEmulator()
         self.hypercall_table = build_table()
         self.vm_assist: set[int] = set()
-        self.grant_frames = 0
+        self.grants = GrantTable(self.mem, base_gpa=lay.grant_frame_gpa(0), max_frames=L.MAX_GRANT_FRAMES,
+                                 ram_frames=lay.ram_pages)
         self.shutdown_code: int | None = None
         self.stopping = False
         self.closed = False
@@ -194,8 +197,10 @@ class Domain:
 
         populate_domain(self.store, self.domid, config.name, str(self.uuid), config.vcpus,
                         config.memory_mib * 1024)
-        self.disks = [BlockBackend(self, disk) for disk in config.disks]
-        self.vifs = [NetBackend(self, vif) for vif in config.vifs]
+        self.device_host = BackendHost(domid=self.domid, mem=self.mem, grants=self.grants, evtchn=self.evtchn,
+                                       store=self.store)
+        self.disks = [BlockBackend(self.device_host, disk) for disk in config.disks]
+        self.vifs = [NetBackend(self.device_host, vif) for vif in config.vifs]
         self.store_conn = RingConnection(self.store, self.domid, self.mem.view(self.boot.store_gpa, PAGE_SIZE),
                                          lambda: self.evtchn.notify_backend_port(self.store_port))
 
