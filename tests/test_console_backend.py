@@ -140,7 +140,7 @@ def test_save_restore() -> None:
     rig.backend.queue_input(b"x" * 1500)
     state = rig.backend.save()
     assert state == ConsoleState(b"x" * (1500 - IN_SIZE))
-    again = ConsoleBackend.restore(memoryview(rig.page), rig.kick, state)
+    again = ConsoleBackend.restore(state, page=memoryview(rig.page), notify=rig.kick)
     assert again.save() == state
     rig.guest.read()
     assert again.flush_input() == 1500 - IN_SIZE
