@@ -530,7 +530,7 @@ class NetBackend:
             req_prod = (ring.req_cons + ring.unconsumed()) & U32
             notify = False
             done = 0
-            incomplete = limited = False
+            limited = False
             credit = self.tx_credit
             size = 0
             while ring.req_cons != req_prod:
@@ -544,8 +544,7 @@ class NetBackend:
                 if used == 0:
                     if credit is not None:
                         credit.credit += size   # not sent yet: charged again when it is
-                    incomplete = True   # the rest of the chain is not on the ring yet
-                    break
+                    break   # the rest of the chain is not on the ring yet
                 done += 1
                 if done % PUSH_BATCH == 0:
                     notify |= ring.push_responses()
@@ -557,7 +556,8 @@ class NetBackend:
                 # the worker comes back when credit is due (_serve's sleep), not on a notification
                 self.stats.tx_rate_limited += 1
                 return
-            # Incomplete: wake us when the slot after the ones we saw arrives.
+            # Wake us for the slot after the last one seen: with a chain cut
+            # short that is past req_cons, as the chain's start was left there.
             if not ring.final_check(req_prod):
                 return
 
