@@ -533,7 +533,6 @@ class RingConnection(Connection):
         self, store: Store, domid: int, page: memoryview, notify: Callable[[], None]
     ) -> None:
         page = writable_page(page, "xenstore")
-        self._page = page
         self._idx = index_words(page, INDEX_OFFSET, 8)
         self._req = ByteRing(page, data=REQ_OFFSET, size=RING_SIZE, indices=self._idx, cons=REQ_CONS,
                              prod=REQ_PROD)
