@@ -610,13 +610,14 @@ class RingConnection(Connection):
             rsp.writable()   # check the indices even with nothing to send
             while self._outq:
                 data = self._outq[0][0]
-                n = rsp.write(memoryview(data)[self._out_offset:])
-                if not n:
-                    break
-                self._kick = True
-                self._out_offset += n
                 if self._out_offset < len(data):
-                    break   # the ring is full
+                    n = rsp.write(memoryview(data)[self._out_offset:])
+                    if not n:
+                        break
+                    self._kick = True
+                    self._out_offset += n
+                    if self._out_offset < len(data):
+                        break   # the ring is full
                 self._pop_output()
                 self._out_offset = 0
         except RingError as e:
