@@ -104,3 +104,21 @@ def test_a_restored_machine_keeps_its_state(rig) -> None:
     store.write(f"{front}/state", "5")
     assert store.read(f"{back}/state") == b"5" and dev2.calls == ["disconnect"]
     again.close()
+
+
+def test_a_conflicting_commit_of_connected_is_retried(rig, monkeypatch) -> None:
+    store, front, back, dev, xb = rig
+    real = store.transaction
+    conflicts = []
+
+    def conflicting():
+        t = real()
+        if not conflicts:
+            conflicts.append(1)
+            store.write(f"{back}/sectors", "7")   # the toolstack writes after the snapshot: EAGAIN
+        return t
+
+    monkeypatch.setattr(store, "transaction", conflicting)
+    store.write(f"{front}/state", "3")
+    assert conflicts and store.read(f"{back}/state") == b"4" and store.read(f"{back}/sectors") == b"8"
+    assert dev.calls == ["connect", "activate"]

@@ -36,9 +36,12 @@ from enum import IntEnum
 from typing import Protocol
 
 from hospes.errors import HospesError
-from hospes.pv.store import Store, WatchHandle
+from hospes.pv.store import Store, StoreError, WatchHandle
 
 log = logging.getLogger(__name__)
+
+#: Commits of the Connected transaction tried before the device is given up.
+CONNECT_COMMIT_TRIES = 5
 
 
 class XenbusState(IntEnum):
@@ -166,10 +169,7 @@ class XenbusBackend:
     def _connect(self) -> None:
         try:
             nodes = self._device.connect()
-            with self.store.transaction() as t:
-                for key, value in nodes.items():
-                    t.write(f"{self.back}/{key}", value)
-                t.write(f"{self.back}/state", XenbusState.CONNECTED.node)
+            self._publish_connected(nodes)
         except (HospesError, ValueError) as e:
             log.warning("%s: the frontend's setup is unusable: %s", self.name, e)
             self._device.disconnect()
@@ -177,6 +177,21 @@ class XenbusBackend:
             return
         self._state = XenbusState.CONNECTED
         self._device.activate()
+
+    def _publish_connected(self, nodes: Mapping[str, str]) -> None:
+        """The device's nodes and Connected in one transaction, so the frontend
+        never sees Connected without them. A commit can only conflict with a
+        toolstack write to the backend directory; it is simply tried again."""
+        for attempt in range(CONNECT_COMMIT_TRIES):
+            try:
+                with self.store.transaction() as t:
+                    for key, value in nodes.items():
+                        t.write(f"{self.back}/{key}", value)
+                    t.write(f"{self.back}/state", XenbusState.CONNECTED.node)
+                return
+            except StoreError as e:
+                if e.errno_name != "EAGAIN" or attempt == CONNECT_COMMIT_TRIES - 1:
+                    raise
 
     def _set(self, state: XenbusState) -> None:
         if state is self._state:
