@@ -5,15 +5,18 @@ from __future__ import annotations
 import struct
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from hospes.devices import block
-from hospes.devices.block import BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, XVDA, BlockBackend, DiskConfig
+from hospes.devices.block import BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, XVDA, BlockBackend, BlockState, DiskConfig
+from hospes.devices.xenbus import XenbusState
 from hospes.machine.memory import GuestMemory
 from hospes.pv.layout import Layout
+from hospes.pv.ring import BackRingState
 from hospes.pv.store import Store, populate_domain
+from hospes.state import StateError, decode, encode
+from device_helpers import make_host
 
 D = 1
 RING, DATA, RO_DATA = 10, 11, 12   # guest frames
@@ -22,16 +25,6 @@ IND0 = 13                          # frames 13, 14: indirect segment pages (gref
 BIG0, NBIG = 20, 40                # frames 20..59: data pages for indirect requests (gref = frame)
 
 
-class FakeEvtchn:
-    def __init__(self) -> None:
-        self.bound: dict[int, object] = {}
-        self.notified: list[int] = []
-
-    def bind_interdomain_local(self, port: int, backend: object) -> None:
-        self.bound[port] = backend
-
-    def notify_backend_port(self, port: int, backend: object = None) -> None:
-        self.notified.append(port)
 
 
 @pytest.fixture()
@@ -40,7 +33,7 @@ def setup(tmp_path: Path):
     mem = GuestMemory([("ram", lay.ram_bytes), ("xen", 64 * 4096), ("hv", 4096)])
     store = Store()
     populate_domain(store, D, "t", "00000000-0000-0000-0000-000000000001", 1, 256)
-    dom = SimpleNamespace(domid=D, mem=mem, layout=lay, store=store, evtchn=FakeEvtchn(), grant_frames=1)
+    dom = make_host(D, mem, lay, store)
     image = tmp_path / "disk.img"
     image.write_bytes(bytes(range(256)) * 16 * 64)  # 256 KiB, a known pattern
     grants = lay.grant_frame_gpa(0)
@@ -219,3 +212,58 @@ def test_short_transfers_continue_where_they_stopped(setup, monkeypatch) -> None
     assert submit_indirect(dom, b, 0, 3, [(BIG0 + k, 0, 7) for k in range(3)])[2] == BLKIF_RSP_OKAY
     assert b"".join(dom.mem.read((BIG0 + k) << 12, 4096) for k in range(3)) == image.read_bytes()[1536:1536 + 12288]
     b.close()
+
+
+# --- saved state ----------------------------------------------------------------------------
+
+def test_save_restore_save(setup) -> None:
+    dom, image = setup
+    b = BlockBackend(dom, DiskConfig(image))
+    assert b.save() == BlockState(vdev=XVDA, xenbus=XenbusState.INIT_WAIT, port=0, ring=None)
+    connect(dom, b)
+    submit(dom, b, [(0, 2, [(GREF_DATA, 4, 5)]), (0, 3, [(GREF_DATA, 0, 0)])])
+    state = b.save()
+    b.close()
+    assert state.xenbus is XenbusState.CONNECTED and state.port == 5
+    assert state.ring == BackRingState(frame=RING, req_cons=2, rsp_prod_pvt=2)
+    again = BlockBackend.restore(decode(BlockState, encode(state)), host=dom, disk=DiskConfig(image))
+    assert again.save() == state
+    again.close()
+
+
+def test_a_restored_backend_serves_the_ring_it_was_saved_with(setup) -> None:
+    dom, image = setup
+    b = BlockBackend(dom, DiskConfig(image))
+    connect(dom, b)
+    assert submit(dom, b, [(0, 2, [(GREF_DATA, 4, 5)])])[0][2] == BLKIF_RSP_OKAY
+    state = b.save()
+    b.close()
+    # While the backend is away the guest publishes a request (its notification is lost).
+    base = RING << 12
+    req = struct.pack("<BBH4xQQ", 0, 1, XVDA, 0xABC, 4) + struct.pack("<IBB2x", GREF_DATA, 0, 1)
+    dom.mem.write(base + 64 + 1 * 112, req.ljust(112, b"\0"))
+    dom.mem.write_u32(base, 2)
+    dom.evtchn.bound.clear()
+    again = BlockBackend.restore(state, host=dom, disk=DiskConfig(image))
+    dom.evtchn.bound.update(again.endpoints())     # what EventChannels.restore(backends=...) does
+    assert dom.evtchn.bound == {5: again}
+    deadline = time.monotonic() + 5
+    while dom.mem.read_u32(base + 8) != 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert struct.unpack_from("<QBxh", dom.mem.buf, base + 64 + 112) == (0xABC, 0, BLKIF_RSP_OKAY)
+    assert dom.mem.read(DATA << 12, 1024) == image.read_bytes()[4 * 512:6 * 512]
+    # And on: new requests, then the closing handshake.
+    dom.mem.write(DATA << 12, b"R" * 512)
+    (_, _, status), = submit(dom, again, [(1, 9, [(GREF_DATA, 0, 0)])])
+    assert status == BLKIF_RSP_OKAY and image.read_bytes()[9 * 512:10 * 512] == b"R" * 512
+    front = f"/local/domain/{D}/device/vbd/{XVDA}"
+    dom.store.write(f"{front}/state", "5")
+    assert dom.store.read(f"/local/domain/0/backend/vbd/{D}/{XVDA}/state") == b"5"
+    again.close()
+
+
+def test_restore_refuses_another_disk(setup) -> None:
+    dom, image = setup
+    state = BlockState(vdev=XVDA + 16, xenbus=XenbusState.INIT_WAIT, port=0, ring=None)
+    with pytest.raises(StateError):
+        BlockBackend.restore(state, host=dom, disk=DiskConfig(image))

@@ -11,6 +11,7 @@ from hospes.devices.console import (
     ConsoleBackend,
     ConsoleState,
 )
+from hospes.state import StateError, decode, encode
 
 MASK = 0xFFFFFFFF
 
@@ -140,7 +141,7 @@ def test_save_restore() -> None:
     rig.backend.queue_input(b"x" * 1500)
     state = rig.backend.save()
     assert state == ConsoleState(b"x" * (1500 - IN_SIZE))
-    again = ConsoleBackend.restore(memoryview(rig.page), rig.kick, state)
+    again = ConsoleBackend.restore(state, page=memoryview(rig.page), notify=rig.kick)
     assert again.save() == state
     rig.guest.read()
     assert again.flush_input() == 1500 - IN_SIZE
@@ -151,3 +152,21 @@ def test_rejects_a_bad_page() -> None:
         ConsoleBackend(memoryview(bytes(4096)), lambda: None)
     with pytest.raises(ValueError):
         ConsoleBackend(memoryview(bytearray(100)), lambda: None)
+
+
+def test_saved_state_round_trips_and_the_restored_backend_serves_both_rings() -> None:
+    rig = Rig(0xFFFFFF00)
+    rig.backend.queue_input(b"z" * 1100)
+    rig.guest.write(b"boot log")
+    state = rig.backend.save()
+    again = ConsoleBackend.restore(decode(ConsoleState, encode(state)), page=memoryview(rig.page), notify=rig.kick)
+    assert again.save() == state
+    assert again.drain_output() == b"boot log"
+    assert rig.guest.read() == b"z" * IN_SIZE
+    assert again.flush_input() == 1100 - IN_SIZE and rig.guest.read() == b"z" * (1100 - IN_SIZE)
+
+
+def test_restore_refuses_a_newer_record() -> None:
+    rig = Rig()
+    with pytest.raises(StateError):
+        ConsoleBackend.restore(ConsoleState(b"", version=2), page=memoryview(rig.page), notify=rig.kick)

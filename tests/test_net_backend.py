@@ -31,6 +31,7 @@ from hospes.devices.net import (
     NETTXF_more_data,
     NetBackend,
     NetError,
+    NetState,
     VifConfig,
     default_mac,
     parse_mac,
@@ -38,7 +39,10 @@ from hospes.devices.net import (
 from hospes.devices.netrate import TxCredit
 from hospes.machine.memory import GuestMemory
 from hospes.pv.layout import Layout
+from hospes.devices.xenbus import XenbusState
 from hospes.pv.store import Store, populate_domain
+from hospes.state import StateError, decode, encode
+from device_helpers import make_host
 from netns_helpers import can_make_netns, in_netns
 
 D = 1
@@ -58,17 +62,6 @@ BACK = f"/local/domain/0/backend/vif/{D}/0"
 VNET = struct.Struct("<BBHHHH")
 
 
-class FakeEvtchn:
-    def __init__(self) -> None:
-        self.bound: dict[int, object] = {}
-        self.notified: list[int] = []
-
-    def bind_interdomain_local(self, port: int, backend: object) -> None:
-        self.bound[port] = backend
-
-    def notify_backend_port(self, port: int, backend: object = None) -> None:
-        if self.bound.get(port) is backend:
-            self.notified.append(port)
 
 
 def wait_for(cond, timeout: float = 5.0) -> bool:
@@ -209,7 +202,7 @@ def setup():
     mem = GuestMemory([("ram", lay.ram_bytes), ("xen", 64 * 4096), ("hv", 4096)])
     store = Store()
     populate_domain(store, D, "t", "00000000-0000-0000-0000-000000000001", 1, 256)
-    dom = SimpleNamespace(domid=D, mem=mem, layout=lay, store=store, evtchn=FakeEvtchn(), grant_frames=1)
+    dom = make_host(D, mem, lay, store)
     grants = lay.grant_frame_gpa(0)
     entries = [(GREF_TX_RING, TX_RING, 0), (GREF_RX_RING, RX_RING, 0), (GREF_RO, RO_FRAME, 4)]
     entries += [(GREF_TX0 + k, TX_DATA + k, 4) for k in range(20)]
@@ -226,7 +219,12 @@ def setup():
         backends.append(b)
         return b
 
-    yield SimpleNamespace(dom=dom, front=Front(dom), host=theirs, make=make)
+    def restore(state: NetState) -> NetBackend:
+        b = NetBackend.restore(state, host=dom, vif=VifConfig(mac=MAC), tap_fd=ours.fileno())
+        backends.append(b)
+        return b
+
+    yield SimpleNamespace(dom=dom, front=Front(dom), host=theirs, make=make, restore=restore)
     for b in backends:
         b.close()
     ours.close()
@@ -736,8 +734,75 @@ def test_bridge_puts_the_tap_on_an_existing_bridge(setup) -> None:
         for bridge, says in (("nobr0", "does not exist"), ("lo", "is not a Linux bridge"),
                              ("bad name", "not a valid interface name")):
             with pytest.raises(NetError, match=says):
-                in_netns(ns, lambda: NetBackend(s.dom, VifConfig(mac=MAC, tap=tap, bridge=bridge)))
+                in_netns(ns, lambda bridge=bridge: NetBackend(s.dom, VifConfig(mac=MAC, tap=tap, bridge=bridge)))
             gone = subprocess.run(["ip", "-n", ns, "link", "show", tap], capture_output=True)
             assert gone.returncode != 0, f"the TAP outlived a failed attach to {bridge!r}"
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+# --- saved state ----------------------------------------------------------------------------
+
+def _busy_backend(s, monkeypatch) -> tuple[NetBackend, bytes, int]:
+    """A connected vif that has sent one packet and holds a received frame
+    needing two RX buffers while the guest posted one."""
+    monkeypatch.setattr(net, "RX_STALL_DROP_S", 3600.0)   # keep the waiting frame however slow the host
+    b = s.make()
+    s.front.connect(sg=True)
+    frame = udp4_frame(b"out" * 20, csum=None)
+    s.front.put_tx_data(0, frame)
+    assert s.front.send(b, [(GREF_TX0, 0, NETTXF_data_validated, 7, len(frame))]) == [(7, NETIF_RSP_OKAY)]
+    assert host_recv(s.host)[1] == frame
+    first = s.front.post(b, [(0, GREF_RX0)])
+    big = udp4_frame(bytes(range(256)) * 24, csum=None)      # 6186 bytes: two buffers
+    host_send(s.host, big)
+    assert wait_for(lambda: b.save().rx_pending != b"")
+    return b, big, first
+
+
+def test_save_restore_save(setup, monkeypatch) -> None:
+    s = setup
+    b, big, _first = _busy_backend(s, monkeypatch)
+    state = b.save()
+    b.close()
+    assert state.xenbus is XenbusState.CONNECTED and (state.tx_port, state.rx_port) == (5, 5)
+    assert state.tx_ring is not None and state.tx_ring.frame == TX_RING
+    assert (state.tx_ring.req_cons, state.tx_ring.rsp_prod_pvt) == (1, 1)
+    assert state.rx_ring is not None and state.rx_ring.frame == RX_RING and state.rx_ring.req_cons == 0
+    assert state.rx_sg and state.rx_gso == 6
+    assert state.rx_pending[10:] == big and state.rx_pending_slots == 2
+    again = s.restore(decode(NetState, encode(state)))
+    assert again.save() == state
+
+
+def test_a_restored_backend_serves_the_rings_it_was_saved_with(setup, monkeypatch) -> None:
+    s = setup
+    b, big, first = _busy_backend(s, monkeypatch)
+    state = b.save()
+    b.close()
+    s.dom.evtchn.bound.clear()
+    again = s.restore(state)
+    s.dom.evtchn.bound.update(again.endpoints())    # what EventChannels.restore(backends=...) does
+    assert s.dom.evtchn.bound == {5: again._ports[0]}
+    # The second buffer lets the frame saved in flight through.
+    s.front.post(again, [(1, GREF_RX0 + 1)])
+    assert s.front.rx_responses(first + 2)
+    assert s.front.rx_response(first) == (0, 0, NETRXF_more_data, 4096)
+    assert s.front.rx_response(first + 1) == (1, 0, 0, len(big) - 4096)
+    assert s.front.rx_page(0, 4096) + s.front.rx_page(1, len(big) - 4096) == big
+    # TX goes on from where it was.
+    frame = udp4_frame(b"again" * 10, csum=None)
+    s.front.put_tx_data(1, frame)
+    assert s.front.send(again, [(GREF_TX0 + 1, 0, NETTXF_data_validated, 8, len(frame))]) == [(8, NETIF_RSP_OKAY)]
+    assert host_recv(s.host)[1] == frame
+    assert s.front.tx_responses_done() == 2
+    # And the handshake goes on too.
+    s.dom.store.write(f"{FRONT}/state", "5")
+    assert s.dom.store.read(f"{BACK}/state") == b"5" and not again.connected
+
+
+def test_restore_refuses_another_vif(setup) -> None:
+    s = setup
+    state = s.make().save()
+    with pytest.raises(StateError):
+        NetBackend.restore(state, host=s.dom, vif=VifConfig(mac="00:16:3e:00:09:09"), tap_fd=0)

@@ -117,7 +117,8 @@ def test_a_pv_domain_saved_and_restored_on_a_new_vm_saves_the_same(machine: Mach
     pv.timers.set_singleshot(0, pv.clock.now() + 10**9)
     pv.timers.set_periodic(1, 5 * 10**6)
     pv.vm_assist.add(2)
-    pv.grant_frames, pv.shutdown_code = 4, 3
+    pv.grants.setup(4)
+    pv.shutdown_code = 3
     first = pv.save()
     assert decode(type(first), json.loads(json.dumps(encode(first)))) == first
     restored_backend = _Backend()

@@ -141,7 +141,7 @@ def plot_exits(res: Results, path: Path) -> bool:
     for fi, fam in enumerate(families):
         vals = [sum(n for k, n in med[w].items() if exit_kind_family(k) == fam) for w, _ in workloads]
         ax.bar(range(len(workloads)), vals, bottom=bottoms, label=fam, color=cmap(fi % 10))
-        bottoms = [b + v for b, v in zip(bottoms, vals)]
+        bottoms = [b + v for b, v in zip(bottoms, vals, strict=True)]
     ax.set_xticks(range(len(workloads)))
     ax.set_xticklabels([t.replace("`", "") for _, t in workloads], fontsize=8)
     ax.set_ylabel("exits (median over runs)")

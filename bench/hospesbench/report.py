@@ -340,7 +340,8 @@ def _network_rows(res: Results) -> list[str]:
         hos = res.summary("devices", name, ENV_HOSPES)
         if hos is None:
             continue
-        rate = (lambda s: _mb_s(s, nbytes)) if nbytes else (lambda s: "-")
+        def rate(s: Summary | None, nbytes: float = nbytes) -> str:
+            return _mb_s(s, nbytes) if nbytes else "-"
         rows.append([label, fmt_cell(nat, 1e-3), rate(nat), fmt_cell(hos, 1e-3), rate(hos), fmt_ratio(hos, nat)])
     if not rows:
         return []

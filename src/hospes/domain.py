@@ -22,6 +22,7 @@ from typing import Callable
 
 from hospes.devices.block import BlockBackend, DiskConfig
 from hospes.devices.console import ConsoleBackend
+from hospes.devices.host import BackendHost
 from hospes.devices.net import NetBackend, VifConfig
 from hospes.errors import HospesError
 from hospes.kvm import Kvm
@@ -153,8 +154,10 @@ class Domain:
         self.store = Store()
         populate_domain(self.store, self.domid, config.name, str(self.uuid), config.vcpus,
                         config.memory_mib * 1024)
-        self.disks = [BlockBackend(self, disk) for disk in config.disks]
-        self.vifs = [NetBackend(self, vif) for vif in config.vifs]
+        self.device_host = BackendHost(domid=self.domid, mem=self.mem, grants=self.pv.grants, evtchn=self.evtchn,
+                                       store=self.store)
+        self.disks = [BlockBackend(self.device_host, disk) for disk in config.disks]
+        self.vifs = [NetBackend(self.device_host, vif) for vif in config.vifs]
         self.store_conn = RingConnection(self.store, self.domid, self.mem.view(self.boot.store_gpa, PAGE_SIZE),
                                          lambda: self.evtchn.notify_backend_port(self.store_port))
 
@@ -165,10 +168,6 @@ class Domain:
     @property
     def paused(self) -> bool:
         return self.pv.paused
-
-    @property
-    def grant_frames(self) -> int:
-        return self.pv.grant_frames
 
     # --- what the PV layer asks of us (PvHooks) ---------------------------------------
 

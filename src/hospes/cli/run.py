@@ -143,8 +143,10 @@ class _TerminalInput:
 
 def register(group: click.Group) -> None:
     @group.command("run", context_settings={"ignore_unknown_options": False})
-    @click.option("--kernel", type=click.Path(path_type=Path), help="PV kernel (bzImage or ELF); default: Debian's cloud kernel.")
-    @click.option("--ramdisk", type=click.Path(path_type=Path), help="Initrd; default: Hospes' busybox initramfs (only with the default kernel).")
+    @click.option("--kernel", type=click.Path(path_type=Path),
+                  help="PV kernel (bzImage or ELF); default: Debian's cloud kernel.")
+    @click.option("--ramdisk", type=click.Path(path_type=Path),
+                  help="Initrd; default: Hospes' busybox initramfs (only with the default kernel).")
     @click.option("--cmdline", default=None, help="Kernel command line.")
     @click.option("--memory", "memory", default=RUN_MEMORY_MIB, show_default=True, type=int, help="Memory in MiB.")
     @click.option("--vcpus", default=1, show_default=True, type=int, help="Number of vCPUs.")

@@ -16,15 +16,17 @@ A request carries up to 11 segments (44 KiB); an indirect request
 larger requests (Linux blkfront takes 32 segments, 128 KiB) and the guest
 pays fewer notifications and completions per MiB. Each request is one
 preadv/pwritev between the file and the guest's pages, no copy in between.
-Data pages are named by grant references: a v1 grant entry {flags, domid,
-frame} in the domain's grant frames says which frame the frontend lets
-domain 0 use, and whether read-only. Hospes checks every entry (permit access,
-granted to dom0, writable when the disk writes into the page) and every
-segment bound before touching memory; a frontend that breaks the protocol gets
-an error status for that request, never a host exception.
+Data pages are named by grant references, each resolved through the
+domain's grant table (``hospes.pv.grant``: permit access, granted to dom0,
+writable when the disk writes into the page, a frame of guest RAM); every
+segment bound is checked before memory is touched. A frontend that breaks the
+protocol gets an error status for that request, never a host exception; one
+that breaks the ring indices is disconnected.
 
-A worker thread serves the ring, so the vCPU that notifies never waits for
-the disk.
+A worker thread serves the ring (``hospes.pv.ring.BackRing``), so the vCPU
+that notifies never waits for the disk. The xenbus handshake is the shared
+``XenbusBackend``; everything the backend needs of its domain comes through a
+``DeviceHost``.
 """
 
 from __future__ import annotations
@@ -33,16 +35,17 @@ import logging
 import os
 import struct
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import ClassVar, cast
 
-from hospes.devices.xenbus import device_paths, publish_device
+from hospes.devices.host import BACKEND_DOMID, DeviceHost
+from hospes.devices.xenbus import XenbusBackend, XenbusState, device_paths, publish_device
 from hospes.errors import HospesError
-from hospes.machine.atomics import mfence
-
-if TYPE_CHECKING:
-    from hospes.domain import Domain
+from hospes.pv.evtchn import BackendEndpoint
+from hospes.pv.ring import BackRing, BackRingState, RingError
+from hospes.state import SavedState, StateError, check_version
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +63,34 @@ MAX_INDIRECT_PAGES = 8             # BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST
 SEGMENTS_PER_INDIRECT_PAGE = 512   # 8-byte blkif_request_segment entries in a 4 KiB page
 RING_SLOTS = 32
 SLOT_SIZE = 112
-RING_HEADER = 64
 SECTOR = 512
 VDISK_READONLY = 4
-GTF_permit_access = 1
-GTF_readonly = 4
-GRANT_ENTRIES_PER_FRAME = 512
+
+_REQ = struct.Struct("<BBH4xQQ")     # operation, nr_segments, handle, id, sector_number
+_INDIRECT = struct.Struct("<BH")     # indirect_op, nr_segments (at offset 1)
+_SEG = struct.Struct("<IBB")         # gref, first_sect, last_sect
+_RSP = struct.Struct("<QBxh")        # id, operation, status
 
 XVDA = 51712  # (202 << 8) | (disk << 4) | partition
 
 
 class BlockError(HospesError):
     """A disk could not be attached."""
+
+
+@dataclass(frozen=True)
+class BlockState:
+    """Saved block backend: the xenbus state, the event channel port and, while
+    connected, the ring's position. No request is in flight in a saved
+    backend (see :meth:`BlockBackend.save`); the disk's contents are the
+    file's."""
+
+    VERSION: ClassVar[int] = 1
+    vdev: int
+    xenbus: XenbusState
+    port: int
+    ring: BackRingState | None
+    version: int = VERSION
 
 
 @dataclass(frozen=True)
@@ -89,39 +108,56 @@ def vdev_number(name: str) -> int:
 
 
 class BlockBackend:
-    """One virtual disk of one domain."""
+    """One virtual disk of one domain.
 
-    def __init__(self, dom: "Domain", disk: DiskConfig) -> None:
-        self.dom = dom
+    ``BlockBackend(host, disk)`` publishes the device and follows the
+    frontend; ``close()`` stops it. ``save()``/``restore()`` move it (see
+    :meth:`save`).
+    """
+
+    def __init__(self, host: DeviceHost, disk: DiskConfig) -> None:
+        self._setup(host, disk, XenbusState.INIT_WAIT)
+        try:
+            self._publish()
+        except HospesError:
+            os.close(self.fd)
+            raise
+        self._start()
+
+    def _setup(self, host: DeviceHost, disk: DiskConfig, state: XenbusState) -> None:
+        self.host = host
         self.disk = disk
+        self._mem = host.mem
+        self._grants = host.grants
         try:
             self.fd = os.open(disk.path, os.O_RDONLY if disk.readonly else os.O_RDWR)
         except OSError as e:
-            raise BlockError(f"Cannot open disk image {disk.path}: {e.strerror}; check the path and permissions.") from e
+            raise BlockError(
+                f"Cannot open disk image {disk.path}: {e.strerror}; check the path and permissions.") from e
         size = os.fstat(self.fd).st_size
         if size < SECTOR:
             os.close(self.fd)
             raise BlockError(f"Disk image {disk.path} is {size} bytes; a disk needs at least one 512-byte sector.")
         self.sectors = size // SECTOR
-        self.front, self.back = device_paths(dom.domid, "vbd", disk.vdev)
+        self.front, self.back = device_paths(host.domid, "vbd", disk.vdev)
         self.port = 0
-        self.ring_gpa = -1
-        self.req_cons = 0
-        self.rsp_prod_pvt = 0
+        self._ring: BackRing | None = None
         self.connected = False
         self._work = threading.Event()
         self._stop = False
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()      # the ring: worker vs. xenbus vs. save
         self._thread = threading.Thread(target=self._serve, name=f"blkback-{disk.vdev}", daemon=True)
-        self._publish()
+        self._xenbus = XenbusBackend(host.store, self.front, self.back, self, name=f"vbd {disk.vdev}", state=state)
+
+    def _start(self) -> None:
         self._thread.start()
-        self._watch = dom.store.watch(f"{self.front}/state", lambda path: self._frontend_changed())
+        self._xenbus.start()
 
     # --- xenbus --------------------------------------------------------------------
 
     def _publish(self) -> None:
         publish_device(
-            self.dom.store, self.dom.domid, self.front, self.back,
+            self.host.store, self.host.domid, self.front, self.back,
             backend={
                 "params": str(self.disk.path),
                 "mode": "r" if self.disk.readonly else "w",
@@ -131,64 +167,41 @@ class BlockBackend:
             frontend={"virtual-device": str(self.disk.vdev), "device-type": "disk"},
         )
 
-    def _read(self, path: str) -> str | None:
-        try:
-            return self.dom.store.read(path).decode()
-        except HospesError:
-            return None
+    @property
+    def xenbus_state(self) -> XenbusState:
+        return self._xenbus.state
 
-    def _frontend_changed(self) -> None:
-        state = self._read(f"{self.front}/state")
-        if state == "3" and not self.connected:
-            self._connect()
-        elif state == "5":
-            # Closing: follow (a frontend shutting down waits for exactly this).
-            self.connected = False
-            self.dom.store.write(f"{self.back}/state", "5")
-        elif state == "6":
-            self.connected = False
-            self.dom.store.write(f"{self.back}/state", "6")
+    def connect(self) -> Mapping[str, str]:
+        """XenbusDevice: map the frontend's ring and bind its port."""
+        xb = self._xenbus
+        ref, port = xb.frontend("ring-ref"), xb.frontend("event-channel")
+        protocol = xb.frontend("protocol") or "x86_64-abi"
+        if ref is None or port is None or protocol != "x86_64-abi":
+            raise ValueError("missing ring-ref/event-channel or an unsupported protocol")
+        gpa = self._grants.lookup(int(ref), grantee=BACKEND_DOMID, writable=True)
+        ring = BackRing(self._mem, gpa, nr_slots=RING_SLOTS, slot_size=SLOT_SIZE)
+        with self._lock:
+            self._ring = ring
+        self.host.evtchn.bind_interdomain_local(int(port), self)
+        self.port = int(port)
+        return {
+            "sectors": str(self.sectors),
+            "info": str(VDISK_READONLY if self.disk.readonly else 0),
+            "sector-size": str(SECTOR),
+        }
 
-    def _connect(self) -> None:
-        ref = self._read(f"{self.front}/ring-ref")
-        port = self._read(f"{self.front}/event-channel")
-        protocol = self._read(f"{self.front}/protocol") or "x86_64-abi"
-        try:
-            if ref is None or port is None or protocol != "x86_64-abi":
-                raise ValueError("missing ring-ref/event-channel or an unsupported protocol")
-            self.ring_gpa = self._granted_frame(int(ref), writable=True)
-            self.port = int(port)
-            self.dom.evtchn.bind_interdomain_local(self.port, self)
-        except (ValueError, HospesError) as e:
-            log.warning("vbd %s: the frontend's ring is unusable: %s", self.disk.vdev, e)
-            self.dom.store.write(f"{self.back}/state", "6")
-            return
-        self.req_cons = self.rsp_prod_pvt = 0
-        st = self.dom.store
-        with st.transaction() as t:
-            t.write(f"{self.back}/sectors", str(self.sectors))
-            t.write(f"{self.back}/info", str(VDISK_READONLY if self.disk.readonly else 0))
-            t.write(f"{self.back}/sector-size", str(SECTOR))
-            t.write(f"{self.back}/state", "4")
-        self.connected = True
+    def activate(self) -> None:
+        with self._lock:
+            self.connected = self._ring is not None
         self._work.set()
 
-    # --- grants --------------------------------------------------------------------
+    def disconnect(self) -> None:
+        with self._lock:
+            self.connected = False
 
-    def _granted_frame(self, ref: int, writable: bool) -> int:
-        """Guest-physical address of the frame grant ``ref`` gives domain 0."""
-        lay = self.dom.layout
-        frame_index, slot = divmod(ref, GRANT_ENTRIES_PER_FRAME)
-        if ref < 0 or frame_index >= self.dom.grant_frames:
-            raise ValueError(f"grant reference {ref} is outside the grant table")
-        flags, domid, frame = struct.unpack_from("<HHI", self.dom.mem.buf, lay.grant_frame_gpa(frame_index) + slot * 8)
-        if flags & 3 != GTF_permit_access or domid != 0:
-            raise ValueError(f"grant reference {ref} does not grant access to domain 0")
-        if writable and flags & GTF_readonly:
-            raise ValueError(f"grant reference {ref} is read-only")
-        if frame >= lay.ram_pages:
-            raise ValueError(f"grant reference {ref} names frame {frame:#x} outside the guest's RAM")
-        return frame << 12
+    def endpoints(self) -> dict[int, BackendEndpoint]:
+        """The event channel ports this backend serves, for ``EventChannels.restore``."""
+        return {self.port: self} if self.port else {}
 
     # --- the ring ------------------------------------------------------------------
 
@@ -205,59 +218,43 @@ class BlockBackend:
                     self._drain()
 
     def _drain(self) -> None:
-        mem = self.dom.mem
-        base = self.ring_gpa
-        while True:
-            req_prod = mem.read_u32(base)
-            if (req_prod - self.req_cons) & 0xFFFFFFFF > RING_SLOTS:
-                log.warning("vbd %s: the frontend's ring indices are corrupt; disconnecting", self.disk.vdev)
-                self.connected = False
-                self.dom.store.write(f"{self.back}/state", "6")
-                return
-            notify = False
-            while self.req_cons != req_prod:
-                slot = base + RING_HEADER + (self.req_cons % RING_SLOTS) * SLOT_SIZE
-                req = bytes(mem.view(slot, SLOT_SIZE))
-                self.req_cons = (self.req_cons + 1) & 0xFFFFFFFF
-                op, req_id, status = self._handle(req)
-                # The response overwrites the request's slot (responses may be in any order).
-                rslot = base + RING_HEADER + (self.rsp_prod_pvt % RING_SLOTS) * SLOT_SIZE
-                mem.write(rslot, struct.pack("<QBxh", req_id, op, status))
-                self.rsp_prod_pvt = (self.rsp_prod_pvt + 1) & 0xFFFFFFFF
-                notify |= self._push_responses()
-            if notify:
-                self.dom.evtchn.notify_backend_port(self.port, self)
-            # Final check (ring.h): ask to be notified of the next request, then look again.
-            mem.write_u32(base + 4, (self.req_cons + 1) & 0xFFFFFFFF)
-            mfence()
-            if mem.read_u32(base) == self.req_cons:
-                return
-
-    def _push_responses(self) -> bool:
-        mem = self.dom.mem
-        base = self.ring_gpa
-        old = mem.read_u32(base + 8)
-        new = self.rsp_prod_pvt
-        mfence()
-        mem.write_u32(base + 8, new)
-        mfence()
-        event = mem.read_u32(base + 12)
-        return (new - event) & 0xFFFFFFFF < (new - old) & 0xFFFFFFFF
+        ring = self._ring
+        if ring is None or not self.connected:
+            return
+        mem = self._mem
+        buf = mem.buf
+        try:
+            while True:
+                notify = False
+                for _ in range(ring.unconsumed()):
+                    # A copy: the guest may rewrite the slot while we serve it.
+                    req = mem.read(ring.take_request(), SLOT_SIZE)
+                    op, req_id, status = self._handle(req)
+                    # The response overwrites a request's slot (responses may be in any order).
+                    _RSP.pack_into(buf, ring.next_response(), req_id, op, status)
+                    notify |= ring.push_responses()
+                if notify:
+                    self.host.evtchn.notify_backend_port(self.port, self)
+                if not ring.final_check():
+                    return
+        except RingError as e:
+            self.connected = False
+            self._xenbus.fail(f"the frontend's ring is broken ({e})")
 
     def _handle(self, req: bytes) -> tuple[int, int, int]:
         """Serve one request; returns (operation for the response, id, status)."""
-        op, nseg, _handle, req_id, sector = struct.unpack_from("<BBH4xQQ", req, 0)
+        op, nseg, _handle, req_id, sector = _REQ.unpack_from(req, 0)
         try:
             if op == BLKIF_OP_INDIRECT:
                 # blkif_request_indirect: the response names the operation done, not "indirect"
-                op, nseg = struct.unpack_from("<BH", req, 1)
+                op, nseg = _INDIRECT.unpack_from(req, 1)
                 if op not in (BLKIF_OP_READ, BLKIF_OP_WRITE):
                     raise ValueError(f"indirect operation {op}")
                 segments = self._indirect_segments(nseg, req)
             elif op in (BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_WRITE_BARRIER):
                 if nseg > BLKIF_MAX_SEGMENTS or (op in (BLKIF_OP_READ, BLKIF_OP_WRITE) and nseg == 0):
                     raise ValueError(f"{nseg} segments")
-                segments = [struct.unpack_from("<IBB", req, 24 + 8 * i) for i in range(nseg)]
+                segments = [_SEG.unpack_from(req, 24 + 8 * i) for i in range(nseg)]
             else:
                 return op, req_id, BLKIF_RSP_EOPNOTSUPP
             if op != BLKIF_OP_READ and segments and self.disk.readonly:
@@ -277,24 +274,26 @@ class BlockBackend:
             raise ValueError(f"{nseg} indirect segments (at most {MAX_INDIRECT_SEGMENTS})")
         pages = -(-nseg // SEGMENTS_PER_INDIRECT_PAGE)
         grefs = struct.unpack_from(f"<{pages}I", req, 28)
-        mem = self.dom.mem
+        mem = self._mem
         segments: list[tuple[int, int, int]] = []
         for k, gref in enumerate(grefs):
-            page = self._granted_frame(gref, writable=False)
+            page = self._grants.lookup(gref, grantee=BACKEND_DOMID, writable=False)
             count = min(SEGMENTS_PER_INDIRECT_PAGE, nseg - k * SEGMENTS_PER_INDIRECT_PAGE)
             raw = mem.read(page, count * 8)
-            segments += [struct.unpack_from("<IBB", raw, 8 * i) for i in range(count)]
+            segments += [_SEG.unpack_from(raw, 8 * i) for i in range(count)]
         return segments
 
     def _transfer(self, op: int, sector: int, segments: list[tuple[int, int, int]]) -> None:
         """Move the segments' sectors between the file (from ``sector`` on) and the granted pages."""
-        mem = self.dom.mem
+        mem = self._mem
+        lookup = self._grants.lookup
+        writable = op == BLKIF_OP_READ
         views = []
         total = 0
         for gref, first, last in segments:
             if first > last or last > 7:
                 raise ValueError(f"segment sectors {first}..{last}")
-            frame = self._granted_frame(gref, writable=op == BLKIF_OP_READ)
+            frame = lookup(gref, grantee=BACKEND_DOMID, writable=writable)
             n = (last - first + 1) * SECTOR
             views.append(mem.view(frame + first * SECTOR, n))
             total += n
@@ -313,12 +312,52 @@ class BlockBackend:
             if views and done:
                 views[0] = views[0][done:]
 
+    # --- saved state ---------------------------------------------------------------
+
+    def save(self) -> BlockState:
+        """The backend's state; call with the guest's vCPUs paused.
+
+        Takes the ring lock, so a drain in progress ends first: blkback
+        answers and pushes each request before it takes the next, so once the
+        lock is ours every request taken from the ring has its response
+        published and nothing is in flight. Requests the guest published that
+        we have not taken stay in its memory and are served after restore.
+        """
+        with self._lock:
+            ring = self._ring.save() if self._ring is not None and self.connected else None
+            return BlockState(vdev=self.disk.vdev, xenbus=self._xenbus.state, port=self.port, ring=ring)
+
+    @classmethod
+    def restore(cls, state: BlockState, *, host: DeviceHost, disk: DiskConfig) -> BlockBackend:
+        """A backend serving ``disk`` as the saved one did, over ``host``.
+
+        The xenstore directories are the restored store's, so nothing is
+        published. ``host.evtchn`` is not touched: restore the event channels
+        afterwards with this backend's :meth:`endpoints`. The worker looks at
+        the ring at once, for requests the guest published meanwhile.
+        """
+        check_version(cast(SavedState, state), "block backend")
+        if state.vdev != disk.vdev:
+            raise StateError(f"The saved block backend is virtual device {state.vdev}, not {disk.vdev}.")
+        if state.ring is not None:
+            check_version(cast(SavedState, state.ring), "block ring")
+            if not 0 <= state.ring.frame < host.grants.ram_frames:
+                raise StateError(f"The saved block ring is at frame {state.ring.frame:#x}, outside the guest's RAM.")
+        backend = cls.__new__(cls)
+        backend._setup(host, disk, state.xenbus)
+        backend.port = state.port
+        if state.ring is not None:
+            r = state.ring
+            backend._ring = BackRing(host.mem, r.frame << 12, nr_slots=RING_SLOTS, slot_size=SLOT_SIZE,
+                                     req_cons=r.req_cons, rsp_prod_pvt=r.rsp_prod_pvt)
+            backend.connected = state.xenbus is XenbusState.CONNECTED
+        backend._start()
+        backend._work.set()
+        return backend
+
     def close(self) -> None:
         self._stop = True
         self._work.set()
         self._thread.join(2)
-        try:
-            self.dom.store.unwatch(self._watch)
-        except HospesError:
-            pass
+        self._xenbus.close()
         os.close(self.fd)

@@ -9,10 +9,8 @@ Page layout::
 
 Indices are free-running u32; positions are ``idx & (size - 1)``; a ring is
 broken if ``prod - cons`` exceeds its size (Linux says "Illegal ring page
-indices").  Each index has a single writer, so plain aligned 32-bit loads and
-stores through ``memoryview.cast("I")`` are enough: no read-modify-write of
-shared memory happens, and x86 keeps our "read prod, then data" and "write
-data, then prod" in order.
+indices").  Both directions are :class:`hospes.pv.ring.ByteRing` (whose
+docstring says why plain whole-word index accesses are enough).
 
 Linux spins with ``SCHEDOP_yield`` while ``out[]`` is full and expects the
 backend to drain it without another event (pitfall 39): call
@@ -23,6 +21,7 @@ Call-order grammar::
 
     ConsoleBackend(page, notify) -> (drain_output() | feed_input(data)
                                      | queue_input(data) | flush_input())* [-> save()]
+    ConsoleBackend.restore(state, page=page, notify=notify) -> (as above)
 
 All methods are thread-safe, never raise on a bad ring (they log once and do
 nothing until the indices make sense again) and call ``notify()`` without
@@ -34,7 +33,10 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar, cast
+
+from hospes.pv.ring import ByteRing, RingError, index_words, writable_page
+from hospes.state import SavedState, check_version
 
 log = logging.getLogger(__name__)
 
@@ -49,47 +51,32 @@ IN_CONS, IN_PROD, OUT_CONS, OUT_PROD = range(4)
 
 #: Input kept for the guest beyond what fits in in[]; more is dropped.
 PENDING_INPUT_LIMIT = 64 * 1024
-_MASK = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
 class ConsoleState:
-    """Saved backend state (the indices live in guest memory)."""
+    """Saved backend state: input not yet in the ring. The ring and its
+    indices are guest memory and travel with it; nothing is ever in flight
+    (every call finishes its ring update before it returns)."""
 
+    VERSION: ClassVar[int] = 1
     pending_input: bytes = b""
+    version: int = VERSION
 
 
 class ConsoleBackend:
     """The backend end of one PV console ring."""
 
     def __init__(self, page: memoryview, notify: Callable[[], None]) -> None:
-        view = memoryview(page)
-        if view.format != "B":
-            view = view.cast("B")
-        if view.readonly or len(view) < PAGE_SIZE:
-            raise ValueError("The console ring needs a writable 4096-byte page")
-        self._page = view
-        self._idx = view[INDEX_OFFSET : INDEX_OFFSET + 16].cast("I")
+        view = writable_page(page, "console")
+        idx = index_words(view, INDEX_OFFSET, 4)
+        self._in = ByteRing(view, data=IN_OFFSET, size=IN_SIZE, indices=idx, cons=IN_CONS, prod=IN_PROD)
+        self._out = ByteRing(view, data=OUT_OFFSET, size=OUT_SIZE, indices=idx, cons=OUT_CONS, prod=OUT_PROD)
         self._notify = notify
         self._lock = threading.Lock()
         self._pending = bytearray()
         self._bad_out = False
         self._bad_in = False
-
-    def _read(self, base: int, size: int, idx: int, n: int) -> bytes:
-        off = idx & (size - 1)
-        first = min(n, size - off)
-        data = bytes(self._page[base + off : base + off + first])
-        if first < n:
-            data += bytes(self._page[base : base + n - first])
-        return data
-
-    def _write(self, base: int, size: int, idx: int, data: bytes) -> None:
-        off = idx & (size - 1)
-        first = min(len(data), size - off)
-        self._page[base + off : base + off + first] = data[:first]
-        if first < len(data):
-            self._page[base : base + len(data) - first] = data[first:]
 
     def drain_output(self) -> bytes:
         """Consume and return everything the guest wrote to out[].
@@ -98,37 +85,27 @@ class ConsoleBackend:
         room).  A broken ring yields ``b""``.
         """
         with self._lock:
-            cons = self._idx[OUT_CONS]
-            prod = self._idx[OUT_PROD]
-            used = (prod - cons) & _MASK
-            if used > OUT_SIZE:
+            try:
+                data = self._out.read(OUT_SIZE)
+            except RingError as e:
                 if not self._bad_out:
-                    log.warning("console: guest output indices differ by %d; ignoring", used)
+                    log.warning("console: guest output ring: %s; ignoring", e)
                     self._bad_out = True
                 return b""
             self._bad_out = False
-            if not used:
-                return b""
-            data = self._read(OUT_OFFSET, OUT_SIZE, cons, used)
-            self._idx[OUT_CONS] = prod
-        if used == OUT_SIZE:
+        if len(data) == OUT_SIZE:
             self._notify()
         return data
 
-    def _feed_locked(self, data: bytes) -> int:
-        cons = self._idx[IN_CONS]
-        prod = self._idx[IN_PROD]
-        used = (prod - cons) & _MASK
-        if used > IN_SIZE:
+    def _feed_locked(self, data: bytes | bytearray) -> int:
+        try:
+            n = self._in.write(data)
+        except RingError as e:
             if not self._bad_in:
-                log.warning("console: guest input indices differ by %d; ignoring", used)
+                log.warning("console: guest input ring: %s; ignoring", e)
                 self._bad_in = True
             return 0
         self._bad_in = False
-        n = min(IN_SIZE - used, len(data))
-        if n:
-            self._write(IN_OFFSET, IN_SIZE, prod, bytes(data[:n]))
-            self._idx[IN_PROD] = (prod + n) & _MASK
         return n
 
     def feed_input(self, data: bytes) -> int:
@@ -179,8 +156,10 @@ class ConsoleBackend:
 
     @classmethod
     def restore(
-        cls, page: memoryview, notify: Callable[[], None], state: ConsoleState
+        cls, state: ConsoleState, *, page: memoryview, notify: Callable[[], None]
     ) -> ConsoleBackend:
+        """A backend over the (restored) console page holding the saved pending input."""
+        check_version(cast(SavedState, state), "console backend")
         backend = cls(page, notify)
         backend._pending = bytearray(state.pending_input[:PENDING_INPUT_LIMIT])
         return backend

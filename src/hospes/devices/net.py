@@ -18,10 +18,11 @@ of 12 bytes carry packets from the guest (one packet is a chain of request
 slots linked by NETTXF_more_data, the first slot's size being the whole
 packet's, optionally followed by extra-info slots), RX slots of 8 bytes carry
 empty guest pages the backend copies received frames into. Every data page is
-named by a grant reference, checked before use (permit access, granted to
-domain 0, writable for RX) as the block backend does; a slot that breaks the
-rules gets an error status, the packet is dropped and counted, and nothing is
-ever raised into the vCPU or worker thread.
+named by a grant reference, resolved through the domain's grant table
+(``hospes.pv.grant``: permit access, granted to domain 0, writable for RX) as
+the block backend does; a slot that breaks the rules gets an error status, the
+packet is dropped and counted, and nothing is ever raised into the vCPU or
+worker thread. Ring indices that make no sense disconnect the vif.
 
 The host side is a TAP device (``hospes.devices.tap``) whose every read and
 write carries a 10-byte virtio-net header in front of the Ethernet frame. On
@@ -32,8 +33,10 @@ to the guest as NETRXF_csum_blank) or already validated it.
 TCP/UDP checksums the guest left blank on ordinary packets (NETTXF_csum_blank)
 are completed here in Python.
 
-One worker thread per vif serves both rings and the TAP: the vCPU thread that
-notifies only wakes it (an eventfd), so a guest never waits for the host.
+One worker thread per vif serves both rings (``hospes.pv.ring.BackRing``) and
+the TAP: the vCPU thread that notifies only wakes it (an eventfd), so a guest
+never waits for the host. The handshake is the shared ``XenbusBackend``;
+everything the backend needs of its domain comes through a ``DeviceHost``.
 """
 
 from __future__ import annotations
@@ -48,17 +51,19 @@ import select
 import struct
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import ClassVar, cast
 
 from hospes.devices.tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUNSETOFFLOAD, NetError, attach_to_bridge, open_tap
 from hospes.devices.netrate import TxCredit
-from hospes.devices.xenbus import device_paths, publish_device
+from hospes.devices.host import BACKEND_DOMID, DeviceHost
+from hospes.devices.xenbus import XenbusBackend, XenbusState, device_paths, publish_device
 from hospes.errors import HospesError
-from hospes.machine.atomics import mfence
-
-if TYPE_CHECKING:
-    from hospes.domain import Domain
+from hospes.pv.evtchn import BackendEndpoint
+from hospes.pv.grant import GrantError
+from hospes.pv.ring import BackRing, BackRingState, RingError
+from hospes.state import SavedState, StateError, check_version
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +87,11 @@ XEN_NETIF_GSO_TYPE_TCPV4 = 1
 XEN_NETIF_GSO_TYPE_TCPV6 = 2
 XEN_NETIF_NR_SLOTS_MIN = 18     # the most data slots one packet may use
 RING_SLOTS = 256
-RING_HEADER = 64
 TX_SLOT = 12
 RX_SLOT = 8
 PAGE = 4096
 ETH_HLEN = 14
 MAX_PACKET = 65535             # XEN_NETIF_MAX_TX_SIZE; u16 sizes
-GTF_permit_access = 1
-GTF_readonly = 4
-GRANT_ENTRIES_PER_FRAME = 512
 U32 = 0xFFFFFFFF
 
 # --- linux/virtio_net.h ----------------------------------------------------------------
@@ -115,7 +116,6 @@ _TX_RSP = struct.Struct("<Hh")      # id, status
 _EXTRA = struct.Struct("<BBHBBH")   # type, flags, gso size, gso type, pad, gso features
 _RX_REQ = struct.Struct("<HxxI")    # id, gref
 _RX_RSP = struct.Struct("<HHHh")    # id, offset, flags, status
-_GRANT = struct.Struct("<HHI")      # flags, domid, frame
 
 # write(2) called with the GIL held: a vCPU thread that wakes the worker must not
 # give the GIL away in the middle of its exit (the worker would take it and the
@@ -278,18 +278,58 @@ def checksum_ok(frame: bytes | bytearray) -> bool:
 class _Port:
     """One event channel end of a vif (the backend object the port notifies)."""
 
-    def __init__(self, owner: "NetBackend") -> None:
+    def __init__(self, owner: NetBackend) -> None:
         self.notify = owner.notify
 
 
-class NetBackend:
-    """One virtual network interface of one domain."""
+@dataclass(frozen=True)
+class NetState:
+    """Saved net backend. The rings' positions and the features the frontend
+    negotiated; ``rx_pending`` is a frame already taken from the TAP
+    (virtio-net header first) that waits for ``rx_pending_slots`` RX buffers,
+    the one piece of in-flight data a quiesced backend holds (see
+    :meth:`NetBackend.save`). Counters and the rate limiter's credit start
+    afresh."""
 
-    def __init__(self, dom: "Domain", vif: VifConfig, *, tap_fd: int | None = None) -> None:
+    VERSION: ClassVar[int] = 1
+    devid: int
+    mac: str
+    xenbus: XenbusState
+    tx_port: int
+    rx_port: int
+    tx_ring: BackRingState | None
+    rx_ring: BackRingState | None
+    rx_sg: bool
+    rx_gso: int
+    rx_pending: bytes = b""
+    rx_pending_slots: int = 0
+    version: int = VERSION
+
+
+class NetBackend:
+    """One virtual network interface of one domain.
+
+    ``NetBackend(host, vif)`` creates (or opens) the TAP, publishes the device
+    and follows the frontend; ``close()`` stops it. ``save()``/``restore()``
+    move it (see :meth:`save`).
+    """
+
+    def __init__(self, host: DeviceHost, vif: VifConfig, *, tap_fd: int | None = None) -> None:
         """``tap_fd``, for tests: a datagram fd speaking the TAP's framing (a
         virtio-net header, then the Ethernet frame) used instead of a TAP; the
         caller keeps ownership of it."""
-        self.dom = dom
+        self._setup(host, vif, tap_fd, XenbusState.INIT_WAIT)
+        try:
+            self._publish()
+        except HospesError:
+            self._close_fds()
+            raise
+        self._start()
+
+    def _setup(self, host: DeviceHost, vif: VifConfig, tap_fd: int | None, state: XenbusState) -> None:
+        self.host = host
+        self._mem = host.mem
+        self._grants = host.grants
         self.vif = vif
         self.mac = parse_mac(vif.mac)
         if not 0 <= vif.devid < 1 << 16:
@@ -299,7 +339,7 @@ class NetBackend:
         if vif.rate_bytes < 0 or (vif.rate_bytes and vif.rate_usecs <= 0):
             raise NetError(f"rate {vif.rate_bytes} bytes per {vif.rate_usecs} us is not a valid limit.")
         self.tx_credit = TxCredit(vif.rate_bytes, vif.rate_usecs / 1e6) if vif.rate_bytes else None
-        d = dom.domid
+        d = host.domid
         self.tap_name = vif.tap or f"hospes{d}.{vif.devid}"
         self._own_fd = tap_fd is None
         self.fd = open_tap(self.tap_name, vif.mtu) if tap_fd is None else tap_fd
@@ -314,30 +354,27 @@ class NetBackend:
         self.front, self.back = device_paths(d, "vif", vif.devid)
         self.stats = NetStats()
         self.connected = False
-        self.tx_gpa = self.rx_gpa = -1
+        self._tx: BackRing | None = None
+        self._rx: BackRing | None = None
         self.tx_port = self.rx_port = 0
-        self.tx_req_cons = self.tx_rsp_prod_pvt = 0
-        self.rx_req_cons = self.rx_rsp_prod_pvt = 0
         self.rx_sg = False          # the frontend takes frames over several RX slots
         self.rx_gso = 0             # bit 1: TCPv4, bit 2: TCPv6 GSO frames accepted by the frontend
         self._rx_pending: tuple[bytes, int] | None = None   # (frame with vnet header, slots needed)
         self._rx_buf = bytearray(VNET_HDR_LEN + 65536 + 256)
         self._rx_view = memoryview(self._rx_buf)
         self._rx_starved_since: float | None = None
-        self._lock = threading.Lock()      # ring state (worker vs. xenbus)
-        self._xb_lock = threading.Lock()   # xenbus state changes
+        self._lock = threading.Lock()      # ring state (worker vs. xenbus vs. save)
         self._stop = False
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._kicked = False
         self._ports = (_Port(self), _Port(self))
         self._thread = threading.Thread(target=self._serve, name=f"netback-{d}.{vif.devid}", daemon=True)
-        try:
-            self._publish()
-        except HospesError:
-            self._close_fds()
-            raise
+        self._xenbus = XenbusBackend(host.store, self.front, self.back, self, name=f"vif {self.tap_name}",
+                                     state=state)
+
+    def _start(self) -> None:
         self._thread.start()
-        self._watch = dom.store.watch(f"{self.front}/state", lambda path: self._frontend_changed())
+        self._xenbus.start()
 
     # --- xenbus --------------------------------------------------------------------
 
@@ -345,93 +382,73 @@ class NetBackend:
         n = str(self.vif.devid)
         features = ("rx-copy", "sg", "gso-tcpv4", "gso-tcpv6", "ipv6-csum-offload", "split-event-channels")
         publish_device(
-            self.dom.store, self.dom.domid, self.front, self.back,
+            self.host.store, self.host.domid, self.front, self.back,
             backend={"handle": n, "mac": self.vif.mac, "type": "vif", **{f"feature-{f}": "1" for f in features}},
             frontend={"handle": n, "mac": self.vif.mac},
         )
 
-    def _read(self, path: str) -> str | None:
-        try:
-            return self.dom.store.read(path).decode()
-        except (HospesError, UnicodeDecodeError):
-            return None
+    @property
+    def xenbus_state(self) -> XenbusState:
+        return self._xenbus.state
 
-    def _set_state(self, state: str) -> None:
-        try:
-            self.dom.store.write(f"{self.back}/state", state)
-        except HospesError as e:
-            log.warning("vif %s: cannot write the backend state: %s", self.tap_name, e)
+    def connect(self) -> Mapping[str, str]:
+        """XenbusDevice: map both rings, take the frontend's features, bind the port(s)."""
+        f = self._xenbus.frontend
+        tx_ref, rx_ref = f("tx-ring-ref"), f("rx-ring-ref")
+        single = f("event-channel")
+        tx_evt, rx_evt = f("event-channel-tx"), f("event-channel-rx")
+        if tx_ref is None or rx_ref is None:
+            raise ValueError("tx-ring-ref or rx-ring-ref is missing")
+        if f("request-rx-copy") != "1":
+            raise ValueError("the frontend does not request the copying receive path (request-rx-copy)")
+        queues = f("multi-queue-num-queues")
+        if queues not in (None, "1"):
+            raise ValueError(f"{queues} queues asked for; this backend has one")
+        if single is not None:
+            tx_port = rx_port = int(single)
+        elif tx_evt is not None and rx_evt is not None:
+            tx_port, rx_port = int(tx_evt), int(rx_evt)
+        else:
+            raise ValueError("event-channel is missing")
+        tx_gpa = self._grants.lookup(int(tx_ref), grantee=BACKEND_DOMID, writable=True)
+        rx_gpa = self._grants.lookup(int(rx_ref), grantee=BACKEND_DOMID, writable=True)
+        if tx_gpa == rx_gpa:
+            raise ValueError("the TX and RX rings share a page")
+        tx = BackRing(self._mem, tx_gpa, nr_slots=RING_SLOTS, slot_size=TX_SLOT)
+        rx = BackRing(self._mem, rx_gpa, nr_slots=RING_SLOTS, slot_size=RX_SLOT)
+        rx_sg = f("feature-sg") == "1"
+        rx_gso = (2 if f("feature-gso-tcpv4") == "1" else 0) | (4 if f("feature-gso-tcpv6") == "1" else 0)
+        with self._lock:
+            self._tx, self._rx = tx, rx
+            self.rx_sg, self.rx_gso = rx_sg, rx_gso if rx_sg else 0
+            self._rx_pending = None
+            self._rx_starved_since = None
+        self._set_offload(self.rx_gso)
+        evtchn = self.host.evtchn
+        evtchn.bind_interdomain_local(tx_port, self._ports[0])
+        self.tx_port = self.rx_port = tx_port
+        if rx_port != tx_port:
+            evtchn.bind_interdomain_local(rx_port, self._ports[1])
+            self.rx_port = rx_port
+        return {}
 
-    def _frontend_changed(self) -> None:
-        with self._xb_lock:
-            state = self._read(f"{self.front}/state")
-            back = self._read(f"{self.back}/state")
-            if state in ("3", "4"):
-                if not self.connected and back == "2":
-                    self._connect()
-            elif state == "5":
-                # Closing: follow (a frontend shutting down waits for exactly this).
-                self._disconnect()
-                self._set_state("5")
-            elif state == "6" or state is None:
-                self._disconnect()
-                self._set_state("6")
-            elif state == "1" and back in ("5", "6"):
-                # The frontend starts over (driver reloaded): be ready again.
-                self._disconnect()
-                self._set_state("2")
+    def activate(self) -> None:
+        with self._lock:
+            self.connected = self._tx is not None
+        self.notify()
 
-    def _disconnect(self) -> None:
+    def disconnect(self) -> None:
         with self._lock:
             self.connected = False
             self._rx_pending = None
 
-    def _connect(self) -> None:
-        f = self.front
-        tx_ref, rx_ref = self._read(f"{f}/tx-ring-ref"), self._read(f"{f}/rx-ring-ref")
-        single = self._read(f"{f}/event-channel")
-        tx_evt, rx_evt = self._read(f"{f}/event-channel-tx"), self._read(f"{f}/event-channel-rx")
-        try:
-            if tx_ref is None or rx_ref is None:
-                raise ValueError("tx-ring-ref or rx-ring-ref is missing")
-            if self._read(f"{f}/request-rx-copy") != "1":
-                raise ValueError("the frontend does not request the copying receive path (request-rx-copy)")
-            queues = self._read(f"{f}/multi-queue-num-queues")
-            if queues not in (None, "1"):
-                raise ValueError(f"{queues} queues asked for; this backend has one")
-            if single is not None:
-                tx_port = rx_port = int(single)
-            elif tx_evt is not None and rx_evt is not None:
-                tx_port, rx_port = int(tx_evt), int(rx_evt)
-            else:
-                raise ValueError("event-channel is missing")
-            tx_gpa = self._granted_frame(int(tx_ref), writable=True)
-            rx_gpa = self._granted_frame(int(rx_ref), writable=True)
-            if tx_gpa == rx_gpa:
-                raise ValueError("the TX and RX rings share a page")
-            rx_sg = self._read(f"{f}/feature-sg") == "1"
-            rx_gso = (2 if self._read(f"{f}/feature-gso-tcpv4") == "1" else 0) | \
-                     (4 if self._read(f"{f}/feature-gso-tcpv6") == "1" else 0)
-            with self._lock:
-                self.tx_gpa, self.rx_gpa = tx_gpa, rx_gpa
-                self.tx_port, self.rx_port = tx_port, rx_port
-                self.tx_req_cons = self.tx_rsp_prod_pvt = 0
-                self.rx_req_cons = self.rx_rsp_prod_pvt = 0
-                self.rx_sg, self.rx_gso = rx_sg, rx_gso if rx_sg else 0
-                self._rx_pending = None
-                self._rx_starved_since = None
-            self._set_offload(rx_gso if rx_sg else 0)
-            self.dom.evtchn.bind_interdomain_local(tx_port, self._ports[0])
-            if rx_port != tx_port:
-                self.dom.evtchn.bind_interdomain_local(rx_port, self._ports[1])
-        except (ValueError, HospesError) as e:
-            log.warning("vif %s: the frontend's rings are unusable: %s", self.tap_name, e)
-            self._set_state("6")
-            return
-        self._set_state("4")
-        with self._lock:
-            self.connected = True
-        self.notify()
+    def endpoints(self) -> dict[int, BackendEndpoint]:
+        """The event channel ports this backend serves, for ``EventChannels.restore``."""
+        if not self.tx_port:
+            return {}
+        if self.rx_port != self.tx_port:
+            return {self.tx_port: self._ports[0], self.rx_port: self._ports[1]}
+        return {self.tx_port: self._ports[0]}
 
     def _set_offload(self, gso: int) -> None:
         """Let the host hand us partial checksums, and TCP segmentation offload
@@ -443,23 +460,6 @@ class NetBackend:
             fcntl.ioctl(self.fd, TUNSETOFFLOAD, flags)
         except OSError as e:
             log.warning("vif %s: cannot set the TAP offloads: %s", self.tap_name, e.strerror)
-
-    # --- grants --------------------------------------------------------------------
-
-    def _granted_frame(self, ref: int, writable: bool) -> int:
-        """Guest-physical address of the frame grant ``ref`` gives domain 0."""
-        frame_index, slot = divmod(ref, GRANT_ENTRIES_PER_FRAME)
-        if ref < 0 or frame_index >= self.dom.grant_frames:
-            raise ValueError(f"grant reference {ref} is outside the grant table")
-        flags, domid, frame = _GRANT.unpack_from(self.dom.mem.buf,
-                                                 self.dom.layout.grant_frame_gpa(frame_index) + slot * 8)
-        if flags & 3 != GTF_permit_access or domid != 0:
-            raise ValueError(f"grant reference {ref} does not grant access to domain 0")
-        if writable and flags & GTF_readonly:
-            raise ValueError(f"grant reference {ref} is read-only")
-        if frame >= self.dom.layout.ram_pages:
-            raise ValueError(f"grant reference {ref} names frame {frame:#x} outside the guest's RAM")
-        return frame << 12
 
     # --- worker --------------------------------------------------------------------
 
@@ -488,6 +488,8 @@ class NetBackend:
                         if self.tx_credit is not None and self._tx_waiting():
                             left = self.tx_credit.next_credit_at - time.monotonic()
                             timeout = max(0, min(timeout, int(left * 1000) + 1))
+                    except RingError as e:
+                        self._fail(f"the frontend's ring is broken ({e})")
                     except Exception:  # never let one bad packet end the vif
                         log.exception("vif %s: unexpected error; dropping the work at hand", self.tap_name)
                         self._rx_pending = None
@@ -510,82 +512,69 @@ class NetBackend:
 
     def _fail(self, why: str) -> None:
         """The frontend broke the ring protocol beyond repair: disconnect (lock held)."""
-        log.warning("vif %s: %s; disconnecting", self.tap_name, why)
         self.connected = False
         self._rx_pending = None
-        threading.Thread(target=self._set_state, args=("6",), daemon=True).start()
-
-    def _push(self, base: int, prod: int) -> bool:
-        """Publish responses up to ``prod``; True if the frontend asked to be notified."""
-        mem = self.dom.mem
-        old = mem.read_u32(base + 8)
-        mem.write_u32(base + 8, prod)   # x86 keeps the response stores before this one
-        mfence()
-        event = mem.read_u32(base + 12)
-        return (prod - event) & U32 < (prod - old) & U32
+        self._xenbus.fail(why)
 
     def _notify_guest(self, port: int, which: int) -> None:
         endpoint = self._ports[which] if self.rx_port != self.tx_port else self._ports[0]
-        self.dom.evtchn.notify_backend_port(port, endpoint)
+        self.host.evtchn.notify_backend_port(port, endpoint)
 
     # --- TX: guest -> TAP ------------------------------------------------------------
 
     def _tx_drain(self) -> None:
-        mem = self.dom.mem
-        base = self.tx_gpa
-        buf = mem.buf
+        ring = self._tx
+        assert ring is not None   # connected
+        buf = self._mem.buf
         while True:
-            req_prod = mem.read_u32(base)
-            if (req_prod - self.tx_req_cons) & U32 > RING_SLOTS:
-                self._fail("the frontend's TX ring indices are corrupt")
-                return
+            req_prod = (ring.req_cons + ring.unconsumed()) & U32
             notify = False
             done = 0
-            incomplete = limited = False
+            limited = False
             credit = self.tx_credit
             size = 0
-            while self.tx_req_cons != req_prod:
+            while ring.req_cons != req_prod:
                 if credit is not None:
                     # the first slot's size is the whole packet's (netif.h)
-                    size = _TX_REQ.unpack_from(buf, base + RING_HEADER + (self.tx_req_cons % RING_SLOTS) * TX_SLOT)[4]
+                    size = _TX_REQ.unpack_from(buf, ring.slot(ring.req_cons))[4]
                     if not credit.take(size):
                         limited = True
                         break
-                used = self._tx_packet(buf, base, req_prod)
+                used = self._tx_packet(buf, ring, req_prod)
                 if used == 0:
                     if credit is not None:
                         credit.credit += size   # not sent yet: charged again when it is
-                    incomplete = True   # the rest of the chain is not on the ring yet
-                    break
+                    break   # the rest of the chain is not on the ring yet
                 done += 1
                 if done % PUSH_BATCH == 0:
-                    notify |= self._push(base, self.tx_rsp_prod_pvt)
+                    notify |= ring.push_responses()
             if done:
-                notify |= self._push(base, self.tx_rsp_prod_pvt)
+                notify |= ring.push_responses()
             if notify:
                 self._notify_guest(self.tx_port, 0)
             if limited:
                 # the worker comes back when credit is due (_serve's sleep), not on a notification
                 self.stats.tx_rate_limited += 1
                 return
-            # Final check (ring.h): ask to be notified of the next request, then look again.
-            mem.write_u32(base + 4, ((req_prod if incomplete else self.tx_req_cons) + 1) & U32)
-            mfence()
-            if mem.read_u32(base) == req_prod:
+            # Wake us for the slot after the last one seen: with a chain cut
+            # short that is past req_cons, as the chain's start was left there.
+            if not ring.final_check(req_prod):
                 return
 
     def _tx_waiting(self) -> bool:
         """Requests left on the TX ring (after a drain: the rate limit held them)."""
-        return self.connected and self.dom.mem.read_u32(self.tx_gpa) != self.tx_req_cons
+        ring = self._tx
+        return self.connected and ring is not None and ring.req_prod() != ring.req_cons
 
-    def _tx_packet(self, buf: memoryview, base: int, req_prod: int) -> int:
+    def _tx_packet(self, buf: memoryview, ring: BackRing, req_prod: int) -> int:
         """Consume, send and answer one packet; return the slots used (0: incomplete chain)."""
-        cons = self.tx_req_cons
+        cons = ring.req_cons
         avail = (req_prod - cons) & U32
+        base, mask = ring.slots_gpa, ring.mask
         slots: list[tuple[int, int, int, int]] = []   # (gref, offset, id, size) of the data slots
         extras: list[bytes] = []
         malformed = ""
-        first = _TX_REQ.unpack_from(buf, base + RING_HEADER + (cons % RING_SLOTS) * TX_SLOT)
+        first = _TX_REQ.unpack_from(buf, base + (cons & mask) * TX_SLOT)
         gref, offset, flags, rid, size = first
         slots.append((gref, offset, rid, size))
         used = 1
@@ -594,8 +583,9 @@ class NetBackend:
             more = True
             while more:
                 if used == avail:
-                    return self._tx_incomplete(cons, avail, layout)
-                raw = bytes(buf[base + RING_HEADER + ((cons + used) % RING_SLOTS) * TX_SLOT:][:8])
+                    return self._tx_incomplete(ring, cons, avail, layout)
+                at = base + ((cons + used) & mask) * TX_SLOT
+                raw = bytes(buf[at:at + 8])
                 extras.append(raw)
                 layout.append(-1)
                 used += 1
@@ -606,12 +596,12 @@ class NetBackend:
         chain = flags
         while chain & NETTXF_more_data and not malformed:
             if used == avail:
-                return self._tx_incomplete(cons, avail, layout)
-            g, o, chain, i, s = _TX_REQ.unpack_from(buf, base + RING_HEADER + ((cons + used) % RING_SLOTS) * TX_SLOT)
+                return self._tx_incomplete(ring, cons, avail, layout)
+            g, o, chain, i, s = _TX_REQ.unpack_from(buf, base + ((cons + used) & mask) * TX_SLOT)
             slots.append((g, o, i, s))
             layout.append(i)
             used += 1
-        self.tx_req_cons = (cons + used) & U32
+        ring.req_cons = (cons + used) & U32
         status = NETIF_RSP_OKAY
         try:
             if malformed:
@@ -629,39 +619,38 @@ class NetBackend:
             else:
                 self.stats.tx_packets += 1
                 self.stats.tx_bytes += len(frame)
-        except (_Malformed, ValueError) as e:
+        except (_Malformed, GrantError) as e:
             log.debug("vif %s: TX packet dropped: %s", self.tap_name, e)
             self.stats.tx_errors += 1
             status = NETIF_RSP_ERROR
-        self._tx_respond(layout, status)
+        self._tx_respond(ring, layout, status)
         return used
 
-    def _tx_incomplete(self, cons: int, avail: int, layout: list[int]) -> int:
+    def _tx_incomplete(self, ring: BackRing, cons: int, avail: int, layout: list[int]) -> int:
         if avail < RING_SLOTS:
             return 0
         # The chain fills the whole ring and still goes on: it can never end.
-        self.tx_req_cons = (cons + avail) & U32
+        ring.req_cons = (cons + avail) & U32
         self.stats.tx_errors += 1
         ids = []
-        buf = self.dom.mem.buf
+        buf = self._mem.buf
         for k in range(avail):
-            slot = self.tx_gpa + RING_HEADER + ((cons + k) % RING_SLOTS) * TX_SLOT
-            ids.append(layout[k] if k < len(layout) else _TX_REQ.unpack_from(buf, slot)[3])
-        self._tx_respond(ids, NETIF_RSP_ERROR)
+            ids.append(layout[k] if k < len(layout) else _TX_REQ.unpack_from(buf, ring.slot(cons + k))[3])
+        self._tx_respond(ring, ids, NETIF_RSP_ERROR)
         return avail
 
-    def _tx_respond(self, layout: list[int], status: int) -> None:
-        buf = self.dom.mem.buf
-        base = self.tx_gpa + RING_HEADER
-        prod = self.tx_rsp_prod_pvt
+    def _tx_respond(self, ring: BackRing, layout: list[int], status: int) -> None:
+        buf = self._mem.buf
+        base, mask = ring.slots_gpa, ring.mask
+        prod = ring.rsp_prod_pvt
         for rid in layout:
-            slot = base + (prod % RING_SLOTS) * TX_SLOT
+            slot = base + (prod & mask) * TX_SLOT
             if rid < 0:
                 _TX_RSP.pack_into(buf, slot, 0, NETIF_RSP_NULL)
             else:
                 _TX_RSP.pack_into(buf, slot, rid, status)
             prod = (prod + 1) & U32
-        self.tx_rsp_prod_pvt = prod
+        ring.rsp_prod_pvt = prod
 
     def _tx_build(self, buf: memoryview, slots: list[tuple[int, int, int, int]], flags: int,
                   extras: list[bytes]) -> tuple[bytes | bytearray, bytes]:
@@ -670,12 +659,13 @@ class NetBackend:
         rest = sum(s[3] for s in slots[1:])
         if total < ETH_HLEN or rest > total:
             raise _Malformed(f"packet size {total} with {rest} bytes in later slots")
+        lookup = self._grants.lookup
         parts = []
         for k, (gref, offset, _rid, size) in enumerate(slots):
             n = total - rest if k == 0 else size
             if offset + n > PAGE:
                 raise _Malformed(f"slot data {offset}+{n} crosses the page")
-            gpa = self._granted_frame(gref, writable=False) + offset
+            gpa = lookup(gref, grantee=BACKEND_DOMID, writable=False) + offset
             parts.append(buf[gpa:gpa + n])
         frame: bytes | bytearray = b"".join(parts)
         gso = None
@@ -714,8 +704,13 @@ class NetBackend:
 
     def _rx_posted(self) -> int:
         """Unconsumed RX requests (buffers the guest posted), or -1 if the indices are corrupt."""
-        n = (self.dom.mem.read_u32(self.rx_gpa) - self.rx_req_cons) & U32
-        return n if n <= RING_SLOTS else -1
+        ring = self._rx
+        if ring is None:
+            return -1
+        try:
+            return ring.unconsumed()
+        except RingError:
+            return -1
 
     def _rx_plan(self) -> tuple[bool, int]:
         """After the work: should the worker poll the TAP, and for how long may it sleep (ms)?"""
@@ -757,16 +752,13 @@ class NetBackend:
             return None
 
     def _rx_fill(self) -> None:
-        mem = self.dom.mem
-        base = self.rx_gpa
+        ring = self._rx
+        assert ring is not None   # connected
         notify = False
         done = 0
         data: bytes | memoryview | None
         while True:
-            posted = self._rx_posted()
-            if posted < 0:
-                self._fail("the frontend's RX ring indices are corrupt")
-                return
+            posted = ring.unconsumed()
             if self._rx_pending is not None:
                 data, need = self._rx_pending
                 if need > posted:
@@ -799,17 +791,17 @@ class NetBackend:
                         continue
                     self._rx_pending = (bytes(data), need)
                     break
-            self._rx_deliver(data, need)
+            self._rx_deliver(ring, data, need)
             done += 1
             if done % PUSH_BATCH == 0:
-                notify |= self._push(base, self.rx_rsp_prod_pvt)
+                notify |= ring.push_responses()
         if done:
-            notify |= self._push(base, self.rx_rsp_prod_pvt)
+            notify |= ring.push_responses()
         if notify:
             self._notify_guest(self.rx_port, 1)
+        # Wake us when enough buffers for the waiting frame (or any frame) are posted.
         need = self._rx_pending[1] if self._rx_pending is not None else 1
-        mem.write_u32(base + 4, (self.rx_req_cons + need) & U32)
-        mfence()
+        ring.notify_at(ring.req_cons + need)
 
     def _rx_gso_ok(self, vtype: int) -> bool:
         vtype &= 0x7F
@@ -819,23 +811,25 @@ class NetBackend:
             return bool(self.rx_gso & 4)
         return False
 
-    def _rx_deliver(self, data: bytes | memoryview, need: int) -> None:
-        """Copy one frame (with its virtio-net header) into the next ``need`` posted buffers."""
-        buf = self.dom.mem.buf
-        base = self.rx_gpa + RING_HEADER
+    def _rx_deliver(self, ring: BackRing, data: bytes | memoryview, need: int) -> None:
+        """Copy one frame (with its virtio-net header) into the next ``need`` posted buffers.
+        netfront takes each response from the slot of the request it answers."""
+        buf = self._mem.buf
+        base, mask = ring.slots_gpa, ring.mask
         vflags, vtype, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(data)
         frame = memoryview(data)[VNET_HDR_LEN:]
         length = len(frame)
         gso = vtype != VIRTIO_NET_HDR_GSO_NONE
-        cons = self.rx_req_cons
-        reqs = [_RX_REQ.unpack_from(buf, base + ((cons + k) % RING_SLOTS) * RX_SLOT) for k in range(need)]
-        self.rx_req_cons = self.rx_rsp_prod_pvt = (cons + need) & U32
+        cons = ring.req_cons
+        reqs = [_RX_REQ.unpack_from(buf, base + ((cons + k) & mask) * RX_SLOT) for k in range(need)]
+        ring.req_cons = ring.rsp_prod_pvt = (cons + need) & U32
+        lookup = self._grants.lookup
         try:
-            pages = [self._granted_frame(gref, writable=True) for _rid, gref in reqs]
-        except ValueError as e:
+            pages = [lookup(gref, grantee=BACKEND_DOMID, writable=True) for _rid, gref in reqs]
+        except GrantError as e:
             log.debug("vif %s: RX buffer refused: %s", self.tap_name, e)
             for k, (rid, _gref) in enumerate(reqs):
-                _RX_RSP.pack_into(buf, base + ((cons + k) % RING_SLOTS) * RX_SLOT, rid, 0, 0, NETIF_RSP_ERROR)
+                _RX_RSP.pack_into(buf, base + ((cons + k) & mask) * RX_SLOT, rid, 0, 0, NETIF_RSP_ERROR)
             self.stats.rx_errors += need
             self.stats.rx_dropped += 1
             return
@@ -845,13 +839,13 @@ class NetBackend:
             if info is not None and info[0] == csum_start and csum_offset == (16 if info[2] == 6 else 6):
                 flags = NETRXF_csum_blank | NETRXF_data_validated
             elif gso:
-                self._rx_drop_slots(reqs, cons)
+                self._rx_drop_slots(ring, reqs, cons)
                 return
             else:
                 # Not a kind the guest completes itself: finish the partial checksum here.
                 fixed = bytearray(frame)
                 if csum_start + csum_offset + 2 > length:
-                    self._rx_drop_slots(reqs, cons)
+                    self._rx_drop_slots(ring, reqs, cons)
                     return
                 s = ~_ones_sum(memoryview(fixed)[csum_start:]) & 0xFFFF
                 fixed[csum_start + csum_offset:csum_start + csum_offset + 2] = s.to_bytes(2, "big")
@@ -863,7 +857,7 @@ class NetBackend:
         pos = 0
         for slot_no in range(need):
             rid = reqs[slot_no][0]
-            slot = base + ((cons + slot_no) % RING_SLOTS) * RX_SLOT
+            slot = base + ((cons + slot_no) & mask) * RX_SLOT
             if gso and slot_no == 1:
                 # The extra-info slot: GSO type and segment size, in the response ring.
                 gtype = XEN_NETIF_GSO_TYPE_TCPV6 if vtype & 0x7F == VIRTIO_NET_HDR_GSO_TCPV6 \
@@ -884,12 +878,79 @@ class NetBackend:
         self.stats.rx_packets += 1
         self.stats.rx_bytes += length
 
-    def _rx_drop_slots(self, reqs: list[tuple[int, int]], cons: int) -> None:
-        buf = self.dom.mem.buf
-        base = self.rx_gpa + RING_HEADER
+    def _rx_drop_slots(self, ring: BackRing, reqs: list[tuple[int, int]], cons: int) -> None:
+        buf = self._mem.buf
         for k, (rid, _gref) in enumerate(reqs):
-            _RX_RSP.pack_into(buf, base + ((cons + k) % RING_SLOTS) * RX_SLOT, rid, 0, 0, NETIF_RSP_ERROR)
+            _RX_RSP.pack_into(buf, ring.slot(cons + k), rid, 0, 0, NETIF_RSP_ERROR)
         self.stats.rx_dropped += 1
+
+    # --- saved state ----------------------------------------------------------------
+
+    def save(self) -> NetState:
+        """The backend's state; call with the guest's vCPUs paused.
+
+        Takes the ring lock, so the worker's pass over the rings ends first:
+        every TX packet taken from the ring has been written to the TAP and
+        answered, every RX buffer taken has been filled and answered, and the
+        responses are published. A TX chain whose end the guest has not
+        written yet was not taken and stays on the ring; a received frame
+        waiting for RX buffers is saved as ``rx_pending``.
+        """
+        with self._lock:
+            live = self.connected and self._tx is not None and self._rx is not None
+            pending = self._rx_pending if live else None
+            return NetState(
+                devid=self.vif.devid, mac=self.vif.mac, xenbus=self._xenbus.state,
+                tx_port=self.tx_port, rx_port=self.rx_port,
+                tx_ring=self._tx.save() if live and self._tx is not None else None,
+                rx_ring=self._rx.save() if live and self._rx is not None else None,
+                rx_sg=self.rx_sg, rx_gso=self.rx_gso,
+                rx_pending=pending[0] if pending is not None else b"",
+                rx_pending_slots=pending[1] if pending is not None else 0,
+            )
+
+    @classmethod
+    def restore(cls, state: NetState, *, host: DeviceHost, vif: VifConfig,
+                tap_fd: int | None = None) -> NetBackend:
+        """A backend serving ``vif`` as the saved one did, over ``host``
+        (``tap_fd`` as for the constructor).
+
+        The xenstore directories are the restored store's, so nothing is
+        published. ``host.evtchn`` is not touched: restore the event channels
+        afterwards with this backend's :meth:`endpoints`.
+        """
+        check_version(cast(SavedState, state), "net backend")
+        if (state.devid, state.mac.lower()) != (vif.devid, vif.mac.lower()):
+            raise StateError(f"The saved vif is {state.devid} ({state.mac}), not {vif.devid} ({vif.mac}).")
+        rings = (state.tx_ring, state.rx_ring)
+        for ring in rings:
+            if ring is not None:
+                check_version(cast(SavedState, ring), "vif ring")
+                if not 0 <= ring.frame < host.grants.ram_frames:
+                    raise StateError(f"The saved vif ring is at frame {ring.frame:#x}, outside the guest's RAM.")
+        if (state.tx_ring is None) != (state.rx_ring is None) or not 0 <= state.rx_pending_slots <= RING_SLOTS:
+            raise StateError("The saved vif's rings are inconsistent.")
+        backend = cls.__new__(cls)
+        backend._setup(host, vif, tap_fd, state.xenbus)
+        try:
+            backend.tx_port, backend.rx_port = state.tx_port, state.rx_port
+            backend.rx_sg, backend.rx_gso = state.rx_sg, state.rx_gso
+            if state.tx_ring is not None and state.rx_ring is not None:
+                t, r = state.tx_ring, state.rx_ring
+                backend._tx = BackRing(host.mem, t.frame << 12, nr_slots=RING_SLOTS, slot_size=TX_SLOT,
+                                       req_cons=t.req_cons, rsp_prod_pvt=t.rsp_prod_pvt)
+                backend._rx = BackRing(host.mem, r.frame << 12, nr_slots=RING_SLOTS, slot_size=RX_SLOT,
+                                       req_cons=r.req_cons, rsp_prod_pvt=r.rsp_prod_pvt)
+                backend.connected = state.xenbus is XenbusState.CONNECTED
+                if state.rx_pending:
+                    backend._rx_pending = (state.rx_pending, state.rx_pending_slots)
+                backend._set_offload(state.rx_gso)
+        except HospesError:
+            backend._close_fds()
+            raise
+        backend._start()
+        backend.notify()
+        return backend
 
     # --- teardown --------------------------------------------------------------------
 
@@ -906,10 +967,7 @@ class NetBackend:
         self._stop = True
         self.notify()
         self._thread.join(2)
-        try:
-            self.dom.store.unwatch(self._watch)
-        except HospesError:
-            pass
+        self._xenbus.close()
         with self._lock:
             self.connected = False
             self._close_fds()

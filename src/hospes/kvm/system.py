@@ -518,7 +518,7 @@ class Vcpu(_FdOwner):
             return {}
         buf = _flex_type(KvmMsrs, KvmMsrEntry, count)()
         buf.hdr.nmsrs = count
-        for entry, index in zip(buf.entries, indices):
+        for entry, index in zip(buf.entries, indices, strict=False):
             entry.index = index
         done = _ioctl(self.fd, c.KVM_GET_MSRS, ctypes.byref(buf), "KVM_GET_MSRS")
         if done < count:
@@ -533,7 +533,7 @@ class Vcpu(_FdOwner):
             return
         buf = _flex_type(KvmMsrs, KvmMsrEntry, count)()
         buf.hdr.nmsrs = count
-        for entry, (index, data) in zip(buf.entries, items):
+        for entry, (index, data) in zip(buf.entries, items, strict=False):
             entry.index = index
             entry.data = data
         done = _ioctl(self.fd, c.KVM_SET_MSRS, ctypes.byref(buf), "KVM_SET_MSRS")

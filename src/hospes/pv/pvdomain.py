@@ -33,6 +33,7 @@ from hospes.pv import layout as L
 from hospes.pv.cpuid import CpuidPolicy
 from hospes.pv.errors import Errno
 from hospes.pv.evtchn import BackendEndpoint, EventChannels, EventChannelState
+from hospes.pv.grant import GrantTable, GrantTableState
 from hospes.pv.guestvirt import GuestVirt
 from hospes.pv.hypercalls import build_table
 from hospes.pv.mmu import MmuState, PvMmu
@@ -82,7 +83,7 @@ class PvDomainState:
     clock: ClockState
     timers: TimersState
     vm_assist: tuple[int, ...]
-    grant_frames: int
+    grants: GrantTableState
     shutdown_code: int | None
     version: int = VERSION
 
@@ -120,7 +121,8 @@ class PvDomain:
         self.msrs = MsrEmulator()
         self.hypercall_table = build_table()
         self.vm_assist: set[int] = set()
-        self.grant_frames = 0
+        self.grants = GrantTable(mem, base_gpa=layout.grant_frame_gpa(0), max_frames=L.MAX_GRANT_FRAMES,
+                                 ram_frames=layout.ram_pages)
         self.shutdown_code: int | None = None
         if saved is not None:
             check_version(saved, "PV domain")
@@ -131,7 +133,8 @@ class PvDomain:
             self.mmu = PvMmu.restore(saved.mmu, mem=mem, ram_pages=layout.ram_pages,
                                      guest_frames=layout.guest_frames, hv_l4_entries=trampoline.l4_entries)
             self.vm_assist = set(saved.vm_assist)
-            self.grant_frames = saved.grant_frames
+            self.grants = GrantTable.restore(saved.grants, mem=mem, base_gpa=layout.grant_frame_gpa(0),
+                                             max_frames=L.MAX_GRANT_FRAMES, ram_frames=layout.ram_pages)
             self.shutdown_code = saved.shutdown_code
         self.stopping = False   # no vCPU enters the guest again
         self.paused = False
@@ -183,7 +186,7 @@ class PvDomain:
         return PvDomainState(
             domid=self.domid, vcpus=tuple(pv.save() for pv in self.vcpus), mmu=self.mmu.save(),
             evtchn=self.evtchn.save(), clock=self.clock.save(), timers=self.timers.save(),
-            vm_assist=tuple(sorted(self.vm_assist)), grant_frames=self.grant_frames,
+            vm_assist=tuple(sorted(self.vm_assist)), grants=self.grants.save(),
             shutdown_code=self.shutdown_code,
         )
 

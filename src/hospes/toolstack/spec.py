@@ -940,6 +940,7 @@ def load_spec(path: Path | str, overrides: Sequence[str] = ()) -> DomainSpec:
 
 
 __all__ = [
-    "Action", "DEFAULT_ACTIONS", "DEFAULT_IMAGE", "DEFAULT_IMAGE_CMDLINE", "DEFAULT_MEMORY_MIB", "DiskSpec", "DomainSpec",
+    "Action", "DEFAULT_ACTIONS", "DEFAULT_IMAGE", "DEFAULT_IMAGE_CMDLINE", "DEFAULT_MEMORY_MIB", "DiskSpec",
+    "DomainSpec",
     "IMPLEMENTED_KEYS", "SPEC_FORMAT", "VifRate", "VifSpec", "XL_KEYS", "load_spec",
 ]

@@ -1,11 +1,15 @@
-"""grant_table_op (#20): the grant-table frames a frontend needs (pv-abi.md §11.2)."""
+"""grant_table_op (#20): the grant-table frames a frontend needs (pv-abi.md §11.2).
+
+The frames themselves and how many are set up belong to the domain's
+:class:`hospes.pv.grant.GrantTable` (``vcpu.domain.grants``); this module only
+moves the guest's arguments and results.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 import struct
+from typing import TYPE_CHECKING
 
-from hospes.pv import layout as L
 from hospes.pv.abi import DOMID_SELF, Hypercall
 from hospes.pv.errors import Errno
 
@@ -31,19 +35,26 @@ def grant_table_op(vcpu: PvVcpu, cmd: int, uop: int, count: int, *_: int) -> int
         if domid not in (DOMID_SELF, dom.domid):
             vcpu.write(uop + 8, struct.pack("<h", GNTST_bad_domain))
             return 0
-        if nr_frames > L.MAX_GRANT_FRAMES:
+        grants = dom.grants
+        if nr_frames > grants.max_frames:
             vcpu.write(uop + 8, struct.pack("<h", GNTST_general_error))
             return 0
-        frames = [dom.layout.grant_frame_gpa(i) >> 12 for i in range(nr_frames)]
+        # The frame list is written before the table grows: a fault on it leaves the table as it was.
+        frames = [grants.frame_gfn(i) for i in range(nr_frames)]
         if frames:
             vcpu.write(frame_list, struct.pack(f"<{nr_frames}Q", *frames))
-        dom.grant_frames = max(dom.grant_frames, nr_frames)
+        grants.setup(nr_frames)
         vcpu.write(uop + 8, struct.pack("<h", GNTST_okay))
         return 0
     if cmd == GNTTABOP_query_size:
         if count != 1:
             return -Errno.EINVAL
-        vcpu.write(uop + 4, struct.pack("<IIh", dom.grant_frames, L.MAX_GRANT_FRAMES, GNTST_okay))
+        (domid,) = struct.unpack("<H", vcpu.read(uop, 2))
+        if domid not in (DOMID_SELF, dom.domid):  # no other domain is visible from here
+            vcpu.write(uop + 12, struct.pack("<h", GNTST_bad_domain))
+            return 0
+        grants = dom.grants
+        vcpu.write(uop + 4, struct.pack("<IIh", grants.nr_frames, grants.max_frames, GNTST_okay))
         return 0
     if cmd == GNTTABOP_set_version:
         (version,) = struct.unpack("<I", vcpu.read(uop, 4))

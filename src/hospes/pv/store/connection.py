@@ -14,15 +14,11 @@ shared ring page ``struct xenstore_domain_interface`` (xs_wire.h)::
     0x810 server_features  0x814 connection  0x818 error  0x81c evtchn_port
 
 Why plain loads and stores are enough
-    The guest writes the page concurrently, but every index has exactly one
-    writer: we only write ``req_cons``, ``rsp_prod`` (and ``error``), the guest
-    only ``req_prod`` and ``rsp_cons``.  Nothing is read-modify-written in
-    shared memory, so no atomic instructions are needed; each index is read or
-    written as one aligned 32-bit access through ``memoryview.cast("I")``
-    (never through byte slices, which may be copied piecewise).  x86 keeps
-    loads ordered with loads and stores with stores, which gives the two
-    orderings the protocol needs: we read ``req_prod`` before the bytes it
-    covers, and write reply bytes before publishing ``rsp_prod``.  Indices are
+    Every index has exactly one writer: we only write ``req_cons``,
+    ``rsp_prod`` (and ``error``), the guest only ``req_prod`` and
+    ``rsp_cons``.  Both directions are :class:`hospes.pv.ring.ByteRing`,
+    whose docstring gives the argument: whole-word index accesses, and x86's
+    ordering of loads with loads and stores with stores.  Indices are
     free-running u32; the byte position is ``idx & 1023``; ``prod - cons`` must
     never exceed 1024.
 
@@ -63,6 +59,8 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterator, Sequence
 
 from hospes.state import StateError, check_version
+
+from hospes.pv.ring import ByteRing, RingError, index_words, writable_page
 
 from .errors import StoreError
 from .transactions import Transaction, TransactionsState, TransactionTable, commit
@@ -555,13 +553,12 @@ class RingConnection(Connection):
     def __init__(
         self, store: Store, domid: int, page: memoryview, notify: Callable[[], None]
     ) -> None:
-        page = memoryview(page)
-        if page.format != "B":
-            page = page.cast("B")
-        if page.readonly or len(page) < PAGE_SIZE:
-            raise ValueError("The xenstore ring needs a writable 4096-byte page")
-        self._page = page
-        self._idx = page[INDEX_OFFSET : INDEX_OFFSET + 32].cast("I")
+        page = writable_page(page, "xenstore")
+        self._idx = index_words(page, INDEX_OFFSET, 8)
+        self._req = ByteRing(page, data=REQ_OFFSET, size=RING_SIZE, indices=self._idx, cons=REQ_CONS,
+                             prod=REQ_PROD)
+        self._rsp = ByteRing(page, data=RSP_OFFSET, size=RING_SIZE, indices=self._idx, cons=RSP_CONS,
+                             prod=RSP_PROD)
         self._notify = notify
         self._inbuf = bytearray()
         self._in_len = -1  # payload length once the header is complete
@@ -592,39 +589,22 @@ class RingConnection(Connection):
                 self._fail(XENSTORE_ERROR_COMM, "internal error")
 
     # -- ring I/O ---------------------------------------------------------
-    def _read_ring(self, base: int, idx: int, n: int) -> bytes:
-        off = idx & (RING_SIZE - 1)
-        first = min(n, RING_SIZE - off)
-        data = bytes(self._page[base + off : base + off + first])
-        if first < n:
-            data += bytes(self._page[base : base + n - first])
-        return data
-
-    def _write_ring(self, base: int, idx: int, data: bytes) -> None:
-        off = idx & (RING_SIZE - 1)
-        first = min(len(data), RING_SIZE - off)
-        self._page[base + off : base + off + first] = data[:first]
-        if first < len(data):
-            self._page[base : base + len(data) - first] = data[first:]
-
     def _pull(self) -> bool:
         """Take request bytes while the output backlog allows; True if any."""
         progress = False
         while not self._broken and self._out_bytes - self._out_offset < OUTPUT_BACKLOG_LIMIT:
-            cons = self._idx[REQ_CONS]
-            avail = (self._idx[REQ_PROD] - cons) & _MASK
-            if avail == 0:
-                break
-            if avail > RING_SIZE:
-                self._fail(XENSTORE_ERROR_RINGIDX, f"request indices differ by {avail}")
-                break
             if self._in_len < 0:
                 need = HEADER_SIZE - len(self._inbuf)
             else:
                 need = HEADER_SIZE + self._in_len - len(self._inbuf)
-            n = min(avail, need)
-            self._inbuf += self._read_ring(REQ_OFFSET, cons, n)
-            self._idx[REQ_CONS] = (cons + n) & _MASK
+            try:
+                chunk = self._req.read(need)
+            except RingError as e:
+                self._fail(XENSTORE_ERROR_RINGIDX, f"request ring: {e}")
+                break
+            if not chunk:
+                break
+            self._inbuf += chunk
             progress = self._kick = True
             self._take_message()
         return progress
@@ -646,26 +626,23 @@ class RingConnection(Connection):
         """Write as much queued output as fits into rsp[]."""
         if self._broken:
             return
-        cons = self._idx[RSP_CONS]
-        start = prod = self._idx[RSP_PROD]
-        used = (prod - cons) & _MASK
-        if used > RING_SIZE:
-            self._fail(XENSTORE_ERROR_RINGIDX, f"response indices differ by {used}")
-            return
-        space = RING_SIZE - used
-        while space and self._outq:
-            data = self._outq[0][0]
-            chunk = data[self._out_offset : self._out_offset + space]
-            self._write_ring(RSP_OFFSET, prod, chunk)
-            prod = (prod + len(chunk)) & _MASK
-            space -= len(chunk)
-            self._out_offset += len(chunk)
-            if self._out_offset == len(data):
+        rsp = self._rsp
+        try:
+            rsp.writable()   # check the indices even with nothing to send
+            while self._outq:
+                data = self._outq[0][0]
+                if self._out_offset < len(data):
+                    n = rsp.write(memoryview(data)[self._out_offset:])
+                    if not n:
+                        break
+                    self._kick = True
+                    self._out_offset += n
+                    if self._out_offset < len(data):
+                        break   # the ring is full
                 self._pop_output()
                 self._out_offset = 0
-        if prod != start:
-            self._idx[RSP_PROD] = prod
-            self._kick = True
+        except RingError as e:
+            self._fail(XENSTORE_ERROR_RINGIDX, f"response ring: {e}")
 
     def _flush_locked(self) -> bool:
         if not self._broken and not self._closed:
