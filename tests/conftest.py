@@ -46,4 +46,20 @@ def hospes_cli():
     return run_hospes
 
 
+@pytest.fixture
+def dom():
+    """A PV domain without KVM over real guest memory (tests/pv_fakes.py), for hypercall unit tests."""
+    from pv_fakes import FakePvDomain
+
+    d = FakePvDomain()
+    yield d
+    d.close_memory()
+
+
+@pytest.fixture
+def vcpu(dom):
+    """The fake domain's vCPU 0."""
+    return dom.vcpus[0]
+
+
 __all__ = ["run_hospes", "Path"]

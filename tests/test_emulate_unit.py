@@ -18,7 +18,6 @@ the guest's #PF.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 
 import pytest
 
@@ -36,13 +35,6 @@ GP_HANDLER = HANDLER + 0x200
 KERNEL_RSP = STACK_TOP - 0x400
 RAX = 0x1122_3344_5566_7788
 ARG_BYTES = CODE_VA + 0x800                     # bytes a string instruction reads
-
-
-@pytest.fixture
-def dom() -> Iterator[FakePvDomain]:
-    d = FakePvDomain()
-    yield d
-    d.close_memory()
 
 
 @pytest.fixture

@@ -618,28 +618,18 @@ def test_restore_rejects_a_state_that_does_not_fit(guest: Guest, ev: EventChanne
     _populate(ev, backends)
     state = ev.save()
 
-    def restore(nr_vcpus: int, backends: Mapping[int, Backend]) -> EventChannels:
-        return EventChannels.restore(
-            state,
-            shared_info_addr=guest.base,
-            nr_vcpus=nr_vcpus,
-            vcpu_info_addr=guest.vcpu_info.__getitem__,
-            kick=guest.kicks.append,
-            domid=DOMID,
-            backends=backends,
-        )
-
     with pytest.raises(StateError, match="backend"):
-        restore(NR_VCPUS, {})
+        _restore_into(guest, state, {})
     with pytest.raises(StateError, match="vCPU"):
-        restore(1, backends)
+        _restore_into(guest, state, backends, nr_vcpus=1)
 
 
-def _restore_into(guest: Guest, state: EventChannelState, backends: Mapping[int, Backend]) -> EventChannels:
+def _restore_into(guest: Guest, state: EventChannelState, backends: Mapping[int, Backend],
+                  nr_vcpus: int = NR_VCPUS) -> EventChannels:
     return EventChannels.restore(
         state,
         shared_info_addr=guest.base,
-        nr_vcpus=NR_VCPUS,
+        nr_vcpus=nr_vcpus,
         vcpu_info_addr=guest.vcpu_info.__getitem__,
         kick=guest.kicks.append,
         domid=DOMID,

@@ -13,7 +13,6 @@ hypercall number is -ENOSYS, grant-table errors go in the status field.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 
 import pytest
 
@@ -27,18 +26,6 @@ from pv_fakes import ARG_VA, BUF_VA, CMDLINE, DOMID, STACK_TOP, UUID, FakePvDoma
 
 PENDING, MASK = 0x800, 0xA00                  # shared_info.evtchn_pending / evtchn_mask
 UNMAPPED = 0x1000
-
-
-@pytest.fixture
-def dom() -> Iterator[FakePvDomain]:
-    d = FakePvDomain()
-    yield d
-    d.close_memory()
-
-
-@pytest.fixture
-def vcpu(dom: FakePvDomain) -> FakeVcpu:
-    return dom.vcpus[0]
 
 
 def s16(data: bytes, offset: int = 0) -> int:

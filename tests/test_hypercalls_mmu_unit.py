@@ -10,7 +10,6 @@ counts the requests that succeeded, an unknown command is -ENOSYS.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 
 import pytest
 
@@ -43,18 +42,6 @@ UVMF_NONE = 0
 UVMF_TLB_FLUSH = 1
 UVMF_INVLPG = 2
 UVMF_ALL = 4
-
-
-@pytest.fixture
-def dom() -> Iterator[FakePvDomain]:
-    d = FakePvDomain()
-    yield d
-    d.close_memory()
-
-
-@pytest.fixture
-def vcpu(dom: FakePvDomain) -> FakeVcpu:
-    return dom.vcpus[0]
 
 
 def l1_slot(index: int) -> int:

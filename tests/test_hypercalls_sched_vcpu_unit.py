@@ -14,7 +14,6 @@ with VCPU_SSHOTTMR_future is -ETIME, a second vcpu_info registration is
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 
 import pytest
 
@@ -28,18 +27,6 @@ from pv_fakes import ARG_VA, BUF_VA, BUF_FRAME, L4_FRAME, STACK_TOP, FakePvDomai
 
 HANDLER = 0xFFFF_FFFF_8100_0000
 MS = 1_000_000
-
-
-@pytest.fixture
-def dom() -> Iterator[FakePvDomain]:
-    d = FakePvDomain()
-    yield d
-    d.close_memory()
-
-
-@pytest.fixture
-def vcpu(dom: FakePvDomain) -> FakeVcpu:
-    return dom.vcpus[0]
 
 
 def sched_op(vcpu: FakeVcpu, cmd: int, payload: bytes = b"") -> int:

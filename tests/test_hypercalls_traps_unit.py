@@ -10,7 +10,6 @@ frame from the guest stack and does not return.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 
 import pytest
 
@@ -36,18 +35,6 @@ NOT_PRESENT_SYSTEM = 0x0000_0900_0000_0067
 def data_descriptor(base: int) -> int:
     """A present, writable, DPL-3 data descriptor with a 4 GiB limit."""
     return 0xFFFF | ((base & 0xFFFFFF) << 16) | (0xF3 << 40) | (0xCF << 48) | ((base >> 24) << 56)
-
-
-@pytest.fixture
-def dom() -> Iterator[FakePvDomain]:
-    d = FakePvDomain()
-    yield d
-    d.close_memory()
-
-
-@pytest.fixture
-def vcpu(dom: FakePvDomain) -> FakeVcpu:
-    return dom.vcpus[0]
 
 
 # --- set_trap_table ------------------------------------------------------------------------------
