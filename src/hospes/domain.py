@@ -128,7 +128,6 @@ class Domain:
         self._done = threading.Event()
         self._console_lock = threading.Lock()
         self._store_lock = threading.Lock()
-        self._started = False
 
         self.kvm = Kvm()
         self.vm = self.kvm.create_vm()
@@ -141,7 +140,7 @@ class Domain:
             PvHooks(console_io=self._console_io, shutdown=self._guest_shutdown, crash=self._crash),
         )
         self.evtchn = self.pv.evtchn
-        self.console_port = self.evtchn.alloc_backend_port(_Backend(self._console_event))
+        self.console_port = self.evtchn.alloc_backend_port(_Backend(self._service_console))
         self.store_port = self.evtchn.alloc_backend_port(_Backend(self._store_event))
 
         self.boot = build_domain(
@@ -193,9 +192,6 @@ class Domain:
                 self.console_out(out)
             self.console.flush_input()
 
-    def _console_event(self) -> None:
-        self._service_console()
-
     def _store_event(self) -> None:
         with self._store_lock:
             self.store_conn.service()
@@ -239,10 +235,8 @@ class Domain:
         console input is pushed in with :meth:`console_input`.
         """
         install_kick_handler()
-        self._started = True
         try:
             self.pv.start()
-            self._service_console()  # input queued before the start
             self._done.wait()
         finally:
             self.pv.stop()

@@ -12,7 +12,9 @@ reached only through :class:`PvHooks`, three callbacks the assembler
 Construction order (``hospes.domain.Domain`` does this)::
 
     PvDomain(mem, layout, trampoline, vm, cpuid, identity, hooks)
-      -> evtchn.alloc_backend_port(...)* -> builder -> boot(image) -> start() -> ... -> stop() -> close()
+      -> evtchn.alloc_backend_port(...)* -> builder -> boot(...) -> start() -> ... -> stop() -> join() -> close()
+
+or, restoring, PvDomain(..., saved=state, backends=...) -> start() -> ...
 """
 
 from __future__ import annotations
