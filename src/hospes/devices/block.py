@@ -211,7 +211,7 @@ class BlockBackend:
 
     def _serve(self) -> None:
         while not self._stop:
-            self._work.wait(0.5)
+            self._work.wait()  # set by every notify, connect and close: nothing to poll
             self._work.clear()
             if self.connected and not self._stop:
                 with self._lock:
