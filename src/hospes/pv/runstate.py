@@ -70,19 +70,16 @@ class VcpuRun:
 
     def __init__(self, online: bool = False) -> None:
         self.cond = threading.Condition()
-        self._state = RunState.RUNNING if online else RunState.DOWN
+        # Changed only under ``cond``; read without it on the hot path (a word read is atomic).
+        self.state = RunState.RUNNING if online else RunState.DOWN
         self._paused_in: RunState | None = None  # the state PAUSED interrupted
         self._kicks = 0                            # bumped by every kick, so waiters can tell
         self.parked = False                        # the vCPU thread sleeps between exits (wait_runnable)
 
     @property
-    def state(self) -> RunState:
-        return self._state
-
-    @property
     def online(self) -> bool:
         """Up (running, blocked, or paused while up)."""
-        s = self._paused_in if self._state is RunState.PAUSED else self._state
+        s = self._paused_in if self.state is RunState.PAUSED else self.state
         return s in (RunState.RUNNING, RunState.BLOCKED)
 
     def fire(self, event: RunEvent) -> RunState:
@@ -90,29 +87,29 @@ class VcpuRun:
         with self.cond:
             self._apply(event)
             self.cond.notify_all()
-            return self._state
+            return self.state
 
     def _apply(self, event: RunEvent) -> None:
-        state = self._state
+        state = self.state
         if state is RunState.STOPPING:
             return
         if event is RunEvent.STOP:
-            self._state = RunState.STOPPING
+            self.state = RunState.STOPPING
         elif event is RunEvent.PAUSE:
             if state is not RunState.PAUSED:
-                self._paused_in, self._state = state, RunState.PAUSED
+                self._paused_in, self.state = state, RunState.PAUSED
         elif event is RunEvent.UNPAUSE:
             if state is RunState.PAUSED:
                 assert self._paused_in is not None
-                self._state, self._paused_in = self._paused_in, None
+                self.state, self._paused_in = self._paused_in, None
         elif state is RunState.PAUSED:
             assert self._paused_in is not None
             self._paused_in = TRANSITIONS.get((self._paused_in, event), self._paused_in)
         else:
-            self._state = TRANSITIONS.get((state, event), state)
+            self.state = TRANSITIONS.get((state, event), state)
 
     def _now(self) -> RunState:
-        return self._state
+        return self.state
 
     def kick(self) -> None:
         """Wake whatever this vCPU's thread is waiting for, so it looks again."""
@@ -123,16 +120,16 @@ class VcpuRun:
     def wait_runnable(self) -> RunState:
         """Sleep until the vCPU may run guest code (RUNNING) or must stop (STOPPING)."""
         with self.cond:
-            while self._state not in (RunState.RUNNING, RunState.STOPPING):
+            while self.state not in (RunState.RUNNING, RunState.STOPPING):
                 self.parked = True
                 self.cond.wait()
             self.parked = False
-            return self._state
+            return self.state
 
     def restore_online(self, online: bool) -> None:
         """Set up/down for a vCPU being restored (its thread has not started)."""
         with self.cond:
-            self._state = RunState.RUNNING if online else RunState.DOWN
+            self.state = RunState.RUNNING if online else RunState.DOWN
             self._paused_in = None
 
     def block(self, ready: Callable[[], bool], deadline_ns: int = 0,
@@ -145,7 +142,7 @@ class VcpuRun:
         stays asleep; it returns only once it may run again.
         """
         with self.cond:
-            if self._state is not RunState.RUNNING:
+            if self.state is not RunState.RUNNING:
                 return
             self._apply(RunEvent.BLOCK)
             try:

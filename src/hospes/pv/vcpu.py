@@ -341,8 +341,11 @@ class PvVcpu:
     def _loop(self) -> None:
         dom = self.domain
         run = self.kvm.run
-        runnable = self.run_state.wait_runnable
-        while runnable() is RunState.RUNNING:
+        run_state = self.run_state
+        running = RunState.RUNNING
+        # The lock-free check keeps the common case (running on) off the lock; a
+        # change that lands just after it is followed by a kick, which ends KVM_RUN.
+        while run_state.state is running or run_state.wait_runnable() is running:
             if self.start_context is not None:
                 self._apply_start_context()
             if time.monotonic_ns() >= self.next_clock_sync:
