@@ -38,14 +38,14 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, cast
+from typing import ClassVar
 
 from hospes.devices.host import BACKEND_DOMID, DeviceHost
 from hospes.devices.xenbus import XenbusBackend, XenbusState, device_paths, publish_device
 from hospes.errors import HospesError
 from hospes.pv.evtchn import BackendEndpoint
 from hospes.pv.ring import BackRing, BackRingState, RingError
-from hospes.state import SavedState, StateError, check_version
+from hospes.state import StateError, check_version
 
 log = logging.getLogger(__name__)
 
@@ -336,11 +336,11 @@ class BlockBackend:
         afterwards with this backend's :meth:`endpoints`. The worker looks at
         the ring at once, for requests the guest published meanwhile.
         """
-        check_version(cast(SavedState, state), "block backend")
+        check_version(state, "block backend")
         if state.vdev != disk.vdev:
             raise StateError(f"The saved block backend is virtual device {state.vdev}, not {disk.vdev}.")
         if state.ring is not None:
-            check_version(cast(SavedState, state.ring), "block ring")
+            check_version(state.ring, "block ring")
             if not 0 <= state.ring.frame < host.grants.ram_frames:
                 raise StateError(f"The saved block ring is at frame {state.ring.frame:#x}, outside the guest's RAM.")
         backend = cls.__new__(cls)

@@ -33,10 +33,10 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Callable, ClassVar, cast
+from typing import Callable, ClassVar
 
 from hospes.pv.ring import ByteRing, RingError, index_words, writable_page
-from hospes.state import SavedState, check_version
+from hospes.state import check_version
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class ConsoleBackend:
         cls, state: ConsoleState, *, page: memoryview, notify: Callable[[], None]
     ) -> ConsoleBackend:
         """A backend over the (restored) console page holding the saved pending input."""
-        check_version(cast(SavedState, state), "console backend")
+        check_version(state, "console backend")
         backend = cls(page, notify)
         backend._pending = bytearray(state.pending_input[:PENDING_INPUT_LIMIT])
         return backend

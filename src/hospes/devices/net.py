@@ -53,7 +53,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import ClassVar, cast
+from typing import ClassVar
 
 from hospes.devices.tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUNSETOFFLOAD, NetError, attach_to_bridge, open_tap
 from hospes.devices.netrate import TxCredit
@@ -63,7 +63,7 @@ from hospes.errors import HospesError
 from hospes.pv.evtchn import BackendEndpoint
 from hospes.pv.grant import GrantError
 from hospes.pv.ring import BackRing, BackRingState, RingError
-from hospes.state import SavedState, StateError, check_version
+from hospes.state import StateError, check_version
 
 log = logging.getLogger(__name__)
 
@@ -919,13 +919,13 @@ class NetBackend:
         published. ``host.evtchn`` is not touched: restore the event channels
         afterwards with this backend's :meth:`endpoints`.
         """
-        check_version(cast(SavedState, state), "net backend")
+        check_version(state, "net backend")
         if (state.devid, state.mac.lower()) != (vif.devid, vif.mac.lower()):
             raise StateError(f"The saved vif is {state.devid} ({state.mac}), not {vif.devid} ({vif.mac}).")
         rings = (state.tx_ring, state.rx_ring)
         for ring in rings:
             if ring is not None:
-                check_version(cast(SavedState, ring), "vif ring")
+                check_version(ring, "vif ring")
                 if not 0 <= ring.frame < host.grants.ram_frames:
                     raise StateError(f"The saved vif ring is at frame {ring.frame:#x}, outside the guest's RAM.")
         if (state.tx_ring is None) != (state.rx_ring is None) or not 0 <= state.rx_pending_slots <= RING_SLOTS:

@@ -34,11 +34,11 @@ set GTF_reading/GTF_writing; see :meth:`GrantTable.lookup`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, cast
+from typing import ClassVar
 
 from hospes.errors import HospesError
 from hospes.machine.memory import PAGE_SHIFT, PAGE_SIZE, GuestMemory
-from hospes.state import SavedState, StateError, check_version
+from hospes.state import StateError, check_version
 
 GTF_type_mask = 3
 GTF_invalid = 0
@@ -154,8 +154,7 @@ class GrantTable:
     def restore(cls, state: GrantTableState, *, mem: GuestMemory, base_gpa: int, max_frames: int,
                 ram_frames: int) -> GrantTable:
         """A table over ``mem`` with the saved number of frames set up."""
-        # cast: SavedState declares ``version`` settable, which a frozen dataclass's field is not
-        check_version(cast(SavedState, state), "grant table")
+        check_version(state, "grant table")
         table = cls(mem, base_gpa=base_gpa, max_frames=max_frames, ram_frames=ram_frames)
         if not 0 <= state.nr_frames <= max_frames:
             raise StateError(
