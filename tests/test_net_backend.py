@@ -15,6 +15,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from waiting import wait_for
 
 from hospes.devices import net
 from hospes.devices.net import (
@@ -61,16 +62,6 @@ FRONT = f"/local/domain/{D}/device/vif/0"
 BACK = f"/local/domain/0/backend/vif/{D}/0"
 VNET = struct.Struct("<BBHHHH")
 
-
-
-
-def wait_for(cond, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
 
 
 # --- a reference checksum, written independently of the backend's ------------------------

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from hospes.pv.runstate import TRANSITIONS, RunEvent, RunState, VcpuRun
+from waiting import wait_for
 
 
 def in_thread(fn) -> tuple[threading.Thread, list[object]]:
@@ -15,15 +16,6 @@ def in_thread(fn) -> tuple[threading.Thread, list[object]]:
     t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
     t.start()
     return t, out
-
-
-def wait_until(cond, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.001)
-    return cond()
 
 
 def test_the_table_moves_a_vcpu_up_blocked_and_down():
@@ -60,7 +52,7 @@ def test_wait_runnable_sleeps_while_paused_and_returns_on_unpause():
     r = VcpuRun(online=True)
     r.fire(RunEvent.PAUSE)
     t, out = in_thread(r.wait_runnable)
-    assert wait_until(lambda: r.parked)
+    assert wait_for(lambda: r.parked)
     assert out == []
     r.fire(RunEvent.UNPAUSE)
     t.join(5)
@@ -70,7 +62,7 @@ def test_wait_runnable_sleeps_while_paused_and_returns_on_unpause():
 def test_wait_runnable_returns_stopping_for_a_down_vcpu_that_is_stopped():
     r = VcpuRun()
     t, out = in_thread(r.wait_runnable)
-    assert wait_until(lambda: r.parked)
+    assert wait_for(lambda: r.parked)
     r.fire(RunEvent.STOP)
     t.join(5)
     assert out == [RunState.STOPPING]
@@ -80,7 +72,7 @@ def test_block_returns_when_a_kick_finds_the_vcpu_ready():
     r = VcpuRun(online=True)
     ready = threading.Event()
     t, out = in_thread(lambda: r.block(ready.is_set))
-    assert wait_until(lambda: r.state is RunState.BLOCKED)
+    assert wait_for(lambda: r.state is RunState.BLOCKED)
     r.kick()                           # a kick without a reason: still blocked
     time.sleep(0.01)
     assert t.is_alive() and r.state is RunState.BLOCKED
@@ -100,7 +92,7 @@ def test_block_ends_at_its_deadline_on_the_given_clock():
     r = VcpuRun(online=True)
     now = [100]
     t, out = in_thread(lambda: r.block(lambda: False, deadline_ns=150, now_ns=lambda: now[0]))
-    assert wait_until(lambda: r.state is RunState.BLOCKED)
+    assert wait_for(lambda: r.state is RunState.BLOCKED)
     now[0] = 200
     r.kick()
     t.join(5)
@@ -111,7 +103,7 @@ def test_a_blocked_vcpu_paused_and_woken_runs_only_after_unpause():
     r = VcpuRun(online=True)
     ready = threading.Event()
     t, _ = in_thread(lambda: r.block(ready.is_set))
-    assert wait_until(lambda: r.state is RunState.BLOCKED)
+    assert wait_for(lambda: r.state is RunState.BLOCKED)
     r.fire(RunEvent.PAUSE)
     ready.set()
     r.kick()
@@ -126,7 +118,7 @@ def test_a_blocked_vcpu_paused_and_woken_runs_only_after_unpause():
 def test_stop_or_down_ends_a_block(event: RunEvent, final: RunState):
     r = VcpuRun(online=True)
     t, _ = in_thread(lambda: r.block(lambda: False))
-    assert wait_until(lambda: r.state is RunState.BLOCKED)
+    assert wait_for(lambda: r.state is RunState.BLOCKED)
     r.fire(event)
     t.join(5)
     assert not t.is_alive() and r.state is final
