@@ -33,8 +33,7 @@ def test_pause_remembers_the_state_and_events_meanwhile_change_it():
     r = VcpuRun(online=True)
     r.fire(RunEvent.BLOCK)
     assert r.fire(RunEvent.PAUSE) is RunState.PAUSED and r.online
-    r.fire(RunEvent.WAKE)              # an event arrived while paused
-    assert r.fire(RunEvent.UNPAUSE) is RunState.RUNNING
+    assert r.fire(RunEvent.UNPAUSE) is RunState.RUNNING  # the pause woke it
     r.fire(RunEvent.PAUSE)
     r.fire(RunEvent.DOWN)
     assert not r.online
@@ -99,19 +98,21 @@ def test_block_ends_at_its_deadline_on_the_given_clock():
     assert not t.is_alive() and r.state is RunState.RUNNING
 
 
-def test_a_blocked_vcpu_paused_and_woken_runs_only_after_unpause():
+def test_pausing_a_blocked_vcpu_ends_the_block_and_it_parks_until_unpause():
     r = VcpuRun(online=True)
-    ready = threading.Event()
-    t, _ = in_thread(lambda: r.block(ready.is_set))
+    t, _ = in_thread(lambda: (r.block(lambda: False), r.wait_runnable())[1])
     assert wait_for(lambda: r.state is RunState.BLOCKED)
     r.fire(RunEvent.PAUSE)
-    ready.set()
-    r.kick()
-    time.sleep(0.01)
+    assert r.wait_parked(5)               # out of the hypercall, sleeping between exits
     assert t.is_alive() and r.state is RunState.PAUSED
     r.fire(RunEvent.UNPAUSE)
     t.join(5)
     assert not t.is_alive() and r.state is RunState.RUNNING
+
+
+def test_wait_parked_times_out_for_a_running_vcpu():
+    r = VcpuRun(online=True)
+    assert not r.wait_parked(0.01)
 
 
 @pytest.mark.parametrize("event, final", [(RunEvent.STOP, RunState.STOPPING), (RunEvent.DOWN, RunState.DOWN)])

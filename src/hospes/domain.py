@@ -18,12 +18,12 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
-from hospes.devices.block import BlockBackend, DiskConfig
-from hospes.devices.console import ConsoleBackend
+from hospes.devices.block import BlockBackend, BlockState, DiskConfig
+from hospes.devices.console import ConsoleBackend, ConsoleState
 from hospes.devices.host import BackendHost
-from hospes.devices.net import NetBackend, VifConfig
+from hospes.devices.net import NetBackend, NetState, VifConfig
 from hospes.errors import HospesError
 from hospes.kvm import Kvm
 from hospes.machine.memory import PAGE_SIZE, GuestMemory
@@ -31,12 +31,15 @@ from hospes.pv import abi
 from hospes.pv import layout as L
 from hospes.pv.builder import build_domain, hypercall_page_bytes
 from hospes.pv.cpuid import CpuidPolicy
-from hospes.pv.image.kernel import load_pv_kernel
-from hospes.pv.pvdomain import DomainIdentity, PvDomain, PvHooks
-from hospes.pv.store import Store, populate_domain
+from hospes.pv.evtchn import BackendEndpoint, EventChannels
+from hospes.pv.grant import GrantTable
+from hospes.pv.image.kernel import PvKernel, load_pv_kernel
+from hospes.pv.pvdomain import DomainIdentity, PvDomain, PvDomainState, PvHooks
+from hospes.pv.store import ConnectionState, Store, StoreState, populate_domain
 from hospes.pv.store.connection import RingConnection
 from hospes.pv.trampoline import Trampoline
 from hospes.pv.vcpu import PvVcpu, install_kick_handler
+from hospes.state import StateError, check_version
 
 MIN_MEMORY_MIB = 16
 MAX_MEMORY_MIB = 64 * 1024
@@ -96,10 +99,64 @@ class _Backend:
         self.notify = fn
 
 
-class Domain:
-    """A running PV domain inside this process."""
+@dataclass(frozen=True)
+class DomainState:
+    """A domain's state beyond its memory: the PV domain, the store and its
+    connection, the console and the backends (see :meth:`Domain.save`)."""
 
-    def __init__(self, config: DomainConfig, console_out: Callable[[bytes], None] | None = None) -> None:
+    VERSION: ClassVar[int] = 1
+    uuid: str
+    pv: PvDomainState
+    store: StoreState
+    store_conn: ConnectionState
+    console: ConsoleState
+    disks: tuple[BlockState, ...]
+    vifs: tuple[NetState, ...]
+    console_port: int
+    store_port: int
+    console_gpa: int
+    store_gpa: int
+    version: int = VERSION
+
+
+class _LatePorts:
+    """Event channels for backends restored before the event channels are:
+    notifications made meanwhile are kept and passed on once they exist."""
+
+    def __init__(self) -> None:
+        self.target: EventChannels | None = None
+        self.held: list[tuple[int, BackendEndpoint | None]] = []
+        self.lock = threading.Lock()
+
+    def bind_interdomain_local(self, port: int, backend: BackendEndpoint) -> None:
+        raise DomainError("A backend tried to bind an event channel while the domain was being restored.")
+
+    def notify_backend_port(self, port: int, backend: BackendEndpoint | None = None) -> None:
+        with self.lock:
+            if self.target is None:
+                self.held.append((port, backend))
+                return
+        self.target.notify_backend_port(port, backend)
+
+    def attach(self, target: EventChannels) -> None:
+        with self.lock:
+            self.target, held = target, self.held
+            self.held = []
+        for port, backend in held:
+            target.notify_backend_port(port, backend)
+
+
+class Domain:
+    """A running PV domain inside this process.
+
+    ``Domain(config)`` builds a new domain from its kernel;
+    ``Domain(config, saved=(state, memory))`` rebuilds the one :meth:`save`
+    and :meth:`save_memory` described, on a new VM (restore is construction
+    with a state).
+    """
+
+    def __init__(self, config: DomainConfig, console_out: Callable[[bytes], None] | None = None,
+                 saved: tuple[DomainState, bytes] | None = None) -> None:
         if not MIN_MEMORY_MIB <= config.memory_mib <= MAX_MEMORY_MIB:
             raise DomainError(
                 f"Memory size {config.memory_mib} MiB is out of range: give between {MIN_MEMORY_MIB} and "
@@ -109,21 +166,35 @@ class Domain:
             raise DomainError(f"A domain has between 1 and {MAX_VCPUS} vCPUs; {config.vcpus} were asked for.")
         self.config = config
         self.domid = config.domid
-        self.uuid = uuidlib.UUID(config.uuid) if config.uuid else uuidlib.uuid4()
         self.console_out = console_out or _stdout
-        kernel = load_pv_kernel(config.kernel)
-        initrd = None
-        if config.ramdisk is not None:
-            try:
-                initrd = Path(config.ramdisk).read_bytes()
-            except OSError as e:
-                raise DomainError(f"Cannot read the ramdisk {config.ramdisk}: {e.strerror}; check the path.") from e
         self.layout = L.Layout(ram_pages=config.memory_mib * 256, nr_vcpus=config.vcpus)
         lay = self.layout
+        if saved is None:
+            self.uuid = uuidlib.UUID(config.uuid) if config.uuid else uuidlib.uuid4()
+            kernel = load_pv_kernel(config.kernel)
+            initrd = None
+            if config.ramdisk is not None:
+                try:
+                    initrd = Path(config.ramdisk).read_bytes()
+                except OSError as e:
+                    raise DomainError(f"Cannot read the ramdisk {config.ramdisk}: {e.strerror}; check the path.") from e
+        else:
+            state, memory = saved
+            check_version(state, "domain")
+            self.uuid = uuidlib.UUID(state.uuid)
+            if len(state.disks) != len(config.disks) or len(state.vifs) != len(config.vifs):
+                raise StateError(
+                    f"The saved domain has {len(state.disks)} disks and {len(state.vifs)} network interfaces; "
+                    f"the configuration gives {len(config.disks)} and {len(config.vifs)}.")
         self.mem = GuestMemory([
             ("ram", lay.ram_bytes), ("xen", L.XEN_FRAMES * PAGE_SIZE), ("hv", lay.hv_pages * PAGE_SIZE)
         ])
         self.trampoline = Trampoline(self.mem, lay)
+        if saved is not None:
+            if len(memory) != self.mem.size:
+                raise StateError(f"The saved memory is {len(memory)} bytes; a domain of {config.memory_mib} MiB "
+                                 f"and {config.vcpus} vCPUs has {self.mem.size}. Restore with its configuration.")
+            self.mem.buf[:] = memory
         self.result: ShutdownResult | None = None
         self._done = threading.Event()
         self._console_lock = threading.Lock()
@@ -134,21 +205,28 @@ class Domain:
         self.vm.set_user_memory_region(0, 0, lay.ram_bytes, self.mem.host_addr)
         self.vm.set_user_memory_region(1, lay.ram_bytes, self.mem.size - lay.ram_bytes,
                                        self.mem.host_addr + lay.ram_bytes)
-        self.pv = PvDomain(
-            self.mem, lay, self.trampoline, self.vm, CpuidPolicy(self.kvm.supported_cpuid()),
-            DomainIdentity(self.domid, self.uuid, config.cmdline),
-            PvHooks(console_io=self._console_io, shutdown=self._guest_shutdown, crash=self._crash),
-        )
+        cpuid = CpuidPolicy(self.kvm.supported_cpuid())
+        identity = DomainIdentity(self.domid, self.uuid, config.cmdline)
+        hooks = PvHooks(console_io=self._console_io, shutdown=self._guest_shutdown, crash=self._crash)
+        if saved is None:
+            self._build(config, kernel, initrd, cpuid, identity, hooks)
+        else:
+            self._restore(config, state, cpuid, identity, hooks)
+
+    def _build(self, config: DomainConfig, kernel: PvKernel, initrd: bytes | None, cpuid: CpuidPolicy,
+               identity: DomainIdentity, hooks: PvHooks) -> None:
+        lay = self.layout
+        self.pv = PvDomain(self.mem, lay, self.trampoline, self.vm, cpuid, identity, hooks)
         self.evtchn = self.pv.evtchn
         self.console_port = self.evtchn.alloc_backend_port(_Backend(self._service_console))
         self.store_port = self.evtchn.alloc_backend_port(_Backend(self._store_event))
-
-        self.boot = build_domain(
+        boot = build_domain(
             self.mem, lay.ram_pages, kernel, initrd, config.cmdline, lay.shared_info_gpa,
             self.store_port, self.console_port, self.trampoline.l4_entries, hypercall_page_bytes(),
         )
-        self.pv.boot(self.boot.l4_gpa, self.boot.entry, self.boot.stack_top, self.boot.start_info_va)
-        self.console = ConsoleBackend(self.mem.view(self.boot.console_gpa, PAGE_SIZE),
+        self.pv.boot(boot.l4_gpa, boot.entry, boot.stack_top, boot.start_info_va)
+        self.console_gpa, self.store_gpa = boot.console_gpa, boot.store_gpa
+        self.console = ConsoleBackend(self.mem.view(self.console_gpa, PAGE_SIZE),
                                       lambda: self.evtchn.notify_backend_port(self.console_port))
         self.store = Store()
         populate_domain(self.store, self.domid, config.name, str(self.uuid), config.vcpus,
@@ -157,8 +235,65 @@ class Domain:
                                        store=self.store)
         self.disks = [BlockBackend(self.device_host, disk) for disk in config.disks]
         self.vifs = [NetBackend(self.device_host, vif) for vif in config.vifs]
-        self.store_conn = RingConnection(self.store, self.domid, self.mem.view(self.boot.store_gpa, PAGE_SIZE),
+        self.store_conn = RingConnection(self.store, self.domid, self.mem.view(self.store_gpa, PAGE_SIZE),
                                          lambda: self.evtchn.notify_backend_port(self.store_port))
+
+    def _restore(self, config: DomainConfig, state: DomainState, cpuid: CpuidPolicy, identity: DomainIdentity,
+                 hooks: PvHooks) -> None:
+        """Backends first (they need the grant table and the store, not the event
+        channels), then the PV domain with their endpoints, then the rings."""
+        lay = self.layout
+        self.console_port, self.store_port = state.console_port, state.store_port
+        self.console_gpa, self.store_gpa = state.console_gpa, state.store_gpa
+        for gpa in (self.console_gpa, self.store_gpa):
+            if not 0 <= gpa < lay.ram_bytes or gpa % PAGE_SIZE:
+                raise StateError(f"The saved domain's console or store ring at {gpa:#x} is not a page of its RAM.")
+        self.store = Store.restore(state.store)
+        grants = GrantTable.restore(state.pv.grants, mem=self.mem, base_gpa=lay.grant_frame_gpa(0),
+                                    max_frames=L.MAX_GRANT_FRAMES, ram_frames=lay.ram_pages)
+        late = _LatePorts()
+        self.device_host = BackendHost(domid=self.domid, mem=self.mem, grants=grants, evtchn=late, store=self.store)
+        self.disks = [BlockBackend.restore(s, host=self.device_host, disk=d)
+                      for s, d in zip(state.disks, config.disks, strict=True)]
+        self.vifs = [NetBackend.restore(s, host=self.device_host, vif=v)
+                     for s, v in zip(state.vifs, config.vifs, strict=True)]
+        endpoints: dict[int, BackendEndpoint] = {self.console_port: _Backend(self._service_console),
+                                                 self.store_port: _Backend(self._store_event)}
+        for disk in self.disks:
+            endpoints.update(disk.endpoints())
+        for vif in self.vifs:
+            endpoints.update(vif.endpoints())
+        self.pv = PvDomain(self.mem, lay, self.trampoline, self.vm, cpuid, identity, hooks,
+                           saved=state.pv, backends=endpoints, grants=grants)
+        self.evtchn = self.pv.evtchn
+        self.device_host.evtchn = self.evtchn
+        late.attach(self.evtchn)
+        self.console = ConsoleBackend.restore(state.console, page=self.mem.view(self.console_gpa, PAGE_SIZE),
+                                              notify=lambda: self.evtchn.notify_backend_port(self.console_port))
+        self.store_conn = RingConnection.restore(self.store, self.mem.view(self.store_gpa, PAGE_SIZE),
+                                                 lambda: self.evtchn.notify_backend_port(self.store_port),
+                                                 state.store_conn)
+
+    # --- saved state -----------------------------------------------------------------
+
+    def save(self) -> DomainState:
+        """Pause the domain, let every vCPU park, and describe it (the domain stays paused).
+
+        Guest memory is not in the record: :meth:`save_memory` copies it, once
+        this has returned and before the domain is unpaused.
+        """
+        self.pv.quiesce()
+        with self._console_lock, self._store_lock:
+            return DomainState(
+                uuid=str(self.uuid), pv=self.pv.save(), store=self.store.save(), store_conn=self.store_conn.save(),
+                console=self.console.save(), disks=tuple(d.save() for d in self.disks),
+                vifs=tuple(v.save() for v in self.vifs), console_port=self.console_port,
+                store_port=self.store_port, console_gpa=self.console_gpa, store_gpa=self.store_gpa,
+            )
+
+    def save_memory(self) -> bytes:
+        """A copy of the whole guest-physical space (RAM, Xen frames, hypervisor region)."""
+        return bytes(self.mem.buf)
 
     @property
     def vcpus(self) -> list[PvVcpu]:
@@ -261,4 +396,4 @@ def _stdout(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
-__all__ = ["Domain", "DomainConfig", "DomainError", "ShutdownReason", "ShutdownResult"]
+__all__ = ["Domain", "DomainConfig", "DomainError", "DomainState", "ShutdownReason", "ShutdownResult"]

@@ -106,10 +106,13 @@ class PvDomain:
     def __init__(self, mem: GuestMemory, layout: L.Layout, trampoline: Trampoline, vm: Vm,
                  cpuid: CpuidPolicy, identity: DomainIdentity, hooks: PvHooks,
                  saved: PvDomainState | None = None,
-                 backends: Mapping[int, BackendEndpoint] | None = None) -> None:
+                 backends: Mapping[int, BackendEndpoint] | None = None,
+                 grants: GrantTable | None = None) -> None:
         """A new domain, or with ``saved`` the domain :meth:`save` described
         (its guest memory already restored); ``backends`` then maps each saved
-        port connected to an in-process backend to that backend, live."""
+        port connected to an in-process backend to that backend, live, and
+        ``grants`` may be the grant table already restored from ``saved.grants``
+        (backends restored before the domain need it)."""
         self.mem = mem
         self.layout = layout
         self.trampoline = trampoline
@@ -135,8 +138,9 @@ class PvDomain:
             self.mmu = PvMmu.restore(saved.mmu, mem=mem, ram_pages=layout.ram_pages,
                                      guest_frames=layout.guest_frames, hv_l4_entries=trampoline.l4_entries)
             self.vm_assist = set(saved.vm_assist)
-            self.grants = GrantTable.restore(saved.grants, mem=mem, base_gpa=layout.grant_frame_gpa(0),
-                                             max_frames=L.MAX_GRANT_FRAMES, ram_frames=layout.ram_pages)
+            self.grants = grants or GrantTable.restore(
+                saved.grants, mem=mem, base_gpa=layout.grant_frame_gpa(0), max_frames=L.MAX_GRANT_FRAMES,
+                ram_frames=layout.ram_pages)
             self.shutdown_code = saved.shutdown_code
         self.stopping = False   # no vCPU enters the guest again
         self.paused = False
@@ -256,6 +260,18 @@ class PvDomain:
         for pv in self.vcpus:
             pv.run_state.fire(RunEvent.PAUSE)
             pv.kick()
+
+    def quiesce(self, timeout: float = 5.0) -> None:
+        """Pause, and wait until every vCPU thread sleeps between exits (for :meth:`save`).
+
+        A vCPU asleep in SCHEDOP_block or SCHEDOP_poll is woken by the pause
+        and parks once it has left the hypercall.
+        """
+        self.pause()
+        deadline = time.monotonic() + timeout
+        for pv in self.vcpus:
+            if pv.thread_ident is not None and not pv.run_state.wait_parked(deadline - time.monotonic()):
+                raise StateError(f"vCPU {pv.id} did not stop within {timeout:.0f} s; the domain cannot be saved now.")
 
     def unpause(self) -> None:
         self.paused = False

@@ -11,9 +11,12 @@ A vCPU thread is in one of five states::
 ``DOWN`` is a vCPU that is not up (secondary vCPUs before VCPUOP_up, or after
 VCPUOP_down). ``BLOCKED`` is SCHEDOP_block or SCHEDOP_poll: the vCPU thread
 sleeps inside the hypercall. ``PAUSED`` is the toolstack's pause; it remembers
-the state it interrupted, and events that arrive meanwhile (a wake, an up, a
-down) change that remembered state, so unpausing lands where an unpaused vCPU
-would be. ``STOPPING`` ends the vCPU thread.
+the state it interrupted, and events that arrive meanwhile (an up, a down)
+change that remembered state, so unpausing lands where an unpaused vCPU would
+be. Pausing a blocked vCPU wakes it (a block may always end early, and the
+guest's idle loop blocks again): its thread leaves the hypercall and *parks*
+between exits, where its whole state can be saved. ``STOPPING`` ends the vCPU
+thread.
 
 Why a condition variable and no timeouts: every event that can end a wait is
 one of the transitions above or a *kick* (an event channel raised for this
@@ -97,7 +100,8 @@ class VcpuRun:
             self.state = RunState.STOPPING
         elif event is RunEvent.PAUSE:
             if state is not RunState.PAUSED:
-                self._paused_in, self.state = state, RunState.PAUSED
+                resume = RunState.RUNNING if state is RunState.BLOCKED else state
+                self._paused_in, self.state = resume, RunState.PAUSED
         elif event is RunEvent.UNPAUSE:
             if state is RunState.PAUSED:
                 assert self._paused_in is not None
@@ -121,10 +125,23 @@ class VcpuRun:
         """Sleep until the vCPU may run guest code (RUNNING) or must stop (STOPPING)."""
         with self.cond:
             while self.state not in (RunState.RUNNING, RunState.STOPPING):
-                self.parked = True
+                if not self.parked:
+                    self.parked = True
+                    self.cond.notify_all()  # for wait_parked
                 self.cond.wait()
             self.parked = False
             return self.state
+
+    def wait_parked(self, timeout: float) -> bool:
+        """Wait until the vCPU thread sleeps between exits (or the vCPU stops); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not self.parked and self.state is not RunState.STOPPING:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+            return True
 
     def restore_online(self, online: bool) -> None:
         """Set up/down for a vCPU being restored (its thread has not started)."""
@@ -138,8 +155,8 @@ class VcpuRun:
         down or stopped, or the clock ``now_ns`` reaches ``deadline_ns`` (0: none).
 
         ``ready`` is checked under the lock after every kick and transition,
-        so the wake-up it waits for cannot be missed. While paused, the vCPU
-        stays asleep; it returns only once it may run again.
+        so the wake-up it waits for cannot be missed. A pause ends the block
+        too (the thread then parks in :meth:`wait_runnable`).
         """
         with self.cond:
             if self.state is not RunState.RUNNING:
@@ -147,17 +164,10 @@ class VcpuRun:
             self._apply(RunEvent.BLOCK)
             try:
                 while True:
-                    state = self._now()  # changed by other threads while we waited
-                    if state is RunState.STOPPING or (state is RunState.DOWN):
-                        return
-                    blocked = state is RunState.BLOCKED or self._paused_in is RunState.BLOCKED
-                    if blocked and ready():
+                    if self._now() is not RunState.BLOCKED:
+                        return  # woken, paused (which wakes), taken down or stopped
+                    if ready():
                         self._apply(RunEvent.WAKE)
-                        continue
-                    if state is RunState.RUNNING:
-                        return
-                    if state is RunState.PAUSED and not blocked:
-                        self.cond.wait()  # woken already; run again once unpaused
                         continue
                     if deadline_ns:
                         left = deadline_ns - now_ns()
