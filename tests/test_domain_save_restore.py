@@ -89,3 +89,44 @@ def test_a_saved_domain_is_not_restored_with_another_memory_size(default_images)
     bigger = DomainConfig(**{**cfg.__dict__, "memory_mib": 256})
     with pytest.raises(StateError, match="saved memory is"):
         Domain(bigger, console_out=lambda b: None, saved=(state, memory))
+
+
+def test_a_domain_saved_to_a_compressed_file_resumes_from_it(default_images, tmp_path):
+    from hospes.migrate.savefile import read_domain, write_domain
+
+    cfg = config(default_images, "for i in 0 1 2 3; do echo step-$i; sleep 1; done; exit 5")
+    first = Console()
+    dom = Domain(cfg, console_out=first)
+    path = tmp_path / "guest.hospes"
+    written: list[int] = []
+
+    def save_to_file() -> None:
+        try:
+            if first.wait_for(b"step-1", 120):
+                with path.open("wb") as f:
+                    written.append(write_domain(dom, f, {"name": cfg.name}, compress=True).pages_sent)
+        finally:
+            dom.destroy()
+
+    helper = threading.Thread(target=save_to_file, daemon=True)
+    helper.start()
+    try:
+        dom.run()
+    finally:
+        helper.join(30)
+        dom.close()
+    assert written == [dom.mem.size // 4096]
+    assert path.stat().st_size < dom.mem.size // 4   # zero pages and zstd
+
+    with path.open("rb") as f:
+        saved = read_domain(f)
+    assert saved.config == {"name": "saved"}
+    second = Console()
+    again = Domain(cfg, console_out=second, saved=(saved.state, saved.memory))
+    try:
+        result = again.run()
+    finally:
+        again.close()
+    out = second.data.decode(errors="replace")
+    assert result.reason is ShutdownReason.POWEROFF and "step-3" in out and "hospes-exit-status=5" in out, out[-2000:]
+    assert "step-0" not in out

@@ -1,0 +1,69 @@
+"""A whole domain through one stream: what ``hospes save`` writes and ``hospes restore`` reads.
+
+Order: HEADER, CONFIG (the toolstack's configuration of the domain and the
+size of its guest-physical space), PAGES (every page, zero pages as a flag),
+STATE (``DomainState`` as :func:`hospes.state.encode` gives it), END. A live
+migration sends the same records, with PAGES repeated as pages are dirtied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from hospes.domain import Domain, DomainState
+from hospes.migrate.stream import PAGE_SIZE, RecordType, StreamError, StreamWriter, read_records
+from hospes.state import StateError, decode, encode
+
+FEATURES = ("pv64", "zero-pages", "zstd")
+
+
+@dataclass(frozen=True)
+class SavedDomain:
+    config: Any            # what the writer passed as its configuration
+    state: DomainState
+    memory: bytes
+
+
+def write_domain(dom: Domain, out: BinaryIO, config: Any, *, compress: bool = False) -> StreamWriter:
+    """Pause ``dom``, save it and write it to ``out``; the domain stays paused."""
+    state = dom.save()
+    memory = dom.mem.buf
+    writer = StreamWriter(out, compress=compress, features=FEATURES)
+    writer.config({"domain": config, "memory_bytes": len(memory)})
+    writer.pages(range(len(memory) // PAGE_SIZE), memory)
+    writer.state(encode(state))
+    writer.end()
+    return writer
+
+
+def read_domain(inp: BinaryIO) -> SavedDomain:
+    """Read and check a whole stream; raises StreamError or StateError naming what is wrong."""
+    config: Any = None
+    memory: bytearray | None = None
+    state: DomainState | None = None
+    for record in read_records(inp):
+        if record.type is RecordType.CONFIG:
+            data = record.json()
+            size = data.get("memory_bytes") if isinstance(data, dict) else None
+            if not isinstance(size, int) or size <= 0 or size % PAGE_SIZE or size > 1 << 40:
+                raise StreamError(f"Record {record.index} (CONFIG) gives no usable memory size.")
+            config, memory = data.get("domain"), bytearray(size)
+        elif record.type is RecordType.PAGES:
+            if memory is None:
+                raise StreamError(f"Record {record.index} (PAGES) comes before the CONFIG record.")
+            for frame, page in record.pages():
+                if (frame + 1) * PAGE_SIZE > len(memory):
+                    raise StreamError(f"Record {record.index} (PAGES) holds frame {frame:#x}, beyond the memory.")
+                memory[frame * PAGE_SIZE:(frame + 1) * PAGE_SIZE] = page
+        elif record.type is RecordType.STATE:
+            try:
+                state = decode(DomainState, record.json())
+            except StateError as e:
+                raise StreamError(f"Record {record.index} (STATE) does not fit: {e}") from None
+    if memory is None or state is None:
+        raise StreamError("The stream ended without a CONFIG and a STATE record: it is not a whole domain.")
+    return SavedDomain(config, state, bytes(memory))
+
+
+__all__ = ["SavedDomain", "read_domain", "write_domain"]
