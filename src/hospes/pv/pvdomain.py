@@ -312,9 +312,8 @@ class PvDomain:
         waiter = _PollWaiter(vcpu)
         self.evtchn.register_poller(waiter, ports)
         try:
-            vcpu.run_state.block(
-                lambda: vcpu.upcall_deliverable() or self.evtchn.poll_ready(vcpu.id, ports),
-                deadline_ns=timeout, now_ns=self.clock.now)
+            vcpu.run_state.block(lambda: self.evtchn.poll_ready(vcpu.id, ports),  # upcalls included
+                                 deadline_ns=timeout, now_ns=self.clock.now)
         finally:
             self.evtchn.unregister_poller(waiter)
 

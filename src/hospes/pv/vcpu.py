@@ -261,6 +261,8 @@ class PvVcpu:
         return self.run_state.online
 
     def upcall_deliverable(self) -> bool:
+        """Xen's rule (EventChannels.upcall_deliverable) read the cheap way: on the exit
+        path only this vCPU's thread changes the mask, so two byte reads cannot tear."""
         b = self.mem.buf
         g = self.vcpu_info_gpa
         return bool(b[g + VI_PENDING]) and not b[g + VI_MASK]
