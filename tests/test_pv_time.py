@@ -158,3 +158,20 @@ def test_timers_refuse_newer_versions_other_vcpu_counts_and_inconsistency() -> N
         Timers.restore(TimersState((VcpuTimersState(0, 1000, 0),)), clock=clock, nr_vcpus=1, fire=print)
     with pytest.raises(StateError, match="inconsistent"):
         Timers.restore(TimersState((VcpuTimersState(-5, 0, 0),)), clock=clock, nr_vcpus=1, fire=print)
+
+
+def test_a_deadline_with_bit_63_set_is_in_the_past_and_fires_at_once() -> None:
+    """set_timer_op(0xffffffffffffffff): a negative s_time_t for Xen; the timer thread must survive it."""
+    clock = Clock(1_000_000, lambda: 0)
+    fired = threading.Event()
+    timers = Timers(clock, 1, lambda v: fired.set())
+    timers.start()
+    try:
+        timers.set_singleshot(0, (1 << 64) - 1)
+        assert fired.wait(10)
+        fired.clear()
+        timers.set_singleshot(0, clock.now() + (1 << 62))   # far, but a wait the host can express
+        timers.set_singleshot(0, 1)
+        assert fired.wait(10) and timers.thread.is_alive()
+    finally:
+        timers.stop()

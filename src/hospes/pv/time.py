@@ -169,6 +169,13 @@ class Timers:
             self.thread.join()
 
     def set_singleshot(self, vcpu: int, deadline: int, force: bool = False) -> None:
+        """Arm ``vcpu``'s one-shot timer at system time ``deadline`` (0 stops it).
+
+        Xen's deadline is a signed s_time_t: one with bit 63 set is in the past
+        and fires at once, never a wait the host cannot express.
+        """
+        if deadline >= 1 << 63:
+            deadline = 1
         with self.cond:
             self.singleshot[vcpu] = deadline
             if deadline:
@@ -263,7 +270,8 @@ class Timers:
                 due = self._take_due(now)
                 if not due and not calls:
                     deadlines = [q[0][0] for q in (self.heap, self.calls) if q]
-                    self.cond.wait((min(deadlines) - now) / NS if deadlines else None)
+                    wait = min((min(deadlines) - now) / NS, threading.TIMEOUT_MAX) if deadlines else None
+                    self.cond.wait(wait)
                     continue
             for fn in calls:
                 fn()
