@@ -32,9 +32,8 @@ from hospes.pv import layout as L
 from hospes.pv.builder import build_domain, hypercall_page_bytes
 from hospes.pv.cpuid import CpuidPolicy
 from hospes.pv.evtchn import BackendEndpoint, EventChannels
-from hospes.pv.grant import GrantTable
 from hospes.pv.image.kernel import PvKernel, load_pv_kernel
-from hospes.pv.pvdomain import DomainIdentity, PvDomain, PvDomainState, PvHooks
+from hospes.pv.pvdomain import DomainIdentity, PvDomain, PvDomainState, PvHooks, grant_table
 from hospes.pv.store import ConnectionState, Store, StoreState, populate_domain
 from hospes.pv.store.connection import RingConnection
 from hospes.pv.trampoline import Trampoline
@@ -249,8 +248,7 @@ class Domain:
             if not 0 <= gpa < lay.ram_bytes or gpa % PAGE_SIZE:
                 raise StateError(f"The saved domain's console or store ring at {gpa:#x} is not a page of its RAM.")
         self.store = Store.restore(state.store)
-        grants = GrantTable.restore(state.pv.grants, mem=self.mem, base_gpa=lay.grant_frame_gpa(0),
-                                    max_frames=L.MAX_GRANT_FRAMES, ram_frames=lay.ram_pages)
+        grants = grant_table(self.mem, lay, state.pv.grants)
         late = _LatePorts()
         self.device_host = BackendHost(domid=self.domid, mem=self.mem, grants=grants, evtchn=late, store=self.store)
         self.disks = [BlockBackend.restore(s, host=self.device_host, disk=d)

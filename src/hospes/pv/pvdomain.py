@@ -90,6 +90,14 @@ class PvDomainState:
     version: int = VERSION
 
 
+def grant_table(mem: GuestMemory, layout: L.Layout, saved: GrantTableState | None = None) -> GrantTable:
+    """The domain's grant table in the frames ``layout`` reserves for it, new or restored."""
+    where = dict(base_gpa=layout.grant_frame_gpa(0), max_frames=L.MAX_GRANT_FRAMES, ram_frames=layout.ram_pages)
+    if saved is None:
+        return GrantTable(mem, **where)
+    return GrantTable.restore(saved, mem=mem, **where)
+
+
 class _PollWaiter:
     """What event channels wake when a polled port becomes pending."""
 
@@ -122,14 +130,14 @@ class PvDomain:
         self.cmdline = identity.cmdline
         self.hooks = hooks
         self.virt = GuestVirt(mem, layout.guest_frames)
-        self.mmu = PvMmu(mem, layout.ram_pages, layout.guest_frames, trampoline.l4_entries)
         self.msrs = MsrEmulator()
         self.hypercall_table = build_table()
-        self.vm_assist: set[int] = set()
-        self.grants = GrantTable(mem, base_gpa=layout.grant_frame_gpa(0), max_frames=L.MAX_GRANT_FRAMES,
-                                 ram_frames=layout.ram_pages)
-        self.shutdown_code: int | None = None
-        if saved is not None:
+        if saved is None:
+            self.mmu = PvMmu(mem, layout.ram_pages, layout.guest_frames, trampoline.l4_entries)
+            self.grants = grant_table(mem, layout)
+            self.vm_assist: set[int] = set()
+            self.shutdown_code: int | None = None
+        else:
             check_version(saved, "PV domain")
             if saved.domid != self.domid or len(saved.vcpus) != layout.nr_vcpus:
                 raise StateError(
@@ -137,10 +145,8 @@ class PvDomain:
                     f"become domain {self.domid} with {layout.nr_vcpus}. Restore it with its own configuration.")
             self.mmu = PvMmu.restore(saved.mmu, mem=mem, ram_pages=layout.ram_pages,
                                      guest_frames=layout.guest_frames, hv_l4_entries=trampoline.l4_entries)
+            self.grants = grants or grant_table(mem, layout, saved.grants)
             self.vm_assist = set(saved.vm_assist)
-            self.grants = grants or GrantTable.restore(
-                saved.grants, mem=mem, base_gpa=layout.grant_frame_gpa(0), max_frames=L.MAX_GRANT_FRAMES,
-                ram_frames=layout.ram_pages)
             self.shutdown_code = saved.shutdown_code
         self.stopping = False   # no vCPU enters the guest again
         self.paused = False
@@ -426,4 +432,4 @@ class PvDomain:
         return (1 << (8 * size)) - 1
 
 
-__all__ = ["DomainIdentity", "PvDomain", "PvDomainState", "PvHooks", "RunState"]
+__all__ = ["DomainIdentity", "PvDomain", "PvDomainState", "PvHooks", "RunState", "grant_table"]
