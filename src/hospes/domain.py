@@ -155,7 +155,7 @@ class Domain:
     """
 
     def __init__(self, config: DomainConfig, console_out: Callable[[bytes], None] | None = None,
-                 saved: tuple[DomainState, bytes] | None = None) -> None:
+                 saved: tuple[DomainState, bytes | bytearray] | None = None) -> None:
         if not MIN_MEMORY_MIB <= config.memory_mib <= MAX_MEMORY_MIB:
             raise DomainError(
                 f"Memory size {config.memory_mib} MiB is out of range: give between {MIN_MEMORY_MIB} and "

@@ -22,7 +22,7 @@ FEATURES = ("pv64", "zero-pages", "zstd")
 class SavedDomain:
     config: Any            # what the writer passed as its configuration
     state: DomainState
-    memory: bytes
+    memory: bytes | bytearray
 
 
 def write_domain(dom: Domain, out: BinaryIO, config: Any, *, compress: bool = False) -> StreamWriter:
@@ -63,7 +63,7 @@ def read_domain(inp: BinaryIO) -> SavedDomain:
                 raise StreamError(f"Record {record.index} (STATE) does not fit: {e}") from None
     if memory is None or state is None:
         raise StreamError("The stream ended without a CONFIG and a STATE record: it is not a whole domain.")
-    return SavedDomain(config, state, bytes(memory))
+    return SavedDomain(config, state, memory)  # the buffer itself: no second copy of guest memory
 
 
 __all__ = ["SavedDomain", "read_domain", "write_domain"]
