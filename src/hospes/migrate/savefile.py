@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from hospes.domain import Domain, DomainState
-from hospes.migrate.stream import PAGE_SIZE, RecordType, StreamError, StreamWriter, read_records
+from hospes.migrate.stream import PAGE_SIZE, Record, RecordType, StreamError, StreamWriter, read_records
 from hospes.state import StateError, decode, encode
 
 FEATURES = ("pv64", "zero-pages", "zstd")
@@ -37,6 +37,26 @@ def write_domain(dom: Domain, out: BinaryIO, config: Any, *, compress: bool = Fa
     return writer
 
 
+def peek_config(inp: BinaryIO) -> tuple[Any, int]:
+    """The writer's configuration and the memory size from the start of a stream,
+    reading no further than its CONFIG record (``hospes restore`` checks these
+    before it starts a domain process)."""
+    for record in read_records(inp):
+        if record.type is RecordType.CONFIG:
+            return _config(record)
+        if record.type is not RecordType.HEADER:
+            break
+    raise StreamError("The stream has no CONFIG record after its HEADER: it is not a whole domain.")
+
+
+def _config(record: Record) -> tuple[Any, int]:
+    data = record.json()
+    size = data.get("memory_bytes") if isinstance(data, dict) else None
+    if not isinstance(size, int) or size <= 0 or size % PAGE_SIZE or size > 1 << 40:
+        raise StreamError(f"Record {record.index} (CONFIG) gives no usable memory size.")
+    return data.get("domain"), size
+
+
 def read_domain(inp: BinaryIO) -> SavedDomain:
     """Read and check a whole stream; raises StreamError or StateError naming what is wrong."""
     config: Any = None
@@ -44,11 +64,8 @@ def read_domain(inp: BinaryIO) -> SavedDomain:
     state: DomainState | None = None
     for record in read_records(inp):
         if record.type is RecordType.CONFIG:
-            data = record.json()
-            size = data.get("memory_bytes") if isinstance(data, dict) else None
-            if not isinstance(size, int) or size <= 0 or size % PAGE_SIZE or size > 1 << 40:
-                raise StreamError(f"Record {record.index} (CONFIG) gives no usable memory size.")
-            config, memory = data.get("domain"), bytearray(size)
+            config, size = _config(record)
+            memory = bytearray(size)
         elif record.type is RecordType.PAGES:
             if memory is None:
                 raise StreamError(f"Record {record.index} (PAGES) comes before the CONFIG record.")
@@ -66,4 +83,4 @@ def read_domain(inp: BinaryIO) -> SavedDomain:
     return SavedDomain(config, state, memory)  # the buffer itself: no second copy of guest memory
 
 
-__all__ = ["SavedDomain", "read_domain", "write_domain"]
+__all__ = ["SavedDomain", "peek_config", "read_domain", "write_domain"]

@@ -51,6 +51,9 @@ class RecordType(IntEnum):
     CONFIG = 2
     PAGES = 3
     STATE = 4
+    VERIFY = 5          # hashes of every page at the source, after the last copy (a check, not data)
+    COMMIT = 6          # source -> destination: the source has stopped for good; run the guest
+    REPLY = 7           # destination -> source: JSON {"status": "ready"|"running"|"error", ...}
     END = 0xFFFF
 
 

@@ -25,6 +25,7 @@ class DomainState(StrEnum):
     """A domain's state: ``building`` .. ``shutdown`` are recorded, ``crashed``/``dying`` only reported."""
 
     BUILDING = "building"
+    INCOMING = "incoming"       # waiting for or receiving a migration stream
     RUNNING = "running"
     PAUSED = "paused"
     SHUTDOWN = "shutdown"
@@ -33,7 +34,7 @@ class DomainState(StrEnum):
 
 
 #: States a domain process is in while its domain exists.
-LIVE_STATES = frozenset({DomainState.BUILDING, DomainState.RUNNING, DomainState.PAUSED})
+LIVE_STATES = frozenset({DomainState.BUILDING, DomainState.INCOMING, DomainState.RUNNING, DomainState.PAUSED})
 
 
 class Outcome(StrEnum):

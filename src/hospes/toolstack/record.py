@@ -20,6 +20,8 @@ a zombie.
 Record states (the ``state`` field) and what the daemon reports::
 
     building  -> running <-> paused -> (shutdown | record deleted)
+    building  -> incoming (listening for, then receiving, a migration) -> running | paused
+              | record deleted (the stream failed: no half domain stays registered)
     any live state + process gone  => crashed (reported, kept until destroy)
     shutdown + process gone        => a preserved, shut-down domain (on_* = preserve)
 """
@@ -66,6 +68,9 @@ class DomainRecord:
     console_log: str = ""
     sched: dict[str, int] = field(default_factory=dict)   # weight, cap in force (empty: the spec's)
     cgroup: str = ""                       # the cgroup the process runs in, if any
+    # How the domain process makes its first domain (cleared once it exists):
+    restore_path: str | None = None        # from this save file (``hospes restore``)
+    incoming: str | None = None            # from a migration stream accepted at this address
     version: int = RECORD_VERSION
 
     def sched_in_force(self) -> dict[str, int]:
