@@ -71,7 +71,7 @@ def test_a_sleeping_shell_saved_mid_run_finishes_in_a_new_vm(default_images):
         result = again.run()
     finally:
         again.close()
-    assert result.reason is ShutdownReason.POWEROFF, second.data[-2000:]
+    assert result.reason is ShutdownReason.POWEROFF, (result.message, second.data[-2000:])
     out = second.data.decode(errors="replace")
     assert re.search(r"tick-3", out) and re.search(r"pid-\d+-done", out), out[-2000:]
     assert "hospes-exit-status=7" in out

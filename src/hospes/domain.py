@@ -91,6 +91,16 @@ class ShutdownResult:
     stats: dict[str, int] = field(default_factory=dict)
 
 
+def memory_regions(layout: L.Layout) -> list[tuple[str, int]]:
+    """The guest-physical space of a domain: RAM, then the Xen frames, then the hypervisor's."""
+    return [("ram", layout.ram_bytes), ("xen", L.XEN_FRAMES * PAGE_SIZE), ("hv", layout.hv_pages * PAGE_SIZE)]
+
+
+def domain_memory(config: DomainConfig) -> GuestMemory:
+    """Empty memory for a domain of this configuration (a migration's receiver fills it)."""
+    return GuestMemory(memory_regions(L.Layout(ram_pages=config.memory_mib * 256, nr_vcpus=config.vcpus)))
+
+
 class _Backend:
     """An event-channel endpoint served by a function (the console and the store)."""
 
@@ -155,7 +165,7 @@ class Domain:
     """
 
     def __init__(self, config: DomainConfig, console_out: Callable[[bytes], None] | None = None,
-                 saved: tuple[DomainState, bytes | bytearray] | None = None) -> None:
+                 saved: tuple[DomainState, bytes | bytearray | GuestMemory] | None = None) -> None:
         if not MIN_MEMORY_MIB <= config.memory_mib <= MAX_MEMORY_MIB:
             raise DomainError(
                 f"Memory size {config.memory_mib} MiB is out of range: give between {MIN_MEMORY_MIB} and "
@@ -185,19 +195,32 @@ class Domain:
                 raise StateError(
                     f"The saved domain has {len(state.disks)} disks and {len(state.vifs)} network interfaces; "
                     f"the configuration gives {len(config.disks)} and {len(config.vifs)}.")
-        self.mem = GuestMemory([
-            ("ram", lay.ram_bytes), ("xen", L.XEN_FRAMES * PAGE_SIZE), ("hv", lay.hv_pages * PAGE_SIZE)
-        ])
-        self.trampoline = Trampoline(self.mem, lay)
-        if saved is not None:
-            if len(memory) != self.mem.size:
-                raise StateError(f"The saved memory is {len(memory)} bytes; a domain of {config.memory_mib} MiB "
-                                 f"and {config.vcpus} vCPUs has {self.mem.size}. Restore with its configuration.")
-            self.mem.buf[:] = memory
+        if saved is not None and isinstance(memory, GuestMemory):
+            if [(r.name, r.size) for r in memory.regions.values()] != memory_regions(lay):
+                raise StateError(f"The received memory does not have the layout of a domain of {config.memory_mib} "
+                                 f"MiB and {config.vcpus} vCPUs. Restore with its configuration.")
+            # Filled by a migration's receiver: no second copy. The trampoline
+            # lays out the hypervisor region afresh; the saved one (loaded GDTs,
+            # per-vCPU frames) goes back over it.
+            self.mem = memory
+            hv = self.mem.region("hv")
+            saved_hv = self.mem.read(hv.gpa, hv.size)
+            self.trampoline = Trampoline(self.mem, lay)
+            self.mem.write(hv.gpa, saved_hv)
+        else:
+            self.mem = domain_memory(config)
+            self.trampoline = Trampoline(self.mem, lay)
+            if saved is not None:
+                if len(memory) != self.mem.size:
+                    raise StateError(
+                        f"The saved memory is {len(memory)} bytes; a domain of {config.memory_mib} MiB and "
+                        f"{config.vcpus} vCPUs has {self.mem.size}. Restore with its configuration.")
+                self.mem.buf[:] = memory
         self.result: ShutdownResult | None = None
         self._done = threading.Event()
         self._console_lock = threading.Lock()
         self._store_lock = threading.Lock()
+        self._frozen = False    # saved: nothing may write guest memory until unpause
 
         self.kvm = Kvm()
         self.vm = self.kvm.create_vm()
@@ -225,6 +248,8 @@ class Domain:
         )
         self.pv.boot(boot.l4_gpa, boot.entry, boot.stack_top, boot.start_info_va)
         self.console_gpa, self.store_gpa = boot.console_gpa, boot.store_gpa
+        self.mem.hold(self.console_gpa)
+        self.mem.hold(self.store_gpa)
         self.console = ConsoleBackend(self.mem.view(self.console_gpa, PAGE_SIZE),
                                       lambda: self.evtchn.notify_backend_port(self.console_port))
         self.store = Store()
@@ -247,6 +272,7 @@ class Domain:
         for gpa in (self.console_gpa, self.store_gpa):
             if not 0 <= gpa < lay.ram_bytes or gpa % PAGE_SIZE:
                 raise StateError(f"The saved domain's console or store ring at {gpa:#x} is not a page of its RAM.")
+            self.mem.hold(gpa)
         self.store = Store.restore(state.store)
         grants = grant_table(self.mem, lay, state.pv.grants)
         late = _LatePorts()
@@ -281,7 +307,10 @@ class Domain:
         this has returned and before the domain is unpaused.
         """
         self.pv.quiesce()
+        for backend in (*self.disks, *self.vifs):
+            backend.freeze()
         with self._console_lock, self._store_lock:
+            self._frozen = True
             return DomainState(
                 uuid=str(self.uuid), pv=self.pv.save(), store=self.store.save(), store_conn=self.store_conn.save(),
                 console=self.console.save(), disks=tuple(d.save() for d in self.disks),
@@ -320,6 +349,8 @@ class Domain:
     def _service_console(self) -> None:
         """Pass the guest's output on and its pending input in (each console event)."""
         with self._console_lock:
+            if self._frozen:
+                return
             out = self.console.drain_output()
             if out:
                 self.console_out(out)
@@ -327,13 +358,15 @@ class Domain:
 
     def _store_event(self) -> None:
         with self._store_lock:
-            self.store_conn.service()
+            if not self._frozen:
+                self.store_conn.service()
 
     def console_input(self, data: bytes) -> None:
         """Queue bytes for the guest's console (hvc0) and notify it (from any thread)."""
         with self._console_lock:
             self.console.queue_input(data)
-            self.console.flush_input()
+            if not self._frozen:
+                self.console.flush_input()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -348,6 +381,13 @@ class Domain:
         self.pv.pause()
 
     def unpause(self) -> None:
+        """Run guest code again; after a :meth:`save`, the backends and console move again too."""
+        if self._frozen:
+            with self._console_lock, self._store_lock:
+                self._frozen = False
+            for backend in (*self.disks, *self.vifs):
+                backend.thaw()
+            self._service_console()
         self.pv.unpause()
 
     def destroy(self) -> None:
@@ -394,4 +434,4 @@ def _stdout(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
-__all__ = ["Domain", "DomainConfig", "DomainError", "DomainState", "ShutdownReason", "ShutdownResult"]
+__all__ = ["Domain", "DomainConfig", "domain_memory", "memory_regions", "DomainError", "DomainState", "ShutdownReason", "ShutdownResult"]

@@ -145,6 +145,7 @@ class BlockBackend:
         self.connected = False
         self._work = threading.Event()
         self._stop = False
+        self._frozen = False               # see freeze()
         self._lock = threading.Lock()      # the ring: worker vs. xenbus vs. save
         self._thread = threading.Thread(target=self._serve, name=f"blkback-{disk.vdev}", daemon=True)
         self._xenbus = XenbusBackend(host.store, self.front, self.back, self, name=f"vbd {disk.vdev}", state=state)
@@ -215,7 +216,19 @@ class BlockBackend:
             self._work.clear()
             if self.connected and not self._stop:
                 with self._lock:
-                    self._drain()
+                    if not self._frozen:
+                        self._drain()
+
+    def freeze(self) -> None:
+        """Serve no more requests until :meth:`thaw` (a save or migration's final copy):
+        the pass in progress ends first, and guest memory is not written after this returns."""
+        with self._lock:
+            self._frozen = True
+
+    def thaw(self) -> None:
+        with self._lock:
+            self._frozen = False
+        self._work.set()   # requests published meanwhile
 
     def _drain(self) -> None:
         ring = self._ring
@@ -289,6 +302,7 @@ class BlockBackend:
         lookup = self._grants.lookup
         writable = op == BLKIF_OP_READ
         views = []
+        frames = []
         total = 0
         for gref, first, last in segments:
             if first > last or last > 7:
@@ -296,6 +310,7 @@ class BlockBackend:
             frame = lookup(gref, grantee=BACKEND_DOMID, writable=writable)
             n = (last - first + 1) * SECTOR
             views.append(mem.view(frame + first * SECTOR, n))
+            frames.append(frame)
             total += n
         pos = sector * SECTOR
         if sector < 0 or pos + total > self.sectors * SECTOR:
@@ -311,6 +326,9 @@ class BlockBackend:
                 views.pop(0)
             if views and done:
                 views[0] = views[0][done:]
+        if writable:
+            for frame in frames:   # after the reads: see GuestMemory.dirty
+                mem.mark(frame, 8 * SECTOR)
 
     # --- saved state ---------------------------------------------------------------
 

@@ -365,6 +365,7 @@ class NetBackend:
         self._rx_starved_since: float | None = None
         self._lock = threading.Lock()      # ring state (worker vs. xenbus vs. save)
         self._stop = False
+        self._frozen = False               # see freeze()
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._kicked = False
         self._ports = (_Port(self), _Port(self))
@@ -478,7 +479,7 @@ class NetBackend:
             timeout = 500
             self._kicked = False
             with self._lock:
-                if self.connected:
+                if self.connected and not self._frozen:
                     try:
                         self._tx_drain()
                         if self.connected:
@@ -509,6 +510,18 @@ class NetBackend:
                         os.eventfd_read(self._efd)
                     except OSError:
                         pass
+
+    def freeze(self) -> None:
+        """Move no more packets until :meth:`thaw` (a save or migration's final copy):
+        the pass in progress ends first, and guest memory is not written after this
+        returns. Frames the host sends meanwhile wait in the TAP's queue."""
+        with self._lock:
+            self._frozen = True
+
+    def thaw(self) -> None:
+        with self._lock:
+            self._frozen = False
+        self.notify()
 
     def _fail(self, why: str) -> None:
         """The frontend broke the ring protocol beyond repair: disconnect (lock held)."""
@@ -875,6 +888,8 @@ class NetBackend:
                 f |= NETRXF_extra_info
             _RX_RSP.pack_into(buf, slot, rid, 0, f, chunk)
             k += 1
+        for gpa in pages:   # after the copies: see GuestMemory.dirty
+            self._mem.mark(gpa, PAGE)
         self.stats.rx_packets += 1
         self.stats.rx_bytes += length
 

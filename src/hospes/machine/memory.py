@@ -88,6 +88,15 @@ class GuestMemory:
         self.q = self.buf.cast("Q")
         self.d = self.buf.cast("I")
         self.host_addr = ctypes.addressof(ctypes.c_char.from_buffer(self.mm))
+        # Hospes' own writes, for a migration's copy rounds (KVM logs only the
+        # guest's): None while no migration copies this memory. Writers add the
+        # frame *after* the store, so a frame harvested and then copied already
+        # holds every write whose mark the harvest removed.
+        self.dirty: set[int] | None = None
+        # Frames Hospes keeps writable views of for as long as the domain lives
+        # (rings, registered vcpu_info): sent in every final copy instead of
+        # being marked at each of their many small stores.
+        self.held: set[int] = set()
 
     def region(self, name: str) -> Region:
         return self.regions[name]
@@ -102,6 +111,37 @@ class GuestMemory:
         self.check(gpa, length)
         return self.buf[gpa:gpa + length]
 
+    def mark(self, gpa: int, length: int = 1) -> None:
+        """Record a store this process made to guest memory (a no-op unless a migration runs)."""
+        dirty = self.dirty
+        if dirty is not None and length > 0:
+            first, last = gpa >> PAGE_SHIFT, (gpa + length - 1) >> PAGE_SHIFT
+            if first == last:
+                dirty.add(first)
+            else:
+                dirty.update(range(first, last + 1))
+
+    def hold(self, gpa: int, length: int = PAGE_SIZE) -> None:
+        """Say that Hospes keeps writing ``gpa``..+``length`` through a view of its own."""
+        self.check(gpa, length)
+        self.held.update(range(gpa >> PAGE_SHIFT, ((gpa + length - 1) >> PAGE_SHIFT) + 1))
+
+    def start_dirty_log(self) -> None:
+        self.dirty = set()
+
+    def stop_dirty_log(self) -> None:
+        self.dirty = None
+
+    def harvest_dirty(self) -> set[int]:
+        """The frames marked since the last harvest, unmarked (safe against concurrent marks:
+        a mark removed here was made after its store, which the caller's copy will see)."""
+        dirty = self.dirty
+        if dirty is None:
+            return set()
+        taken = set(dirty)
+        dirty.difference_update(taken)
+        return taken
+
     def read(self, gpa: int, length: int) -> bytes:
         self.check(gpa, length)
         return self.mm[gpa:gpa + length]
@@ -109,6 +149,8 @@ class GuestMemory:
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         self.check(gpa, len(data))
         self.buf[gpa:gpa + len(data)] = data
+        if self.dirty is not None:
+            self.mark(gpa, len(data))
 
     def read_u64(self, gpa: int) -> int:
         if gpa & 7 or gpa < 0 or gpa + 8 > self.size:
@@ -120,8 +162,11 @@ class GuestMemory:
         if gpa & 7 or gpa < 0 or gpa + 8 > self.size:
             self.check(gpa, 8)
             self.buf[gpa:gpa + 8] = value.to_bytes(8, "little")
+            self.mark(gpa, 8)
             return
         self.q[gpa >> 3] = value
+        if self.dirty is not None:
+            self.dirty.add(gpa >> PAGE_SHIFT)
 
     def read_u32(self, gpa: int) -> int:
         if gpa & 3 or gpa < 0 or gpa + 4 > self.size:
@@ -133,8 +178,11 @@ class GuestMemory:
         if gpa & 3 or gpa < 0 or gpa + 4 > self.size:
             self.check(gpa, 4)
             self.buf[gpa:gpa + 4] = value.to_bytes(4, "little")
+            self.mark(gpa, 4)
             return
         self.d[gpa >> 2] = value
+        if self.dirty is not None:
+            self.dirty.add(gpa >> PAGE_SHIFT)
 
     def addr(self, gpa: int, length: int = 1) -> int:
         """Host virtual address of a guest-physical byte (for atomics)."""
@@ -144,6 +192,7 @@ class GuestMemory:
     def zero(self, gpa: int, length: int) -> None:
         self.check(gpa, length)
         self.buf[gpa:gpa + length] = bytes(length)
+        self.mark(gpa, length)
 
     def close(self) -> None:
         try:

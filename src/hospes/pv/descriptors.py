@@ -53,5 +53,6 @@ def load_gdt_frames(vcpu: "PvVcpu", frames: list[int], entries: int) -> int:
             mmu.put_type(f, vcpu.writes)
         for f, descs in zip(frames, fixed, strict=False):
             mem.q[f << 9:(f << 9) + 512] = array("Q", descs)
+            mem.mark(f << 12, 4096)
         vcpu.load_gdt(frames, entries)
     return 0

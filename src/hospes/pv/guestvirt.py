@@ -89,8 +89,11 @@ class GuestVirt:
             pieces.append((self.translate(cr3, va, write=True), off, n))
             va = (va + n) & 0xFFFF_FFFF_FFFF_FFFF
             off += n
+        mem = self.mem
         for gpa, o, n in pieces:
-            self.mem.buf[gpa:gpa + n] = data[o:o + n]
+            mem.buf[gpa:gpa + n] = data[o:o + n]
+            if mem.dirty is not None:
+                mem.mark(gpa, n)
 
     def read_u64(self, cr3: int, va: int) -> int:
         if va & 7 == 0:
@@ -99,7 +102,10 @@ class GuestVirt:
 
     def write_u64(self, cr3: int, va: int, value: int) -> None:
         if va & 7 == 0:
-            self.q[self.translate(cr3, va, write=True) >> 3] = value
+            gpa = self.translate(cr3, va, write=True)
+            self.q[gpa >> 3] = value
+            if self.mem.dirty is not None:
+                self.mem.dirty.add(gpa >> 12)
         else:
             self.write(cr3, va, struct.pack("<Q", value))
 

@@ -388,6 +388,7 @@ class PvDomain:
         self.mem.write(gpa, old)
         vcpu.vcpu_info_gpa = gpa
         vcpu.vcpu_info_registered = True
+        self.mem.hold(gpa, 64)   # event and time updates go straight to it from now on
 
     def initialise_vcpu(self, target: PvVcpu, arg: int, caller: PvVcpu) -> int:
         """VCPUOP_initialise: load a vcpu_guest_context (pv-abi.md §12.2)."""

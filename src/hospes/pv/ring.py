@@ -92,7 +92,7 @@ class BackRing:
             raise RingError(f"A ring of {nr_slots} slots of {slot_size} bytes does not fit one page.")
         if gpa % PAGE_SIZE:
             raise RingError(f"A ring page must be page-aligned, not at {gpa:#x}.")
-        mem.check(gpa, PAGE_SIZE)
+        mem.hold(gpa, PAGE_SIZE)   # responses and event indices are stored straight into it
         self.mem = mem
         self.gpa = gpa
         self.slots_gpa = gpa + RING_HEADER

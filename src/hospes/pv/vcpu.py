@@ -834,6 +834,8 @@ class PvVcpu:
                      "vcpu_info_registered", "runstate_va", "gdt_ents", "ldt_base", "ldt_ents",
                      "flush_pending", "invlpg_va"):
             setattr(pv, name, getattr(state, name))
+        if pv.vcpu_info_registered:
+            pv.mem.hold(pv.vcpu_info_gpa, 64)
         pv.trap_table = {v: (f, a) for v, f, a in state.trap_table}
         pv.callbacks = {t: (a, f) for t, a, f in state.callbacks}
         pv.debugreg = list(state.debugreg)
