@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from array import array
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -26,6 +27,7 @@ from hospes.devices.host import BackendHost
 from hospes.devices.net import NetBackend, NetState, VifConfig
 from hospes.errors import HospesError
 from hospes.kvm import Kvm
+from hospes.kvm.constants import KVM_MEM_LOG_DIRTY_PAGES
 from hospes.machine.memory import PAGE_SIZE, GuestMemory
 from hospes.pv import abi
 from hospes.pv import layout as L
@@ -200,11 +202,13 @@ class Domain:
                 raise StateError(f"The received memory does not have the layout of a domain of {config.memory_mib} "
                                  f"MiB and {config.vcpus} vCPUs. Restore with its configuration.")
             # Filled by a migration's receiver: no second copy. The trampoline
-            # lays out the hypervisor region afresh; the saved one (loaded GDTs,
-            # per-vCPU frames) goes back over it.
+            # lays out the hypervisor region afresh, in zeroed pages as at boot
+            # (it allocates a table only where it finds none); the saved region
+            # (loaded GDTs, per-vCPU frames) then goes back over it.
             self.mem = memory
             hv = self.mem.region("hv")
             saved_hv = self.mem.read(hv.gpa, hv.size)
+            self.mem.zero(hv.gpa, hv.size)
             self.trampoline = Trampoline(self.mem, lay)
             self.mem.write(hv.gpa, saved_hv)
         else:
@@ -224,9 +228,8 @@ class Domain:
 
         self.kvm = Kvm()
         self.vm = self.kvm.create_vm()
-        self.vm.set_user_memory_region(0, 0, lay.ram_bytes, self.mem.host_addr)
-        self.vm.set_user_memory_region(1, lay.ram_bytes, self.mem.size - lay.ram_bytes,
-                                       self.mem.host_addr + lay.ram_bytes)
+        for slot, gpa, size in self._slots():
+            self.vm.set_user_memory_region(slot, gpa, size, self.mem.host_addr + gpa)
         cpuid = CpuidPolicy(self.kvm.supported_cpuid())
         identity = DomainIdentity(self.domid, self.uuid, config.cmdline)
         hooks = PvHooks(console_io=self._console_io, shutdown=self._guest_shutdown, crash=self._crash)
@@ -322,6 +325,47 @@ class Domain:
         """A copy of the whole guest-physical space (RAM, Xen frames, hypervisor region)."""
         return bytes(self.mem.buf)
 
+    # --- dirty logging (a live migration's copy rounds) ------------------------------
+
+    def start_dirty_log(self) -> None:
+        """Log every page written from now on: the guest's stores (KVM's log of
+        both memory slots) and this process's own (:attr:`GuestMemory.dirty`)."""
+        self.mem.start_dirty_log()
+        for slot, gpa, size in self._slots():
+            self.vm.set_user_memory_region(slot, gpa, size, self.mem.host_addr + gpa, flags=KVM_MEM_LOG_DIRTY_PAGES)
+        self.dirty_frames()   # KVM's log starts empty only once read
+
+    def stop_dirty_log(self) -> None:
+        for slot, gpa, size in self._slots():
+            self.vm.set_user_memory_region(slot, gpa, size, self.mem.host_addr + gpa)
+        self.mem.stop_dirty_log()
+
+    def dirty_frames(self) -> set[int]:
+        """The frames written since the last call, and forget them."""
+        frames = self.mem.harvest_dirty()
+        for slot, gpa, size in self._slots():
+            words = array("Q", self.vm.get_dirty_log(slot, size // PAGE_SIZE))
+            base = gpa // PAGE_SIZE
+            for i, word in enumerate(words):
+                while word:
+                    low = word & -word
+                    frames.add(base + i * 64 + low.bit_length() - 1)
+                    word ^= low
+        return frames
+
+    def held_frames(self) -> set[int]:
+        """Frames a final copy always sends: the Xen and hypervisor regions (Hospes
+        stores into them without marking) and the pages it holds views of."""
+        frames = set(self.mem.held)
+        for region in self.mem.regions.values():
+            if region.name != "ram":
+                frames.update(range(region.gpa // PAGE_SIZE, region.end // PAGE_SIZE))
+        return frames
+
+    def _slots(self) -> list[tuple[int, int, int]]:
+        ram = self.layout.ram_bytes
+        return [(0, 0, ram), (1, ram, self.mem.size - ram)]
+
     @property
     def vcpus(self) -> list[PvVcpu]:
         return self.pv.vcpus
@@ -382,13 +426,19 @@ class Domain:
 
     def unpause(self) -> None:
         """Run guest code again; after a :meth:`save`, the backends and console move again too."""
-        if self._frozen:
-            with self._console_lock, self._store_lock:
-                self._frozen = False
-            for backend in (*self.disks, *self.vifs):
-                backend.thaw()
-            self._service_console()
+        self.thaw()
         self.pv.unpause()
+
+    def thaw(self) -> None:
+        """Undo the freeze of a :meth:`save` (backends, console, store) and leave the vCPUs as they are."""
+        if not self._frozen:
+            return
+        with self._console_lock, self._store_lock:
+            self._frozen = False
+        for backend in (*self.disks, *self.vifs):
+            backend.thaw()
+        self._service_console()
+        self._store_event()
 
     def destroy(self) -> None:
         """Stop the domain at once, without asking the guest."""

@@ -27,6 +27,7 @@ TUNSETOFFLOAD = 0x400454D0
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+IFF_MULTI_QUEUE = 0x0100
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
@@ -50,7 +51,11 @@ def check_ifname(name: str, what: str) -> None:
 
 
 def open_tap(name: str, mtu: int) -> int:
-    """Create (or attach to a persistent) TAP device ``name``; set its MTU and bring it up."""
+    """Create TAP device ``name``, or attach a queue to it if it exists; set its MTU and bring it up.
+
+    Multi-queue, so that a domain migrating between two daemons of one host can
+    attach its TAP (same name, same bridge) while the source still holds its own
+    queue; a TAP with one queue behaves as a single-queue one."""
     check_ifname(name, "TAP")
     try:
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -58,7 +63,8 @@ def open_tap(name: str, mtu: int) -> int:
         raise NetError(f"Cannot open /dev/net/tun: {e.strerror}; creating a TAP device needs root "
                        "(CAP_NET_ADMIN) and the tun module.") from e
     try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(),
+                                                IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE))
         fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM)
     except OSError as e:
         os.close(fd)
@@ -77,6 +83,8 @@ def open_tap(name: str, mtu: int) -> int:
 def attach_to_bridge(ifname: str, bridge: str) -> None:
     """Enslave ``ifname`` to the existing Linux bridge ``bridge`` (both in this thread's netns)."""
     check_ifname(bridge, "Bridge")
+    if os.path.basename(os.path.realpath(f"/sys/class/net/{ifname}/master")) == bridge:
+        return   # a queue attached to a TAP that is on the bridge already (a migration on one host)
     try:
         index = socket.if_nametoindex(ifname)
     except OSError as e:

@@ -43,13 +43,13 @@ def peek_config(inp: BinaryIO) -> tuple[Any, int]:
     before it starts a domain process)."""
     for record in read_records(inp):
         if record.type is RecordType.CONFIG:
-            return _config(record)
+            return config_of(record)
         if record.type is not RecordType.HEADER:
             break
     raise StreamError("The stream has no CONFIG record after its HEADER: it is not a whole domain.")
 
 
-def _config(record: Record) -> tuple[Any, int]:
+def config_of(record: Record) -> tuple[Any, int]:
     data = record.json()
     size = data.get("memory_bytes") if isinstance(data, dict) else None
     if not isinstance(size, int) or size <= 0 or size % PAGE_SIZE or size > 1 << 40:
@@ -64,7 +64,7 @@ def read_domain(inp: BinaryIO) -> SavedDomain:
     state: DomainState | None = None
     for record in read_records(inp):
         if record.type is RecordType.CONFIG:
-            config, size = _config(record)
+            config, size = config_of(record)
             memory = bytearray(size)
         elif record.type is RecordType.PAGES:
             if memory is None:
@@ -83,4 +83,4 @@ def read_domain(inp: BinaryIO) -> SavedDomain:
     return SavedDomain(config, state, memory)  # the buffer itself: no second copy of guest memory
 
 
-__all__ = ["SavedDomain", "peek_config", "read_domain", "write_domain"]
+__all__ = ["SavedDomain", "config_of", "peek_config", "read_domain", "write_domain"]

@@ -134,8 +134,20 @@ class StreamWriter:
             self._record(RecordType.PAGES, payload)
             self.pages_sent += len(batch)
 
+    def verify(self, digests: bytes, digest_size: int) -> None:
+        """A hash of every page, frame 0 upwards (``u32 digest_size | digests``)."""
+        self._record(RecordType.VERIFY, struct.pack("<I", digest_size) + digests)
+
     def end(self) -> None:
         self._record(RecordType.END, b"")
+        self.out.flush()
+
+    def commit(self) -> None:
+        self._record(RecordType.COMMIT, b"")
+        self.out.flush()
+
+    def reply(self, data: Any) -> None:
+        self._record(RecordType.REPLY, json.dumps(data).encode())
         self.out.flush()
 
     def _record(self, type_: RecordType, payload: bytes) -> None:
@@ -153,37 +165,56 @@ class StreamWriter:
 
 def read_records(inp: BinaryIO) -> Iterator[Record]:
     """The records of a stream, each checked; the first is the HEADER, the last END."""
-    decompressor = zstandard.ZstdDecompressor()
-    index = 0
+    reader = RecordReader(inp)
     while True:
-        head = _read(inp, _HEAD.size, index, "head")
-        type_, flags, length = _HEAD.unpack(head)
-        try:
-            rtype = RecordType(type_)
-        except ValueError:
-            raise StreamError(f"Record {index} has unknown type {type_:#x}: the stream is damaged or from a "
-                              "newer Hospes.") from None
-        name = f"{rtype.name}"
-        if length > MAX_RECORD or flags & ~FLAG_ZSTD:
-            raise StreamError(f"Record {index} ({name}) has a bad head (length {length}, flags {flags:#x}).")
-        payload = _read(inp, length, index, name)
-        (crc,) = _CRC.unpack(_read(inp, _CRC.size, index, name))
-        if zlib.crc32(payload, zlib.crc32(head)) != crc:
-            raise StreamError(f"Record {index} ({name}) fails its checksum: the stream is damaged.")
-        if flags & FLAG_ZSTD:
-            try:
-                payload = decompressor.decompress(payload, max_output_size=MAX_RECORD)
-            except zstandard.ZstdError as e:
-                raise StreamError(f"Record {index} ({name}) does not decompress: {e}.") from None
-        record = Record(index, rtype, payload)
-        if index == 0:
-            _check_header(record)
-        elif rtype is RecordType.HEADER:
-            raise StreamError(f"Record {index} is a second HEADER.")
+        record = reader.next()
         yield record
-        if rtype is RecordType.END:
+        if record.type is RecordType.END:
             return
-        index += 1
+
+
+class RecordReader:
+    """Reads a stream one record at a time (a migration's two directions are read
+    a record at a time: the destination's replies come one by one)."""
+
+    def __init__(self, inp: BinaryIO) -> None:
+        self.inp = inp
+        self.index = 0
+        self._decompressor = zstandard.ZstdDecompressor()
+
+    def next(self) -> Record:
+        """The next record, checked; StreamError if the stream is cut, damaged or newer."""
+        record = _read_record(self.inp, self.index, self._decompressor)
+        self.index += 1
+        return record
+
+
+def _read_record(inp: BinaryIO, index: int, decompressor: zstandard.ZstdDecompressor) -> Record:
+    head = _read(inp, _HEAD.size, index, "head")
+    type_, flags, length = _HEAD.unpack(head)
+    try:
+        rtype = RecordType(type_)
+    except ValueError:
+        raise StreamError(f"Record {index} has unknown type {type_:#x}: the stream is damaged or from a "
+                          "newer Hospes.") from None
+    name = f"{rtype.name}"
+    if length > MAX_RECORD or flags & ~FLAG_ZSTD:
+        raise StreamError(f"Record {index} ({name}) has a bad head (length {length}, flags {flags:#x}).")
+    payload = _read(inp, length, index, name)
+    (crc,) = _CRC.unpack(_read(inp, _CRC.size, index, name))
+    if zlib.crc32(payload, zlib.crc32(head)) != crc:
+        raise StreamError(f"Record {index} ({name}) fails its checksum: the stream is damaged.")
+    if flags & FLAG_ZSTD:
+        try:
+            payload = decompressor.decompress(payload, max_output_size=MAX_RECORD)
+        except zstandard.ZstdError as e:
+            raise StreamError(f"Record {index} ({name}) does not decompress: {e}.") from None
+    record = Record(index, rtype, payload)
+    if index == 0:
+        _check_header(record)
+    elif rtype is RecordType.HEADER:
+        raise StreamError(f"Record {index} is a second HEADER.")
+    return record
 
 
 def _check_header(record: Record) -> None:
@@ -210,4 +241,4 @@ def _read(inp: BinaryIO, size: int, index: int, what: str) -> bytes:
     return data
 
 
-__all__ = ["MAX_BATCH", "Record", "RecordType", "StreamError", "StreamWriter", "VERSION", "read_records"]
+__all__ = ["MAX_BATCH", "Record", "RecordReader", "RecordType", "StreamError", "StreamWriter", "VERSION", "read_records"]
