@@ -206,7 +206,7 @@ class Daemon:
             raise ApiError(400, f"The file {path} is not a usable save file: {e}") from None
         except (HospesError, ValueError, TypeError, AttributeError) as e:
             raise ApiError(400, f"The configuration in the save file {path} is not usable: {e}") from None
-        check_paths(spec)
+        # No check_paths: the kernel is in the saved memory, its file is not read again.
         memory = max(spec.memory, -(-memory_bytes // MIB))
         domid = await self._start(spec, memory, bool(body.get("paused")), "be restored", restore_path=path)
         return await self._built_view(domid, spec.name)
