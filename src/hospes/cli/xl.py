@@ -377,6 +377,8 @@ COMMANDS: tuple[Command, ...] = (
 
 
 def register(group: click.Group) -> None:
-    for c in COMMANDS:
+    from hospes.cli import migrate
+
+    for c in COMMANDS + migrate.COMMANDS:
         group.add_command(click.Command(c.name, callback=c.callback, params=list(c.params), help=c.help,
                                         context_settings=c.context or {}))

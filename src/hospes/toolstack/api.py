@@ -35,6 +35,8 @@ from hospes.toolstack.schema import validate
 log = logging.getLogger("hospesd.api")
 
 MAX_BODY = 1024 * 1024
+NDJSON = "application/x-ndjson"
+DISCONNECT_POLL_S = 0.2
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -104,6 +106,46 @@ class Api:
         timeout = float(body.get("timeout") or 60.0)
         return _json(await self.daemon.run_command(req.match_info["domain"], body["command"], timeout))
 
+    async def saveDomain(self, req: web.Request, body: dict, query: dict) -> web.StreamResponse:
+        return _json(await self.daemon.save(req.match_info["domain"], body))
+
+    async def restoreDomain(self, req: web.Request, body: dict, query: dict) -> web.StreamResponse:
+        return _json(await self.daemon.restore(body), 201)
+
+    async def incomingDomain(self, req: web.Request, body: dict, query: dict) -> web.StreamResponse:
+        return _json(await self.daemon.incoming(body), 201)
+
+    async def waitIncoming(self, req: web.Request, body: dict, query: dict) -> web.StreamResponse:
+        timeout = float(body.get("timeout") or 600.0)
+        return _json(await self.daemon.wait_incoming(req.match_info["domain"], timeout))
+
+    async def cancelMigration(self, req: web.Request, body: dict, query: dict) -> web.StreamResponse:
+        return _json(await self.daemon.cancel_migration(req.match_info["domain"]))
+
+    async def migrateDomain(self, req: web.Request, body: dict, query: dict) -> web.StreamResponse:
+        """One JSON answer, or with ``Accept: application/x-ndjson`` (or ``?stream=true``) an NDJSON
+        body: the progress events as they come, then ``{"event": "result", ...}`` or
+        ``{"event": "error", "error": ...}``. A client that goes away cancels the migration."""
+        v, args = await self.daemon.migration(req.match_info["domain"], body)
+        streamed = bool(query.get("stream")) or NDJSON in req.headers.get("Accept", "")
+        if not streamed:
+            return _json(await _unless_client_leaves(req, self.daemon.migrate(v, args)))
+        resp = web.StreamResponse(headers={"Content-Type": NDJSON, "Cache-Control": "no-cache"})
+        await resp.prepare(req)
+
+        async def send(line: dict[str, Any]) -> None:
+            await resp.write(json.dumps(line, sort_keys=True).encode() + b"\n")
+
+        try:
+            result = await _unless_client_leaves(req, self.daemon.migrate(v, args, send))
+            await send({"event": "result", **result})
+        except ApiError as e:
+            await send({"event": "error", "error": str(e)})
+        except ConnectionError:
+            return resp   # the client left; the migration was cancelled with it
+        await resp.write_eof()
+        return resp
+
     async def attachConsole(self, req: web.Request, body: dict, query: dict) -> web.StreamResponse:
         ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_BODY)
         if not ws.can_prepare(req).ok:
@@ -142,6 +184,28 @@ class Api:
         return ws
 
 
+async def _unless_client_leaves(req: web.Request, work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """Run ``work`` while the client stays connected; cancel it (ConnectionError) if it leaves.
+
+    aiohttp does not cancel handlers on a disconnect, and a migration can go a
+    long time without an event to write, so the connection is watched.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if not task.done() and (req.transport is None or req.transport.is_closing()):
+                task.cancel()
+                await asyncio.wait({task})
+                raise ConnectionResetError("The client closed the connection; the migration was cancelled.")
+    finally:
+        if not task.done():   # the handler itself was cancelled
+            task.cancel()
+    if task.cancelled():
+        raise ApiError(409, "The migration was cancelled; the domain keeps running here.")
+    return task.result()
+
+
 def _parse_query(route: Route, req: web.Request) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for p in route.params:
@@ -149,7 +213,11 @@ def _parse_query(route: Route, req: web.Request) -> dict[str, Any]:
             continue
         raw = req.query[p.name]
         value: Any = raw
-        if p.schema.get("type") == "integer":
+        if p.schema.get("type") == "boolean":
+            if raw not in ("true", "false", "1", "0"):
+                raise ApiError(400, f"Query parameter {p.name} must be true or false, not {raw!r}.")
+            value = raw in ("true", "1")
+        elif p.schema.get("type") == "integer":
             try:
                 value = int(raw)
             except ValueError:

@@ -206,6 +206,116 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "timeout": {"type": "number", "minimum": 1, "maximum": 3600},
         },
     },
+    "SaveRequest": {
+        "type": "object",
+        "description": "Save to `path`, a file on the daemon's host. Without `checkpoint` the domain is "
+                       "destroyed once it is saved (xl save); with it, it runs on (xl save -c).",
+        "additionalProperties": False,
+        "required": ["path"],
+        "properties": {
+            "path": {"type": "string", "minLength": 1, "maxLength": 4096,
+                     "description": "absolute; its directory must exist"},
+            "checkpoint": {"type": "boolean"},
+            "compress": {"type": "boolean", "description": "zstd-compress the pages"},
+        },
+    },
+    "SaveResult": {
+        "type": "object",
+        "required": ["domid", "path", "bytes", "pages", "seconds", "checkpoint"],
+        "properties": {
+            "domid": {"type": "integer"}, "path": {"type": "string"},
+            "bytes": {"type": "integer", "description": "size of the save file"},
+            "pages": {"type": "integer", "description": "guest pages written"},
+            "seconds": {"type": "number"}, "checkpoint": {"type": "boolean"},
+        },
+    },
+    "RestoreRequest": {
+        "type": "object",
+        "description": "Restore the domain saved in `path` (xl restore). `overrides` are KEY=VALUE settings in "
+                       "xl.cfg's grammar applied to the saved configuration, as create applies them; the keys "
+                       "the saved guest depends on (memory, vcpus, kernel, ...) cannot change.",
+        "additionalProperties": False,
+        "required": ["path"],
+        "properties": {
+            "path": {"type": "string", "minLength": 1, "maxLength": 4096},
+            "overrides": {"type": "array", "items": {"type": "string"}, "maxItems": 256},
+            "paused": {"type": "boolean"},
+        },
+    },
+    "IncomingRequest": {
+        "type": "object",
+        "description": "A domain that listens at `listen` for one migration stream and is built from it "
+                       "(the receiving side of `hospes migrate`).",
+        "additionalProperties": False,
+        "required": ["listen"],
+        "properties": {
+            "listen": {"type": "string", "minLength": 1, "maxLength": 200,
+                       "description": "tcp://HOST:PORT or unix:/absolute/path"},
+            "paused": {"type": "boolean", "description": "leave the received domain paused"},
+            "name": {"type": ["string", "null"], "minLength": 1, "maxLength": 64,
+                     "description": "until the stream brings the domain's own: default incoming-<domid>"},
+        },
+    },
+    "Incoming": {
+        "type": "object",
+        "required": ["domid", "listen"],
+        "properties": {"domid": {"type": "integer"}, "listen": {"type": "string"}},
+    },
+    "WaitIncomingRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"timeout": {"type": "number", "minimum": 0, "maximum": 86400,
+                                   "description": "seconds (default 600)"}},
+    },
+    "MigrateRequest": {
+        "type": "object",
+        "description": "Send the domain to `dest` (xl migrate): `[USER@]HOST` runs `ssh [USER@]HOST hospes "
+                       "migrate-receive` there; `tcp://HOST:PORT` or `unix:PATH` is a domain listening "
+                       "(POST /v1/domains/incoming on the other daemon).",
+        "additionalProperties": False,
+        "required": ["dest"],
+        "properties": {
+            "dest": {"type": "string", "minLength": 1, "maxLength": 300},
+            "live": {"type": "boolean", "description": "pre-copy while the guest runs (default true)"},
+            "verify": {"type": "boolean", "description": "compare all memory at the end"},
+            "compress": {"type": "boolean"},
+            "max_rounds": {"type": ["integer", "null"], "minimum": 1, "maximum": 1000},
+            "max_bandwidth": {"type": ["integer", "null"], "minimum": 1, "description": "bytes per second"},
+        },
+    },
+    "MigrateRound": {
+        "type": "object",
+        "required": ["round", "pages", "dirty", "seconds"],
+        "properties": {"round": {"type": "integer"}, "pages": {"type": "integer"},
+                       "dirty": {"type": "integer"}, "seconds": {"type": "number"}},
+    },
+    "MigrateResult": {
+        "type": "object",
+        "required": ["domid", "dest", "downtime_ms", "total_s", "rounds", "pages_sent", "bytes_sent",
+                     "per_round", "verify"],
+        "properties": {
+            "domid": {"type": "integer", "description": "the domain's domid here (gone now)"},
+            "dest": {"type": "string"},
+            "downtime_ms": {"type": "number"}, "total_s": {"type": "number"},
+            "rounds": {"type": "integer"}, "pages_sent": {"type": "integer"}, "bytes_sent": {"type": "integer"},
+            "per_round": {"type": "array", "items": {"$ref": "#/components/schemas/MigrateRound"}},
+            "verify": {"type": ["object", "null"], "description": "with `verify`: pages compared, differences",
+                       "properties": {"pages": {"type": "integer"}, "differences": {"type": "integer"}}},
+        },
+    },
+    "MigrateEvent": {
+        "type": "object",
+        "description": "One line of a streamed migration: `progress` lines as rounds go, then one `result` "
+                       "line (the MigrateResult fields) or one `error` line.",
+        "required": ["event"],
+        "properties": {
+            "event": {"type": "string", "enum": ["progress", "result", "error"]},
+            "round": {"type": "integer"}, "pages_sent": {"type": "integer"}, "round_pages": {"type": "integer"},
+            "dirty_pages": {"type": "integer"}, "dirty_rate": {"type": "number", "description": "pages/s"},
+            "remaining_pages": {"type": "integer"}, "elapsed": {"type": "number"},
+            "error": {"type": "string"},
+        },
+    },
     "RunResult": {
         "type": "object",
         "required": ["exit_status", "output"],
@@ -225,7 +335,8 @@ class Param:
 
 @dataclass(frozen=True)
 class Route:
-    """One operation. ``responses`` maps a status to (description, schema name | media type | None)."""
+    """One operation. ``responses`` maps a status to (description, target), a target being a schema
+    name, a media type, several of those (alternatives the client picks with Accept), or None."""
 
     method: str
     path: str
@@ -234,13 +345,14 @@ class Route:
     body: str | None = None
     body_required: bool = False
     params: tuple[Param, ...] = ()
-    responses: dict[int, tuple[str, str | None]] = field(default_factory=dict)
+    responses: dict[int, tuple[str, str | tuple[str, ...] | None]] = field(default_factory=dict)
 
 
 DOMAIN = Param("domain", "path", {"type": "string", "minLength": 1}, "A domid or a domain name.", True)
 ERRORS_DOMAIN = {404: ("No such domain", "Error")}
 ERRORS_BODY = {400: ("Malformed request", "Error")}
 ERRORS_STATE = {409: ("The domain is not in a state that allows this", "Error")}
+NDJSON = "application/x-ndjson"
 
 ROUTES: tuple[Route, ...] = (
     Route("get", "/v1/version", "getVersion", "Hospes' version and the API version",
@@ -254,6 +366,18 @@ ROUTES: tuple[Route, ...] = (
           responses={201: ("Created; the domain is running or paused", "Domain"), **ERRORS_BODY,
                      409: ("The name is taken or the host lacks memory", "Error"),
                      500: ("The domain could not be built", "Error")}),
+    Route("post", "/v1/domains/restore", "restoreDomain", "Restore a saved domain (xl restore)",
+          body="RestoreRequest", body_required=True,
+          responses={201: ("Restored; the domain is running or paused", "Domain"),
+                     400: ("Malformed request, or the file is not a usable save file", "Error"),
+                     409: ("The name is taken or the host lacks memory", "Error"),
+                     500: ("The domain could not be restored", "Error")}),
+    Route("post", "/v1/domains/incoming", "incomingDomain",
+          "A domain that receives a migration (xl migrate-receive): answers once it listens",
+          body="IncomingRequest", body_required=True,
+          responses={201: ("Listening; the domain is `incoming` until the stream has arrived", "Incoming"),
+                     **ERRORS_BODY, 409: ("The name is taken", "Error"),
+                     500: ("The domain process could not listen", "Error")}),
     Route("get", "/v1/domains/{domain}", "getDomain", "One domain", params=(DOMAIN,),
           responses={200: ("The domain", "Domain"), **ERRORS_DOMAIN}),
     Route("delete", "/v1/domains/{domain}", "deleteDomain", "Destroy a domain (same as POST .../destroy)",
@@ -276,6 +400,31 @@ ROUTES: tuple[Route, ...] = (
           body_required=True, params=(DOMAIN,),
           responses={200: ("Renamed", "Done"), **ERRORS_BODY, **ERRORS_DOMAIN,
                      409: ("The name is taken", "Error")}),
+    Route("post", "/v1/domains/{domain}/save", "saveDomain",
+          "Save to a file (xl save [-c]); without checkpoint the domain is gone afterwards",
+          body="SaveRequest", body_required=True, params=(DOMAIN,),
+          responses={200: ("Saved", "SaveResult"), **ERRORS_BODY, **ERRORS_DOMAIN,
+                     409: ("Not running, busy, or the save failed", "Error")}),
+    Route("post", "/v1/domains/{domain}/migrate", "migrateDomain",
+          "Migrate to another host (xl migrate); the domain is gone here afterwards. With `Accept: "
+          "application/x-ndjson` or `?stream=true` the answer streams progress lines; closing the connection "
+          "cancels the migration", body="MigrateRequest", body_required=True,
+          params=(DOMAIN, Param("stream", "query", {"type": "boolean"}, "Stream NDJSON progress lines.")),
+          responses={200: ("Migrated (or, streamed: progress, then a result or error line)",
+                           ("MigrateResult", NDJSON)),
+                     **ERRORS_BODY, **ERRORS_DOMAIN,
+                     409: ("Not running, busy, cancelled, or the migration failed (the domain runs on here)",
+                           "Error")}),
+    Route("post", "/v1/domains/{domain}/migrate/cancel", "cancelMigration",
+          "Cancel a running migration; the domain keeps running here", params=(DOMAIN,),
+          responses={200: ("Cancelled", "Done"), **ERRORS_DOMAIN, 409: ("No migration is running", "Error")}),
+    Route("post", "/v1/domains/{domain}/incoming/wait", "waitIncoming",
+          "Wait until an incoming domain has been received and runs", body="WaitIncomingRequest",
+          params=(DOMAIN,),
+          responses={200: ("Received; the domain runs (or is paused)", "Domain"), **ERRORS_BODY,
+                     **ERRORS_DOMAIN, 409: ("The migration failed; the domain is gone (the message says why)",
+                                             "Error"),
+                     504: ("Still incoming after `timeout`", "Error")}),
     Route("get", "/v1/domains/{domain}/vcpus", "listVcpus", "The domain's vCPUs (xl vcpu-list)",
           params=(DOMAIN,), responses={200: ("vCPUs", "VcpuList"), **ERRORS_DOMAIN}),
     Route("get", "/v1/domains/{domain}/sched", "getSched", "Weight and cap (xl sched-credit -d DOM)",
@@ -303,9 +452,14 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-def _content(target: str | None) -> dict[str, Any] | None:
+def _content(target: str | tuple[str, ...] | None) -> dict[str, Any] | None:
     if target is None:
         return None
+    if isinstance(target, tuple):
+        return {k: v for t in target for k, v in (_content(t) or {}).items()}
+    if target == NDJSON:
+        # One JSON object per line; itemSchema is how OpenAPI (3.2) names the schema of each.
+        return {NDJSON: {"schema": {"type": "string"}, "itemSchema": {"$ref": "#/components/schemas/MigrateEvent"}}}
     if "/" in target:
         return {target: {"schema": {"type": "string", "format": "binary"}}}
     return {"application/json": {"schema": {"$ref": f"#/components/schemas/{target}"}}}

@@ -26,7 +26,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Generator, Iterable, Mapping
 
 from hospes.errors import HospesError
 from hospes.toolstack.api_error import ApiError
@@ -77,35 +77,76 @@ class Transport:
         assert self.socket_path is not None
         return _UnixHTTPConnection(str(self.socket_path), timeout)
 
-    def request(self, method: str, path: str, body: Any = None, timeout: float = DEFAULT_TIMEOUT,
-                raw: bool = False) -> Any:
-        headers = {"Accept": "application/json"}
+    def _headers(self, body: Any, accept: str) -> tuple[dict[str, str], bytes | None]:
+        headers = {"Accept": accept}
         data = None
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        return headers, data
+
+    def _unreachable(self, e: Exception) -> HospesApiError:
+        where = self.url.geturl() if self.url else self.socket_path
+        return HospesApiError(0, f"Cannot reach hospesd at {where}: {e}; is it running (`hospes daemon start`)?")
+
+    @staticmethod
+    def _refusal(status: int, reason: str, payload: bytes) -> HospesApiError:
+        try:
+            message = json.loads(payload)["error"]
+        except (ValueError, KeyError, TypeError):
+            message = payload.decode(errors="replace")[:500] or reason
+        return HospesApiError(status, message)
+
+    def request(self, method: str, path: str, body: Any = None, timeout: float = DEFAULT_TIMEOUT,
+                raw: bool = False) -> Any:
+        headers, data = self._headers(body, "application/json")
         conn = self._conn(timeout)
         try:
             conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()
             payload = resp.read()
         except (OSError, http.client.HTTPException) as e:
-            where = self.url.geturl() if self.url else self.socket_path
-            raise HospesApiError(0, f"Cannot reach hospesd at {where}: {e}; "
-                                    "is it running (`hospes daemon start`)?") from e
+            raise self._unreachable(e) from e
         finally:
             conn.close()
         if resp.status >= 400:
-            try:
-                message = json.loads(payload)["error"]
-            except (ValueError, KeyError, TypeError):
-                message = payload.decode(errors="replace")[:500] or resp.reason
-            raise HospesApiError(resp.status, message)
+            raise self._refusal(resp.status, resp.reason, payload)
         if raw:
             return payload
         return json.loads(payload) if payload else None
+
+    def stream(self, method: str, path: str, body: Any = None, timeout: float | None = None
+               ) -> Generator[dict[str, Any], None, None]:
+        """The JSON lines of an NDJSON answer, as they arrive. Closing the generator (or
+        leaving the loop) closes the connection: the daemon takes that as "cancel"."""
+        headers, data = self._headers(body, "application/x-ndjson")
+        conn = self._conn(timeout if timeout is not None else DEFAULT_TIMEOUT)
+        try:
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException) as e:
+                raise self._unreachable(e) from e
+            if resp.status >= 400:
+                raise self._refusal(resp.status, resp.reason, resp.read())
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)   # a migration may go quiet for long; None waits
+            while True:
+                try:
+                    line = resp.readline()
+                except (OSError, http.client.HTTPException) as e:
+                    raise HospesApiError(0, f"The connection to hospesd broke during {path}: {e}") from e
+                if not line:
+                    return
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except ValueError as e:
+                        raise HospesApiError(0, f"hospesd sent a malformed line: {line[:200]!r}") from e
+        finally:
+            conn.close()
 
 
 class Domain:
@@ -195,6 +236,50 @@ class Domain:
                 raise HospesError(f"{text!r} did not appear on the console of {self.name} within {timeout:.0f} s.")
             time.sleep(interval)
 
+    def save(self, path: str | os.PathLike[str], checkpoint: bool = False, compress: bool = False) -> dict[str, Any]:
+        """Save the domain to ``path`` (on the daemon's host; made absolute here). Without
+        ``checkpoint`` the domain is gone afterwards (xl save), with it it runs on (xl save -c).
+        Returns ``path``, ``bytes``, ``pages`` and ``seconds``."""
+        body = {"path": str(Path(path).absolute()), "checkpoint": checkpoint, "compress": compress}
+        return dict(self.client.transport.request("POST", self._path("/save"), body))
+
+    def migrate(self, dest: str, live: bool = True, verify: bool = False, compress: bool = False,
+                max_rounds: int | None = None, max_bandwidth: int | None = None,
+                progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Migrate to ``dest`` (``[USER@]HOST``, ``tcp://HOST:PORT`` or ``unix:PATH``) and return
+        the result (``downtime_ms``, ``total_s``, ``rounds``, ``pages_sent``, ``per_round``,
+        ``verify``); ``progress`` gets each progress event. ``max_bandwidth`` is bytes per second.
+        A failure raises HospesApiError (409) and the domain runs on here; so does an
+        interruption (KeyboardInterrupt closes the connection, which cancels the migration)."""
+        body = {"dest": dest, "live": live, "verify": verify, "compress": compress,
+                "max_rounds": max_rounds, "max_bandwidth": max_bandwidth}
+        lines = self.client.transport.stream("POST", self._path("/migrate"), body)
+        try:
+            for line in lines:
+                event = line.get("event")
+                if event == "result":
+                    return {k: v for k, v in line.items() if k != "event"}
+                if event == "error":
+                    raise HospesApiError(409, str(line.get("error")))
+                if progress is not None:
+                    progress(line)
+        finally:
+            lines.close()
+        raise HospesApiError(0, f"hospesd ended the migration of {self.name} without a result; "
+                                "`hospes list` shows where the domain is.")
+
+    def cancel_migration(self) -> None:
+        """Cancel this domain's migration (it keeps running here); HospesApiError 409 if none runs."""
+        self.client.transport.request("POST", self._path("/migrate/cancel"))
+
+    def wait_incoming(self, timeout: float = 600.0) -> "Domain":
+        """For a domain from :meth:`Hospes.incoming`: wait until the stream has arrived and it
+        runs; returns it, refreshed. HospesApiError 409 with the reason if the migration failed
+        (the domain is gone then), 504 after ``timeout``."""
+        self.info = self.client.transport.request("POST", self._path("/incoming/wait"), {"timeout": timeout},
+                                                  timeout=timeout + 30)
+        return self
+
     def run(self, command: str, timeout: float = 60.0) -> CommandResult:
         """Run ``command`` with the guest's console shell; see hospes.toolstack.console_run."""
         r = self.client.transport.request("POST", self._path("/run"), {"command": command, "timeout": timeout},
@@ -228,6 +313,20 @@ class Hospes:
         spec = self.load_config(config, overrides)
         info = self.transport.request("POST", "/v1/domains", {"spec": spec.to_dict(), "paused": paused})
         return Domain(self, info)
+
+    def restore(self, path: str | os.PathLike[str], overrides: Iterable[str] = (), paused: bool = False) -> Domain:
+        """Restore a domain from a save file (``path`` made absolute here; it is read on the
+        daemon's host). ``overrides`` are ``KEY=VALUE`` settings applied to the saved configuration."""
+        body = {"path": str(Path(path).absolute()), "overrides": list(overrides), "paused": paused}
+        return Domain(self, self.transport.request("POST", "/v1/domains/restore", body))
+
+    def incoming(self, listen: str, paused: bool = False, name: str | None = None) -> Domain:
+        """A domain that receives one migration at ``listen`` (``tcp://HOST:PORT`` or
+        ``unix:/path``); returns once it listens (state ``incoming``). ``Domain.wait_incoming``
+        waits for the rest."""
+        reply = self.transport.request("POST", "/v1/domains/incoming",
+                                       {"listen": listen, "paused": paused, "name": name})
+        return self.domain(int(reply["domid"]))
 
     @staticmethod
     def load_config(config: str | os.PathLike[str] | Mapping[str, Any] | DomainSpec,

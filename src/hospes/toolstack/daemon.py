@@ -18,17 +18,21 @@ import logging
 import os
 import secrets
 import signal
+import subprocess
 import sys
 import time
 import uuid as uuidlib
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hospes.version import __version__
 from hospes.domain import ShutdownReason
 from hospes.errors import HospesError
+from hospes.migrate.savefile import peek_config
+from hospes.migrate.stream import StreamError
 from hospes.toolstack import control
+from hospes.toolstack.addresses import listen_address, migration_destination
 from hospes.toolstack.api_error import ApiError
 from hospes.toolstack.console_run import PROBE_INTERVAL, MarkerRun
 from hospes.toolstack.domain_process import valid_name
@@ -37,12 +41,16 @@ from hospes.toolstack.lifecycle import DomainState, ShutdownRequest, WaitOutcome
 from hospes.toolstack.record import DomainRecord, write_record
 from hospes.toolstack.registry import DomainView, Registry
 from hospes.toolstack.rundir import RunDir
+from hospes.toolstack.saved_spec import restored_spec
 from hospes.toolstack.spec import DEFAULT_IMAGE, DomainSpec, load_spec
 
 log = logging.getLogger("hospesd")
 
 BUILD_TIMEOUT_S = 600.0        # first use may build the default images
 DESTROY_GRACE_S = 10.0
+SAVE_TIMEOUT_S = 600.0         # writing a big guest's memory takes a while
+GONE_GRACE_S = 30.0            # for a saved or migrated domain's process to exit
+MIB = 1024 * 1024
 HOST_MEMORY_RESERVE_MIB = 256
 
 
@@ -60,6 +68,19 @@ def request_spec(body: dict[str, Any]) -> DomainSpec:
         raise
     except (HospesError, ValueError, TypeError, KeyError, OSError) as e:
         raise ApiError(400, f"Invalid domain configuration: {e}") from e
+
+
+def absolute_file_path(path: str, what: str, must_exist: bool = True) -> str:
+    """``path`` if it is absolute and its directory exists on this host (ApiError 400 if not)."""
+    if not os.path.isabs(path):
+        raise ApiError(400, f"The {what} path must be absolute on the daemon's host, not {path!r}.")
+    if "\0" in path:
+        raise ApiError(400, f"The {what} path may not contain a NUL byte.")
+    if os.path.isdir(path):
+        raise ApiError(400, f"The {what} {path} is a directory; give a file name.")
+    if not must_exist and not os.path.isdir(os.path.dirname(path)):
+        raise ApiError(400, f"The directory of the {what} {path} does not exist on the daemon's host.")
+    return os.path.normpath(path)
 
 
 def check_paths(spec: DomainSpec) -> None:
@@ -87,6 +108,10 @@ class Daemon:
         self._run_locks: dict[int, asyncio.Lock] = {}
         self._create_lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
+        self._busy: dict[int, str] = {}                    # domid -> "saved" | "migrated"
+        self._migrations: dict[int, asyncio.Task[dict[str, Any]]] = {}
+        self._incoming: dict[int, asyncio.Task[None]] = {}
+        self._incoming_failed: dict[int, str] = {}         # domid -> why its stream failed
 
     # --- lifecycle of the daemon -------------------------------------------------------
 
@@ -100,6 +125,8 @@ class Daemon:
     async def stop(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
+        for task in (*self._incoming.values(), *self._migrations.values()):
+            task.cancel()
 
     async def _reap_forever(self) -> None:
         while True:
@@ -126,6 +153,19 @@ class Daemon:
         if not v.alive or v.state in (DomainState.SHUTDOWN, DomainState.CRASHED, DomainState.DYING):
             raise ApiError(409, f"Domain {v.record.name} ({v.domid}) is {v.state}; it cannot {action}. "
                                 "`hospes destroy` removes it.")
+        if v.state is DomainState.INCOMING:
+            raise ApiError(409, f"Domain {v.record.name} ({v.domid}) is incoming: it exists once the migration "
+                                f"stream has arrived, and cannot {action} before.")
+        return v
+
+    async def running(self, ident: str, action: str) -> DomainView:
+        """A domain that exists and runs (or is paused), not one still being built or received."""
+        v = await self.live(ident, action)
+        if v.state not in (DomainState.RUNNING, DomainState.PAUSED):
+            raise ApiError(409, f"Domain {v.record.name} ({v.domid}) is {v.state}; it cannot {action} yet.")
+        if v.domid in self._busy:
+            raise ApiError(409, f"Domain {v.record.name} ({v.domid}) is being {self._busy[v.domid]}; it cannot "
+                                f"{action} until that ends.")
         return v
 
     async def _request(self, v: DomainView, op: str, **args: Any) -> dict[str, Any]:
@@ -147,28 +187,97 @@ class Daemon:
         spec = request_spec(body)
         for w in spec.warnings:
             log.info("config warning: %s", w)
-        try:
-            name = valid_name(spec.name)
-        except HospesError as e:
-            raise ApiError(400, str(e)) from e
         check_paths(spec)
-        memory = spec.memory
+        domid = await self._start(spec, spec.memory, bool(body.get("paused")), "be built")
+        return await self._built_view(domid, spec.name)
+
+    async def restore(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Start a domain from a save file (``xl restore``): its spec comes from the file."""
+        path = absolute_file_path(body["path"], "save file")
+        try:
+            with open(path, "rb") as f:
+                saved, memory_bytes = peek_config(f)
+            spec = restored_spec(DomainSpec.from_dict(saved), list(body.get("overrides") or []))
+        except FileNotFoundError:
+            raise ApiError(400, f"The save file {path} does not exist on the daemon's host.") from None
+        except OSError as e:
+            raise ApiError(400, f"Cannot read the save file {path}: {e.strerror or e}.") from None
+        except StreamError as e:
+            raise ApiError(400, f"The file {path} is not a usable save file: {e}") from None
+        except (HospesError, ValueError, TypeError, AttributeError) as e:
+            raise ApiError(400, f"The configuration in the save file {path} is not usable: {e}") from None
+        # No check_paths: the kernel is in the saved memory, its file is not read again.
+        memory = max(spec.memory, -(-memory_bytes // MIB))
+        domid = await self._start(spec, memory, bool(body.get("paused")), "be restored", restore_path=path)
+        return await self._built_view(domid, spec.name)
+
+    async def incoming(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A domain process that listens for one migration stream; answers once it listens."""
+        try:
+            listen = listen_address(body["listen"])
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
+        if listen.startswith("unix:") and not os.path.isdir(os.path.dirname(listen[len("unix:"):])):
+            raise ApiError(400, f"The directory of the socket {listen} does not exist on the daemon's host.")
+
+        def placeholder(domid: int) -> DomainSpec:
+            # Replaced by the spec in the stream; until then the domain has only a name.
+            return DomainSpec(name=body.get("name") or f"incoming-{domid}", kernel=DEFAULT_IMAGE)
+
+        domid = await self._start(placeholder, None, bool(body.get("paused")), f"listen at {listen}",
+                                  ready=(DomainState.INCOMING, DomainState.RUNNING, DomainState.PAUSED),
+                                  incoming=listen)
+        self._incoming[domid] = asyncio.create_task(self._watch_incoming(domid))
+        return {"domid": domid, "listen": listen}
+
+    async def _start(self, spec: DomainSpec | Callable[[int], DomainSpec], memory: int | None, paused: bool,
+                     what: str, ready: tuple[DomainState, ...] = (DomainState.RUNNING, DomainState.PAUSED),
+                     **how: Any) -> int:
+        """Write the record of a new domain, start its process and wait until it is ``ready``.
+
+        ``spec`` may depend on the domid (an incoming domain's placeholder name);
+        ``memory`` (MiB) is checked against what the host has free, None skips
+        that; ``how`` are the record's fields saying how the process makes the
+        domain (``restore_path``, ``incoming``). ``what`` completes "Domain X
+        could not ..." in failures.
+        """
+        if not callable(spec):
+            self._valid_name(spec.name)
         async with self._create_lock:
+            domid = self.run.allocate_domid() if callable(spec) else 0
+            typed = spec(domid) if callable(spec) else spec
+            name = self._valid_name(typed.name)
             if name in self.registry.names():
                 raise ApiError(409, f"A domain named {name!r} already exists; pick another name (name=...).")
             free = available_memory_mib() - HOST_MEMORY_RESERVE_MIB
-            if memory > free:
+            if memory is not None and memory > free:
                 raise ApiError(409, f"Not enough free memory for {name}: {memory} MiB asked, {max(free, 0)} MiB "
                                     "free; destroy a domain or ask for less (memory=...).")
-            domid = self.run.allocate_domid()
-            uuid = spec.uuid or str(uuidlib.uuid4())
-            spec = replace(spec, uuid=uuid)
-            record = DomainRecord(domid=domid, name=name, uuid=uuid, spec=spec,
-                                  start_paused=bool(body.get("paused")),
-                                  console_log=str(self.run.console_log(domid)))
+            domid = domid or self.run.allocate_domid()
+            uuid = typed.uuid or str(uuidlib.uuid4())
+            typed = replace(typed, uuid=uuid)
+            record = DomainRecord(domid=domid, name=name, uuid=uuid, spec=typed, start_paused=paused,
+                                  console_log=str(self.run.console_log(domid)), **how)
             write_record(self.run.state_file(domid), record)
             proc = self.registry.spawn(domid)
-        log.info("creating domain %d (%s), process %d", domid, name, proc.pid)
+        log.info("domain %d (%s): process %d to %s", domid, name, proc.pid, what)
+        await self._await_ready(domid, proc, name, what, ready)
+        return domid
+
+    @staticmethod
+    def _valid_name(name: str) -> str:
+        try:
+            return valid_name(name)
+        except HospesError as e:
+            raise ApiError(400, str(e)) from e
+
+    async def _await_ready(self, domid: int, proc: subprocess.Popen[bytes], name: str, what: str,
+                           ready: tuple[DomainState, ...]) -> None:
+        """Wait until the new domain's record is in a ``ready`` state; clean up and raise if it fails.
+
+        A process that exits first failed (exit 2: the request was at fault, 400)
+        unless it exited 0 and left its record: it ran and stopped already.
+        """
         deadline = time.monotonic() + BUILD_TIMEOUT_S
         while time.monotonic() < deadline:
             rc = proc.poll()
@@ -179,24 +288,165 @@ class Daemon:
                     raise ApiError(500, f"Domain {name} started and stopped at once; see its console log "
                                         f"{self.run.console_log(domid)}.")
                 if rc == 0:
-                    break   # it ran and stopped already, preserved (build failures exit 1 or 2)
+                    return   # it ran and stopped already, preserved (build failures exit 1 or 2)
                 message = (rec.message if rec and rec.message else self._stderr_tail(domid)) or f"exit status {rc}"
                 self.registry.forget(domid)
                 status = 400 if rc == 2 else 500
-                raise ApiError(status, f"Domain {name} could not be built: {message}")
-            if rec is not None and rec.state in (DomainState.RUNNING, DomainState.PAUSED):
-                break   # built; "shutdown" here means the build failed and the process is exiting
+                raise ApiError(status, f"Domain {name} could not {what}: {message}")
+            if rec is not None and rec.state in ready:
+                return   # "shutdown" here means the build failed and the process is exiting
             await asyncio.sleep(0.1)
-        else:
-            rec = self.registry.record(domid)
-            if rec is not None:
-                self.registry.kill(rec)
-            self.registry.forget(domid)
-            raise ApiError(500, f"Domain {name} was not built within {BUILD_TIMEOUT_S:.0f} s; it was destroyed.")
+        rec = self.registry.record(domid)
+        if rec is not None:
+            self.registry.kill(rec)
+        self.registry.forget(domid)
+        raise ApiError(500, f"Domain {name} could not {what} within {BUILD_TIMEOUT_S:.0f} s; it was destroyed.")
+
+    async def _built_view(self, domid: int, name: str) -> dict[str, Any]:
         v = await self.registry.view(domid)
         if v is None:
             raise ApiError(500, f"Domain {name} stopped right after it was built; see its console log.")
         return v.to_api()
+
+    # --- save, restore, migration ------------------------------------------------------
+
+    async def save(self, ident: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Save a domain to a file on the daemon's host (``xl save [-c]``)."""
+        path = absolute_file_path(body["path"], "save file", must_exist=False)
+        checkpoint = bool(body.get("checkpoint"))
+        v = await self.running(ident, "be saved")
+        self._busy[v.domid] = "saved"
+        try:
+            try:
+                reply = await control.request(self.run.control_socket(v.domid), "save", timeout=SAVE_TIMEOUT_S,
+                                              path=path, checkpoint=checkpoint, compress=bool(body.get("compress")))
+            except control.ControlError as e:
+                raise ApiError(409, f"Domain {v.record.name} ({v.domid}) was not saved: {e}") from e
+            if not checkpoint:
+                await self._wait_gone(v.record)
+        finally:
+            self._busy.pop(v.domid, None)
+        log.info("saved domain %d (%s) to %s%s", v.domid, v.record.name, path, " (checkpoint)" if checkpoint else "")
+        return {"domid": v.domid, "path": str(reply.get("path", path)), "bytes": int(reply.get("bytes", 0)),
+                "pages": int(reply.get("pages", 0)), "seconds": float(reply.get("seconds", 0.0)),
+                "checkpoint": checkpoint}
+
+    async def migration(self, ident: str, body: dict[str, Any]) -> tuple[DomainView, dict[str, Any]]:
+        """Check a migrate request: the domain and the control arguments (ApiError if refused)."""
+        try:
+            dest = migration_destination(body["dest"])
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
+        v = await self.running(ident, "be migrated")
+        args = {"dest": dest, "live": bool(body.get("live", True)), "verify": bool(body.get("verify")),
+                "compress": bool(body.get("compress")), "max_rounds": body.get("max_rounds"),
+                "max_bandwidth": body.get("max_bandwidth")}
+        return v, args
+
+    async def migrate(self, v: DomainView, args: dict[str, Any],
+                      on_event: control.EventHandler | None = None) -> dict[str, Any]:
+        """Run a checked migration; its result once the source domain is gone. Cancelling the
+        caller cancels the migration (the control connection closes; the domain keeps running)."""
+        if v.domid in self._busy:
+            raise ApiError(409, f"Domain {v.record.name} ({v.domid}) is being {self._busy[v.domid]} already.")
+        self._busy[v.domid] = "migrated"
+        task = asyncio.current_task()
+        if task is not None:
+            self._migrations[v.domid] = task
+        log.info("migrating domain %d (%s) to %s", v.domid, v.record.name, args["dest"])
+        try:
+            try:
+                reply = await control.request_stream(self.run.control_socket(v.domid), "migrate",
+                                                     on_event or (lambda event: None), None, **args)
+            except control.ControlError as e:
+                raise ApiError(409, f"Domain {v.record.name} ({v.domid}) was not migrated: {e}") from e
+            except asyncio.CancelledError:
+                log.info("migration of domain %d cancelled; it keeps running here", v.domid)
+                raise
+            await self._wait_gone(v.record)
+        finally:
+            self._busy.pop(v.domid, None)
+            self._migrations.pop(v.domid, None)
+        result = dict(reply.get("result") or {})
+        log.info("migrated domain %d (%s) to %s: %s", v.domid, v.record.name, args["dest"], result)
+        return {"domid": v.domid, "dest": args["dest"], **result}
+
+    async def cancel_migration(self, ident: str) -> dict[str, Any]:
+        v = await self.view(ident)
+        task = self._migrations.get(v.domid)
+        try:
+            await control.request(self.run.control_socket(v.domid), "migrate_cancel", timeout=5)
+        except control.ControlError as e:
+            if task is None:
+                raise ApiError(409, f"Domain {v.record.name} ({v.domid}) is not being migrated: {e}") from e
+        if task is not None:
+            task.cancel()
+        return {"domid": v.domid}
+
+    async def wait_incoming(self, ident: str, timeout: float) -> dict[str, Any]:
+        """The domain once its migration stream has arrived and it runs; 409 with the reason if
+        the stream failed (the domain is gone then), 504 if it is still incoming after ``timeout``."""
+        failed = self._incoming_failed.get(int(ident)) if ident.isdigit() else None
+        if failed is not None:
+            raise ApiError(409, failed)
+        deadline = time.monotonic() + timeout
+        while True:
+            rec = self.registry.find(ident)
+            if rec is None:
+                failed = self._incoming_failed.get(int(ident)) if ident.isdigit() else None
+                raise ApiError(409 if failed else 404, failed or f"Domain {ident!r} does not exist; "
+                                                                  "`hospes list` shows the domains.")
+            if rec.state not in (DomainState.BUILDING, DomainState.INCOMING) and rec.incoming is None:
+                v = await self.view(ident)
+                if v.state in (DomainState.RUNNING, DomainState.PAUSED):
+                    return v.to_api()
+                raise ApiError(409, f"Domain {v.record.name} ({v.domid}) is {v.state} after its migration: "
+                                    f"{v.message or 'see its console log'}")
+            if time.monotonic() >= deadline:
+                raise ApiError(504, f"Domain {rec.name} ({rec.domid}) is still waiting for its migration stream "
+                                    f"after {timeout:.0f} s; `hospes destroy` gives up on it.")
+            await asyncio.sleep(0.1)
+
+    async def _watch_incoming(self, domid: int) -> None:
+        """Until an incoming domain runs: if its process exits without it, keep the reason
+        (``wait_incoming`` reports it) and clear what the process left behind."""
+        try:
+            while True:
+                await asyncio.sleep(0.2)
+                rec = self.registry.record(domid)
+                if rec is not None and rec.incoming is None and rec.state in (DomainState.RUNNING,
+                                                                              DomainState.PAUSED):
+                    return
+                if rec is not None and self.registry.is_alive(rec):
+                    continue
+                child = self.registry.children.get(domid)
+                if child is not None and child.poll() is None:
+                    continue
+                self.registry.reap()
+                if rec is None:
+                    reason = self._stderr_tail(domid) or f"exit status {self.registry.exit_codes.get(domid)}"
+                    self._incoming_failed[domid] = f"The migration into domain {domid} failed: {reason}"
+                    while len(self._incoming_failed) > 64:
+                        self._incoming_failed.pop(next(iter(self._incoming_failed)))
+                    self.registry.forget(domid)
+                    log.info("incoming domain %d failed: %s", domid, reason)
+                return
+        finally:
+            self._incoming.pop(domid, None)
+
+    async def _wait_gone(self, rec: DomainRecord) -> None:
+        """After a save or migration the domain process destroys its domain and exits; wait
+        for that (killing it if it lingers) and forget the domain, as destroy does."""
+        self.registry.dying.add(rec.domid)
+        try:
+            if not await self._wait_dead(rec, GONE_GRACE_S):
+                log.warning("domain %d did not exit after it was handed over; killing it", rec.domid)
+                self.registry.kill(rec)
+                await self._wait_dead(rec, 5.0)
+            self.registry.reap()
+            self.registry.forget(rec.domid)
+        finally:
+            self.registry.dying.discard(rec.domid)
 
     def _stderr_tail(self, domid: int) -> str:
         try:

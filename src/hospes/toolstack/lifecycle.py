@@ -6,6 +6,8 @@
 The reported states (the API's ``state`` field) and xl's letters::
 
     building   --p---   the domain process is building the domain (Xen: created paused)
+    incoming   --p---   waiting for or receiving a migration stream (xl's receiving side
+                        is a paused domain too)
     running    r----- / -b----   r when some vCPU is runnable, b when all are blocked
     paused     --p---
     shutdown   ---s?-   preserved after the guest stopped; ? = xl's reason letter
@@ -126,7 +128,7 @@ def xl_flags(state: DomainState, reason: ShutdownReason | None = None, blocked: 
     """xl's six state letters ``r b p s <reason> d`` for a reported state."""
     if state == DomainState.RUNNING:
         return "-b----" if blocked else "r-----"
-    if state in (DomainState.PAUSED, DomainState.BUILDING):
+    if state in (DomainState.PAUSED, DomainState.BUILDING, DomainState.INCOMING):
         return "--p---"
     if state == DomainState.SHUTDOWN:
         return f"---s{reason_letter(reason)}-"

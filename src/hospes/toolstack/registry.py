@@ -63,7 +63,8 @@ class DomainView:
             "uuid": rec.uuid,
             "state": str(self.state),
             "flags": xl_flags(self.state, reason, blocked),
-            "memory_mib": spec.memory if self.alive else 0,
+            # An incoming domain holds no memory until the stream brings its configuration.
+            "memory_mib": spec.memory if self.alive and rec.incoming is None else 0,
             "vcpus": online if self.alive and vcpus else (max_vcpus if self.alive else 0),
             "max_vcpus": max_vcpus,
             "cpu_time": round(self.cpu_time, 3),
