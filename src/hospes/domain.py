@@ -484,4 +484,5 @@ def _stdout(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
-__all__ = ["Domain", "DomainConfig", "domain_memory", "memory_regions", "DomainError", "DomainState", "ShutdownReason", "ShutdownResult"]
+__all__ = ["Domain", "DomainConfig", "DomainError", "DomainState", "ShutdownReason", "ShutdownResult", "domain_memory",
+           "memory_regions"]

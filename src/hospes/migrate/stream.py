@@ -241,4 +241,5 @@ def _read(inp: BinaryIO, size: int, index: int, what: str) -> bytes:
     return data
 
 
-__all__ = ["MAX_BATCH", "Record", "RecordReader", "RecordType", "StreamError", "StreamWriter", "VERSION", "read_records"]
+__all__ = ["MAX_BATCH", "Record", "RecordReader", "RecordType", "StreamError", "StreamWriter", "VERSION",
+           "read_records"]
