@@ -215,6 +215,7 @@ class Domain:
             self.mem = domain_memory(config)
             self.trampoline = Trampoline(self.mem, lay)
             if saved is not None:
+                assert not isinstance(memory, GuestMemory)
                 if len(memory) != self.mem.size:
                     raise StateError(
                         f"The saved memory is {len(memory)} bytes; a domain of {config.memory_mib} MiB and "
@@ -310,7 +311,8 @@ class Domain:
         this has returned and before the domain is unpaused.
         """
         self.pv.quiesce()
-        for backend in (*self.disks, *self.vifs):
+        self.pv.timers.hold()
+        for backend in self._backends():
             backend.freeze()
         with self._console_lock, self._store_lock:
             self._frozen = True
@@ -353,6 +355,11 @@ class Domain:
                     word ^= low
         return frames
 
+    def announce(self) -> None:
+        """Make the guest's network interfaces known where it runs now (after a migration)."""
+        for vif in self.vifs:
+            vif.announce()
+
     def held_frames(self) -> set[int]:
         """Frames a final copy always sends: the Xen and hypervisor regions (Hospes
         stores into them without marking) and the pages it holds views of."""
@@ -361,6 +368,9 @@ class Domain:
             if region.name != "ram":
                 frames.update(range(region.gpa // PAGE_SIZE, region.end // PAGE_SIZE))
         return frames
+
+    def _backends(self) -> list[BlockBackend | NetBackend]:
+        return [*self.disks, *self.vifs]
 
     def _slots(self) -> list[tuple[int, int, int]]:
         ram = self.layout.ram_bytes
@@ -435,7 +445,8 @@ class Domain:
             return
         with self._console_lock, self._store_lock:
             self._frozen = False
-        for backend in (*self.disks, *self.vifs):
+        self.pv.timers.release()
+        for backend in self._backends():
             backend.thaw()
         self._service_console()
         self._store_event()

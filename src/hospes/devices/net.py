@@ -137,6 +137,13 @@ class VifConfig:
     mtu: int = 1500
     rate_bytes: int = 0        # guest -> host limit: bytes per rate_usecs (0: unlimited)
     rate_usecs: int = 50_000
+    attach: bool = False       # open the TAP even if held: a migration arriving on the source's host
+
+
+def _announce_frame(mac: bytes, ethertype: int, op: int, sha: bytes, spa: bytes, tha: bytes, tpa: bytes) -> bytes:
+    """A broadcast ARP-format frame (ARP or RARP, RFC 826/903), padded to the 60-byte minimum."""
+    body = struct.pack("!HHBBH", 1, 0x0800, 6, 4, op) + sha + spa + tha + tpa
+    return (b"\xff" * 6 + mac + struct.pack("!H", ethertype) + body).ljust(60, b"\0")
 
 
 def default_mac(domid: int, devid: int) -> str:
@@ -303,6 +310,7 @@ class NetState:
     rx_gso: int
     rx_pending: bytes = b""
     rx_pending_slots: int = 0
+    ipv4: bytes = b""           # the guest's address, as its last ARP gave it (for announce())
     version: int = VERSION
 
 
@@ -342,7 +350,7 @@ class NetBackend:
         d = host.domid
         self.tap_name = vif.tap or f"hospes{d}.{vif.devid}"
         self._own_fd = tap_fd is None
-        self.fd = open_tap(self.tap_name, vif.mtu) if tap_fd is None else tap_fd
+        self.fd = open_tap(self.tap_name, vif.mtu, attach=vif.attach) if tap_fd is None else tap_fd
         if vif.bridge is not None and tap_fd is None:
             try:
                 attach_to_bridge(self.tap_name, vif.bridge)
@@ -363,6 +371,7 @@ class NetBackend:
         self._rx_buf = bytearray(VNET_HDR_LEN + 65536 + 256)
         self._rx_view = memoryview(self._rx_buf)
         self._rx_starved_since: float | None = None
+        self.ipv4 = b""
         self._lock = threading.Lock()      # ring state (worker vs. xenbus vs. save)
         self._stop = False
         self._frozen = False               # see freeze()
@@ -511,6 +520,19 @@ class NetBackend:
                     except OSError:
                         pass
 
+    def announce(self) -> None:
+        """Tell the host's network the guest is here now (after a migration): a
+        gratuitous ARP for its address if the backend has seen one, and a RARP
+        naming its MAC, which every switch learns from whatever the guest runs."""
+        frames = [_announce_frame(self.mac, 0x8035, 3, self.mac, b"\0" * 4, self.mac, b"\0" * 4)]
+        if self.ipv4:
+            frames.append(_announce_frame(self.mac, 0x0806, 1, self.mac, self.ipv4, b"\0" * 6, self.ipv4))
+        for frame in frames:
+            try:
+                os.write(self.fd, bytes(VNET_HDR_LEN) + frame)
+            except OSError as e:
+                log.warning("vif %s: cannot announce the guest: %s", self.tap_name, e.strerror)
+
     def freeze(self) -> None:
         """Move no more packets until :meth:`thaw` (a save or migration's final copy):
         the pass in progress ends first, and guest memory is not written after this
@@ -622,6 +644,8 @@ class NetBackend:
             if len(slots) > XEN_NETIF_NR_SLOTS_MIN:
                 raise _Malformed(f"{len(slots)} slots in one packet (at most {XEN_NETIF_NR_SLOTS_MIN})")
             frame, hdr = self._tx_build(buf, slots, flags, extras)
+            if frame[12:14] == b"\x08\x06" and len(frame) >= 42:
+                self.ipv4 = bytes(frame[28:32])    # the ARP sender's address: the guest's own
             try:
                 os.writev(self.fd, (hdr, frame))
             except OSError as e:
@@ -921,7 +945,7 @@ class NetBackend:
                 rx_ring=self._rx.save() if live and self._rx is not None else None,
                 rx_sg=self.rx_sg, rx_gso=self.rx_gso,
                 rx_pending=pending[0] if pending is not None else b"",
-                rx_pending_slots=pending[1] if pending is not None else 0,
+                rx_pending_slots=pending[1] if pending is not None else 0, ipv4=self.ipv4,
             )
 
     @classmethod
@@ -950,6 +974,7 @@ class NetBackend:
         try:
             backend.tx_port, backend.rx_port = state.tx_port, state.rx_port
             backend.rx_sg, backend.rx_gso = state.rx_sg, state.rx_gso
+            backend.ipv4 = state.ipv4 if len(state.ipv4) == 4 else b""
             if state.tx_ring is not None and state.rx_ring is not None:
                 t, r = state.tx_ring, state.rx_ring
                 backend._tx = BackRing(host.mem, t.frame << 12, nr_slots=RING_SLOTS, slot_size=TX_SLOT,

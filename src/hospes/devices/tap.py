@@ -50,21 +50,38 @@ def check_ifname(name: str, what: str) -> None:
                        "or spaces).")
 
 
-def open_tap(name: str, mtu: int) -> int:
-    """Create TAP device ``name``, or attach a queue to it if it exists; set its MTU and bring it up.
+def tap_in_use(name: str) -> bool:
+    """True if a process holds a queue of TAP ``name`` (tun raises the carrier while one does)."""
+    try:
+        with open(f"/sys/class/net/{name}/carrier") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
 
-    Multi-queue, so that a domain migrating between two daemons of one host can
-    attach its TAP (same name, same bridge) while the source still holds its own
-    queue; a TAP with one queue behaves as a single-queue one."""
+
+def open_tap(name: str, mtu: int, *, attach: bool = False) -> int:
+    """Create TAP device ``name`` (or open a persistent one nobody uses); set its MTU and bring it up.
+
+    Multi-queue, so that a domain migrating between two daemons of one host
+    (``attach``) can open its TAP (same name, same bridge) while the source still
+    holds its own queue; a TAP with one queue behaves as a single-queue one.
+    Without ``attach``, a TAP another process holds is refused, as before."""
     check_ifname(name, "TAP")
+    if not attach and tap_in_use(name):
+        raise NetError(f"Cannot create TAP device {name}: another process holds it; pick another name with tap=.")
     try:
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise NetError(f"Cannot open /dev/net/tun: {e.strerror}; creating a TAP device needs root "
                        "(CAP_NET_ADMIN) and the tun module.") from e
     try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(),
-                                                IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE))
+        flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
+        try:
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags | IFF_MULTI_QUEUE))
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))  # a persistent 1-queue TAP
         fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM)
     except OSError as e:
         os.close(fd)

@@ -44,49 +44,10 @@ class Receiver:
         self.memory_for = memory_for
         self._records = RecordReader(channel.rfile)
         self._replies: StreamWriter | None = None
-        self.pages_received = 0
 
     def receive(self) -> Received:
         """Read the stream up to its END; StreamError or StateError naming the bad record."""
-        memory: GuestMemory | None = None
-        config: Any = None
-        state: DomainState | None = None
-        digests: bytes | None = None
-        while True:
-            record = self._records.next()
-            if record.type is RecordType.CONFIG:
-                if memory is not None:
-                    raise StreamError(f"Record {record.index} is a second CONFIG.")
-                config, size = config_of(record)
-                memory = self.memory_for(config, size)
-                if memory.size != size:
-                    raise StreamError(f"Record {record.index} (CONFIG) gives {size} bytes of memory; the "
-                                      f"configuration it carries makes {memory.size}.")
-            elif record.type is RecordType.PAGES:
-                if memory is None:
-                    raise StreamError(f"Record {record.index} (PAGES) comes before the CONFIG record.")
-                buf, limit = memory.buf, memory.size // PAGE_SIZE
-                for frame, page in record.pages():
-                    if frame >= limit:
-                        raise StreamError(f"Record {record.index} (PAGES) holds frame {frame:#x}, beyond the "
-                                          "memory.")
-                    buf[frame * PAGE_SIZE:(frame + 1) * PAGE_SIZE] = page
-                    self.pages_received += 1
-            elif record.type is RecordType.STATE:
-                try:
-                    state = decode(DomainState, record.json())
-                except StateError as e:
-                    raise StreamError(f"Record {record.index} (STATE) does not fit: {e}") from None
-            elif record.type is RecordType.VERIFY:
-                digests = record.payload
-            elif record.type is RecordType.END:
-                break
-            elif record.type is not RecordType.HEADER:
-                raise StreamError(f"Record {record.index} ({record.type.name}) has no place in a domain stream.")
-        if memory is None or state is None:
-            raise StreamError("The stream ended without a CONFIG and a STATE record: it is not a whole domain.")
-        verify = None if digests is None else _compare(digests, memory)
-        return Received(config, state, memory, verify)
+        return receive_domain(self._records, self.memory_for)
 
     # --- the handover ---------------------------------------------------------------
 
@@ -121,6 +82,54 @@ class Receiver:
         self._reply({"status": "running"})
 
 
+def receive_domain(records: RecordReader, memory_for: Callable[[Any, int], GuestMemory]) -> Received:
+    """Read a domain stream (a save file or a migration) up to its END, straight into
+    the memory ``memory_for(config, size)`` makes; StreamError naming the bad record."""
+    memory: GuestMemory | None = None
+    config: Any = None
+    state: DomainState | None = None
+    digests: bytes | None = None
+    try:
+        while True:
+            record = records.next()
+            if record.type is RecordType.CONFIG:
+                if memory is not None:
+                    raise StreamError(f"Record {record.index} is a second CONFIG.")
+                config, size = config_of(record)
+                memory = memory_for(config, size)
+                if memory.size != size:
+                    raise StreamError(f"Record {record.index} (CONFIG) gives {size} bytes of memory; the "
+                                      f"configuration here makes {memory.size}.")
+            elif record.type is RecordType.PAGES:
+                if memory is None:
+                    raise StreamError(f"Record {record.index} (PAGES) comes before the CONFIG record.")
+                buf, limit = memory.buf, memory.size // PAGE_SIZE
+                for frame, page in record.pages():
+                    if frame >= limit:
+                        raise StreamError(f"Record {record.index} (PAGES) holds frame {frame:#x}, beyond the "
+                                          "memory.")
+                    buf[frame * PAGE_SIZE:(frame + 1) * PAGE_SIZE] = page
+            elif record.type is RecordType.STATE:
+                try:
+                    state = decode(DomainState, record.json())
+                except StateError as e:
+                    raise StreamError(f"Record {record.index} (STATE) does not fit: {e}") from None
+            elif record.type is RecordType.VERIFY:
+                digests = record.payload
+            elif record.type is RecordType.END:
+                break
+            elif record.type is not RecordType.HEADER:
+                raise StreamError(f"Record {record.index} ({record.type.name}) has no place in a domain stream.")
+        if memory is None or state is None:
+            raise StreamError("The stream ended without a CONFIG and a STATE record: it is not a whole domain.")
+        verify = None if digests is None else _compare(digests, memory)
+    except BaseException:
+        if memory is not None:
+            memory.close()
+        raise
+    return Received(config, state, memory, verify)
+
+
 def _compare(payload: bytes, memory: GuestMemory) -> dict[str, int]:
     """Check the source's page hashes against the received memory (raises on any difference)."""
     if len(payload) < 4 or struct.unpack_from("<I", payload)[0] != DIGEST_SIZE:
@@ -139,4 +148,4 @@ def _compare(payload: bytes, memory: GuestMemory) -> dict[str, int]:
     return {"pages": frames, "differences": 0}
 
 
-__all__ = ["Received", "Receiver"]
+__all__ = ["Received", "Receiver", "receive_domain"]

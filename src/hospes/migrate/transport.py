@@ -115,7 +115,7 @@ class Channel:
 
 
 def _socket_channel(sock: socket.socket) -> Channel:
-    return Channel(sock.makefile("rb"), sock.makefile("wb", buffering=1 << 20), sock=sock)
+    return Channel(sock.makefile("rb"), sock.makefile("wb", buffering=1 << 20), sock=sock)  # type: ignore[arg-type]
 
 
 def connect(addr: Address, timeout: float = CONNECT_TIMEOUT_S) -> Channel:

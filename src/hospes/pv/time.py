@@ -155,6 +155,8 @@ class Timers:
         self.calls: list[tuple[int, int, Callable[[], None]]] = []  # (deadline, seq, fn): call_later
         self._seq = 0
         self.stopping = False
+        self.held = False      # see hold()
+        self._firing = False
         self.thread = threading.Thread(target=self._run, name="timers", daemon=True)
 
     def start(self) -> None:
@@ -167,6 +169,20 @@ class Timers:
             self.cond.notify()
         if self.thread.is_alive() and self.thread is not threading.current_thread():
             self.thread.join()
+
+    def hold(self) -> None:
+        """Fire nothing (and make no call) until :meth:`release`; returns once a firing in
+        progress has ended. A save's final copy needs guest memory still: a timer that
+        falls due meanwhile stays armed, and is in the saved state as such."""
+        with self.cond:
+            self.held = True
+            while self._firing:
+                self.cond.wait()
+
+    def release(self) -> None:
+        with self.cond:
+            self.held = False
+            self.cond.notify_all()
 
     def set_singleshot(self, vcpu: int, deadline: int, force: bool = False) -> None:
         """Arm ``vcpu``'s one-shot timer at system time ``deadline`` (0 stops it).
@@ -264,6 +280,9 @@ class Timers:
             with self.cond:
                 if self.stopping:
                     return
+                if self.held:
+                    self.cond.wait()
+                    continue
                 now = self.clock.now()
                 while self.calls and self.calls[0][0] <= now:
                     calls.append(heapq.heappop(self.calls)[2])
@@ -273,10 +292,16 @@ class Timers:
                     wait = min((min(deadlines) - now) / NS, threading.TIMEOUT_MAX) if deadlines else None
                     self.cond.wait(wait)
                     continue
-            for fn in calls:
-                fn()
-            for v in due:
-                self.fire(v)
+                self._firing = True
+            try:
+                for fn in calls:
+                    fn()
+                for v in due:
+                    self.fire(v)
+            finally:
+                with self.cond:
+                    self._firing = False
+                    self.cond.notify_all()
 
 
 __all__ = ["NS", "Clock", "ClockState", "Timers", "TimersState", "VcpuTimersState", "time_scale"]

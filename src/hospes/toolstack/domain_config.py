@@ -81,9 +81,15 @@ def vif_config(vif: VifSpec, domid: int) -> VifConfig:
                      rate_usecs=vif.rate.interval_usecs if vif.rate else DEFAULT_RATE_INTERVAL_US)
 
 
-def domain_config(spec: DomainSpec, domid: int, log: Log) -> DomainConfig:
-    """The DomainConfig for ``spec`` as domain ``domid``; raises HospesError for what Hospes cannot run."""
-    boot = boot_images(spec, log)
+def domain_config(spec: DomainSpec, domid: int, log: Log, *, boot_from_images: bool = True) -> DomainConfig:
+    """The DomainConfig for ``spec`` as domain ``domid``; raises HospesError for what Hospes cannot run.
+
+    ``boot_from_images=False`` is for a domain restored from saved memory: its
+    kernel is in that memory, so the kernel and ramdisk named are not looked at."""
+    if boot_from_images:
+        boot = boot_images(spec, log)
+    else:
+        boot = BootImages(Path(spec.kernel), None, spec.cmdline or "")
     return DomainConfig(kernel=boot.kernel, ramdisk=boot.ramdisk, cmdline=boot.cmdline,
                         memory_mib=spec.memory, vcpus=spec.vcpus, name=spec.name, domid=domid,
                         disks=tuple(disk_config(d) for d in spec.disks),

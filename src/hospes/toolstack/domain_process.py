@@ -37,7 +37,14 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from hospes.cgroup import CgroupError, CpuControl, SchedParams
-from hospes.domain import Domain, ShutdownReason, ShutdownResult
+from hospes.domain import Domain, ShutdownReason, ShutdownResult, domain_memory
+from hospes.machine.memory import GuestMemory
+from hospes.migrate.precopy import MAX_ROUNDS, MigrateOptions, MigrationError, Progress, Sender
+from hospes.migrate.receive import Received, Receiver, receive_domain
+from hospes.migrate.savefile import write_domain
+from hospes.migrate.stream import RecordReader, StreamError
+from hospes.migrate.transport import Listener, connect, parse_address
+from hospes.toolstack.spec import DomainSpec
 from hospes.errors import HospesError
 from hospes.pv.runstate import RunState
 from hospes.toolstack import control
@@ -48,6 +55,7 @@ from hospes.toolstack.runner import DomainRunner, RestartLimit, TerminationSigna
 from hospes.toolstack.rundir import RunDir
 
 LOG_ROTATE_BYTES = 16 * 1024 * 1024
+INCOMING_TIMEOUT_S = 3600.0   # an incoming domain waits this long for its migration
 CONSOLE_BACKLOG_BYTES = 1024 * 1024   # a console client further behind than this is dropped
 NAME_MAX = 64
 
@@ -71,6 +79,15 @@ def valid_name(name: object) -> str:
     if name == "Domain-0":
         raise HospesError("The name Domain-0 is the host's; pick another.")
     return name
+
+
+def _positive(value: object, name: str) -> int | None:
+    """An optional positive integer argument of a control request."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise HospesError(f"{name} must be a positive integer, not {value!r}.")
+    return value
 
 
 class ConsoleLog:
@@ -126,7 +143,7 @@ class ControlServer:
         self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "status": self._status, "pause": self._pause, "unpause": self._unpause,
             "shutdown": self._shutdown, "destroy": self._destroy, "rename": self._rename, "log": self._log,
-            "sched": self._sched,
+            "sched": self._sched, "save": self._save_op, "migrate_cancel": self._migrate_cancel,
         }
 
     def start(self) -> None:
@@ -189,6 +206,9 @@ class ControlServer:
                     await writer.drain()
                     await self._console(reader, writer)
                     return
+                if op == "migrate":
+                    await self._migrate(req, reader, writer)
+                    return
                 handler = self.handlers.get(op) if isinstance(op, str) else None
                 if handler is None:
                     raise HospesError(f"Unknown control operation {op!r}; use one of {', '.join(control.OPS)}.")
@@ -250,6 +270,46 @@ class ControlServer:
     async def _sched(self, req: dict[str, Any]) -> dict[str, Any]:
         return self.proc.set_sched(req.get("weight"), req.get("cap"))
 
+    async def _save_op(self, req: dict[str, Any]) -> dict[str, Any]:
+        path = req.get("path")
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise HospesError("save needs an absolute path.")
+        return await asyncio.to_thread(self.proc.save, Path(path), bool(req.get("checkpoint")),
+                                       bool(req.get("compress")))
+
+    async def _migrate_cancel(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.proc.cancel_migration()
+        return {}
+
+    async def _migrate(self, req: dict[str, Any], reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
+        """Run a migration in a worker thread, passing its progress on; the client
+        closing the connection before the end cancels it."""
+        loop = asyncio.get_running_loop()
+        cancel = threading.Event()
+
+        def progress(event: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(writer.write, control.encode(event))
+
+        async def watch_client() -> None:
+            while await reader.read(4096):
+                pass
+            cancel.set()
+
+        watcher = asyncio.create_task(watch_client())
+        try:
+            result = await asyncio.to_thread(self.proc.migrate, req, progress, cancel)
+            reply: dict[str, Any] = {"ok": True, "result": result}
+        except HospesError as e:
+            reply = {"ok": False, "error": str(e)}
+        except Exception as e:
+            log(f"migration failed: {traceback.format_exc()}")
+            reply = {"ok": False, "error": f"Internal error: {e}"}
+        finally:
+            watcher.cancel()
+        writer.write(control.encode(reply))
+        await writer.drain()
+
 
 class DomainProcess:
     """Runs one domain described by its state record; see the module docstring."""
@@ -269,6 +329,11 @@ class DomainProcess:
                                    restart_limit=RestartLimit(), on_built=self._built,
                                    on_stopped=self._stopped, on_restart=self._restarting)
         self._last_cpu: list[float] = []
+        self._busy: str | None = None              # "being saved" / "migrating"
+        self._cancel: threading.Event | None = None
+        self._received: Received | None = None     # the first domain, as restore or a migration gave it
+        self._receiver: Receiver | None = None
+        self._handover_failed = ""
         self.cpu = CpuControl(domid)
         self.log = ConsoleLog(Path(self.record.console_log))
         self.server = ControlServer(self, run.control_socket(domid))
@@ -344,7 +409,102 @@ class DomainProcess:
             self._save()
             return self.sched_status()
 
+    # --- save and migration ------------------------------------------------------------------
+
+    def _begin(self, what: str) -> Domain:
+        """Claim the domain for a save or migration (one at a time, only while it runs)."""
+        with self._lock:
+            if self._busy is not None:
+                raise HospesError(f"The domain is {self._busy}; wait until that ends.")
+            dom = self.dom
+            if dom is None or self.record.state not in (DomainState.RUNNING, DomainState.PAUSED):
+                raise HospesError(f"The domain is {self.record.state}; only a running or paused domain can be "
+                                  f"{what}.")
+            self._busy = "being saved" if what == "saved" else "migrating"
+            return dom
+
+    def _end(self) -> None:
+        with self._lock:
+            self._busy = None
+
+    def _check_idle(self) -> None:
+        if self._busy is not None:
+            raise HospesError(f"The domain is {self._busy}; wait until that ends.")
+
+    def save(self, path: Path, checkpoint: bool, compress: bool) -> dict[str, Any]:
+        """``hospes save``: write the domain to ``path``; without ``checkpoint`` it is destroyed after."""
+        dom = self._begin("saved")
+        start = time.monotonic()
+        was_paused = dom.paused
+        tmp = path.with_name(f".{path.name}.partial")
+        try:
+            with open(tmp, "wb") as f:
+                writer = write_domain(dom, f, self.record.spec.to_dict(), compress=compress)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as e:
+            remove_quietly(tmp)
+            dom.thaw()
+            if not was_paused:
+                dom.unpause()
+            self._end()
+            if isinstance(e, OSError):
+                raise HospesError(f"Cannot write {path}: {e.strerror or e}; the domain keeps running.") from e
+            raise
+        log(f"saved to {path} ({writer.bytes_written} bytes)")
+        if checkpoint:
+            dom.thaw()
+            if not was_paused:
+                dom.unpause()
+            self._end()
+        else:
+            self.runner.destroy()
+        return {"path": str(path), "bytes": writer.bytes_written, "pages": writer.pages_sent,
+                "seconds": round(time.monotonic() - start, 3)}
+
+    def migrate(self, req: dict[str, Any], progress: Progress, cancel: threading.Event) -> dict[str, Any]:
+        """``hospes migrate``: send the domain to ``req["dest"]``; destroyed here once it runs there."""
+        dest = req.get("dest")
+        if not isinstance(dest, str):
+            raise HospesError("migrate needs a destination (dest).")
+        addr = parse_address(dest)
+        options = MigrateOptions(
+            live=bool(req.get("live", True)), verify=bool(req.get("verify")), compress=bool(req.get("compress")),
+            max_rounds=_positive(req.get("max_rounds"), "max_rounds") or MAX_ROUNDS,
+            max_bandwidth=_positive(req.get("max_bandwidth"), "max_bandwidth"))
+        dom = self._begin("migrated")
+        self._cancel = cancel
+        try:
+            log(f"migrating to {addr}")
+            channel = connect(addr)
+            try:
+                result = Sender(dom, self.record.spec.to_dict(), channel, options, progress, cancel).run()
+            finally:
+                channel.close()
+        except MigrationError as e:
+            log(f"migration to {addr} failed: {e}")
+            if not e.committed:
+                self._end()
+            raise
+        except BaseException:
+            self._end()
+            raise
+        finally:
+            self._cancel = None
+        log(f"migrated to {addr}: downtime {result.downtime_ms} ms, {result.rounds} rounds, "
+            f"{result.pages_sent} pages")
+        self.runner.destroy()
+        return result.to_dict()
+
+    def cancel_migration(self) -> None:
+        cancel = self._cancel
+        if cancel is None:
+            raise HospesError("No migration of this domain is in progress.")
+        cancel.set()
+
     def pause(self) -> None:
+        self._check_idle()
         with self._lock:
             if self.record.state == DomainState.SHUTDOWN:
                 raise HospesError("The domain is shut down; it cannot be paused.")
@@ -356,6 +516,7 @@ class DomainProcess:
             self._set_state(DomainState.PAUSED)
 
     def unpause(self) -> None:
+        self._check_idle()
         with self._lock:
             if self.dom is None:
                 self.record.start_paused = False
@@ -366,19 +527,21 @@ class DomainProcess:
                 self._set_state(DomainState.RUNNING)
 
     def request_shutdown(self, reason: ShutdownRequest) -> None:
+        self._check_idle()
         self.runner.request_shutdown(reason)
 
     def destroy(self) -> None:
         self.runner.destroy()
 
     def rename(self, name: str) -> None:
+        self._check_idle()
         with self._lock:
             self.record.name = name
             self.record.spec = dataclasses.replace(self.record.spec, name=name)
             self._save()
             dom = self.dom
             if dom is not None:
-                dom.store.write(f"/local/domain/{self.domid}/name", name)
+                dom.store.write(f"/local/domain/{dom.domid}/name", name)
                 dom.store.write(f"/vm/{dom.uuid}/name", name)
 
     def queue_input(self, data: bytes) -> None:
@@ -391,14 +554,103 @@ class DomainProcess:
         self.server.broadcast(data)
 
     def _build(self) -> Domain:
-        return Domain(domain_config(self.record.spec, self.domid, log), console_out=self._console_out)
+        received, self._received = self._received, None
+        if received is None:
+            return Domain(domain_config(self.record.spec, self.domid, log), console_out=self._console_out)
+        # The guest keeps the domid it was built with: its kernel and store hold it.
+        config = domain_config(self.record.spec, received.state.pv.domid, log, boot_from_images=False)
+        if self._receiver is not None:   # arriving, maybe on the source's host: share its TAPs meanwhile
+            config = dataclasses.replace(config, vifs=tuple(dataclasses.replace(v, attach=True)
+                                                            for v in config.vifs))
+        try:
+            return Domain(config, console_out=self._console_out, saved=(received.state, received.memory))
+        except BaseException:
+            received.memory.close()
+            raise
+
+    # --- restore and incoming migration: the first domain from a stream -----------------------
+
+    def _memory_for(self, config: Any, size: int) -> GuestMemory:
+        try:
+            spec = DomainSpec.from_dict(config)
+        except (HospesError, ValueError, TypeError, KeyError) as e:
+            raise StreamError(f"The stream's configuration is not one this Hospes reads: {e}") from e
+        return domain_memory(domain_config(spec, self.domid, log, boot_from_images=False))
+
+    def _restore_first(self) -> None:
+        """``hospes restore``: read the save file the record names (the daemon set the spec)."""
+        path = self.record.restore_path
+        assert path is not None
+        try:
+            with open(path, "rb") as f:
+                self._received = receive_domain(RecordReader(f), self._memory_for)
+        except OSError as e:
+            raise HospesError(f"Cannot read {path}: {e.strerror or e}.") from e
+        log(f"restoring from {path}")
+
+    def _receive_first(self) -> None:
+        """``hospes migrate-receive``: listen, accept one stream, read it to its END."""
+        addr = parse_address(self.record.incoming or "", listen=True)
+        listener = Listener(addr)
+        try:
+            self._set_state(DomainState.INCOMING)
+            channel = listener.accept(INCOMING_TIMEOUT_S)
+        finally:
+            listener.close()
+        receiver = Receiver(channel, self._memory_for)
+        try:
+            received = receiver.receive()
+            spec = DomainSpec.from_dict(received.config)
+        except BaseException as e:
+            receiver.refuse(str(e))
+            channel.close()
+            raise
+        with self._lock:
+            placeholder = self.record.name == f"incoming-{self.domid}"
+            name = spec.name if placeholder else self.record.name
+            self.record.spec = dataclasses.replace(spec, name=name)
+            self.record.name, self.record.uuid = name, spec.uuid or self.record.uuid
+            self._save()
+        log(f"received domain {name} over {addr}")
+        self._received, self._receiver = received, receiver
+
+    def _hand_over(self, dom: Domain, receiver: Receiver) -> None:
+        """Tell the source the domain is built, wait for its COMMIT, run the guest.
+        Before COMMIT the source still has the guest: any failure destroys this copy."""
+        try:
+            receiver.ready(None)
+            receiver.wait_commit()
+        except BaseException as e:
+            log(f"the migration failed before the handover: {e}")
+            self._handover_failed = f"The source did not hand the guest over: {e}"
+            receiver.channel.close()
+            self.runner.destroy()
+            return
+        with self._lock:
+            paused = self.record.start_paused
+            if not paused:
+                dom.unpause()
+            self._set_state(DomainState.PAUSED if paused else DomainState.RUNNING, incoming=None,
+                            started=time.time(), start_paused=False)
+        try:
+            receiver.running()
+        except OSError as e:
+            log(f"could not confirm to the source that the guest runs here: {e}")
+        receiver.channel.close()
+        dom.announce()
+        log("the migrated guest runs here")
 
     def _built(self, dom: Domain) -> None:
+        receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            dom.pause()
+            threading.Thread(target=self._hand_over, args=(dom, receiver), name="handover", daemon=True).start()
+            return
         paused = self.record.start_paused
         if paused:
             dom.pause()
         self._set_state(DomainState.PAUSED if paused else DomainState.RUNNING, started=time.time(),
-                        start_paused=False, shutdown_reason=None, message="")
+                        start_paused=False, shutdown_reason=None, message="", restore_path=None)
 
     def _stopped(self, result: ShutdownResult, outcome: Outcome) -> None:
         log(f"domain {self.domid} ({self.record.name}) stopped: {result.reason} {result.message[:200]}".rstrip())
@@ -424,9 +676,23 @@ class DomainProcess:
             self._set_state(DomainState.SHUTDOWN, shutdown_reason=ShutdownReason.CRASH, message=str(e))
             self.server.stop()
             return 2
+        incoming = self.record.incoming is not None
+        if incoming or self.record.restore_path is not None:
+            try:
+                if incoming:
+                    self._receive_first()
+                else:
+                    self._restore_first()
+            except Exception as e:
+                return self._first_failed(e, incoming)
         try:
             ending = self.runner.run()
         except Exception as e:
+            if self.runner.builds == 0 and (incoming or self.record.restore_path is not None):
+                if self._receiver is not None:
+                    self._receiver.refuse(f"The domain cannot be built here: {e}")
+                    self._receiver.channel.close()
+                return self._first_failed(e, incoming)
             user_error = isinstance(e, (HospesError, OSError))
             msg = str(e) if user_error else f"Internal error while building the domain: {e!r}"
             log(f"build failed: {traceback.format_exc()}")
@@ -438,7 +704,22 @@ class DomainProcess:
                             message=ending.result.message[:4096])
             self.server.stop()
             return 0
-        return self._finish_destroyed()
+        code = self._finish_destroyed()
+        if self._handover_failed:
+            log(self._handover_failed)   # the last line of the .err file: what the daemon reports
+            return 1
+        return code
+
+    def _first_failed(self, e: Exception, incoming: bool) -> int:
+        """A restore or an incoming migration that did not produce a domain: leave no
+        record behind, and say why on the last line of stderr (the daemon reports it)."""
+        user_error = isinstance(e, (HospesError, OSError))
+        if not user_error:
+            log(f"internal error: {traceback.format_exc()}")
+        what = "The migration stream was refused" if incoming else "The domain could not be restored"
+        log(f"{what}: {e}" if user_error else f"{what}: internal error {e!r}")
+        self._finish_destroyed()
+        return 2 if user_error else 1
 
     def _finish_destroyed(self) -> int:
         self.server.stop()
