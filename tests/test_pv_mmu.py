@@ -170,8 +170,9 @@ def busy(mmu):
 def test_state_lists_only_typed_frames_sorted(mmu) -> None:
     busy(mmu)
     state = mmu.save()
-    assert state.frames == (
-        (10, 4, 2), (11, 3, 1), (12, 2, 1), (13, 1, 1), (15, 1, 1), (20, WRITABLE, 2), (40, SEGDESC, 1),
+    assert state.runs == (
+        (10, 1, 4, 2), (11, 1, 3, 1), (12, 1, 2, 1), (13, 1, 1, 1), (15, 1, 1, 1), (20, 1, WRITABLE, 2),
+        (40, 1, SEGDESC, 1),
     )
     assert state.pinned == ((10, 4), (15, 1))
     assert PvMmu(mmu.mem, RAM, RAM + 4, HV_L4).save() == MmuState((), ())
@@ -226,15 +227,17 @@ def test_newer_version_is_refused(mmu) -> None:
 @pytest.mark.parametrize(
     ("state", "message"),
     [
-        (MmuState(((RAM, 1, 1),), ()), "RAM frames"),
-        (MmuState(((5, 1, 1), (5, 1, 1)), ()), "twice"),
-        (MmuState(((5, 7, 1),), ()), "unknown type 7"),
-        (MmuState(((5, 2, 0),), ()), "0 references"),
-        (MmuState(((5, 4, 1),), ((5, 5),)), "level 5"),
-        (MmuState(((5, 4, 1),), ((5, 3),)), "as an L3 table, but saves L4"),
-        (MmuState(((5, WRITABLE, 1),), ((5, 1),)), "saves writable"),
+        (MmuState(((RAM, 1, 1, 1),), ()), "RAM frames"),
+        (MmuState(((RAM - 1, 2, 1, 1),), ()), "RAM frames"),
+        (MmuState(((5, 1, 1, 1), (5, 1, 1, 1)), ()), "twice"),
+        (MmuState(((5, 3, 1, 1), (7, 1, 2, 1)), ()), "twice"),
+        (MmuState(((5, 1, 7, 1),), ()), "unknown type 7"),
+        (MmuState(((5, 1, 2, 0),), ()), "0 references"),
+        (MmuState(((5, 1, 4, 1),), ((5, 5),)), "level 5"),
+        (MmuState(((5, 1, 4, 1),), ((5, 3),)), "as an L3 table, but saves L4"),
+        (MmuState(((5, 1, WRITABLE, 1),), ((5, 1),)), "saves writable"),
         (MmuState((), ((5, 1),)), "saves no type"),
-        (MmuState(((5, 1, 2),), ((5, 1), (5, 1))), "pins frame 0x5 twice"),
+        (MmuState(((5, 1, 1, 2),), ((5, 1), (5, 1))), "pins frame 0x5 twice"),
     ],
 )
 def test_inconsistent_state_is_refused(mmu, state, message) -> None:

@@ -64,6 +64,16 @@ def encode(value: Any) -> Any:
     Dataclasses become dicts of their fields, tuples lists, bytes a hex
     string, enums their value; ints, strs, bools, floats and None stay.
     """
+    kind = type(value)
+    if kind is int or kind is str or kind is bool or value is None:
+        return value
+    if kind is tuple or kind is list:
+        # Long tuples of ints (page types, grant entries) dominate a domain's state,
+        # and a live migration's downtime includes writing it: no per-item dispatch.
+        if all(type(v) is int for v in value):
+            return list(value)
+        if all(type(v) is tuple and all(type(x) is int for x in v) for v in value):
+            return [list(v) for v in value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, enum.Enum):
@@ -80,6 +90,23 @@ def encode(value: Any) -> Any:
 def decode(cls: type[S], data: Any) -> S:
     """Rebuild a state dataclass from :func:`encode`'s output, checking every field's type."""
     return typing.cast(S, _decode(cls, data, cls.__name__))
+
+
+def _int_items(item: Any, data: list[Any]) -> tuple[Any, ...] | None:
+    """``data`` as a tuple of ints or of fixed-size int tuples, if ``item`` asks for that
+    and every item fits (checked in bulk); None to take the general path (which also
+    names the item that does not fit)."""
+    if item is int:
+        if all(type(v) is int for v in data):
+            return tuple(data)
+        return None
+    if typing.get_origin(item) is tuple:
+        args = typing.get_args(item)
+        if args and all(a is int for a in args):
+            n = len(args)
+            if all(type(v) is list and len(v) == n and all(type(x) is int for x in v) for v in data):
+                return tuple(tuple(v) for v in data)
+    return None
 
 
 def _decode(tp: Any, data: Any, where: str) -> Any:
@@ -100,6 +127,9 @@ def _decode(tp: Any, data: Any, where: str) -> Any:
         if not isinstance(data, list):
             raise StateError(f"{where}: expected a list, got {type(data).__name__}")
         if len(args) == 2 and args[1] is Ellipsis:
+            fast = _int_items(args[0], data)
+            if fast is not None:
+                return fast
             return tuple(_decode(args[0], v, f"{where}[{i}]") for i, v in enumerate(data))
         if len(args) != len(data):
             raise StateError(f"{where}: expected {len(args)} items, got {len(data)}")

@@ -58,16 +58,19 @@ TranslationCache = dict[tuple[int, int], tuple[int, bool]]
 
 @dataclass(frozen=True, slots=True)
 class MmuState:
-    """Saved page types: only frames that have one, so the record stays small.
+    """Saved page types: only frames that have one, in runs, so the record stays small.
 
-    ``frames`` holds ``(frame, type, count)`` sorted by frame, with the type
-    as in :data:`TYPE_NAMES`; ``pinned`` holds ``(frame, level)`` sorted by
-    frame. Frames that merely await a TLB flush (``stale_writable``) are not
-    saved: the restored domain's vCPUs start with empty TLBs.
+    ``runs`` holds ``(first frame, frames, type, count)``: consecutive frames
+    with the same type (as in :data:`TYPE_NAMES`) and reference count, sorted
+    and disjoint. A Linux guest's RAM is nearly all writable pages with one
+    reference, so a few hundred runs describe it (a live migration writes this
+    record while the guest is stopped). ``pinned`` holds ``(frame, level)``
+    sorted by frame. Frames that merely await a TLB flush (``stale_writable``)
+    are not saved: the restored domain's vCPUs start with empty TLBs.
     """
 
-    VERSION: ClassVar[int] = 1
-    frames: tuple[tuple[int, int, int], ...]
+    VERSION: ClassVar[int] = 2
+    runs: tuple[tuple[int, int, int, int], ...]
     pinned: tuple[tuple[int, int], ...]
     version: int = VERSION
 
@@ -292,8 +295,17 @@ class PvMmu:
 
     def save(self) -> MmuState:
         with self.lock:
+            runs: list[list[int]] = []
+            kinds, counts = self.type, self.count
+            for f in sorted(counts):
+                kind, n = kinds[f], counts[f]
+                last = runs[-1] if runs else None
+                if last is not None and last[0] + last[1] == f and last[2] == kind and last[3] == n:
+                    last[1] += 1
+                else:
+                    runs.append([f, 1, kind, n])
             return MmuState(
-                frames=tuple(sorted((f, self.type[f], n) for f, n in self.count.items())),
+                runs=tuple((a, b, c, d) for a, b, c, d in runs),
                 pinned=tuple(sorted((f, self.type[f]) for f in self.pinned)),
             )
 
@@ -317,14 +329,15 @@ class PvMmu:
         """
         check_version(state, "PV MMU state")
         mmu = cls(mem, ram_pages, guest_frames, hv_l4_entries)
-        for frame, kind, count in state.frames:
-            if not 0 <= frame < ram_pages:
+        end = 0
+        for frame, frames, kind, count in state.runs:
+            if frames < 1 or not 0 <= frame or frame + frames > ram_pages:
                 raise StateError(
-                    f"The saved PV MMU state gives frame {frame:#x} a page type, but the domain "
+                    f"The saved PV MMU state gives frames {frame:#x}+{frames} a page type, but the domain "
                     f"has {ram_pages:#x} RAM frames; restore it with the memory size it was saved with."
                 )
-            if frame in mmu.count:
-                raise StateError(f"The saved PV MMU state lists frame {frame:#x} twice.")
+            if frame < end:
+                raise StateError(f"The saved PV MMU state lists frame {frame:#x} twice (or out of order).")
             if kind not in TYPE_NAMES:
                 raise StateError(f"The saved PV MMU state gives frame {frame:#x} unknown type {kind}.")
             if count < 1:
@@ -332,8 +345,10 @@ class PvMmu:
                     f"The saved PV MMU state gives frame {frame:#x} a {TYPE_NAMES[kind]} type "
                     f"with {count} references; a typed frame has at least one."
                 )
-            mmu.type[frame] = kind
-            mmu.count[frame] = count
+            end = frame + frames
+            run = range(frame, end)
+            mmu.type.update(dict.fromkeys(run, kind))
+            mmu.count.update(dict.fromkeys(run, count))
         for frame, level in state.pinned:
             if not 1 <= level <= 4:
                 raise StateError(f"The saved PV MMU state pins frame {frame:#x} at level {level}, not 1-4.")
