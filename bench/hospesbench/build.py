@@ -7,7 +7,7 @@
   linker script and runtime (tests/guests/lib) of the project's PV test kernels
   -- taken from tests/guests/build.py, which is imported, not copied;
 * the bench initramfs: the default initramfs with a second newc archive
-  appended that holds /bench/{compute,osbench,tiny,blkbench,netbench} (the kernel unpacks
+  appended that holds /bench/{compute,osbench,tiny,blkbench,netbench,stamp,dirty} (the kernel unpacks
   concatenated archives);
 * a 64 MiB disk image of pseudo-random bytes for the block device test.
 """
@@ -33,11 +33,13 @@ HOST_PROGRAMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "osbench": ("osbench.c", ("-static",)),
     "blkbench": ("blkbench.c", ("-static",)),
     "netbench": ("netbench.c", ("-static",)),
+    "stamp": ("stamp.c", ("-static",)),
+    "dirty": ("dirty.c", ("-static",)),
     "tiny": ("tiny.c", ("-static", "-nostdlib", "-fno-pie", "-no-pie", "-fno-stack-protector",
                         "-fcf-protection=none")),
 }
 HOST_CFLAGS = ("-O2", "-Wall", "-Wextra", "-Werror")
-GUEST_PROGRAMS = ("compute", "osbench", "tiny", "blkbench", "netbench")   # what goes into the bench initramfs
+GUEST_PROGRAMS = ("compute", "osbench", "tiny", "blkbench", "netbench", "stamp", "dirty")   # what goes into the bench initramfs
 DISK_MIB = 64
 
 

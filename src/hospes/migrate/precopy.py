@@ -87,6 +87,10 @@ class MigrationResult:
     bytes_sent: int
     per_round: list[RoundStats] = field(default_factory=list)
     verify: dict[str, int] | None = None
+    # Where the downtime went, in ms: stopping the vCPUs and saving the state,
+    # the last copy with STATE and END, the destination building the domain
+    # (until its "ready"), and COMMIT until "running".
+    phases: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,8 +143,9 @@ class Sender:
                 final = self._precopy()
             else:
                 final = set(range(self.frames))
-            state = dom.save()   # pauses and freezes the domain
             paused_at = time.monotonic()
+            state = dom.save()   # pauses and freezes the domain
+            saved_at = time.monotonic()
             if logging_on:
                 final |= dom.dirty_frames() | dom.held_frames()
                 dom.stop_dirty_log()
@@ -150,8 +155,10 @@ class Sender:
             if self.options.verify:
                 self.writer.verify(page_digests(dom.mem.buf, self.frames), DIGEST_SIZE)
             self.writer.end()
+            sent_at = time.monotonic()
             replies = RecordReader(self.channel.rfile)
             ready = self._reply(replies, "ready", READY_TIMEOUT_S)
+            ready_at = time.monotonic()
             self._check_cancel()
             self.writer.commit()
             committed = True
@@ -182,7 +189,10 @@ class Sender:
         return MigrationResult(
             downtime_ms=round((resumed_at - paused_at) * 1000, 1), total_s=round(total, 3),
             rounds=len(self.rounds), pages_sent=writer.pages_sent, bytes_sent=writer.bytes_written,
-            per_round=self.rounds, verify=ready.get("verify"))
+            per_round=self.rounds, verify=ready.get("verify"),
+            phases={name: round((end - start) * 1000, 1) for name, start, end in (
+                ("stop", paused_at, saved_at), ("last_copy", saved_at, sent_at), ("build", sent_at, ready_at),
+                ("commit", ready_at, resumed_at))})
 
     # --- rounds ----------------------------------------------------------------------
 

@@ -334,6 +334,9 @@ class PvVcpu:
         """Run the vCPU until the domain stops. Runs on this vCPU's thread."""
         with self._thread_lock:
             self.thread_ident = threading.get_ident()
+            # A kick before this thread existed (a restored domain's timer that fell
+            # due meanwhile) reached no one: look for deliverable events at once.
+            self.kvm.immediate_exit = True
         try:
             self._loop()
         finally:

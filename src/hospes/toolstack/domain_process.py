@@ -224,6 +224,7 @@ class ControlServer:
             pass
         finally:
             writer.close()
+            self.proc.finish_moved()
 
     async def _console(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.consoles.add(writer)
@@ -309,6 +310,7 @@ class ControlServer:
             watcher.cancel()
         writer.write(control.encode(reply))
         await writer.drain()
+        self.proc.finish_moved()
 
 
 class DomainProcess:
@@ -334,6 +336,8 @@ class DomainProcess:
         self._received: Received | None = None     # the first domain, as restore or a migration gave it
         self._receiver: Receiver | None = None
         self._handover_failed = ""
+        self._verified: dict[str, int] | None = None   # the verification mode's result, for the source
+        self._moved = False          # saved (not as a checkpoint) or migrated: destroy after the reply
         self.cpu = CpuControl(domid)
         self.log = ConsoleLog(Path(self.record.console_log))
         self.server = ControlServer(self, run.control_socket(domid))
@@ -459,7 +463,7 @@ class DomainProcess:
                 dom.unpause()
             self._end()
         else:
-            self.runner.destroy()
+            self._moved = True   # destroyed once the reply is out (finish_moved)
         return {"path": str(path), "bytes": writer.bytes_written, "pages": writer.pages_sent,
                 "seconds": round(time.monotonic() - start, 3)}
 
@@ -494,8 +498,15 @@ class DomainProcess:
             self._cancel = None
         log(f"migrated to {addr}: downtime {result.downtime_ms} ms, {result.rounds} rounds, "
             f"{result.pages_sent} pages")
-        self.runner.destroy()
+        self._moved = True
         return result.to_dict()
+
+    def finish_moved(self) -> None:
+        """After the reply to a save or migration that moved the domain away: destroy it here
+        (the process exits, so the reply must be out first)."""
+        if self._moved:
+            self._moved = False
+            self.runner.destroy()
 
     def cancel_migration(self) -> None:
         cancel = self._cancel
@@ -612,13 +623,13 @@ class DomainProcess:
             self.record.name, self.record.uuid = name, spec.uuid or self.record.uuid
             self._save()
         log(f"received domain {name} over {addr}")
-        self._received, self._receiver = received, receiver
+        self._received, self._receiver, self._verified = received, receiver, received.verify
 
     def _hand_over(self, dom: Domain, receiver: Receiver) -> None:
         """Tell the source the domain is built, wait for its COMMIT, run the guest.
         Before COMMIT the source still has the guest: any failure destroys this copy."""
         try:
-            receiver.ready(None)
+            receiver.ready(self._verified)
             receiver.wait_commit()
         except BaseException as e:
             log(f"the migration failed before the handover: {e}")
