@@ -36,21 +36,32 @@ def test_restored_clock_continues_system_time_on_another_host(monkeypatch) -> No
     clock = Clock(2_000_000, lambda: 123_456)
     old.advance(5 * NS)
     state = clock.save()
-    assert state == ClockState(system_time_ns=5 * NS, tsc_khz=2_000_000)
+    assert state == ClockState(system_time_ns=5 * NS, tsc_khz=2_000_000, wall_ns=1_700_000_005 * NS)
 
     # The new host booted later (smaller monotonic clock), its real time is
-    # 20 s on, it runs TSCs at another rate, and the new vCPU's TSC reads 99.
+    # 20 s on (15 s after the save), it runs TSCs at another rate, and the new
+    # vCPU's TSC reads 99.
     new = FakeHost(monotonic=3 * NS, wall=1_700_000_000 * NS + 20 * NS)
     new.install(monkeypatch)
     restored = Clock.restore(state, tsc_khz=3_000_000, read_tsc=lambda: 99)
-    assert restored.now() == 5 * NS
+    # System time went on by the real time that passed, as through a pause...
+    assert restored.now() == 20 * NS
     assert restored.guest_tsc() == 99
     assert (restored.mul, restored.shift) == time_scale(3_000_000_000)
-    # Wall clock = this host's real time minus system time, so the guest's date is right.
-    assert restored.wallclock() == divmod(1_700_000_000 * NS + 15 * NS, NS)
+    # ...so the wall clock at system time 0 is the one the guest booted with: its date stays right.
+    assert restored.wallclock() == divmod(1_700_000_000 * NS, NS)
     new.advance(NS)
-    assert restored.now() == 6 * NS
+    assert restored.now() == 21 * NS
     assert restored.guest_tsc() == 99 + 3_000_000_000
+
+
+def test_a_host_whose_clock_is_behind_never_takes_system_time_back(monkeypatch) -> None:
+    old = FakeHost(monotonic=7 * NS, wall=1_700_000_000 * NS)
+    old.install(monkeypatch)
+    state = Clock(2_000_000, lambda: 0).save()
+    new = FakeHost(monotonic=1 * NS, wall=1_600_000_000 * NS)
+    new.install(monkeypatch)
+    assert Clock.restore(state, tsc_khz=2_000_000, read_tsc=lambda: 0).now() == state.system_time_ns
 
 
 def test_restored_clock_on_the_real_host_is_monotonic_from_the_saved_time() -> None:

@@ -50,12 +50,16 @@ class ClockState:
 
     ``tsc_khz`` is the guest's TSC rate then, for the restoring domain to ask
     of KVM (a guest may have calibrated with it); the restored clock itself
-    scales with the rate its vCPUs really run at on the new host.
+    scales with the rate its vCPUs really run at on the new host. ``wall_ns``
+    is the host's real time at the save: the restored clock adds the real time
+    that passed since (a migration's downtime), so the guest's clock keeps up
+    with the world, as it does through a pause.
     """
 
     VERSION: ClassVar[int] = 1
     system_time_ns: int
     tsc_khz: int
+    wall_ns: int = 0        # 0: unknown (add nothing)
     version: int = VERSION
 
 
@@ -80,7 +84,7 @@ class Clock:
         self.wall0 = time.time_ns() - (time.monotonic_ns() - self.base_ns)
 
     def save(self) -> ClockState:
-        return ClockState(system_time_ns=self.now(), tsc_khz=self.tsc_hz // 1000)
+        return ClockState(system_time_ns=self.now(), tsc_khz=self.tsc_hz // 1000, wall_ns=time.time_ns())
 
     @classmethod
     def restore(cls, state: ClockState, *, tsc_khz: int, read_tsc: Callable[[], int]) -> Clock:
@@ -93,8 +97,10 @@ class Clock:
         check_version(state, "guest clock")
         if state.system_time_ns < 0:
             raise StateError(f"The saved guest clock has negative system time {state.system_time_ns} ns.")
+        # Never backwards: hosts whose clocks disagree give no negative gap.
+        passed = max(0, time.time_ns() - state.wall_ns) if state.wall_ns > 0 else 0
         clock = cls.__new__(cls)
-        clock._start(tsc_khz, read_tsc, state.system_time_ns)
+        clock._start(tsc_khz, read_tsc, state.system_time_ns + passed)
         return clock
 
     def now(self) -> int:
