@@ -52,10 +52,11 @@ def kill_all_naming(text: str, timeout: float = 10.0) -> None:
 class Hospesd:
     """A daemon on ``root/run``; ``env`` points the CLI at it."""
 
-    def __init__(self, root: Path, extra_args: list[str] | None = None) -> None:
+    def __init__(self, root: Path, extra_args: list[str] | None = None, prefix: list[str] | None = None) -> None:
         self.run_dir = (root / "run").absolute()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.extra_args = extra_args or []
+        self.prefix = prefix or []      # e.g. ["nsenter", "--net=/run/netns/NS"]: the daemon runs under it
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = {**os.environ, "HOSPES_RUN_DIR": str(self.run_dir)}
         self.env.pop("HOSPES_URL", None)
@@ -67,7 +68,8 @@ class Hospesd:
     def start(self, timeout: float = 20.0) -> "Hospesd":
         log = open(self.run_dir / "hospesd.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hospes.toolstack.daemon", "--run-dir", str(self.run_dir), *self.extra_args],
+            [*self.prefix, sys.executable, "-m", "hospes.toolstack.daemon", "--run-dir", str(self.run_dir),
+             *self.extra_args],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
         )
         log.close()
