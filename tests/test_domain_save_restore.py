@@ -92,7 +92,9 @@ def test_a_saved_domain_is_not_restored_with_another_memory_size(default_images)
 
 
 def test_a_domain_saved_to_a_compressed_file_resumes_from_it(default_images, tmp_path):
+    from hospes.domain import domain_memory
     from hospes.migrate.savefile import read_domain, write_domain
+    from hospes.migrate.stream import RecordReader
 
     cfg = config(default_images, "for i in 0 1 2 3; do echo step-$i; sleep 1; done; exit 5")
     first = Console()
@@ -119,7 +121,7 @@ def test_a_domain_saved_to_a_compressed_file_resumes_from_it(default_images, tmp
     assert path.stat().st_size < dom.mem.size // 4   # zero pages and zstd
 
     with path.open("rb") as f:
-        saved = read_domain(f)
+        saved = read_domain(RecordReader(f), lambda config, size: domain_memory(cfg))
     assert saved.config == {"name": "saved"}
     second = Console()
     again = Domain(cfg, console_out=second, saved=(saved.state, saved.memory))

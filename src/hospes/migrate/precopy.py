@@ -25,7 +25,6 @@ through long-held views are sent in the final copy whatever the logs say.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ from hospes.errors import HospesError
 from hospes.migrate.savefile import FEATURES
 from hospes.migrate.stream import PAGE_SIZE, RecordReader, RecordType, StreamError, StreamWriter
 from hospes.migrate.transport import Channel
+from hospes.migrate.verify import DIGEST_SIZE, page_digests
 from hospes.state import encode
 
 MAX_ROUNDS = 5              # Xen's libxc stops after 5 live iterations too
@@ -44,7 +44,6 @@ DIRTY_THRESHOLD = 50        # pages: few enough to copy in the freeze
 CHUNK_PAGES = 1024          # pages between cancel checks, progress and bandwidth pacing
 READY_TIMEOUT_S = 120.0     # the destination builds the domain in this time
 RUNNING_TIMEOUT_S = 30.0
-DIGEST_SIZE = 16
 PROGRESS_INTERVAL_S = 0.2
 
 
@@ -97,14 +96,6 @@ class MigrationResult:
 
 
 Progress = Callable[[dict[str, Any]], None]
-
-
-def page_digests(memory: memoryview, frames: int) -> bytes:
-    """A short hash of each page, frame 0 upwards (the verification mode)."""
-    out = bytearray()
-    for f in range(frames):
-        out += hashlib.blake2b(memory[f * PAGE_SIZE:(f + 1) * PAGE_SIZE], digest_size=DIGEST_SIZE).digest()
-    return bytes(out)
 
 
 class Sender:
@@ -279,5 +270,4 @@ class Sender:
         return data
 
 
-__all__ = ["MAX_ROUNDS", "MigrateOptions", "MigrationCancelled", "MigrationError", "MigrationResult", "Sender",
-           "page_digests"]
+__all__ = ["MAX_ROUNDS", "MigrateOptions", "MigrationCancelled", "MigrationError", "MigrationResult", "Sender"]

@@ -8,11 +8,14 @@ migration sends the same records, with PAGES repeated as pages are dirtied.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from hospes.domain import Domain, DomainState
-from hospes.migrate.stream import PAGE_SIZE, Record, RecordType, StreamError, StreamWriter, read_records
+from hospes.machine.memory import GuestMemory
+from hospes.migrate.stream import PAGE_SIZE, Record, RecordReader, RecordType, StreamError, StreamWriter, read_records
+from hospes.migrate.verify import compare
 from hospes.state import StateError, decode, encode
 
 FEATURES = ("pv64", "zero-pages", "zstd")
@@ -22,7 +25,8 @@ FEATURES = ("pv64", "zero-pages", "zstd")
 class SavedDomain:
     config: Any            # what the writer passed as its configuration
     state: DomainState
-    memory: bytes | bytearray
+    memory: GuestMemory    # filled from the stream, for Domain(saved=(state, memory))
+    verify: dict[str, int] | None = None   # the VERIFY record's outcome, if there was one
 
 
 def write_domain(dom: Domain, out: BinaryIO, config: Any, *, compress: bool = False) -> StreamWriter:
@@ -57,30 +61,53 @@ def config_of(record: Record) -> tuple[Any, int]:
     return data.get("domain"), size
 
 
-def read_domain(inp: BinaryIO) -> SavedDomain:
-    """Read and check a whole stream; raises StreamError or StateError naming what is wrong."""
+def read_domain(records: RecordReader, memory_for: Callable[[Any, int], GuestMemory]) -> SavedDomain:
+    """Read a domain stream (a save file or a migration) up to its END, straight into
+    the memory ``memory_for(config, size)`` makes (it raises HospesError for a
+    configuration it cannot run); StreamError naming the bad record."""
+    memory: GuestMemory | None = None
     config: Any = None
-    memory: bytearray | None = None
     state: DomainState | None = None
-    for record in read_records(inp):
-        if record.type is RecordType.CONFIG:
-            config, size = config_of(record)
-            memory = bytearray(size)
-        elif record.type is RecordType.PAGES:
-            if memory is None:
-                raise StreamError(f"Record {record.index} (PAGES) comes before the CONFIG record.")
-            for frame, page in record.pages():
-                if (frame + 1) * PAGE_SIZE > len(memory):
-                    raise StreamError(f"Record {record.index} (PAGES) holds frame {frame:#x}, beyond the memory.")
-                memory[frame * PAGE_SIZE:(frame + 1) * PAGE_SIZE] = page
-        elif record.type is RecordType.STATE:
-            try:
-                state = decode(DomainState, record.json())
-            except StateError as e:
-                raise StreamError(f"Record {record.index} (STATE) does not fit: {e}") from None
-    if memory is None or state is None:
-        raise StreamError("The stream ended without a CONFIG and a STATE record: it is not a whole domain.")
-    return SavedDomain(config, state, memory)  # the buffer itself: no second copy of guest memory
+    digests: bytes | None = None
+    try:
+        while True:
+            record = records.next()
+            if record.type is RecordType.CONFIG:
+                if memory is not None:
+                    raise StreamError(f"Record {record.index} is a second CONFIG.")
+                config, size = config_of(record)
+                memory = memory_for(config, size)
+                if memory.size != size:
+                    raise StreamError(f"Record {record.index} (CONFIG) gives {size} bytes of memory; the "
+                                      f"configuration here makes {memory.size}.")
+            elif record.type is RecordType.PAGES:
+                if memory is None:
+                    raise StreamError(f"Record {record.index} (PAGES) comes before the CONFIG record.")
+                buf, limit = memory.buf, memory.size // PAGE_SIZE
+                for frame, page in record.pages():
+                    if frame >= limit:
+                        raise StreamError(f"Record {record.index} (PAGES) holds frame {frame:#x}, beyond the "
+                                          "memory.")
+                    buf[frame * PAGE_SIZE:(frame + 1) * PAGE_SIZE] = page
+            elif record.type is RecordType.STATE:
+                try:
+                    state = decode(DomainState, record.json())
+                except StateError as e:
+                    raise StreamError(f"Record {record.index} (STATE) does not fit: {e}") from None
+            elif record.type is RecordType.VERIFY:
+                digests = record.payload
+            elif record.type is RecordType.END:
+                break
+            elif record.type is not RecordType.HEADER:
+                raise StreamError(f"Record {record.index} ({record.type.name}) has no place in a domain stream.")
+        if memory is None or state is None:
+            raise StreamError("The stream ended without a CONFIG and a STATE record: it is not a whole domain.")
+        verify = None if digests is None else compare(digests, memory)
+    except BaseException:
+        if memory is not None:
+            memory.close()
+        raise
+    return SavedDomain(config, state, memory, verify)
 
 
 __all__ = ["SavedDomain", "config_of", "peek_config", "read_domain", "write_domain"]

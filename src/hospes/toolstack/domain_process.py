@@ -40,8 +40,8 @@ from hospes.cgroup import CgroupError, CpuControl, SchedParams
 from hospes.domain import Domain, ShutdownReason, ShutdownResult, domain_memory
 from hospes.machine.memory import GuestMemory
 from hospes.migrate.precopy import MAX_ROUNDS, MigrateOptions, MigrationError, Progress, Sender
-from hospes.migrate.receive import Received, Receiver, receive_domain
-from hospes.migrate.savefile import write_domain
+from hospes.migrate.receive import Receiver
+from hospes.migrate.savefile import SavedDomain, read_domain, write_domain
 from hospes.migrate.stream import RecordReader, StreamError
 from hospes.migrate.transport import Listener, connect, parse_address
 from hospes.toolstack.spec import DomainSpec
@@ -333,7 +333,7 @@ class DomainProcess:
         self._last_cpu: list[float] = []
         self._busy: str | None = None              # "being saved" / "migrating"
         self._cancel: threading.Event | None = None
-        self._received: Received | None = None     # the first domain, as restore or a migration gave it
+        self._received: SavedDomain | None = None     # the first domain, as restore or a migration gave it
         self._receiver: Receiver | None = None
         self._handover_failed = ""
         self._verified: dict[str, int] | None = None   # the verification mode's result, for the source
@@ -594,7 +594,7 @@ class DomainProcess:
         assert path is not None
         try:
             with open(path, "rb") as f:
-                self._received = receive_domain(RecordReader(f), self._memory_for)
+                self._received = read_domain(RecordReader(f), self._memory_for)
         except OSError as e:
             raise HospesError(f"Cannot read {path}: {e.strerror or e}.") from e
         log(f"restoring from {path}")
