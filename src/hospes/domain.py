@@ -361,12 +361,13 @@ class Domain:
             vif.announce()
 
     def held_frames(self) -> set[int]:
-        """Frames a final copy always sends: the Xen and hypervisor regions (Hospes
-        stores into them without marking) and the pages it holds views of."""
-        frames = set(self.mem.held)
-        for region in self.mem.regions.values():
-            if region.name != "ram":
-                frames.update(range(region.gpa // PAGE_SIZE, region.end // PAGE_SIZE))
+        """Frames a final copy always sends, whatever the logs say: the Xen frames
+        (shared_info, the grant table), the parts of the hypervisor region that
+        change as the domain runs, and the pages Hospes holds views of; Hospes
+        stores into all of them without marking each store."""
+        xen = self.mem.region("xen")
+        frames = set(self.mem.held) | self.trampoline.runtime_frames()
+        frames.update(range(xen.gpa // PAGE_SIZE, xen.end // PAGE_SIZE))
         return frames
 
     def _backends(self) -> list[BlockBackend | NetBackend]:

@@ -70,8 +70,8 @@ def format_result(domain: str, result: dict[str, Any]) -> str:
 
 def result_json(domain: str, result: dict[str, Any]) -> str:
     """``migrate --json``: the same figures, the rounds and the verify result as one object."""
-    keys = ("downtime_ms", "total_s", "rounds", "pages_sent", "bytes_sent", "per_round", "verify", "dest")
-    return json.dumps({"domain": domain, **{k: result.get(k) for k in keys}}, sort_keys=True)
+    keys = ("downtime_ms", "total_s", "rounds", "pages_sent", "bytes_sent", "per_round", "verify", "phases", "dest")
+    return json.dumps({"domain": domain, **{k: result[k] for k in keys if k in result}}, sort_keys=True)
 
 
 def format_progress(event: dict[str, Any], width: int = 24) -> str:

@@ -313,6 +313,17 @@ class Trampoline:
         assert tss == area.page_gpa[area.tss_va]
         return area
 
+    def runtime_frames(self) -> set[int]:
+        """The hypervisor-region frames written while the domain runs: each vCPU's
+        stacks, frame area, TSS and GDT window, and the L1 entries that map the
+        window. The rest (code, IDT, M2P, the direct map) is written once, at build."""
+        frames: set[int] = set()
+        for area in self.vcpus:
+            frames.update(gpa >> 12 for gpa in area.page_gpa.values())
+            frames.add(area.gdt_pte_gpa >> 12)
+            frames.add((area.gdt_pte_gpa + L.GDT_WINDOW_PAGES * 8 - 1) >> 12)
+        return frames
+
     def is_iretq(self, va: int) -> bool:
         """Is ``va`` one of the trampoline's iretq instructions (its returns to the guest)?"""
         off = va - L.STUBS_VA
