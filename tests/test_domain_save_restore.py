@@ -92,7 +92,7 @@ def test_a_saved_domain_is_not_restored_with_another_memory_size(default_images)
 
 
 def test_a_domain_saved_to_a_compressed_file_resumes_from_it(default_images, tmp_path):
-    from hospes.domain import domain_memory
+    from hospes.domain import DomainShell
     from hospes.migrate.savefile import read_domain, write_domain
     from hospes.migrate.stream import RecordReader
 
@@ -121,10 +121,10 @@ def test_a_domain_saved_to_a_compressed_file_resumes_from_it(default_images, tmp
     assert path.stat().st_size < dom.mem.size // 4   # zero pages and zstd
 
     with path.open("rb") as f:
-        saved = read_domain(RecordReader(f), lambda config, size: domain_memory(cfg))
+        saved = read_domain(RecordReader(f), lambda config, size: DomainShell(cfg))
     assert saved.config == {"name": "saved"}
     second = Console()
-    again = Domain(cfg, console_out=second, saved=(saved.state, saved.memory))
+    again = Domain(cfg, console_out=second, saved=(saved.state, saved.shell))
     try:
         result = again.run()
     finally:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from hospes.domain import Domain, DomainConfig, ShutdownReason, domain_memory
+from hospes.domain import Domain, DomainConfig, DomainShell, ShutdownReason
 from hospes.images import encode_command
 from hospes.migrate.precopy import MigrateOptions, MigrationError, MigrationResult, Sender
 from hospes.migrate.receive import Receiver
@@ -59,9 +59,9 @@ class Destination(threading.Thread):
 
     def run(self) -> None:
         try:
-            receiver = Receiver(self.channel, lambda spec, size: domain_memory(self.cfg))
+            receiver = Receiver(self.channel, lambda spec, size: DomainShell(self.cfg))
             got = receiver.receive()
-            dom = Domain(self.cfg, console_out=self.console, saved=(got.state, got.memory))
+            dom = Domain(self.cfg, console_out=self.console, saved=(got.state, got.shell))
             dom.pause()
 
             def hand_over() -> None:
@@ -143,7 +143,7 @@ def test_a_destination_that_refuses_leaves_the_source_running(default_images):
     src_end, dst_end = channels()
 
     def refuse() -> None:
-        receiver = Receiver(dst_end, lambda spec, size: domain_memory(cfg))
+        receiver = Receiver(dst_end, lambda spec, size: DomainShell(cfg))
         try:
             receiver.receive()
         except StreamError:

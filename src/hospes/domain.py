@@ -98,9 +98,41 @@ def memory_regions(layout: L.Layout) -> list[tuple[str, int]]:
     return [("ram", layout.ram_bytes), ("xen", L.XEN_FRAMES * PAGE_SIZE), ("hv", layout.hv_pages * PAGE_SIZE)]
 
 
-def domain_memory(config: DomainConfig) -> GuestMemory:
-    """Empty memory for a domain of this configuration (a migration's receiver fills it)."""
-    return GuestMemory(memory_regions(L.Layout(ram_pages=config.memory_mib * 256, nr_vcpus=config.vcpus)))
+def memory_slots(layout: L.Layout, size: int) -> list[tuple[int, int, int]]:
+    """KVM memory slots as (slot, guest-physical address, size): RAM, and the rest."""
+    return [(0, 0, layout.ram_bytes), (1, layout.ram_bytes, size - layout.ram_bytes)]
+
+
+class DomainShell:
+    """What a domain is built in, before anything runs in it: its memory, the
+    hypervisor region laid out by the trampoline, and an empty VM with the
+    memory registered. A migration's receiver makes it when the CONFIG record
+    arrives and fills the memory from the stream (the hypervisor region too, so
+    the trampoline's fresh layout is overwritten by the saved one), so the
+    guest's downtime does not wait for any of it."""
+
+    def __init__(self, config: DomainConfig) -> None:
+        self.layout = L.Layout(ram_pages=config.memory_mib * 256, nr_vcpus=config.vcpus)
+        self.mem = GuestMemory(memory_regions(self.layout))
+        try:
+            self.trampoline = Trampoline(self.mem, self.layout)
+            self.kvm = Kvm()
+            try:
+                self.vm = self.kvm.create_vm()
+                for slot, gpa, size in memory_slots(self.layout, self.mem.size):
+                    self.vm.set_user_memory_region(slot, gpa, size, self.mem.host_addr + gpa)
+            except BaseException:
+                self.kvm.close()
+                raise
+        except BaseException:
+            self.mem.close()
+            raise
+
+    def close(self) -> None:
+        """Release a shell no domain was built in."""
+        self.vm.close()
+        self.kvm.close()
+        self.mem.close()
 
 
 class _Backend:
@@ -167,7 +199,7 @@ class Domain:
     """
 
     def __init__(self, config: DomainConfig, console_out: Callable[[bytes], None] | None = None,
-                 saved: tuple[DomainState, bytes | bytearray | GuestMemory] | None = None) -> None:
+                 saved: tuple[DomainState, bytes | bytearray | DomainShell] | None = None) -> None:
         if not MIN_MEMORY_MIB <= config.memory_mib <= MAX_MEMORY_MIB:
             raise DomainError(
                 f"Memory size {config.memory_mib} MiB is out of range: give between {MIN_MEMORY_MIB} and "
@@ -197,40 +229,27 @@ class Domain:
                 raise StateError(
                     f"The saved domain has {len(state.disks)} disks and {len(state.vifs)} network interfaces; "
                     f"the configuration gives {len(config.disks)} and {len(config.vifs)}.")
-        if saved is not None and isinstance(memory, GuestMemory):
-            if [(r.name, r.size) for r in memory.regions.values()] != memory_regions(lay):
+        if saved is not None and isinstance(memory, DomainShell):
+            if memory.layout != lay:
                 raise StateError(f"The received memory does not have the layout of a domain of {config.memory_mib} "
                                  f"MiB and {config.vcpus} vCPUs. Restore with its configuration.")
-            # Filled by a migration's receiver: no second copy. The trampoline
-            # lays out the hypervisor region afresh, in zeroed pages as at boot
-            # (it allocates a table only where it finds none); the saved region
-            # (loaded GDTs, per-vCPU frames) then goes back over it.
-            self.mem = memory
-            hv = self.mem.region("hv")
-            saved_hv = self.mem.read(hv.gpa, hv.size)
-            self.mem.zero(hv.gpa, hv.size)
-            self.trampoline = Trampoline(self.mem, lay)
-            self.mem.write(hv.gpa, saved_hv)
+            shell = memory   # filled by a migration's receiver: no second copy
         else:
-            self.mem = domain_memory(config)
-            self.trampoline = Trampoline(self.mem, lay)
+            shell = DomainShell(config)
             if saved is not None:
-                assert not isinstance(memory, GuestMemory)
-                if len(memory) != self.mem.size:
+                assert not isinstance(memory, DomainShell)
+                if len(memory) != shell.mem.size:
+                    shell.close()
                     raise StateError(
                         f"The saved memory is {len(memory)} bytes; a domain of {config.memory_mib} MiB and "
-                        f"{config.vcpus} vCPUs has {self.mem.size}. Restore with its configuration.")
-                self.mem.buf[:] = memory
+                        f"{config.vcpus} vCPUs has {shell.mem.size}. Restore with its configuration.")
+                shell.mem.buf[:] = memory
+        self.mem, self.trampoline, self.kvm, self.vm = shell.mem, shell.trampoline, shell.kvm, shell.vm
         self.result: ShutdownResult | None = None
         self._done = threading.Event()
         self._console_lock = threading.Lock()
         self._store_lock = threading.Lock()
         self._frozen = False    # saved: nothing may write guest memory until unpause
-
-        self.kvm = Kvm()
-        self.vm = self.kvm.create_vm()
-        for slot, gpa, size in self._slots():
-            self.vm.set_user_memory_region(slot, gpa, size, self.mem.host_addr + gpa)
         cpuid = CpuidPolicy(self.kvm.supported_cpuid())
         identity = DomainIdentity(self.domid, self.uuid, config.cmdline)
         hooks = PvHooks(console_io=self._console_io, shutdown=self._guest_shutdown, crash=self._crash)
@@ -374,8 +393,7 @@ class Domain:
         return [*self.disks, *self.vifs]
 
     def _slots(self) -> list[tuple[int, int, int]]:
-        ram = self.layout.ram_bytes
-        return [(0, 0, ram), (1, ram, self.mem.size - ram)]
+        return memory_slots(self.layout, self.mem.size)
 
     @property
     def vcpus(self) -> list[PvVcpu]:
@@ -496,5 +514,5 @@ def _stdout(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
-__all__ = ["Domain", "DomainConfig", "DomainError", "DomainState", "ShutdownReason", "ShutdownResult", "domain_memory",
-           "memory_regions"]
+__all__ = ["Domain", "DomainConfig", "DomainError", "DomainShell", "DomainState", "ShutdownReason", "ShutdownResult",
+           "memory_regions", "memory_slots"]

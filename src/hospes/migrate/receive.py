@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from hospes.machine.memory import GuestMemory
+from hospes.domain import DomainShell
 from hospes.migrate.savefile import FEATURES, SavedDomain, read_domain
 from hospes.migrate.stream import RecordReader, RecordType, StreamError, StreamWriter
 from hospes.migrate.transport import Channel
@@ -23,17 +23,17 @@ COMMIT_TIMEOUT_S = 60.0
 
 
 class Receiver:
-    def __init__(self, channel: Channel, memory_for: Callable[[Any, int], GuestMemory]) -> None:
-        """``memory_for(config, size)`` makes the new domain's empty memory, or raises
-        HospesError if that configuration cannot be run here."""
+    def __init__(self, channel: Channel, shell_for: Callable[[Any, int], DomainShell]) -> None:
+        """``shell_for(config, size)`` makes the new domain's shell (its empty memory and
+        VM), or raises HospesError if that configuration cannot be run here."""
         self.channel = channel
-        self.memory_for = memory_for
+        self.shell_for = shell_for
         self._records = RecordReader(channel.rfile)
         self._replies: StreamWriter | None = None
 
     def receive(self) -> SavedDomain:
         """Read the stream up to its END; StreamError or StateError naming the bad record."""
-        return read_domain(self._records, self.memory_for)
+        return read_domain(self._records, self.shell_for)
 
     # --- the handover ---------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from hospes.domain import Domain, DomainState
+from hospes.domain import Domain, DomainShell, DomainState
 from hospes.machine.memory import GuestMemory
 from hospes.migrate.stream import PAGE_SIZE, Record, RecordReader, RecordType, StreamError, StreamWriter, read_records
 from hospes.migrate.verify import compare
@@ -25,7 +25,7 @@ FEATURES = ("pv64", "zero-pages", "zstd")
 class SavedDomain:
     config: Any            # what the writer passed as its configuration
     state: DomainState
-    memory: GuestMemory    # filled from the stream, for Domain(saved=(state, memory))
+    shell: DomainShell     # its memory filled from the stream, for Domain(saved=(state, shell))
     verify: dict[str, int] | None = None   # the VERIFY record's outcome, if there was one
 
 
@@ -61,10 +61,12 @@ def config_of(record: Record) -> tuple[Any, int]:
     return data.get("domain"), size
 
 
-def read_domain(records: RecordReader, memory_for: Callable[[Any, int], GuestMemory]) -> SavedDomain:
+def read_domain(records: RecordReader, shell_for: Callable[[Any, int], DomainShell]) -> SavedDomain:
     """Read a domain stream (a save file or a migration) up to its END, straight into
-    the memory ``memory_for(config, size)`` makes (it raises HospesError for a
-    configuration it cannot run); StreamError naming the bad record."""
+    the memory of the shell ``shell_for(config, size)`` makes (it raises
+    HospesError for a configuration it cannot run); StreamError naming the bad
+    record."""
+    shell: DomainShell | None = None
     memory: GuestMemory | None = None
     config: Any = None
     state: DomainState | None = None
@@ -76,7 +78,8 @@ def read_domain(records: RecordReader, memory_for: Callable[[Any, int], GuestMem
                 if memory is not None:
                     raise StreamError(f"Record {record.index} is a second CONFIG.")
                 config, size = config_of(record)
-                memory = memory_for(config, size)
+                shell = shell_for(config, size)
+                memory = shell.mem
                 if memory.size != size:
                     raise StreamError(f"Record {record.index} (CONFIG) gives {size} bytes of memory; the "
                                       f"configuration here makes {memory.size}.")
@@ -100,14 +103,14 @@ def read_domain(records: RecordReader, memory_for: Callable[[Any, int], GuestMem
                 break
             elif record.type is not RecordType.HEADER:
                 raise StreamError(f"Record {record.index} ({record.type.name}) has no place in a domain stream.")
-        if memory is None or state is None:
+        if shell is None or state is None:
             raise StreamError("The stream ended without a CONFIG and a STATE record: it is not a whole domain.")
-        verify = None if digests is None else compare(digests, memory)
+        verify = None if digests is None else compare(digests, shell.mem)
     except BaseException:
-        if memory is not None:
-            memory.close()
+        if shell is not None:
+            shell.close()
         raise
-    return SavedDomain(config, state, memory, verify)
+    return SavedDomain(config, state, shell, verify)
 
 
 __all__ = ["SavedDomain", "config_of", "peek_config", "read_domain", "write_domain"]

@@ -37,8 +37,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from hospes.cgroup import CgroupError, CpuControl, SchedParams
-from hospes.domain import Domain, ShutdownReason, ShutdownResult, domain_memory
-from hospes.machine.memory import GuestMemory
+from hospes.domain import Domain, DomainShell, ShutdownReason, ShutdownResult
 from hospes.migrate.precopy import MAX_ROUNDS, MigrateOptions, MigrationError, Progress, Sender
 from hospes.migrate.receive import Receiver
 from hospes.migrate.savefile import SavedDomain, read_domain, write_domain
@@ -574,19 +573,19 @@ class DomainProcess:
             config = dataclasses.replace(config, vifs=tuple(dataclasses.replace(v, attach=True)
                                                             for v in config.vifs))
         try:
-            return Domain(config, console_out=self._console_out, saved=(received.state, received.memory))
+            return Domain(config, console_out=self._console_out, saved=(received.state, received.shell))
         except BaseException:
-            received.memory.close()
+            received.shell.close()
             raise
 
     # --- restore and incoming migration: the first domain from a stream -----------------------
 
-    def _memory_for(self, config: Any, size: int) -> GuestMemory:
+    def _shell_for(self, config: Any, size: int) -> DomainShell:
         try:
             spec = DomainSpec.from_dict(config)
         except (HospesError, ValueError, TypeError, KeyError) as e:
             raise StreamError(f"The stream's configuration is not one this Hospes reads: {e}") from e
-        return domain_memory(domain_config(spec, self.domid, log, boot_from_images=False))
+        return DomainShell(domain_config(spec, self.domid, log, boot_from_images=False))
 
     def _restore_first(self) -> None:
         """``hospes restore``: read the save file the record names (the daemon set the spec)."""
@@ -594,7 +593,7 @@ class DomainProcess:
         assert path is not None
         try:
             with open(path, "rb") as f:
-                self._received = read_domain(RecordReader(f), self._memory_for)
+                self._received = read_domain(RecordReader(f), self._shell_for)
         except OSError as e:
             raise HospesError(f"Cannot read {path}: {e.strerror or e}.") from e
         log(f"restoring from {path}")
@@ -608,7 +607,7 @@ class DomainProcess:
             channel = listener.accept(INCOMING_TIMEOUT_S)
         finally:
             listener.close()
-        receiver = Receiver(channel, self._memory_for)
+        receiver = Receiver(channel, self._shell_for)
         try:
             received = receiver.receive()
             spec = DomainSpec.from_dict(received.config)
