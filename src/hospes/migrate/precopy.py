@@ -151,6 +151,8 @@ class Sender:
             ready = self._reply(replies, "ready", READY_TIMEOUT_S)
             ready_at = time.monotonic()
             self._check_cancel()
+            if self.channel.peer_gone():   # a destination that died after "ready" never gets the guest
+                raise MigrationError("The destination closed the connection before the handover.")
             self.writer.commit()
             committed = True
             self._reply(replies, "running", RUNNING_TIMEOUT_S)

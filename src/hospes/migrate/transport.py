@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shlex
 import socket
 import subprocess
@@ -84,6 +85,18 @@ class Channel:
         """Bound each read and write (sockets only: a pipe to ssh waits for ssh)."""
         if self._sock is not None:
             self._sock.settimeout(seconds)
+
+    def peer_gone(self) -> bool:
+        """True if a socket peer has closed its end (nothing to read but the end of the stream)."""
+        if self._sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+            return bool(readable) and self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
 
     def peer_message(self) -> str:
         """What the ssh command printed on stderr, for an error message ('' for sockets)."""

@@ -487,8 +487,9 @@ class DomainProcess:
                 channel.close()
         except MigrationError as e:
             log(f"migration to {addr} failed: {e}")
-            if not e.committed:
-                self._end()
+            self._end()
+            if e.committed:   # kept paused for a person to decide; unpause and destroy work again
+                self._set_state(DomainState.PAUSED)
             raise
         except BaseException:
             self._end()
