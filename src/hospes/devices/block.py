@@ -221,9 +221,17 @@ class BlockBackend:
 
     def freeze(self) -> None:
         """Serve no more requests until :meth:`thaw` (a save or migration's final copy):
-        the pass in progress ends first, and guest memory is not written after this returns."""
+        the pass in progress ends first, and guest memory is not written after this returns.
+        The image's written data is flushed: a migration's destination may open it on
+        another host (shared storage), where this host's page cache is not seen."""
         with self._lock:
             self._frozen = True
+            if not self.disk.readonly:
+                try:
+                    os.fdatasync(self.fd)
+                except OSError as e:   # a device that cannot flush: the data is where writes put it
+                    log.warning("vbd %s: cannot flush %s before the freeze: %s", self.disk.vdev, self.disk.path,
+                                e.strerror)
 
     def thaw(self) -> None:
         with self._lock:
