@@ -295,19 +295,26 @@ class PvMmu:
 
     def save(self) -> MmuState:
         with self.lock:
-            runs: list[list[int]] = []
-            kinds, counts = self.type, self.count
-            for f in sorted(counts):
-                kind, n = kinds[f], counts[f]
-                last = runs[-1] if runs else None
-                if last is not None and last[0] + last[1] == f and last[2] == kind and last[3] == n:
-                    last[1] += 1
-                else:
-                    runs.append([f, 1, kind, n])
-            return MmuState(
-                runs=tuple((a, b, c, d) for a, b, c, d in runs),
-                pinned=tuple(sorted((f, self.type[f]) for f in self.pinned)),
-            )
+            return MmuState(runs=self._runs(), pinned=tuple(sorted((f, self.type[f]) for f in self.pinned)))
+
+    def _runs(self) -> tuple[tuple[int, int, int, int], ...]:
+        """``MmuState.runs``; taken while a migrating guest is stopped, so one tight pass."""
+        frames = sorted(self.count)
+        if not frames:
+            return ()
+        kinds = list(map(self.type.__getitem__, frames))
+        counts = list(map(self.count.__getitem__, frames))
+        runs: list[tuple[int, int, int, int]] = []
+        start = prev = frames[0]
+        kind, n = kinds[0], counts[0]
+        for f, k, c in zip(frames, kinds, counts):
+            if f != prev + 1 or k != kind or c != n:
+                if f != start:
+                    runs.append((start, prev + 1 - start, kind, n))
+                start, kind, n = f, k, c
+            prev = f
+        runs.append((start, prev + 1 - start, kind, n))
+        return tuple(runs)
 
     @classmethod
     def restore(
