@@ -353,7 +353,7 @@ class NetBackend:
         self.fd = open_tap(self.tap_name, vif.mtu, attach=vif.attach) if tap_fd is None else tap_fd
         if vif.bridge is not None and tap_fd is None:
             try:
-                attach_to_bridge(self.tap_name, vif.bridge)
+                attach_to_bridge(self.tap_name, vif.bridge, already=vif.attach)
             except NetError:
                 os.close(self.fd)
                 raise

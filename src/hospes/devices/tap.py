@@ -36,6 +36,7 @@ SIOCSIFFLAGS = 0x8914
 SIOCSIFMTU = 0x8922
 SIOCBRADDIF = 0x89A2
 IFF_UP = 0x1
+IFF_RUNNING = 0x40
 IFNAMSIZ = 16
 
 
@@ -51,12 +52,15 @@ def check_ifname(name: str, what: str) -> None:
 
 
 def tap_in_use(name: str) -> bool:
-    """True if a process holds a queue of TAP ``name`` (tun raises the carrier while one does)."""
+    """True if a process holds a queue of TAP ``name``: tun raises the carrier while one
+    does, which an up interface reports as IFF_RUNNING (asked in this thread's network
+    namespace, which /sys may not show)."""
     try:
-        with open(f"/sys/class/net/{name}/carrier") as f:
-            return f.read().strip() == "1"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            flags = struct.unpack_from("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16s24x", name.encode())))[1]
     except OSError:
-        return False
+        return False   # no such interface
+    return bool(flags & IFF_RUNNING)
 
 
 def open_tap(name: str, mtu: int, *, attach: bool = False) -> int:
@@ -97,11 +101,11 @@ def open_tap(name: str, mtu: int, *, attach: bool = False) -> int:
     return fd
 
 
-def attach_to_bridge(ifname: str, bridge: str) -> None:
-    """Enslave ``ifname`` to the existing Linux bridge ``bridge`` (both in this thread's netns)."""
+def attach_to_bridge(ifname: str, bridge: str, *, already: bool = False) -> None:
+    """Enslave ``ifname`` to the existing Linux bridge ``bridge`` (both in this thread's netns).
+    ``already``: the TAP was opened as another queue of one in use (a migration arriving on
+    the source's host), which the source put on the bridge: being a bridge port is fine."""
     check_ifname(bridge, "Bridge")
-    if os.path.basename(os.path.realpath(f"/sys/class/net/{ifname}/master")) == bridge:
-        return   # a queue attached to a TAP that is on the bridge already (a migration on one host)
     try:
         index = socket.if_nametoindex(ifname)
     except OSError as e:
@@ -110,6 +114,8 @@ def attach_to_bridge(ifname: str, bridge: str) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             fcntl.ioctl(s, SIOCBRADDIF, struct.pack("16si20x", bridge.encode(), index))
     except OSError as e:
+        if already and e.errno == errno.EBUSY:
+            return
         if e.errno == errno.ENODEV:
             why = (f"Bridge {bridge} does not exist; create it first (e.g. `ip link add {bridge} type bridge "
                    f"&& ip link set {bridge} up`) or leave bridge= out to get a TAP on no bridge.")

@@ -125,6 +125,7 @@ class Sender:
         paused_at: float | None = None
         committed = False
         logging_on = False
+        replies: RecordReader | None = None
         try:
             self.writer = StreamWriter(self.channel.wfile, compress=self.options.compress, features=FEATURES)
             self.writer.config({"domain": self.config, "memory_bytes": dom.mem.size})
@@ -173,6 +174,10 @@ class Sender:
             if isinstance(e, MigrationError):
                 raise
             if isinstance(e, (OSError, StreamError)):
+                why = self._refusal() if replies is None else ""
+                if why:
+                    raise MigrationError(f"The destination refused the domain: {why}. The domain keeps running "
+                                         "here.") from e
                 peer = self.channel.peer_message()
                 raise MigrationError(f"The migration stream broke: {e}{f' ({peer})' if peer else ''}. "
                                      "The domain keeps running here.") from e
@@ -250,6 +255,22 @@ class Sender:
         })
 
     # --- the handover ---------------------------------------------------------------
+
+    def _refusal(self) -> str:
+        """Why the destination hung up mid-stream, if it said so (its REPLY error) before it did."""
+        self.channel.settimeout(2.0)
+        try:
+            replies = RecordReader(self.channel.rfile)
+            for _ in range(3):
+                record = replies.next()
+                data = record.json() if record.type is RecordType.REPLY else None
+                if isinstance(data, dict) and data.get("status") == "error":
+                    return str(data.get("message") or "")
+        except (OSError, StreamError, ValueError):
+            pass
+        finally:
+            self.channel.settimeout(None)
+        return ""
 
     def _reply(self, replies: RecordReader, want: str, timeout: float) -> dict[str, Any]:
         self.channel.settimeout(timeout)

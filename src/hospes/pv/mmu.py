@@ -307,7 +307,7 @@ class PvMmu:
         runs: list[tuple[int, int, int, int]] = []
         start = prev = frames[0]
         kind, n = kinds[0], counts[0]
-        for f, k, c in zip(frames, kinds, counts):
+        for f, k, c in zip(frames, kinds, counts, strict=False):
             if f != prev + 1 or k != kind or c != n:
                 if f != start:
                     runs.append((start, prev + 1 - start, kind, n))

@@ -99,6 +99,17 @@ def available_memory_mib() -> int:
     return 1 << 30
 
 
+def _exit_text(rc: int | None) -> str:
+    if rc is None:
+        return "no exit status"
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit status {rc}"
+
+
 class Daemon:
     """The operations behind the API, over one runtime directory."""
 
@@ -393,7 +404,11 @@ class Daemon:
         while True:
             rec = self.registry.find(ident)
             if rec is None:
-                failed = self._incoming_failed.get(int(ident)) if ident.isdigit() else None
+                domid = int(ident) if ident.isdigit() else None
+                failed = self._incoming_failed.get(domid) if domid is not None else None
+                if failed is None and domid in self._incoming and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)   # gone a moment ago: its watcher is about to say why
+                    continue
                 raise ApiError(409 if failed else 404, failed or f"Domain {ident!r} does not exist; "
                                                                   "`hospes list` shows the domains.")
             if rec.state not in (DomainState.BUILDING, DomainState.INCOMING) and rec.incoming is None:
@@ -423,8 +438,11 @@ class Daemon:
                 if child is not None and child.poll() is None:
                     continue
                 self.registry.reap()
-                if rec is None:
-                    reason = self._stderr_tail(domid) or f"exit status {self.registry.exit_codes.get(domid)}"
+                if rec is None or rec.incoming is not None:
+                    # It failed, or died (killed) before its guest ran: no half domain stays.
+                    rc = self.registry.exit_codes.get(domid)
+                    died = f"its process died ({_exit_text(rc)})" if rec is not None else ""
+                    reason = died or self._stderr_tail(domid) or f"exit status {rc}"
                     self._incoming_failed[domid] = f"The migration into domain {domid} failed: {reason}"
                     while len(self._incoming_failed) > 64:
                         self._incoming_failed.pop(next(iter(self._incoming_failed)))

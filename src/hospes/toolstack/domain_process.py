@@ -233,6 +233,8 @@ class ControlServer:
                 if not data:
                     break
                 self.proc.queue_input(data)
+        except ConnectionError:
+            pass   # the client went away
         finally:
             self.consoles.discard(writer)
 
@@ -307,8 +309,11 @@ class ControlServer:
             reply = {"ok": False, "error": f"Internal error: {e}"}
         finally:
             watcher.cancel()
-        writer.write(control.encode(reply))
-        await writer.drain()
+        try:
+            writer.write(control.encode(reply))
+            await writer.drain()
+        except ConnectionError:
+            pass   # the client left (a cancel): the outcome is in the log and the record
         self.proc.finish_moved()
 
 
