@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -164,6 +165,20 @@ def plot(results: dict[str, Any], out: Path) -> bool:
     return True
 
 
+def stop_everything_under(work: Path) -> None:
+    """Kill the daemons and domain processes whose command line names ``work`` (a failed
+    run leaves guests spinning otherwise), by pid."""
+    needle = str(work).encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            if needle in Path(f"/proc/{entry}/cmdline").read_bytes():
+                os.kill(int(entry), signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -191,13 +206,7 @@ def main(argv: list[str]) -> int:
             print(f"plot: {args.out / 'rounds.png'}")
         ok = True
     finally:
-        for run_dir in (work / "a", work / "b"):
-            pid_file = run_dir / "hospesd.pid"
-            if pid_file.exists():
-                try:
-                    os.kill(int(pid_file.read_text().split()[0]), 15)
-                except (OSError, ValueError):
-                    pass
+        stop_everything_under(work)
         if ok:
             shutil.rmtree(work, ignore_errors=True)
         else:
