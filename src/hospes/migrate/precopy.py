@@ -25,6 +25,7 @@ through long-held views are sent in the final copy whatever the logs say.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +46,7 @@ CHUNK_PAGES = 1024          # pages between cancel checks, progress and bandwidt
 READY_TIMEOUT_S = 120.0     # the destination builds the domain in this time
 RUNNING_TIMEOUT_S = 30.0
 PROGRESS_INTERVAL_S = 0.2
+GIL_SWITCH_S = 0.0005
 
 
 class MigrationError(HospesError):
@@ -119,6 +121,16 @@ class Sender:
     # --- the whole migration ---------------------------------------------------------
 
     def run(self) -> MigrationResult:
+        # The vCPU threads need the GIL at every exit; while this thread copies pages,
+        # hand it over sooner than every 5 ms, or each guest system call waits that long.
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(GIL_SWITCH_S)
+        try:
+            return self._run()
+        finally:
+            sys.setswitchinterval(switch)
+
+    def _run(self) -> MigrationResult:
         self._t0 = time.monotonic()
         dom = self.dom
         was_paused = dom.paused
