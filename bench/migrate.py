@@ -161,10 +161,11 @@ def plot(results: dict[str, Any], out: Path) -> bool:
     except ImportError:
         return False
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, style in (("idle", "o-"), ("busy", "s-")):
+    for name, style, color in (("idle", "o-", "tab:blue"), ("busy", "s-", "tab:red")):
         for i, run in enumerate(results[name]):
             pages = [r["pages"] for r in run["per_round"]]
-            ax.plot(range(1, len(pages) + 1), pages, style, alpha=0.7, label=name if i == 0 else None)
+            ax.plot(range(1, len(pages) + 1), pages, style, color=color, alpha=0.6,
+                    label=("idle" if name == "idle" else "rewriting 64 MiB") if i == 0 else None)
     ax.set_yscale("log")
     ax.set_xlabel("round (the last one with the guest paused)")
     ax.set_ylabel("pages sent")
