@@ -613,22 +613,28 @@ class DomainProcess:
             channel = listener.accept(INCOMING_TIMEOUT_S)
         finally:
             listener.close()
-        receiver = Receiver(channel, self._shell_for)
+        receiver = Receiver(channel, self._incoming_shell)
         try:
             received = receiver.receive()
-            spec = DomainSpec.from_dict(received.config)
         except BaseException as e:
             receiver.refuse(str(e))
             channel.close()
             raise
+        log(f"received domain {self.record.name} over {addr}")
+        self._received, self._receiver, self._verified = received, receiver, received.verify
+
+    def _incoming_shell(self, config: Any, size: int) -> DomainShell:
+        """The stream's CONFIG arrived: record the domain it describes (listed with its
+        name and memory while the pages come), then make its shell."""
+        shell = self._shell_for(config, size)
+        spec = DomainSpec.from_dict(config)
         with self._lock:
             placeholder = self.record.name == f"incoming-{self.domid}"
             name = spec.name if placeholder else self.record.name
             self.record.spec = dataclasses.replace(spec, name=name)
             self.record.name, self.record.uuid = name, spec.uuid or self.record.uuid
             self._save()
-        log(f"received domain {name} over {addr}")
-        self._received, self._receiver, self._verified = received, receiver, received.verify
+        return shell
 
     def _hand_over(self, dom: Domain, receiver: Receiver) -> None:
         """Tell the source the domain is built, wait for its COMMIT, run the guest.
