@@ -213,7 +213,9 @@ class PvMmu:
         """Store an entry: into memory now (so later checks in the same batch see
         it) and queued for the in-VM writer (so KVM's shadow tables see it)."""
         self.q[gpa >> 3] = value
-        self.mem.mark(gpa, 8)
+        dirty = self.mem.dirty
+        if dirty is not None:
+            dirty.add(gpa >> 12)
         writes.append((gpa, value))
         self.translation_cache.clear()
 
