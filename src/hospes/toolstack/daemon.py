@@ -39,7 +39,7 @@ from hospes.toolstack.domain_process import valid_name
 from hospes.toolstack.hostinfo import host_info
 from hospes.toolstack.lifecycle import DomainState, ShutdownRequest, WaitOutcome
 from hospes.toolstack.record import DomainRecord, write_record
-from hospes.toolstack.registry import DomainView, Registry
+from hospes.toolstack.registry import DomainView, Registry, exit_text
 from hospes.toolstack.rundir import RunDir
 from hospes.toolstack.saved_spec import restored_spec
 from hospes.toolstack.spec import DEFAULT_IMAGE, DomainSpec, load_spec
@@ -97,17 +97,6 @@ def available_memory_mib() -> int:
     except (OSError, ValueError):
         pass
     return 1 << 30
-
-
-def _exit_text(rc: int | None) -> str:
-    if rc is None:
-        return "no exit status"
-    if rc < 0:
-        try:
-            return f"killed by {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"killed by signal {-rc}"
-    return f"exit status {rc}"
 
 
 class Daemon:
@@ -441,7 +430,8 @@ class Daemon:
                 if rec is None or rec.incoming is not None:
                     # It failed, or died (killed) before its guest ran: no half domain stays.
                     rc = self.registry.exit_codes.get(domid)
-                    died = f"its process died ({_exit_text(rc)})" if rec is not None else ""
+                    died = f"its process died ({exit_text(rc) if rc is not None else 'how is unknown'})" \
+                        if rec is not None else ""
                     reason = died or self._stderr_tail(domid) or f"exit status {rc}"
                     self._incoming_failed[domid] = f"The migration into domain {domid} failed: {reason}"
                     while len(self._incoming_failed) > 64:

@@ -31,6 +31,16 @@ from hospes.toolstack.rundir import RunDir
 STATUS_TIMEOUT = 3.0
 
 
+def exit_text(rc: int) -> str:
+    """How a process ended, from its Popen return code."""
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit status {rc}"
+
+
 @dataclass
 class DomainView:
     """A record joined with the process's liveness and its live status (if it answered)."""
@@ -156,15 +166,7 @@ class Registry:
 
     def _death(self, rec: DomainRecord) -> str:
         rc = self.exit_codes.get(rec.domid)
-        if rc is None:
-            how = ""
-        elif rc < 0:
-            try:
-                how = f" (killed by {signal.Signals(-rc).name})"
-            except ValueError:
-                how = f" (killed by signal {-rc})"
-        else:
-            how = f" (exit status {rc})"
+        how = "" if rc is None else f" ({exit_text(rc)})"
         return f"The domain process {rec.pid} died unexpectedly{how}; `destroy` removes the domain."
 
     async def view(self, domid: int) -> DomainView | None:
