@@ -39,7 +39,8 @@ HOST_PROGRAMS: dict[str, tuple[str, tuple[str, ...]]] = {
                         "-fcf-protection=none")),
 }
 HOST_CFLAGS = ("-O2", "-Wall", "-Wextra", "-Werror")
-GUEST_PROGRAMS = ("compute", "osbench", "tiny", "blkbench", "netbench", "stamp", "dirty")   # what goes into the bench initramfs
+# What goes into the bench initramfs.
+GUEST_PROGRAMS = ("compute", "osbench", "tiny", "blkbench", "netbench", "stamp", "dirty")
 DISK_MIB = 64
 
 
