@@ -100,25 +100,11 @@ def _check(reply: dict[str, Any]) -> dict[str, Any]:
 
 async def request(path: Path, op: str, /, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
     """Send one request and return the reply; ControlError on refusal or no answer."""
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path), limit=MAX_LINE), timeout)
-    except (OSError, asyncio.TimeoutError) as e:
-        raise ControlError(f"Cannot reach the domain process at {path}: {e or 'timeout'}") from e
-    try:
-        writer.write(encode({"op": op, **args}))
-        await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), timeout)
-        if not line:
-            raise ControlError(f"The domain process closed the control connection during {op!r}.")
-        return _check(decode(line))
-    except (OSError, asyncio.TimeoutError, ValueError) as e:
-        raise ControlError(f"The control request {op!r} failed: {e or 'timeout'}") from e
-    finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except OSError:
-            pass
+    return await request_stream(path, op, _no_events, timeout, **args)
+
+
+def _no_events(event: dict[str, Any]) -> None:
+    raise ControlError(f"The domain process sent an event ({event.get('event')!r}) to a plain request.")
 
 
 async def request_stream(path: Path, op: str, on_event: EventHandler, /, timeout: float | None = None,
