@@ -43,6 +43,18 @@ def test_domids_are_monotonic_and_skip_existing(tmp_path: Path) -> None:
     assert run.domids() == [10]
 
 
+def test_domids_stay_below_the_reserved_ones_and_wrap_around_those_in_use(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r").ensure()
+    (run.root / "next-domid").write_text(f"{0x7FEE}\n")
+    for domid in (0x7FEE, 1, 2):
+        write_record(run.state_file(domid), DomainRecord(domid, f"d{domid}", "u", _spec()))
+    # 0x7fef is the last ordinary domid; then 1 and 2 are taken, so 3 comes next.
+    assert [run.allocate_domid() for _ in range(2)] == [0x7FEF, 3]
+    # A counter left at DOMID_SELF (0x7ff0) or beyond is never handed out.
+    (run.root / "next-domid").write_text(f"{0x7FF0}\n")
+    assert run.allocate_domid() == 3
+
+
 def test_run_dir_too_long_for_sockets_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match="too long"):
         RunDir(tmp_path / ("x" * 120)).ensure()

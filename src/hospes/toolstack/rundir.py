@@ -6,7 +6,7 @@ Layout (``$HOSPES_RUN_DIR``, else ``/run/hospes``)::
     hospesd.lock          flock held by the running daemon (one per directory)
     hospesd.pid           the daemon's pid, for ``hospes daemon stop``
     hospesd.log           the daemon's own log (when started in the background)
-    next-domid            the domid counter (monotonic, like Xen's), under flock
+    next-domid            the domid counter (counts up, wraps below 0x7ff0, as Xen's), under flock
     domains/<id>.json     one state record per domain (see :mod:`.record`)
     domains/<id>.sock     the domain process's control socket (see :mod:`.control`)
     domains/<id>.err      the domain process's stderr
@@ -27,6 +27,8 @@ from hospes.errors import HospesError
 
 DEFAULT_RUN_DIR = Path("/run/hospes")
 UNIX_PATH_MAX = 107
+DOMID_FIRST = 1
+DOMID_LAST = 0x7FEF     # DOMID_FIRST_RESERVED (0x7ff0) and up name no domain (xen.h)
 
 
 class RunDirError(HospesError):
@@ -117,17 +119,29 @@ class RunDir:
         return sorted(out)
 
     def allocate_domid(self) -> int:
-        """Return the next domid (1, 2, ...; never reused while this directory lives)."""
+        """Return the next free domid, as Xen hands them out: counting up from 1, past
+        the highest in use, and once the last ordinary domid (0x7fef; 0x7ff0 is
+        DOMID_FIRST_RESERVED, DOMID_SELF and the like) is taken, round again from 1,
+        skipping the domids still in use."""
         self.ensure()
         path = self.root / "next-domid"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             raw = os.read(fd, 32).decode(errors="replace").strip()
-            nxt = int(raw) if raw.isdigit() else 1
+            nxt = int(raw) if raw.isdigit() else DOMID_FIRST
             existing = self.domids()
             if existing:
                 nxt = max(nxt, existing[-1] + 1)
+            if not DOMID_FIRST <= nxt <= DOMID_LAST:
+                nxt = DOMID_FIRST
+            in_use = set(existing)
+            for _ in range(DOMID_LAST):
+                if nxt not in in_use:
+                    break
+                nxt = nxt + 1 if nxt < DOMID_LAST else DOMID_FIRST
+            else:
+                raise RunDirError(f"All {DOMID_LAST} domids are in use; destroy a domain first.")
             os.lseek(fd, 0, os.SEEK_SET)
             os.ftruncate(fd, 0)
             os.write(fd, f"{nxt + 1}\n".encode())
