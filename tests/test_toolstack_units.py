@@ -370,3 +370,29 @@ def test_records_keep_enums_and_the_typed_spec_through_json(tmp_path: Path) -> N
     assert back == rec
     assert back.state is DomainState.SHUTDOWN and back.shutdown_reason is ShutdownReason.CRASH
     assert back.spec.on_crash == "preserve" and isinstance(back.spec, DomainSpec)
+
+
+def test_a_stale_daemon_pid_file_names_no_daemon(tmp_path: Path) -> None:
+    import fcntl
+    import os
+    import subprocess
+
+    from hospes.cli.daemon import _daemon_pid
+
+    run = RunDir(tmp_path / "r").ensure()
+    stranger = subprocess.Popen(["sleep", "30"])   # a live process that is no daemon of this directory
+    try:
+        run.pid_file.write_text(f"{stranger.pid}\n")
+        assert _daemon_pid(run) is None            # `daemon stop` must not signal it
+        fd = os.open(run.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)            # this process plays the daemon holding the lock
+            assert _daemon_pid(run) is None           # the pid file still names the stranger
+            run.pid_file.write_text(f"{os.getpid()}\n")
+            assert _daemon_pid(run) == os.getpid()
+        finally:
+            os.close(fd)
+        assert _daemon_pid(run) is None               # lock released: a daemon that died
+    finally:
+        stranger.kill()
+        stranger.wait()

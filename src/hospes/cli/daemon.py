@@ -28,15 +28,33 @@ def _run_dir(run_dir: Path | None) -> "RunDir":
 
 
 def _daemon_pid(run: "RunDir") -> int | None:
+    """The running hospesd's pid, or None. A pid file alone is no proof (pids are
+    reused, a daemon killed with SIGKILL leaves its file): the pid counts only
+    while that process holds the run directory's lock, as /proc/locks shows
+    (looked at, not taken: taking it, even for a moment, could make a starting
+    daemon believe another one runs)."""
     try:
         pid = int(run.pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
+    return pid if pid in _lock_holders(run.lock_file) else None
+
+
+def _lock_holders(path: Path) -> set[int]:
+    """The pids holding a flock on ``path``, from /proc/locks."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    return pid
+        st = os.stat(path)
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return set()
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    holders = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == want and fields[4].isdigit():
+            holders.add(int(fields[4]))
+    return holders
 
 
 def register(group: click.Group) -> None:
