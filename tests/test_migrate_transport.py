@@ -29,6 +29,9 @@ def test_addresses_parse_and_print_back(text: str, want: Address) -> None:
     ("tcp://host", False, "tcp://HOST:PORT"),
     ("unix:relative.sock", False, "ABSOLUTE"),
     ("-oProxyCommand=x", False, "neither"),
+    ("-oProxy", False, "neither"),             # would reach ssh's command line as an option
+    ("root@-oProxy", False, "neither"),
+    ("tcp://-x:22", False, "tcp://HOST:PORT"),
     ("a b", False, "neither"),
     ("root@dest", True, "Cannot listen"),
 ])

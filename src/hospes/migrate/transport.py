@@ -25,7 +25,11 @@ from typing import BinaryIO
 from hospes.errors import HospesError
 
 CONNECT_TIMEOUT_S = 30.0
-_HOST_RE = re.compile(r"^(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9._-]+$|^(?:[A-Za-z0-9._-]+@)?\[[0-9A-Fa-f:.]+\]$")
+# The address grammar (the toolstack checks requests with it too). A host starts with
+# a letter or digit, so nothing that reaches ssh's command line reads as an option.
+HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}))"
+TCP_RE = re.compile(rf"tcp://({HOST}):([0-9]{{1,5}})")
+SSH_RE = re.compile(rf"(?:([A-Za-z0-9._][A-Za-z0-9._-]{{0,31}})@)?({HOST})")
 
 
 class TransportError(HospesError):
@@ -51,11 +55,11 @@ class Address:
 def parse_address(text: str, *, listen: bool = False) -> Address:
     """``tcp://HOST:PORT``, ``unix:/PATH``, or (not for listening) ``[USER@]HOST``."""
     if text.startswith("tcp://"):
-        host, sep, port = text[len("tcp://"):].rpartition(":")
-        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        m = TCP_RE.fullmatch(text)
+        if m is None or not 1 <= int(m.group(2)) <= 65535:
             raise TransportError(f"{text!r} is not tcp://HOST:PORT with a port from 1 to 65535.")
-        return Address("tcp", host=host, port=int(port))
+        host = m.group(1)
+        return Address("tcp", host=host[1:-1] if host.startswith("[") else host, port=int(m.group(2)))
     if text.startswith("unix:"):
         path = text[len("unix:"):]
         if not path.startswith("/"):
@@ -65,7 +69,7 @@ def parse_address(text: str, *, listen: bool = False) -> Address:
         return Address("unix", path=path)
     if listen:
         raise TransportError(f"Cannot listen at {text!r}: give tcp://HOST:PORT or unix:/PATH.")
-    if not _HOST_RE.match(text):
+    if not SSH_RE.fullmatch(text):
         raise TransportError(f"{text!r} is neither tcp://HOST:PORT, unix:/PATH nor [USER@]HOST.")
     return Address("ssh", host=text)
 

@@ -10,11 +10,9 @@ strictly because they end up on ssh's command line (no ``-o...`` smuggled in).
 from __future__ import annotations
 
 import os
-import re
 
-_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}))")
-_TCP = re.compile(rf"tcp://({_HOST.pattern}):([0-9]{{1,5}})")
-_SSH = re.compile(rf"(?:([A-Za-z0-9._][A-Za-z0-9._-]{{0,31}})@)?({_HOST.pattern})")
+from hospes.migrate.transport import SSH_RE as _SSH
+from hospes.migrate.transport import TCP_RE as _TCP
 
 
 def listen_address(text: str) -> str:
