@@ -80,6 +80,14 @@ def valid_name(name: object) -> str:
     return name
 
 
+def _stream_spec(config: Any) -> DomainSpec:
+    """The DomainSpec a stream's CONFIG record carries."""
+    try:
+        return DomainSpec.from_dict(config)
+    except (HospesError, ValueError, TypeError, KeyError) as e:
+        raise StreamError(f"The stream's configuration is not one this Hospes reads: {e}") from e
+
+
 def _positive(value: object, name: str) -> int | None:
     """An optional positive integer argument of a control request."""
     if value is None:
@@ -587,10 +595,9 @@ class DomainProcess:
     # --- restore and incoming migration: the first domain from a stream -----------------------
 
     def _shell_for(self, config: Any, size: int) -> DomainShell:
-        try:
-            spec = DomainSpec.from_dict(config)
-        except (HospesError, ValueError, TypeError, KeyError) as e:
-            raise StreamError(f"The stream's configuration is not one this Hospes reads: {e}") from e
+        return self._shell(_stream_spec(config))
+
+    def _shell(self, spec: DomainSpec) -> DomainShell:
         return DomainShell(domain_config(spec, self.domid, log, boot_from_images=False))
 
     def _restore_first(self) -> None:
@@ -626,8 +633,8 @@ class DomainProcess:
     def _incoming_shell(self, config: Any, size: int) -> DomainShell:
         """The stream's CONFIG arrived: record the domain it describes (listed with its
         name and memory while the pages come), then make its shell."""
-        shell = self._shell_for(config, size)
-        spec = DomainSpec.from_dict(config)
+        spec = _stream_spec(config)
+        shell = self._shell(spec)
         with self._lock:
             placeholder = self.record.name == f"incoming-{self.domid}"
             name = spec.name if placeholder else self.record.name
