@@ -364,3 +364,14 @@ def test_a_bad_guest_pointer_is_efault_and_each_hypercall_is_counted(vcpu: FakeV
     assert vcpu.hypercall(Hypercall.xen_version, 1, UNMAPPED) == -Errno.EFAULT
     assert vcpu.hypercall(Hypercall.xen_version, 0, 0) > 0
     assert vcpu.stats[f"hypercall:{int(Hypercall.xen_version)}"] == 2
+
+
+def test_multicall_result_is_an_unsigned_long(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    # get_debugreg of a kernel address inside a multicall once ended the domain
+    # ("internal error": the result was packed as a signed value).
+    address = 0xFFFF_FFFF_8100_0000
+    assert vcpu.hypercall(Hypercall.set_debugreg, 0, address) == 0
+    rc, results = multicall(vcpu, (Hypercall.get_debugreg, 0), (Hypercall.get_debugreg, 7))
+    assert rc == 0
+    assert [r & 0xFFFF_FFFF_FFFF_FFFF for r in results] == [address, 0x400]
+    assert dom.record.crashes == []

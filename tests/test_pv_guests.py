@@ -130,6 +130,17 @@ EXPECTED_PASSES: dict[str, tuple[str, ...]] = {
         "failsafe_registered",
         "failsafe_frame",
     ),
+    "robust": (
+        "set_timer_op_all_ones_fires_in_100ms",
+        "set_timer_op_bit63_fires_in_100ms",
+        "set_timer_op_2p50_ahead_fires_in_100ms",
+        "set_timer_op_below_2p50_is_armed",
+        "set_timer_op_zero_stops",
+        "singleshot_zero_fires_now",
+        "singleshot_all_ones_fires_now",
+        "periodic_above_stime_delta_max_einval",
+        "multicall_get_debugreg_kernel_address",
+    ),
 }
 
 # A result line, optionally behind a Xen-style "(d1) " console prefix.

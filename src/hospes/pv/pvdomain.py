@@ -44,7 +44,7 @@ from hospes.pv.runstate import RunEvent, RunState
 from hospes.pv.smp import CONTEXT_SIZE, load_guest_context
 from hospes.pv.time import Clock, ClockState, Timers, TimersState
 from hospes.pv.trampoline import Trampoline
-from hospes.pv.vcpu import VI_TIME, PvVcpu
+from hospes.pv.vcpu import VI_TIME, PvVcpu, raised_at
 from hospes.pv.vcpu_state import PvVcpuState
 from hospes.state import StateError, check_version
 
@@ -190,6 +190,7 @@ class PvDomain:
             self.clock = Clock.restore(saved.clock, tsc_khz=tsc_khz, read_tsc=read_tsc)
             self.timers = Timers.restore(saved.timers, clock=self.clock, nr_vcpus=layout.nr_vcpus,
                                          fire=self._timer_fired)
+        self.timers.on_error = self._timer_thread_failed
 
     # --- saved state ------------------------------------------------------------------
 
@@ -301,6 +302,11 @@ class PvDomain:
         return total
 
     # --- time -------------------------------------------------------------------------
+
+    def _timer_thread_failed(self, e: Exception) -> None:
+        dumps = "\n".join(f"vCPU {pv.id}:\n{pv.register_dump()}" for pv in self.vcpus)
+        self.hooks.crash(f"timer thread: Hospes internal error (a bug; please report it): "
+                         f"{type(e).__name__}: {e} at {raised_at(e)}\n{dumps}")
 
     def _timer_fired(self, v: int) -> None:
         self.evtchn.raise_virq(abi.VIRQ_TIMER, v)

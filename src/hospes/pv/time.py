@@ -163,6 +163,9 @@ class Timers:
         self.stopping = False
         self.held = False      # see hold()
         self._firing = False
+        # Called (then the thread ends) when a firing raises: a bug, which must end
+        # the domain rather than leave it without timers. None: the thread dies.
+        self.on_error: Callable[[Exception], None] | None = None
         self.thread = threading.Thread(target=self._run, name="timers", daemon=True)
 
     def start(self) -> None:
@@ -304,6 +307,11 @@ class Timers:
                     fn()
                 for v in due:
                     self.fire(v)
+            except Exception as e:
+                if self.on_error is None:
+                    raise
+                self.on_error(e)
+                return
             finally:
                 with self.cond:
                     self._firing = False

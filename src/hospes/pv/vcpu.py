@@ -20,6 +20,7 @@ must be made from guest mode).
 from __future__ import annotations
 
 import ctypes
+import logging
 import signal
 import struct
 import threading
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from hospes.kvm.structs import KvmCpuidEntry2, KvmRegs, KvmRun, KvmSregs, KvmVcpuEvents
     from hospes.machine.memory import GuestMemory
     from hospes.pv.guestvirt import GuestVirt
+
+log = logging.getLogger(__name__)
 
 RFLAGS_IF = 1 << 9
 RFLAGS_IOPL = 3 << 12
@@ -88,6 +91,17 @@ TRAP_KEYS = [f"trap:{v}" for v in range(256)]
 
 class DomainCrash(Exception):
     """The guest did something Xen would crash the domain for."""
+
+
+def raised_at(e: BaseException) -> str:
+    """Where ``e`` was raised, as file:line:function, for a bug report in one line."""
+    tb = e.__traceback__
+    if tb is None:
+        return "an unknown place"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return f"{code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} ({code.co_name})"
 
 
 def _segment(seg: KvmSegment, selector: int, code: bool, dpl: int, long: bool) -> None:
@@ -348,19 +362,24 @@ class PvVcpu:
         run = self.kvm.run
         run_state = self.run_state
         running = RunState.RUNNING
-        # The lock-free check keeps the common case (running on) off the lock; a
-        # change that lands just after it is followed by a kick, which ends KVM_RUN.
-        while run_state.state is running or run_state.wait_runnable() is running:
-            if self.start_context is not None:
-                self._apply_start_context()
-            if time.monotonic_ns() >= self.next_clock_sync:
-                self._sync_clock()
-            self.in_kvm_run = True
-            reason = run()
-            self.in_kvm_run = False
-            if self.kvm.immediate_exit:
-                self.kvm.immediate_exit = False
-            try:
+        reason = -1
+        # One try around the whole loop (free in CPython until something
+        # raises): whatever goes wrong on this thread, in an exit handler, the
+        # start context, the clock or the run-state wait, ends this domain with
+        # a register dump, never the thread alone (a silently dead vCPU).
+        try:
+            # The lock-free check keeps the common case (running on) off the lock; a
+            # change that lands just after it is followed by a kick, which ends KVM_RUN.
+            while run_state.state is running or run_state.wait_runnable() is running:
+                if self.start_context is not None:
+                    self._apply_start_context()
+                if time.monotonic_ns() >= self.next_clock_sync:
+                    self._sync_clock()
+                self.in_kvm_run = True
+                reason = run()
+                self.in_kvm_run = False
+                if self.kvm.immediate_exit:
+                    self.kvm.immediate_exit = False
                 if reason == kc.KVM_EXIT_IO:
                     port = self.run.io.port
                     if port == L.PORT_SYSCALL:
@@ -382,13 +401,16 @@ class PvVcpu:
                     raise DomainCrash(f"VM entry failed, reason {self.run.fail_entry.hardware_entry_failure_reason:#x}")
                 else:
                     raise DomainCrash(f"unexpected KVM exit reason {reason}")
-            except DomainCrash as e:
-                dom.crash(self, str(e))
-                return
-            except Exception as e:  # noqa: BLE001 - a guest must never take the host down
-                # Whatever the guest did to reach this, it ends its own domain only.
-                dom.crash(self, f"internal error handling exit {reason}: {type(e).__name__}: {e}")
-                return
+        except DomainCrash as e:
+            self.in_kvm_run = False
+            dom.crash(self, str(e))
+        except Exception as e:  # noqa: BLE001 - a guest must never take the host down
+            # A Hospes bug: whatever the guest did to reach it ends its own domain only.
+            self.in_kvm_run = False
+            where = f"after KVM exit {reason}" if reason >= 0 else "before the first KVM exit"
+            log.debug("vCPU %d: internal error %s", self.id, where, exc_info=True)
+            dom.crash(self, f"Hospes internal error {where} (a bug; please report it): "
+                            f"{type(e).__name__}: {e} at {raised_at(e)}")
 
     # --- syscall exits -----------------------------------------------------------
 
@@ -875,4 +897,4 @@ class PvVcpu:
 
 
 
-__all__ = ["KICK_SIGNAL", "PvVcpu", "DomainCrash", "NO_RETURN", "PAGE_SIZE", "install_kick_handler"]
+__all__ = ["KICK_SIGNAL", "PvVcpu", "DomainCrash", "NO_RETURN", "PAGE_SIZE", "install_kick_handler", "raised_at"]

@@ -30,6 +30,8 @@
 #define __HYPERVISOR_set_trap_table    0
 #define __HYPERVISOR_mmu_update        1
 #define __HYPERVISOR_stack_switch      3
+#define __HYPERVISOR_set_debugreg      8
+#define __HYPERVISOR_get_debugreg      9
 #define __HYPERVISOR_set_timer_op      15
 #define __HYPERVISOR_memory_op         12
 #define __HYPERVISOR_multicall         13

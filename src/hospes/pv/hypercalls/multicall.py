@@ -22,7 +22,8 @@ def multicall(vcpu: PvVcpu, list_va: int, nr: int, *_: int) -> int:
         va = list_va + i * ENTRY
         op, _result, a1, a2, a3, a4, a5, _a6 = struct.unpack("<8Q", vcpu.read(va, ENTRY))
         result = vcpu.call_hypercall(op, (a1, a2, a3, a4, a5))
-        vcpu.write(va + 8, struct.pack("<q", result))
+        # xen_ulong_t: a result such as get_debugreg's kernel address is not an errno.
+        vcpu.write(va + 8, struct.pack("<Q", result & 0xFFFF_FFFF_FFFF_FFFF))
     return 0
 
 
