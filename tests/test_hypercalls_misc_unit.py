@@ -264,10 +264,22 @@ def test_grant_table_op_takes_one_setup_at_a_time_and_knows_its_commands(vcpu: F
 # --- console_io, physdev_op, vm_assist ------------------------------------------------------------------
 
 
-def test_console_io_write_hands_the_bytes_to_the_console(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
-    vcpu.put(BUF_VA, b"hello, world\n")
-    assert vcpu.hypercall(Hypercall.console_io, 0, 13, BUF_VA) == 0
-    assert dom.record.console == [b"hello, world\n"]
+def test_console_io_write_gives_the_hypervisor_log_prefixed_lines(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    # Xen's guest_console_write: whole lines, "(d<domid>) " in front, unprintable bytes dropped.
+    vcpu.put(BUF_VA, b"hello, world\nhalf a \x07line")
+    assert vcpu.hypercall(Hypercall.console_io, 0, 26, BUF_VA) == 0
+    assert dom.record.console == [b"(d5) hello, world\n"]
+    vcpu.put(BUF_VA, b"\tdone\n")
+    assert vcpu.hypercall(Hypercall.console_io, 0, 6, BUF_VA) == 0
+    assert dom.record.console == [b"(d5) hello, world\n", b"(d5) half a line\tdone\n"]
+
+
+def test_console_io_lines_longer_than_xens_buffer_come_in_pieces() -> None:
+    from hospes.pv.console_log import LINE_MAX, ConsoleIoLog
+
+    log = ConsoleIoLog(7)
+    lines = log.feed(b"x" * (LINE_MAX + 10) + b"\n")
+    assert lines == [b"(d7) " + b"x" * LINE_MAX + b"\n", b"(d7) " + b"x" * 10 + b"\n"]
 
 
 def test_console_io_refuses_oversized_writes_and_unknown_commands(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
@@ -325,17 +337,17 @@ def multicall(vcpu: FakeVcpu, *calls: tuple[int, ...]) -> tuple[int, list[int]]:
 
 
 def test_multicall_runs_each_entry_and_writes_its_result_back(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
-    vcpu.put(ARG_VA, b"ok")
+    vcpu.put(ARG_VA, b"ok\n")
     rc, results = multicall(
         vcpu,
         (Hypercall.xen_version, 0, 0),
-        (Hypercall.console_io, 0, 2, ARG_VA),
+        (Hypercall.console_io, 0, 3, ARG_VA),
         (Hypercall.xen_version, 99, 0),                 # fails; the batch goes on
         (Hypercall.fpu_taskswitch, 1),
     )
     assert rc == 0
     assert results == [(abi.XEN_MAJOR << 16) | abi.XEN_MINOR, 0, -Errno.ENOSYS, 0]
-    assert dom.record.console == [b"ok"] and vcpu.cr0_ts
+    assert dom.record.console == [b"(d5) ok\n"] and vcpu.cr0_ts
 
 
 def test_multicall_refuses_iret_and_nested_multicalls_in_its_entries(vcpu: FakeVcpu) -> None:

@@ -227,3 +227,34 @@ def test_pv_guest(name):
     assert got == expected, (
         f"{name}: missing PASS {sorted(expected - got)}, unexpected PASS {sorted(got - expected)}\n{context}"
     )
+
+
+def _run(name: str) -> subprocess.CompletedProcess[str]:
+    elf = guest_build.build_guest(name)
+    cmd = [sys.executable, "-m", "hospes", "run", "--kernel", str(elf), "--memory", str(MEMORY_MB)]
+    return subprocess.run(cmd, cwd=_TESTS.parent, capture_output=True, text=True, errors="replace",
+                          timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.kvm
+def test_console_io_goes_to_the_hypervisor_log_not_the_console():
+    """Xen prints a domU's CONSOLEIO_write on its own console as "(d<domid>) " lines;
+    the domain's console (the PV ring, hospes run's stdout) does not show them."""
+    proc = _run("hello")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    text = "hello from the Hospes PV test kernel"
+    assert f"(d1) {text}" in proc.stderr.splitlines()
+    assert text not in proc.stdout
+    assert "PASS console_io_write" in proc.stdout.splitlines()
+
+
+@pytest.mark.kvm
+def test_a_crash_the_guest_asks_for_says_so_with_its_last_lines():
+    proc = _run("crash_request")
+    assert proc.returncode == 3, proc.stderr[-4000:]
+    err = proc.stderr
+    assert "the guest crashed: the guest asked to crash (SCHEDOP_shutdown, SHUTDOWN_crash)" in err
+    assert "    crash_request: last words before the crash" in err
+    assert "(d1) crash_request: a line for the hypervisor log" in err.splitlines()
+    assert "a line for the hypervisor log" not in proc.stdout
+    assert "Traceback" not in err

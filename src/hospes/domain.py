@@ -199,7 +199,8 @@ class Domain:
     """
 
     def __init__(self, config: DomainConfig, console_out: Callable[[bytes], None] | None = None,
-                 saved: tuple[DomainState, bytes | bytearray | DomainShell] | None = None) -> None:
+                 saved: tuple[DomainState, bytes | bytearray | DomainShell] | None = None,
+                 hypervisor_log: Callable[[bytes], None] | None = None) -> None:
         if not MIN_MEMORY_MIB <= config.memory_mib <= MAX_MEMORY_MIB:
             raise DomainError(
                 f"Memory size {config.memory_mib} MiB is out of range: give between {MIN_MEMORY_MIB} and "
@@ -210,6 +211,10 @@ class Domain:
         self.config = config
         self.domid = config.domid
         self.console_out = console_out or _stdout
+        # The guest's console_io lines, "(d<domid>) "-prefixed: the hypervisor's log
+        # (stderr by default), never its console, as on Xen.
+        self.hypervisor_log = hypervisor_log or _stderr
+        self._console_tail = b""   # the guest's last output, for a crash it asks for
         self.layout = L.Layout(ram_pages=config.memory_mib * 256, nr_vcpus=config.vcpus)
         lay = self.layout
         if saved is None:
@@ -405,13 +410,18 @@ class Domain:
 
     # --- what the PV layer asks of us (PvHooks) ---------------------------------------
 
-    def _console_io(self, data: bytes) -> None:
+    def _console_io(self, line: bytes) -> None:
         with self._console_lock:
-            self.console_out(data)
+            self._console_tail = (self._console_tail + line)[-CONSOLE_TAIL_BYTES:]
+            self.hypervisor_log(line)
 
     def _guest_shutdown(self, code: int) -> None:
         self._service_console()
-        self._finish(ShutdownResult(ShutdownReason.from_code(code)))
+        reason = ShutdownReason.from_code(code)
+        message = ""
+        if reason is ShutdownReason.CRASH:
+            message = crash_request_message(code, self._console_tail)
+        self._finish(ShutdownResult(reason, message))
 
     def _crash(self, text: str) -> None:
         self._service_console()
@@ -426,6 +436,7 @@ class Domain:
                 return
             out = self.console.drain_output()
             if out:
+                self._console_tail = (self._console_tail + out)[-CONSOLE_TAIL_BYTES:]
                 self.console_out(out)
             self.console.flush_input()
 
@@ -512,6 +523,26 @@ class Domain:
 def _stdout(data: bytes) -> None:
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
+
+
+def _stderr(data: bytes) -> None:
+    sys.stderr.buffer.write(data)
+    sys.stderr.buffer.flush()
+
+
+CONSOLE_TAIL_BYTES = 4096
+CRASH_TAIL_LINES = 5
+
+
+def crash_request_message(code: int, tail: bytes) -> str:
+    """Why a guest that asked to crash stopped: which request, and its last console lines."""
+    what = ("the guest asked to crash (SCHEDOP_shutdown, SHUTDOWN_crash)" if code == 3 else
+            f"the guest shut down with unknown reason code {code}, taken as a crash")
+    lines = [ln.rstrip("\r") for ln in tail.decode("utf-8", "replace").splitlines() if ln.strip()]
+    if not lines:
+        return what + "; it wrote nothing to its console"
+    last = lines[-CRASH_TAIL_LINES:]
+    return what + "; its last console lines:\n" + "\n".join(f"    {ln}" for ln in last)
 
 
 __all__ = ["Domain", "DomainConfig", "DomainError", "DomainShell", "DomainState", "ShutdownReason", "ShutdownResult",

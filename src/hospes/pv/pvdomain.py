@@ -41,6 +41,7 @@ from hospes.pv.hypercalls import build_table
 from hospes.pv.mmu import MmuState, PvMmu
 from hospes.pv.msr import MsrEmulator
 from hospes.pv.runstate import RunEvent, RunState
+from hospes.pv.console_log import ConsoleIoLog
 from hospes.pv.smp import CONTEXT_SIZE, load_guest_context
 from hospes.pv.time import Clock, ClockState, Timers, TimersState
 from hospes.pv.trampoline import Trampoline
@@ -56,7 +57,9 @@ REKICK_NS = 200_000  # a kick that found the vCPU inside a stub or the writer is
 class PvHooks:
     """What the PV layer asks of the domain that assembled it.
 
-    ``console_io``: bytes a guest wrote with HYPERVISOR_console_io.
+    ``console_io``: one line a guest wrote with HYPERVISOR_console_io, already
+    ``(d<domid>) ``-prefixed: it belongs in the hypervisor's log, not on the
+    domain's console (pv/console_log.py).
     ``shutdown``: SCHEDOP_shutdown with its reason code.
     ``crash``: the domain must end; the text says why (with a register dump).
     """
@@ -129,6 +132,7 @@ class PvDomain:
         self.uuid = identity.uuid
         self.cmdline = identity.cmdline
         self.hooks = hooks
+        self._console_io_log = ConsoleIoLog(identity.domid)
         self.virt = GuestVirt(mem, layout.guest_frames)
         self.msrs = MsrEmulator()
         self.hypercall_table = build_table()
@@ -419,7 +423,8 @@ class PvDomain:
     # --- console and shutdown -------------------------------------------------------------
 
     def console_write(self, data: bytes) -> None:
-        self.hooks.console_io(data)
+        for line in self._console_io_log.feed(data):
+            self.hooks.console_io(line)
 
     def shutdown(self, reason: int) -> None:
         """SCHEDOP_shutdown: a code set earlier with SCHEDOP_shutdown_code wins, as in Xen."""

@@ -65,6 +65,11 @@ def log(msg: str) -> None:
     sys.stderr.flush()
 
 
+def _hypervisor_log(line: bytes) -> None:
+    """A guest's console_io line ("(d<domid>) ...") into this domain's log, as Xen's own console."""
+    log(line.decode("utf-8", "replace").rstrip("\n"))
+
+
 def valid_name(name: object) -> str:
     """Return ``name`` if it can name a domain, else raise HospesError saying why."""
     if not isinstance(name, str) or not name:
@@ -580,14 +585,16 @@ class DomainProcess:
     def _build(self) -> Domain:
         received, self._received = self._received, None
         if received is None:
-            return Domain(domain_config(self.record.spec, self.domid, log), console_out=self._console_out)
+            return Domain(domain_config(self.record.spec, self.domid, log), console_out=self._console_out,
+                          hypervisor_log=_hypervisor_log)
         # The guest keeps the domid it was built with: its kernel and store hold it.
         config = domain_config(self.record.spec, received.state.pv.domid, log, boot_from_images=False)
         if self._receiver is not None:   # arriving, maybe on the source's host: share its TAPs meanwhile
             config = dataclasses.replace(config, vifs=tuple(dataclasses.replace(v, attach=True)
                                                             for v in config.vifs))
         try:
-            return Domain(config, console_out=self._console_out, saved=(received.state, received.shell))
+            return Domain(config, console_out=self._console_out, saved=(received.state, received.shell),
+                          hypervisor_log=_hypervisor_log)
         except BaseException:
             received.shell.close()
             raise

@@ -83,6 +83,7 @@
 #define SCHEDOP_block              1
 #define SCHEDOP_shutdown           2
 #define SHUTDOWN_poweroff          0
+#define SHUTDOWN_crash             3
 
 #define VCPUOP_set_periodic_timer     6
 #define VCPUOP_stop_periodic_timer    7
