@@ -22,7 +22,8 @@ from hospes.pv.abi import DOMID_SELF, Hypercall
 from hospes.pv.errors import Errno
 from hospes.pv.evtchn import EvtchnStat, Virq
 from hospes.pv.hypercalls import evtchn as E, grant as G, memory as M
-from pv_fakes import ARG_VA, BUF_VA, CMDLINE, DOMID, STACK_TOP, UUID, FakePvDomain, FakeVcpu, u32, u64
+from pv_fakes import (ARG_VA, BUF_VA, CMDLINE, CODE_VA, DOMID, STACK_TOP, UUID, FakePvDomain, FakeVcpu, u32,
+                      u64)
 
 PENDING, MASK = 0x800, 0xA00                  # shared_info.evtchn_pending / evtchn_mask
 UNMAPPED = 0x1000
@@ -350,13 +351,23 @@ def test_multicall_runs_each_entry_and_writes_its_result_back(dom: FakePvDomain,
     assert dom.record.console == [b"(d5) ok\n"] and vcpu.cr0_ts
 
 
-def test_multicall_refuses_iret_and_nested_multicalls_in_its_entries(vcpu: FakeVcpu) -> None:
-    vcpu.regs.rsp = STACK_TOP - 0x100
-    rc, results = multicall(vcpu, (Hypercall.iret,), (Hypercall.multicall, BUF_VA, 1), (Hypercall.xen_version, 0))
+def test_multicall_refuses_a_nested_multicall(vcpu: FakeVcpu) -> None:
+    rc, results = multicall(vcpu, (Hypercall.multicall, BUF_VA, 1), (Hypercall.xen_version, 0))
     assert rc == 0
-    assert results[:2] == [-Errno.EINVAL, -Errno.EINVAL]
-    assert results[2] == (abi.XEN_MAJOR << 16) | abi.XEN_MINOR
-    assert vcpu.t_rip == 0                               # the iret did not happen
+    assert results == [-Errno.EINVAL, (abi.XEN_MAJOR << 16) | abi.XEN_MINOR]
+
+
+def test_an_iret_entry_takes_effect_and_ends_the_batch(vcpu: FakeVcpu) -> None:
+    # Xen: pv_do_multicall_call answers mc_exit for iret.
+    frame_va = STACK_TOP - 0x100
+    target, new_rsp = CODE_VA, STACK_TOP - 0x40
+    vcpu.put(frame_va, struct.pack("<9Q", 0x1234, 0x11, 0x22, 0, target, 0xE030, 0x202, new_rsp, 0xE02B))
+    vcpu.regs.rsp = frame_va
+    rc, results = multicall(vcpu, (Hypercall.xen_version, 0), (Hypercall.iret,), (Hypercall.fpu_taskswitch, 1))
+    assert rc == 0x1234                                  # RAX from the frame, not the multicall's 0
+    assert results == [(abi.XEN_MAJOR << 16) | abi.XEN_MINOR, 0x1234, 0xDEAD_BEEF]
+    assert (vcpu.t_rip, vcpu.t_rsp, vcpu.t_cs, vcpu.kernel_mode) == (target, new_rsp, 0xE033, True)
+    assert not vcpu.cr0_ts                               # the entry after the iret never ran
 
 
 def test_multicall_entries_with_unknown_numbers_are_enosys(vcpu: FakeVcpu) -> None:

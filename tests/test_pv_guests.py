@@ -149,6 +149,10 @@ EXPECTED_PASSES: dict[str, tuple[str, ...]] = {
         "periodic_above_stime_delta_max_einval",
         "multicall_get_debugreg_kernel_address",
     ),
+    "iret_edges": (
+        "iret_noncanonical_rsp_copied",
+        "multicall_iret_ends_batch",
+    ),
     "elf_shnote": _ELF_VARIANT_PASSES,
     "elf_xen_guest": _ELF_VARIANT_PASSES,
     "elf_paddr_offset": _ELF_VARIANT_PASSES,

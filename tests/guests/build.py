@@ -47,6 +47,7 @@ ALL_GUESTS: tuple[str, ...] = (
     "version",
     "failsafe",
     "robust",
+    "iret_edges",
     "elf_shnote",
     "elf_xen_guest",
     "elf_paddr_offset",

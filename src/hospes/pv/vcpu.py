@@ -429,15 +429,20 @@ class PvVcpu:
         self.t_rip = regs.rcx
         self.t_rflags = regs.r11
         self.t_rsp = regs.rsp
-        if self.sregs.cs.dpl == 3:
-            self.t_cs = self.sregs.cs.selector
-            self.t_ss = self.sregs.ss.selector
-        else:  # VT-x/SVM: SYSCALL entered ring 0 with STAR's selectors
-            self.t_cs = abi.FLAT_KERNEL_CS if self.kernel_mode else abi.FLAT_USER_CS
-            self.t_ss = abi.FLAT_KERNEL_SS
         if self.kernel_mode:
+            # Xen's SYSCALL entry records FLAT_KERNEL_CS64/FLAT_KERNEL_SS whatever
+            # the guest ran with (and SYSRET returns with them): an upcall that
+            # interrupts the hypercall shows them in its frame.
+            self.t_cs = abi.FLAT_KERNEL_CS
+            self.t_ss = abi.FLAT_KERNEL_SS
             self._hypercall()
         else:
+            if self.sregs.cs.dpl == 3:
+                self.t_cs = self.sregs.cs.selector
+                self.t_ss = self.sregs.ss.selector
+            else:  # VT-x/SVM: SYSCALL entered ring 0 with STAR's selectors
+                self.t_cs = abi.FLAT_USER_CS
+                self.t_ss = abi.FLAT_KERNEL_SS
             self.count("syscall")
             self.bounce_syscall()
         self._resume()
@@ -462,7 +467,8 @@ class PvVcpu:
         regs.rax = int(result) & 0xFFFF_FFFF_FFFF_FFFF  # type: ignore[call-overload]
 
     def call_hypercall(self, nr: int, args: tuple[int, ...]) -> int:
-        """Run one hypercall on behalf of a multicall entry (iret is refused)."""
+        """Run one hypercall on behalf of a multicall entry (the multicall handles
+        iret itself; a nested multicall is refused)."""
         handler = self.hypercalls.get(nr)
         if handler is None or nr in (abi.Hypercall.iret, abi.Hypercall.multicall):
             return -Errno.ENOSYS if handler is None else -Errno.EINVAL
