@@ -201,6 +201,28 @@ def test_register_runstate_area_writes_the_runstate_at_once(dom: FakePvDomain, v
     assert u64(data, 8) == dom.clock.now()            # state_entry_time
 
 
+def test_register_time_area_copies_the_clock_record_under_the_version_protocol(
+        dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    area = BUF_VA + 0x200
+    vcpu.put(area, struct.pack("<I", 6) + b"\xff" * 28)
+    assert vcpu_op(vcpu, V.VCPUOP_register_vcpu_time_memory_area, 0, struct.pack("<Q", area)) == 0
+    assert vcpu.time_area_va == area
+    data = vcpu.get(area, 32)
+    assert u32(data, 0) == 8                          # was 6: odd while writing, even again after
+    assert data[4:] == dom.clock.record(8)[4:]
+    # 0 unregisters; an area the guest does not map is accepted and skipped, as on Xen.
+    assert vcpu_op(vcpu, V.VCPUOP_register_vcpu_time_memory_area, 0, struct.pack("<Q", 0)) == 0
+    assert vcpu.time_area_va == 0
+    assert vcpu_op(vcpu, V.VCPUOP_register_vcpu_time_memory_area, 0, struct.pack("<Q", 0x7000_0000_0000)) == 0
+
+
+def test_areas_in_the_hypervisor_range_are_efault(vcpu: FakeVcpu) -> None:
+    for op in (V.VCPUOP_register_vcpu_time_memory_area, V.VCPUOP_register_runstate_memory_area):
+        for va in (0xFFFF_8000_0000_0000, 0xFFFF_87FF_FFFF_FFF0):
+            assert vcpu_op(vcpu, op, 0, struct.pack("<Q", va)) == -Errno.EFAULT
+    assert vcpu.time_area_va == 0 and vcpu.runstate_va == 0
+
+
 def test_get_runstate_info_writes_the_running_state(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
     dom.clock.now_ns = 42 * MS
     assert vcpu_op(vcpu, V.VCPUOP_get_runstate_info, 0, arg=BUF_VA) == 0
@@ -265,4 +287,4 @@ def test_singleshot_timer_in_the_past_with_the_future_flag_is_etime(dom: FakePvD
 
 def test_unknown_and_unsupported_vcpu_ops_are_enosys(vcpu: FakeVcpu) -> None:
     assert vcpu_op(vcpu, 99, 0) == -Errno.ENOSYS
-    assert vcpu_op(vcpu, V.VCPUOP_register_vcpu_time_memory_area, 0) == -Errno.ENOSYS
+    assert vcpu_op(vcpu, V.VCPUOP_send_nmi, 0) == -Errno.ENOSYS
