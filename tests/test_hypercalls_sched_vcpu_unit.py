@@ -14,6 +14,7 @@ with VCPU_SSHOTTMR_future is -ETIME, a second vcpu_info registration is
 from __future__ import annotations
 
 import struct
+import time
 
 import pytest
 
@@ -218,6 +219,28 @@ def test_register_runstate_area_writes_the_runstate_at_once(dom: FakePvDomain, v
     assert u64(data, 8) == dom.clock.now()            # state_entry_time
 
 
+def test_register_time_area_copies_the_clock_record_under_the_version_protocol(
+        dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    area = BUF_VA + 0x200
+    vcpu.put(area, struct.pack("<I", 6) + b"\xff" * 28)
+    assert vcpu_op(vcpu, V.VCPUOP_register_vcpu_time_memory_area, 0, struct.pack("<Q", area)) == 0
+    assert vcpu.time_area_va == area
+    data = vcpu.get(area, 32)
+    assert u32(data, 0) == 8                          # was 6: odd while writing, even again after
+    assert data[4:] == dom.clock.record(8)[4:]
+    # 0 unregisters; an area the guest does not map is accepted and skipped, as on Xen.
+    assert vcpu_op(vcpu, V.VCPUOP_register_vcpu_time_memory_area, 0, struct.pack("<Q", 0)) == 0
+    assert vcpu.time_area_va == 0
+    assert vcpu_op(vcpu, V.VCPUOP_register_vcpu_time_memory_area, 0, struct.pack("<Q", 0x7000_0000_0000)) == 0
+
+
+def test_areas_in_the_hypervisor_range_are_efault(vcpu: FakeVcpu) -> None:
+    for op in (V.VCPUOP_register_vcpu_time_memory_area, V.VCPUOP_register_runstate_memory_area):
+        for va in (0xFFFF_8000_0000_0000, 0xFFFF_87FF_FFFF_FFF0):
+            assert vcpu_op(vcpu, op, 0, struct.pack("<Q", va)) == -Errno.EFAULT
+    assert vcpu.time_area_va == 0 and vcpu.runstate_va == 0
+
+
 def test_get_runstate_info_writes_the_running_state(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
     dom.clock.now_ns = 42 * MS
     assert vcpu_op(vcpu, V.VCPUOP_get_runstate_info, 0, arg=BUF_VA) == 0
@@ -296,7 +319,7 @@ def test_singleshot_timer_in_the_past_with_the_future_flag_is_etime(dom: FakePvD
 
 def test_unknown_and_unsupported_vcpu_ops_are_enosys(vcpu: FakeVcpu) -> None:
     assert vcpu_op(vcpu, 99, 0) == -Errno.ENOSYS
-    assert vcpu_op(vcpu, V.VCPUOP_register_vcpu_time_memory_area, 0) == -Errno.ENOSYS
+    assert vcpu_op(vcpu, V.VCPUOP_send_nmi, 0) == -Errno.ENOSYS
 
 
 # --- a Hospes bug ends the domain, not the thread ----------------------------------------------------
@@ -307,7 +330,7 @@ def test_an_exception_on_the_vcpu_thread_crashes_the_domain_with_a_dump(dom: Fak
         raise ZeroDivisionError("injected")
 
     vcpu.kvm.run = broken_run  # type: ignore[attr-defined]
-    vcpu.next_clock_sync = 1 << 62
+    vcpu.next_clock_correct = 1 << 62
     vcpu._loop()
     (text,) = dom.record.crashes
     assert "vCPU 0: Hospes internal error before the first KVM exit" in text
@@ -319,7 +342,7 @@ def test_an_exception_in_an_exit_handler_names_the_exit(dom: FakePvDomain, vcpu:
     from hospes.kvm import constants as kc
 
     vcpu.kvm.run = lambda: kc.KVM_EXIT_INTR  # type: ignore[attr-defined]
-    vcpu.next_clock_sync = 1 << 62
+    vcpu.next_clock_correct = 1 << 62
 
     def broken_kick() -> None:
         raise KeyError("injected")
@@ -340,7 +363,7 @@ def test_a_timer_thread_exception_crashes_the_domain_with_every_vcpus_dump() -> 
         crashed = threading.Event()
         dom.hooks = type(dom.hooks)(console_io=dom.record.console.append, shutdown=dom.record.shutdowns.append,
                                     crash=lambda text: (dom.record.crashes.append(text), crashed.set()))
-        timers = Timers(Clock(1_000_000, lambda: 0), 2, lambda v: 1 // 0)
+        timers = Timers(Clock(1_000_000, time.monotonic_ns), 2, lambda v: 1 // 0)
         timers.on_error = dom._timer_thread_failed
         timers.start()
         timers.set_singleshot(1, 1)

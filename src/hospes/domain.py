@@ -57,12 +57,18 @@ class DomainConfig:
     ramdisk: Path | None = None
     cmdline: str = ""
     memory_mib: int = 256
-    vcpus: int = 1
+    vcpus: int = 1          # online at boot
     name: str = "guest"
     domid: int = 1
     disks: tuple[DiskConfig, ...] = ()
     vifs: tuple[VifConfig, ...] = ()
     uuid: str | None = None
+    max_vcpus: int = 0      # vCPUs the domain is built with (xl's maxvcpus); 0: as many as ``vcpus``
+
+    @property
+    def vcpu_slots(self) -> int:
+        """How many vCPUs the domain has, online or not: ``hospes vcpu-set`` moves within them."""
+        return max(self.vcpus, self.max_vcpus)
 
 
 class ShutdownReason(StrEnum):
@@ -112,7 +118,7 @@ class DomainShell:
     guest's downtime does not wait for any of it."""
 
     def __init__(self, config: DomainConfig) -> None:
-        self.layout = L.Layout(ram_pages=config.memory_mib * 256, nr_vcpus=config.vcpus)
+        self.layout = L.Layout(ram_pages=config.memory_mib * 256, nr_vcpus=config.vcpu_slots)
         self.mem = GuestMemory(memory_regions(self.layout))
         try:
             self.trampoline = Trampoline(self.mem, self.layout)
@@ -206,8 +212,9 @@ class Domain:
                 f"Memory size {config.memory_mib} MiB is out of range: give between {MIN_MEMORY_MIB} and "
                 f"{MAX_MEMORY_MIB} MiB."
             )
-        if not 1 <= config.vcpus <= MAX_VCPUS:
-            raise DomainError(f"A domain has between 1 and {MAX_VCPUS} vCPUs; {config.vcpus} were asked for.")
+        if not 1 <= config.vcpus <= MAX_VCPUS or config.vcpu_slots > MAX_VCPUS:
+            raise DomainError(f"A domain has between 1 and {MAX_VCPUS} vCPUs; {config.vcpus} (at most "
+                              f"{config.vcpu_slots}) were asked for.")
         self.config = config
         self.domid = config.domid
         self.console_out = console_out or _stdout
@@ -215,7 +222,7 @@ class Domain:
         # (stderr by default), never its console, as on Xen.
         self.hypervisor_log = hypervisor_log or _stderr
         self._console_tail = b""   # the guest's last output, for a crash it asks for
-        self.layout = L.Layout(ram_pages=config.memory_mib * 256, nr_vcpus=config.vcpus)
+        self.layout = L.Layout(ram_pages=config.memory_mib * 256, nr_vcpus=config.vcpu_slots)
         lay = self.layout
         if saved is None:
             self.uuid = uuidlib.UUID(config.uuid) if config.uuid else uuidlib.uuid4()
@@ -237,7 +244,7 @@ class Domain:
         if saved is not None and isinstance(memory, DomainShell):
             if memory.layout != lay:
                 raise StateError(f"The received memory does not have the layout of a domain of {config.memory_mib} "
-                                 f"MiB and {config.vcpus} vCPUs. Restore with its configuration.")
+                                 f"MiB and {config.vcpu_slots} vCPUs. Restore with its configuration.")
             shell = memory   # filled by a migration's receiver: no second copy
         else:
             shell = DomainShell(config)
@@ -247,7 +254,7 @@ class Domain:
                     shell.close()
                     raise StateError(
                         f"The saved memory is {len(memory)} bytes; a domain of {config.memory_mib} MiB and "
-                        f"{config.vcpus} vCPUs has {shell.mem.size}. Restore with its configuration.")
+                        f"{config.vcpu_slots} vCPUs has {shell.mem.size}. Restore with its configuration.")
                 shell.mem.buf[:] = memory
         self.mem, self.trampoline, self.kvm, self.vm = shell.mem, shell.trampoline, shell.kvm, shell.vm
         self.result: ShutdownResult | None = None
@@ -282,7 +289,7 @@ class Domain:
                                       lambda: self.evtchn.notify_backend_port(self.console_port))
         self.store = Store()
         populate_domain(self.store, self.domid, config.name, str(self.uuid), config.vcpus,
-                        config.memory_mib * 1024)
+                        config.memory_mib * 1024, max_vcpus=config.vcpu_slots)
         self.device_host = BackendHost(domid=self.domid, mem=self.mem, grants=self.pv.grants, evtchn=self.evtchn,
                                        store=self.store)
         self.disks = [BlockBackend(self.device_host, disk) for disk in config.disks]
@@ -459,6 +466,19 @@ class Domain:
         if reason not in ("poweroff", "reboot", "halt"):
             raise DomainError(f"Unknown shutdown request {reason!r}; use poweroff, reboot or halt.")
         self.store.write(f"/local/domain/{self.domid}/control/shutdown", reason)
+
+    def set_vcpus(self, count: int) -> None:
+        """Ask the guest to run ``count`` vCPUs, as ``xl vcpu-set`` does: write each
+        ``cpu/<n>/availability``, which the guest watches; it takes vCPUs down
+        (VCPUOP_down) or brings them up (VCPUOP_up) itself."""
+        slots = len(self.pv.vcpus)
+        if not 1 <= count <= slots:
+            raise DomainError(f"The domain can run between 1 and {slots} vCPUs (its maxvcpus); "
+                              f"{count} were asked for.")
+        home = f"/local/domain/{self.domid}"
+        with self.store.transaction() as t:
+            for cpu in range(slots):
+                t.write(f"{home}/cpu/{cpu}/availability", "online" if cpu < count else "offline")
 
     def pause(self) -> None:
         """Stop running guest code until unpause(); timers keep counting."""

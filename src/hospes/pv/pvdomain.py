@@ -194,6 +194,7 @@ class PvDomain:
             self.clock = Clock.restore(saved.clock, tsc_khz=tsc_khz, read_tsc=read_tsc)
             self.timers = Timers.restore(saved.timers, clock=self.clock, nr_vcpus=layout.nr_vcpus,
                                          fire=self._timer_fired)
+            self._publish_time()   # the restored clock's record starts at this host's TSC
         self.timers.on_error = self._timer_thread_failed
 
     # --- saved state ------------------------------------------------------------------
@@ -228,11 +229,13 @@ class PvDomain:
         self._publish_time()
 
     def _publish_time(self) -> None:
-        """The first pvclock records and the wallclock in shared_info."""
+        """The clock's record in every vCPU's vcpu_info and time area, and the wallclock
+        in shared_info: at boot, and after a restore (whose clock has a new record)."""
         lay = self.layout
         for pv in self.vcpus:
             for gpa in {pv.vcpu_info_gpa, lay.shared_info_gpa + 64 * pv.id}:
-                self.clock.publish(self.mem.buf, gpa + VI_TIME, self.clock.tsc0, 0)
+                self.clock.publish(self.mem.buf, gpa + VI_TIME)
+            self.write_time_area(pv)
         sec, nsec = self.clock.wallclock()
         base = lay.shared_info_gpa + SHARED_INFO_WALLCLOCK
         self.mem.write_u32(base, 1)  # odd: update in progress (the version protocol of pvclock)
@@ -392,6 +395,21 @@ class PvDomain:
                 vcpu.write(vcpu.runstate_va, self.runstate_bytes(vcpu))
             except HospesError:
                 pass  # Xen ignores a runstate area it cannot reach
+
+    def write_time_area(self, vcpu: PvVcpu) -> None:
+        """Copy the clock's record to ``vcpu``'s registered time area, under the version
+        protocol, through its kernel page tables as Xen does; an area the guest no
+        longer maps is skipped, as Xen skips it."""
+        va = vcpu.time_area_va
+        if not va:
+            return
+        try:
+            version = (int.from_bytes(vcpu.read(va, 4), "little") + 1) | 1
+            vcpu.write(va, version.to_bytes(4, "little"))
+            vcpu.write(va + 4, self.clock.record(version)[4:])
+            vcpu.write(va, ((version + 1) & 0xFFFFFFFF).to_bytes(4, "little"))
+        except HospesError:
+            pass
 
     def move_vcpu_info(self, vcpu: PvVcpu, gpa: int) -> None:
         old = self.mem.read(vcpu.vcpu_info_gpa, 64)

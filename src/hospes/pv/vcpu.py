@@ -82,7 +82,7 @@ def install_kick_handler() -> None:
         signal.signal(KICK_SIGNAL, lambda *_: None)
         _kick_handler_installed = True
 
-CLOCK_SYNC_NS = 1_000_000_000  # how often each vCPU re-anchors its pvclock
+CLOCK_CORRECT_NS = 5_000_000_000  # how often a vCPU corrects Hospes' estimate of the guest TSC
 
 # Exit-count keys, built once: formatting a string on every exit shows up in profiles.
 HYPERCALL_KEYS = [f"hypercall:{n}" for n in range(64)]
@@ -159,6 +159,7 @@ class PvVcpu:
     vcpu_info_gpa: int
     vcpu_info_registered: bool
     runstate_va: int
+    time_area_va: int
     gdt_frames: list[int]
     gdt_ents: int
     ldt_base: int
@@ -167,7 +168,7 @@ class PvVcpu:
     initialised: bool
     writes: list[tuple[int, int]]
     flush_pending: bool
-    next_clock_sync: int
+    next_clock_correct: int
     invlpg_va: int
     flush_generation: int
     in_kvm_run: bool
@@ -216,6 +217,7 @@ class PvVcpu:
         self.vcpu_info_gpa = domain.layout.shared_info_gpa + 64 * vcpu_id
         self.vcpu_info_registered = False
         self.runstate_va = 0
+        self.time_area_va = 0    # VCPUOP_register_vcpu_time_memory_area's address
         self.gdt_frames: list[int] = []
         self.gdt_ents = 0
         self.ldt_base = 0
@@ -225,7 +227,7 @@ class PvVcpu:
         # Pending in-VM work and the target frame of the next entry.
         self.writes: list[tuple[int, int]] = []
         self.flush_pending = False
-        self.next_clock_sync = 0
+        self.next_clock_correct = 0
         self._segments: dict[tuple[int, int], KvmSegment] = {}
         self.invlpg_va = 0
         self.flush_generation = 0        # bumped whenever a TLB flush is scheduled before guest code
@@ -373,8 +375,8 @@ class PvVcpu:
             while run_state.state is running or run_state.wait_runnable() is running:
                 if self.start_context is not None:
                     self._apply_start_context()
-                if time.monotonic_ns() >= self.next_clock_sync:
-                    self._sync_clock()
+                if time.monotonic_ns() >= self.next_clock_correct:
+                    self._correct_clock()
                 self.in_kvm_run = True
                 reason = run()
                 self.in_kvm_run = False
@@ -789,12 +791,10 @@ class PvVcpu:
         self._segments[(selector, d)] = seg
         return seg
 
-    def _sync_clock(self) -> None:
-        """Re-anchor this vCPU's pvclock: its guest TSC now is our system time now."""
-        clock = self.domain.clock
-        tsc = self.kvm.get_msrs([0x10])[0x10]
-        clock.publish(self.mem.buf, self.vcpu_info_gpa + VI_TIME, tsc, clock.now())
-        self.next_clock_sync = time.monotonic_ns() + CLOCK_SYNC_NS
+    def _correct_clock(self) -> None:
+        """Correct Hospes' estimate of the guest TSC (the guest's pvclock record stays as it is)."""
+        self.domain.clock.correct(lambda: self.kvm.get_msrs([0x10])[0x10])
+        self.next_clock_correct = time.monotonic_ns() + CLOCK_CORRECT_NS
 
     def request_flush(self) -> None:
         """Flush this vCPU's TLB (a CR3 reload by the writer) before the guest runs again."""
@@ -840,6 +840,7 @@ class PvVcpu:
             kernel_ss=self.kernel_ss, kernel_sp=self.kernel_sp, iopl=self.iopl, cr0_ts=self.cr0_ts,
             cr4=self.cr4, debugreg=tuple(self.debugreg), vcpu_info_gpa=self.vcpu_info_gpa,
             vcpu_info_registered=self.vcpu_info_registered, runstate_va=self.runstate_va,
+            time_area_va=self.time_area_va,
             gdt_frames=tuple(self.gdt_frames), gdt_ents=self.gdt_ents, ldt_base=self.ldt_base,
             ldt_ents=self.ldt_ents, writes=tuple(self.writes), flush_pending=self.flush_pending,
             invlpg_va=self.invlpg_va,
@@ -862,7 +863,7 @@ class PvVcpu:
         pv = cls(domain, state.vcpu_id, kvm_vcpu, area)
         for name in ("initialised", "kernel_mode", "kernel_cr3", "user_cr3", "gs_base_kernel", "gs_base_user",
                      "fs_base", "gs_sel", "kernel_ss", "kernel_sp", "iopl", "cr0_ts", "cr4", "vcpu_info_gpa",
-                     "vcpu_info_registered", "runstate_va", "gdt_ents", "ldt_base", "ldt_ents",
+                     "vcpu_info_registered", "runstate_va", "time_area_va", "gdt_ents", "ldt_base", "ldt_ents",
                      "flush_pending", "invlpg_va"):
             setattr(pv, name, getattr(state, name))
         if pv.vcpu_info_registered:

@@ -89,6 +89,7 @@
 #define VCPUOP_stop_periodic_timer    7
 #define VCPUOP_set_singleshot_timer   8
 #define VCPUOP_stop_singleshot_timer  9
+#define VCPUOP_register_vcpu_time_memory_area 13
 #define VCPU_SSHOTTMR_future          (1 << 0)
 
 #define CALLBACKOP_register        0
@@ -219,6 +220,7 @@ struct vcpu_time_info {
     uint8_t  pad1[2];
 };
 XEN_ABI_SIZE(struct vcpu_time_info, 32);
+#define PVCLOCK_TSC_STABLE_BIT 1     /* flags: one TSC line for every vCPU */
 
 struct vcpu_info {
     uint8_t  evtchn_upcall_pending;

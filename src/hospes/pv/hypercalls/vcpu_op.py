@@ -7,6 +7,7 @@ import struct
 
 from hospes.pv.abi import Hypercall
 from hospes.pv.errors import Errno, XenError
+from hospes.pv.guestvirt import guest_handle_ok
 
 if TYPE_CHECKING:
     from hospes.pv.vcpu import PvVcpu
@@ -40,6 +41,8 @@ def vcpu_op(vcpu: PvVcpu, cmd: int, target_id: int, arg: int, *_: int) -> int:
         return 1 if target.online else 0
     if cmd == VCPUOP_register_runstate_memory_area:
         (va,) = struct.unpack("<Q", vcpu.read(arg, 8))
+        if not guest_handle_ok(va):
+            return -Errno.EFAULT
         target.runstate_va = va
         dom.write_runstate(target)
         return 0
@@ -91,7 +94,12 @@ def vcpu_op(vcpu: PvVcpu, cmd: int, target_id: int, arg: int, *_: int) -> int:
         dom.stop_vcpu(target)
         return 0
     if cmd == VCPUOP_register_vcpu_time_memory_area:
-        return -Errno.ENOSYS
+        (va,) = struct.unpack("<Q", vcpu.read(arg, 8))
+        if not guest_handle_ok(va):
+            return -Errno.EFAULT
+        target.time_area_va = va    # 0 unregisters
+        dom.write_time_area(target)
+        return 0
     if cmd == VCPUOP_send_nmi:
         return -Errno.ENOSYS
     raise XenError(Errno.ENOSYS)
