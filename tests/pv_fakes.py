@@ -116,6 +116,12 @@ class FakeKvmVcpu:
     def mark_dirty(self, regs: bool = False, sregs: bool = False, events: bool = False) -> None:
         self.dirty.append((regs, sregs))
 
+    def get_tsc_offset(self) -> int | None:
+        return None            # as a KVM without KVM_VCPU_TSC_OFFSET
+
+    def set_tsc_offset(self, offset: int) -> None:
+        raise AssertionError("no TSC offset to set on a fake vCPU")
+
     def get_tsc_khz(self) -> int:
         return TSC_KHZ
 

@@ -245,3 +245,38 @@ def test_a_deadline_with_bit_63_set_is_in_the_past_and_fires_at_once() -> None:
         assert fired.wait(10) and timers.thread.is_alive()
     finally:
         timers.stop()
+
+
+def test_every_vcpu_gets_the_first_ones_tsc_offset() -> None:
+    class Vcpu:
+        def __init__(self, offset: int | None) -> None:
+            self.offset = offset
+            self.sets: list[int] = []
+
+        def get_tsc_offset(self) -> int | None:
+            return self.offset
+
+        def set_tsc_offset(self, offset: int) -> None:
+            self.sets.append(offset)
+            self.offset = offset
+
+    vcpus = [Vcpu(100), Vcpu(100), Vcpu(-5000)]
+    pvtime.synchronise_tsc(vcpus)
+    assert [v.offset for v in vcpus] == [100, 100, 100] and [v.sets for v in vcpus] == [[], [], [100]]
+    unsupported = [Vcpu(None), Vcpu(None)]
+    pvtime.synchronise_tsc(unsupported)       # a KVM without the attribute: nothing to set
+    assert all(v.sets == [] for v in unsupported)
+
+
+def test_real_vcpus_share_one_tsc() -> None:
+    from hospes.kvm.system import Kvm
+
+    with Kvm() as kvm:
+        vm = kvm.create_vm()
+        vcpus = [vm.create_vcpu(0), vm.create_vcpu(1)]
+        pvtime.synchronise_tsc(vcpus)
+        offsets = {v.get_tsc_offset() for v in vcpus}
+        assert len(offsets) == 1 and None not in offsets     # this KVM has KVM_VCPU_TSC_OFFSET
+        for v in vcpus:
+            v.close()
+        vm.close()

@@ -43,7 +43,7 @@ from hospes.pv.msr import MsrEmulator
 from hospes.pv.runstate import RunEvent, RunState
 from hospes.pv.console_log import ConsoleIoLog
 from hospes.pv.smp import CONTEXT_SIZE, load_guest_context
-from hospes.pv.time import Clock, ClockState, Timers, TimersState
+from hospes.pv.time import Clock, ClockState, Timers, TimersState, synchronise_tsc
 from hospes.pv.trampoline import Trampoline
 from hospes.pv.vcpu import VI_TIME, PvVcpu, raised_at
 from hospes.pv.vcpu_state import PvVcpuState
@@ -184,6 +184,7 @@ class PvDomain:
                     raise StateError(f"The saved PV domain lists vCPU {vstate.vcpu_id} in place {v}.")
                 self.vcpus.append(PvVcpu.restore(vstate, domain=self, kvm_vcpu=vm.create_vcpu(v),
                                                  area=trampoline.vcpus[v], cpuid_entries=entries))
+        synchronise_tsc([pv.kvm for pv in self.vcpus])
         bsp = self.vcpus[0]
         tsc_khz = bsp.kvm.get_tsc_khz()
         read_tsc = lambda: bsp.kvm.get_msrs([0x10])[0x10]  # noqa: E731

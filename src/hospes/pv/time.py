@@ -38,7 +38,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Protocol, Sequence
 
 from hospes.state import StateError, check_version
 
@@ -104,6 +104,26 @@ def sample_tsc(read_tsc: Callable[[], int]) -> tuple[int, int, int]:
         if best[2] < 0 or t1 - t0 < best[2]:
             best = ((t0 + t1) // 2, tsc, t1 - t0)
     return best
+
+
+class TscVcpu(Protocol):
+    def get_tsc_offset(self) -> int | None: ...
+    def set_tsc_offset(self, offset: int) -> None: ...
+
+
+def synchronise_tsc(vcpus: Sequence[TscVcpu]) -> None:
+    """Give every vCPU the first one's TSC offset. The pvclock record is shared
+    (PVCLOCK_TSC_STABLE_BIT), so a vCPU whose TSC ran apart from the others would
+    compute another system time. KVM keeps the TSCs of vCPUs created within a
+    second of each other together, which a loaded host may not manage; where KVM
+    offers KVM_VCPU_TSC_OFFSET, this makes it exact. (PVM hosts run every vCPU
+    on the host TSC: offset 0 everywhere, nothing to do.)"""
+    offset = vcpus[0].get_tsc_offset()
+    if offset is None:
+        return
+    for vcpu in vcpus[1:]:
+        if vcpu.get_tsc_offset() != offset:
+            vcpu.set_tsc_offset(offset)
 
 
 class Clock:
@@ -380,4 +400,4 @@ class Timers:
                     self.cond.notify_all()
 
 
-__all__ = ["NS", "Clock", "ClockState", "Timers", "TimersState", "VcpuTimersState", "time_scale"]
+__all__ = ["NS", "Clock", "synchronise_tsc", "ClockState", "Timers", "TimersState", "VcpuTimersState", "time_scale"]
