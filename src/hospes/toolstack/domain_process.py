@@ -50,6 +50,7 @@ from hospes.toolstack import control
 from hospes.toolstack.domain_config import domain_config
 from hospes.toolstack.lifecycle import DomainState, Outcome, ShutdownRequest
 from hospes.toolstack.record import process_start_time, read_record, remove_quietly, write_record
+from hospes.toolstack.admission import admit
 from hospes.toolstack.runner import DomainRunner, RestartLimit, TerminationSignals
 from hospes.toolstack.rundir import RunDir
 
@@ -634,6 +635,7 @@ class DomainProcess:
         """The stream's CONFIG arrived: record the domain it describes (listed with its
         name and memory while the pages come), then make its shell."""
         spec = _stream_spec(config)
+        admit(self.run, spec.name, spec.memory, exclude=self.domid)   # AdmissionError: the sender is refused
         shell = self._shell(spec)
         with self._lock:
             placeholder = self.record.name == f"incoming-{self.domid}"

@@ -6,6 +6,7 @@ Layout (``$HOSPES_RUN_DIR``, else ``/run/hospes``)::
     hospesd.lock          flock held by the running daemon (one per directory)
     hospesd.pid           the daemon's pid, for ``hospes daemon stop``
     hospesd.log           the daemon's own log (when started in the background)
+    hospesd.json          the daemon's settings its domain processes apply too (overcommit)
     next-domid            the domid counter (counts up, wraps below 0x7ff0, as Xen's), under flock
     domains/<id>.json     one state record per domain (see :mod:`.record`)
     domains/<id>.sock     the domain process's control socket (see :mod:`.control`)
@@ -62,6 +63,10 @@ class RunDir:
     @property
     def pid_file(self) -> Path:
         return self.root / "hospesd.pid"
+
+    @property
+    def settings_file(self) -> Path:
+        return self.root / "hospesd.json"
 
     @property
     def daemon_log(self) -> Path:
