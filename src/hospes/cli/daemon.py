@@ -102,7 +102,10 @@ def register(group: click.Group) -> None:
         if tcp or overcommit is not None:
             import subprocess
 
+            from hospes.toolstack.rundir import DAEMON_LOG_ROTATE_BYTES, rotate_log
+
             run.ensure()
+            rotate_log(run.daemon_log, DAEMON_LOG_ROTATE_BYTES)
             with open(run.daemon_log, "ab") as log:
                 subprocess.Popen([sys.executable, "-m", "hospes.toolstack.daemon", *args], stdin=subprocess.DEVNULL,
                                  stdout=log, stderr=log, start_new_session=True)

@@ -31,7 +31,7 @@ from typing import Any, Callable, Generator, Iterable, Mapping
 
 from hospes.errors import HospesError
 from hospes.toolstack.api_error import ApiError
-from hospes.toolstack.rundir import RunDir
+from hospes.toolstack.rundir import DAEMON_LOG_ROTATE_BYTES, RunDir, rotate_log
 from hospes.toolstack.spec import DomainSpec
 
 DEFAULT_TIMEOUT = 900.0
@@ -381,6 +381,7 @@ class Hospes:
 def start_daemon(run: RunDir, timeout: float = DAEMON_START_TIMEOUT) -> None:
     """Start hospesd in the background on ``run`` and wait until it answers."""
     run.ensure()
+    rotate_log(run.daemon_log, DAEMON_LOG_ROTATE_BYTES)
     log = open(run.daemon_log, "ab")
     try:
         subprocess.Popen(

@@ -46,7 +46,7 @@ from hospes.toolstack.hostinfo import host_info
 from hospes.toolstack.lifecycle import DomainState, ShutdownRequest, WaitOutcome
 from hospes.toolstack.record import DomainRecord, write_record
 from hospes.toolstack.registry import DomainView, Registry, exit_text
-from hospes.toolstack.rundir import RunDir
+from hospes.toolstack.rundir import RunDir, rotate_log
 from hospes.toolstack.saved_spec import restored_spec
 from hospes.toolstack.spec import DEFAULT_IMAGE, DomainSpec, load_spec
 
@@ -276,6 +276,8 @@ class Daemon:
             typed = replace(typed, uuid=uuid)
             record = DomainRecord(domid=domid, name=name, uuid=uuid, spec=typed, start_paused=paused,
                                   console_log=str(self.run.console_log(domid)), **how)
+            # A new domain instance gets a fresh console log; a reused domid's old one becomes .1.
+            rotate_log(Path(record.console_log or self.run.console_log(domid)))
             write_record(self.run.state_file(domid), record)
             proc = self.registry.spawn(domid)
         log.info("domain %d (%s): process %d to %s", domid, name, proc.pid, what)
@@ -475,8 +477,11 @@ class Daemon:
             self.registry.dying.discard(rec.domid)
 
     def _stderr_tail(self, domid: int) -> str:
+        """The last line of the domain process's stderr (read from its last 64 KiB only)."""
         try:
-            lines = self.run.stderr_file(domid).read_text(errors="replace").strip().splitlines()
+            with open(self.run.stderr_file(domid), "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+                lines = f.read().decode(errors="replace").strip().splitlines()
         except OSError:
             return ""
         return lines[-1] if lines else ""
@@ -628,15 +633,15 @@ class Daemon:
     @staticmethod
     async def _drive(marker: MarkerRun, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         last_probe = 0.0
-        sent = False
         while not marker.done:
             now = time.monotonic()
             if not marker.ready and now - last_probe >= PROBE_INTERVAL:
                 writer.write(marker.probe_line())
                 last_probe = now
-            if marker.ready and not sent:
-                writer.write(marker.command_line())
-                sent = True
+            line = marker.next_line()
+            while line is not None:      # a long command goes piece by piece, each acknowledged
+                writer.write(line)
+                line = marker.next_line()
             await writer.drain()
             try:
                 data = await asyncio.wait_for(reader.read(65536), 0.5)
