@@ -252,3 +252,46 @@ def test_tls_api_with_a_self_signed_certificate(tmp_path: Path) -> None:
         assert p.returncode == 0 and json.loads(p.stdout) == [], p.stderr
     finally:
         d.close()
+
+
+# --- bounded logs ----------------------------------------------------------------------------------
+
+
+def test_rotate_log_keeps_one_previous_file(tmp_path: Path) -> None:
+    from hospes.toolstack.rundir import rotate_log
+
+    log = tmp_path / "console-3.log"
+    assert not rotate_log(log)                      # nothing there: nothing to do
+    log.write_text("first")
+    assert not rotate_log(log, over=100)            # within its limit: stays
+    assert rotate_log(log) and not log.exists() and (tmp_path / "console-3.log.1").read_text() == "first"
+    log.write_text("second")
+    assert rotate_log(log) and (tmp_path / "console-3.log.1").read_text() == "second"
+
+
+def test_a_domain_process_keeps_its_stderr_file_bounded(tmp_path: Path) -> None:
+    """log() past ERR_ROTATE_BYTES moves domains/<id>.err to .err.1 and goes on in a new file
+    (fds 1 and 2 follow), so a domain that logs forever takes at most twice the limit."""
+    run = RunDir(tmp_path / "run").ensure()
+    err = run.stderr_file(7)
+    code = f"""
+import os, sys
+from pathlib import Path
+from hospes.toolstack import domain_process as dp
+from hospes.toolstack.rundir import RunDir, ERR_ROTATE_BYTES
+fd = os.open({str(err)!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+os.dup2(fd, 2); os.dup2(fd, 1)
+dp._err_file = RunDir(Path({str(run.root)!r})).stderr_file(7)
+for i in range(3 * ERR_ROTATE_BYTES // 1000):
+    dp.log(f"line {{i}} " + "x" * 990)
+print("stdout-after-rotation", flush=True)
+dp.log("last line")
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    from hospes.toolstack.rundir import ERR_ROTATE_BYTES
+
+    old = err.with_name(err.name + ".1")
+    assert err.stat().st_size <= ERR_ROTATE_BYTES + 2000 and old.stat().st_size <= ERR_ROTATE_BYTES + 2000
+    text = err.read_text()
+    assert text.rstrip().endswith("last line") and "stdout-after-rotation" in text
