@@ -70,3 +70,31 @@ def test_a_new_domain_instance_starts_a_fresh_console_log(guest: Hospesd) -> Non
     assert rec["domid"] == 1
     assert "OLD INSTANCE OUTPUT" not in log.read_text(errors="replace")
     assert (logs / "console-1.log.1").read_text() == "OLD INSTANCE OUTPUT\n"
+
+
+def test_an_incoming_migration_that_does_not_fit_is_refused(guest: Hospesd, tmp_path: Path) -> None:
+    """Admission control on the receiving side: the stream's CONFIG says how big the guest is,
+    and a destination whose memory (x its overcommit ratio) is taken refuses it; the source runs on."""
+    from hospes.toolstack.admission import host_total_mib
+    from hospes.toolstack.lifecycle import DomainState
+    from hospes.toolstack.record import DomainRecord, write_record
+    from hospes.toolstack.spec import DomainSpec
+
+    dest = Hospesd(tmp_path / "dest", ["--overcommit", "0.1"])
+    try:
+        dest.start()
+        # A domain (its process just starting) that holds what a ratio of 0.1 allows.
+        held = int(host_total_mib() * 0.1)
+        write_record(dest.run_dir / "domains" / "1.json", DomainRecord(
+            1, "holder", "00000000-0000-4000-8000-000000000001",
+            DomainSpec(name="holder", kernel="/nonexistent", memory=held, maxmem=held),
+            state=DomainState.BUILDING, pid=None, pid_start=None))
+        sock = str(tmp_path / "m.sock")
+        status, body = dest.json("POST", "/v1/domains/incoming", {"listen": f"unix:{sock}"})
+        assert status == 201, body
+        status, body = guest.json("POST", "/v1/domains/ops/migrate", {"dest": f"unix:{sock}"}, timeout=300)
+        assert status == 409, body
+        assert "Not enough host memory for ops" in body["error"] and "overcommit 0.1" in body["error"], body
+        assert guest.client().domain("ops").run("echo still-here").output == "still-here\n"
+    finally:
+        dest.close()
