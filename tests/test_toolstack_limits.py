@@ -246,6 +246,17 @@ def test_tls_api_with_a_self_signed_certificate(tmp_path: Path) -> None:
         # Plain HTTP on the TLS port gets nowhere near the API.
         with pytest.raises(HospesApiError):
             connect(url=f"http://127.0.0.1:{port}", token="tls-token").domains()
+        # The console's WebSocket goes over the same TLS (a 404 proves the handshake passed).
+        from hospes.errors import HospesError
+        from hospes.toolstack.console_client import attach
+
+        h = connect(url=url, token="tls-token", ca=cert)
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            with pytest.raises(HospesError, match="HTTP 404"):
+                attach(h.transport, "nosuch", stdin_fd=null, stdout_fd=null)
+        finally:
+            os.close(null)
         # The CLI takes the CA from $HOSPES_CA.
         env = {**d.env, "HOSPES_URL": url, "HOSPES_API_TOKEN": "tls-token", "HOSPES_CA": str(cert)}
         p = subprocess.run([sys.executable, "-m", "hospes", "list", "-l"], capture_output=True, timeout=60, env=env)

@@ -168,10 +168,10 @@ class DomainRunner:
             self.on_stopped(result, outcome)
             if outcome is not Outcome.RESTART:
                 return Ending(result, outcome, too_fast)
+            self.on_restart(result)      # "building" from here: the wait is part of the restart
             if self.restart_limit is not None:
                 # A destroy during the wait ends the run at the top of the loop.
                 self._destroy.wait(self.restart_limit.delay(booted_at))
-            self.on_restart(result)
 
 
 class TerminationSignals:
