@@ -40,7 +40,9 @@ another run's markers cannot confuse this one.
 
 Limits: MAX_COMMAND bytes of command (the API's body is at most 1 MiB); the
 command's stdin is /dev/null; a person attached to the same console sees the
-lines and can disturb them.
+lines and can disturb them; a long command given up on (timeout) while its
+blocks were being typed leaves the console's echo off and its shell in the
+reading loop until the blocks it waits for, or a Ctrl-C, arrive.
 """
 
 from __future__ import annotations
