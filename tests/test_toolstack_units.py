@@ -6,13 +6,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from hospes.errors import HospesError
 from hospes.toolstack import control, lifecycle
-from hospes.toolstack.console_run import BLOCK_LINES, MAX_COMMAND, MarkerRun
+from hospes.toolstack.console_run import ABANDON_READ, BLOCK_LINES, MAX_COMMAND, MarkerRun
 from hospes.domain import ShutdownReason
 from hospes.toolstack.domain_config import domain_config
 from hospes.toolstack.domain_process import ControlServer, valid_name
@@ -267,6 +268,51 @@ def test_long_commands_run_through_a_terminal_in_blocks_the_guest_asks_for(size:
     assert m.done and m.exit_status == 0, out[-2000:]
     assert m.output.split()[0] == want
     assert m.sent == len(m._lines)
+
+
+def test_an_abandoned_long_command_leaves_a_usable_shell() -> None:
+    """A run given up on mid-transfer: ABANDON_READ ends the reading loop (Ctrl-C) and the
+    next command runs in the same shell, with the echo back on."""
+    import os
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(["sh", "-i"], stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            preexec_fn=lambda: __import__("fcntl").ioctl(0, __import__("termios").TIOCSCTTY, 0))
+    os.close(slave)
+
+    def pump(m: MarkerRun, until: Callable[[], bool], timeout: float = 30.0) -> bytes:
+        out = b""
+        deadline = time.monotonic() + timeout
+        last_probe = 0.0
+        while not until() and time.monotonic() < deadline:
+            if not m.ready and time.monotonic() - last_probe > 0.5:
+                os.write(master, m.probe_line())
+                last_probe = time.monotonic()
+            line = m.next_line()
+            if line is not None:
+                os.write(master, line)
+            if select.select([master], [], [], 0.1)[0]:
+                data = os.read(master, 65536)
+                out += data
+                m.feed(data)
+        return out
+
+    try:
+        long_run = MarkerRun("echo never-run-" + "x" * 50_000, token="L")
+        pump(long_run, lambda: long_run.sent == 2)     # the loop line and block 0 only
+        assert long_run.reading and not long_run.done
+        os.write(master, ABANDON_READ)
+        short = MarkerRun("echo after; exit 3", token="S")
+        out = pump(short, lambda: short.done)
+        assert short.done and short.exit_status == 3 and short.output == "after\n", out[-500:]
+        assert b"never-run" not in out
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
 
 
 def test_blocks_wait_for_the_guest_to_ask() -> None:

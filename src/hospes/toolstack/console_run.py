@@ -40,9 +40,10 @@ another run's markers cannot confuse this one.
 
 Limits: MAX_COMMAND bytes of command (the API's body is at most 1 MiB); the
 command's stdin is /dev/null; a person attached to the same console sees the
-lines and can disturb them; a long command given up on (timeout) while its
-blocks were being typed leaves the console's echo off and its shell in the
-reading loop until the blocks it waits for, or a Ctrl-C, arrive.
+lines and can disturb them. A long command given up on (timeout) while its
+blocks were being typed would leave the shell in its reading loop with the
+echo off: the driver then types ABANDON_READ (Ctrl-C, which ends the loop, and
+``stty echo``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ LINE_B64 = 1000         # base64 characters per typed block line (a multiple of 
 BLOCK_LINES = 16        # lines per block: 16 KiB typed ahead at most
 PROBE_INTERVAL = 2.0
 KILL_LINE = b"\x15"   # ^U: discard anything half-typed on the console first
+ABANDON_READ = b"\x03" + KILL_LINE + b"stty echo\n"   # ^C ends the block-reading loop; echo back on
 
 
 class MarkerRun:
@@ -103,6 +105,11 @@ class MarkerRun:
                 f"n=$(({n} - i * {BLOCK_LINES})); [ $n -gt {BLOCK_LINES} ] && n={BLOCK_LINES}; "
                 f"{var}=${var}$(head -n $n); i=$((i + 1)); done; stty echo; {self._run_line(source)}; unset {var}")
         return [KILL_LINE + loop.encode() + b"\n", *("".join(r + "\n" for r in b).encode() for b in blocks)]
+
+    @property
+    def reading(self) -> bool:
+        """The guest's shell may be in the block-reading loop (a long command, not done yet)."""
+        return len(self._lines) > 1 and self.sent > 0 and not self.done
 
     def command_line(self) -> bytes:
         """Everything typed after the probes, in order (one line for a short command)."""

@@ -40,7 +40,7 @@ from hospes.toolstack.admission import DEFAULT_OVERCOMMIT, AdmissionError, admit
 from hospes.toolstack.addresses import listen_address, migration_destination
 from hospes.toolstack.api_error import ApiError
 from hospes.toolstack.boot_files import check_boot_files
-from hospes.toolstack.console_run import PROBE_INTERVAL, MarkerRun
+from hospes.toolstack.console_run import ABANDON_READ, PROBE_INTERVAL, MarkerRun
 from hospes.toolstack.domain_process import valid_name
 from hospes.toolstack.hostinfo import host_info
 from hospes.toolstack.lifecycle import DomainState, ShutdownRequest, WaitOutcome
@@ -622,6 +622,12 @@ class Daemon:
             try:
                 await asyncio.wait_for(self._drive(marker, reader, writer), timeout)
             except asyncio.TimeoutError:
+                if marker.reading:       # the shell waits for blocks that will not come: free it
+                    writer.write(ABANDON_READ)
+                    try:
+                        await asyncio.wait_for(writer.drain(), 5.0)
+                    except (asyncio.TimeoutError, ConnectionError):
+                        pass
                 what = "finish" if marker.ready else "get a shell prompt on the console"
                 raise ApiError(504, f"The command did not {what} within {timeout:.0f} s.") from None
             except ValueError as e:
@@ -639,7 +645,7 @@ class Daemon:
                 writer.write(marker.probe_line())
                 last_probe = now
             line = marker.next_line()
-            while line is not None:      # a long command goes piece by piece, each acknowledged
+            while line is not None:      # a long command goes block by block, each asked for
                 writer.write(line)
                 line = marker.next_line()
             await writer.drain()
