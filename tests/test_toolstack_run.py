@@ -185,10 +185,41 @@ def test_on_actions_come_from_the_spec() -> None:
 
 def test_a_restart_loop_is_preserved_past_the_limit() -> None:
     runner, built = _runner([ShutdownReason.CRASH] * 10, DomainSpec.from_config(
-        {"name": "d", "kernel": "/k", "on_crash": "restart"}), restart_limit=RestartLimit(limit=2))
+        {"name": "d", "kernel": "/k", "on_crash": "restart"}), restart_limit=RestartLimit(limit=2, min_interval_s=0))
     ending = runner.run()
-    assert ending.outcome is Outcome.PRESERVE and len(built) == 3
-    assert ending.result.message.startswith("Restarted 2 times within 60 s; preserved instead.")
+    assert ending.outcome is Outcome.PRESERVE and len(built) == 3 and ending.too_fast
+    assert ending.result.message.startswith("Rebooted too fast: restarted 2 times within 60 s; stopped")
+
+
+def test_restarts_are_spaced_by_the_minimum_interval_as_xl_sleeps_before_a_restart() -> None:
+    # A guest that reboots at once was restarted ~40 times a second; now each boot starts at
+    # least min_interval_s after the previous one began (xl waits 2 s), and the limit stops it.
+    import time
+
+    starts: list[float] = []
+    runner, built = _runner([ShutdownReason.REBOOT] * 10, restart_limit=RestartLimit(limit=3, min_interval_s=0.2),
+                            on_built=lambda dom: starts.append(time.monotonic()))
+    ending = runner.run()
+    assert ending.too_fast and ending.outcome is Outcome.PRESERVE and len(built) == 4
+    assert all(b - a >= 0.19 for a, b in zip(starts, starts[1:], strict=False)), starts
+    assert ending.result.reason is ShutdownReason.REBOOT
+
+
+def test_a_guest_that_ran_longer_than_the_interval_restarts_without_waiting() -> None:
+    limit = RestartLimit(min_interval_s=30.0)
+    import time
+
+    assert limit.delay(time.monotonic() - 31.0) == 0.0
+    assert 29.0 < limit.delay(time.monotonic()) <= 30.0
+
+
+def test_destroy_during_the_restart_wait_ends_the_run() -> None:
+    import threading
+
+    runner, built = _runner([ShutdownReason.REBOOT] * 3, restart_limit=RestartLimit(min_interval_s=600.0))
+    threading.Timer(0.3, runner.destroy).start()
+    ending = runner.run()
+    assert ending.outcome is Outcome.DESTROY and len(built) == 1
 
 
 def test_destroy_ends_the_run_without_a_restart() -> None:

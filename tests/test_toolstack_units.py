@@ -6,13 +6,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from hospes.errors import HospesError
 from hospes.toolstack import control, lifecycle
-from hospes.toolstack.console_run import MAX_COMMAND, MarkerRun
+from hospes.toolstack.console_run import ABANDON_READ, BLOCK_LINES, MAX_COMMAND, MarkerRun
 from hospes.domain import ShutdownReason
 from hospes.toolstack.domain_config import domain_config
 from hospes.toolstack.domain_process import ControlServer, valid_name
@@ -214,6 +215,116 @@ def test_marker_run_command_round_trips_through_the_shell() -> None:
 def test_marker_run_refuses_long_commands() -> None:
     with pytest.raises(ValueError):
         MarkerRun("x" * (MAX_COMMAND + 1))
+
+
+def _drive_on_a_pty(m: MarkerRun, timeout: float = 60.0) -> bytes:
+    """Run ``m`` against a real sh on a pseudo-terminal, as the daemon drives a guest console."""
+    import os
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(["sh", "-i"], stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    os.set_blocking(master, False)
+    out, pending = b"", m.probe_line()
+    deadline = time.monotonic() + timeout
+    try:
+        while not m.done and time.monotonic() < deadline:
+            line = m.next_line()
+            while line is not None:
+                pending += line
+                line = m.next_line()
+            ready = select.select([master], [master] if pending else [], [], 0.2)
+            if ready[1] and pending:
+                pending = pending[os.write(master, pending[:1024]):]
+            if ready[0]:
+                data = os.read(master, 65536)
+                out += data
+                m.feed(data)
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+    return out
+
+
+@pytest.mark.parametrize("size", [700, 10_000, 100_000])
+def test_long_commands_run_through_a_terminal_in_blocks_the_guest_asks_for(size: int) -> None:
+    """Commands over ~700 bytes wedged the console (their one line passed busybox's 1024-byte
+    line editor): now a short line reads the command's base64 from the terminal, block by
+    block, each typed when the shell asks for it; no typed line comes near 1024 bytes."""
+    import hashlib
+    import random
+
+    text = "".join(random.Random(size).choice("abc 'x\"$\\\n") for _ in range(size))
+    cmd = "cat <<'HOSPES_EOF' | md5sum\n" + text + "\nHOSPES_EOF"
+    m = MarkerRun(cmd, token="T")
+    assert all(len(line) < 1024 for line in m.command_line().splitlines())
+    assert m.next_line() is None                 # nothing before the shell is ready
+    out = _drive_on_a_pty(m)
+    want = hashlib.md5((text + "\n").encode()).hexdigest()
+    assert m.done and m.exit_status == 0, out[-2000:]
+    assert m.output.split()[0] == want
+    assert m.sent == len(m._lines)
+
+
+def test_an_abandoned_long_command_leaves_a_usable_shell() -> None:
+    """A run given up on mid-transfer: ABANDON_READ ends the reading loop (Ctrl-C) and the
+    next command runs in the same shell, with the echo back on."""
+    import os
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(["sh", "-i"], stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            preexec_fn=lambda: __import__("fcntl").ioctl(0, __import__("termios").TIOCSCTTY, 0))
+    os.close(slave)
+
+    def pump(m: MarkerRun, until: Callable[[], bool], timeout: float = 30.0) -> bytes:
+        out = b""
+        deadline = time.monotonic() + timeout
+        last_probe = 0.0
+        while not until() and time.monotonic() < deadline:
+            if not m.ready and time.monotonic() - last_probe > 0.5:
+                os.write(master, m.probe_line())
+                last_probe = time.monotonic()
+            line = m.next_line()
+            if line is not None:
+                os.write(master, line)
+            if select.select([master], [], [], 0.1)[0]:
+                data = os.read(master, 65536)
+                out += data
+                m.feed(data)
+        return out
+
+    try:
+        long_run = MarkerRun("echo never-run-" + "x" * 50_000, token="L")
+        pump(long_run, lambda: long_run.sent == 2)     # the loop line and block 0 only
+        assert long_run.reading and not long_run.done
+        os.write(master, ABANDON_READ)
+        short = MarkerRun("echo after; exit 3", token="S")
+        out = pump(short, lambda: short.done)
+        assert short.done and short.exit_status == 3 and short.output == "after\n", out[-500:]
+        assert b"never-run" not in out
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+
+
+def test_blocks_wait_for_the_guest_to_ask() -> None:
+    m = MarkerRun("x" * 100_000, token="T")
+    m.feed(b"T-ready\r\n")
+    first = m.next_line()
+    assert first is not None and b"stty -echo" in first and m.next_line() is None
+    m.feed(first.replace(b"\n", b"\r\n") + b"T-a0\r\n")     # the echo does not count, the request does
+    block = m.next_line()
+    assert block is not None and block.count(b"\n") == BLOCK_LINES and m.next_line() is None
+    m.feed(b"T-a1\r\n")
+    assert m.next_line() is not None and m.next_line() is None
 
 
 # --- the schema subset ----------------------------------------------------------------------

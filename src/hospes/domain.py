@@ -26,6 +26,7 @@ from hospes.devices.console import ConsoleBackend, ConsoleState
 from hospes.devices.host import BackendHost
 from hospes.devices.net import NetBackend, NetState, VifConfig
 from hospes.errors import HospesError
+from hospes.files import MAX_IMAGE_BYTES, read_regular
 from hospes.kvm import Kvm
 from hospes.kvm.constants import KVM_MEM_LOG_DIRTY_PAGES
 from hospes.machine.memory import PAGE_SIZE, GuestMemory
@@ -230,7 +231,7 @@ class Domain:
             initrd = None
             if config.ramdisk is not None:
                 try:
-                    initrd = Path(config.ramdisk).read_bytes()
+                    initrd = read_regular(config.ramdisk, "ramdisk", MAX_IMAGE_BYTES)
                 except OSError as e:
                     raise DomainError(f"Cannot read the ramdisk {config.ramdisk}: {e.strerror}; check the path.") from e
         else:

@@ -68,17 +68,30 @@ def register(group: click.Group) -> None:
     @daemon.command("start")
     @run_dir_opt
     @click.option("--foreground", "-F", is_flag=True, help="Serve in this process (logs on stderr).")
-    @click.option("--tcp", default=None, metavar="HOST:PORT", help="Also listen on TCP (needs a token).")
+    @click.option("--tcp", default=None, metavar="HOST:PORT",
+                  help="Also listen on TCP (needs a token; an address other than loopback needs TLS).")
     @click.option("--token-file", type=click.Path(path_type=Path), default=None,
                   help="Bearer token for TCP clients (else $HOSPES_API_TOKEN).")
-    def start(run_dir: Path | None, foreground: bool, tcp: str | None, token_file: Path | None) -> None:
+    @click.option("--tls-cert", type=click.Path(path_type=Path), default=None,
+                  help="Serve the TCP API over TLS with this PEM certificate (chain).")
+    @click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="The PEM key of --tls-cert.")
+    @click.option("--overcommit", type=float, default=None, metavar="RATIO",
+                  help="Admit domains while their memory stays within RATIO x the host's (default 1.0).")
+    def start(run_dir: Path | None, foreground: bool, tcp: str | None, token_file: Path | None,
+              tls_cert: Path | None, tls_key: Path | None, overcommit: float | None) -> None:
         """Start hospesd (in the background unless -F)."""
         run = _run_dir(run_dir)
         args = ["--run-dir", str(run.root)]
         if tcp:
             args += ["--tcp", tcp]
         if token_file:
-            args += ["--token-file", str(token_file)]
+            args += ["--token-file", str(token_file.absolute())]
+        if tls_cert:
+            args += ["--tls-cert", str(tls_cert.absolute())]
+        if tls_key:
+            args += ["--tls-key", str(tls_key.absolute())]
+        if overcommit is not None:
+            args += ["--overcommit", str(overcommit)]
         if foreground:
             from hospes.toolstack.daemon import main
 
@@ -86,10 +99,13 @@ def register(group: click.Group) -> None:
         if _daemon_pid(run) is not None:
             click.echo(f"hospesd is already running on {run.root}", err=True)
             return
-        if tcp:
+        if tcp or overcommit is not None:
             import subprocess
 
+            from hospes.toolstack.rundir import DAEMON_LOG_ROTATE_BYTES, rotate_log
+
             run.ensure()
+            rotate_log(run.daemon_log, DAEMON_LOG_ROTATE_BYTES)
             with open(run.daemon_log, "ab") as log:
                 subprocess.Popen([sys.executable, "-m", "hospes.toolstack.daemon", *args], stdin=subprocess.DEVNULL,
                                  stdout=log, stderr=log, start_new_session=True)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
+from hospes.errors import HospesError
 from hospes.toolstack.run_spec import RUN_MEMORY_MIB
 
 if TYPE_CHECKING:
@@ -199,8 +200,10 @@ def run_domain(spec: "DomainSpec", *, stats: bool = False, command: bool = False
     """
     from hospes.cgroup import CpuControl, SchedParams
     from hospes.domain import Domain, ShutdownReason
+    from hospes.toolstack.admission import host_total_mib
+    from hospes.toolstack.boot_files import check_boot_files
     from hospes.toolstack.domain_config import domain_config
-    from hospes.toolstack.runner import DomainRunner, TerminationSignals
+    from hospes.toolstack.runner import DomainRunner, RestartLimit, TerminationSignals
 
     def log(message: str) -> None:
         click.echo(message, err=True)
@@ -208,22 +211,31 @@ def run_domain(spec: "DomainSpec", *, stats: bool = False, command: bool = False
     def restarting(result: ShutdownResult) -> None:
         click.echo("\n[hospes] the guest rebooted; starting it again", err=True)
 
+    total = host_total_mib()
+    if total and spec.memory > total:
+        raise HospesError(f"--memory {spec.memory} MiB is more than this host's {total} MiB of memory; ask for less.")
+    check_boot_files(spec)   # regular files within their limits (a FIFO or /dev/zero is refused, not read)
     with CpuControl(RUN_DOMID) as cpu:
         cpu.start(SchedParams(weight=spec.cpu_weight, cap=spec.cap), eager=False)
         # Before the terminal goes raw: a first run prints the default images' build progress.
         config = domain_config(spec, RUN_DOMID, log)
         sink = _ConsoleSink()
-        runner = DomainRunner(lambda: spec, lambda: Domain(config, console_out=sink), on_restart=restarting)
+        runner = DomainRunner(lambda: spec, lambda: Domain(config, console_out=sink), on_restart=restarting,
+                              restart_limit=RestartLimit())
         with _TerminalInput() as terminal, TerminationSignals(runner):
             stop_input = None
             if terminal is not None:
                 terminal.on_quit = runner.destroy  # Ctrl-] on a terminal
                 stop_input = terminal.pump(runner.console_input)
             try:
-                result = runner.run().result
+                ending = runner.run()
+                result = ending.result
             finally:
                 if stop_input is not None:
                     stop_input()
+        if ending.too_fast:
+            click.echo(f"\nhospes: {result.message}", err=True)
+            return EXIT_DESTROYED
         if result.reason is ShutdownReason.REBOOT:
             click.echo("\n[hospes] the guest rebooted", err=True)
         if stats:

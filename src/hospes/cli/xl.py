@@ -92,6 +92,9 @@ def cmd_list(long: bool, domains: tuple[str, ...]) -> None:
         return
     host = h.host() if want_dom0 else {}
     click.echo(xlfmt.format_list(host, doms, dom0=want_dom0), nl=False)
+    for d in doms:   # why a domain stopped (e.g. it rebooted too fast): on stderr, as xl's notes are
+        if d.get("state") in ("shutdown", "crashed") and d.get("message"):
+            click.echo(f"{d.get('name')} ({d.get('domid')}): {str(d['message'])[:300]}", err=True)
 
 
 def cmd_console(domain: str) -> None:

@@ -35,6 +35,7 @@ from hospes.toolstack.schema import validate
 log = logging.getLogger("hospesd.api")
 
 MAX_BODY = 1024 * 1024
+MAX_DEPTH = 32          # nesting of a request body; the deepest the document allows is 4
 NDJSON = "application/x-ndjson"
 DISCONNECT_POLL_S = 0.2
 
@@ -210,10 +211,17 @@ async def _unless_client_leaves(req: web.Request, work: Awaitable[dict[str, Any]
 
 
 def _parse_query(route: Route, req: web.Request) -> dict[str, Any]:
+    """The query parameters, typed; path parameters are checked too (400 for a bad one)."""
     out: dict[str, Any] = {}
     for p in route.params:
+        if p.where == "path":
+            problems = validate(req.match_info.get(p.name, ""), p.schema, SCHEMAS, f"path.{p.name}")
+            if problems:
+                raise ApiError(400, "Invalid path parameter: " + "; ".join(problems))
         if p.where != "query" or p.name not in req.query:
             continue
+        if len(req.query.getall(p.name)) > 1:
+            raise ApiError(400, f"Query parameter {p.name} is given more than once.")
         raw = req.query[p.name]
         value: Any = raw
         if p.schema.get("type") == "boolean":
@@ -244,10 +252,30 @@ async def _parse_body(route: Route, req: web.Request) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"The request body is not valid JSON: {e}.") from None
+    except RecursionError:
+        raise ApiError(400, f"The request body is nested deeper than {MAX_DEPTH} levels.") from None
+    if _depth(body) > MAX_DEPTH:
+        raise ApiError(400, f"The request body is nested deeper than {MAX_DEPTH} levels.")
     problems = validate(body, {"$ref": f"#/components/schemas/{route.body}"}, SCHEMAS, "body")
     if problems:
         raise ApiError(400, "Invalid request body: " + "; ".join(problems[:5]))
     return body
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and objects (without recursion: any depth is safe)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            break
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
 
 
 def _endpoint(api: Api, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

@@ -14,10 +14,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from hospes.toolstack.console_run import MAX_COMMAND
 from hospes.toolstack.lifecycle import DomainState, WaitOutcome
 
 API_VERSION = 1
 NAME_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 64}
+MAX_DOMAIN_REF = 128     # a domid, a name (<= 64) or a UUID (36)
+MAX_OFFSET = 1 << 53    # byte offsets: any file, and exact in every JSON reader
 STATES = [str(state) for state in DomainState]
 
 SCHEMAS: dict[str, dict[str, Any]] = {
@@ -215,7 +218,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "additionalProperties": False,
         "required": ["command"],
         "properties": {
-            "command": {"type": "string", "minLength": 1, "maxLength": 2048},
+            "command": {"type": "string", "minLength": 1, "maxLength": MAX_COMMAND},
             "timeout": {"type": "number", "minimum": 1, "maximum": 3600},
         },
     },
@@ -361,9 +364,15 @@ class Route:
     responses: dict[int, tuple[str, str | tuple[str, ...] | None]] = field(default_factory=dict)
 
 
-DOMAIN = Param("domain", "path", {"type": "string", "minLength": 1}, "A domid or a domain name.", True)
+DOMAIN = Param("domain", "path", {"type": "string", "minLength": 1, "maxLength": MAX_DOMAIN_REF},
+               "A domid, a domain name or a UUID.", True)
 ERRORS_DOMAIN = {404: ("No such domain", "Error")}
-ERRORS_BODY = {400: ("Malformed request", "Error")}
+ERRORS_BODY = {400: ("Malformed request: a body or parameter the document does not allow, JSON nested deeper "
+                     "than 32 levels, a query parameter given twice, or a file (config, kernel, ramdisk, "
+                     "disk) that is not a regular file within its size limit", "Error")}
+ADMISSION_409 = ("The name is taken, or the domain's memory does not fit the host (admission control: the "
+                 "live domains' memory and overheads plus this one's must stay within the host's memory x "
+                 "hospesd's --overcommit ratio, less a 256 MiB reserve); the message gives the numbers")
 ERRORS_STATE = {409: ("The domain is not in a state that allows this", "Error")}
 NDJSON = "application/x-ndjson"
 
@@ -377,13 +386,13 @@ ROUTES: tuple[Route, ...] = (
     Route("post", "/v1/domains", "createDomain", "Create and start a domain (xl create)",
           body="CreateRequest", body_required=True,
           responses={201: ("Created; the domain is running or paused", "Domain"), **ERRORS_BODY,
-                     409: ("The name is taken or the host lacks memory", "Error"),
+                     409: (ADMISSION_409, "Error"),
                      500: ("The domain could not be built", "Error")}),
     Route("post", "/v1/domains/restore", "restoreDomain", "Restore a saved domain (xl restore)",
           body="RestoreRequest", body_required=True,
           responses={201: ("Restored; the domain is running or paused", "Domain"),
                      400: ("Malformed request, or the file is not a usable save file", "Error"),
-                     409: ("The name is taken or the host lacks memory", "Error"),
+                     409: (ADMISSION_409, "Error"),
                      500: ("The domain could not be restored", "Error")}),
     Route("post", "/v1/domains/incoming", "incomingDomain",
           "A domain that receives a migration (xl migrate-receive): answers once it listens",
@@ -454,8 +463,10 @@ ROUTES: tuple[Route, ...] = (
                      **ERRORS_DOMAIN, 409: ("Not running, or resource control is unavailable here", "Error")}),
     Route("get", "/v1/domains/{domain}/console/log", "getConsoleLog", "The domain's console output so far",
           params=(DOMAIN,
-                  Param("offset", "query", {"type": "integer", "minimum": 0}, "Start at this byte."),
-                  Param("tail", "query", {"type": "integer", "minimum": 1}, "Only the last N bytes.")),
+                  Param("offset", "query", {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+                        "Start at this byte."),
+                  Param("tail", "query", {"type": "integer", "minimum": 1, "maximum": MAX_OFFSET},
+                        "Only the last N bytes.")),
           responses={200: ("Raw console bytes", "application/octet-stream"), **ERRORS_BODY, **ERRORS_DOMAIN}),
     Route("get", "/v1/domains/{domain}/console", "attachConsole",
           "The console as a WebSocket: binary frames of guest output; frames sent are guest input",
@@ -514,7 +525,9 @@ def build_openapi() -> dict[str, Any]:
             "version": f"{API_VERSION}",
             "description": (
                 "The Hospes node daemon: domains (Xen PV guests on KVM) and their consoles. Served on a Unix "
-                "socket ($HOSPES_RUN_DIR/hospesd.sock); over TCP only with `Authorization: Bearer <token>`."
+                "socket ($HOSPES_RUN_DIR/hospesd.sock); over TCP only with `Authorization: Bearer <token>`, "
+                "and over HTTPS (hospesd --tls-cert/--tls-key) unless it listens on a loopback address. "
+                "Bodies are at most 1 MiB (else 413)."
             ),
         },
         "components": {

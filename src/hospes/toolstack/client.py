@@ -4,7 +4,7 @@ A blocking client of hospesd's HTTP API (docs/openapi.json), over the daemon's
 Unix socket (starting the daemon if none runs) or over TCP with a bearer token::
 
     h = hospes.connect()                                   # $HOSPES_RUN_DIR or /run/hospes
-    h = hospes.connect(url="http://10.0.0.5:8086", token="...")
+    h = hospes.connect(url="https://10.0.0.5:8086", token="...", ca="hospesd.pem")
     d = h.create("examples/debian-pv.cfg", ["name=web", "memory=256"])
     d.wait_for_console("hospes: userspace up")
     print(d.run("uname -r").output)
@@ -20,6 +20,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ from typing import Any, Callable, Generator, Iterable, Mapping
 
 from hospes.errors import HospesError
 from hospes.toolstack.api_error import ApiError
-from hospes.toolstack.rundir import RunDir
+from hospes.toolstack.rundir import DAEMON_LOG_ROTATE_BYTES, RunDir, rotate_log
 from hospes.toolstack.spec import DomainSpec
 
 DEFAULT_TIMEOUT = 900.0
@@ -62,18 +63,37 @@ class CommandResult:
     output: str
 
 
+def tls_client_context(ca: str | os.PathLike[str] | None = None, verify: bool = True) -> ssl.SSLContext:
+    """The client side of an ``https://`` daemon: the system's CAs, or the PEM file ``ca`` (a
+    daemon's self-signed certificate works as its own CA); ``verify=False`` checks nothing
+    (testing only: anyone in the path can then read the bearer token)."""
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+    except (OSError, ssl.SSLError) as e:
+        raise HospesError(f"Cannot use the CA file {ca}: {e}") from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 class Transport:
     """One HTTP request per call; JSON in, JSON (or bytes) out."""
 
-    def __init__(self, socket_path: Path | None = None, url: str | None = None, token: str | None = None) -> None:
+    def __init__(self, socket_path: Path | None = None, url: str | None = None, token: str | None = None,
+                 ca: str | os.PathLike[str] | None = None, verify: bool = True) -> None:
         self.socket_path = socket_path
         self.url = urllib.parse.urlsplit(url) if url else None
         self.token = token
+        self.ssl_context = tls_client_context(ca, verify) if self.url and self.url.scheme == "https" else None
 
     def _conn(self, timeout: float) -> http.client.HTTPConnection:
         if self.url is not None:
-            cls = http.client.HTTPSConnection if self.url.scheme == "https" else http.client.HTTPConnection
-            return cls(self.url.hostname or "localhost", self.url.port, timeout=timeout)
+            if self.url.scheme == "https":
+                return http.client.HTTPSConnection(self.url.hostname or "localhost", self.url.port, timeout=timeout,
+                                                   context=self.ssl_context)
+            return http.client.HTTPConnection(self.url.hostname or "localhost", self.url.port, timeout=timeout)
         assert self.socket_path is not None
         return _UnixHTTPConnection(str(self.socket_path), timeout)
 
@@ -365,6 +385,7 @@ class Hospes:
 def start_daemon(run: RunDir, timeout: float = DAEMON_START_TIMEOUT) -> None:
     """Start hospesd in the background on ``run`` and wait until it answers."""
     run.ensure()
+    rotate_log(run.daemon_log, DAEMON_LOG_ROTATE_BYTES)
     log = open(run.daemon_log, "ab")
     try:
         subprocess.Popen(
@@ -385,12 +406,14 @@ def start_daemon(run: RunDir, timeout: float = DAEMON_START_TIMEOUT) -> None:
 
 
 def connect(run_dir: str | os.PathLike[str] | None = None, *, url: str | None = None, token: str | None = None,
-            autostart: bool = True) -> Hospes:
+            autostart: bool = True, ca: str | os.PathLike[str] | None = None, verify: bool = True) -> Hospes:
     """A client of hospesd: over ``url`` (TCP, with ``token``), else the Unix socket of
     ``run_dir`` (default ``$HOSPES_RUN_DIR`` or /run/hospes), starting the daemon there
-    if it is not running and ``autostart``."""
+    if it is not running and ``autostart``. An ``https://`` url is checked against the
+    system's CAs or the PEM file ``ca`` (default ``$HOSPES_CA``); ``verify=False`` skips that."""
     if url is not None:
-        return Hospes(Transport(url=url, token=token or os.environ.get("HOSPES_API_TOKEN")))
+        return Hospes(Transport(url=url, token=token or os.environ.get("HOSPES_API_TOKEN"),
+                                ca=ca or os.environ.get("HOSPES_CA") or None, verify=verify))
     run = RunDir(Path(run_dir).absolute()) if run_dir is not None else RunDir.default()
     client = Hospes(Transport(socket_path=run.api_socket))
     try:

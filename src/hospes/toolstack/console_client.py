@@ -46,7 +46,7 @@ async def _attach(transport: Any, ident: str, stdin_fd: int, stdout_fd: int) -> 
 
     headers = {"Authorization": f"Bearer {transport.token}"} if transport.token else {}
     if transport.url is not None:
-        connector: aiohttp.BaseConnector = aiohttp.TCPConnector()
+        connector: aiohttp.BaseConnector = aiohttp.TCPConnector(ssl=transport.ssl_context or False)
         base = f"{transport.url.scheme}://{transport.url.netloc}"
     else:
         connector = aiohttp.UnixConnector(path=str(transport.socket_path))

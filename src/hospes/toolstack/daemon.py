@@ -14,10 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
+import ipaddress
 import logging
 import os
 import secrets
 import signal
+import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -29,18 +32,21 @@ from typing import Any, Callable
 from hospes.version import __version__
 from hospes.domain import ShutdownReason
 from hospes.errors import HospesError
+from hospes.files import MAX_TOKEN_BYTES, FileReadError, read_regular
 from hospes.migrate.savefile import peek_config
 from hospes.migrate.stream import StreamError
 from hospes.toolstack import control
+from hospes.toolstack.admission import DEFAULT_OVERCOMMIT, AdmissionError, admit, valid_overcommit, write_settings
 from hospes.toolstack.addresses import listen_address, migration_destination
 from hospes.toolstack.api_error import ApiError
-from hospes.toolstack.console_run import PROBE_INTERVAL, MarkerRun
+from hospes.toolstack.boot_files import check_boot_files
+from hospes.toolstack.console_run import ABANDON_READ, PROBE_INTERVAL, MarkerRun
 from hospes.toolstack.domain_process import valid_name
 from hospes.toolstack.hostinfo import host_info
 from hospes.toolstack.lifecycle import DomainState, ShutdownRequest, WaitOutcome
 from hospes.toolstack.record import DomainRecord, write_record
 from hospes.toolstack.registry import DomainView, Registry, exit_text
-from hospes.toolstack.rundir import RunDir
+from hospes.toolstack.rundir import RunDir, rotate_log
 from hospes.toolstack.saved_spec import restored_spec
 from hospes.toolstack.spec import DEFAULT_IMAGE, DomainSpec, load_spec
 
@@ -51,7 +57,6 @@ DESTROY_GRACE_S = 10.0
 SAVE_TIMEOUT_S = 600.0         # writing a big guest's memory takes a while
 GONE_GRACE_S = 30.0            # for a saved or migrated domain's process to exit
 MIB = 1024 * 1024
-HOST_MEMORY_RESERVE_MIB = 256
 
 
 def request_spec(body: dict[str, Any]) -> DomainSpec:
@@ -84,26 +89,34 @@ def absolute_file_path(path: str, what: str, must_exist: bool = True) -> str:
 
 
 def check_paths(spec: DomainSpec) -> None:
-    for key, value in (("kernel", spec.kernel), ("ramdisk", spec.ramdisk)):
-        if value and value != DEFAULT_IMAGE and not Path(value).is_file():
-            raise ApiError(400, f"The {key} {value} does not exist on the host; check the path in the config.")
-
-
-def available_memory_mib() -> int:
+    """The kernel, ramdisk and disks are files the domain can use (ApiError 400 naming the file if not)."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) // 1024
-    except (OSError, ValueError):
-        pass
-    return 1 << 30
+        check_boot_files(spec)
+    except FileReadError as e:
+        raise ApiError(400, str(e)) from None
+
+
+def peek_save_file(path: str) -> tuple[dict[str, Any], int]:
+    """The saved spec and memory size at the head of the save file ``path`` (a regular file:
+    opened without blocking, so a FIFO is refused instead of waiting for a writer)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FileReadError(f"The save file {path} is not a regular file; give the file `hospes save` wrote.",
+                                "not a regular file")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return peek_config(f)
+    finally:
+        os.close(fd)
 
 
 class Daemon:
     """The operations behind the API, over one runtime directory."""
 
-    def __init__(self, run: RunDir) -> None:
+    def __init__(self, run: RunDir, overcommit: float = DEFAULT_OVERCOMMIT) -> None:
         self.run = run.ensure()
+        self.overcommit = overcommit
         self.registry = Registry(run)
         self._run_locks: dict[int, asyncio.Lock] = {}
         self._create_lock = asyncio.Lock()
@@ -116,6 +129,7 @@ class Daemon:
     # --- lifecycle of the daemon -------------------------------------------------------
 
     async def start(self) -> None:
+        write_settings(self.run, self.overcommit)
         adopted = [v for v in await self.registry.views() if v.alive]
         if adopted:
             log.info("adopted %d running domain(s): %s", len(adopted),
@@ -184,10 +198,12 @@ class Daemon:
         return host_info(v.to_api()["memory_mib"] for v in views)
 
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        spec = request_spec(body)
+        # Reading a config file and checking the images open user-named files: in a thread,
+        # so a slow mount cannot stop the event loop (FIFOs and devices are refused unread).
+        spec = await asyncio.to_thread(request_spec, body)
         for w in spec.warnings:
             log.info("config warning: %s", w)
-        check_paths(spec)
+        await asyncio.to_thread(check_paths, spec)
         domid = await self._start(spec, spec.memory, bool(body.get("paused")), "be built")
         return await self._built_view(domid, spec.name)
 
@@ -195,9 +211,10 @@ class Daemon:
         """Start a domain from a save file (``xl restore``): its spec comes from the file."""
         path = absolute_file_path(body["path"], "save file")
         try:
-            with open(path, "rb") as f:
-                saved, memory_bytes = peek_config(f)
+            saved, memory_bytes = await asyncio.to_thread(peek_save_file, path)
             spec = restored_spec(DomainSpec.from_dict(saved), list(body.get("overrides") or []))
+        except FileReadError as e:
+            raise ApiError(400, str(e)) from None
         except FileNotFoundError:
             raise ApiError(400, f"The save file {path} does not exist on the daemon's host.") from None
         except OSError as e:
@@ -249,15 +266,18 @@ class Daemon:
             name = self._valid_name(typed.name)
             if name in self.registry.names():
                 raise ApiError(409, f"A domain named {name!r} already exists; pick another name (name=...).")
-            free = available_memory_mib() - HOST_MEMORY_RESERVE_MIB
-            if memory is not None and memory > free:
-                raise ApiError(409, f"Not enough free memory for {name}: {memory} MiB asked, {max(free, 0)} MiB "
-                                    "free; destroy a domain or ask for less (memory=...).")
+            if memory is not None:
+                try:
+                    await asyncio.to_thread(admit, self.run, name, memory, self.overcommit)
+                except AdmissionError as e:
+                    raise ApiError(409, str(e)) from None
             domid = domid or self.run.allocate_domid()
             uuid = typed.uuid or str(uuidlib.uuid4())
             typed = replace(typed, uuid=uuid)
             record = DomainRecord(domid=domid, name=name, uuid=uuid, spec=typed, start_paused=paused,
                                   console_log=str(self.run.console_log(domid)), **how)
+            # A new domain instance gets a fresh console log; a reused domid's old one becomes .1.
+            rotate_log(Path(record.console_log or self.run.console_log(domid)))
             write_record(self.run.state_file(domid), record)
             proc = self.registry.spawn(domid)
         log.info("domain %d (%s): process %d to %s", domid, name, proc.pid, what)
@@ -457,8 +477,11 @@ class Daemon:
             self.registry.dying.discard(rec.domid)
 
     def _stderr_tail(self, domid: int) -> str:
+        """The last line of the domain process's stderr (read from its last 64 KiB only)."""
         try:
-            lines = self.run.stderr_file(domid).read_text(errors="replace").strip().splitlines()
+            with open(self.run.stderr_file(domid), "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+                lines = f.read().decode(errors="replace").strip().splitlines()
         except OSError:
             return ""
         return lines[-1] if lines else ""
@@ -610,6 +633,12 @@ class Daemon:
             try:
                 await asyncio.wait_for(self._drive(marker, reader, writer), timeout)
             except asyncio.TimeoutError:
+                if marker.reading:       # the shell waits for blocks that will not come: free it
+                    writer.write(ABANDON_READ)
+                    try:
+                        await asyncio.wait_for(writer.drain(), 5.0)
+                    except (asyncio.TimeoutError, ConnectionError):
+                        pass
                 what = "finish" if marker.ready else "get a shell prompt on the console"
                 raise ApiError(504, f"The command did not {what} within {timeout:.0f} s.") from None
             except ValueError as e:
@@ -621,15 +650,15 @@ class Daemon:
     @staticmethod
     async def _drive(marker: MarkerRun, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         last_probe = 0.0
-        sent = False
         while not marker.done:
             now = time.monotonic()
             if not marker.ready and now - last_probe >= PROBE_INTERVAL:
                 writer.write(marker.probe_line())
                 last_probe = now
-            if marker.ready and not sent:
-                writer.write(marker.command_line())
-                sent = True
+            line = marker.next_line()
+            while line is not None:      # a long command goes block by block, each asked for
+                writer.write(line)
+                line = marker.next_line()
             await writer.drain()
             try:
                 data = await asyncio.wait_for(reader.read(65536), 0.5)
@@ -674,18 +703,50 @@ class SingleInstance:
 
 def read_token(token_file: Path | None) -> str | None:
     if token_file is not None:
-        return token_file.read_text().strip() or None
+        return read_regular(token_file, "token file", MAX_TOKEN_BYTES).decode(errors="replace").strip() or None
     return os.environ.get("HOSPES_API_TOKEN") or None
 
 
+def tcp_endpoint(tcp: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[V6]:PORT``; an empty host is 127.0.0.1) as (host, port); ValueError if malformed."""
+    host, sep, port = tcp.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--tcp wants HOST:PORT, not {tcp!r}.")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "127.0.0.1", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses; a name other than localhost counts as not loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server context for the TCP API (TLS 1.2 or newer); HospesError if the files are unusable."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as e:
+        raise HospesError(f"Cannot use the TLS certificate {cert} and key {key}: {e}") from None
+    return ctx
+
+
 async def serve(run: RunDir, tcp: str | None = None, token: str | None = None,
-                ready: "asyncio.Event | None" = None) -> None:
+                ready: "asyncio.Event | None" = None, tls: ssl.SSLContext | None = None,
+                overcommit: float = DEFAULT_OVERCOMMIT) -> None:
     """Serve the API until SIGTERM/SIGINT; domains keep running afterwards."""
     from aiohttp import web
 
     from hospes.toolstack.api import make_app
 
-    daemon = Daemon(run)
+    daemon = Daemon(run, overcommit)
     await daemon.start()
     runner = web.AppRunner(make_app(daemon, token=token), access_log=None, handle_signals=False)
     await runner.setup()
@@ -700,9 +761,9 @@ async def serve(run: RunDir, tcp: str | None = None, token: str | None = None,
     finally:
         os.umask(old_umask)
     if tcp:
-        host, _, port = tcp.rpartition(":")
-        await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
-        log.info("listening on tcp %s (bearer token required)", tcp)
+        host, port = tcp_endpoint(tcp)
+        await web.TCPSite(runner, host, port, ssl_context=tls).start()
+        log.info("listening on %s %s (bearer token required)", "https" if tls else "tcp", tcp)
     log.info("hospesd %s serving %s", __version__, sock)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -723,20 +784,40 @@ async def serve(run: RunDir, tcp: str | None = None, token: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``hospesd [--run-dir DIR] [--tcp HOST:PORT --token-file FILE]``: serve in the foreground."""
+    """``hospesd [--run-dir DIR] [--tcp HOST:PORT --token-file FILE [--tls-cert F --tls-key F]]``: serve
+    in the foreground."""
     parser = argparse.ArgumentParser(prog="hospesd", description="The Hospes node daemon (HTTP API on a Unix socket).")
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="runtime directory (default $HOSPES_RUN_DIR or /run/hospes)")
-    parser.add_argument("--tcp", default=None, metavar="HOST:PORT", help="also listen on TCP (needs a token)")
+    parser.add_argument("--tcp", default=None, metavar="HOST:PORT",
+                        help="also listen on TCP (needs a token; a non-loopback address needs TLS too)")
     parser.add_argument("--token-file", type=Path, default=None, help="bearer token for TCP (else $HOSPES_API_TOKEN)")
     parser.add_argument("--new-token", action="store_true", help="with --tcp: make a random token, print it")
+    parser.add_argument("--tls-cert", type=Path, default=None, help="with --tcp: serve HTTPS with this PEM certificate")
+    parser.add_argument("--tls-key", type=Path, default=None, help="the PEM private key of --tls-cert")
+    parser.add_argument("--overcommit", type=float, default=DEFAULT_OVERCOMMIT, metavar="RATIO",
+                        help="admit domains while their memory (with overheads) stays within RATIO x the host's "
+                             "memory (default 1.0)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s hospesd[%(process)d]: %(message)s", stream=sys.stderr)
     run = RunDir(args.run_dir.absolute()) if args.run_dir else RunDir.default()
+    tls = None
     try:
+        overcommit = valid_overcommit(args.overcommit)
         run.ensure()
         token = read_token(args.token_file)
-    except (HospesError, OSError) as e:
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise HospesError("--tls-cert and --tls-key go together.")
+        if args.tls_cert is not None:
+            if not args.tcp:
+                raise HospesError("--tls-cert/--tls-key are for the TCP listener: give --tcp HOST:PORT too.")
+            tls = tls_context(args.tls_cert, args.tls_key)
+        if args.tcp:
+            host, _ = tcp_endpoint(args.tcp)
+            if tls is None and not is_loopback(host):
+                raise HospesError(f"--tcp {args.tcp} is not a loopback address: the bearer token would cross the "
+                                  "network in clear text; give --tls-cert and --tls-key (or listen on 127.0.0.1).")
+    except (HospesError, OSError, ValueError) as e:
         print(f"hospesd: {e}", file=sys.stderr)
         return 2
     if args.tcp and args.new_token:
@@ -751,7 +832,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hospesd: another hospesd is running on {run.root}", file=sys.stderr)
         return 1
     try:
-        asyncio.run(serve(run, args.tcp, token))
+        asyncio.run(serve(run, args.tcp, token, tls=tls, overcommit=overcommit))
     finally:
         lock.release()
     return 0

@@ -51,19 +51,42 @@ from hospes.toolstack import control
 from hospes.toolstack.domain_config import domain_config
 from hospes.toolstack.lifecycle import DomainState, Outcome, ShutdownRequest
 from hospes.toolstack.record import process_start_time, read_record, remove_quietly, write_record
+from hospes.toolstack.admission import admit
 from hospes.toolstack.runner import DomainRunner, RestartLimit, TerminationSignals
-from hospes.toolstack.rundir import RunDir
+from hospes.toolstack.rundir import CONSOLE_ROTATE_BYTES, ERR_ROTATE_BYTES, RunDir, rotate_log
 
-LOG_ROTATE_BYTES = 16 * 1024 * 1024
+LOG_ROTATE_BYTES = CONSOLE_ROTATE_BYTES
 INCOMING_TIMEOUT_S = 3600.0   # an incoming domain waits this long for its migration
 CONSOLE_BACKLOG_BYTES = 1024 * 1024   # a console client further behind than this is dropped
 NAME_MAX = 64
 
 
+_err_file: Path | None = None     # domains/<id>.err, which fds 1 and 2 write to; set by main()
+
+
 def log(msg: str) -> None:
-    """One line on stderr (domains/<id>.err), timestamped."""
+    """One line on stderr (domains/<id>.err), timestamped; the file is kept under ERR_ROTATE_BYTES."""
     sys.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} hospes-domain[{os.getpid()}]: {msg}\n")
     sys.stderr.flush()
+    _bound_stderr()
+
+
+def _bound_stderr() -> None:
+    """Past ERR_ROTATE_BYTES, move the .err file to .err.1 and point fds 1 and 2 at a new one
+    (the daemon reads the last line of the current file; the previous part stays in .1)."""
+    if _err_file is None:
+        return
+    try:
+        if os.fstat(2).st_size <= ERR_ROTATE_BYTES or not rotate_log(_err_file):
+            return
+        fd = os.open(_err_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def _hypervisor_log(line: bytes) -> None:
@@ -660,6 +683,7 @@ class DomainProcess:
         """The stream's CONFIG arrived: record the domain it describes (listed with its
         name and memory while the pages come), then make its shell."""
         spec = _stream_spec(config)
+        admit(self.run, spec.name, spec.memory, exclude=self.domid)   # AdmissionError: the sender is refused
         shell = self._shell(spec)
         with self._lock:
             placeholder = self.record.name == f"incoming-{self.domid}"
@@ -783,12 +807,23 @@ class DomainProcess:
         return 0
 
 
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hospes-domain", description="Run one Hospes domain (started by hospesd).")
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--domid", required=True, type=int)
     args = parser.parse_args(argv)
     run = RunDir(args.run_dir)
+    global _err_file
+    err, err_stat = run.stderr_file(args.domid), _stat_or_none(run.stderr_file(args.domid))
+    if err_stat is not None and os.path.samestat(os.fstat(2), err_stat):
+        _err_file = err     # stderr is the daemon's .err file (not a terminal): keep it bounded
     try:
         proc = DomainProcess(run, args.domid)
     except HospesError as e:

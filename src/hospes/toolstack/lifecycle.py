@@ -81,9 +81,14 @@ ACTIONS = {
     Action.SOFT_RESET: Outcome.RESTART,
 }
 
-# A guest that restarts more often than this is preserved instead (a crash loop).
+# A guest that restarts more often than this is stopped (preserved, with a message) instead
+# of looping.
 RESTART_LIMIT = 10
 RESTART_WINDOW_S = 60.0
+# And no restart comes sooner than this after the previous boot began: xl sleeps 2 s before
+# every restart (tools/xl/xl_vmcontrol.c, "Done. Rebooting now"); Hospes waits only what is
+# left of 2 s, so a guest that ran longer restarts at once.
+RESTART_MIN_INTERVAL_S = 2.0
 
 
 def action_for(reason: ShutdownReason, spec: DomainSpec) -> Outcome:

@@ -155,7 +155,9 @@ class Registry:
 
     def forget(self, domid: int) -> None:
         """Remove a dead domain's record, socket and stderr file (its console log stays)."""
-        remove_quietly(self.run.state_file(domid), self.run.control_socket(domid), self.run.stderr_file(domid))
+        err = self.run.stderr_file(domid)
+        remove_quietly(self.run.state_file(domid), self.run.control_socket(domid), err,
+                       err.with_name(err.name + ".1"))
         self._cpu.pop(domid, None)
         self.exit_codes.pop(domid, None)
 

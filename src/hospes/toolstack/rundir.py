@@ -6,11 +6,17 @@ Layout (``$HOSPES_RUN_DIR``, else ``/run/hospes``)::
     hospesd.lock          flock held by the running daemon (one per directory)
     hospesd.pid           the daemon's pid, for ``hospes daemon stop``
     hospesd.log           the daemon's own log (when started in the background)
+    hospesd.json          the daemon's settings its domain processes apply too (overcommit)
     next-domid            the domid counter (counts up, wraps below 0x7ff0, as Xen's), under flock
     domains/<id>.json     one state record per domain (see :mod:`.record`)
     domains/<id>.sock     the domain process's control socket (see :mod:`.control`)
-    domains/<id>.err      the domain process's stderr
+    domains/<id>.err      the domain process's stderr (bounded: see ERR_ROTATE_BYTES)
     logs/console-<id>.log the domain's console output (``$HOSPES_LOG_DIR`` overrides)
+
+Logs are bounded: past its limit a log is renamed to ``<name>.1`` (replacing the
+previous one) and started afresh, so each takes at most twice its limit. A new
+domain instance starts a fresh console log (a reused domid's old log becomes
+``.1``), and hospesd's own log is rotated when the daemon starts past its limit.
 
 Everything that must survive a daemon restart is a file here; the daemon's
 memory is only a cache.
@@ -29,6 +35,21 @@ DEFAULT_RUN_DIR = Path("/run/hospes")
 UNIX_PATH_MAX = 107
 DOMID_FIRST = 1
 DOMID_LAST = 0x7FEF     # DOMID_FIRST_RESERVED (0x7ff0) and up name no domain (xen.h)
+CONSOLE_ROTATE_BYTES = 16 * 1024 * 1024
+ERR_ROTATE_BYTES = 1024 * 1024
+DAEMON_LOG_ROTATE_BYTES = 16 * 1024 * 1024
+
+
+def rotate_log(path: Path, over: int = 0) -> bool:
+    """Rename ``path`` to ``path.1`` (replacing an older one) if it holds more than ``over``
+    bytes; True if it did. A missing file or a failed rename is no error: logging goes on."""
+    try:
+        if os.stat(path).st_size <= over:
+            return False
+        os.replace(path, path.with_name(path.name + ".1"))
+        return True
+    except OSError:
+        return False
 
 
 class RunDirError(HospesError):
@@ -62,6 +83,10 @@ class RunDir:
     @property
     def pid_file(self) -> Path:
         return self.root / "hospesd.pid"
+
+    @property
+    def settings_file(self) -> Path:
+        return self.root / "hospesd.json"
 
     @property
     def daemon_log(self) -> Path:

@@ -26,25 +26,38 @@ from types import FrameType
 
 from hospes.domain import Domain, ShutdownReason, ShutdownResult
 from hospes.toolstack.lifecycle import (
-    RESTART_LIMIT, RESTART_WINDOW_S, Outcome, ShutdownRequest, action_for,
+    RESTART_LIMIT, RESTART_MIN_INTERVAL_S, RESTART_WINDOW_S, Outcome, ShutdownRequest, action_for,
 )
 from hospes.toolstack.spec import DomainSpec
 
 @dataclass
 class Ending:
-    """How a run ended: the last guest's result and what became of it (never RESTART)."""
+    """How a run ended: the last guest's result and what became of it (never RESTART);
+    ``too_fast`` when the restart limit stopped a guest that kept rebooting."""
 
     result: ShutdownResult
     outcome: Outcome
+    too_fast: bool = False
 
 
 class RestartLimit:
-    """Allows at most ``limit`` restarts within any ``window_s`` seconds (a crash loop stops)."""
+    """Allows at most ``limit`` restarts within any ``window_s`` seconds (a reboot loop stops), each
+    at least ``min_interval_s`` after the previous boot began (:meth:`delay` says how long to wait)."""
 
-    def __init__(self, limit: int = RESTART_LIMIT, window_s: float = RESTART_WINDOW_S) -> None:
+    def __init__(self, limit: int = RESTART_LIMIT, window_s: float = RESTART_WINDOW_S,
+                 min_interval_s: float = RESTART_MIN_INTERVAL_S) -> None:
         self.limit = limit
         self.window_s = window_s
+        self.min_interval_s = min_interval_s
         self._times: collections.deque[float] = collections.deque()
+
+    def delay(self, booted_at: float) -> float:
+        """Seconds to wait before restarting a guest whose boot began at ``booted_at`` (monotonic)."""
+        return max(0.0, booted_at + self.min_interval_s - time.monotonic())
+
+    def message(self) -> str:
+        return (f"Rebooted too fast: restarted {self.limit} times within {self.window_s:.0f} s; "
+                "stopped instead of restarting again.")
 
     def allow(self) -> bool:
         now = time.monotonic()
@@ -65,18 +78,21 @@ class DomainRunner:
     tells a first-build failure from a later one). The hooks run in the main thread:
     ``on_built(dom)`` with :attr:`lock` held, before the guest runs;
     ``on_stopped(result, outcome)`` after each stop; ``on_restart(result)`` before a
-    rebuild. ``restart_limit`` turns a restart into preserve past its limit.
+    rebuild. ``restart_limit`` spaces restarts out and, past its limit, turns a restart
+    into ``restart_limit_outcome`` (preserve: the domain stays, shut down, with a message).
     """
 
     def __init__(self, spec: Callable[[], DomainSpec], build: Callable[[], Domain], *,
                  lock: threading.RLock | None = None, restart_limit: RestartLimit | None = None,
                  on_built: Callable[[Domain], None] = _ignore,
                  on_stopped: Callable[[ShutdownResult, Outcome], None] = _ignore,
-                 on_restart: Callable[[ShutdownResult], None] = _ignore) -> None:
+                 on_restart: Callable[[ShutdownResult], None] = _ignore,
+                 restart_limit_outcome: Outcome = Outcome.PRESERVE) -> None:
         self.spec = spec
         self.build = build
         self.lock = lock if lock is not None else threading.RLock()
         self.restart_limit = restart_limit
+        self.restart_limit_outcome = restart_limit_outcome
         self.on_built = on_built
         self.on_stopped = on_stopped
         self.on_restart = on_restart
@@ -121,6 +137,7 @@ class DomainRunner:
         while True:
             if self._destroy.is_set():
                 return Ending(ShutdownResult(ShutdownReason.DESTROYED), Outcome.DESTROY)
+            booted_at = time.monotonic()
             dom = self.build()
             self.builds += 1
             with self.lock:
@@ -144,15 +161,17 @@ class DomainRunner:
                 self.on_stopped(result, Outcome.DESTROY)
                 return Ending(result, Outcome.DESTROY)
             outcome = action_for(result.reason, self.spec())
+            too_fast = False
             if outcome is Outcome.RESTART and self.restart_limit is not None and not self.restart_limit.allow():
-                outcome = Outcome.PRESERVE
-                result.message = (f"Restarted {self.restart_limit.limit} times within "
-                                  f"{self.restart_limit.window_s:.0f} s; preserved instead. "
-                                  f"{result.message}").strip()
+                outcome, too_fast = self.restart_limit_outcome, True
+                result.message = f"{self.restart_limit.message()} {result.message}".strip()
             self.on_stopped(result, outcome)
             if outcome is not Outcome.RESTART:
-                return Ending(result, outcome)
-            self.on_restart(result)
+                return Ending(result, outcome, too_fast)
+            self.on_restart(result)      # "building" from here: the wait is part of the restart
+            if self.restart_limit is not None:
+                # A destroy during the wait ends the run at the top of the loop.
+                self._destroy.wait(self.restart_limit.delay(booted_at))
 
 
 class TerminationSignals:

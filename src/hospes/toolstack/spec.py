@@ -55,6 +55,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from hospes.files import MAX_CONFIG_BYTES, FileReadError, read_regular
 from hospes.toolstack.xlcfg import (
     ConfigError, List, Location, Value, as_int, as_str, as_str_list, from_plain,
     parse, parse_overrides, to_plain,
@@ -927,7 +928,9 @@ def load_spec(path: Path | str, overrides: Sequence[str] = ()) -> DomainSpec:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, "config file", MAX_CONFIG_BYTES).decode("utf-8")
+    except FileReadError as e:
+        raise ConfigError(str(e)) from None
     except FileNotFoundError:
         raise ConfigError(f"Config file {path} does not exist: check the path") from None
     except UnicodeDecodeError:

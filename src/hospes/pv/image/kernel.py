@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from hospes.files import MAX_IMAGE_BYTES, FileReadError, read_regular
 from hospes.pv.image.bzimage import extract_vmlinux, is_bzimage
 from hospes.pv.image.decompress import SUPPORTED_NAMES, decompress, detect_compression
 from hospes.pv.image.elf import ElfFile, is_elf, parse_elf
@@ -61,7 +62,9 @@ class PvKernel:
 
 def _read(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        data = read_regular(path, "kernel image", MAX_IMAGE_BYTES)
+    except FileReadError as exc:
+        raise ImageError(f"Cannot read kernel image {path}: {exc.reason}; check the path.") from exc
     except OSError as exc:
         raise ImageError(
             f"Cannot read kernel image {path}: {exc.strerror or exc}; check the path and its permissions."
