@@ -112,9 +112,22 @@ def test_name_is_mandatory() -> None:
 
 
 def test_pv_needs_a_kernel() -> None:
-    e = spec_error("name = 'vm'\nbootloader = 'pygrub'\n")
-    assert "No kernel given" in str(e) and "bootloader is not supported yet" in str(e)
+    e = spec_error("name = 'vm'\n")
+    assert "No kernel given" in str(e) and 'bootloader = "pygrub"' in str(e)
     assert str(e).startswith("t.cfg: ")
+
+
+def test_bootloader_takes_the_kernel_from_the_first_disk() -> None:
+    s = spec_of("name = 'vm'\nbootloader = '/usr/lib/xen/bin/pygrub'\ndisk = ['d.img,raw,xvda,rw']\n"
+                "bootloader_args = ['--entry=1>1']\nkernel = 'boot/vmlinuz'\nextra = 'quiet'\n")
+    assert (s.bootloader, s.bootloader_args, s.kernel, s.cmdline) == ("pygrub", ("--entry=1>1",), "boot/vmlinuz", "quiet")
+    assert DomainSpec.from_dict(s.to_dict()) == s
+    assert spec_of("name = 'vm'\nbootloader = 'pygrub'\ndisk = ['d.img,,xvda']\n"
+                   "bootloader_args = '--entry=2 -q'\n").bootloader_args == ("--entry=2", "-q")
+    assert "there is none" in str(spec_error("name = 'vm'\nbootloader = 'pygrub'\n"))
+    assert "Hospes has pygrub built in" in str(spec_error("name = 'vm'\nbootloader = 'grub'\ndisk = ['d.img,,xvda']\n"))
+    e = spec_error("name = 'vm'\nbootloader = 'pygrub'\ndisk = ['d.img,,xvda']\nbootloader_args = ['--bogus']\n")
+    assert str(e).startswith("t.cfg:4:") and "Unknown pygrub argument" in str(e)
 
 
 @pytest.mark.parametrize("text, phrase", [

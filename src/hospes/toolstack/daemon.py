@@ -84,6 +84,8 @@ def absolute_file_path(path: str, what: str, must_exist: bool = True) -> str:
 
 
 def check_paths(spec: DomainSpec) -> None:
+    if spec.bootloader is not None:   # kernel and ramdisk are paths inside the guest's disk
+        return
     for key, value in (("kernel", spec.kernel), ("ramdisk", spec.ramdisk)):
         if value and value != DEFAULT_IMAGE and not Path(value).is_file():
             raise ApiError(400, f"The {key} {value} does not exist on the host; check the path in the config.")
