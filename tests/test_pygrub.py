@@ -162,7 +162,7 @@ def debian_files() -> dict[str, bytes | str]:
 def test_grub_default_entry_from_a_whole_disk_filesystem(tmp_path: Path) -> None:
     choice = choose(make_fs(tmp_path, debian_files()))
     assert (choice.kernel, choice.ramdisk) == (KERNEL_NEW, INITRD_NEW)
-    assert choice.cmdline == "root=/dev/xvda ro console=hvc0 quiet"
+    assert choice.cmdline == "BOOT_IMAGE=/boot/vmlinuz-6.1.0-new-cloud-amd64 root=/dev/xvda ro console=hvc0 quiet"
     assert "entry 0 'Debian GNU/Linux'" in choice.source
 
 

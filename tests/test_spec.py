@@ -516,7 +516,7 @@ def test_the_examples_exist() -> None:
 def test_every_example_parses_into_a_domain_spec(path: Path) -> None:
     s = load_spec(path)
     assert s.name == path.stem and s.type == "pv" and s.warnings == ()
-    assert s.kernel == DEFAULT_IMAGE
+    assert s.kernel == DEFAULT_IMAGE or (s.bootloader == "pygrub" and s.disks)
     assert DomainSpec.from_dict(json.loads(json.dumps(s.to_dict()))) == s
 
 
@@ -534,6 +534,9 @@ def test_example_contents() -> None:
     assert devices.vifs[0] == VifSpec(devid=0)
     assert devices.vifs[1].rate == VifRate(1_250_000, 50_000)
     assert devices.vifs[1].mac == "00:16:3e:12:34:56" and devices.vifs[1].bridge == "xenbr0"
+    disk = load_spec(EXAMPLES / "debian-disk.cfg")
+    assert (disk.bootloader, disk.kernel, disk.memory, disk.vcpus) == ("pygrub", "", 1024, 2)
+    assert [d.vdev for d in disk.disks] == ["xvda"] and disk.vifs[0].bridge == "xenbr0"
 
 
 def test_location_of_plain_values_is_the_source() -> None:

@@ -13,7 +13,8 @@ the same, read-only and without mounting (:mod:`.diskimage`), in this order:
    (also under ``/boot``), with ``root=`` the device of that filesystem.
 
 ``--args=TEXT`` (xl.cfg's ``cmdline``/``root``/``extra``) is appended to the
-entry's command line, as pygrub does.
+entry's command line, as pygrub does; ``BOOT_IMAGE=`` the entry's kernel path comes
+first, as GRUB puts it there (the guest sees in /proc/cmdline which file booted).
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ def _from_grub(fs: Filesystem, config: str, args: PygrubArgs) -> BootChoice:
             raise BootloaderError(f"{where}: entry {entry.index} {entry.title!r} loads the {what} {path}, which "
                                   f"does not exist in {fs.region.name}.")
     ramdisk_path = entry.initrds[0] if len(entry.initrds) == 1 else None
-    choice = _load(fs, entry.kernel, ramdisk_path, _join(entry.args, args.args),
+    # GRUB tells the kernel which file it loaded, first on the command line.
+    choice = _load(fs, entry.kernel, ramdisk_path, _join(f"BOOT_IMAGE={entry.kernel}", entry.args, args.args),
                    f"entry {entry.index} {entry.title!r} of {where}")
     if len(entry.initrds) > 1:   # GRUB concatenates several initrds (microcode first)
         data = b"".join(fs.read(p, "initrd") for p in entry.initrds)

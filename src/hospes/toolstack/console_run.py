@@ -17,6 +17,16 @@ output is what lies between the two markers, CRLFs turned into LFs. TOKEN is
 random per run, so output that merely contains another run's markers cannot
 confuse this one.
 
+A console that shows a getty's ``login:`` prompt (a distribution booted with
+pygrub) is logged into first, as :data:`LOGIN_USER`, which must need no password
+there (``hospes image --rootfs`` makes such images). So the run starts with a
+bare newline and looks at the answer: a login prompt gets the user name, a shell
+prompt (or silence for :data:`WAKE_WAIT` seconds) starts the probes; a login
+prompt seen later (the guest rebooted, the shell exited) is answered again.
+:meth:`MarkerRun.to_type` says what to type when; a password prompt after the
+user name is an error (one after a probe, which a getty starting just then took
+for a user name, gets an empty password to fail that login).
+
 Limits: the typed line must fit the tty's 4 KiB line buffer (MAX_COMMAND bytes
 of command); the command's stdin is /dev/null; a person attached to the same
 console sees the lines and can disturb them.
@@ -31,6 +41,12 @@ import secrets
 MAX_COMMAND = 2048
 PROBE_INTERVAL = 2.0
 KILL_LINE = b"\x15"   # ^U: discard anything half-typed on the console first
+WAKE_WAIT = 1.0       # seconds to wait for a prompt after the first newline
+LOGIN_USER = "root"
+MAX_LOGINS = 3
+_LOGIN_PROMPT = re.compile(rb"login: *$")
+_PASSWORD_PROMPT = re.compile(rb"[Pp]assword: *$")
+_SHELL_PROMPT = re.compile(rb"[#$] *$")
 
 
 class MarkerRun:
@@ -48,7 +64,52 @@ class MarkerRun:
         self.output = ""
         t = re.escape(self.token.encode())
         self._ready_re = re.compile(t + rb"-ready\r?\n")
+        self._phase = "wake"      # wake -> waking -> [login ->] probing; ready/done from the output
+        self._since = 0           # output before this offset was there at the last thing typed
+        self._typed_at = 0.0
+        self._logins = 0
+        self._sent = False
         self._run_re = re.compile(t + rb"-begin\r?\n(.*?)" + t + rb"-end (\d+)\r?\n", re.S)
+
+    def to_type(self, now: float) -> bytes:
+        """What to type on the console at time ``now`` (monotonic seconds): b"" for nothing.
+
+        Call it often (at least every half second) with the output fed in between.
+        Raises ValueError when the console asks for a password."""
+        if self.done:
+            return b""
+        if self.ready:
+            if self._sent:
+                return b""
+            self._sent = True
+            return self.command_line()
+        fresh = self._buf[self._since:][-256:]
+        if self._phase == "wake":
+            return self._type(b"\n", "waking", now)
+        if _PASSWORD_PROMPT.search(fresh) and self._phase != "login":
+            # A probe typed just as the getty started became a user name: fail that login.
+            return self._type(b"\n", "waking", now)
+        if _PASSWORD_PROMPT.search(fresh):
+            raise ValueError(f"The console asks for {LOGIN_USER}'s password; hospes exec logs in only as "
+                             f"{LOGIN_USER} without a password (log in with hospes console instead).")
+        if _LOGIN_PROMPT.search(fresh):
+            self._logins += 1
+            if self._logins > MAX_LOGINS:
+                raise ValueError(f"Logging in as {LOGIN_USER} on the console failed {MAX_LOGINS} times.")
+            return self._type(f"{LOGIN_USER}\n".encode(), "login", now)
+        waited = now - self._typed_at
+        if self._phase in ("waking", "login") and not _SHELL_PROMPT.search(fresh) and waited < (
+                WAKE_WAIT if self._phase == "waking" else PROBE_INTERVAL):
+            return b""
+        if self._phase != "probing" or waited >= PROBE_INTERVAL:
+            return self._type(self.probe_line(), "probing", now)
+        return b""
+
+    def _type(self, data: bytes, phase: str, now: float) -> bytes:
+        self._phase = phase
+        self._since = len(self._buf)
+        self._typed_at = now
+        return data
 
     def probe_line(self) -> bytes:
         return KILL_LINE + f"printf '%s-%s\\n' {self.token} ready\n".encode()
@@ -60,6 +121,7 @@ class MarkerRun:
                 f"printf '%s-%s %s\\n' {t} end $?\n".encode())
 
     def feed(self, data: bytes) -> None:
+        """Console output; sets ``ready``, then ``done`` with ``exit_status`` and ``output``."""
         self._buf += data
         if not self.ready and self._ready_re.search(self._buf):
             self.ready = True

@@ -34,7 +34,7 @@ from hospes.migrate.stream import StreamError
 from hospes.toolstack import control
 from hospes.toolstack.addresses import listen_address, migration_destination
 from hospes.toolstack.api_error import ApiError
-from hospes.toolstack.console_run import PROBE_INTERVAL, MarkerRun
+from hospes.toolstack.console_run import MarkerRun
 from hospes.toolstack.domain_process import valid_name
 from hospes.toolstack.hostinfo import host_info
 from hospes.toolstack.lifecycle import DomainState, ShutdownRequest, WaitOutcome
@@ -611,16 +611,10 @@ class Daemon:
 
     @staticmethod
     async def _drive(marker: MarkerRun, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        last_probe = 0.0
-        sent = False
         while not marker.done:
-            now = time.monotonic()
-            if not marker.ready and now - last_probe >= PROBE_INTERVAL:
-                writer.write(marker.probe_line())
-                last_probe = now
-            if marker.ready and not sent:
-                writer.write(marker.command_line())
-                sent = True
+            typed = marker.to_type(time.monotonic())   # a newline, a login name, probes, then the command
+            if typed:
+                writer.write(typed)
             await writer.drain()
             try:
                 data = await asyncio.wait_for(reader.read(65536), 0.5)
