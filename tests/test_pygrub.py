@@ -274,3 +274,20 @@ def test_truncated_partition(tmp_path: Path) -> None:
 
 def test_missing_image(tmp_path: Path) -> None:
     _fails(tmp_path / "nope.img", "does not exist")
+
+
+def test_create_through_the_daemon_reports_the_bootloader_error(tmp_path: Path) -> None:
+    """`hospes create` with pygrub on an image without a kernel: the daemon's answer carries
+    pygrub's message and the command exits non-zero; no domain is left."""
+    from toolstack_helpers import Hospesd
+
+    image = make_fs(tmp_path, {"/etc/hostname": b"x\n"})
+    config = Path(__file__).resolve().parent.parent / "examples" / "debian-disk.cfg"
+    d = Hospesd(tmp_path / "hospesd").start()
+    try:
+        p = d.cli("create", str(config), f"disk=['{image},raw,xvda,rw']", "vif=[]", timeout=120)
+        err = p.stderr.decode(errors="replace")
+        assert p.returncode != 0 and "No kernel to boot" in err and "/boot/grub/grub.cfg" in err, err
+        assert b"debian-disk" not in d.cli("list").stdout
+    finally:
+        d.close()
