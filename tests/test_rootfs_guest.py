@@ -80,8 +80,8 @@ def test_image_holds_what_the_guest_needs(rootfs: RootfsImage, ssh_key: Path) ->
         assert "xen-blkfront" in modules and "xen-netfront" in modules
         assert fs.resolve("/vmlinuz") == f"/boot/vmlinuz-{rootfs.kernel_version}"
         assert fs.read("/etc/hostname", "hostname") == b"debian\n"
-        shadow = fs.read("/etc/shadow", "shadow").decode()
-        assert shadow.startswith("root::"), "root logs in on the console without a password"
+        shadow = fs.read("/etc/shadow", "shadow").decode().splitlines()
+        assert any(line.startswith("root::") for line in shadow), "root logs in on the console without a password"
 
 
 def ip(*args: str) -> None:

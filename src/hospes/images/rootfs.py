@@ -51,8 +51,8 @@ MIRROR = "http://deb.debian.org/debian"
 SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 PACKAGES = ("systemd", "systemd-sysv", "udev", "dbus", "linux-image-cloud-amd64", "initramfs-tools",
             "zstd", "openssh-server", "iproute2", "iputils-ping", "procps", "less")
-#: trixie split these out of systemd; bookworm has them in it.
-SUITE_PACKAGES = {"trixie": ("systemd-resolved",)}
+#: Packages only one suite needs (none so far: both have what PACKAGES names).
+SUITE_PACKAGES: dict[str, tuple[str, ...]] = {}
 MIN_SIZE = 1 << 30
 IMAGE_FILE = "disk.img"
 MANIFEST_FILE = "manifest.json"
