@@ -99,3 +99,21 @@ def test_merged_usr_kernel_package_builds(tmp_path: Path) -> None:
     images = build(root, selection, {selection.kernel.name: kernel, "busybox-static": busybox}, lambda m: None)
     assert images.kernel.read_bytes() == bytes(bzimage) and images.kernel_version == release
     assert images.initramfs.stat().st_size > 0
+
+
+def test_old_cached_images_are_pruned(tmp_path: Path) -> None:
+    import os
+
+    from hospes.images.rootfs import KEEP_IMAGES, _prune
+
+    dirs = []
+    for i in range(KEEP_IMAGES + 2):
+        d = tmp_path / f"bookworm-{i}"
+        d.mkdir()
+        (d / "manifest.json").write_text("{}")
+        os.utime(d / "manifest.json", (1000 + i, 1000 + i))
+        dirs.append(d)
+    (tmp_path / "test-ssh-key").mkdir()   # not an image: never pruned
+    _prune(tmp_path, keep=dirs[0])
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["test-ssh-key", dirs[0].name] + [d.name for d in dirs[-(KEEP_IMAGES - 1):]])

@@ -14,8 +14,9 @@ made in two host steps that need no mounts:
 
 Images are cached under ``<cache>/rootfs/<suite>-<key>/`` where the key hashes
 everything that decides the contents (suite, size, packages, key, address, the
-setup script). A cached image is the template: guests should boot a copy
-(``--output``), since a running guest changes its disk.
+setup script); the :data:`KEEP_IMAGES` newest are kept. A cached image is the
+template: guests should boot a copy (``--output``), since a running guest changes
+its disk.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ PACKAGES = ("systemd", "systemd-sysv", "udev", "dbus", "linux-image-cloud-amd64"
 #: Packages only one suite needs (none so far: both have what PACKAGES names).
 SUITE_PACKAGES: dict[str, tuple[str, ...]] = {}
 MIN_SIZE = 1 << 30
+#: Cached images kept (newest first); older ones are deleted after a build: each holds ~400 MB.
+KEEP_IMAGES = 4
 IMAGE_FILE = "disk.img"
 MANIFEST_FILE = "manifest.json"
 _PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+(:[a-z0-9]+)?")
@@ -117,6 +120,7 @@ def ensure_rootfs(options: RootfsOptions, cache_dir: Path | None = None, rebuild
                 return cached
         _require_tools()
         build(directory, options, log)
+        _prune(root, keep=directory)
     image = load_cached(directory)
     assert image is not None
     return image
@@ -173,6 +177,14 @@ def build(directory: Path, options: RootfsOptions, log: Log) -> None:
                                              "kernel_version": kernels[-1], "options": asdict(options),
                                              "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         log(f"built {directory / IMAGE_FILE} in {time.monotonic() - t0:.0f} s")
+
+
+def _prune(root: Path, keep: Path) -> None:
+    """Delete all but the :data:`KEEP_IMAGES` newest cached images (``keep`` stays in any case)."""
+    builds = [d for d in root.iterdir() if d.is_dir() and (d / MANIFEST_FILE).exists() and d != keep]
+    builds.sort(key=lambda d: (d / MANIFEST_FILE).stat().st_mtime, reverse=True)
+    for old in builds[KEEP_IMAGES - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _setup_script(options: RootfsOptions) -> str:
