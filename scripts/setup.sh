@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install what Hospes needs on a fresh Debian machine (run as root): the C
-# toolchain for the test guests, Python's venv, and the project itself.
+# toolchain for the test guests, Python's venv, mmdebstrap, e2fsprogs and ssh for
+# `hospes image --rootfs`, and the project itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for pkg in gcc binutils libc6-dev python3-venv dpkg apt-utils ca-certificates; do
+for pkg in gcc binutils libc6-dev python3-venv dpkg apt-utils ca-certificates mmdebstrap e2fsprogs openssh-client; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

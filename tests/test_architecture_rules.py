@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"hospes.pv"},
     {"hospes.devices"},
     {"hospes.domain"},
-    {"hospes.cgroup", "hospes.images", "hospes.migrate"},
+    {"hospes.bootloader", "hospes.cgroup", "hospes.images", "hospes.migrate"},
     {"hospes.toolstack"},
     {"hospes.cli"},
     {"hospes", "hospes.__main__"},

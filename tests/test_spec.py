@@ -112,9 +112,22 @@ def test_name_is_mandatory() -> None:
 
 
 def test_pv_needs_a_kernel() -> None:
-    e = spec_error("name = 'vm'\nbootloader = 'pygrub'\n")
-    assert "No kernel given" in str(e) and "bootloader is not supported yet" in str(e)
+    e = spec_error("name = 'vm'\n")
+    assert "No kernel given" in str(e) and 'bootloader = "pygrub"' in str(e)
     assert str(e).startswith("t.cfg: ")
+
+
+def test_bootloader_takes_the_kernel_from_the_first_disk() -> None:
+    s = spec_of("name = 'vm'\nbootloader = '/usr/lib/xen/bin/pygrub'\ndisk = ['d.img,raw,xvda,rw']\n"
+                "bootloader_args = ['--entry=1>1']\nkernel = 'boot/vmlinuz'\nextra = 'quiet'\n")
+    assert (s.bootloader, s.bootloader_args, s.kernel, s.cmdline) == ("pygrub", ("--entry=1>1",), "boot/vmlinuz", "quiet")
+    assert DomainSpec.from_dict(s.to_dict()) == s
+    assert spec_of("name = 'vm'\nbootloader = 'pygrub'\ndisk = ['d.img,,xvda']\n"
+                   "bootloader_args = '--entry=2 -q'\n").bootloader_args == ("--entry=2", "-q")
+    assert "there is none" in str(spec_error("name = 'vm'\nbootloader = 'pygrub'\n"))
+    assert "Hospes has pygrub built in" in str(spec_error("name = 'vm'\nbootloader = 'grub'\ndisk = ['d.img,,xvda']\n"))
+    e = spec_error("name = 'vm'\nbootloader = 'pygrub'\ndisk = ['d.img,,xvda']\nbootloader_args = ['--bogus']\n")
+    assert str(e).startswith("t.cfg:4:") and "Unknown pygrub argument" in str(e)
 
 
 @pytest.mark.parametrize("text, phrase", [
@@ -503,7 +516,7 @@ def test_the_examples_exist() -> None:
 def test_every_example_parses_into_a_domain_spec(path: Path) -> None:
     s = load_spec(path)
     assert s.name == path.stem and s.type == "pv" and s.warnings == ()
-    assert s.kernel == DEFAULT_IMAGE
+    assert s.kernel == DEFAULT_IMAGE or (s.bootloader == "pygrub" and s.disks)
     assert DomainSpec.from_dict(json.loads(json.dumps(s.to_dict()))) == s
 
 
@@ -521,6 +534,9 @@ def test_example_contents() -> None:
     assert devices.vifs[0] == VifSpec(devid=0)
     assert devices.vifs[1].rate == VifRate(1_250_000, 50_000)
     assert devices.vifs[1].mac == "00:16:3e:12:34:56" and devices.vifs[1].bridge == "xenbr0"
+    disk = load_spec(EXAMPLES / "debian-disk.cfg")
+    assert (disk.bootloader, disk.kernel, disk.memory, disk.vcpus) == ("pygrub", "", 1024, 2)
+    assert [d.vdev for d in disk.disks] == ["xvda"] and disk.vifs[0].bridge == "xenbr0"
 
 
 def test_location_of_plain_values_is_the_source() -> None:

@@ -166,16 +166,21 @@ def register(group: click.Group) -> None:
     @click.option("--weight", type=click.IntRange(1, 65535), default=256, show_default=True,
                   help="Relative CPU share against other domains (xl's cpu_weight), via a cgroup.")
     @click.option("--stats", is_flag=True, help="Print exit counts by kind when the guest stops.")
+    @click.option("--bootloader", type=click.Choice(["pygrub"]), default=None,
+                  help="Boot the kernel installed in the first --disk (its grub.cfg, else /vmlinuz), read "
+                       "again at each reboot; --kernel/--ramdisk then name files in the disk, --cmdline is appended.")
+    @click.option("--bootloader-arg", "bootloader_args", multiple=True, metavar="ARG",
+                  help="A pygrub argument: --entry=N|TITLE, --kernel=PATH, --ramdisk=PATH, --args=TEXT. Repeatable.")
     @click.argument("command", nargs=-1)
     def run(kernel: Path | None, ramdisk: Path | None, cmdline: str | None, memory: int, vcpus: int,
             disks: tuple[str, ...], vifs: tuple[str, ...], on_reboot: str, cap: int, weight: int,
-            stats: bool, command: tuple[str, ...]) -> None:
+            stats: bool, bootloader: str | None, bootloader_args: tuple[str, ...], command: tuple[str, ...]) -> None:
         """Boot a domain; with `-- CMD ARGS...` run CMD in the guest and exit with its status."""
         from hospes.toolstack.run_spec import RunFlags, run_spec
 
         spec = run_spec(RunFlags(kernel=kernel, ramdisk=ramdisk, cmdline=cmdline, memory=memory, vcpus=vcpus,
                                  disks=disks, vifs=vifs, on_reboot=on_reboot, weight=weight, cap=cap,
-                                 command=command))
+                                 command=command, bootloader=bootloader, bootloader_args=bootloader_args))
         sys.exit(run_domain(spec, stats=stats, command=bool(command)))
 
 
@@ -220,8 +225,14 @@ def run_domain(spec: "DomainSpec", *, stats: bool = False, command: bool = False
         # Before the terminal goes raw: a first run prints the default images' build progress.
         config = domain_config(spec, RUN_DOMID, log)
         sink = _ConsoleSink()
-        runner = DomainRunner(lambda: spec, lambda: Domain(config, console_out=sink), on_restart=restarting,
-                              restart_limit=RestartLimit())
+        first = [config]
+
+        def build() -> Domain:
+            # A bootloader reads the disk again at each boot: a kernel updated in the guest boots next.
+            again = first.pop() if first else domain_config(spec, RUN_DOMID, log) if spec.bootloader else config
+            return Domain(again, console_out=sink)
+
+        runner = DomainRunner(lambda: spec, build, on_restart=restarting, restart_limit=RestartLimit())
         with _TerminalInput() as terminal, TerminationSignals(runner):
             stop_input = None
             if terminal is not None:

@@ -20,10 +20,17 @@ Cache layout, under ``<cache>/debian/``::
 
 A build is reused when its manifest names the packages apt resolves to now and the
 current ``init.sh``; otherwise it is rebuilt (from ``debs/`` when possible).
+
+Other suites (``suite="trixie"``) live under ``<cache>/debian-<suite>/`` and are
+resolved with apt configured by ``APT_CONFIG`` to a private source list and
+package lists in ``<cache>/debian-<suite>/apt/``, so the host's apt sources stay
+as they are. Their kernel packages may keep the modules under ``usr/lib/modules``
+(merged /usr), and busybox under ``usr/bin``; both places are accepted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -31,7 +38,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +57,11 @@ MANIFEST_FILE = "manifest.json"
 RESOLVED_FILE = "resolved.json"
 #: What apt's answer depends on (see resolve()).
 APT_STATE = (Path("/var/lib/apt/lists"), Path("/etc/apt"))
+#: The suite the host's own apt sources are expected to carry.
+HOST_SUITE = "bookworm"
+SUITES = ("bookworm", "trixie")
+MIRROR = "http://deb.debian.org/debian"
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 Log = Callable[[str], None]
 
@@ -84,14 +96,18 @@ class Selection:
 
 
 def ensure_default_images(cache_dir: Path | None = None, rebuild: bool = False,
-                          log: Log = print) -> DefaultImages:
+                          log: Log = print, suite: str = HOST_SUITE) -> DefaultImages:
     """Return the default kernel and initramfs, downloading and building them if needed.
 
     ``rebuild`` forces a new build even when a matching one is cached. Progress goes
     to ``log``; a cache hit logs nothing. Failures raise :class:`ImagesError`.
+    ``suite`` other than the host's is resolved with a private apt configuration.
     """
-    root = (cache_dir if cache_dir is not None else default_cache_dir()) / "debian"
-    with cache_lock(root, log):
+    if suite not in SUITES:
+        raise ImagesError(f"Unknown suite {suite!r}: hospes image builds {', '.join(SUITES)}.")
+    base = cache_dir if cache_dir is not None else default_cache_dir()
+    root = base / ("debian" if suite == HOST_SUITE else f"debian-{suite}")
+    with cache_lock(root, log), _suite_apt(suite, root, log):
         selection = resolve(root)
         if selection is None and not rebuild:
             cached = newest_cached(root)
@@ -119,6 +135,43 @@ def ensure_default_images(cache_dir: Path | None = None, rebuild: bool = False,
         images = build(root, selection, debs, log)
         prune_debs(root / "debs", keep=debs)
         return images
+
+
+@contextlib.contextmanager
+def _suite_apt(suite: str, root: Path, log: Log) -> Iterator[None]:
+    """For a suite other than the host's: apt (through ``APT_CONFIG``) reads a private
+    source list and keeps its package lists under ``root/apt``, for the ``with`` body."""
+    global APT_STATE
+    if suite == HOST_SUITE:
+        yield
+        return
+    apt = root / "apt"
+    for sub in ("lists/partial", "cache/archives/partial", "sources.list.d", "preferences.d"):
+        (apt / sub).mkdir(parents=True, exist_ok=True)
+    (apt / "status").touch()
+    sources = (f"deb [signed-by={KEYRING}] {MIRROR} {suite} main\n"
+               f"deb [signed-by={KEYRING}] {MIRROR} {suite}-updates main\n"
+               f"deb [signed-by={KEYRING}] {MIRROR}-security {suite}-security main\n")
+    if not (apt / "sources.list").exists() or (apt / "sources.list").read_text() != sources:
+        (apt / "sources.list").write_text(sources)
+    (apt / "apt.conf").write_text(
+        f'Dir::Etc::SourceList "{apt}/sources.list";\nDir::Etc::SourceParts "{apt}/sources.list.d";\n'
+        f'Dir::Etc::Preferences "{apt}/preferences";\nDir::Etc::PreferencesParts "{apt}/preferences.d";\n'
+        f'Dir::State::Lists "{apt}/lists";\nDir::State::status "{apt}/status";\n'
+        f'Dir::Cache "{apt}/cache";\nAPT::Architecture "amd64";\n')
+    saved_env, saved_state = os.environ.get("APT_CONFIG"), APT_STATE
+    os.environ["APT_CONFIG"] = str(apt / "apt.conf")
+    APT_STATE = (apt / "lists", apt / "sources.list")
+    try:
+        if not any((apt / "lists").glob("*Packages*")):
+            apt_update(log)   # a new suite: nothing to resolve from yet
+        yield
+    finally:
+        APT_STATE = saved_state
+        if saved_env is None:
+            os.environ.pop("APT_CONFIG", None)
+        else:
+            os.environ["APT_CONFIG"] = saved_env
 
 
 # --- resolving versions (local: apt-cache reads the lists on disk) ---------------------
@@ -288,8 +341,10 @@ def build(root: Path, selection: Selection, debs: dict[str, Path], log: Log) -> 
         _unpack(debs[selection.kernel.name], kernel_tree)
         _unpack(debs[selection.busybox.name], busybox_tree)
         vmlinuz = kernel_tree / "boot" / f"vmlinuz-{release}"
-        modules_dir = kernel_tree / "lib" / "modules" / release
-        busybox = busybox_tree / "bin" / "busybox"
+        # bookworm's packages have /lib/modules and /bin; merged-/usr ones (trixie) /usr/...
+        modules_dir = _first_existing(kernel_tree / "lib" / "modules" / release,
+                                      kernel_tree / "usr" / "lib" / "modules" / release)
+        busybox = _first_existing(busybox_tree / "bin" / "busybox", busybox_tree / "usr" / "bin" / "busybox")
         for path, what in ((vmlinuz, "kernel"), (modules_dir / "kernel", "module tree"),
                            (busybox, "busybox binary")):
             if not path.exists():
@@ -308,6 +363,11 @@ def build(root: Path, selection: Selection, debs: dict[str, Path], log: Log) -> 
     images = load_cached(root / release, selection)
     assert images is not None
     return images
+
+
+def _first_existing(*paths: Path) -> Path:
+    """The first of ``paths`` that exists, else the first (whose absence the caller reports)."""
+    return next((p for p in paths if p.exists()), paths[0])
 
 
 def _unpack(deb: Path, dest: Path) -> None:

@@ -22,7 +22,9 @@ from hospes.toolstack.spec import DEFAULT_IMAGE, DomainSpec
 def check_boot_files(spec: DomainSpec) -> None:
     """Raise :class:`~hospes.files.FileReadError` naming the first unusable file of ``spec``."""
     total = 0
-    for what, value in (("kernel", spec.kernel), ("ramdisk", spec.ramdisk)):
+    # With a bootloader, kernel and ramdisk are paths inside the guest's disk (pygrub reads them there).
+    images = () if spec.bootloader is not None else (("kernel", spec.kernel), ("ramdisk", spec.ramdisk))
+    for what, value in images:
         if value and value != DEFAULT_IMAGE:
             total += check_regular(value, what, MAX_IMAGE_BYTES)
     if total > spec.memory * MIB:

@@ -372,6 +372,8 @@ class Hospes:
         def absolute(path: str) -> str:
             return path if path == DEFAULT_IMAGE else str(Path(path).absolute())
 
+        if spec.bootloader is not None:   # kernel and ramdisk are paths inside the guest's disk
+            return spec
         return replace(spec, kernel=absolute(spec.kernel),
                        ramdisk=None if spec.ramdisk is None else absolute(spec.ramdisk))
 

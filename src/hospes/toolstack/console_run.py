@@ -38,6 +38,16 @@ printf argument. The output is what lies between the begin and end markers, CRLF
 turned into LFs. TOKEN is random per run, so output that merely contains
 another run's markers cannot confuse this one.
 
+A console that shows a getty's ``login:`` prompt (a distribution booted with
+pygrub) is logged into first, as :data:`LOGIN_USER`, which must need no password
+there (``hospes image --rootfs`` makes such images). So the run starts with a
+bare newline and looks at the answer: a login prompt gets the user name, a shell
+prompt (or silence for :data:`WAKE_WAIT` seconds) starts the probes; a login
+prompt seen later (the guest rebooted, the shell exited) is answered again.
+:meth:`MarkerRun.to_type` says what to type when (the command's lines and blocks too); a password prompt after the
+user name is an error (one after a probe, which a getty starting just then took
+for a user name, gets an empty password to fail that login).
+
 Limits: MAX_COMMAND bytes of command (the API's body is at most 1 MiB); the
 command's stdin is /dev/null; a person attached to the same console sees the
 lines and can disturb them. A long command given up on (timeout) while its
@@ -59,11 +69,18 @@ BLOCK_LINES = 16        # lines per block: 16 KiB typed ahead at most
 PROBE_INTERVAL = 2.0
 KILL_LINE = b"\x15"   # ^U: discard anything half-typed on the console first
 ABANDON_READ = b"\x03" + KILL_LINE + b"stty echo\n"   # ^C ends the block-reading loop; echo back on
+WAKE_WAIT = 1.0       # seconds to wait for a prompt after the first newline
+LOGIN_USER = "root"
+MAX_LOGINS = 3
+_LOGIN_PROMPT = re.compile(rb"login: *$")
+_PASSWORD_PROMPT = re.compile(rb"[Pp]assword: *$")
+_SHELL_PROMPT = re.compile(rb"[#$] *$")
 
 
 class MarkerRun:
-    """The parser for one run; feed it console output, read ``ready``/``done`` and
-    :meth:`next_line` (the next line or block to type, once the guest asked for it)."""
+    """The parser for one run; feed it console output, read ``ready``/``done``, and type
+    what :meth:`to_type` says (a wake-up newline, a login name, probes, then each
+    line or block of the command from :meth:`next_line` once the guest asked for it)."""
 
     def __init__(self, command: str, token: str | None = None) -> None:
         if len(command.encode()) > MAX_COMMAND:
@@ -77,11 +94,52 @@ class MarkerRun:
         self.output = ""
         t = re.escape(self.token.encode())
         self._ready_re = re.compile(t + rb"-ready\r?\n")
+        self._phase = "wake"      # wake -> waking -> [login ->] probing; ready/done from the output
+        self._since = 0           # output before this offset was there at the last thing typed
+        self._typed_at = 0.0
+        self._logins = 0
         self._run_re = re.compile(t + rb"-begin\r?\n(.*?)" + t + rb"-end (\d+)\r?\n", re.S)
         self._ack_re = re.compile(t + rb"-a(\d+)\r?\n")
         self._lines = self._make_lines()
         self.sent = 0          # items of _lines typed so far
         self.asked = 0         # blocks the guest has asked for
+
+    def to_type(self, now: float) -> bytes:
+        """What to type on the console at time ``now`` (monotonic seconds): b"" for nothing.
+
+        Call it often (at least every half second) with the output fed in between.
+        Raises ValueError when the console asks for a password."""
+        if self.done:
+            return b""
+        if self.ready:
+            return self.next_line() or b""
+        fresh = self._buf[self._since:][-256:]
+        if self._phase == "wake":
+            return self._type(b"\n", "waking", now)
+        if _PASSWORD_PROMPT.search(fresh) and self._phase != "login":
+            # A probe typed just as the getty started became a user name: fail that login.
+            return self._type(b"\n", "waking", now)
+        if _PASSWORD_PROMPT.search(fresh):
+            raise ValueError(f"The console asks for {LOGIN_USER}'s password; hospes exec logs in only as "
+                             f"{LOGIN_USER} without a password (log in with hospes console instead).")
+        if _LOGIN_PROMPT.search(fresh):
+            self._logins += 1
+            if self._logins > MAX_LOGINS:
+                raise ValueError(f"Logging in as {LOGIN_USER} on the console failed {MAX_LOGINS} times.")
+            return self._type(f"{LOGIN_USER}\n".encode(), "login", now)
+        waited = now - self._typed_at
+        if self._phase in ("waking", "login") and not _SHELL_PROMPT.search(fresh) and waited < (
+                WAKE_WAIT if self._phase == "waking" else PROBE_INTERVAL):
+            return b""
+        if self._phase != "probing" or waited >= PROBE_INTERVAL:
+            return self._type(self.probe_line(), "probing", now)
+        return b""
+
+    def _type(self, data: bytes, phase: str, now: float) -> bytes:
+        self._phase = phase
+        self._since = len(self._buf)
+        self._typed_at = now
+        return data
 
     def probe_line(self) -> bytes:
         return KILL_LINE + f"printf '%s-%s\\n' {self.token} ready\n".encode()

@@ -40,7 +40,7 @@ from hospes.toolstack.admission import DEFAULT_OVERCOMMIT, AdmissionError, admit
 from hospes.toolstack.addresses import listen_address, migration_destination
 from hospes.toolstack.api_error import ApiError
 from hospes.toolstack.boot_files import check_boot_files
-from hospes.toolstack.console_run import ABANDON_READ, PROBE_INTERVAL, MarkerRun
+from hospes.toolstack.console_run import ABANDON_READ, MarkerRun
 from hospes.toolstack.domain_process import valid_name
 from hospes.toolstack.hostinfo import host_info
 from hospes.toolstack.lifecycle import DomainState, ShutdownRequest, WaitOutcome
@@ -649,16 +649,11 @@ class Daemon:
 
     @staticmethod
     async def _drive(marker: MarkerRun, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        last_probe = 0.0
         while not marker.done:
-            now = time.monotonic()
-            if not marker.ready and now - last_probe >= PROBE_INTERVAL:
-                writer.write(marker.probe_line())
-                last_probe = now
-            line = marker.next_line()
-            while line is not None:      # a long command goes block by block, each asked for
-                writer.write(line)
-                line = marker.next_line()
+            # A newline, a login name, probes, then the command (a long one block by block).
+            typed = marker.to_type(time.monotonic())
+            if typed:
+                writer.write(typed)
             await writer.drain()
             try:
                 data = await asyncio.wait_for(reader.read(65536), 0.5)

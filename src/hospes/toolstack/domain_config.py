@@ -43,6 +43,8 @@ def boot_images(spec: DomainSpec, log: Log) -> BootImages:
     and the default initramfs brings :data:`.spec.DEFAULT_IMAGE_CMDLINE` unless a command
     line is given.
     """
+    if spec.bootloader is not None:
+        return _from_bootloader(spec, log)
     kernel: str | Path = spec.kernel
     ramdisk: str | Path | None = spec.ramdisk
     cmdline = spec.cmdline or ""
@@ -61,6 +63,21 @@ def boot_images(spec: DomainSpec, log: Log) -> BootImages:
     if ramdisk_path is not None and not ramdisk_path.exists():
         raise HospesError(f"Ramdisk {ramdisk_path} does not exist; check the path or run `hospes image`.")
     return BootImages(Path(kernel), ramdisk_path, cmdline)
+
+
+def _from_bootloader(spec: DomainSpec, log: Log) -> BootImages:
+    """Run the bootloader on the first disk, as xl does: the files it picks live in
+    memory until this domain's next boot (hospes.bootloader.pygrub.extract)."""
+    from hospes.bootloader import PygrubArgs, extract
+
+    args = PygrubArgs(kernel=spec.kernel or None, ramdisk=spec.ramdisk, args=spec.cmdline)
+    args = args.merged(PygrubArgs.parse(spec.bootloader_args))
+    if not spec.disks[0].target:
+        raise HospesError(f"The bootloader reads the first disk, {spec.disks[0].vdev}, and it is empty.")
+    image = Path(spec.disks[0].target)
+    files = extract(image, args, key=str(image))   # one domain per disk image
+    log(f"pygrub: booting {files.choice.kernel_path} ({files.choice.source})")
+    return BootImages(files.kernel, files.ramdisk, files.cmdline)
 
 
 def disk_config(disk: DiskSpec) -> DiskConfig:

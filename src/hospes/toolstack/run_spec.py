@@ -11,6 +11,9 @@ line gets::
     --disk SPEC                      one entry of disk = [...] (xl-disk-configuration(5))
     --vif SPEC                       one entry of vif = [...] (xl-network-configuration(5))
     --on-reboot restart|exit         on_reboot = restart | destroy
+    --bootloader pygrub              bootloader (then --kernel/--ramdisk are paths
+                                     in the first disk, --cmdline is appended)
+    --bootloader-arg ARG             one entry of bootloader_args = [...]
 
 Aliases kept from ``hospes run``'s first grammar:
 
@@ -58,6 +61,8 @@ class RunFlags:
     weight: int = 256
     cap: int = 0
     command: tuple[str, ...] = ()
+    bootloader: str | None = None
+    bootloader_args: tuple[str, ...] = ()
 
 
 def disk_alias(text: str, index: int) -> str:
@@ -91,10 +96,11 @@ def run_values(flags: RunFlags) -> dict[str, Value]:
     def number(flag: str, n: int) -> Number:
         return Number(str(n), Location(flag))
 
-    kernel = str(flags.kernel) if flags.kernel is not None else DEFAULT_IMAGE
+    booted = flags.bootloader is not None   # the kernel comes from the disk
+    kernel = str(flags.kernel) if flags.kernel is not None else None if booted else DEFAULT_IMAGE
     ramdisk = str(flags.ramdisk) if flags.ramdisk is not None else None
     cmdline = flags.cmdline
-    if cmdline is None and (ramdisk is not None or kernel == DEFAULT_IMAGE):
+    if cmdline is None and not booted and (ramdisk is not None or kernel == DEFAULT_IMAGE):
         cmdline = DEFAULT_IMAGE_CMDLINE
     if flags.command:
         from hospes.images import encode_command
@@ -102,7 +108,6 @@ def run_values(flags: RunFlags) -> dict[str, Value]:
         cmdline = f"{cmdline or ''} {encode_command(list(flags.command))}".strip()
     values: dict[str, Value] = {
         "name": string("hospes run", RUN_NAME),
-        "kernel": string("--kernel", kernel),
         "memory": number("--memory", flags.memory),
         "vcpus": number("--vcpus", flags.vcpus),
         "cpu_weight": number("--weight", flags.weight),
@@ -110,6 +115,12 @@ def run_values(flags: RunFlags) -> dict[str, Value]:
         "on_reboot": string("--on-reboot", str(ON_REBOOT.get(flags.on_reboot, flags.on_reboot))),
         "on_soft_reset": string("hospes run", str(Action.DESTROY)),
     }
+    if kernel is not None:
+        values["kernel"] = string("--kernel", kernel)
+    if flags.bootloader is not None:
+        values["bootloader"] = string("--bootloader", flags.bootloader)
+    if flags.bootloader_args:
+        values["bootloader_args"] = _strings("--bootloader-arg", list(flags.bootloader_args))
     if ramdisk is not None:
         values["ramdisk"] = string("--ramdisk", ramdisk)
     if cmdline:

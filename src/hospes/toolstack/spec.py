@@ -19,7 +19,13 @@ Keys Hospes implements, with xl's defaults (xl.cfg(5), xl_parse.c, libxl)::
     cpu_weight           256, from 1 to 65535
     cap                  0 = no cap, in % of one CPU, up to 65535
     kernel, ramdisk      paths, relative ones taken from the config file's
-                         directory; "@default" = the image `hospes image` builds
+                         directory; "@default" = the image `hospes image` builds;
+                         with a bootloader, optional paths inside the guest's disk
+    bootloader           "pygrub" (or a path ending in /pygrub): the kernel, initrd
+                         and command line come from the first disk at each boot
+                         (hospes.bootloader); cmdline/root/extra are appended
+    bootloader_args      a list of strings (or one, split at spaces): --entry=,
+                         --kernel=, --ramdisk=, --args=
     cmdline              or root= and extra=, combined as xl does:
                          "root=<root> <extra>"; cmdline wins over both
     disk = [...]         DiskSpec strings (xl-disk-configuration(5))
@@ -98,7 +104,7 @@ DEFAULT_ACTIONS = {"on_poweroff": Action.DESTROY, "on_reboot": Action.RESTART,
 IMPLEMENTED_KEYS = frozenset({
     "name", "uuid", "type", "builder", "memory", "maxmem", "vcpus", "maxvcpus", "cpus",
     "cpu_weight", "cap", "kernel", "ramdisk", "cmdline", "root", "extra", "disk", "vif",
-    *DEFAULT_ACTIONS,
+    "bootloader", "bootloader_args", *DEFAULT_ACTIONS,
 })
 
 #: Keys xl reads (xl.cfg(5), xl_parse.c) that Hospes does not implement yet.
@@ -106,7 +112,7 @@ XL_KEYS = frozenset("""
     pool cpus_soft period slice latency extratime vnuma vuart seclabel init_seclabel
     max_grant_frames max_maptrack_frames max_grant_version nomigrate driver_domain
     device_tree passthrough xend_suspend_evtchn_compat vmtrace_buf_kb vpmu firmware
-    pvshim pvshim_path pvshim_cmdline pvshim_extra bootloader bootloader_args
+    pvshim pvshim_path pvshim_cmdline pvshim_extra
     bootloader_restrict bootloader_user e820_host vtpm p9 pvcalls vfb channel rdm usbctrl
     usbdev pci pci_permissive pci_msitranslate pci_seize pci_power_mgmt gfx_passthru
     rdm_mem_boundary dtdev ioports iomem irqs max_event_channels vdispl dm_restrict
@@ -631,6 +637,8 @@ class DomainSpec:
     cmdline: str | None = None
     disks: tuple[DiskSpec, ...] = ()
     vifs: tuple[VifSpec, ...] = ()
+    bootloader: str | None = None
+    bootloader_args: tuple[str, ...] = ()
     on_poweroff: Action = Action.DESTROY
     on_reboot: Action = Action.RESTART
     on_crash: Action = Action.DESTROY
@@ -654,8 +662,10 @@ class DomainSpec:
             problems.append(f"type {self.type!r} is not supported")
         if not self.name:
             problems.append("the name is empty")
-        if not self.kernel:
+        if not self.kernel and self.bootloader is None:
             problems.append("there is no kernel")
+        if self.bootloader is not None and not self.disks:
+            problems.append("the bootloader has no disk to read")
         if not 1 <= self.memory <= self.maxmem:
             problems.append(f"memory {self.memory} / maxmem {self.maxmem} MiB are inconsistent")
         if not 1 <= self.vcpus <= self.maxvcpus:
@@ -722,6 +732,7 @@ class DomainSpec:
                 known["cpus"] = tuple(known["cpus"])
             known["disks"] = tuple(DiskSpec.from_dict(d) for d in known.get("disks", ()))
             known["vifs"] = tuple(VifSpec.from_dict(v) for v in known.get("vifs", ()))
+            known["bootloader_args"] = tuple(str(a) for a in known.get("bootloader_args", ()))
             for key in DEFAULT_ACTIONS:
                 if key in known:
                     known[key] = Action(known[key])
@@ -778,15 +789,22 @@ class _Reader:
         kw.update(self.vcpus())
         kw["cpu_weight"] = self.number("cpu_weight", 1, MAX_SCHED_PARAM) or DEFAULT_CPU_WEIGHT
         kw["cap"] = self.number("cap", 0, MAX_SCHED_PARAM) or 0
-        kw["kernel"] = self.image("kernel")
+        kw["bootloader"], kw["bootloader_args"] = self.bootloader()
+        if kw["bootloader"] is not None:   # kernel and ramdisk are paths inside the guest's disk
+            kw["kernel"], kw["ramdisk"] = self.string("kernel") or "", self.string("ramdisk")
+        else:
+            kw["kernel"], kw["ramdisk"] = self.image("kernel"), self.image("ramdisk")
         if kw["kernel"] is None:
-            hint = " (bootloader is not supported yet)" if "bootloader" in self.values else ""
-            raise ConfigError("No kernel given: add kernel = \"/path/to/vmlinuz\", or "
+            raise ConfigError("No kernel given: add kernel = \"/path/to/vmlinuz\", "
                               f"kernel = \"{DEFAULT_IMAGE}\" for the image `hospes image` "
-                              f"builds{hint}", Location(self.source))
-        kw["ramdisk"] = self.image("ramdisk")
+                              "builds, or bootloader = \"pygrub\" to boot the kernel installed "
+                              "in the first disk", Location(self.source))
         kw["cmdline"] = self.cmdline()
         kw["disks"] = self.disks()
+        if kw["bootloader"] is not None and not kw["disks"]:
+            raise ConfigError("bootloader = \"pygrub\" reads the kernel from the first disk, and "
+                              "there is none: add disk = [\"/path/to/disk.img,raw,xvda,rw\"]",
+                              self.where("bootloader"))
         kw["vifs"] = self.vifs()
         for key, default in DEFAULT_ACTIONS.items():
             kw[key] = self.action(key, default)
@@ -860,6 +878,30 @@ class _Reader:
         if self.base_dir is not None and not Path(path).is_absolute():
             return str(self.base_dir / path)
         return path
+
+    def bootloader(self) -> tuple[str | None, tuple[str, ...]]:
+        name = self.string("bootloader")
+        args: tuple[str, ...] = ()
+        v = self.get("bootloader_args")
+        if isinstance(v, List):
+            args = tuple(text for text, _ in as_str_list(v, "bootloader_args"))
+        elif v is not None:
+            args = tuple(as_str(v, "bootloader_args").split())
+        if name is None:
+            if args:
+                self.warnings.append(f"{self.where('bootloader_args')}: bootloader_args without "
+                                     "bootloader is ignored")
+            return None, ()
+        if Path(name).name != "pygrub":
+            raise ConfigError(f"Bootloader {name!r} is not supported: Hospes has pygrub built in; "
+                              "write bootloader = \"pygrub\"", self.where("bootloader"))
+        from hospes.bootloader.pygrub import PygrubArgs   # checks the arguments now, not at boot
+        from hospes.errors import HospesError
+        try:
+            PygrubArgs.parse(args)
+        except HospesError as e:
+            raise ConfigError(str(e), self.where("bootloader_args")) from None
+        return "pygrub", args
 
     def cmdline(self) -> str | None:
         cmdline, root, extra = self.string("cmdline"), self.string("root"), self.string("extra")
