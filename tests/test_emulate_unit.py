@@ -166,10 +166,10 @@ def test_mov_to_cr4_keeps_the_fixed_bits_and_takes_only_what_a_guest_may_set(vcp
     at(vcpu, b"\x0f\x22\xe1")                           # mov %rcx, %cr4
     vcpu.regs.rcx = (1 << 2) | (1 << 7) | (1 << 20)     # TSD, PGE, SMEP
     assert emulate.handle_exception(vcpu, GP, 0)
-    assert vcpu.cr4 == 0x620 | (1 << 2)
+    assert vcpu.cr4 == emulate.PV_GUEST_CR4 | (1 << 2)
     at(vcpu, b"\x0f\x20\xe3")                           # mov %cr4, %rbx
     assert emulate.handle_exception(vcpu, GP, 0)
-    assert vcpu.regs.rbx == 0x624
+    assert vcpu.regs.rbx == 0x664                       # PAE, MCE, OSFXSR, OSXMMEXCPT as Xen's + TSD
 
 
 def test_mov_from_cr3_and_cr2(dom: FakePvDomain, vcpu: FakeVcpu) -> None:

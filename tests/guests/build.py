@@ -48,6 +48,7 @@ ALL_GUESTS: tuple[str, ...] = (
     "failsafe",
     "robust",
     "iret_edges",
+    "cpu_policy",
     "elf_shnote",
     "elf_xen_guest",
     "elf_paddr_offset",

@@ -33,6 +33,9 @@ _md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 _md.detail = True
 
 MSR_PAT_VALUE = 0x0000050100070406
+# The CR4 a PV guest reads (Xen's real_cr4_to_pv_guest_cr4 of its own CR4):
+# PAE, MCE, OSFXSR, OSXMMEXCPT; the guest-controlled bits are added to it.
+PV_GUEST_CR4 = 0x660
 
 
 def _fetch(vcpu: "PvVcpu", rip: int, size: int = 15) -> bytes:
@@ -212,8 +215,12 @@ def _mov_cr(vcpu: "PvVcpu", code: bytes, start: int) -> bool:
         if cr == 0:
             vcpu.cr0_ts = bool(value & 8)
         elif cr == 4:
-            # Guest-controllable: TSD, DE, FSGSBASE-less; keep the fixed bits.
-            vcpu.cr4 = 0x620 | (value & ((1 << 2) | (1 << 3)))
+            # Xen's pv_fixup_guest_cr4: the guest controls TSD, DE and (when
+            # CPUID shows it) FSGSBASE; the other bits are Xen's own.
+            mask = (1 << 2) | (1 << 3)
+            if vcpu.domain.cpuid.lookup(7, 0)[1] & 1:
+                mask |= 1 << 16
+            vcpu.cr4 = PV_GUEST_CR4 | (value & mask)
         else:
             return False
     vcpu.t_rip += i + 3 - start + start

@@ -148,6 +148,8 @@ class PvVcpu:
     gs_base_user: int
     fs_base: int
     gs_sel: int
+    bases_dirty: bool
+    mcg_status: int
     trap_table: dict[int, tuple[int, int]]
     callbacks: dict[int, tuple[int, int]]
     kernel_ss: int
@@ -206,13 +208,19 @@ class PvVcpu:
         self.gs_base_user = 0
         self.fs_base = 0
         self.gs_sel = 0
+        # The FS base and the current mode's GS base live in the CPU while the
+        # guest runs (it may write them itself: wrfsbase, a segment load), and in
+        # the fields above once Hospes has changed one: then bases_dirty is set
+        # and the next entry loads them.
+        self.bases_dirty = True
+        self.mcg_status = 0      # MCG_STATUS as the guest last wrote it (Xen's vMCE)
         self.trap_table: dict[int, tuple[int, int]] = {}  # vector -> (flags, address)
         self.callbacks: dict[int, tuple[int, int]] = {}   # type -> (address, flags)
         self.kernel_ss = abi.FLAT_KERNEL_SS
         self.kernel_sp = 0
         self.iopl = 0
         self.cr0_ts = False
-        self.cr4 = 0x620
+        self.cr4 = emulate.PV_GUEST_CR4
         self.debugreg = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400]
         self.vcpu_info_gpa = domain.layout.shared_info_gpa + 64 * vcpu_id
         self.vcpu_info_registered = False
@@ -259,6 +267,17 @@ class PvVcpu:
 
     def write_u64(self, va: int, value: int) -> None:
         self.virt.write_u64(self.kernel_cr3, va, value)
+
+    def bases_from_cpu(self) -> None:
+        """Take the FS and current-mode GS bases from the CPU, where the guest may
+        have changed them (call before reading or changing any of the three)."""
+        if not self.bases_dirty:
+            s = self.sregs
+            self.fs_base = s.fs.base
+            if self.kernel_mode:
+                self.gs_base_kernel = s.gs.base
+            else:
+                self.gs_base_user = s.gs.base
 
     def count(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
@@ -571,7 +590,9 @@ class PvVcpu:
         if target == 0:
             raise DomainCrash("the guest has no handler registered for this event")
         if not self.kernel_mode:
+            self.bases_from_cpu()
             self.kernel_mode = True
+            self.bases_dirty = True
             rsp = self.kernel_sp
             cs = self.t_cs
         else:
@@ -641,12 +662,10 @@ class PvVcpu:
         want_cr3 = self.kernel_cr3 if self.kernel_mode else self.user_cr3
         sregs = self.sregs
         dirty_sregs = False
-        want_gs = self.gs_base_kernel if self.kernel_mode else self.gs_base_user
-        if sregs.gs.base != want_gs:
-            sregs.gs.base = want_gs
-            dirty_sregs = True
-        if sregs.fs.base != self.fs_base:
+        if self.bases_dirty:
+            sregs.gs.base = self.gs_base_kernel if self.kernel_mode else self.gs_base_user
             sregs.fs.base = self.fs_base
+            self.bases_dirty = False
             dirty_sregs = True
         rflags = (self.t_rflags & RFLAGS_GUEST_MASK) | RFLAGS_IF | 2
         frame = (self.t_rip, self.t_cs, rflags, self.t_rsp, self.t_ss)
@@ -744,6 +763,7 @@ class PvVcpu:
         self.sregs.cr3 = self.kernel_cr3
         self.cpu_cr3 = self.kernel_cr3
         self.t_rip, self.t_cs, self.t_rflags, self.t_rsp, self.t_ss = ctx.frame
+        self.bases_dirty = True     # the context's bases, not the ones the CPU last had
         self.exit_kind = "start"
         self._resume()
         self.kvm.mark_dirty(regs=True, sregs=True)
@@ -830,6 +850,7 @@ class PvVcpu:
         if self.thread_ident is not None and not self.run_state.parked:
             raise StateError(f"vCPU {self.id} is running; pause the domain before saving it.")
         ctx = self.start_context
+        self.bases_from_cpu()
         return PvVcpuState(
             vcpu_id=self.id, online=self.online, initialised=self.initialised,
             kernel_mode=self.kernel_mode, kernel_cr3=self.kernel_cr3, user_cr3=self.user_cr3,
@@ -840,7 +861,7 @@ class PvVcpu:
             kernel_ss=self.kernel_ss, kernel_sp=self.kernel_sp, iopl=self.iopl, cr0_ts=self.cr0_ts,
             cr4=self.cr4, debugreg=tuple(self.debugreg), vcpu_info_gpa=self.vcpu_info_gpa,
             vcpu_info_registered=self.vcpu_info_registered, runstate_va=self.runstate_va,
-            time_area_va=self.time_area_va,
+            time_area_va=self.time_area_va, mcg_status=self.mcg_status,
             gdt_frames=tuple(self.gdt_frames), gdt_ents=self.gdt_ents, ldt_base=self.ldt_base,
             ldt_ents=self.ldt_ents, writes=tuple(self.writes), flush_pending=self.flush_pending,
             invlpg_va=self.invlpg_va,
@@ -864,7 +885,7 @@ class PvVcpu:
         for name in ("initialised", "kernel_mode", "kernel_cr3", "user_cr3", "gs_base_kernel", "gs_base_user",
                      "fs_base", "gs_sel", "kernel_ss", "kernel_sp", "iopl", "cr0_ts", "cr4", "vcpu_info_gpa",
                      "vcpu_info_registered", "runstate_va", "time_area_va", "gdt_ents", "ldt_base", "ldt_ents",
-                     "flush_pending", "invlpg_va"):
+                     "flush_pending", "invlpg_va", "mcg_status"):
             setattr(pv, name, getattr(state, name))
         if pv.vcpu_info_registered:
             pv.mem.hold(pv.vcpu_info_gpa, 64)

@@ -94,6 +94,7 @@ class PvVcpuState:
     start_context: StartContext | None
     cpu: CpuState
     time_area_va: int = 0                             # 0: none registered (and saves from before it)
+    mcg_status: int = 0                               # MCG_STATUS of Xen's vMCE
     version: int = VERSION
 
 

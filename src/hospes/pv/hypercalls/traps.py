@@ -89,6 +89,8 @@ SEGBASE_GS_USER_SEL = 3
 
 def set_segment_base(vcpu: PvVcpu, which: int, base: int, *_: int) -> int:
     which &= 0xFFFFFFFF
+    vcpu.bases_from_cpu()
+    vcpu.bases_dirty = True
     if which == SEGBASE_GS_USER_SEL:
         sel = base & 0xFFFF
         if sel & 3 != 3 and sel > 3:
@@ -144,7 +146,9 @@ def iret(vcpu: PvVcpu, *_: int) -> object:
     if cs & 3 == 3:
         if vcpu.user_cr3 == 0:
             raise DomainCrash("HYPERVISOR_iret to user mode without a user page table")
+        vcpu.bases_from_cpu()
         vcpu.kernel_mode = False
+        vcpu.bases_dirty = True
     # Xen's do_iret copies RSP as it is: a non-canonical one faults (#SS) only
     # when the guest uses it. RIP is still checked: Hospes cannot enter the VM there.
     if not canonical(rip):
