@@ -342,6 +342,29 @@ def test_int_n_raising_ud_is_delivered_or_turned_into_gp_with_the_gate_error_cod
     assert (error_code, rip) == ((0x80 << 3) | 2, CODE_VA)
 
 
+def test_far_call_through_an_ldt_selector_without_an_ldt_gets_the_selectors_error_code(vcpu: FakeVcpu) -> None:
+    # A CPU that reports #GP(0) for it: Xen's guest sees the selector's error code.
+    vcpu.trap_table = {GP: (0, GP_HANDLER)}
+    ptr = CODE_VA + 0x100
+    vcpu.put(ptr, struct.pack("<IH", 0x1000, 0x001F))    # m16:32, LDT index 3, RPL 3
+    at(vcpu, b"\xff\x18")                              # lcall *(%rax)
+    vcpu.regs.rax = ptr
+    assert emulate.handle_exception(vcpu, GP, 0)
+    assert vcpu.t_rip == GP_HANDLER
+    _rcx, _r11, error_code, rip = bounce_frame(vcpu, 8)[:4]
+    assert (error_code, rip) == (0x1C, CODE_VA)
+    # REX.W (m16:64) and a jump: the selector follows an 8-byte offset.
+    vcpu.t_rsp = KERNEL_RSP
+    vcpu.put(ptr, struct.pack("<QH", 0x1000, 0x0004))
+    at(vcpu, b"\x48\xff\x28")                          # rex.w ljmp *(%rax)
+    assert emulate.handle_exception(vcpu, GP, 0)
+    assert bounce_frame(vcpu, 8)[2] == 0x4
+    # A null selector really is #GP(0): left to the caller to bounce as it is.
+    vcpu.put(ptr, struct.pack("<IH", 0x1000, 0x0003))
+    at(vcpu, b"\xff\x18")
+    assert not emulate.handle_exception(vcpu, GP, 0)
+
+
 # --- page-table writes (ptwr) -------------------------------------------------------------------------------
 
 

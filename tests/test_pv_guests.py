@@ -174,6 +174,9 @@ EXPECTED_PASSES: dict[str, tuple[str, ...]] = {
         "wrgsbase_kept",
         "set_segment_base_seen_by_rdfsbase",
     ),
+    "priv_ops": (
+        "far_call_ldt_selector_no_ldt",
+    ),
     "elf_shnote": _ELF_VARIANT_PASSES,
     "elf_xen_guest": _ELF_VARIANT_PASSES,
     "elf_paddr_offset": _ELF_VARIANT_PASSES,

@@ -49,6 +49,7 @@ ALL_GUESTS: tuple[str, ...] = (
     "robust",
     "iret_edges",
     "cpu_policy",
+    "priv_ops",
     "elf_shnote",
     "elf_xen_guest",
     "elf_paddr_offset",

@@ -60,7 +60,7 @@ def handle_exception(vcpu: "PvVcpu", vec: int, err: int) -> bool:
         return True
     if vec == 13:
         if err == 0:
-            return _privileged(vcpu)
+            return _privileged(vcpu) or _far_branch_selector(vcpu)
         if err & 2:  # IDT vector: software interrupt through a DPL-0 gate
             return _soft_int(vcpu, err >> 3, length=2)
         return False
@@ -78,6 +78,63 @@ def handle_exception(vcpu: "PvVcpu", vec: int, err: int) -> bool:
             return True
         return False
     return False
+
+
+_EA_REGS = {"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
+             "r14", "r15"}
+
+
+def _far_branch_selector(vcpu: "PvVcpu") -> bool:
+    """A far call or jump through memory whose #GP came with error code 0 for a
+    selector the CPU must name: one in the LDT when none is loaded (Hospes
+    never loads one), or beyond the GDT. The CPU, and so Xen, reports the
+    selector's error code (index and TI, no RPL); deliver that."""
+    code = _fetch(vcpu, vcpu.t_rip)
+    i = 0
+    opsize = 4
+    while i < len(code) and code[i] in (0x66, 0x67, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65):
+        if code[i] == 0x66:
+            opsize = 2
+        i += 1
+    if i < len(code) and code[i] & 0xF0 == 0x40:
+        if code[i] & 8:
+            opsize = 8
+        i += 1
+    if i + 1 >= len(code) or code[i] != 0xFF or (code[i + 1] >> 3) & 7 not in (3, 5) or code[i + 1] >> 6 == 3:
+        return False
+    try:
+        insn = next(_md.disasm(code, vcpu.t_rip, 1))
+    except StopIteration:
+        return False
+    mem = insn.operands[0].mem
+    if mem.segment != 0 and _md.reg_name(mem.segment) in ("fs", "gs"):
+        return False
+    ea = mem.disp
+    for reg, scale in ((mem.base, 1), (mem.index, mem.scale)):
+        if reg == 0:
+            continue
+        name = _md.reg_name(reg)
+        if name == "rip":
+            ea += vcpu.t_rip + insn.size
+        elif name == "rsp":
+            ea += vcpu.t_rsp * scale
+        elif name in _EA_REGS:
+            ea += int(getattr(vcpu.regs, name)) * scale
+        else:
+            return False
+    try:
+        sel = int.from_bytes(vcpu.read((ea + opsize) & 0xFFFF_FFFF_FFFF_FFFF, 2), "little")
+    except GuestFault:
+        return False
+    index = sel >> 3
+    if sel & 4:
+        missing = vcpu.ldt_ents == 0 or index >= vcpu.ldt_ents
+    else:
+        missing = index >= max(vcpu.gdt_ents, abi.FIRST_RESERVED_GDT_ENTRY + 512) or index >= 8192
+    if not missing or sel & ~3 == 0:
+        return False
+    vcpu.bounce_exception(13, sel & 0xFFFC)
+    return True
 
 
 def _soft_int(vcpu: "PvVcpu", vector: int, length: int) -> bool:
