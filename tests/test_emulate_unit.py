@@ -251,8 +251,6 @@ def test_string_port_io_is_skipped_on_the_empty_bus(vcpu: FakeVcpu) -> None:
     assert vcpu.t_rip == CODE_VA + 1
 
 
-@pytest.mark.xfail(strict=True, reason="string port I/O (ins/outs) in the guest kernel is emulated whatever the "
-                   "virtual IOPL, while in/out need IOPL 1; Xen reflects #GP for both")
 def test_string_port_io_needs_the_virtual_iopl_too(vcpu: FakeVcpu) -> None:
     at(vcpu, b"\x6e")                                   # outsb, IOPL 0
     assert not emulate.handle_exception(vcpu, GP, 0)
@@ -273,9 +271,25 @@ def test_rep_outsb_consumes_the_count(vcpu: FakeVcpu) -> None:
 @pytest.mark.parametrize(("code", "mask"), [(b"\xfa", 0), (b"\xfb", 1)])   # cli with events on, sti off
 def test_cli_and_sti_are_skipped_without_touching_the_event_mask(vcpu: FakeVcpu, code: bytes, mask: int) -> None:
     vcpu.upcall_mask = mask
+    vcpu.iopl = 1                                       # Linux asks for it at boot
     at(vcpu, code)
     assert emulate.handle_exception(vcpu, GP, 0)
     assert vcpu.t_rip == CODE_VA + 1 and vcpu.upcall_mask == mask
+
+
+def test_cli_follows_the_virtual_iopl_as_xens_iopl_ok(vcpu: FakeVcpu) -> None:
+    at(vcpu, b"\xfa")
+    assert not emulate.handle_exception(vcpu, GP, 0)    # kernel (ring 1 to Xen), vIOPL 0: #GP
+    vcpu.domain.vm_assist.add(4)                        # architectural_iopl: the kernel is ring 0
+    assert emulate.handle_exception(vcpu, GP, 0)
+    vcpu.domain.vm_assist.discard(4)
+    to_user_mode(vcpu)
+    vcpu.iopl = 2
+    at(vcpu, b"\xfb")
+    assert not emulate.handle_exception(vcpu, GP, 0)    # user space needs vIOPL 3
+    vcpu.iopl = 3
+    assert emulate.handle_exception(vcpu, GP, 0)
+    assert vcpu.t_rip == CODE_VA + 1 and not vcpu.kernel_mode
 
 
 def test_cli_in_user_mode_is_not_emulated(vcpu: FakeVcpu) -> None:

@@ -176,6 +176,12 @@ EXPECTED_PASSES: dict[str, tuple[str, ...]] = {
     ),
     "priv_ops": (
         "far_call_ldt_selector_no_ldt",
+        "kernel_cli_viopl0_gp",
+        "set_iopl_above_3_einval",
+        "kernel_cli_viopl1_ok",
+        "architectural_iopl_kernel_is_ring0",
+        "architectural_iopl_iret_and_frames",
+        "iret_ignores_iopl_without_assist",
     ),
     "elf_shnote": _ELF_VARIANT_PASSES,
     "elf_xen_guest": _ELF_VARIANT_PASSES,

@@ -2,7 +2,9 @@
 
 * #GP(0) from privileged instructions a PV kernel still executes: rdmsr/wrmsr,
   mov from/to CR0/CR4, in/out (answered as an empty bus), cli/sti/wbinvd/clts,
-  and native ``cpuid`` under CPUID faulting.
+  and native ``cpuid`` under CPUID faulting. cli/sti and port I/O follow the
+  virtual IOPL as Xen's iopl_ok does (the kernel counts as ring 1, ring 0
+  under VMASST_TYPE_architectural_iopl; user mode as ring 3).
 * #GP from ``int n`` through a DPL-0 gate, and #UD from ``int $0x80`` (PVM
   raises #UD for DPL-3 software interrupts): delivered as software interrupts
   when the guest's trap table allows.
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from hospes.pv.vcpu import PvVcpu
 
 FORCED_CPUID = b"\x0f\x0bxen\x0f\xa2"
+VMASST_ARCHITECTURAL_IOPL = 4   # VMASST_TYPE_architectural_iopl: vIOPL in bounce and iret frames
 _md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 _md.detail = True
 
@@ -172,8 +175,13 @@ def _privileged(vcpu: "PvVcpu") -> bool:
         _cpuid(vcpu)
         vcpu.t_rip += i + 2
         return True
+    if op[:1] in (b"\xfa", b"\xfb"):                    # cli / sti: no-ops when vIOPL allows (Xen)
+        if not _iopl_ok(vcpu):
+            return False
+        vcpu.t_rip += i + 1
+        return True
     if not kernel:
-        if op and op[0] in (0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF) and vcpu.iopl >= 3:
+        if op and op[0] in (0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF) and _iopl_ok(vcpu):
             return _port_io(vcpu, op, code[:i])
         return False
     if op[:2] == b"\x0f\x32":                          # rdmsr
@@ -193,19 +201,18 @@ def _privileged(vcpu: "PvVcpu") -> bool:
     mov_cr = (b"\x0f\x20", b"\x0f\x22")
     if op[:2] in mov_cr or (len(op) >= 3 and op[0] & 0xF0 == 0x40 and op[1:3] in mov_cr):
         return _mov_cr(vcpu, code, i)
-    if op[:1] in (b"\xfa", b"\xfb"):                    # cli / sti: no-ops (Xen)
-        vcpu.t_rip += i + 1
-        return True
     if op[:2] in (b"\x0f\x09", b"\x0f\x06", b"\x0f\x08"):  # wbinvd / clts / invd
         if op[1] == 0x06:
             vcpu.cr0_ts = False
         vcpu.t_rip += i + 2
         return True
     if op and op[0] in (0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF):
-        if vcpu.iopl < 1:
+        if not _iopl_ok(vcpu):
             return False
         return _port_io(vcpu, op, code[:i])
     if op and op[0] in (0x6C, 0x6D, 0x6E, 0x6F):       # ins/outs: skip (empty bus)
+        if not _iopl_ok(vcpu):
+            return False
         vcpu.t_rip += i + 1
         return True
     if op[:1] == b"\xf4":                               # hlt: behave like SCHEDOP_block
@@ -213,6 +220,16 @@ def _privileged(vcpu: "PvVcpu") -> bool:
         vcpu.domain.block(vcpu)
         return True
     return False
+
+
+def _iopl_ok(vcpu: "PvVcpu") -> bool:
+    """Xen's iopl_ok: the guest kernel counts as ring 1 (ring 0 under
+    VMASST_TYPE_architectural_iopl), user mode as ring 3, against the virtual IOPL."""
+    if not vcpu.kernel_mode:
+        cpl = 3
+    else:
+        cpl = 0 if VMASST_ARCHITECTURAL_IOPL in vcpu.domain.vm_assist else 1
+    return cpl <= vcpu.iopl
 
 
 def _port_io(vcpu: "PvVcpu", op: bytes, prefixes: bytes) -> bool:

@@ -36,6 +36,7 @@ from hospes.pv.errors import Errno, XenError
 from hospes.pv.runstate import RunState, VcpuRun
 from hospes.pv.trampoline import VcpuArea
 from hospes.pv import emulate
+from hospes.pv.emulate import VMASST_ARCHITECTURAL_IOPL
 from hospes.pv.vcpu_state import PvVcpuState, StartContext, capture_cpu, load_cpu
 from hospes.state import StateError, check_version
 
@@ -601,6 +602,8 @@ class PvVcpu:
         rsp &= ~0xF
         old_mask = self.upcall_mask
         rflags = (self.t_rflags & ~(RFLAGS_IOPL | RFLAGS_IF)) | (0 if old_mask else RFLAGS_IF)
+        if self.iopl and VMASST_ARCHITECTURAL_IOPL in self.domain.vm_assist:
+            rflags |= self.iopl << 12   # Xen folds the virtual IOPL into the frame under this assist
         frame = [
             self.regs.rcx if rcx is None else rcx,
             self.regs.r11 if r11 is None else r11,

@@ -9,6 +9,7 @@ from hospes.pv import abi
 from hospes.pv.abi import Hypercall
 from hospes.pv.errors import Errno, XenError
 from hospes.pv.guestvirt import canonical
+from hospes.pv.emulate import VMASST_ARCHITECTURAL_IOPL
 from hospes.pv.vcpu import NO_RETURN, RFLAGS_IF, DomainCrash
 
 if TYPE_CHECKING:
@@ -153,6 +154,8 @@ def iret(vcpu: PvVcpu, *_: int) -> object:
     # when the guest uses it. RIP is still checked: Hospes cannot enter the VM there.
     if not canonical(rip):
         raise DomainCrash(f"HYPERVISOR_iret to a non-canonical address {rip:#x}")
+    if VMASST_ARCHITECTURAL_IOPL in vcpu.domain.vm_assist:
+        vcpu.iopl = (rflags >> 12) & 3     # do_iret: the frame's IOPL is the new virtual IOPL
     vcpu.t_rip = rip
     vcpu.t_cs = (cs & 0xFFFF) | 3
     vcpu.t_rflags = rflags
