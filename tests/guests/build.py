@@ -50,6 +50,7 @@ ALL_GUESTS: tuple[str, ...] = (
     "iret_edges",
     "cpu_policy",
     "priv_ops",
+    "debugregs",
     "elf_shnote",
     "elf_xen_guest",
     "elf_paddr_offset",

@@ -1,7 +1,8 @@
 """Exceptions Hospes handles itself instead of bouncing (pv-abi.md §7, §8.4).
 
 * #GP(0) from privileged instructions a PV kernel still executes: rdmsr/wrmsr,
-  mov from/to CR0/CR4, in/out (answered as an empty bus), cli/sti/wbinvd/clts,
+  mov from/to CR0/CR4, mov from/to DR0-DR7 (``pv/debugregs.py``), in/out
+  (answered as an empty bus), cli/sti/wbinvd/clts,
   and native ``cpuid`` under CPUID faulting. cli/sti and port I/O follow the
   virtual IOPL as Xen's iopl_ok does (the kernel counts as ring 1, ring 0
   under VMASST_TYPE_architectural_iopl; user mode as ring 3).
@@ -24,8 +25,8 @@ import capstone
 from capstone import x86_const as X
 
 from hospes.machine.memory import GuestFault
-from hospes.pv import abi
-from hospes.pv.errors import XenError
+from hospes.pv import abi, debugregs
+from hospes.pv.errors import Errno, XenError
 
 if TYPE_CHECKING:
     from hospes.pv.vcpu import PvVcpu
@@ -198,6 +199,9 @@ def _privileged(vcpu: "PvVcpu") -> bool:
             return False
         vcpu.t_rip += i + 2
         return True
+    mov_dr = (b"\x0f\x21", b"\x0f\x23")
+    if op[:2] in mov_dr or (len(op) >= 3 and op[0] & 0xF0 == 0x40 and op[1:3] in mov_dr):
+        return _mov_dr(vcpu, code, i)
     mov_cr = (b"\x0f\x20", b"\x0f\x22")
     if op[:2] in mov_cr or (len(op) >= 3 and op[0] & 0xF0 == 0x40 and op[1:3] in mov_cr):
         return _mov_cr(vcpu, code, i)
@@ -298,6 +302,45 @@ def _mov_cr(vcpu: "PvVcpu", code: bytes, start: int) -> bool:
         else:
             return False
     vcpu.t_rip += i + 3 - start + start
+    return True
+
+
+def _mov_dr(vcpu: "PvVcpu", code: bytes, start: int) -> bool:
+    """mov to/from DR0-DR7 in the guest kernel, as Xen's emulator: DR8+ (REX.R)
+    and DR4/DR5 with CR4.DE are #UD, set_debugreg's refusals #GP(0)."""
+    i = start
+    rex = 0
+    if code[i] & 0xF0 == 0x40:
+        rex = code[i]
+        i += 1
+    if len(code) < i + 3:
+        return False
+    to_dr = code[i + 1] == 0x23
+    modrm = code[i + 2]
+    dr = ((modrm >> 3) & 7) | (8 if rex & 4 else 0)
+    name = _gpr_name((modrm & 7) | (8 if rex & 1 else 0))
+    if dr > 7 or (dr in (4, 5) and vcpu.cr4 & debugregs.CR4_DE):
+        vcpu.bounce_exception(6, None)
+        return True
+    if to_dr:
+        value = vcpu.t_rsp if name == "rsp" else int(getattr(vcpu.regs, name))
+        rc = debugregs.set_debugreg(vcpu, dr, value)
+        if rc == -Errno.ENODEV:
+            vcpu.bounce_exception(6, None)
+            return True
+        if rc:
+            return False
+        debugregs.load(vcpu)
+    else:
+        got = debugregs.read_debugreg(vcpu, dr)
+        if got is None:
+            vcpu.bounce_exception(6, None)
+            return True
+        if name == "rsp":
+            vcpu.t_rsp = got
+        else:
+            setattr(vcpu.regs, name, got)
+    vcpu.t_rip += i + 3
     return True
 
 

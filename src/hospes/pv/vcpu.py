@@ -35,7 +35,7 @@ from hospes.pv import layout as L
 from hospes.pv.errors import Errno, XenError
 from hospes.pv.runstate import RunState, VcpuRun
 from hospes.pv.trampoline import VcpuArea
-from hospes.pv import emulate
+from hospes.pv import debugregs, emulate
 from hospes.pv.emulate import VMASST_ARCHITECTURAL_IOPL
 from hospes.pv.vcpu_state import PvVcpuState, StartContext, capture_cpu, load_cpu
 from hospes.state import StateError, check_version
@@ -159,6 +159,7 @@ class PvVcpu:
     cr0_ts: bool
     cr4: int
     debugreg: list[int]
+    dr7_emul: int
     vcpu_info_gpa: int
     vcpu_info_registered: bool
     runstate_va: int
@@ -222,7 +223,8 @@ class PvVcpu:
         self.iopl = 0
         self.cr0_ts = False
         self.cr4 = emulate.PV_GUEST_CR4
-        self.debugreg = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400]
+        self.debugreg = list(debugregs.INITIAL)
+        self.dr7_emul = 0        # DR7's enables of I/O breakpoints, which are never in the CPU (Xen)
         self.vcpu_info_gpa = domain.layout.shared_info_gpa + 64 * vcpu_id
         self.vcpu_info_registered = False
         self.runstate_va = 0
@@ -521,6 +523,15 @@ class PvVcpu:
             self.bounce_failsafe()
             self._resume()
             return
+        if vec == 1:
+            cpu_dr6 = debugregs.take_cpu_dr6(self)
+            if cs & 3 == 0 or debugregs.in_hypervisor_range(rip):
+                # A guest breakpoint deferred into Hospes' own code (mov %ss before
+                # SYSCALL): Xen notes a "#DB in Xen context" and carries on. The
+                # stub's iretq resumes the interrupted code as it was.
+                self.count("db_in_hospes")
+                return
+            debugregs.merge_dr6(self, cpu_dr6)
         if cs & 3 == 0:
             raise DomainCrash(
                 f"exception {vec} (error {err:#x}) inside the hypervisor trampoline at rip {rip:#x}; "
@@ -530,6 +541,11 @@ class PvVcpu:
         self.count(TRAP_KEYS[vec & 255])
         if not emulate.handle_exception(self, vec, err):
             self.bounce_exception(vec, err if vec in abi.ERROR_CODE_VECTORS else None)
+        elif rflags & RFLAGS_TF and self.t_rsp == ersp and self.t_rip != rip and vec in (6, 13):
+            # An instruction Hospes emulated under TF: the single-step trap the
+            # CPU would have raised after it (Xen: pv_inject_DB(DR_STEP)).
+            debugregs.merge_dr6(self, debugregs.DR6_DEFAULT | debugregs.DR6_BS)
+            self.bounce_exception(1, None)
         self._resume()
 
     # --- kicks ---------------------------------------------------------------------------
@@ -767,6 +783,8 @@ class PvVcpu:
         self.cpu_cr3 = self.kernel_cr3
         self.t_rip, self.t_cs, self.t_rflags, self.t_rsp, self.t_ss = ctx.frame
         self.bases_dirty = True     # the context's bases, not the ones the CPU last had
+        self.dr7_emul = 0
+        debugregs.load(self)        # VCPUOP_initialise reset them (on another thread)
         self.exit_kind = "start"
         self._resume()
         self.kvm.mark_dirty(regs=True, sregs=True)
@@ -864,7 +882,7 @@ class PvVcpu:
             kernel_ss=self.kernel_ss, kernel_sp=self.kernel_sp, iopl=self.iopl, cr0_ts=self.cr0_ts,
             cr4=self.cr4, debugreg=tuple(self.debugreg), vcpu_info_gpa=self.vcpu_info_gpa,
             vcpu_info_registered=self.vcpu_info_registered, runstate_va=self.runstate_va,
-            time_area_va=self.time_area_va, mcg_status=self.mcg_status,
+            time_area_va=self.time_area_va, mcg_status=self.mcg_status, dr7_emul=self.dr7_emul,
             gdt_frames=tuple(self.gdt_frames), gdt_ents=self.gdt_ents, ldt_base=self.ldt_base,
             ldt_ents=self.ldt_ents, writes=tuple(self.writes), flush_pending=self.flush_pending,
             invlpg_va=self.invlpg_va,
@@ -888,7 +906,7 @@ class PvVcpu:
         for name in ("initialised", "kernel_mode", "kernel_cr3", "user_cr3", "gs_base_kernel", "gs_base_user",
                      "fs_base", "gs_sel", "kernel_ss", "kernel_sp", "iopl", "cr0_ts", "cr4", "vcpu_info_gpa",
                      "vcpu_info_registered", "runstate_va", "time_area_va", "gdt_ents", "ldt_base", "ldt_ents",
-                     "flush_pending", "invlpg_va", "mcg_status"):
+                     "flush_pending", "invlpg_va", "mcg_status", "dr7_emul"):
             setattr(pv, name, getattr(state, name))
         if pv.vcpu_info_registered:
             pv.mem.hold(pv.vcpu_info_gpa, 64)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 import struct
 
-from hospes.pv import abi
+from hospes.pv import abi, debugregs
 from hospes.pv.abi import Hypercall
 from hospes.pv.errors import Errno, XenError
 from hospes.pv.guestvirt import canonical
@@ -113,29 +113,15 @@ def set_segment_base(vcpu: PvVcpu, which: int, base: int, *_: int) -> int:
 
 
 def set_debugreg(vcpu: PvVcpu, reg: int, value: int, *_: int) -> int:
-    reg &= 0xFFFFFFFF
-    if reg <= 3:
-        if not canonical(value) or value >= 0xFFFF_8000_0000_0000 and value < 0xFFFF_8800_0000_0000:
-            return -Errno.EPERM
-    elif reg in (4, 5, 6, 7):
-        if value >> 32:
-            return -Errno.EINVAL
-        if reg in (5, 7) and value & (1 << 13):
-            return -Errno.EPERM
-        reg = 6 if reg in (4, 6) else 7
-    else:
-        return -Errno.ENODEV
-    vcpu.debugreg[reg] = value
-    return 0
+    rc = debugregs.set_debugreg(vcpu, reg & 0xFFFFFFFF, value)
+    if rc == 0:
+        debugregs.load(vcpu)
+    return rc
 
 
 def get_debugreg(vcpu: PvVcpu, reg: int, *_: int) -> int:
-    reg &= 0xFFFFFFFF
-    if reg in (4, 5):
-        reg += 2
-    if reg > 7:
-        return -Errno.ENODEV
-    return vcpu.debugreg[reg]
+    value = debugregs.read_debugreg(vcpu, reg & 0xFFFFFFFF)
+    return -Errno.ENODEV if value is None else value
 
 
 def iret(vcpu: PvVcpu, *_: int) -> object:
