@@ -192,6 +192,7 @@ EXPECTED_PASSES: dict[str, tuple[str, ...]] = {
         "cr4_de_dr45_ud_io_breakpoints",
         "single_step",
         "single_step_emulated",
+        "io_breakpoint_emulated",
         "movss_syscall_db_ignored",
     ),
     "elf_shnote": _ELF_VARIANT_PASSES,

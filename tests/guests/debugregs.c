@@ -90,7 +90,7 @@ static void write_cr4(uint64_t v)
     asm volatile("mov %0, %%cr4" : : "r"(v) : "memory");
 }
 
-extern char step_after[], step_emul_after[], write_after[];
+extern char step_after[], step_emul_after[], write_after[], io_after[];
 
 void guest_main(void)
 {
@@ -190,6 +190,21 @@ void guest_main(void)
           "single_step_emulated", "#DBs %lu rip %#lx (want %#lx) DR6 %#lx", db_count, db_rip,
           (uint64_t)step_emul_after, db_dr6);
 
+    /* An I/O breakpoint (CR4.DE): Xen emulates it; #DB after the out, B2 in DR6. */
+    HYPERVISOR_set_debugreg(6, 0);
+    write_cr4(cr4 | CR4_DE);
+    {
+        static uint32_t iopl = 1;
+        _hc(33 /* physdev_op */, 6 /* PHYSDEVOP_set_iopl */, &iopl, 0, 0, 0);
+    }
+    HYPERVISOR_set_debugreg(2, 0x80);
+    HYPERVISOR_set_debugreg(7, (1 << 4) | (2UL << 24));   /* L2, R/W 10b (I/O), LEN 1 */
+    asm volatile("outb %%al, $0x81\n\toutb %%al, $0x80\n.globl io_after\nio_after:" : : "a"(0) : "memory");
+    write_cr4(cr4);
+    check(db_count == 3 && db_rip == (uint64_t)io_after && db_dr6 == (DR6_DEFAULT | 4), "io_breakpoint_emulated",
+          "#DBs %lu (want 3) rip %#lx (want %#lx) DR6 %#lx", db_count, db_rip, (uint64_t)io_after, db_dr6);
+    HYPERVISOR_set_debugreg(2, 0);
+
     /* mov %ss with a read breakpoint on its operand defers the #DB past the next
      * instruction: the SYSCALL of a hypercall. Xen ignores it in its own context. */
     volatile uint16_t *ss_var = (volatile uint16_t *)(low + 0x200);
@@ -211,8 +226,8 @@ void guest_main(void)
     }
     HYPERVISOR_set_debugreg(7, 0);
     uint64_t dr6_after = (uint64_t)HYPERVISOR_get_debugreg(6);
-    check(db_count == 2 && (ver >> 16) >= 4 && dr6_after == DR6_DEFAULT, "movss_syscall_db_ignored",
-          "#DBs %lu (want 2), xen_version %#lx, DR6 %#lx", db_count, ver, dr6_after);
+    check(db_count == 3 && (ver >> 16) >= 4 && dr6_after == DR6_DEFAULT, "movss_syscall_db_ignored",
+          "#DBs %lu (want 3), xen_version %#lx, DR6 %#lx", db_count, ver, dr6_after);
     HYPERVISOR_set_debugreg(0, 0);
     HYPERVISOR_set_debugreg(1, 0);
 }

@@ -121,6 +121,30 @@ def read_debugreg(vcpu: "PvVcpu", reg: int) -> int | None:
     return None
 
 
+def io_breakpoint_match(vcpu: "PvVcpu", port: int, size: int) -> int:
+    """Xen's check_guest_io_breakpoint: the B0-B3 bits of the emulated I/O
+    breakpoints an access of ``size`` bytes at ``port`` hits."""
+    if not vcpu.dr7_emul or not vcpu.cr4 & CR4_DE:
+        return 0
+    match = 0
+    for n in range(4):
+        if not vcpu.dr7_emul & (3 << (2 * n)):
+            continue
+        start = vcpu.debugreg[n]
+        width = {0x0: 1, 0x4: 2, 0xC: 4, 0x8: 8}[(vcpu.debugreg[7] >> (16 + 4 * n)) & 0xC]
+        if start < port + size and start + width > port:
+            match |= 1 << n
+    return match
+
+
+def deliver_io_breakpoint(vcpu: "PvVcpu", port: int, size: int) -> None:
+    """After an emulated port access: the #DB (a trap) its I/O breakpoints raise."""
+    match = io_breakpoint_match(vcpu, port, size)
+    if match:
+        merge_dr6(vcpu, DR6_DEFAULT | match)
+        vcpu.bounce_exception(1, None)
+
+
 def merge_dr6(vcpu: "PvVcpu", cpu_dr6: int) -> None:
     """Xen's x86_merge_dr6: fold one #DB's causes (the CPU's DR6) into the guest's DR6."""
     new = (cpu_dr6 ^ DR6_DEFAULT) & 0xFFFFFFFF

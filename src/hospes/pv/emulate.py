@@ -218,6 +218,9 @@ def _privileged(vcpu: "PvVcpu") -> bool:
         if not _iopl_ok(vcpu):
             return False
         vcpu.t_rip += i + 1
+        if vcpu.dr7_emul:
+            size = 1 if op[0] in (0x6C, 0x6E) else (2 if 0x66 in code[:i] else 4)
+            debugregs.deliver_io_breakpoint(vcpu, regs.rdx & 0xFFFF, size)
         return True
     if op[:1] == b"\xf4":                               # hlt: behave like SCHEDOP_block
         vcpu.t_rip += i + 1
@@ -251,6 +254,8 @@ def _port_io(vcpu: "PvVcpu", op: bytes, prefixes: bytes) -> bool:
             mask = 0xFF if size == 1 else 0xFFFF
             regs.rax = (regs.rax & ~mask) | (value & mask)
     vcpu.t_rip += len(prefixes) + length
+    if vcpu.dr7_emul:
+        debugregs.deliver_io_breakpoint(vcpu, port, size)
     return True
 
 
