@@ -35,12 +35,13 @@ tables and descriptor pages there.
 
 from __future__ import annotations
 
+import ctypes
 import struct
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from hospes.kvm.structs import KvmCpuidEntry2, KvmRun
+from hospes.kvm.structs import KvmCpuidEntry2, KvmDebugregs, KvmRun
 from hospes.machine.memory import PAGE_SIZE, GuestMemory
 from hospes.pv import layout as L
 from hospes.pv.abi import PTE_A, PTE_ADDR_MASK, PTE_D, PTE_P, PTE_RW, PTE_US
@@ -112,6 +113,7 @@ class FakeKvmVcpu:
         self.immediate_exit = False
         self.dirty: list[tuple[bool, bool]] = []
         self.closed = False
+        self.debugregs = KvmDebugregs()           # what KVM_SET_DEBUGREGS last loaded
 
     def mark_dirty(self, regs: bool = False, sregs: bool = False, events: bool = False) -> None:
         self.dirty.append((regs, sregs))
@@ -127,6 +129,14 @@ class FakeKvmVcpu:
 
     def get_msrs(self, indices: list[int]) -> dict[int, int]:
         return {i: 0 for i in indices}
+
+    def get_debugregs(self) -> KvmDebugregs:
+        dr = KvmDebugregs()
+        ctypes.memmove(ctypes.addressof(dr), ctypes.addressof(self.debugregs), ctypes.sizeof(dr))
+        return dr
+
+    def set_debugregs(self, dr: KvmDebugregs) -> None:
+        ctypes.memmove(ctypes.addressof(self.debugregs), ctypes.addressof(dr), ctypes.sizeof(dr))
 
     def close(self) -> None:
         self.closed = True

@@ -166,10 +166,10 @@ def test_mov_to_cr4_keeps_the_fixed_bits_and_takes_only_what_a_guest_may_set(vcp
     at(vcpu, b"\x0f\x22\xe1")                           # mov %rcx, %cr4
     vcpu.regs.rcx = (1 << 2) | (1 << 7) | (1 << 20)     # TSD, PGE, SMEP
     assert emulate.handle_exception(vcpu, GP, 0)
-    assert vcpu.cr4 == 0x620 | (1 << 2)
+    assert vcpu.cr4 == emulate.PV_GUEST_CR4 | (1 << 2)
     at(vcpu, b"\x0f\x20\xe3")                           # mov %cr4, %rbx
     assert emulate.handle_exception(vcpu, GP, 0)
-    assert vcpu.regs.rbx == 0x624
+    assert vcpu.regs.rbx == 0x664                       # PAE, MCE, OSFXSR, OSXMMEXCPT as Xen's + TSD
 
 
 def test_mov_from_cr3_and_cr2(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
@@ -251,8 +251,6 @@ def test_string_port_io_is_skipped_on_the_empty_bus(vcpu: FakeVcpu) -> None:
     assert vcpu.t_rip == CODE_VA + 1
 
 
-@pytest.mark.xfail(strict=True, reason="string port I/O (ins/outs) in the guest kernel is emulated whatever the "
-                   "virtual IOPL, while in/out need IOPL 1; Xen reflects #GP for both")
 def test_string_port_io_needs_the_virtual_iopl_too(vcpu: FakeVcpu) -> None:
     at(vcpu, b"\x6e")                                   # outsb, IOPL 0
     assert not emulate.handle_exception(vcpu, GP, 0)
@@ -273,9 +271,25 @@ def test_rep_outsb_consumes_the_count(vcpu: FakeVcpu) -> None:
 @pytest.mark.parametrize(("code", "mask"), [(b"\xfa", 0), (b"\xfb", 1)])   # cli with events on, sti off
 def test_cli_and_sti_are_skipped_without_touching_the_event_mask(vcpu: FakeVcpu, code: bytes, mask: int) -> None:
     vcpu.upcall_mask = mask
+    vcpu.iopl = 1                                       # Linux asks for it at boot
     at(vcpu, code)
     assert emulate.handle_exception(vcpu, GP, 0)
     assert vcpu.t_rip == CODE_VA + 1 and vcpu.upcall_mask == mask
+
+
+def test_cli_follows_the_virtual_iopl_as_xens_iopl_ok(vcpu: FakeVcpu) -> None:
+    at(vcpu, b"\xfa")
+    assert not emulate.handle_exception(vcpu, GP, 0)    # kernel (ring 1 to Xen), vIOPL 0: #GP
+    vcpu.domain.vm_assist.add(4)                        # architectural_iopl: the kernel is ring 0
+    assert emulate.handle_exception(vcpu, GP, 0)
+    vcpu.domain.vm_assist.discard(4)
+    to_user_mode(vcpu)
+    vcpu.iopl = 2
+    at(vcpu, b"\xfb")
+    assert not emulate.handle_exception(vcpu, GP, 0)    # user space needs vIOPL 3
+    vcpu.iopl = 3
+    assert emulate.handle_exception(vcpu, GP, 0)
+    assert vcpu.t_rip == CODE_VA + 1 and not vcpu.kernel_mode
 
 
 def test_cli_in_user_mode_is_not_emulated(vcpu: FakeVcpu) -> None:
@@ -340,6 +354,29 @@ def test_int_n_raising_ud_is_delivered_or_turned_into_gp_with_the_gate_error_cod
     assert vcpu.t_rip == GP_HANDLER
     _rcx, _r11, error_code, rip = bounce_frame(vcpu, 8)[:4]
     assert (error_code, rip) == ((0x80 << 3) | 2, CODE_VA)
+
+
+def test_far_call_through_an_ldt_selector_without_an_ldt_gets_the_selectors_error_code(vcpu: FakeVcpu) -> None:
+    # A CPU that reports #GP(0) for it: Xen's guest sees the selector's error code.
+    vcpu.trap_table = {GP: (0, GP_HANDLER)}
+    ptr = CODE_VA + 0x100
+    vcpu.put(ptr, struct.pack("<IH", 0x1000, 0x001F))    # m16:32, LDT index 3, RPL 3
+    at(vcpu, b"\xff\x18")                              # lcall *(%rax)
+    vcpu.regs.rax = ptr
+    assert emulate.handle_exception(vcpu, GP, 0)
+    assert vcpu.t_rip == GP_HANDLER
+    _rcx, _r11, error_code, rip = bounce_frame(vcpu, 8)[:4]
+    assert (error_code, rip) == (0x1C, CODE_VA)
+    # REX.W (m16:64) and a jump: the selector follows an 8-byte offset.
+    vcpu.t_rsp = KERNEL_RSP
+    vcpu.put(ptr, struct.pack("<QH", 0x1000, 0x0004))
+    at(vcpu, b"\x48\xff\x28")                          # rex.w ljmp *(%rax)
+    assert emulate.handle_exception(vcpu, GP, 0)
+    assert bounce_frame(vcpu, 8)[2] == 0x4
+    # A null selector really is #GP(0): left to the caller to bounce as it is.
+    vcpu.put(ptr, struct.pack("<IH", 0x1000, 0x0003))
+    at(vcpu, b"\xff\x18")
+    assert not emulate.handle_exception(vcpu, GP, 0)
 
 
 # --- page-table writes (ptwr) -------------------------------------------------------------------------------

@@ -219,6 +219,33 @@ def test_iret_to_user_mode_switches_mode_and_keeps_rcx_r11_after_a_syscall(vcpu:
     assert (vcpu.regs.rcx, vcpu.regs.r11) == (0xAAAA, 0xBBBB)
 
 
+def test_iret_takes_the_virtual_iopl_from_the_frame_only_under_architectural_iopl(vcpu: FakeVcpu) -> None:
+    vcpu.iopl = 1
+    push_iret_frame(vcpu, rip=HANDLER, cs=abi.FLAT_KERNEL_CS & ~3, rflags=0x3202, rsp=STACK_TOP, ss=0)
+    traps.iret(vcpu)
+    assert vcpu.iopl == 1                                          # do_iret ignores it by default
+    assert vcpu.hypercall(Hypercall.vm_assist, 0, 4) == 0          # VMASST_TYPE_architectural_iopl
+    push_iret_frame(vcpu, rip=HANDLER, cs=abi.FLAT_KERNEL_CS & ~3, rflags=0x3202, rsp=STACK_TOP, ss=0)
+    traps.iret(vcpu)
+    assert vcpu.iopl == 3
+    push_iret_frame(vcpu, rip=HANDLER, cs=abi.FLAT_KERNEL_CS & ~3, rflags=0x0202, rsp=STACK_TOP, ss=0)
+    traps.iret(vcpu)
+    assert vcpu.iopl == 0
+
+
+def test_a_bounce_frame_shows_the_virtual_iopl_only_under_architectural_iopl(vcpu: FakeVcpu) -> None:
+    vcpu.iopl = 2
+    vcpu.t_rsp, vcpu.t_rflags = STACK_TOP - 0x100, 0x202
+    vcpu.bounce(HANDLER, None, mask_events=False)
+    rflags = struct.unpack("<Q", vcpu.get(vcpu.t_rsp + 4 * 8, 8))[0]
+    assert rflags & 0x3000 == 0
+    vcpu.domain.vm_assist.add(4)
+    vcpu.t_rsp = STACK_TOP - 0x100
+    vcpu.bounce(HANDLER, None, mask_events=False)
+    rflags = struct.unpack("<Q", vcpu.get(vcpu.t_rsp + 4 * 8, 8))[0]
+    assert rflags & 0x3000 == 0x2000
+
+
 def test_iret_to_user_mode_without_a_user_page_table_crashes_the_domain(vcpu: FakeVcpu) -> None:
     push_iret_frame(vcpu, rip=0x40_1000, cs=abi.FLAT_USER_CS, rflags=0x202, rsp=0x7FFF_F000, ss=abi.FLAT_USER_SS)
     with pytest.raises(DomainCrash):

@@ -1,8 +1,11 @@
 """Exceptions Hospes handles itself instead of bouncing (pv-abi.md §7, §8.4).
 
 * #GP(0) from privileged instructions a PV kernel still executes: rdmsr/wrmsr,
-  mov from/to CR0/CR4, in/out (answered as an empty bus), cli/sti/wbinvd/clts,
-  and native ``cpuid`` under CPUID faulting.
+  mov from/to CR0/CR4, mov from/to DR0-DR7 (``pv/debugregs.py``), in/out
+  (answered as an empty bus), cli/sti/wbinvd/clts,
+  and native ``cpuid`` under CPUID faulting. cli/sti and port I/O follow the
+  virtual IOPL as Xen's iopl_ok does (the kernel counts as ring 1, ring 0
+  under VMASST_TYPE_architectural_iopl; user mode as ring 3).
 * #GP from ``int n`` through a DPL-0 gate, and #UD from ``int $0x80`` (PVM
   raises #UD for DPL-3 software interrupts): delivered as software interrupts
   when the guest's trap table allows.
@@ -22,17 +25,21 @@ import capstone
 from capstone import x86_const as X
 
 from hospes.machine.memory import GuestFault
-from hospes.pv import abi
-from hospes.pv.errors import XenError
+from hospes.pv import abi, debugregs
+from hospes.pv.errors import Errno, XenError
 
 if TYPE_CHECKING:
     from hospes.pv.vcpu import PvVcpu
 
 FORCED_CPUID = b"\x0f\x0bxen\x0f\xa2"
+VMASST_ARCHITECTURAL_IOPL = 4   # VMASST_TYPE_architectural_iopl: vIOPL in bounce and iret frames
 _md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 _md.detail = True
 
 MSR_PAT_VALUE = 0x0000050100070406
+# The CR4 a PV guest reads (Xen's real_cr4_to_pv_guest_cr4 of its own CR4):
+# PAE, MCE, OSFXSR, OSXMMEXCPT; the guest-controlled bits are added to it.
+PV_GUEST_CR4 = 0x660
 
 
 def _fetch(vcpu: "PvVcpu", rip: int, size: int = 15) -> bytes:
@@ -57,7 +64,7 @@ def handle_exception(vcpu: "PvVcpu", vec: int, err: int) -> bool:
         return True
     if vec == 13:
         if err == 0:
-            return _privileged(vcpu)
+            return _privileged(vcpu) or _far_branch_selector(vcpu)
         if err & 2:  # IDT vector: software interrupt through a DPL-0 gate
             return _soft_int(vcpu, err >> 3, length=2)
         return False
@@ -75,6 +82,63 @@ def handle_exception(vcpu: "PvVcpu", vec: int, err: int) -> bool:
             return True
         return False
     return False
+
+
+_EA_REGS = {"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
+             "r14", "r15"}
+
+
+def _far_branch_selector(vcpu: "PvVcpu") -> bool:
+    """A far call or jump through memory whose #GP came with error code 0 for a
+    selector the CPU must name: one in the LDT when none is loaded (Hospes
+    never loads one), or beyond the GDT. The CPU, and so Xen, reports the
+    selector's error code (index and TI, no RPL); deliver that."""
+    code = _fetch(vcpu, vcpu.t_rip)
+    i = 0
+    opsize = 4
+    while i < len(code) and code[i] in (0x66, 0x67, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65):
+        if code[i] == 0x66:
+            opsize = 2
+        i += 1
+    if i < len(code) and code[i] & 0xF0 == 0x40:
+        if code[i] & 8:
+            opsize = 8
+        i += 1
+    if i + 1 >= len(code) or code[i] != 0xFF or (code[i + 1] >> 3) & 7 not in (3, 5) or code[i + 1] >> 6 == 3:
+        return False
+    try:
+        insn = next(_md.disasm(code, vcpu.t_rip, 1))
+    except StopIteration:
+        return False
+    mem = insn.operands[0].mem
+    if mem.segment != 0 and _md.reg_name(mem.segment) in ("fs", "gs"):
+        return False
+    ea = mem.disp
+    for reg, scale in ((mem.base, 1), (mem.index, mem.scale)):
+        if reg == 0:
+            continue
+        name = _md.reg_name(reg)
+        if name == "rip":
+            ea += vcpu.t_rip + insn.size
+        elif name == "rsp":
+            ea += vcpu.t_rsp * scale
+        elif name in _EA_REGS:
+            ea += int(getattr(vcpu.regs, name)) * scale
+        else:
+            return False
+    try:
+        sel = int.from_bytes(vcpu.read((ea + opsize) & 0xFFFF_FFFF_FFFF_FFFF, 2), "little")
+    except GuestFault:
+        return False
+    index = sel >> 3
+    if sel & 4:
+        missing = vcpu.ldt_ents == 0 or index >= vcpu.ldt_ents
+    else:
+        missing = index >= max(vcpu.gdt_ents, abi.FIRST_RESERVED_GDT_ENTRY + 512) or index >= 8192
+    if not missing or sel & ~3 == 0:
+        return False
+    vcpu.bounce_exception(13, sel & 0xFFFC)
+    return True
 
 
 def _soft_int(vcpu: "PvVcpu", vector: int, length: int) -> bool:
@@ -112,8 +176,13 @@ def _privileged(vcpu: "PvVcpu") -> bool:
         _cpuid(vcpu)
         vcpu.t_rip += i + 2
         return True
+    if op[:1] in (b"\xfa", b"\xfb"):                    # cli / sti: no-ops when vIOPL allows (Xen)
+        if not _iopl_ok(vcpu):
+            return False
+        vcpu.t_rip += i + 1
+        return True
     if not kernel:
-        if op and op[0] in (0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF) and vcpu.iopl >= 3:
+        if op and op[0] in (0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF) and _iopl_ok(vcpu):
             return _port_io(vcpu, op, code[:i])
         return False
     if op[:2] == b"\x0f\x32":                          # rdmsr
@@ -130,29 +199,44 @@ def _privileged(vcpu: "PvVcpu") -> bool:
             return False
         vcpu.t_rip += i + 2
         return True
+    mov_dr = (b"\x0f\x21", b"\x0f\x23")
+    if op[:2] in mov_dr or (len(op) >= 3 and op[0] & 0xF0 == 0x40 and op[1:3] in mov_dr):
+        return _mov_dr(vcpu, code, i)
     mov_cr = (b"\x0f\x20", b"\x0f\x22")
     if op[:2] in mov_cr or (len(op) >= 3 and op[0] & 0xF0 == 0x40 and op[1:3] in mov_cr):
         return _mov_cr(vcpu, code, i)
-    if op[:1] in (b"\xfa", b"\xfb"):                    # cli / sti: no-ops (Xen)
-        vcpu.t_rip += i + 1
-        return True
     if op[:2] in (b"\x0f\x09", b"\x0f\x06", b"\x0f\x08"):  # wbinvd / clts / invd
         if op[1] == 0x06:
             vcpu.cr0_ts = False
         vcpu.t_rip += i + 2
         return True
     if op and op[0] in (0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF):
-        if vcpu.iopl < 1:
+        if not _iopl_ok(vcpu):
             return False
         return _port_io(vcpu, op, code[:i])
     if op and op[0] in (0x6C, 0x6D, 0x6E, 0x6F):       # ins/outs: skip (empty bus)
+        if not _iopl_ok(vcpu):
+            return False
         vcpu.t_rip += i + 1
+        if vcpu.dr7_emul:
+            size = 1 if op[0] in (0x6C, 0x6E) else (2 if 0x66 in code[:i] else 4)
+            debugregs.deliver_io_breakpoint(vcpu, regs.rdx & 0xFFFF, size)
         return True
     if op[:1] == b"\xf4":                               # hlt: behave like SCHEDOP_block
         vcpu.t_rip += i + 1
         vcpu.domain.block(vcpu)
         return True
     return False
+
+
+def _iopl_ok(vcpu: "PvVcpu") -> bool:
+    """Xen's iopl_ok: the guest kernel counts as ring 1 (ring 0 under
+    VMASST_TYPE_architectural_iopl), user mode as ring 3, against the virtual IOPL."""
+    if not vcpu.kernel_mode:
+        cpl = 3
+    else:
+        cpl = 0 if VMASST_ARCHITECTURAL_IOPL in vcpu.domain.vm_assist else 1
+    return cpl <= vcpu.iopl
 
 
 def _port_io(vcpu: "PvVcpu", op: bytes, prefixes: bytes) -> bool:
@@ -170,6 +254,8 @@ def _port_io(vcpu: "PvVcpu", op: bytes, prefixes: bytes) -> bool:
             mask = 0xFF if size == 1 else 0xFFFF
             regs.rax = (regs.rax & ~mask) | (value & mask)
     vcpu.t_rip += len(prefixes) + length
+    if vcpu.dr7_emul:
+        debugregs.deliver_io_breakpoint(vcpu, port, size)
     return True
 
 
@@ -212,11 +298,54 @@ def _mov_cr(vcpu: "PvVcpu", code: bytes, start: int) -> bool:
         if cr == 0:
             vcpu.cr0_ts = bool(value & 8)
         elif cr == 4:
-            # Guest-controllable: TSD, DE, FSGSBASE-less; keep the fixed bits.
-            vcpu.cr4 = 0x620 | (value & ((1 << 2) | (1 << 3)))
+            # Xen's pv_fixup_guest_cr4: the guest controls TSD, DE and (when
+            # CPUID shows it) FSGSBASE; the other bits are Xen's own.
+            mask = (1 << 2) | (1 << 3)
+            if vcpu.domain.cpuid.lookup(7, 0)[1] & 1:
+                mask |= 1 << 16
+            vcpu.cr4 = PV_GUEST_CR4 | (value & mask)
         else:
             return False
     vcpu.t_rip += i + 3 - start + start
+    return True
+
+
+def _mov_dr(vcpu: "PvVcpu", code: bytes, start: int) -> bool:
+    """mov to/from DR0-DR7 in the guest kernel, as Xen's emulator: DR8+ (REX.R)
+    and DR4/DR5 with CR4.DE are #UD, set_debugreg's refusals #GP(0)."""
+    i = start
+    rex = 0
+    if code[i] & 0xF0 == 0x40:
+        rex = code[i]
+        i += 1
+    if len(code) < i + 3:
+        return False
+    to_dr = code[i + 1] == 0x23
+    modrm = code[i + 2]
+    dr = ((modrm >> 3) & 7) | (8 if rex & 4 else 0)
+    name = _gpr_name((modrm & 7) | (8 if rex & 1 else 0))
+    if dr > 7 or (dr in (4, 5) and vcpu.cr4 & debugregs.CR4_DE):
+        vcpu.bounce_exception(6, None)
+        return True
+    if to_dr:
+        value = vcpu.t_rsp if name == "rsp" else int(getattr(vcpu.regs, name))
+        rc = debugregs.set_debugreg(vcpu, dr, value)
+        if rc == -Errno.ENODEV:
+            vcpu.bounce_exception(6, None)
+            return True
+        if rc:
+            return False
+        debugregs.load(vcpu)
+    else:
+        got = debugregs.read_debugreg(vcpu, dr)
+        if got is None:
+            vcpu.bounce_exception(6, None)
+            return True
+        if name == "rsp":
+            vcpu.t_rsp = got
+        else:
+            setattr(vcpu.regs, name, got)
+    vcpu.t_rip += i + 3
     return True
 
 

@@ -35,7 +35,8 @@ from hospes.pv import layout as L
 from hospes.pv.errors import Errno, XenError
 from hospes.pv.runstate import RunState, VcpuRun
 from hospes.pv.trampoline import VcpuArea
-from hospes.pv import emulate
+from hospes.pv import debugregs, emulate
+from hospes.pv.emulate import VMASST_ARCHITECTURAL_IOPL
 from hospes.pv.vcpu_state import PvVcpuState, StartContext, capture_cpu, load_cpu
 from hospes.state import StateError, check_version
 
@@ -148,6 +149,8 @@ class PvVcpu:
     gs_base_user: int
     fs_base: int
     gs_sel: int
+    bases_dirty: bool
+    mcg_status: int
     trap_table: dict[int, tuple[int, int]]
     callbacks: dict[int, tuple[int, int]]
     kernel_ss: int
@@ -156,6 +159,7 @@ class PvVcpu:
     cr0_ts: bool
     cr4: int
     debugreg: list[int]
+    dr7_emul: int
     vcpu_info_gpa: int
     vcpu_info_registered: bool
     runstate_va: int
@@ -206,14 +210,21 @@ class PvVcpu:
         self.gs_base_user = 0
         self.fs_base = 0
         self.gs_sel = 0
+        # The FS base and the current mode's GS base live in the CPU while the
+        # guest runs (it may write them itself: wrfsbase, a segment load), and in
+        # the fields above once Hospes has changed one: then bases_dirty is set
+        # and the next entry loads them.
+        self.bases_dirty = True
+        self.mcg_status = 0      # MCG_STATUS as the guest last wrote it (Xen's vMCE)
         self.trap_table: dict[int, tuple[int, int]] = {}  # vector -> (flags, address)
         self.callbacks: dict[int, tuple[int, int]] = {}   # type -> (address, flags)
         self.kernel_ss = abi.FLAT_KERNEL_SS
         self.kernel_sp = 0
         self.iopl = 0
         self.cr0_ts = False
-        self.cr4 = 0x620
-        self.debugreg = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400]
+        self.cr4 = emulate.PV_GUEST_CR4
+        self.debugreg = list(debugregs.INITIAL)
+        self.dr7_emul = 0        # DR7's enables of I/O breakpoints, which are never in the CPU (Xen)
         self.vcpu_info_gpa = domain.layout.shared_info_gpa + 64 * vcpu_id
         self.vcpu_info_registered = False
         self.runstate_va = 0
@@ -259,6 +270,17 @@ class PvVcpu:
 
     def write_u64(self, va: int, value: int) -> None:
         self.virt.write_u64(self.kernel_cr3, va, value)
+
+    def bases_from_cpu(self) -> None:
+        """Take the FS and current-mode GS bases from the CPU, where the guest may
+        have changed them (call before reading or changing any of the three)."""
+        if not self.bases_dirty:
+            s = self.sregs
+            self.fs_base = s.fs.base
+            if self.kernel_mode:
+                self.gs_base_kernel = s.gs.base
+            else:
+                self.gs_base_user = s.gs.base
 
     def count(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
@@ -501,6 +523,15 @@ class PvVcpu:
             self.bounce_failsafe()
             self._resume()
             return
+        if vec == 1:
+            cpu_dr6 = debugregs.take_cpu_dr6(self)
+            if cs & 3 == 0 or debugregs.in_hypervisor_range(rip):
+                # A guest breakpoint deferred into Hospes' own code (mov %ss before
+                # SYSCALL): Xen notes a "#DB in Xen context" and carries on. The
+                # stub's iretq resumes the interrupted code as it was.
+                self.count("db_in_hospes")
+                return
+            debugregs.merge_dr6(self, cpu_dr6)
         if cs & 3 == 0:
             raise DomainCrash(
                 f"exception {vec} (error {err:#x}) inside the hypervisor trampoline at rip {rip:#x}; "
@@ -510,6 +541,11 @@ class PvVcpu:
         self.count(TRAP_KEYS[vec & 255])
         if not emulate.handle_exception(self, vec, err):
             self.bounce_exception(vec, err if vec in abi.ERROR_CODE_VECTORS else None)
+        elif rflags & RFLAGS_TF and self.t_rsp == ersp and self.t_rip != rip and vec in (6, 13):
+            # An instruction Hospes emulated under TF: the single-step trap the
+            # CPU would have raised after it (Xen: pv_inject_DB(DR_STEP)).
+            debugregs.merge_dr6(self, debugregs.DR6_DEFAULT | debugregs.DR6_BS)
+            self.bounce_exception(1, None)
         self._resume()
 
     # --- kicks ---------------------------------------------------------------------------
@@ -571,7 +607,9 @@ class PvVcpu:
         if target == 0:
             raise DomainCrash("the guest has no handler registered for this event")
         if not self.kernel_mode:
+            self.bases_from_cpu()
             self.kernel_mode = True
+            self.bases_dirty = True
             rsp = self.kernel_sp
             cs = self.t_cs
         else:
@@ -580,6 +618,8 @@ class PvVcpu:
         rsp &= ~0xF
         old_mask = self.upcall_mask
         rflags = (self.t_rflags & ~(RFLAGS_IOPL | RFLAGS_IF)) | (0 if old_mask else RFLAGS_IF)
+        if self.iopl and VMASST_ARCHITECTURAL_IOPL in self.domain.vm_assist:
+            rflags |= self.iopl << 12   # Xen folds the virtual IOPL into the frame under this assist
         frame = [
             self.regs.rcx if rcx is None else rcx,
             self.regs.r11 if r11 is None else r11,
@@ -641,12 +681,10 @@ class PvVcpu:
         want_cr3 = self.kernel_cr3 if self.kernel_mode else self.user_cr3
         sregs = self.sregs
         dirty_sregs = False
-        want_gs = self.gs_base_kernel if self.kernel_mode else self.gs_base_user
-        if sregs.gs.base != want_gs:
-            sregs.gs.base = want_gs
-            dirty_sregs = True
-        if sregs.fs.base != self.fs_base:
+        if self.bases_dirty:
+            sregs.gs.base = self.gs_base_kernel if self.kernel_mode else self.gs_base_user
             sregs.fs.base = self.fs_base
+            self.bases_dirty = False
             dirty_sregs = True
         rflags = (self.t_rflags & RFLAGS_GUEST_MASK) | RFLAGS_IF | 2
         frame = (self.t_rip, self.t_cs, rflags, self.t_rsp, self.t_ss)
@@ -744,6 +782,9 @@ class PvVcpu:
         self.sregs.cr3 = self.kernel_cr3
         self.cpu_cr3 = self.kernel_cr3
         self.t_rip, self.t_cs, self.t_rflags, self.t_rsp, self.t_ss = ctx.frame
+        self.bases_dirty = True     # the context's bases, not the ones the CPU last had
+        self.dr7_emul = 0
+        debugregs.load(self)        # VCPUOP_initialise reset them (on another thread)
         self.exit_kind = "start"
         self._resume()
         self.kvm.mark_dirty(regs=True, sregs=True)
@@ -830,6 +871,7 @@ class PvVcpu:
         if self.thread_ident is not None and not self.run_state.parked:
             raise StateError(f"vCPU {self.id} is running; pause the domain before saving it.")
         ctx = self.start_context
+        self.bases_from_cpu()
         return PvVcpuState(
             vcpu_id=self.id, online=self.online, initialised=self.initialised,
             kernel_mode=self.kernel_mode, kernel_cr3=self.kernel_cr3, user_cr3=self.user_cr3,
@@ -840,7 +882,7 @@ class PvVcpu:
             kernel_ss=self.kernel_ss, kernel_sp=self.kernel_sp, iopl=self.iopl, cr0_ts=self.cr0_ts,
             cr4=self.cr4, debugreg=tuple(self.debugreg), vcpu_info_gpa=self.vcpu_info_gpa,
             vcpu_info_registered=self.vcpu_info_registered, runstate_va=self.runstate_va,
-            time_area_va=self.time_area_va,
+            time_area_va=self.time_area_va, mcg_status=self.mcg_status, dr7_emul=self.dr7_emul,
             gdt_frames=tuple(self.gdt_frames), gdt_ents=self.gdt_ents, ldt_base=self.ldt_base,
             ldt_ents=self.ldt_ents, writes=tuple(self.writes), flush_pending=self.flush_pending,
             invlpg_va=self.invlpg_va,
@@ -864,7 +906,7 @@ class PvVcpu:
         for name in ("initialised", "kernel_mode", "kernel_cr3", "user_cr3", "gs_base_kernel", "gs_base_user",
                      "fs_base", "gs_sel", "kernel_ss", "kernel_sp", "iopl", "cr0_ts", "cr4", "vcpu_info_gpa",
                      "vcpu_info_registered", "runstate_va", "time_area_va", "gdt_ents", "ldt_base", "ldt_ents",
-                     "flush_pending", "invlpg_va"):
+                     "flush_pending", "invlpg_va", "mcg_status", "dr7_emul"):
             setattr(pv, name, getattr(state, name))
         if pv.vcpu_info_registered:
             pv.mem.hold(pv.vcpu_info_gpa, 64)

@@ -94,6 +94,8 @@ class PvVcpuState:
     start_context: StartContext | None
     cpu: CpuState
     time_area_va: int = 0                             # 0: none registered (and saves from before it)
+    mcg_status: int = 0                               # MCG_STATUS of Xen's vMCE
+    dr7_emul: int = 0                                 # DR7's I/O-breakpoint enables (never in the CPU)
     version: int = VERSION
 
 

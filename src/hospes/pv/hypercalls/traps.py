@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 import struct
 
-from hospes.pv import abi
+from hospes.pv import abi, debugregs
 from hospes.pv.abi import Hypercall
 from hospes.pv.errors import Errno, XenError
 from hospes.pv.guestvirt import canonical
+from hospes.pv.emulate import VMASST_ARCHITECTURAL_IOPL
 from hospes.pv.vcpu import NO_RETURN, RFLAGS_IF, DomainCrash
 
 if TYPE_CHECKING:
@@ -89,6 +90,8 @@ SEGBASE_GS_USER_SEL = 3
 
 def set_segment_base(vcpu: PvVcpu, which: int, base: int, *_: int) -> int:
     which &= 0xFFFFFFFF
+    vcpu.bases_from_cpu()
+    vcpu.bases_dirty = True
     if which == SEGBASE_GS_USER_SEL:
         sel = base & 0xFFFF
         if sel & 3 != 3 and sel > 3:
@@ -110,29 +113,15 @@ def set_segment_base(vcpu: PvVcpu, which: int, base: int, *_: int) -> int:
 
 
 def set_debugreg(vcpu: PvVcpu, reg: int, value: int, *_: int) -> int:
-    reg &= 0xFFFFFFFF
-    if reg <= 3:
-        if not canonical(value) or value >= 0xFFFF_8000_0000_0000 and value < 0xFFFF_8800_0000_0000:
-            return -Errno.EPERM
-    elif reg in (4, 5, 6, 7):
-        if value >> 32:
-            return -Errno.EINVAL
-        if reg in (5, 7) and value & (1 << 13):
-            return -Errno.EPERM
-        reg = 6 if reg in (4, 6) else 7
-    else:
-        return -Errno.ENODEV
-    vcpu.debugreg[reg] = value
-    return 0
+    rc = debugregs.set_debugreg(vcpu, reg & 0xFFFFFFFF, value)
+    if rc == 0:
+        debugregs.load(vcpu)
+    return rc
 
 
 def get_debugreg(vcpu: PvVcpu, reg: int, *_: int) -> int:
-    reg &= 0xFFFFFFFF
-    if reg in (4, 5):
-        reg += 2
-    if reg > 7:
-        return -Errno.ENODEV
-    return vcpu.debugreg[reg]
+    value = debugregs.read_debugreg(vcpu, reg & 0xFFFFFFFF)
+    return -Errno.ENODEV if value is None else value
 
 
 def iret(vcpu: PvVcpu, *_: int) -> object:
@@ -144,11 +133,15 @@ def iret(vcpu: PvVcpu, *_: int) -> object:
     if cs & 3 == 3:
         if vcpu.user_cr3 == 0:
             raise DomainCrash("HYPERVISOR_iret to user mode without a user page table")
+        vcpu.bases_from_cpu()
         vcpu.kernel_mode = False
+        vcpu.bases_dirty = True
     # Xen's do_iret copies RSP as it is: a non-canonical one faults (#SS) only
     # when the guest uses it. RIP is still checked: Hospes cannot enter the VM there.
     if not canonical(rip):
         raise DomainCrash(f"HYPERVISOR_iret to a non-canonical address {rip:#x}")
+    if VMASST_ARCHITECTURAL_IOPL in vcpu.domain.vm_assist:
+        vcpu.iopl = (rflags >> 12) & 3     # do_iret: the frame's IOPL is the new virtual IOPL
     vcpu.t_rip = rip
     vcpu.t_cs = (cs & 0xFFFF) | 3
     vcpu.t_rflags = rflags
