@@ -838,6 +838,14 @@ class PvVcpu:
                      "flush_pending", "invlpg_va"):
             setattr(pv, name, getattr(state, name))
         if pv.vcpu_info_registered:
+            # The page's writable reference is Hospes' own, so not in the MMU
+            # record: taken again here (StateError if the page cannot be written).
+            if state.vcpu_info_gpa >= domain.layout.ram_pages << 12:
+                raise StateError(f"The saved vCPU {state.vcpu_id} has its vcpu_info outside the guest's RAM.")
+            try:
+                domain.mmu.hold_writable((state.vcpu_info_gpa >> 12,))
+            except XenError as e:
+                raise StateError(f"The saved vCPU {state.vcpu_id}'s vcpu_info page cannot be written: {e}") from None
             pv.mem.hold(pv.vcpu_info_gpa, 64)
         pv.trap_table = {v: (f, a) for v, f, a in state.trap_table}
         pv.callbacks = {t: (a, f) for t, a, f in state.callbacks}
