@@ -44,6 +44,7 @@ ALL_GUESTS: tuple[str, ...] = (
     "multicall",
     "version",
     "failsafe",
+    "hostile",
 )
 
 # Freestanding kernel code: no libc, no PIC (Debian's gcc defaults to PIE),
