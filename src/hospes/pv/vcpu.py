@@ -236,13 +236,17 @@ class PvVcpu:
         return self.virt.read(self.kernel_cr3, va, size)
 
     def write(self, va: int, data: bytes | bytearray) -> None:
-        self.virt.write(self.kernel_cr3, va, data)
+        # Under the MMU's lock, like every store of Hospes' into a page it does not
+        # hold: another vCPU must not make the page a table between walk and store.
+        with self.domain.mmu.lock:
+            self.virt.write(self.kernel_cr3, va, data)
 
     def read_u64(self, va: int) -> int:
         return self.virt.read_u64(self.kernel_cr3, va)
 
     def write_u64(self, va: int, value: int) -> None:
-        self.virt.write_u64(self.kernel_cr3, va, value)
+        with self.domain.mmu.lock:   # see write()
+            self.virt.write_u64(self.kernel_cr3, va, value)
 
     def count(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
@@ -560,7 +564,7 @@ class PvVcpu:
         frame += [self.t_rip, cs | (old_mask << 32), rflags, self.t_rsp, self.t_ss]
         rsp -= 8 * len(frame)
         try:
-            self.virt.write(self.kernel_cr3, rsp, struct.pack(f"<{len(frame)}Q", *frame))
+            self.write(rsp, struct.pack(f"<{len(frame)}Q", *frame))   # guest-chosen words: never into a table
         except GuestFault as e:
             raise DomainCrash(f"cannot write a bounce frame to the guest kernel stack: {e}") from e
         if mask_events:
