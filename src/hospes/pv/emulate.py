@@ -19,6 +19,7 @@ Everything else is reflected to the guest by the caller.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -292,7 +293,7 @@ def _effective_address(vcpu: "PvVcpu", insn: capstone.CsInsn, op: capstone.x86.X
             ea += insn.address + insn.size
         elif mem.base:
             ea += _get(vcpu, mem.base)
-        if mem.index:
+        if mem.index and mem.index not in (X.X86_REG_RIZ, X.X86_REG_EIZ):   # riz: "no index" spelled out
             ea += _get(vcpu, mem.index) * mem.scale
     except KeyError:
         return None
@@ -305,6 +306,7 @@ def _effective_address(vcpu: "PvVcpu", insn: capstone.CsInsn, op: capstone.x86.X
 
 
 _REG_CACHE: dict[int, tuple[str, int, int]] = {}
+_NUMBERED = re.compile(r"r(8|9|1[0-5])([bwd]?)")
 
 
 def _reg(vcpu: "PvVcpu", reg: int) -> tuple[str, int, int]:
@@ -321,11 +323,10 @@ def _reg(vcpu: "PvVcpu", reg: int) -> tuple[str, int, int]:
     }.get(name)
     if base:
         return base
-    if name.startswith("r"):
-        num = name[1:].rstrip("bwd")
-        width = {"b": 8, "w": 16, "d": 32}.get(name[-1], 64) if not name[-1].isdigit() else 64
-        return (f"r{num}", 0, width)
-    raise KeyError(name)
+    m = _NUMBERED.fullmatch(name)
+    if m:   # r8..r15, r8b/r8w/r8d..
+        return (f"r{m.group(1)}", 0, {"b": 8, "w": 16, "d": 32}.get(m.group(2), 64))
+    raise KeyError(name)   # segment, vector, pseudo (riz) registers: not a store we emulate
 
 
 def _get(vcpu: "PvVcpu", reg: int) -> int:
