@@ -202,23 +202,18 @@ class PvMmu:
         guest maps it, or another holder has it) just gains a reference, so
         the common case is two dictionary lookups and a store.
         """
-        taken: list[int] = []
+        frames = tuple(frames)
         with self.lock:
-            try:
-                for frame in frames:
-                    if not 0 <= frame < self.ram_pages:
-                        raise XenError(Errno.EINVAL, f"frame {frame:#x} is not guest RAM")
-                    n = self.count.get(frame, 0)
-                    if n and self.type[frame] != WRITABLE:
-                        raise XenError(Errno.EINVAL,
-                                       f"frame {frame:#x} is in use as a {TYPE_NAMES[self.type[frame]]} page")
-                    self.type[frame] = WRITABLE
-                    self.count[frame] = n + 1
-                    self.held[frame] = self.held.get(frame, 0) + 1
-                    taken.append(frame)
-            except XenError:
-                self._drop_held(taken)
-                raise
+            count, types, held, ram = self.count, self.type, self.held, self.ram_pages
+            for i, frame in enumerate(frames):
+                n = count.get(frame, 0)
+                if not 0 <= frame < ram or (n and types[frame] != WRITABLE):
+                    self._drop_held(frames[:i])
+                    what = f"in use as a {TYPE_NAMES[types[frame]]} page" if 0 <= frame < ram else "not guest RAM"
+                    raise XenError(Errno.EINVAL, f"frame {frame:#x} is {what}")
+                types[frame] = WRITABLE
+                count[frame] = n + 1
+                held[frame] = held.get(frame, 0) + 1
 
     def release_writable(self, frames: Iterable[int]) -> None:
         """Drop references :meth:`hold_writable` took (each frame as often as it was held)."""
