@@ -27,6 +27,9 @@
 #include "guest.h"
 
 #define __HYPERVISOR_set_gdt       2
+#define __HYPERVISOR_vm_assist     21
+#define VMASST_CMD_enable          0
+#define VMASST_TYPE_writable_pagetables 2
 #define MMUEXT_PIN_L2_TABLE        1
 #define VCPUOP_register_vcpu_info  10
 
@@ -309,6 +312,9 @@ static void forged_pte_attempt(void)
 
 static void ptwr_attempts(void)
 {
+    /* Xen emulates L1 stores only for a guest that asks, as Linux does. */
+    require_rc(_hc(__HYPERVISOR_vm_assist, VMASST_CMD_enable, VMASST_TYPE_writable_pagetables, 0, 0, 0),
+               "vm_assist_writable_pagetables");
     trap_set_handler(14, pf_handler);
     uint64_t *l1 = new_l1("ptwr_l1");
     uint64_t *data = alloc_page();
