@@ -21,11 +21,11 @@ domain's grant table (``hospes.pv.grant``: permit access, granted to dom0,
 writable when the disk writes into the page, a frame of guest RAM); every
 segment bound is checked before memory is touched. A read holds a writable
 type reference on each page it fills while it fills them, and the ring page
-holds one while the device is connected (Xen's writable grant map does the
-same), so a page the guest has made a page table or GDT is refused: the
-request gets an error status, the connection is refused with a log line. A frontend that breaks the
-protocol gets an error status for that request, never a host exception; one
-that breaks the ring indices is disconnected.
+holds one while the device is connected (as Xen's writable grant map does),
+so a page the guest has made a page table or GDT is never written: such a
+request gets an error status, such a ring is refused with a log line. A
+frontend that breaks the protocol gets an error status for that request,
+never a host exception; one that breaks the ring indices is disconnected.
 
 A worker thread serves the ring (``hospes.pv.ring.BackRing``), so the vCPU
 that notifies never waits for the disk. The xenbus handshake is the shared

@@ -44,8 +44,8 @@ counts one twice nor keeps one for a ring that has gone.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar
 
 from hospes.pv.abi import PTE_A, PTE_ADDR_MASK, PTE_P, PTE_PSE, PTE_RW, PTE_US

@@ -26,7 +26,7 @@ def set_gdt(vcpu: PvVcpu, frame_list: int, entries: int, *_: int) -> int:
 def update_descriptor(vcpu: PvVcpu, maddr: int, desc: int, *_: int) -> int:
     if maddr & 7 or (maddr >> 12) >= vcpu.domain.layout.ram_pages:
         return -Errno.EINVAL
-    desc = check_descriptor(desc & 0xFFFF_FFFF_FFFF_FFFF)
+    desc = check_descriptor(desc)
     mmu = vcpu.domain.mmu
     # Under the MMU's lock: another vCPU must not make the page a table between
     # the check and the store (the "descriptor" would be an unvalidated entry).
