@@ -116,6 +116,12 @@ class FakeKvmVcpu:
     def mark_dirty(self, regs: bool = False, sregs: bool = False, events: bool = False) -> None:
         self.dirty.append((regs, sregs))
 
+    def get_tsc_offset(self) -> int | None:
+        return None            # as a KVM without KVM_VCPU_TSC_OFFSET
+
+    def set_tsc_offset(self, offset: int) -> None:
+        raise AssertionError("no TSC offset to set on a fake vCPU")
+
     def get_tsc_khz(self) -> int:
         return TSC_KHZ
 
@@ -149,8 +155,11 @@ class FakeClock:
     def guest_tsc(self) -> int:
         return self.now_ns * TSC_KHZ // 1_000_000
 
-    def publish(self, buf: Any, gpa: int, tsc: int, system_time: int) -> None:
+    def publish(self, buf: Any, gpa: int) -> None:
         pass
+
+    def record(self, version: int) -> bytes:
+        return version.to_bytes(4, "little") + bytes(range(1, 29))   # recognisable, not a real record
 
 
 @dataclass

@@ -100,7 +100,10 @@ def _u64(desc: bytes) -> int:
     return int.from_bytes(desc, "little")
 
 
-@pytest.fixture(scope="module", params=guest_build.ALL_GUESTS)
+STANDARD_GUESTS = tuple(g for g in guest_build.ALL_GUESTS if g not in guest_build.VARIANTS)
+
+
+@pytest.fixture(scope="module", params=STANDARD_GUESTS)
 def guest(request) -> tuple[str, Path, Elf]:
     path = guest_build.build_guest(request.param)
     return request.param, path, parse_elf(path.read_bytes())
@@ -165,6 +168,54 @@ def test_readelf_sees_xen_notes(guest):
     out = subprocess.run(["readelf", "-n", str(path)], capture_output=True, text=True, check=True)
     assert ".note.Xen" in out.stdout
     assert out.stdout.count("Xen ") >= 7
+
+
+def _section_headers(data: bytes) -> list[tuple[str, int, bytes]]:
+    """(name, type, contents) of every section, read independently of the loader."""
+    shoff = struct.unpack_from("<Q", data, 40)[0]
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 58)
+    raw = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    st = raw[shstrndx]
+    strtab = data[st[4] : st[4] + st[5]]
+    out = []
+    for sh in raw:
+        name = strtab[sh[0] :].split(b"\0", 1)[0].decode()
+        out.append((name, sh[1], data[sh[4] : sh[4] + sh[5]] if sh[1] != 8 else b""))
+    return out
+
+
+def test_variant_elf_shnote_has_notes_only_in_a_sht_note_section():
+    data = guest_build.build_guest("elf_shnote").read_bytes()
+    elf = parse_elf(data)
+    assert not any(p.type == PT_NOTE for p in elf.phdrs)
+    (notes,) = [c for name, t, c in _section_headers(data) if name == ".note.Xen" and t == 7]
+    found = {t: d for owner, t, d in _parse_notes(notes) if owner == b"Xen"}
+    assert found[XEN_ELFNOTE_LOADER].startswith(b"generic")
+    assert _u64(found[XEN_ELFNOTE_HYPERCALL_PAGE]) == VIRT_BASE + 0x101000
+
+
+def test_variant_elf_xen_guest_has_only_the_legacy_string():
+    data = guest_build.build_guest("elf_xen_guest").read_bytes()
+    elf = parse_elf(data)
+    assert not any(p.type == PT_NOTE for p in elf.phdrs)
+    sections = _section_headers(data)
+    assert not [name for name, t, c in sections if t == 7 and any(o == b"Xen" for o, _t, _d in _parse_notes(c))]
+    (info,) = [c for name, _t, c in sections if name == "__xen_guest"]
+    pairs = dict(kv.split("=", 1) for kv in info.rstrip(b"\0").decode().split(","))
+    assert pairs["LOADER"] == "generic" and pairs["XEN_VER"] == "xen-3.0"
+    assert int(pairs["VIRT_BASE"], 0) == VIRT_BASE == int(pairs["ELF_PADDR_OFFSET"], 0)
+    assert int(pairs["HYPERCALL_PAGE"], 0) == 0x101
+    loads = [p for p in elf.phdrs if p.type == PT_LOAD]
+    assert all(p.paddr == p.vaddr for p in loads)   # placed at p_paddr - ELF_PADDR_OFFSET
+
+
+def test_variant_elf_paddr_offset_is_linked_above_its_placement():
+    elf = parse_elf(guest_build.build_guest("elf_paddr_offset").read_bytes())
+    offset = guest_build.PADDR_OFFSET_VARIANT
+    assert _u64(xen_notes(elf)[XEN_ELFNOTE_PADDR_OFFSET]) == offset
+    loads = [p for p in elf.phdrs if p.type == PT_LOAD]
+    assert all(p.vaddr == p.paddr - offset + VIRT_BASE for p in loads)
+    assert min(p.paddr for p in loads) == offset + 0x100000
 
 
 def test_build_is_cached():

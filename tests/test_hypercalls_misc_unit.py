@@ -22,7 +22,8 @@ from hospes.pv.abi import DOMID_SELF, Hypercall
 from hospes.pv.errors import Errno
 from hospes.pv.evtchn import EvtchnStat, Virq
 from hospes.pv.hypercalls import evtchn as E, grant as G, memory as M
-from pv_fakes import ARG_VA, BUF_VA, CMDLINE, DOMID, STACK_TOP, UUID, FakePvDomain, FakeVcpu, u32, u64
+from pv_fakes import (ARG_VA, BUF_VA, CMDLINE, CODE_VA, DOMID, STACK_TOP, UUID, FakePvDomain, FakeVcpu, u32,
+                      u64)
 
 PENDING, MASK = 0x800, 0xA00                  # shared_info.evtchn_pending / evtchn_mask
 UNMAPPED = 0x1000
@@ -264,10 +265,22 @@ def test_grant_table_op_takes_one_setup_at_a_time_and_knows_its_commands(vcpu: F
 # --- console_io, physdev_op, vm_assist ------------------------------------------------------------------
 
 
-def test_console_io_write_hands_the_bytes_to_the_console(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
-    vcpu.put(BUF_VA, b"hello, world\n")
-    assert vcpu.hypercall(Hypercall.console_io, 0, 13, BUF_VA) == 0
-    assert dom.record.console == [b"hello, world\n"]
+def test_console_io_write_gives_the_hypervisor_log_prefixed_lines(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    # Xen's guest_console_write: whole lines, "(d<domid>) " in front, unprintable bytes dropped.
+    vcpu.put(BUF_VA, b"hello, world\nhalf a \x07line")
+    assert vcpu.hypercall(Hypercall.console_io, 0, 26, BUF_VA) == 0
+    assert dom.record.console == [b"(d5) hello, world\n"]
+    vcpu.put(BUF_VA, b"\tdone\n")
+    assert vcpu.hypercall(Hypercall.console_io, 0, 6, BUF_VA) == 0
+    assert dom.record.console == [b"(d5) hello, world\n", b"(d5) half a line\tdone\n"]
+
+
+def test_console_io_lines_longer_than_xens_buffer_come_in_pieces() -> None:
+    from hospes.pv.console_log import LINE_MAX, ConsoleIoLog
+
+    log = ConsoleIoLog(7)
+    lines = log.feed(b"x" * (LINE_MAX + 10) + b"\n")
+    assert lines == [b"(d7) " + b"x" * LINE_MAX + b"\n", b"(d7) " + b"x" * 10 + b"\n"]
 
 
 def test_console_io_refuses_oversized_writes_and_unknown_commands(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
@@ -325,26 +338,36 @@ def multicall(vcpu: FakeVcpu, *calls: tuple[int, ...]) -> tuple[int, list[int]]:
 
 
 def test_multicall_runs_each_entry_and_writes_its_result_back(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
-    vcpu.put(ARG_VA, b"ok")
+    vcpu.put(ARG_VA, b"ok\n")
     rc, results = multicall(
         vcpu,
         (Hypercall.xen_version, 0, 0),
-        (Hypercall.console_io, 0, 2, ARG_VA),
+        (Hypercall.console_io, 0, 3, ARG_VA),
         (Hypercall.xen_version, 99, 0),                 # fails; the batch goes on
         (Hypercall.fpu_taskswitch, 1),
     )
     assert rc == 0
     assert results == [(abi.XEN_MAJOR << 16) | abi.XEN_MINOR, 0, -Errno.ENOSYS, 0]
-    assert dom.record.console == [b"ok"] and vcpu.cr0_ts
+    assert dom.record.console == [b"(d5) ok\n"] and vcpu.cr0_ts
 
 
-def test_multicall_refuses_iret_and_nested_multicalls_in_its_entries(vcpu: FakeVcpu) -> None:
-    vcpu.regs.rsp = STACK_TOP - 0x100
-    rc, results = multicall(vcpu, (Hypercall.iret,), (Hypercall.multicall, BUF_VA, 1), (Hypercall.xen_version, 0))
+def test_multicall_refuses_a_nested_multicall(vcpu: FakeVcpu) -> None:
+    rc, results = multicall(vcpu, (Hypercall.multicall, BUF_VA, 1), (Hypercall.xen_version, 0))
     assert rc == 0
-    assert results[:2] == [-Errno.EINVAL, -Errno.EINVAL]
-    assert results[2] == (abi.XEN_MAJOR << 16) | abi.XEN_MINOR
-    assert vcpu.t_rip == 0                               # the iret did not happen
+    assert results == [-Errno.EINVAL, (abi.XEN_MAJOR << 16) | abi.XEN_MINOR]
+
+
+def test_an_iret_entry_takes_effect_and_ends_the_batch(vcpu: FakeVcpu) -> None:
+    # Xen: pv_do_multicall_call answers mc_exit for iret.
+    frame_va = STACK_TOP - 0x100
+    target, new_rsp = CODE_VA, STACK_TOP - 0x40
+    vcpu.put(frame_va, struct.pack("<9Q", 0x1234, 0x11, 0x22, 0, target, 0xE030, 0x202, new_rsp, 0xE02B))
+    vcpu.regs.rsp = frame_va
+    rc, results = multicall(vcpu, (Hypercall.xen_version, 0), (Hypercall.iret,), (Hypercall.fpu_taskswitch, 1))
+    assert rc == 0x1234                                  # RAX from the frame, not the multicall's 0
+    assert results == [(abi.XEN_MAJOR << 16) | abi.XEN_MINOR, 0x1234, 0xDEAD_BEEF]
+    assert (vcpu.t_rip, vcpu.t_rsp, vcpu.t_cs, vcpu.kernel_mode) == (target, new_rsp, 0xE033, True)
+    assert not vcpu.cr0_ts                               # the entry after the iret never ran
 
 
 def test_multicall_entries_with_unknown_numbers_are_enosys(vcpu: FakeVcpu) -> None:
@@ -364,3 +387,14 @@ def test_a_bad_guest_pointer_is_efault_and_each_hypercall_is_counted(vcpu: FakeV
     assert vcpu.hypercall(Hypercall.xen_version, 1, UNMAPPED) == -Errno.EFAULT
     assert vcpu.hypercall(Hypercall.xen_version, 0, 0) > 0
     assert vcpu.stats[f"hypercall:{int(Hypercall.xen_version)}"] == 2
+
+
+def test_multicall_result_is_an_unsigned_long(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    # get_debugreg of a kernel address inside a multicall once ended the domain
+    # ("internal error": the result was packed as a signed value).
+    address = 0xFFFF_FFFF_8100_0000
+    assert vcpu.hypercall(Hypercall.set_debugreg, 0, address) == 0
+    rc, results = multicall(vcpu, (Hypercall.get_debugreg, 0), (Hypercall.get_debugreg, 7))
+    assert rc == 0
+    assert [r & 0xFFFF_FFFF_FFFF_FFFF for r in results] == [address, 0x400]
+    assert dom.record.crashes == []

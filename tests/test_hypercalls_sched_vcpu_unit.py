@@ -14,6 +14,7 @@ with VCPU_SSHOTTMR_future is -ETIME, a second vcpu_info registration is
 from __future__ import annotations
 
 import struct
+import time
 
 import pytest
 
@@ -112,6 +113,23 @@ def test_set_timer_op_sets_this_vcpus_singleshot_timer(dom: FakePvDomain, vcpu: 
     assert dom.timers.singleshot == [(0, 7_000 * MS, False)]
 
 
+@pytest.mark.parametrize("deadline", [(1 << 64) - 1, 1 << 63, "now + 2^50", "now + 2^52"])
+def test_set_timer_op_takes_a_huge_timeout_for_100_ms(dom: FakePvDomain, vcpu: FakeVcpu, deadline) -> None:
+    # do_set_timer_op: negative, or 2^50 ns or more ahead -> NOW() + 100 ms.
+    now = dom.clock.now()
+    value = {"now + 2^50": now + (1 << 50), "now + 2^52": now + (1 << 52)}.get(deadline, deadline)
+    assert vcpu.hypercall(Hypercall.set_timer_op, value) == 0
+    assert dom.timers.singleshot == [(0, now + 100 * MS, False)]
+
+
+def test_set_timer_op_just_under_2_50_ahead_and_in_the_past_are_kept(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    now = dom.clock.now()
+    assert vcpu.hypercall(Hypercall.set_timer_op, now + (1 << 50) - 1) == 0
+    assert vcpu.hypercall(Hypercall.set_timer_op, now - 1) == 0       # past: fires at once
+    assert vcpu.hypercall(Hypercall.set_timer_op, 0) == 0             # stops
+    assert dom.timers.singleshot == [(0, now + (1 << 50) - 1, False), (0, now - 1, False), (0, 0, False)]
+
+
 # --- vcpu_op: who is up ------------------------------------------------------------------------------
 
 
@@ -201,6 +219,28 @@ def test_register_runstate_area_writes_the_runstate_at_once(dom: FakePvDomain, v
     assert u64(data, 8) == dom.clock.now()            # state_entry_time
 
 
+def test_register_time_area_copies_the_clock_record_under_the_version_protocol(
+        dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    area = BUF_VA + 0x200
+    vcpu.put(area, struct.pack("<I", 6) + b"\xff" * 28)
+    assert vcpu_op(vcpu, V.VCPUOP_register_vcpu_time_memory_area, 0, struct.pack("<Q", area)) == 0
+    assert vcpu.time_area_va == area
+    data = vcpu.get(area, 32)
+    assert u32(data, 0) == 8                          # was 6: odd while writing, even again after
+    assert data[4:] == dom.clock.record(8)[4:]
+    # 0 unregisters; an area the guest does not map is accepted and skipped, as on Xen.
+    assert vcpu_op(vcpu, V.VCPUOP_register_vcpu_time_memory_area, 0, struct.pack("<Q", 0)) == 0
+    assert vcpu.time_area_va == 0
+    assert vcpu_op(vcpu, V.VCPUOP_register_vcpu_time_memory_area, 0, struct.pack("<Q", 0x7000_0000_0000)) == 0
+
+
+def test_areas_in_the_hypervisor_range_are_efault(vcpu: FakeVcpu) -> None:
+    for op in (V.VCPUOP_register_vcpu_time_memory_area, V.VCPUOP_register_runstate_memory_area):
+        for va in (0xFFFF_8000_0000_0000, 0xFFFF_87FF_FFFF_FFF0):
+            assert vcpu_op(vcpu, op, 0, struct.pack("<Q", va)) == -Errno.EFAULT
+    assert vcpu.time_area_va == 0 and vcpu.runstate_va == 0
+
+
 def test_get_runstate_info_writes_the_running_state(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
     dom.clock.now_ns = 42 * MS
     assert vcpu_op(vcpu, V.VCPUOP_get_runstate_info, 0, arg=BUF_VA) == 0
@@ -238,6 +278,20 @@ def test_register_vcpu_info_refuses_a_second_registration_and_bad_places(dom: Fa
 # --- vcpu_op: timers ----------------------------------------------------------------------------------------
 
 
+def test_periodic_timer_above_stime_delta_max_is_einval(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    assert vcpu_op(vcpu, V.VCPUOP_set_periodic_timer, 0, struct.pack("<Q", 1 << 62)) == -Errno.EINVAL
+    assert vcpu_op(vcpu, V.VCPUOP_set_periodic_timer, 0, struct.pack("<Q", (1 << 64) - 1)) == -Errno.EINVAL
+    assert vcpu_op(vcpu, V.VCPUOP_set_periodic_timer, 0, struct.pack("<Q", (1 << 62) - 1)) == 0
+    assert dom.timers.periodic == [(0, (1 << 62) - 1)]
+
+
+def test_singleshot_timer_at_zero_fires_at_once_rather_than_stopping(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    # Xen: a deadline before NOW() sends the timer event at once; 0 is such a deadline.
+    assert vcpu_op(vcpu, V.VCPUOP_set_singleshot_timer, 0, struct.pack("<QI4x", 0, 0)) == 0
+    (_, deadline, _force), = dom.timers.singleshot
+    assert 0 < deadline <= dom.clock.now()
+
+
 def test_periodic_timer_needs_at_least_a_millisecond(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
     assert vcpu_op(vcpu, V.VCPUOP_set_periodic_timer, 1, struct.pack("<Q", MS - 1)) == -Errno.EINVAL
     assert vcpu_op(vcpu, V.VCPUOP_set_periodic_timer, 1, struct.pack("<Q", 10 * MS)) == 0
@@ -265,4 +319,59 @@ def test_singleshot_timer_in_the_past_with_the_future_flag_is_etime(dom: FakePvD
 
 def test_unknown_and_unsupported_vcpu_ops_are_enosys(vcpu: FakeVcpu) -> None:
     assert vcpu_op(vcpu, 99, 0) == -Errno.ENOSYS
-    assert vcpu_op(vcpu, V.VCPUOP_register_vcpu_time_memory_area, 0) == -Errno.ENOSYS
+    assert vcpu_op(vcpu, V.VCPUOP_send_nmi, 0) == -Errno.ENOSYS
+
+
+# --- a Hospes bug ends the domain, not the thread ----------------------------------------------------
+
+
+def test_an_exception_on_the_vcpu_thread_crashes_the_domain_with_a_dump(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    def broken_run() -> int:
+        raise ZeroDivisionError("injected")
+
+    vcpu.kvm.run = broken_run  # type: ignore[attr-defined]
+    vcpu.next_clock_correct = 1 << 62
+    vcpu._loop()
+    (text,) = dom.record.crashes
+    assert "vCPU 0: Hospes internal error before the first KVM exit" in text
+    assert "ZeroDivisionError: injected" in text and "broken_run" in text
+    assert "rip=" in text and "cr3=" in text
+
+
+def test_an_exception_in_an_exit_handler_names_the_exit(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    from hospes.kvm import constants as kc
+
+    vcpu.kvm.run = lambda: kc.KVM_EXIT_INTR  # type: ignore[attr-defined]
+    vcpu.next_clock_correct = 1 << 62
+
+    def broken_kick() -> None:
+        raise KeyError("injected")
+
+    vcpu._on_kick = broken_kick  # type: ignore[method-assign]
+    vcpu._loop()
+    (text,) = dom.record.crashes
+    assert f"after KVM exit {kc.KVM_EXIT_INTR}" in text and "KeyError" in text
+
+
+def test_a_timer_thread_exception_crashes_the_domain_with_every_vcpus_dump() -> None:
+    import threading
+
+    from hospes.pv.time import Clock, Timers
+
+    dom = FakePvDomain()
+    try:
+        crashed = threading.Event()
+        dom.hooks = type(dom.hooks)(console_io=dom.record.console.append, shutdown=dom.record.shutdowns.append,
+                                    crash=lambda text: (dom.record.crashes.append(text), crashed.set()))
+        timers = Timers(Clock(1_000_000, time.monotonic_ns), 2, lambda v: 1 // 0)
+        timers.on_error = dom._timer_thread_failed
+        timers.start()
+        timers.set_singleshot(1, 1)
+        assert crashed.wait(10)
+        timers.thread.join(10)
+        assert not timers.thread.is_alive()
+        (text,) = dom.record.crashes
+        assert "timer thread: Hospes internal error" in text and "ZeroDivisionError" in text
+        assert "vCPU 0:" in text and "vCPU 1:" in text and "rip=" in text
+    finally:
+        dom.close_memory()

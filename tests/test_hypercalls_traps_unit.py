@@ -295,3 +295,26 @@ def test_update_descriptor_refuses_system_descriptors_misaligned_addresses_and_p
     assert vcpu.hypercall(Hypercall.update_descriptor, dom.layout.ram_bytes, FLAT_DATA_DPL0) == -Errno.EINVAL
     assert dom.mem.read_u64(maddr) == 0
     assert dom.frame_of(dom.l1_entry(1)) == 1                   # the page table kept its entry
+
+
+# --- the frame a hypercall leaves behind ------------------------------------------------------------
+
+
+def test_an_upcall_that_interrupts_a_hypercall_shows_flat_kernel_cs64(vcpu: FakeVcpu) -> None:
+    """Xen's SYSCALL entry records FLAT_KERNEL_CS64 whatever CS the guest kernel ran
+    with; an event upcall delivered on the hypercall's return shows it (RPL cleared)."""
+    tr = vcpu.domain.trampoline
+    regs = vcpu.regs
+    vcpu.sregs.cs.selector, vcpu.sregs.cs.dpl = 0x1003, 3      # a CS from the guest's own GDT
+    vcpu.sregs.ss.selector = 0x100B
+    vcpu.callbacks[abi.CALLBACKTYPE_event] = (HANDLER, abi.CALLBACKF_mask_events)
+    b = vcpu.mem.buf
+    b[vcpu.vcpu_info_gpa] = 1          # upcall pending
+    b[vcpu.vcpu_info_gpa + 1] = 0      # not masked
+    regs.rip, regs.rcx, regs.r11, regs.rsp = tr.syscall_stub_va, HANDLER + 0x40, 0x202, STACK_TOP - 0x80
+    regs.rax = int(Hypercall.xen_version)
+    regs.rdi = regs.rsi = 0
+    vcpu._on_syscall()
+    assert vcpu.t_rip == HANDLER                                # the upcall was bounced
+    rcx, r11, rip, cs, rflags, rsp, ss = struct.unpack("<7Q", vcpu.read(vcpu.t_rsp, 56))
+    assert (rip, cs & 0xFFFF, ss) == (HANDLER + 0x40, abi.FLAT_KERNEL_CS & ~3, abi.FLAT_KERNEL_SS)

@@ -362,13 +362,13 @@ def test_corrupt_ident(tmp_path: Path) -> None:
 
 def test_no_notes_at_all(tmp_path: Path) -> None:
     msg = load_error(tmp_path, build_elf(ElfSpec(notes=None)))
-    assert "is not a Xen PV kernel: it has no Xen ELF notes; build it with CONFIG_XEN_PV=y" in msg
+    assert "is not a Xen PV kernel: it has no Xen ELF notes (in a note segment or section) and no __xen_guest section; build it with CONFIG_XEN_PV=y" in msg
 
 
 def test_only_foreign_notes(tmp_path: Path) -> None:
     blob = note(b"GNU", 3, b"\1" * 20) + note(b"Linux", 1, b"6.1\0") + note(b"Xenon", 1, u64(ENTRY))
     msg = load_error(tmp_path, build_elf(ElfSpec(notes=blob)))
-    assert "is not a Xen PV kernel: it has no Xen ELF notes; build it with CONFIG_XEN_PV=y" in msg
+    assert "is not a Xen PV kernel: it has no Xen ELF notes (in a note segment or section) and no __xen_guest section; build it with CONFIG_XEN_PV=y" in msg
 
 
 def test_wrong_guest_os_and_loader(tmp_path: Path) -> None:
@@ -634,3 +634,160 @@ def test_real_debian_kernel(path: Path) -> None:
         assert k.pend == 0x3E00000
         assert k.notes.hypercall_page is None
         assert k.notes.init_p2m == INIT_P2M
+
+
+# --------------------------------------------------------------------------------------
+# Where libelf looks when there are no notes in a PT_NOTE segment
+
+SHT_PROGBITS, SHT_STRTAB, SHT_NOTE, SHT_NOBITS = 1, 3, 7, 8
+
+
+def with_sections(elf: bytes, sections: list[tuple[str, int, bytes]]) -> bytes:
+    """``elf`` plus the given sections, a .shstrtab and a section header table."""
+    names = b"\0"
+    offsets = []
+    body = b""
+    start = len(elf)
+    for name, _type, _data in sections + [(".shstrtab", SHT_STRTAB, b"")]:
+        offsets.append(len(names))
+        names += name.encode() + b"\0"
+    datas = [d for _n, _t, d in sections] + [names]
+    placed = []
+    for data in datas:
+        body += b"\0" * (-(start + len(body)) % 8)
+        placed.append(start + len(body))
+        body += data
+    body += b"\0" * (-(start + len(body)) % 8)
+    shoff = start + len(body)
+    table = bytes(64)  # SHN_UNDEF
+    types = [t for _n, t, _d in sections] + [SHT_STRTAB]
+    for name_at, sh_type, at, data in zip(offsets, types, placed, datas, strict=True):
+        table += struct.pack("<IIQQQQIIQQ", name_at, sh_type, 0, 0, at, len(data), 0, 0, 1, 0)
+    out = bytearray(elf + body + table)
+    shnum = len(types) + 1
+    struct.pack_into("<Q", out, 40, shoff)
+    struct.pack_into("<HHH", out, 58, 64, shnum, shnum - 1)
+    return bytes(out)
+
+
+def test_notes_only_in_a_sht_note_section_are_used(tmp_path: Path) -> None:
+    elf = with_sections(build_elf(ElfSpec(notes=None)), [(".note.Xen", SHT_NOTE, debian_notes())])
+    path = write(tmp_path, elf)
+    k = load_pv_kernel(path)
+    check_default_kernel(k, path)
+    assert k.notes.init_p2m == INIT_P2M and k.notes.loader == "generic"
+
+
+def test_a_note_segment_with_xen_notes_wins_over_sections(tmp_path: Path) -> None:
+    other = debian_notes(ENTRY=u64(KSTART))
+    elf = with_sections(build_elf(), [(".note.Xen", SHT_NOTE, other)])
+    assert load_bytes(tmp_path, elf).entry == ENTRY
+
+
+def test_sections_are_searched_when_the_note_segment_has_no_xen_notes(tmp_path: Path) -> None:
+    gnu_only = note(b"GNU", 3, b"\x12" * 20)
+    elf = with_sections(build_elf(ElfSpec(notes=gnu_only)),
+                        [(".note.gnu", SHT_NOTE, gnu_only), (".note.Xen", SHT_NOTE, debian_notes())])
+    assert load_bytes(tmp_path, elf).virt_base == VIRT_BASE
+
+
+def test_a_note_section_past_the_end_of_the_file_is_a_clear_error(tmp_path: Path) -> None:
+    elf = bytearray(with_sections(build_elf(ElfSpec(notes=None)), [(".note.Xen", SHT_NOTE, debian_notes())]))
+    shoff = struct.unpack_from("<Q", elf, 40)[0]
+    struct.pack_into("<Q", elf, shoff + 64 + 32, len(elf) * 2)  # section 1's sh_size
+    assert "truncated" in load_error(tmp_path, bytes(elf))
+
+
+LEGACY = (b"GUEST_OS=linux,GUEST_VER=2.6,XEN_VER=xen-3.0,VIRT_BASE=0xffffffff80000000,"
+          b"ELF_PADDR_OFFSET=0xffffffff80000000,HYPERCALL_PAGE=0x1001,LOADER=generic\0garbage")
+
+
+def legacy_loads() -> list[Load]:
+    """Linked with p_paddr = p_vaddr, as kernels of the __xen_guest era were."""
+    return [Load(ld.vaddr, ld.vaddr, ld.data, ld.memsz, ld.flags) for ld in default_loads() if ld.vaddr]
+
+
+def test_the_legacy_xen_guest_string_is_the_last_fallback(tmp_path: Path) -> None:
+    elf = with_sections(build_elf(ElfSpec(notes=None, loads=legacy_loads())),
+                        [("__xen_guest", SHT_PROGBITS, LEGACY)])
+    k = load_bytes(tmp_path, elf)
+    assert (k.notes.guest_os, k.notes.xen_version, k.notes.loader) == ("linux", "xen-3.0", "generic")
+    assert k.virt_base == VIRT_BASE and k.notes.paddr_offset == VIRT_BASE and k.virt_offset == 0
+    # HYPERCALL_PAGE is a page number relative to VIRT_BASE.
+    assert k.notes.hypercall_page == VIRT_BASE + 0x1001 * 4096 == 0xFFFFFFFF81001000
+    assert (k.virt_kstart, k.virt_kend, k.entry) == (KSTART, KEND, ENTRY)
+
+
+def test_legacy_paddr_offset_defaults_to_virt_base_and_virt_entry_overrides_e_entry(tmp_path: Path) -> None:
+    info = b"GUEST_OS=linux,XEN_VER=xen-3.0,VIRT_BASE=0xffffffff80000000,VIRT_ENTRY=0xffffffff81000010"
+    elf = with_sections(build_elf(ElfSpec(notes=None, loads=legacy_loads())), [("__xen_guest", SHT_PROGBITS, info)])
+    k = load_bytes(tmp_path, elf)
+    assert k.notes.paddr_offset == VIRT_BASE and k.entry == 0xFFFFFFFF81000010
+    assert k.notes.hypercall_page is None
+
+
+def test_legacy_string_is_not_read_when_notes_exist(tmp_path: Path) -> None:
+    elf = with_sections(build_elf(), [("__xen_guest", SHT_PROGBITS, b"GUEST_OS=other,XEN_VER=xen-2.0")])
+    assert load_bytes(tmp_path, elf).notes.guest_os == "linux"
+
+
+@pytest.mark.parametrize("info, phrase", [
+    (b"GUEST_OS=linux,XEN_VER=xen-3.0,ELF_PADDR_OFFSET=0", "PADDR_OFFSET but not VIRT_BASE"),
+    (b"GUEST_OS=netbsd,XEN_VER=xen-3.0,VIRT_BASE=0", "GUEST_OS 'netbsd'"),
+    (b"GUEST_OS=linux,XEN_VER=xen-2.0,VIRT_BASE=0", "'xen-2.0'"),
+])
+def test_legacy_strings_libelf_refuses_are_refused(tmp_path: Path, info: bytes, phrase: str) -> None:
+    elf = with_sections(build_elf(ElfSpec(notes=None, loads=legacy_loads())), [("__xen_guest", SHT_PROGBITS, info)])
+    assert phrase in load_error(tmp_path, elf)
+
+
+def test_notes_with_paddr_offset_but_no_virt_base_are_refused(tmp_path: Path) -> None:
+    notes = debian_notes(VIRT_BASE=None, PADDR_OFFSET=u64(0x1000))
+    assert "PADDR_OFFSET but not VIRT_BASE" in load_error(tmp_path, build_elf(ElfSpec(notes=notes)))
+
+
+def test_no_notes_anywhere_and_no_xen_guest_is_not_a_pv_kernel(tmp_path: Path) -> None:
+    elf = with_sections(build_elf(ElfSpec(notes=None)), [(".note.gnu", SHT_NOTE, note(b"GNU", 3, b"x" * 20))])
+    assert "no __xen_guest section" in load_error(tmp_path, elf)
+
+
+@pytest.mark.parametrize("text, value", [
+    ("0x1f", 0x1F), ("0X1F", 0x1F), ("017", 0o17), ("42", 42), ("  42", 42), ("42abc", 42), ("", 0),
+    ("zz", 0), ("0x", 0), ("-1", (1 << 64) - 1), ("+7", 7), ("0xffffffffffffffffff", (1 << 64) - 1), ("08", 0),
+])
+def test_strtoull_reads_numbers_as_c_does(text: str, value: int) -> None:
+    from hospes.pv.image.xen_notes import strtoull
+
+    assert strtoull(text) == value
+
+
+def test_guest_info_names_and_values_are_cut_as_libelf_cuts_them() -> None:
+    from hospes.pv.image.xen_notes import _guest_info_pairs
+
+    pairs = list(_guest_info_pairs(b"A=1,,B,C=" + b"v" * 130 + b",D=2"))
+    assert pairs[:3] == [("A", "1"), ("", ""), ("B", "")]
+    assert pairs[3] == ("C", "v" * 127)       # the value stops at 127 characters ...
+    assert pairs[4] == ("vvv", "")            # ... and the rest reads as a name
+    assert pairs[5] == ("D", "2")
+
+
+def test_a_kernel_with_a_paddr_offset_is_sized_where_it_is_placed(tmp_path: Path) -> None:
+    """p_paddr 1 GiB above the placement (PADDR_OFFSET 1 GiB) fits a 64 MiB domain."""
+    from hospes.machine.memory import GuestMemory
+    from hospes.pv.builder import BuildError, build_domain, hypercall_page_bytes
+
+    offset = 1 << 30
+    loads = [Load(ld.vaddr, ld.paddr + offset, ld.data, ld.memsz, ld.flags) for ld in default_loads()]
+    k = load_bytes(tmp_path, build_elf(ElfSpec(notes=debian_notes(PADDR_OFFSET=u64(offset)), loads=loads)))
+    assert (k.pstart, k.virt_kstart, k.virt_kend) == (0x1000000 + offset, KSTART, KEND)
+    pages = 64 << 8
+    mem = GuestMemory([("ram", pages * 4096)], name="paddr-offset-test")
+    try:
+        boot = build_domain(mem, pages, k, None, "", pages * 4096, 1, 2, {}, hypercall_page_bytes())
+        assert bytes(mem.buf[0x1000000:0x1000004]) == b"TTTT"      # at p_paddr - PADDR_OFFSET
+        assert boot.entry == ENTRY
+        small = 16 << 8                                              # 16 MiB: the image ends at 16 MiB + 32 KiB
+        with pytest.raises(BuildError, match="needs 17 MiB"):
+            build_domain(mem, small, k, None, "", small * 4096, 1, 2, {}, hypercall_page_bytes())
+    finally:
+        mem.close()

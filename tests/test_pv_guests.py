@@ -25,6 +25,14 @@ from conftest import guest_build  # noqa: E402
 RUN_TIMEOUT = 120  # seconds per kernel
 MEMORY_MB = 64
 
+# The elf_* kernels: one source (elf_variants.c), three kinds of loader metadata.
+_ELF_VARIANT_PASSES = (
+        "image_placed_as_linked",
+        "hypercall_page_filled",
+        "hypercall_page_call",
+        "boot_data_after_image",
+    )
+
 EXPECTED_PASSES: dict[str, tuple[str, ...]] = {
     "hello": (
         "console_io_write",
@@ -99,6 +107,9 @@ EXPECTED_PASSES: dict[str, tuple[str, ...]] = {
     "timers": (
         "pvclock_sane",
         "pvclock_advances",
+        "pvclock_tsc_stable",
+        "time_area_copy",
+        "time_area_hypervisor_efault",
         "wallclock",
         "singleshot_sleeps",
         "set_timer_op",
@@ -130,6 +141,24 @@ EXPECTED_PASSES: dict[str, tuple[str, ...]] = {
         "failsafe_registered",
         "failsafe_frame",
     ),
+    "robust": (
+        "set_timer_op_all_ones_fires_in_100ms",
+        "set_timer_op_bit63_fires_in_100ms",
+        "set_timer_op_2p50_ahead_fires_in_100ms",
+        "set_timer_op_below_2p50_is_armed",
+        "set_timer_op_zero_stops",
+        "singleshot_zero_fires_now",
+        "singleshot_all_ones_fires_now",
+        "periodic_above_stime_delta_max_einval",
+        "multicall_get_debugreg_kernel_address",
+    ),
+    "iret_edges": (
+        "iret_noncanonical_rsp_copied",
+        "multicall_iret_ends_batch",
+    ),
+    "elf_shnote": _ELF_VARIANT_PASSES,
+    "elf_xen_guest": _ELF_VARIANT_PASSES,
+    "elf_paddr_offset": _ELF_VARIANT_PASSES,
     "hostile": (
         "control_pin_ordinary_page",
         "pin_store_ring_l1_refused",
@@ -179,7 +208,7 @@ def test_expected_names_cover_every_guest():
 
 @pytest.mark.parametrize("name", guest_build.ALL_GUESTS)
 def test_expected_names_are_in_the_sources(name):
-    source = (_TESTS / "guests" / f"{name}.c").read_text()
+    source = (_TESTS / "guests" / f"{guest_build.source_name(name)}.c").read_text()
     missing = [p for p in EXPECTED_PASSES[name] if f'"{p}"' not in source]
     assert not missing, f"{name}.c never reports {missing}"
 
@@ -225,3 +254,34 @@ def test_pv_guest(name):
     assert got == expected, (
         f"{name}: missing PASS {sorted(expected - got)}, unexpected PASS {sorted(got - expected)}\n{context}"
     )
+
+
+def _run(name: str) -> subprocess.CompletedProcess[str]:
+    elf = guest_build.build_guest(name)
+    cmd = [sys.executable, "-m", "hospes", "run", "--kernel", str(elf), "--memory", str(MEMORY_MB)]
+    return subprocess.run(cmd, cwd=_TESTS.parent, capture_output=True, text=True, errors="replace",
+                          timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.kvm
+def test_console_io_goes_to_the_hypervisor_log_not_the_console():
+    """Xen prints a domU's CONSOLEIO_write on its own console as "(d<domid>) " lines;
+    the domain's console (the PV ring, hospes run's stdout) does not show them."""
+    proc = _run("hello")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    text = "hello from the Hospes PV test kernel"
+    assert f"(d1) {text}" in proc.stderr.splitlines()
+    assert text not in proc.stdout
+    assert "PASS console_io_write" in proc.stdout.splitlines()
+
+
+@pytest.mark.kvm
+def test_a_crash_the_guest_asks_for_says_so_with_its_last_lines():
+    proc = _run("crash_request")
+    assert proc.returncode == 3, proc.stderr[-4000:]
+    err = proc.stderr
+    assert "the guest crashed: the guest asked to crash (SCHEDOP_shutdown, SHUTDOWN_crash)" in err
+    assert "    crash_request: last words before the crash" in err
+    assert "(d1) crash_request: a line for the hypervisor log" in err.splitlines()
+    assert "a line for the hypervisor log" not in proc.stdout
+    assert "Traceback" not in err

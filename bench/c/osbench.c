@@ -10,13 +10,15 @@
  *   OPS        operations per sample, fixed (no calibration): for counting
  *              exits per operation with `hospes run --stats`
  *   TINY       the static binary fork+exec runs (default: "tiny" next to us)
- *   TEST       any of: null_syscall open_close fork_exit fork_exec
- *              page_fault pipe_pingpong (default: all)
+ *   TEST       any of: null_syscall clock_gettime open_close fork_exit
+ *              fork_exec page_fault pipe_pingpong (default: all)
  *
  * Prints one line per sample:
  *   BENCH os_<test> ns_per_op=<float> iters=<n>
  *
  *   null_syscall   syscall(SYS_getppid)
+ *   clock_gettime  clock_gettime(CLOCK_MONOTONIC) through libc (the vDSO where
+ *                  the kernel offers one for its clocksource)
  *   open_close     open(O_RDONLY) + close of this program's own file
  *   fork_exit      fork(); child _exit(0); parent waitpid()
  *   fork_exec      fork(); child execve(TINY) which exits; parent waitpid()
@@ -62,6 +64,15 @@ static double t_null_syscall(long n)
     double t0 = now_ns();
     for (long i = 0; i < n; i++)
         syscall(SYS_getppid);
+    return now_ns() - t0;
+}
+
+static double t_clock_gettime(long n)
+{
+    struct timespec ts;
+    double t0 = now_ns();
+    for (long i = 0; i < n; i++)
+        clock_gettime(CLOCK_MONOTONIC, &ts);
     return now_ns() - t0;
 }
 
@@ -181,6 +192,7 @@ static double t_pipe_pingpong(long n)
 
 static const struct { const char *name; test_fn fn; } tests[] = {
     { "null_syscall", t_null_syscall },
+    { "clock_gettime", t_clock_gettime },
     { "open_close", t_open_close },
     { "fork_exit", t_fork_exit },
     { "fork_exec", t_fork_exec },

@@ -36,6 +36,7 @@ COMPUTE: list[tuple[str, str]] = [
 
 OS: list[tuple[str, str]] = [
     ("os_null_syscall", "null syscall (getppid)"),
+    ("os_clock_gettime", "clock_gettime(CLOCK_MONOTONIC)"),
     ("os_open_close", "open + close"),
     ("os_fork_exit", "fork + exit + wait"),
     ("os_fork_exec", "fork + exec (static tiny) + wait"),

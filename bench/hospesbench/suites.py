@@ -375,7 +375,7 @@ def suite_os(b: Bench) -> None:
 # --- 5b. exits per guest operation ---------------------------------------------------
 
 # Operations per run: enough that the op's exits dwarf the boot's run-to-run noise.
-OPEXIT_OPS = {"null_syscall": 3000, "open_close": 1500, "fork_exit": 100, "fork_exec": 100,
+OPEXIT_OPS = {"null_syscall": 3000, "clock_gettime": 3000, "open_close": 1500, "fork_exit": 100, "fork_exec": 100,
               "page_fault": 2000, "pipe_pingpong": 1000}
 
 

@@ -58,12 +58,18 @@ class DomainConfig:
     ramdisk: Path | None = None
     cmdline: str = ""
     memory_mib: int = 256
-    vcpus: int = 1
+    vcpus: int = 1          # online at boot
     name: str = "guest"
     domid: int = 1
     disks: tuple[DiskConfig, ...] = ()
     vifs: tuple[VifConfig, ...] = ()
     uuid: str | None = None
+    max_vcpus: int = 0      # vCPUs the domain is built with (xl's maxvcpus); 0: as many as ``vcpus``
+
+    @property
+    def vcpu_slots(self) -> int:
+        """How many vCPUs the domain has, online or not: ``hospes vcpu-set`` moves within them."""
+        return max(self.vcpus, self.max_vcpus)
 
 
 class ShutdownReason(StrEnum):
@@ -113,7 +119,7 @@ class DomainShell:
     guest's downtime does not wait for any of it."""
 
     def __init__(self, config: DomainConfig) -> None:
-        self.layout = L.Layout(ram_pages=config.memory_mib * 256, nr_vcpus=config.vcpus)
+        self.layout = L.Layout(ram_pages=config.memory_mib * 256, nr_vcpus=config.vcpu_slots)
         self.mem = GuestMemory(memory_regions(self.layout))
         try:
             self.trampoline = Trampoline(self.mem, self.layout)
@@ -200,18 +206,24 @@ class Domain:
     """
 
     def __init__(self, config: DomainConfig, console_out: Callable[[bytes], None] | None = None,
-                 saved: tuple[DomainState, bytes | bytearray | DomainShell] | None = None) -> None:
+                 saved: tuple[DomainState, bytes | bytearray | DomainShell] | None = None,
+                 hypervisor_log: Callable[[bytes], None] | None = None) -> None:
         if not MIN_MEMORY_MIB <= config.memory_mib <= MAX_MEMORY_MIB:
             raise DomainError(
                 f"Memory size {config.memory_mib} MiB is out of range: give between {MIN_MEMORY_MIB} and "
                 f"{MAX_MEMORY_MIB} MiB."
             )
-        if not 1 <= config.vcpus <= MAX_VCPUS:
-            raise DomainError(f"A domain has between 1 and {MAX_VCPUS} vCPUs; {config.vcpus} were asked for.")
+        if not 1 <= config.vcpus <= MAX_VCPUS or config.vcpu_slots > MAX_VCPUS:
+            raise DomainError(f"A domain has between 1 and {MAX_VCPUS} vCPUs; {config.vcpus} (at most "
+                              f"{config.vcpu_slots}) were asked for.")
         self.config = config
         self.domid = config.domid
         self.console_out = console_out or _stdout
-        self.layout = L.Layout(ram_pages=config.memory_mib * 256, nr_vcpus=config.vcpus)
+        # The guest's console_io lines, "(d<domid>) "-prefixed: the hypervisor's log
+        # (stderr by default), never its console, as on Xen.
+        self.hypervisor_log = hypervisor_log or _stderr
+        self._console_tail = b""   # the guest's last output, for a crash it asks for
+        self.layout = L.Layout(ram_pages=config.memory_mib * 256, nr_vcpus=config.vcpu_slots)
         lay = self.layout
         if saved is None:
             self.uuid = uuidlib.UUID(config.uuid) if config.uuid else uuidlib.uuid4()
@@ -233,7 +245,7 @@ class Domain:
         if saved is not None and isinstance(memory, DomainShell):
             if memory.layout != lay:
                 raise StateError(f"The received memory does not have the layout of a domain of {config.memory_mib} "
-                                 f"MiB and {config.vcpus} vCPUs. Restore with its configuration.")
+                                 f"MiB and {config.vcpu_slots} vCPUs. Restore with its configuration.")
             shell = memory   # filled by a migration's receiver: no second copy
         else:
             shell = DomainShell(config)
@@ -243,7 +255,7 @@ class Domain:
                     shell.close()
                     raise StateError(
                         f"The saved memory is {len(memory)} bytes; a domain of {config.memory_mib} MiB and "
-                        f"{config.vcpus} vCPUs has {shell.mem.size}. Restore with its configuration.")
+                        f"{config.vcpu_slots} vCPUs has {shell.mem.size}. Restore with its configuration.")
                 shell.mem.buf[:] = memory
         self.mem, self.trampoline, self.kvm, self.vm = shell.mem, shell.trampoline, shell.kvm, shell.vm
         self.result: ShutdownResult | None = None
@@ -281,7 +293,7 @@ class Domain:
                                       lambda: self.evtchn.notify_backend_port(self.console_port))
         self.store = Store()
         populate_domain(self.store, self.domid, config.name, str(self.uuid), config.vcpus,
-                        config.memory_mib * 1024)
+                        config.memory_mib * 1024, max_vcpus=config.vcpu_slots)
         self.device_host = BackendHost(domid=self.domid, mem=self.mem, grants=self.pv.grants, evtchn=self.evtchn,
                                        store=self.store)
         self.disks = [BlockBackend(self.device_host, disk) for disk in config.disks]
@@ -416,13 +428,18 @@ class Domain:
 
     # --- what the PV layer asks of us (PvHooks) ---------------------------------------
 
-    def _console_io(self, data: bytes) -> None:
+    def _console_io(self, line: bytes) -> None:
         with self._console_lock:
-            self.console_out(data)
+            self._console_tail = (self._console_tail + line)[-CONSOLE_TAIL_BYTES:]
+            self.hypervisor_log(line)
 
     def _guest_shutdown(self, code: int) -> None:
         self._service_console()
-        self._finish(ShutdownResult(ShutdownReason.from_code(code)))
+        reason = ShutdownReason.from_code(code)
+        message = ""
+        if reason is ShutdownReason.CRASH:
+            message = crash_request_message(code, self._console_tail)
+        self._finish(ShutdownResult(reason, message))
 
     def _crash(self, text: str) -> None:
         self._service_console()
@@ -437,6 +454,7 @@ class Domain:
                 return
             out = self.console.drain_output()
             if out:
+                self._console_tail = (self._console_tail + out)[-CONSOLE_TAIL_BYTES:]
                 self.console_out(out)
             self.console.flush_input()
 
@@ -459,6 +477,19 @@ class Domain:
         if reason not in ("poweroff", "reboot", "halt"):
             raise DomainError(f"Unknown shutdown request {reason!r}; use poweroff, reboot or halt.")
         self.store.write(f"/local/domain/{self.domid}/control/shutdown", reason)
+
+    def set_vcpus(self, count: int) -> None:
+        """Ask the guest to run ``count`` vCPUs, as ``xl vcpu-set`` does: write each
+        ``cpu/<n>/availability``, which the guest watches; it takes vCPUs down
+        (VCPUOP_down) or brings them up (VCPUOP_up) itself."""
+        slots = len(self.pv.vcpus)
+        if not 1 <= count <= slots:
+            raise DomainError(f"The domain can run between 1 and {slots} vCPUs (its maxvcpus); "
+                              f"{count} were asked for.")
+        home = f"/local/domain/{self.domid}"
+        with self.store.transaction() as t:
+            for cpu in range(slots):
+                t.write(f"{home}/cpu/{cpu}/availability", "online" if cpu < count else "offline")
 
     def pause(self) -> None:
         """Stop running guest code until unpause(); timers keep counting."""
@@ -523,6 +554,26 @@ class Domain:
 def _stdout(data: bytes) -> None:
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
+
+
+def _stderr(data: bytes) -> None:
+    sys.stderr.buffer.write(data)
+    sys.stderr.buffer.flush()
+
+
+CONSOLE_TAIL_BYTES = 4096
+CRASH_TAIL_LINES = 5
+
+
+def crash_request_message(code: int, tail: bytes) -> str:
+    """Why a guest that asked to crash stopped: which request, and its last console lines."""
+    what = ("the guest asked to crash (SCHEDOP_shutdown, SHUTDOWN_crash)" if code == 3 else
+            f"the guest shut down with unknown reason code {code}, taken as a crash")
+    lines = [ln.rstrip("\r") for ln in tail.decode("utf-8", "replace").splitlines() if ln.strip()]
+    if not lines:
+        return what + "; it wrote nothing to its console"
+    last = lines[-CRASH_TAIL_LINES:]
+    return what + "; its last console lines:\n" + "\n".join(f"    {ln}" for ln in last)
 
 
 __all__ = ["Domain", "DomainConfig", "DomainError", "DomainShell", "DomainState", "ShutdownReason", "ShutdownResult",

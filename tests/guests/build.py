@@ -20,10 +20,12 @@ import fcntl
 import hashlib
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -44,8 +46,53 @@ ALL_GUESTS: tuple[str, ...] = (
     "multicall",
     "version",
     "failsafe",
+    "robust",
+    "iret_edges",
+    "elf_shnote",
+    "elf_xen_guest",
+    "elf_paddr_offset",
     "hostile",
 )
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A kernel built from another kernel's source with other loader metadata.
+
+    ``source``: the ``<source>.c`` (and ``.S``) it is built from; ``flags``:
+    extra gcc/linker flags (``-D`` for the sources, ``-Wl,--defsym`` for
+    lib/guest.ld); ``null_pt_note``: turn the PT_NOTE program header into
+    PT_NULL after linking, so the Xen notes are found only through the
+    section headers (an ELF the way some linkers write it).
+    """
+
+    source: str
+    flags: tuple[str, ...] = ()
+    null_pt_note: bool = False
+
+
+# PADDR_OFFSET of elf_paddr_offset: its segments' p_paddr are this much above
+# where a loader places them (far above the 64 MiB a test domain has).
+PADDR_OFFSET_VARIANT = 0x40000000
+
+VARIANTS: dict[str, Variant] = {
+    # Xen notes only in the SHT_NOTE section .note.Xen: libelf's first fallback.
+    "elf_shnote": Variant("elf_variants", ("-DELF_VARIANT_SHNOTE",), null_pt_note=True),
+    # No Xen notes at all, only the legacy __xen_guest string: libelf's last fallback.
+    # p_paddr = p_vaddr with ELF_PADDR_OFFSET = VIRT_BASE, as old kernels were linked.
+    "elf_xen_guest": Variant(
+        "elf_variants",
+        ("-DELF_VARIANT_XEN_GUEST", "-DHOSPES_NO_XEN_NOTES",
+         "-Wl,--defsym,HOSPES_PADDR_OFFSET=0xffffffff80000000"),
+        null_pt_note=True,
+    ),
+    # Notes with a non-zero PADDR_OFFSET: placed at p_paddr - PADDR_OFFSET.
+    "elf_paddr_offset": Variant(
+        "elf_variants",
+        ("-DELF_VARIANT_PADDR_OFFSET", f"-DHOSPES_PADDR_OFFSET={PADDR_OFFSET_VARIANT:#x}",
+         f"-Wl,--defsym,HOSPES_PADDR_OFFSET={PADDR_OFFSET_VARIANT:#x}"),
+    ),
+}
 
 # Freestanding kernel code: no libc, no PIC (Debian's gcc defaults to PIE),
 # kernel code model for the top 2 GiB, no red zone (exception frames and the
@@ -81,7 +128,7 @@ LDFLAGS: tuple[str, ...] = (
 )
 
 # Bump when the build recipe changes in a way the hash would not see.
-_RECIPE_VERSION = b"hospes-guest-build-1"
+_RECIPE_VERSION = b"hospes-guest-build-2"
 
 
 class GuestBuildError(RuntimeError):
@@ -111,24 +158,32 @@ def _compiler_id(gcc: str) -> bytes:
     return _compiler_ids[gcc]
 
 
+def source_name(name: str) -> str:
+    """The base name of the sources guest ``name`` is built from (itself unless a variant)."""
+    variant = VARIANTS.get(name)
+    return variant.source if variant else name
+
+
 def guest_sources(name: str) -> list[Path]:
     """The files compiled and linked into guest ``name`` (headers excluded)."""
-    main = GUESTS_DIR / f"{name}.c"
+    base = source_name(name)
+    main = GUESTS_DIR / f"{base}.c"
     if not main.is_file():
         raise GuestBuildError(
             f"Unknown test kernel {name!r}: {main} does not exist (known: {', '.join(ALL_GUESTS)})."
         )
     sources = [main]
-    asm = GUESTS_DIR / f"{name}.S"
+    asm = GUESTS_DIR / f"{base}.S"
     if asm.is_file():
         sources.append(asm)
     sources += sorted(LIB_DIR.glob("*.c")) + sorted(LIB_DIR.glob("*.S"))
     return sources
 
 
-def _digest(gcc: str, sources: list[Path]) -> str:
+def _digest(gcc: str, sources: list[Path], variant: Variant | None = None) -> str:
     h = hashlib.sha256(_RECIPE_VERSION)
     h.update(_compiler_id(gcc))
+    h.update(repr(variant).encode())
     for flag in (*CFLAGS, *LDFLAGS):
         h.update(flag.encode() + b"\0")
     inputs = sorted(set(sources) | set(INCLUDE_DIR.glob("*.h")) | {LINKER_SCRIPT})
@@ -170,9 +225,11 @@ def _write_atomic(path: Path, text: str) -> None:
 def build_command(gcc: str, name: str, output: Path) -> list[str]:
     """The gcc command line that builds guest ``name`` into ``output``."""
     sources = [str(p.relative_to(GUESTS_DIR)) for p in guest_sources(name)]
+    variant = VARIANTS.get(name)
     return [
         gcc,
         *CFLAGS,
+        *(variant.flags if variant else ()),
         f"-I{INCLUDE_DIR.relative_to(GUESTS_DIR)}",
         f"-Wl,-T,{LINKER_SCRIPT.relative_to(GUESTS_DIR)}",
         *LDFLAGS,
@@ -182,11 +239,28 @@ def build_command(gcc: str, name: str, output: Path) -> list[str]:
     ]
 
 
+def _null_pt_note(elf: Path) -> None:
+    """Make every PT_NOTE program header PT_NULL (ELF64 little-endian, in place)."""
+    data = bytearray(elf.read_bytes())
+    (phoff,) = struct.unpack_from("<Q", data, 32)
+    phentsize, phnum = struct.unpack_from("<HH", data, 54)
+    found = False
+    for i in range(phnum):
+        at = phoff + i * phentsize
+        if struct.unpack_from("<I", data, at)[0] == 4:   # PT_NOTE
+            struct.pack_into("<I", data, at, 0)          # PT_NULL
+            found = True
+    if not found:
+        raise GuestBuildError(f"{elf}: no PT_NOTE program header to remove")
+    elf.write_bytes(bytes(data))
+
+
 def build_guest(name: str) -> Path:
     """Build test kernel ``name`` (if its inputs changed) and return the ELF path."""
     gcc = _find_gcc()
     sources = guest_sources(name)
-    digest = _digest(gcc, sources)
+    variant = VARIANTS.get(name)
+    digest = _digest(gcc, sources, variant)
     elf = BUILD_DIR / f"{name}.elf"
     stamp = BUILD_DIR / f"{name}.elf.sha256"
     if _is_fresh(elf, stamp, digest):
@@ -207,6 +281,8 @@ def build_guest(name: str) -> Path:
                     f"Building test kernel {name!r} failed (gcc exit {proc.returncode}).\n"
                     f"Command (in {GUESTS_DIR}): {' '.join(cmd)}\n{proc.stderr}{proc.stdout}"
                 )
+            if variant is not None and variant.null_pt_note:
+                _null_pt_note(tmp)
             os.replace(tmp, elf)
         finally:
             tmp.unlink(missing_ok=True)

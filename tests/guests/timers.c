@@ -64,6 +64,27 @@ void guest_main(void)
     check(t2 > t1 && t2 - t1 >= NSEC_PER_MSEC && t2 - t1 < NSEC_PER_SEC, "pvclock_advances",
           "%lu ns passed while spinning 2 ms of TSC", t2 - t1);
 
+    /* 2b. The record is one line of a synchronised TSC, and a registered time
+     * area gets a copy of it at once (the area Linux's vDSO reads). */
+    check(t.flags & PVCLOCK_TSC_STABLE_BIT, "pvclock_tsc_stable", "flags %#x", t.flags);
+    static struct vcpu_time_info area __attribute__((aligned(64)));
+    area.version = 6;
+    uint64_t area_va = (uint64_t)&area;
+    rc = HYPERVISOR_vcpu_op(VCPUOP_register_vcpu_time_memory_area, 0, &area_va);
+    struct vcpu_time_info now_t;
+    pvclock_snapshot(&now_t);
+    check(rc == 0 && area.version == 8 && area.tsc_timestamp == now_t.tsc_timestamp &&
+              area.system_time == now_t.system_time && area.tsc_to_system_mul == now_t.tsc_to_system_mul &&
+              area.tsc_shift == now_t.tsc_shift && area.flags == now_t.flags,
+          "time_area_copy", "rc %ld version %u tsc %lu/%lu system %lu/%lu", rc, area.version,
+          area.tsc_timestamp, now_t.tsc_timestamp, area.system_time, now_t.system_time);
+    uint64_t bad_va = HYPERVISOR_VIRT_START + 0x1000;
+    long bad = HYPERVISOR_vcpu_op(VCPUOP_register_vcpu_time_memory_area, 0, &bad_va);
+    area_va = 0;
+    long off = HYPERVISOR_vcpu_op(VCPUOP_register_vcpu_time_memory_area, 0, &area_va);
+    check(bad == -XEN_EFAULT && off == 0, "time_area_hypervisor_efault", "hypervisor address %ld, unregister %ld",
+          bad, off);
+
     /* 3. Wallclock: UNIX time at system time 0, after 2020-01-01. */
     uint32_t sec = 0, nsec = 0;
     int stable = read_wallclock(&sec, &nsec);

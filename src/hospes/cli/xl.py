@@ -214,6 +214,12 @@ def cmd_vcpu_list(domains: tuple[str, ...]) -> None:
     click.echo(xlfmt.format_vcpu_list(h.host(), lists, dom0=want_dom0), nl=False)
 
 
+def cmd_vcpu_set(domain: str, count: int) -> None:
+    """xl vcpu-set: the guest runs COUNT of its vCPUs (up to its maxvcpus)."""
+    _not_dom0(domain, "have its vCPUs set here")
+    connect().domain(domain).set_vcpus(count)
+
+
 def cmd_sched_credit(domain: str | None, weight: int | None, cap: int | None, schedparam: bool,
                      cpupool: str | None) -> None:
     """xl sched-credit: list weights and caps, or set them for one domain (-d DOM -w W -c C)."""
@@ -353,6 +359,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("info", cmd_info, "Facts about the host, as xl info prints them.", (
         click.Argument(["name"], required=False),)),
     Command("vcpu-list", cmd_vcpu_list, "List the vCPUs of domains.", (_domains(),)),
+    Command("vcpu-set", cmd_vcpu_set, "Set how many vCPUs a domain runs (up to its maxvcpus).", (
+        _domain(), click.Argument(["count"], type=click.IntRange(1, 32)))),
     Command("sched-credit", cmd_sched_credit,
             "Show or set domains' CPU weight and cap (the credit scheduler's parameters, on cgroups).", (
         click.Option(["-d", "--domain", "domain"], default=None, help="The domain to show or change."),

@@ -6,7 +6,10 @@
 #      and devpts; set PATH; hostname "hospes".
 #   2. insmod the modules listed in /etc/hospes/modules, already in dependency
 #      order; silent on success, one warning line per failure.
-#   3. print "hospes: userspace up" -- the host times boots by this line.
+#   3. print "hospes: userspace up" -- the host times boots by this line. From
+#      here a busybox uevent listener onlines every CPU the kernel adds (what
+#      udev does in a full distribution: `hospes vcpu-set` makes a vCPU present,
+#      bringing it online is user space's part).
 #   4. with "hospes.cmd=<base64>" on the kernel command line: decode it, run it
 #      with /bin/sh -c on the console (/dev/hvc0, else /dev/console), print one
 #      line "hospes-exit-status=<N>" (125 if the token does not decode), sync and
@@ -19,6 +22,8 @@
 
 HOSPES_CMDLINE=${HOSPES_CMDLINE:-/proc/cmdline}
 HOSPES_MODULE_LIST=${HOSPES_MODULE_LIST:-/etc/hospes/modules}
+# Run for each kernel uevent, with the event in the environment.
+HOSPES_ONLINE_CPU='[ "$SUBSYSTEM" = cpu ] && [ "$ACTION" = add ] && [ -w "/sys$DEVPATH/online" ] && echo 1 >"/sys$DEVPATH/online"'
 
 # hospes_cmdline_arg NAME [FILE]: print the value of the last NAME=VALUE word of
 # the kernel command line (the last one wins, as for kernel parameters); fail if
@@ -104,6 +109,8 @@ hospes_main() {
     exec <"$tty" >"$tty" 2>&1
 
     hospes_load_modules
+    # After the modules: the boot's own uevents need no handler.
+    uevent /bin/sh -c "$HOSPES_ONLINE_CPU" </dev/null >/dev/null 2>&1 &
     echo "hospes: userspace up"
 
     if b64=$(hospes_cmdline_arg hospes.cmd); then

@@ -365,6 +365,17 @@ class KvmEnableCap(_Struct):
     ]
 
 
+class KvmDeviceAttr(_Struct):
+    """struct kvm_device_attr (KVM_{GET,SET,HAS}_DEVICE_ATTR), 24 bytes."""
+
+    _fields_ = [
+        ("flags", c_uint32),
+        ("group", c_uint32),
+        ("attr", c_uint64),
+        ("addr", c_uint64),
+    ]
+
+
 class KvmTranslation(_Struct):
     """struct kvm_translation (KVM_TRANSLATE), 24 bytes."""
 
@@ -578,6 +589,7 @@ class KvmRun(_Struct):
 
 
 __all__ = [
+    "KvmDeviceAttr",
     "CpuidEntry2",
     "KVM_MAX_XCRS",
     "KVM_NR_INTERRUPTS",

@@ -47,6 +47,7 @@ from hospes.kvm.structs import (
     KvmCpuid2,
     KvmCpuidEntry2,
     KvmDebugregs,
+    KvmDeviceAttr,
     KvmDirtyLog,
     KvmEnableCap,
     KvmFpu,
@@ -578,6 +579,23 @@ class Vcpu(_FdOwner):
     def get_tsc_khz(self) -> int:
         """KVM_GET_TSC_KHZ: the guest TSC frequency in kHz."""
         return _ioctl(self.fd, c.KVM_GET_TSC_KHZ, None, "KVM_GET_TSC_KHZ")
+
+    def _tsc_offset_attr(self, value: ctypes.c_uint64) -> KvmDeviceAttr:
+        return KvmDeviceAttr(group=c.KVM_VCPU_TSC_CTRL, attr=c.KVM_VCPU_TSC_OFFSET, addr=ctypes.addressof(value))
+
+    def get_tsc_offset(self) -> int | None:
+        """The vCPU's TSC offset from the host's (KVM_VCPU_TSC_OFFSET); None where KVM lacks it."""
+        value = ctypes.c_uint64()
+        try:
+            _ioctl(self.fd, c.KVM_GET_DEVICE_ATTR, ctypes.byref(self._tsc_offset_attr(value)), "KVM_GET_DEVICE_ATTR")
+        except KvmIoctlError:
+            return None
+        return value.value
+
+    def set_tsc_offset(self, offset: int) -> None:
+        value = ctypes.c_uint64(offset)
+        _ioctl(self.fd, c.KVM_SET_DEVICE_ATTR, ctypes.byref(self._tsc_offset_attr(value)), "KVM_SET_DEVICE_ATTR",
+               "TSC offset")
 
     def enable_cap(self, cap: int, *args: int, flags: int = 0) -> None:
         """KVM_ENABLE_CAP on the vCPU fd, with up to four arguments."""

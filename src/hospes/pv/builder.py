@@ -74,9 +74,12 @@ def build_domain(
 
     if kernel.virt_kend - virt_base > BOOTSTRAP_LIMIT:
         raise BuildError(f"Kernel {kernel.path} is too large for the 1 GiB bootstrap mapping.")
-    if kernel.pend > ram_bytes:
+    # Segments land at p_paddr - PADDR_OFFSET (= their VA - VIRT_BASE): that, not
+    # the raw p_paddr, is what must fit.
+    kernel_end = kernel.virt_kend - virt_base
+    if kernel_end > ram_bytes:
         raise BuildError(
-            f"Kernel {kernel.path} needs {kernel.pend // MiB + 1} MiB but the domain has {ram_bytes // MiB} MiB; "
+            f"Kernel {kernel.path} needs {kernel_end // MiB + 1} MiB but the domain has {ram_bytes // MiB} MiB; "
             "give it more memory."
         )
 

@@ -13,13 +13,20 @@ from __future__ import annotations
 import struct
 
 from hospes.machine.memory import PAGE_SIZE, GuestFault, GuestMemory
-from hospes.pv.abi import PTE_ADDR_MASK, PTE_P, PTE_PSE, PTE_RW
+from hospes.pv.abi import HYPERVISOR_VIRT_END, PTE_ADDR_MASK, PTE_P, PTE_PSE, PTE_RW
 
 _CANONICAL_HI = 0xFFFF_8000_0000_0000
 
 
 def canonical(va: int) -> bool:
     return va < 0x0000_8000_0000_0000 or _CANONICAL_HI <= va <= 0xFFFF_FFFF_FFFF_FFFF
+
+
+def guest_handle_ok(va: int) -> bool:
+    """Xen's check of an address a guest registers for later writes: it must not start
+    in the hypervisor's part of the address space (only the start is checked, as Xen's
+    access_ok does; the writes themselves go through the guest's page tables)."""
+    return va < 0x0000_8000_0000_0000 or HYPERVISOR_VIRT_END <= va <= 0xFFFF_FFFF_FFFF_FFFF
 
 
 class GuestVirt:

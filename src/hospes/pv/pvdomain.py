@@ -41,10 +41,11 @@ from hospes.pv.hypercalls import build_table
 from hospes.pv.mmu import MmuState, PvMmu
 from hospes.pv.msr import MsrEmulator
 from hospes.pv.runstate import RunEvent, RunState
+from hospes.pv.console_log import ConsoleIoLog
 from hospes.pv.smp import CONTEXT_SIZE, load_guest_context
-from hospes.pv.time import Clock, ClockState, Timers, TimersState
+from hospes.pv.time import Clock, ClockState, Timers, TimersState, synchronise_tsc
 from hospes.pv.trampoline import Trampoline
-from hospes.pv.vcpu import VI_TIME, PvVcpu
+from hospes.pv.vcpu import VI_TIME, PvVcpu, raised_at
 from hospes.pv.vcpu_state import PvVcpuState
 from hospes.state import StateError, check_version
 
@@ -56,7 +57,9 @@ REKICK_NS = 200_000  # a kick that found the vCPU inside a stub or the writer is
 class PvHooks:
     """What the PV layer asks of the domain that assembled it.
 
-    ``console_io``: bytes a guest wrote with HYPERVISOR_console_io.
+    ``console_io``: one line a guest wrote with HYPERVISOR_console_io, already
+    ``(d<domid>) ``-prefixed: it belongs in the hypervisor's log, not on the
+    domain's console (pv/console_log.py).
     ``shutdown``: SCHEDOP_shutdown with its reason code.
     ``crash``: the domain must end; the text says why (with a register dump).
     """
@@ -146,6 +149,7 @@ class PvDomain:
         self.uuid = identity.uuid
         self.cmdline = identity.cmdline
         self.hooks = hooks
+        self._console_io_log = ConsoleIoLog(identity.domid)
         self.virt = GuestVirt(mem, layout.guest_frames)
         self.msrs = MsrEmulator()
         self.hypercall_table = build_table()
@@ -199,6 +203,7 @@ class PvDomain:
                     raise StateError(f"The saved PV domain lists vCPU {vstate.vcpu_id} in place {v}.")
                 self.vcpus.append(PvVcpu.restore(vstate, domain=self, kvm_vcpu=vm.create_vcpu(v),
                                                  area=trampoline.vcpus[v], cpuid_entries=entries))
+        synchronise_tsc([pv.kvm for pv in self.vcpus])
         bsp = self.vcpus[0]
         tsc_khz = bsp.kvm.get_tsc_khz()
         read_tsc = lambda: bsp.kvm.get_msrs([0x10])[0x10]  # noqa: E731
@@ -209,6 +214,8 @@ class PvDomain:
             self.clock = Clock.restore(saved.clock, tsc_khz=tsc_khz, read_tsc=read_tsc)
             self.timers = Timers.restore(saved.timers, clock=self.clock, nr_vcpus=layout.nr_vcpus,
                                          fire=self._timer_fired)
+            self._publish_time()   # the restored clock's record starts at this host's TSC
+        self.timers.on_error = self._timer_thread_failed
 
     # --- saved state ------------------------------------------------------------------
 
@@ -242,11 +249,13 @@ class PvDomain:
         self._publish_time()
 
     def _publish_time(self) -> None:
-        """The first pvclock records and the wallclock in shared_info."""
+        """The clock's record in every vCPU's vcpu_info and time area, and the wallclock
+        in shared_info: at boot, and after a restore (whose clock has a new record)."""
         lay = self.layout
         for pv in self.vcpus:
             for gpa in {pv.vcpu_info_gpa, lay.shared_info_gpa + 64 * pv.id}:
-                self.clock.publish(self.mem.buf, gpa + VI_TIME, self.clock.tsc0, 0)
+                self.clock.publish(self.mem.buf, gpa + VI_TIME)
+            self.write_time_area(pv)
         sec, nsec = self.clock.wallclock()
         base = lay.shared_info_gpa + SHARED_INFO_WALLCLOCK
         self.mem.write_u32(base, 1)  # odd: update in progress (the version protocol of pvclock)
@@ -320,6 +329,11 @@ class PvDomain:
         return total
 
     # --- time -------------------------------------------------------------------------
+
+    def _timer_thread_failed(self, e: Exception) -> None:
+        dumps = "\n".join(f"vCPU {pv.id}:\n{pv.register_dump()}" for pv in self.vcpus)
+        self.hooks.crash(f"timer thread: Hospes internal error (a bug; please report it): "
+                         f"{type(e).__name__}: {e} at {raised_at(e)}\n{dumps}")
 
     def _timer_fired(self, v: int) -> None:
         self.evtchn.raise_virq(abi.VIRQ_TIMER, v)
@@ -402,6 +416,21 @@ class PvDomain:
             except HospesError:
                 pass  # Xen ignores a runstate area it cannot reach
 
+    def write_time_area(self, vcpu: PvVcpu) -> None:
+        """Copy the clock's record to ``vcpu``'s registered time area, under the version
+        protocol, through its kernel page tables as Xen does; an area the guest no
+        longer maps is skipped, as Xen skips it."""
+        va = vcpu.time_area_va
+        if not va:
+            return
+        try:
+            version = (int.from_bytes(vcpu.read(va, 4), "little") + 1) | 1
+            vcpu.write(va, version.to_bytes(4, "little"))
+            vcpu.write(va + 4, self.clock.record(version)[4:])
+            vcpu.write(va, ((version + 1) & 0xFFFFFFFF).to_bytes(4, "little"))
+        except HospesError:
+            pass
+
     def move_vcpu_info(self, vcpu: PvVcpu, gpa: int) -> None:
         """VCPUOP_register_vcpu_info: event and time updates go to ``gpa`` (a RAM
         page) from now on. The page holds a writable type reference while it is
@@ -439,7 +468,8 @@ class PvDomain:
     # --- console and shutdown -------------------------------------------------------------
 
     def console_write(self, data: bytes) -> None:
-        self.hooks.console_io(data)
+        for line in self._console_io_log.feed(data):
+            self.hooks.console_io(line)
 
     def shutdown(self, reason: int) -> None:
         """SCHEDOP_shutdown: a code set earlier with SCHEDOP_shutdown_code wins, as in Xen."""

@@ -1,19 +1,34 @@
 """Guest time: the pvclock records and the per-vCPU timers (pv-abi.md §2.7, §9.8).
 
-System time is host CLOCK_MONOTONIC minus the domain's start, in ns. The
-guest TSC runs natively; a (TSC, system time) pair and the TSC frequency from
-KVM give Xen's scale factors, published in every vCPU's ``vcpu_time_info``.
-Each vCPU re-samples its pair about once a second: a guest TSC on a nested or
-migrating host can drift from the host's monotonic clock, and the timers below
-compare guest deadlines with that clock, so the two must not drift apart.
+System time is one straight line of the guest TSC. The domain publishes a
+single pvclock record -- a (TSC, system time) pair and Xen's scale factors for
+the TSC rate KVM runs the guest at -- in every vCPU's ``vcpu_info.time`` and in
+each registered time area, and never moves it while the domain runs. So every
+vCPU, at any moment, computes the same system time from its (synchronised)
+TSC, the record can carry ``PVCLOCK_TSC_STABLE_BIT``, and Linux reads the time
+in user space through its vDSO without a system call, as on a Xen host with a
+reliable TSC. A record that was re-anchored to the host clock now and then
+would bend the line at every re-anchoring; the guest's clocksource watchdog
+sees that as skew between its xen and tsc clocks.
+
+Hospes itself needs system time too (timer deadlines are absolute system
+times) but cannot read the guest TSC cheaply: a KVM_GET_MSRS round trip is
+tens of microseconds and waits while the vCPU is in KVM_RUN. It estimates the
+guest TSC from the host's CLOCK_MONOTONIC_RAW, which runs off the same
+hardware TSC without NTP's slewing, and the vCPU threads correct the estimate
+from a fresh (host time, guest TSC) sample every few seconds. The estimate
+only decides when a timer fires; what the guest sees stays the line.
+
 Timers fire VIRQ_TIMER from one thread that sleeps until the earliest deadline.
 
 Save/restore and migration keep system time continuous, as Xen does for a
-domain: the restored :class:`Clock` starts at the saved system time on the new
-host's monotonic clock, so timer deadlines (absolute system times chosen by the
-guest) keep their meaning and the guest never sees time go backwards. The
-wall clock is not saved: it is the new host's real time minus system time, so
-the guest's date stays right even though system time did not stop.
+domain: the saved system time is what the record gives for the guest TSC at
+the save (the vCPUs are stopped, so no guest read went past it), and the
+restored :class:`Clock` publishes a new record that starts there, plus the
+real time the save lasted, on the new host's TSC. Timer deadlines (absolute
+system times chosen by the guest) keep their meaning and the guest never sees
+time go backwards. The wall clock is not saved: it is the new host's real time
+minus system time, so the guest's date stays right.
 """
 
 from __future__ import annotations
@@ -23,7 +38,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Protocol, Sequence
 
 from hospes.state import StateError, check_version
 
@@ -63,36 +78,87 @@ class ClockState:
     version: int = VERSION
 
 
+#: vcpu_time_info.flags: every vCPU's system time comes from one line of a TSC that
+#: is synchronised across them, so readers need no cross-vCPU monotonicity guard.
+PVCLOCK_TSC_STABLE_BIT = 1
+#: A (host time, guest TSC) sample read in more than this is too blurred to correct with,
+#: unless no sharper one came for CORRECT_ANYWAY_NS (a loaded host: better a blurred
+#: correction than none, should the guest TSC ever jump).
+SAMPLE_MAX_NS = 50_000
+CORRECT_ANYWAY_NS = 60 * NS
+SAMPLE_TRIES = 3
+
+
+def host_ns() -> int:
+    """The host clock the guest TSC is estimated from (see the module docstring)."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW)
+
+
+def sample_tsc(read_tsc: Callable[[], int]) -> tuple[int, int, int]:
+    """The tightest of a few ``(host time, guest TSC, width)`` readings."""
+    best = (0, 0, -1)
+    for _ in range(SAMPLE_TRIES):
+        t0 = host_ns()
+        tsc = read_tsc()
+        t1 = host_ns()
+        if best[2] < 0 or t1 - t0 < best[2]:
+            best = ((t0 + t1) // 2, tsc, t1 - t0)
+    return best
+
+
+class TscVcpu(Protocol):
+    def get_tsc_offset(self) -> int | None: ...
+    def set_tsc_offset(self, offset: int) -> None: ...
+
+
+def synchronise_tsc(vcpus: Sequence[TscVcpu]) -> None:
+    """Give every vCPU the first one's TSC offset. The pvclock record is shared
+    (PVCLOCK_TSC_STABLE_BIT), so a vCPU whose TSC ran apart from the others would
+    compute another system time. KVM keeps the TSCs of vCPUs created within a
+    second of each other together, which a loaded host may not manage; where KVM
+    offers KVM_VCPU_TSC_OFFSET, this makes it exact. (PVM hosts run every vCPU
+    on the host TSC: offset 0 everywhere, nothing to do.)"""
+    offset = vcpus[0].get_tsc_offset()
+    if offset is None:
+        return
+    for vcpu in vcpus[1:]:
+        if vcpu.get_tsc_offset() != offset:
+            vcpu.set_tsc_offset(offset)
+
+
 class Clock:
+    """The domain's system time: one pvclock record, fixed while the domain runs."""
+
     def __init__(self, tsc_khz: int, read_tsc: Callable[[], int]) -> None:
         self._start(tsc_khz, read_tsc, 0)
 
     def _start(self, tsc_khz: int, read_tsc: Callable[[], int], system_time: int) -> None:
-        """Anchor system time ``system_time`` to this host's clock and the guest TSC now."""
+        """Start system time at ``system_time`` at the guest TSC now."""
         if tsc_khz <= 0:
             raise ValueError(f"The TSC rate must be positive, not {tsc_khz} kHz")  # time_scale would never end
         self.tsc_hz = tsc_khz * 1000
         self.mul, self.shift = time_scale(self.tsc_hz)
-        t0 = time.monotonic_ns()
-        tsc = read_tsc()
-        t1 = time.monotonic_ns()
-        self.base_ns = (t0 + t1) // 2 - system_time
-        # The guest TSC at system time 0. After a restore this may be negative
-        # (a new vCPU's TSC can be behind the continued system time); the guest
-        # only sees guest_tsc(), which never goes below the TSC read here.
-        self.tsc0 = tsc - system_time * self.tsc_hz // NS
-        self.wall0 = time.time_ns() - (time.monotonic_ns() - self.base_ns)
+        self.read_tsc = read_tsc
+        host, tsc, _ = sample_tsc(read_tsc)
+        # The published record. After a restore tsc_stamp may be far from 0: a
+        # new vCPU's TSC has nothing to do with the continued system time.
+        self.tsc_stamp = tsc
+        self.system_stamp = system_time
+        self._estimate = (host, tsc)    # one tuple: readers on other threads never see half an update
+        self._corrected_at = host
+        self.wall0 = time.time_ns() - system_time
 
     def save(self) -> ClockState:
-        return ClockState(system_time_ns=self.now(), tsc_khz=self.tsc_hz // 1000, wall_ns=time.time_ns())
+        """The clock where the guest left it; every vCPU must be stopped."""
+        return ClockState(system_time_ns=self.system_at(self.read_tsc()), tsc_khz=self.tsc_hz // 1000,
+                          wall_ns=time.time_ns())
 
     @classmethod
     def restore(cls, state: ClockState, *, tsc_khz: int, read_tsc: Callable[[], int]) -> Clock:
         """A clock whose system time continues from ``state`` on this host.
 
         ``tsc_khz`` and ``read_tsc`` are the new host's, as for the
-        constructor; the guest TSC is re-anchored to whatever the restored
-        vCPU reads now, so guest_tsc() agrees with the guest's RDTSC.
+        constructor: the new record starts at the restored vCPU's TSC now.
         """
         check_version(state, "guest clock")
         if state.system_time_ns < 0:
@@ -103,22 +169,38 @@ class Clock:
         clock._start(tsc_khz, read_tsc, state.system_time_ns + passed)
         return clock
 
-    def now(self) -> int:
-        return time.monotonic_ns() - self.base_ns
+    def system_at(self, tsc: int) -> int:
+        """System time at guest TSC ``tsc``, computed exactly as the guest computes it from the record."""
+        delta = tsc - self.tsc_stamp
+        delta = delta << self.shift if self.shift >= 0 else delta >> -self.shift
+        return self.system_stamp + ((delta * self.mul) >> 32)
 
     def guest_tsc(self) -> int:
-        return self.tsc0 + self.now() * self.tsc_hz // NS
+        """The guest TSC now, as estimated from the host clock."""
+        host, tsc = self._estimate
+        return tsc + (host_ns() - host) * self.tsc_hz // NS
 
-    def time_info(self, version: int, tsc: int, system_time: int) -> bytes:
-        """A vcpu_time_info record: ``system_time`` ns corresponds to guest TSC ``tsc``."""
-        return struct.pack("<IIQQIbBH", version, 0, tsc, system_time, self.mul, self.shift, 0, 0)
+    def now(self) -> int:
+        return self.system_at(self.guest_tsc())
 
-    def publish(self, buf: memoryview, gpa: int, tsc: int, system_time: int) -> None:
-        """Rewrite a live vcpu_info.time under its version protocol (odd while changing)."""
+    def correct(self, read_tsc: Callable[[], int]) -> None:
+        """Re-base the estimate on a fresh sample (from a vCPU thread, outside KVM_RUN)."""
+        host, tsc, width = sample_tsc(read_tsc)
+        if width <= SAMPLE_MAX_NS or host - self._corrected_at >= CORRECT_ANYWAY_NS:
+            self._estimate = (host, tsc)
+            self._corrected_at = host
+
+    def record(self, version: int) -> bytes:
+        """The vcpu_time_info every vCPU publishes, with ``version``."""
+        return struct.pack("<IIQQIbBH", version, 0, self.tsc_stamp, self.system_stamp, self.mul, self.shift,
+                           PVCLOCK_TSC_STABLE_BIT, 0)
+
+    def publish(self, buf: memoryview, gpa: int) -> None:
+        """Write the record into a live vcpu_time_info under its version protocol (odd while changing)."""
         word = buf[gpa:gpa + 4].cast("I")       # the version: single aligned stores, never torn
         odd = (word[0] + 1) | 1
         word[0] = odd                                               # odd: update in progress
-        buf[gpa + 4:gpa + 32] = self.time_info(odd, tsc, system_time)[4:]
+        buf[gpa + 4:gpa + 32] = self.record(odd)[4:]
         word[0] = (odd + 1) & 0xFFFFFFFF                            # even: stable again
         word.release()
 
@@ -163,6 +245,9 @@ class Timers:
         self.stopping = False
         self.held = False      # see hold()
         self._firing = False
+        # Called (then the thread ends) when a firing raises: a bug, which must end
+        # the domain rather than leave it without timers. None: the thread dies.
+        self.on_error: Callable[[Exception], None] | None = None
         self.thread = threading.Thread(target=self._run, name="timers", daemon=True)
 
     def start(self) -> None:
@@ -304,10 +389,15 @@ class Timers:
                     fn()
                 for v in due:
                     self.fire(v)
+            except Exception as e:
+                if self.on_error is None:
+                    raise
+                self.on_error(e)
+                return
             finally:
                 with self.cond:
                     self._firing = False
                     self.cond.notify_all()
 
 
-__all__ = ["NS", "Clock", "ClockState", "Timers", "TimersState", "VcpuTimersState", "time_scale"]
+__all__ = ["NS", "Clock", "synchronise_tsc", "ClockState", "Timers", "TimersState", "VcpuTimersState", "time_scale"]

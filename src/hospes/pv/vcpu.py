@@ -20,6 +20,7 @@ must be made from guest mode).
 from __future__ import annotations
 
 import ctypes
+import logging
 import signal
 import struct
 import threading
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from hospes.kvm.structs import KvmCpuidEntry2, KvmRegs, KvmRun, KvmSregs, KvmVcpuEvents
     from hospes.machine.memory import GuestMemory
     from hospes.pv.guestvirt import GuestVirt
+
+log = logging.getLogger(__name__)
 
 RFLAGS_IF = 1 << 9
 RFLAGS_IOPL = 3 << 12
@@ -79,7 +82,7 @@ def install_kick_handler() -> None:
         signal.signal(KICK_SIGNAL, lambda *_: None)
         _kick_handler_installed = True
 
-CLOCK_SYNC_NS = 1_000_000_000  # how often each vCPU re-anchors its pvclock
+CLOCK_CORRECT_NS = 5_000_000_000  # how often a vCPU corrects Hospes' estimate of the guest TSC
 
 # Exit-count keys, built once: formatting a string on every exit shows up in profiles.
 HYPERCALL_KEYS = [f"hypercall:{n}" for n in range(64)]
@@ -88,6 +91,17 @@ TRAP_KEYS = [f"trap:{v}" for v in range(256)]
 
 class DomainCrash(Exception):
     """The guest did something Xen would crash the domain for."""
+
+
+def raised_at(e: BaseException) -> str:
+    """Where ``e`` was raised, as file:line:function, for a bug report in one line."""
+    tb = e.__traceback__
+    if tb is None:
+        return "an unknown place"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return f"{code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} ({code.co_name})"
 
 
 def _segment(seg: KvmSegment, selector: int, code: bool, dpl: int, long: bool) -> None:
@@ -145,6 +159,7 @@ class PvVcpu:
     vcpu_info_gpa: int
     vcpu_info_registered: bool
     runstate_va: int
+    time_area_va: int
     gdt_frames: list[int]
     gdt_ents: int
     ldt_base: int
@@ -153,7 +168,7 @@ class PvVcpu:
     initialised: bool
     writes: list[tuple[int, int]]
     flush_pending: bool
-    next_clock_sync: int
+    next_clock_correct: int
     invlpg_va: int
     flush_generation: int
     in_kvm_run: bool
@@ -202,6 +217,7 @@ class PvVcpu:
         self.vcpu_info_gpa = domain.layout.shared_info_gpa + 64 * vcpu_id
         self.vcpu_info_registered = False
         self.runstate_va = 0
+        self.time_area_va = 0    # VCPUOP_register_vcpu_time_memory_area's address
         self.gdt_frames: list[int] = []
         self.gdt_ents = 0
         self.ldt_base = 0
@@ -211,7 +227,7 @@ class PvVcpu:
         # Pending in-VM work and the target frame of the next entry.
         self.writes: list[tuple[int, int]] = []
         self.flush_pending = False
-        self.next_clock_sync = 0
+        self.next_clock_correct = 0
         self._segments: dict[tuple[int, int], KvmSegment] = {}
         self.invlpg_va = 0
         self.flush_generation = 0        # bumped whenever a TLB flush is scheduled before guest code
@@ -352,19 +368,24 @@ class PvVcpu:
         run = self.kvm.run
         run_state = self.run_state
         running = RunState.RUNNING
-        # The lock-free check keeps the common case (running on) off the lock; a
-        # change that lands just after it is followed by a kick, which ends KVM_RUN.
-        while run_state.state is running or run_state.wait_runnable() is running:
-            if self.start_context is not None:
-                self._apply_start_context()
-            if time.monotonic_ns() >= self.next_clock_sync:
-                self._sync_clock()
-            self.in_kvm_run = True
-            reason = run()
-            self.in_kvm_run = False
-            if self.kvm.immediate_exit:
-                self.kvm.immediate_exit = False
-            try:
+        reason = -1
+        # One try around the whole loop (free in CPython until something
+        # raises): whatever goes wrong on this thread, in an exit handler, the
+        # start context, the clock or the run-state wait, ends this domain with
+        # a register dump, never the thread alone (a silently dead vCPU).
+        try:
+            # The lock-free check keeps the common case (running on) off the lock; a
+            # change that lands just after it is followed by a kick, which ends KVM_RUN.
+            while run_state.state is running or run_state.wait_runnable() is running:
+                if self.start_context is not None:
+                    self._apply_start_context()
+                if time.monotonic_ns() >= self.next_clock_correct:
+                    self._correct_clock()
+                self.in_kvm_run = True
+                reason = run()
+                self.in_kvm_run = False
+                if self.kvm.immediate_exit:
+                    self.kvm.immediate_exit = False
                 if reason == kc.KVM_EXIT_IO:
                     port = self.run.io.port
                     if port == L.PORT_SYSCALL:
@@ -386,13 +407,16 @@ class PvVcpu:
                     raise DomainCrash(f"VM entry failed, reason {self.run.fail_entry.hardware_entry_failure_reason:#x}")
                 else:
                     raise DomainCrash(f"unexpected KVM exit reason {reason}")
-            except DomainCrash as e:
-                dom.crash(self, str(e))
-                return
-            except Exception as e:  # noqa: BLE001 - a guest must never take the host down
-                # Whatever the guest did to reach this, it ends its own domain only.
-                dom.crash(self, f"internal error handling exit {reason}: {type(e).__name__}: {e}")
-                return
+        except DomainCrash as e:
+            self.in_kvm_run = False
+            dom.crash(self, str(e))
+        except Exception as e:  # noqa: BLE001 - a guest must never take the host down
+            # A Hospes bug: whatever the guest did to reach it ends its own domain only.
+            self.in_kvm_run = False
+            where = f"after KVM exit {reason}" if reason >= 0 else "before the first KVM exit"
+            log.debug("vCPU %d: internal error %s", self.id, where, exc_info=True)
+            dom.crash(self, f"Hospes internal error {where} (a bug; please report it): "
+                            f"{type(e).__name__}: {e} at {raised_at(e)}")
 
     # --- syscall exits -----------------------------------------------------------
 
@@ -411,15 +435,20 @@ class PvVcpu:
         self.t_rip = regs.rcx
         self.t_rflags = regs.r11
         self.t_rsp = regs.rsp
-        if self.sregs.cs.dpl == 3:
-            self.t_cs = self.sregs.cs.selector
-            self.t_ss = self.sregs.ss.selector
-        else:  # VT-x/SVM: SYSCALL entered ring 0 with STAR's selectors
-            self.t_cs = abi.FLAT_KERNEL_CS if self.kernel_mode else abi.FLAT_USER_CS
-            self.t_ss = abi.FLAT_KERNEL_SS
         if self.kernel_mode:
+            # Xen's SYSCALL entry records FLAT_KERNEL_CS64/FLAT_KERNEL_SS whatever
+            # the guest ran with (and SYSRET returns with them): an upcall that
+            # interrupts the hypercall shows them in its frame.
+            self.t_cs = abi.FLAT_KERNEL_CS
+            self.t_ss = abi.FLAT_KERNEL_SS
             self._hypercall()
         else:
+            if self.sregs.cs.dpl == 3:
+                self.t_cs = self.sregs.cs.selector
+                self.t_ss = self.sregs.ss.selector
+            else:  # VT-x/SVM: SYSCALL entered ring 0 with STAR's selectors
+                self.t_cs = abi.FLAT_USER_CS
+                self.t_ss = abi.FLAT_KERNEL_SS
             self.count("syscall")
             self.bounce_syscall()
         self._resume()
@@ -444,7 +473,8 @@ class PvVcpu:
         regs.rax = int(result) & 0xFFFF_FFFF_FFFF_FFFF  # type: ignore[call-overload]
 
     def call_hypercall(self, nr: int, args: tuple[int, ...]) -> int:
-        """Run one hypercall on behalf of a multicall entry (iret is refused)."""
+        """Run one hypercall on behalf of a multicall entry (the multicall handles
+        iret itself; a nested multicall is refused)."""
         handler = self.hypercalls.get(nr)
         if handler is None or nr in (abi.Hypercall.iret, abi.Hypercall.multicall):
             return -Errno.ENOSYS if handler is None else -Errno.EINVAL
@@ -765,12 +795,10 @@ class PvVcpu:
         self._segments[(selector, d)] = seg
         return seg
 
-    def _sync_clock(self) -> None:
-        """Re-anchor this vCPU's pvclock: its guest TSC now is our system time now."""
-        clock = self.domain.clock
-        tsc = self.kvm.get_msrs([0x10])[0x10]
-        clock.publish(self.mem.buf, self.vcpu_info_gpa + VI_TIME, tsc, clock.now())
-        self.next_clock_sync = time.monotonic_ns() + CLOCK_SYNC_NS
+    def _correct_clock(self) -> None:
+        """Correct Hospes' estimate of the guest TSC (the guest's pvclock record stays as it is)."""
+        self.domain.clock.correct(lambda: self.kvm.get_msrs([0x10])[0x10])
+        self.next_clock_correct = time.monotonic_ns() + CLOCK_CORRECT_NS
 
     def request_flush(self) -> None:
         """Flush this vCPU's TLB (a CR3 reload by the writer) before the guest runs again."""
@@ -816,6 +844,7 @@ class PvVcpu:
             kernel_ss=self.kernel_ss, kernel_sp=self.kernel_sp, iopl=self.iopl, cr0_ts=self.cr0_ts,
             cr4=self.cr4, debugreg=tuple(self.debugreg), vcpu_info_gpa=self.vcpu_info_gpa,
             vcpu_info_registered=self.vcpu_info_registered, runstate_va=self.runstate_va,
+            time_area_va=self.time_area_va,
             gdt_frames=tuple(self.gdt_frames), gdt_ents=self.gdt_ents, ldt_base=self.ldt_base,
             ldt_ents=self.ldt_ents, writes=tuple(self.writes), flush_pending=self.flush_pending,
             invlpg_va=self.invlpg_va,
@@ -838,7 +867,7 @@ class PvVcpu:
         pv = cls(domain, state.vcpu_id, kvm_vcpu, area)
         for name in ("initialised", "kernel_mode", "kernel_cr3", "user_cr3", "gs_base_kernel", "gs_base_user",
                      "fs_base", "gs_sel", "kernel_ss", "kernel_sp", "iopl", "cr0_ts", "cr4", "vcpu_info_gpa",
-                     "vcpu_info_registered", "runstate_va", "gdt_ents", "ldt_base", "ldt_ents",
+                     "vcpu_info_registered", "runstate_va", "time_area_va", "gdt_ents", "ldt_base", "ldt_ents",
                      "flush_pending", "invlpg_va"):
             setattr(pv, name, getattr(state, name))
         if pv.vcpu_info_registered:
@@ -887,4 +916,4 @@ class PvVcpu:
 
 
 
-__all__ = ["KICK_SIGNAL", "PvVcpu", "DomainCrash", "NO_RETURN", "PAGE_SIZE", "install_kick_handler"]
+__all__ = ["KICK_SIGNAL", "PvVcpu", "DomainCrash", "NO_RETURN", "PAGE_SIZE", "install_kick_handler", "raised_at"]

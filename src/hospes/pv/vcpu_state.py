@@ -93,6 +93,7 @@ class PvVcpuState:
     invlpg_va: int
     start_context: StartContext | None
     cpu: CpuState
+    time_area_va: int = 0                             # 0: none registered (and saves from before it)
     version: int = VERSION
 
 

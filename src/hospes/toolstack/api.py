@@ -95,6 +95,9 @@ class Api:
     async def setSched(self, req: web.Request, body: dict, query: dict) -> web.StreamResponse:
         return _json(await self.daemon.sched(req.match_info["domain"], body.get("weight"), body.get("cap")))
 
+    async def setVcpus(self, req: web.Request, body: dict, query: dict) -> web.StreamResponse:
+        return _json(await self.daemon.set_vcpus(req.match_info["domain"], body["vcpus"]))
+
     async def listVcpus(self, req: web.Request, body: dict, query: dict) -> web.StreamResponse:
         return _json(await self.daemon.vcpus(req.match_info["domain"]))
 

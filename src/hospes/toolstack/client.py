@@ -213,6 +213,10 @@ class Domain:
         body = {k: v for k, v in (("weight", weight), ("cap", cap)) if v is not None}
         return dict(self.client.transport.request("PUT", self._path("/sched"), body))
 
+    def set_vcpus(self, count: int) -> dict[str, Any]:
+        """Ask the guest to run ``count`` of its vCPUs (``xl vcpu-set``), at most its maxvcpus."""
+        return dict(self.client.transport.request("PUT", self._path("/vcpus"), {"vcpus": count}))
+
     def vcpus(self) -> list[dict[str, Any]]:
         return list(self.client.transport.request("GET", self._path("/vcpus"))["vcpus"])
 

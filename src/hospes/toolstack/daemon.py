@@ -558,6 +558,17 @@ class Daemon:
         reply.pop("ok", None)
         return {"domid": v.domid, "name": v.to_api()["name"], **reply}
 
+    async def set_vcpus(self, ident: str, count: int) -> dict[str, Any]:
+        """``xl vcpu-set``: how many of its vCPUs (up to maxvcpus) the guest should run."""
+        v = await self.running(ident, "change its vCPUs")
+        maxvcpus = v.record.spec.maxvcpus
+        if not 1 <= count <= maxvcpus:
+            raise ApiError(400, f"Domain {v.record.name} ({v.domid}) can run between 1 and {maxvcpus} vCPUs "
+                                f"(its maxvcpus); {count} were asked for.")
+        reply = await self._request(v, "vcpu_set", vcpus=count)
+        reply.pop("ok", None)
+        return {"domid": v.domid, "name": v.to_api()["name"], **reply}
+
     async def vcpus(self, ident: str) -> dict[str, Any]:
         v = await self.view(ident)
         st = v.status or {}

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from dataclasses import replace
 import dataclasses
 import os
 import sys
@@ -63,6 +64,11 @@ def log(msg: str) -> None:
     """One line on stderr (domains/<id>.err), timestamped."""
     sys.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} hospes-domain[{os.getpid()}]: {msg}\n")
     sys.stderr.flush()
+
+
+def _hypervisor_log(line: bytes) -> None:
+    """A guest's console_io line ("(d<domid>) ...") into this domain's log, as Xen's own console."""
+    log(line.decode("utf-8", "replace").rstrip("\n"))
 
 
 def valid_name(name: object) -> str:
@@ -151,6 +157,7 @@ class ControlServer:
             "status": self._status, "pause": self._pause, "unpause": self._unpause,
             "shutdown": self._shutdown, "destroy": self._destroy, "rename": self._rename, "log": self._log,
             "sched": self._sched, "save": self._save_op, "migrate_cancel": self._migrate_cancel,
+            "vcpu_set": self._vcpu_set,
         }
 
     def start(self) -> None:
@@ -279,6 +286,12 @@ class ControlServer:
 
     async def _sched(self, req: dict[str, Any]) -> dict[str, Any]:
         return self.proc.set_sched(req.get("weight"), req.get("cap"))
+
+    async def _vcpu_set(self, req: dict[str, Any]) -> dict[str, Any]:
+        count = req.get("vcpus")
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise HospesError("vcpu_set needs a vCPU count.")
+        return self.proc.set_vcpus(count)
 
     async def _save_op(self, req: dict[str, Any]) -> dict[str, Any]:
         path = req.get("path")
@@ -424,6 +437,17 @@ class DomainProcess:
             self.record.sched = new.to_dict()
             self._save()
             return self.sched_status()
+
+    def set_vcpus(self, count: int) -> dict[str, Any]:
+        """``xl vcpu-set DOM N``: ask the guest to run ``count`` vCPUs; kept for its reboots too."""
+        with self._lock:
+            dom = self.dom
+            if dom is None:
+                raise HospesError(f"The domain is {self.record.state}; it has no vCPUs to set.")
+            dom.set_vcpus(count)
+            self.record.spec = replace(self.record.spec, vcpus=count)
+            self._save()
+            return {"vcpus": count, "maxvcpus": len(dom.vcpus)}
 
     # --- save and migration ------------------------------------------------------------------
 
@@ -580,14 +604,16 @@ class DomainProcess:
     def _build(self) -> Domain:
         received, self._received = self._received, None
         if received is None:
-            return Domain(domain_config(self.record.spec, self.domid, log), console_out=self._console_out)
+            return Domain(domain_config(self.record.spec, self.domid, log), console_out=self._console_out,
+                          hypervisor_log=_hypervisor_log)
         # The guest keeps the domid it was built with: its kernel and store hold it.
         config = domain_config(self.record.spec, received.state.pv.domid, log, boot_from_images=False)
         if self._receiver is not None:   # arriving, maybe on the source's host: share its TAPs meanwhile
             config = dataclasses.replace(config, vifs=tuple(dataclasses.replace(v, attach=True)
                                                             for v in config.vifs))
         try:
-            return Domain(config, console_out=self._console_out, saved=(received.state, received.shell))
+            return Domain(config, console_out=self._console_out, saved=(received.state, received.shell),
+                          hypervisor_log=_hypervisor_log)
         except BaseException:
             received.shell.close()
             raise

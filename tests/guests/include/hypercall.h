@@ -86,6 +86,12 @@ static inline long HYPERVISOR_callback_op(int cmd, void *arg)
 static inline long HYPERVISOR_event_channel_op(int cmd, void *arg)
 { return _hc(__HYPERVISOR_event_channel_op, cmd, arg, 0, 0, 0); }
 
+static inline long HYPERVISOR_set_debugreg(int reg, unsigned long value)
+{ return _hc(__HYPERVISOR_set_debugreg, reg, value, 0, 0, 0); }
+
+static inline long HYPERVISOR_get_debugreg(int reg)
+{ return _hc(__HYPERVISOR_get_debugreg, reg, 0, 0, 0, 0); }
+
 /* Any hypercall number, for probing unknown ones. */
 static inline long HYPERVISOR_raw(unsigned long nr)
 { return _hc(nr, 0, 0, 0, 0, 0); }

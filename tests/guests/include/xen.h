@@ -30,6 +30,8 @@
 #define __HYPERVISOR_set_trap_table    0
 #define __HYPERVISOR_mmu_update        1
 #define __HYPERVISOR_stack_switch      3
+#define __HYPERVISOR_set_debugreg      8
+#define __HYPERVISOR_get_debugreg      9
 #define __HYPERVISOR_set_timer_op      15
 #define __HYPERVISOR_memory_op         12
 #define __HYPERVISOR_multicall         13
@@ -81,11 +83,13 @@
 #define SCHEDOP_block              1
 #define SCHEDOP_shutdown           2
 #define SHUTDOWN_poweroff          0
+#define SHUTDOWN_crash             3
 
 #define VCPUOP_set_periodic_timer     6
 #define VCPUOP_stop_periodic_timer    7
 #define VCPUOP_set_singleshot_timer   8
 #define VCPUOP_stop_singleshot_timer  9
+#define VCPUOP_register_vcpu_time_memory_area 13
 #define VCPU_SSHOTTMR_future          (1 << 0)
 
 #define CALLBACKOP_register        0
@@ -216,6 +220,7 @@ struct vcpu_time_info {
     uint8_t  pad1[2];
 };
 XEN_ABI_SIZE(struct vcpu_time_info, 32);
+#define PVCLOCK_TSC_STABLE_BIT 1     /* flags: one TSC line for every vCPU */
 
 struct vcpu_info {
     uint8_t  evtchn_upcall_pending;

@@ -2,12 +2,11 @@
  * Runtime of the Hospes test kernels: start of day, console output,
  * printf-lite, PASS/FAIL reporting and shutdown.
  *
- * Output goes through HYPERVISOR_console_io(CONSOLEIO_write), one call per
- * line so lines never interleave. Real Xen only lets a domU use console_io
- * in debug builds; if the first call fails we fall back to the PV console
- * ring (start_info.console.domU, pv-abi.md §11.1) so the kernels still
- * report on a release Xen. The hello kernel reports the console_io result
- * itself.
+ * Output goes to the PV console ring (start_info.console.domU, pv-abi.md
+ * §11.1), as a domU's must on Xen: there console_io writes go to the
+ * hypervisor's own log ("(d1) " lines, and only on debug builds), not to
+ * the domain's console. If the ring cannot be found, HYPERVISOR_console_io
+ * is the fallback. The hello kernel checks console_io itself.
  */
 #include "guest.h"
 
@@ -62,7 +61,7 @@ const char *strstr_n(const char *hay, size_t n, const char *needle)
 }
 
 /* ---- console ------------------------------------------------------- */
-static int ring_mode;           /* 0 console_io, 1 ring, -1 nowhere */
+static int ring_mode;           /* 0 not chosen yet, 1 ring, 2 console_io, -1 nowhere */
 static volatile struct xencons_interface *ring;
 
 static int ring_init(void)
@@ -97,13 +96,14 @@ static void ring_write(const char *s, size_t n)
 
 static void console_write(const char *s, size_t n)
 {
-    if (ring_mode == 0) {
+    if (ring_mode == 0)
+        ring_mode = ring_init() ? 1 : 2;
+    if (ring_mode == 2) {
         long rc = HYPERVISOR_console_io(CONSOLEIO_write, (int)n, s);
         if (console_io_rc == 1)
             console_io_rc = rc;
-        if (rc == 0)
-            return;
-        ring_mode = ring_init() ? 1 : -1;
+        if (rc != 0)
+            ring_mode = -1;
     }
     if (ring_mode == 1)
         ring_write(s, n);

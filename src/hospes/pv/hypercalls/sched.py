@@ -63,7 +63,21 @@ def sched_op(vcpu: PvVcpu, cmd: int, arg: int, *_: int) -> int:
     return -Errno.ENOSYS
 
 
+# do_set_timer_op's "huge timeout" rule (xen/common/sched/core.c): a deadline
+# with bit 63 set (a negative s_time_t) or 2^50 ns (~13 days) or more ahead is
+# taken for a Linux jiffies wrap and fires 100 ms from now instead.
+HUGE_TIMEOUT_NS = 1 << 50
+HUGE_TIMEOUT_FIRES_AFTER_NS = 100_000_000
+
+
 def set_timer_op(vcpu: PvVcpu, timeout: int, *_: int) -> int:
+    timeout &= 0xFFFF_FFFF_FFFF_FFFF
+    if timeout == 0:
+        vcpu.domain.timers.set_singleshot(vcpu.id, 0)
+        return 0
+    now = vcpu.domain.clock.now()
+    if timeout >> 63 or timeout - now >= HUGE_TIMEOUT_NS:
+        timeout = now + HUGE_TIMEOUT_FIRES_AFTER_NS
     vcpu.domain.timers.set_singleshot(vcpu.id, timeout)
     return 0
 

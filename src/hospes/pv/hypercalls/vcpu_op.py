@@ -7,6 +7,7 @@ import struct
 
 from hospes.pv.abi import Hypercall
 from hospes.pv.errors import Errno, XenError
+from hospes.pv.guestvirt import guest_handle_ok
 
 if TYPE_CHECKING:
     from hospes.pv.vcpu import PvVcpu
@@ -26,6 +27,7 @@ VCPUOP_send_nmi = 11
 VCPUOP_get_physid = 12
 VCPUOP_register_vcpu_time_memory_area = 13
 VCPU_SSHOTTMR_future = 1
+STIME_DELTA_MAX = (1 << 62) - 1  # xen/include/xen/time.h: the longest period Xen accepts
 
 
 def vcpu_op(vcpu: PvVcpu, cmd: int, target_id: int, arg: int, *_: int) -> int:
@@ -39,6 +41,8 @@ def vcpu_op(vcpu: PvVcpu, cmd: int, target_id: int, arg: int, *_: int) -> int:
         return 1 if target.online else 0
     if cmd == VCPUOP_register_runstate_memory_area:
         (va,) = struct.unpack("<Q", vcpu.read(arg, 8))
+        if not guest_handle_ok(va):
+            return -Errno.EFAULT
         target.runstate_va = va
         dom.write_runstate(target)
         return 0
@@ -58,7 +62,7 @@ def vcpu_op(vcpu: PvVcpu, cmd: int, target_id: int, arg: int, *_: int) -> int:
         return 0
     if cmd == VCPUOP_set_periodic_timer:
         (period,) = struct.unpack("<Q", vcpu.read(arg, 8))
-        if period < 1_000_000:
+        if period < 1_000_000 or period > STIME_DELTA_MAX:
             return -Errno.EINVAL
         dom.timers.set_periodic(target_id, period)
         return 0
@@ -66,8 +70,12 @@ def vcpu_op(vcpu: PvVcpu, cmd: int, target_id: int, arg: int, *_: int) -> int:
         if target is not vcpu:
             return -Errno.EINVAL
         timeout, flags = struct.unpack("<QI", vcpu.read(arg, 12))
-        if flags & VCPU_SSHOTTMR_future and timeout < dom.clock.now():
-            return -Errno.ETIME
+        if timeout < dom.clock.now():
+            if flags & VCPU_SSHOTTMR_future:
+                return -Errno.ETIME
+            # Already expired: Xen sends the timer event at once. A past deadline
+            # does that here too, except 0, which set_singleshot takes as "stop".
+            timeout = timeout or 1
         dom.timers.set_singleshot(target_id, timeout, force=True)
         return 0
     if cmd == VCPUOP_stop_singleshot_timer:
@@ -86,7 +94,12 @@ def vcpu_op(vcpu: PvVcpu, cmd: int, target_id: int, arg: int, *_: int) -> int:
         dom.stop_vcpu(target)
         return 0
     if cmd == VCPUOP_register_vcpu_time_memory_area:
-        return -Errno.ENOSYS
+        (va,) = struct.unpack("<Q", vcpu.read(arg, 8))
+        if not guest_handle_ok(va):
+            return -Errno.EFAULT
+        target.time_area_va = va    # 0 unregisters
+        dom.write_time_area(target)
+        return 0
     if cmd == VCPUOP_send_nmi:
         return -Errno.ENOSYS
     raise XenError(Errno.ENOSYS)

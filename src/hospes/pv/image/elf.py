@@ -21,12 +21,16 @@ ELFDATA2LSB, ELFDATA2MSB = 1, 2
 EM_X86_64 = 62
 PT_LOAD, PT_NOTE = 1, 4
 PF_X, PF_W, PF_R = 1, 2, 4
+SHT_NOTE, SHT_NOBITS = 7, 8
+SHN_UNDEF = 0
 
 # e_ident[16], e_type, e_machine, e_version, e_entry, e_phoff, e_shoff, e_flags,
 # e_ehsize, e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 # p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align
 _PHDR = struct.Struct("<IIQQQQQQ")
+# sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size, sh_link, sh_info, sh_addralign, sh_entsize
+_SHDR = struct.Struct("<IIQQQQIIQQ")
 # n_namesz, n_descsz, n_type
 _NHDR = struct.Struct("<III")
 
@@ -69,6 +73,14 @@ class ProgramHeader:
 
 
 @dataclass(frozen=True)
+class SectionHeader:
+    name: str
+    type: int
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
 class ElfNote:
     owner: str
     type: int
@@ -83,6 +95,10 @@ class ElfFile:
     data: memoryview
     entry: int
     program_headers: tuple[ProgramHeader, ...]
+    shoff: int = 0
+    shnum: int = 0
+    shentsize: int = 0
+    shstrndx: int = 0
 
     def load_segments(self) -> tuple[ProgramHeader, ...]:
         """PT_LOAD headers that occupy memory, in file order."""
@@ -105,6 +121,63 @@ class ElfFile:
                         yield note
 
 
+    def section_headers(self) -> tuple[SectionHeader, ...]:
+        """The section headers, with names (none when the file has no table).
+
+        Read only when a loader falls back to sections (libelf does so only
+        when no note segment holds Xen notes); a table or a name that lies
+        outside the file is an ImageError, as it marks the file broken for libelf.
+        """
+        if self.shoff == 0 or self.shnum == 0:
+            return ()
+        if self.shentsize != _SHDR.size:
+            raise ImageError(
+                f"Kernel image {self.where} has a corrupt ELF header: section header size is "
+                f"{self.shentsize} bytes, ELF64 needs {_SHDR.size}; download or copy the kernel again."
+            )
+        end = self.shoff + self.shnum * _SHDR.size
+        if end > len(self.data):
+            raise _truncated(self.where, f"its {self.shnum} section headers", end, len(self.data))
+        raw = [_SHDR.unpack_from(self.data, self.shoff + i * _SHDR.size) for i in range(self.shnum)]
+        strtab = b""
+        if 0 < self.shstrndx < self.shnum:
+            _n, st_type, _f, _a, st_off, st_size, *_ = raw[self.shstrndx]
+            if st_type != SHT_NOBITS:
+                if st_off + st_size > len(self.data):
+                    raise _truncated(self.where, "its section name table", st_off + st_size, len(self.data))
+                strtab = bytes(self.data[st_off : st_off + st_size])
+        headers = []
+        for sh_name, sh_type, _flags, _addr, sh_offset, sh_size, *_ in raw:
+            name = strtab[sh_name:].split(b"\0", 1)[0].decode("ascii", "replace") if sh_name < len(strtab) else ""
+            headers.append(SectionHeader(name, sh_type, sh_offset, sh_size))
+        return tuple(headers)
+
+    def section_bytes(self, sh: SectionHeader) -> memoryview:
+        """A section's bytes; one that lies outside the file is an ImageError."""
+        if sh.type == SHT_NOBITS:
+            return self.data[0:0]
+        if sh.offset + sh.size > len(self.data):
+            raise _truncated(self.where, f"section {sh.name or '(unnamed)'} (offset {sh.offset:#x}, "
+                             f"size {sh.size:#x})", sh.offset + sh.size, len(self.data))
+        return self.data[sh.offset : sh.offset + sh.size]
+
+    def section_notes(self, owner: str) -> Iterator[ElfNote]:
+        """Notes with the given owner from every SHT_NOTE section, in section order
+        (index 0, the null section, excepted)."""
+        for sh in self.section_headers()[1:]:
+            if sh.type == SHT_NOTE:
+                for note in _parse_notes(self.section_bytes(sh), sh.offset, self.where):
+                    if note.owner == owner:
+                        yield note
+
+    def section_named(self, name: str) -> SectionHeader | None:
+        """The first section called ``name`` (libelf's elf_shdr_by_name)."""
+        for sh in self.section_headers():
+            if sh.name == name:
+                return sh
+        return None
+
+
 def _align4(n: int) -> int:
     return (n + 3) & ~3
 
@@ -125,7 +198,7 @@ def _parse_notes(seg: memoryview, file_offset: int, where: str) -> Iterator[ElfN
             raise ImageError(
                 f"Kernel image {where} has a corrupt ELF note at file offset {file_offset + pos:#x}: "
                 f"its name ({namesz} bytes) and descriptor ({descsz} bytes) run past the end of "
-                f"its PT_NOTE segment; the file is damaged: download or copy the kernel again."
+                f"its note segment or section; the file is damaged: download or copy the kernel again."
             )
         owner = bytes(seg[name_at : name_at + namesz]).split(b"\0", 1)[0].decode("ascii", "replace")
         yield ElfNote(owner, ntype, bytes(seg[desc_at : desc_at + descsz]))
@@ -180,6 +253,7 @@ def parse_elf(data: bytes | memoryview, where: str) -> ElfFile:
         raise _truncated(where, "its ELF header", _EHDR.size, len(mv))
     fields = _EHDR.unpack_from(mv, 0)
     e_entry, e_phoff, e_phentsize, e_phnum = fields[4], fields[5], fields[9], fields[10]
+    e_shoff, e_shentsize, e_shnum, e_shstrndx = fields[6], fields[11], fields[12], fields[13]
     if e_phnum == 0:
         raise ImageError(
             f"Kernel image {where} has no program headers, so nothing to load; it is not a "
@@ -205,4 +279,5 @@ def parse_elf(data: bytes | memoryview, where: str) -> ElfFile:
                 f"Kernel image {where} is corrupt: segment {index} has p_filesz {ph.filesz:#x} larger "
                 f"than p_memsz {ph.memsz:#x}; download or copy the kernel again."
             )
-    return ElfFile(where=where, data=mv, entry=e_entry, program_headers=headers)
+    return ElfFile(where=where, data=mv, entry=e_entry, program_headers=headers, shoff=e_shoff,
+                   shnum=e_shnum, shentsize=e_shentsize, shstrndx=e_shstrndx)

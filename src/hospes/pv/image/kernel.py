@@ -2,7 +2,9 @@
 
 The rules are Xen's libelf rules for PV guests, restated:
 
-* the image must carry Xen ELF notes (in a PT_NOTE segment, owner "Xen");
+* the image must carry Xen metadata, looked for where libelf looks, in order:
+  notes (owner "Xen") in PT_NOTE segments; if those hold none, notes in SHT_NOTE
+  sections; if none there either, the legacy ``__xen_guest`` section string;
 * GUEST_OS starts with "linux" or LOADER starts with "generic";
 * XEN_VERSION starts with "xen-3.0";
 * segments are placed by **p_paddr**: ``virt_offset = VIRT_BASE - PADDR_OFFSET`` and a
@@ -24,7 +26,7 @@ from hospes.pv.image.bzimage import extract_vmlinux, is_bzimage
 from hospes.pv.image.decompress import SUPPORTED_NAMES, decompress, detect_compression
 from hospes.pv.image.elf import ElfFile, is_elf, parse_elf
 from hospes.pv.image.errors import ImageError
-from hospes.pv.image.xen_notes import XEN_NOTE_OWNER, XenNotes, parse_xen_notes
+from hospes.pv.image.xen_notes import XEN_NOTE_OWNER, XenNotes, parse_xen_guest, parse_xen_notes
 
 PAGE_SIZE = 4096
 _ADDRESS_LIMIT = 1 << 64
@@ -149,6 +151,18 @@ def _check_layout(kernel: PvKernel, where: str) -> None:
         )
 
 
+def find_xen_notes(elf: ElfFile) -> XenNotes | None:
+    """The kernel's Xen metadata from the first place libelf finds any (module docstring)."""
+    for found in (elf.notes(XEN_NOTE_OWNER), elf.section_notes(XEN_NOTE_OWNER)):
+        notes = parse_xen_notes(found, default_entry=elf.entry, where=elf.where)
+        if notes is not None:
+            return notes
+    legacy = elf.section_named("__xen_guest")
+    if legacy is None:
+        return None
+    return parse_xen_guest(elf.section_bytes(legacy), default_entry=elf.entry, where=elf.where)
+
+
 def load_pv_kernel(path: Path) -> PvKernel:
     """Read a vmlinux, bzImage or compressed vmlinux and check it is a bootable Xen PV64 kernel.
 
@@ -158,10 +172,11 @@ def load_pv_kernel(path: Path) -> PvKernel:
     path = Path(path)
     where, raw = _vmlinux(_read(path), path)
     elf = parse_elf(raw, where)
-    notes = parse_xen_notes(elf.notes(XEN_NOTE_OWNER), default_entry=elf.entry, where=where)
+    notes = find_xen_notes(elf)
     if notes is None:
         raise ImageError(
-            f"Kernel image {where} is not a Xen PV kernel: it has no Xen ELF notes; build it with "
+            f"Kernel image {where} is not a Xen PV kernel: it has no Xen ELF notes (in a note segment "
+            f"or section) and no __xen_guest section; build it with "
             f"CONFIG_XEN_PV=y (Debian's linux-image-cloud-amd64 and linux-image-amd64 have it)."
         )
     _check_compatible(notes, where)

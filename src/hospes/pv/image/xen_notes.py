@@ -6,12 +6,19 @@ cut at the first NUL if there is one, because Linux does not NUL-terminate
 XEN_ELFNOTE_FEATURES. When a note type repeats, the last one wins. Defaults follow
 Xen's libelf for images that carry notes: VIRT_BASE 0, PADDR_OFFSET 0, ENTRY =
 the ELF header's e_entry.
+
+Kernels older than the notes carry the same facts as one string in a section
+named ``__xen_guest`` (:func:`parse_xen_guest`), read as libelf reads it:
+``NAME=VALUE`` pairs separated by commas, names cut at 31 characters and values
+at 127, numbers in C's ``strtoull(value, NULL, 0)`` syntax, HYPERCALL_PAGE a
+page number relative to VIRT_BASE, and PADDR_OFFSET defaulting to VIRT_BASE
+(old kernels were linked with p_paddr = p_vaddr).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -119,6 +126,13 @@ def _l1_mfn_valid(desc: bytes) -> tuple[int, int] | None:
     return None  # informational only; not worth refusing a kernel over
 
 
+def _paddr_offset_without_virt_base(where: str) -> ImageError:
+    return ImageError(
+        f"Kernel image {where} sets PADDR_OFFSET but not VIRT_BASE, which Xen's loader refuses; "
+        f"the kernel's Xen metadata is incomplete: use a correctly built kernel."
+    )
+
+
 def parse_xen_notes(notes: Iterable[ElfNote], *, default_entry: int, where: str) -> XenNotes | None:
     """Collect the notes owned by "Xen"; return None if there is none.
 
@@ -144,6 +158,8 @@ def parse_xen_notes(notes: Iterable[ElfNote], *, default_entry: int, where: str)
         return default if value is None else value
 
     l1 = by_type.get(XenElfNote.L1_MFN_VALID)
+    if XenElfNote.PADDR_OFFSET in by_type and XenElfNote.VIRT_BASE not in by_type:
+        raise _paddr_offset_without_virt_base(where)
     return XenNotes(
         guest_os=text(XenElfNote.GUEST_OS),
         xen_version=text(XenElfNote.XEN_VERSION),
@@ -159,4 +175,95 @@ def parse_xen_notes(notes: Iterable[ElfNote], *, default_entry: int, where: str)
         hv_start_low=number(XenElfNote.HV_START_LOW),
         l1_mfn_valid=_l1_mfn_valid(l1.desc) if l1 else None,
         suspend_cancel=bool(number_or(XenElfNote.SUSPEND_CANCEL, 0)),
+    )
+
+
+_U64 = (1 << 64) - 1
+_GUEST_INFO_NAME_MAX = 31
+_GUEST_INFO_VALUE_MAX = 127
+
+
+def strtoull(text: str) -> int:
+    """C's ``strtoull(text, NULL, 0)``: leading blanks, a sign, 0x/0 prefixes, digits
+    up to the first that does not fit; nothing parsed is 0, overflow ULLONG_MAX."""
+    i, n = 0, len(text)
+    while i < n and text[i] in " \t\n\v\f\r":
+        i += 1
+    negative = False
+    if i < n and text[i] in "+-":
+        negative = text[i] == "-"
+        i += 1
+    base = 10
+    if text[i:i + 2].lower() == "0x" and i + 2 < n and text[i + 2] in "0123456789abcdefABCDEF":
+        base, i = 16, i + 2
+    elif text[i:i + 1] == "0":
+        base = 8
+    value = 0
+    while i < n:
+        digit = "0123456789abcdef".find(text[i].lower())
+        if digit < 0 or digit >= base:
+            break
+        value = value * base + digit
+        i += 1
+    if value > _U64:
+        return _U64
+    return (-value) & _U64 if negative else value
+
+
+def _guest_info_pairs(info: bytes) -> Iterator[tuple[str, str]]:
+    """libelf's walk over the __xen_guest string: (name, value) pairs."""
+    h, n = 0, len(info)
+    while h < n:
+        name, value = bytearray(), bytearray()
+        while len(name) < _GUEST_INFO_NAME_MAX and h < n:
+            c = info[h]
+            if c == 0x2C:            # ','
+                h += 1
+                break
+            if c == 0x3D:            # '='
+                h += 1
+                while len(value) < _GUEST_INFO_VALUE_MAX and h < n:
+                    c = info[h]
+                    if c == 0x2C:
+                        h += 1
+                        break
+                    value.append(c)
+                    h += 1
+                break
+            name.append(c)
+            h += 1
+        yield name.decode("ascii", "replace"), value.decode("ascii", "replace")
+
+
+def parse_xen_guest(info: bytes, *, default_entry: int, where: str) -> XenNotes:
+    """The legacy ``__xen_guest`` string (up to its first NUL) as :class:`XenNotes`."""
+    info = bytes(info).split(b"\0", 1)[0]
+    strings: dict[str, str] = {}
+    numbers: dict[str, int] = {}
+    for name, value in _guest_info_pairs(info):
+        if name in ("LOADER", "GUEST_OS", "GUEST_VER", "XEN_VER", "FEATURES"):
+            strings[name] = value
+        elif name in ("VIRT_BASE", "VIRT_ENTRY", "ELF_PADDR_OFFSET", "HYPERCALL_PAGE"):
+            numbers[name] = strtoull(value)
+    if "ELF_PADDR_OFFSET" in numbers and "VIRT_BASE" not in numbers:
+        raise _paddr_offset_without_virt_base(where)
+    virt_base = numbers.get("VIRT_BASE", 0)
+    hypercall_page = numbers.get("HYPERCALL_PAGE")
+    if hypercall_page is not None:
+        hypercall_page = ((hypercall_page << 12) + virt_base) & _U64
+    return XenNotes(
+        guest_os=strings.get("GUEST_OS", ""),
+        xen_version=strings.get("XEN_VER", ""),
+        loader=strings.get("LOADER", ""),
+        virt_base=virt_base,
+        paddr_offset=numbers.get("ELF_PADDR_OFFSET", virt_base),
+        entry=numbers.get("VIRT_ENTRY", default_entry),
+        hypercall_page=hypercall_page,
+        init_p2m=None,
+        features=strings.get("FEATURES", ""),
+        supported_features=0,
+        mod_start_pfn=False,
+        hv_start_low=None,
+        l1_mfn_valid=None,
+        suspend_cancel=False,
     )

@@ -50,14 +50,15 @@ __all__ = [
 
 
 def populate_domain(
-    store: Store, domid: int, name: str, uuid: str, vcpus: int, memory_kib: int
+    store: Store, domid: int, name: str, uuid: str, vcpus: int, memory_kib: int, max_vcpus: int = 0
 ) -> None:
     """Write the nodes a Linux PV domU reads at boot (pv-abi.md §10.4).
 
     ``/local/domain/<domid>`` is owned by the guest, as are ``control/``
     (``shutdown`` empty; the guest adds ``feature-*``), ``device/`` and
     ``data/``.  Facts the toolstack owns are dom0's and only readable by the
-    guest: ``name``, ``domid``, ``vm``, ``cpu/<n>/availability`` = ``online``,
+    guest: ``name``, ``domid``, ``vm``, ``cpu/<n>/availability`` (``online`` for
+    the first ``vcpus``, ``offline`` for the rest of ``max_vcpus``),
     ``memory/static-max`` and ``memory/target`` (= ``memory_kib``: the balloon
     driver gives memory back if the target is below the boot size) and
     ``control/platform-feature-xs_reset_watches``.  ``/vm/<uuid>`` holds
@@ -84,8 +85,8 @@ def populate_domain(
         t.write(f"{home}/control/shutdown", "")
         t.write(f"{home}/control/platform-feature-xs_reset_watches", "1", perms=read_only)
         t.mkdir(f"{home}/cpu", perms=read_only)
-        for cpu in range(vcpus):
-            t.write(f"{home}/cpu/{cpu}/availability", "online")
+        for cpu in range(max(vcpus, max_vcpus)):
+            t.write(f"{home}/cpu/{cpu}/availability", "online" if cpu < vcpus else "offline")
         t.mkdir(f"{home}/memory", perms=read_only)
         t.write(f"{home}/memory/static-max", str(memory_kib))
         t.write(f"{home}/memory/target", str(memory_kib))
