@@ -6,6 +6,7 @@ from hospes.devices.host import BackendHost
 from hospes.machine.memory import GuestMemory
 from hospes.pv.grant import GrantTable
 from hospes.pv.layout import MAX_GRANT_FRAMES, Layout
+from hospes.pv.mmu import PvMmu
 from hospes.pv.store import Store
 
 
@@ -25,7 +26,10 @@ class FakeEvtchn:
 
 
 def make_grants(mem: GuestMemory, lay: Layout, frames: int = 1) -> GrantTable:
-    grants = GrantTable(mem, base_gpa=lay.grant_frame_gpa(0), max_frames=MAX_GRANT_FRAMES, ram_frames=lay.ram_pages)
+    """A grant table over a fresh MMU (``grants.types``: the page types a backend's references go to)."""
+    types = PvMmu(mem, lay.ram_pages, lay.guest_frames, {})
+    grants = GrantTable(mem, base_gpa=lay.grant_frame_gpa(0), max_frames=MAX_GRANT_FRAMES, ram_frames=lay.ram_pages,
+                        types=types)
     grants.setup(frames)
     return grants
 

@@ -12,6 +12,7 @@ from hospes.devices import block
 from hospes.devices.block import BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, XVDA, BlockBackend, BlockState, DiskConfig
 from hospes.devices.xenbus import XenbusState
 from hospes.machine.memory import GuestMemory
+from hospes.pv.errors import XenError
 from hospes.pv.layout import Layout
 from hospes.pv.ring import BackRingState
 from hospes.pv.store import Store, populate_domain
@@ -267,3 +268,50 @@ def test_restore_refuses_another_disk(setup) -> None:
     state = BlockState(vdev=XVDA + 16, xenbus=XenbusState.INIT_WAIT, port=0, ring=None)
     with pytest.raises(StateError):
         BlockBackend.restore(state, host=dom, disk=DiskConfig(image))
+
+
+# --- page types (issue 13): a granted page the guest made a page table is never written ------------
+
+def test_a_read_into_a_granted_page_table_fails_and_leaves_it_untouched(setup) -> None:
+    dom, image = setup
+    types = dom.grants.types
+    b = BlockBackend(dom, DiskConfig(image))
+    connect(dom, b)
+    assert types.held == {RING: 1}                 # the ring page, while connected
+    types.get_type(DATA, 1, [])                    # the guest made the data page an L1
+    (_, _, status), = submit(dom, b, [(0, 2, [(BIG0, 0, 7), (GREF_DATA, 0, 7)])])
+    assert status == BLKIF_RSP_ERROR
+    assert dom.mem.read(DATA << 12, 4096) == bytes(4096) and dom.mem.read(BIG0 << 12, 4096) == bytes(4096)
+    # Writing the disk from it only reads the page (a read-only map in Xen): allowed.
+    (_, _, status), = submit(dom, b, [(1, 2, [(GREF_DATA, 0, 0)])])
+    assert status == BLKIF_RSP_OKAY
+    # An ordinary page is filled, and its reference given back after the read.
+    (_, _, status), = submit(dom, b, [(0, 2, [(BIG0, 0, 7)])])
+    assert status == BLKIF_RSP_OKAY and dom.mem.read(BIG0 << 12, 512) == image.read_bytes()[1024:1536]
+    assert types.held == {RING: 1} and BIG0 not in types.count
+    b.close()
+    assert not types.held
+
+
+def test_the_ring_page_is_held_while_connected_and_released_on_close(setup) -> None:
+    dom, image = setup
+    types = dom.grants.types
+    b = BlockBackend(dom, DiskConfig(image))
+    connect(dom, b)
+    with pytest.raises(XenError):
+        types.get_type(RING, 1, [])
+    dom.store.write(f"/local/domain/{D}/device/vbd/{XVDA}/state", "5")   # the frontend closes
+    assert not types.held
+    types.get_type(RING, 1, [])                    # the page is the guest's to reuse
+    b.close()
+
+
+def test_a_ring_in_a_page_table_is_refused_at_connect(setup, caplog) -> None:
+    dom, image = setup
+    dom.grants.types.get_type(RING, 1, [])
+    b = BlockBackend(dom, DiskConfig(image))
+    connect(dom, b)
+    assert dom.store.read(f"/local/domain/0/backend/vbd/{D}/{XVDA}/state") == b"6"
+    assert dom.evtchn.bound == {} and not b.connected and not dom.grants.types.held
+    assert "cannot be written" in caplog.text
+    b.close()

@@ -11,6 +11,7 @@ from hospes.machine.memory import GuestMemory
 from hospes.pv.grant import GrantError, GrantTable, GrantTableState
 from hospes.pv.hypercalls.grant import GNTTABOP_query_size, GNTTABOP_setup_table, GNTST_general_error, grant_table_op
 from hospes.pv.layout import MAX_GRANT_FRAMES, Layout
+from hospes.pv.mmu import PvMmu
 from hospes.state import StateError, decode, encode
 
 RAM_PAGES = 64
@@ -20,7 +21,8 @@ RAM_PAGES = 64
 def table():
     lay = Layout(ram_pages=RAM_PAGES, nr_vcpus=1)
     mem = GuestMemory([("ram", lay.ram_bytes), ("xen", 64 * 4096), ("hv", 4096)])
-    grants = GrantTable(mem, base_gpa=lay.grant_frame_gpa(0), max_frames=MAX_GRANT_FRAMES, ram_frames=RAM_PAGES)
+    grants = GrantTable(mem, base_gpa=lay.grant_frame_gpa(0), max_frames=MAX_GRANT_FRAMES, ram_frames=RAM_PAGES,
+                        types=PvMmu(mem, RAM_PAGES, lay.guest_frames, {}))
     yield SimpleNamespace(mem=mem, lay=lay, grants=grants)
     mem.close()
 
@@ -115,14 +117,15 @@ def test_save_restore_save(table) -> None:
     assert state == GrantTableState(nr_frames=3)
     again = GrantTable.restore(decode(GrantTableState, encode(state)), mem=table.mem,
                                base_gpa=table.lay.grant_frame_gpa(0), max_frames=MAX_GRANT_FRAMES,
-                               ram_frames=RAM_PAGES)
+                               ram_frames=RAM_PAGES, types=table.grants.types)
     assert again.save() == state
     grant(table, 1000, 1, 0, 30)                       # frame 1, set up before the save
     assert again.lookup(1000, grantee=0, writable=True) == 30 << 12
 
 
 def test_restore_refuses_a_bad_record(table) -> None:
-    kw = dict(mem=table.mem, base_gpa=table.lay.grant_frame_gpa(0), max_frames=4, ram_frames=RAM_PAGES)
+    kw = dict(mem=table.mem, base_gpa=table.lay.grant_frame_gpa(0), max_frames=4, ram_frames=RAM_PAGES,
+              types=table.grants.types)
     with pytest.raises(StateError):
         GrantTable.restore(GrantTableState(nr_frames=5), **kw)
     with pytest.raises(StateError):

@@ -56,12 +56,15 @@ class Destination(threading.Thread):
         self.console = Console()
         self.result: Any = None
         self.error: BaseException | None = None
+        self.held: dict[int, int] = {}   # Hospes' own writable references, as restored
+        self.source_held: dict[int, int] = {}   # and the source's, after the handover
 
     def run(self) -> None:
         try:
             receiver = Receiver(self.channel, lambda spec, size: DomainShell(self.cfg))
             got = receiver.receive()
             dom = Domain(self.cfg, console_out=self.console, saved=(got.state, got.shell))
+            self.held = dict(dom.pv.mmu.held)
             dom.pause()
 
             def hand_over() -> None:
@@ -95,6 +98,7 @@ def migrate(default_images, command: str, options: MigrateOptions, after: bytes 
         try:
             if first.wait_for(after, 120):
                 outcome.append(Sender(dom, {"name": "moving"}, src_end, options).run())
+                dest.source_held = dict(dom.pv.mmu.held)
         except BaseException as e:
             outcome.append(e)
         finally:
@@ -128,6 +132,8 @@ def test_a_counting_guest_moves_live_and_every_page_matches(default_images):
     # The count goes on where it stopped: no tick lost, none printed twice.
     assert before + after == list(range(40)), (before, after)
     assert "hospes-exit-status=7" in dest.console.data.decode(errors="replace")
+    # The rings' and vcpu_info's references are taken again at the destination, none twice.
+    assert len(dest.held) >= 3 and dest.held == dest.source_held
 
 
 def test_a_guest_rewriting_memory_moves_within_the_bounded_rounds(default_images):

@@ -797,3 +797,33 @@ def test_restore_refuses_another_vif(setup) -> None:
     state = s.make().save()
     with pytest.raises(StateError):
         NetBackend.restore(state, host=s.dom, vif=VifConfig(mac="00:16:3e:00:09:09"), tap_fd=0)
+
+
+# --- page types (issue 13): a granted page the guest made a page table is never written ------------
+
+def test_rx_into_a_page_table_is_refused_and_the_buffers_are_given_back(setup) -> None:
+    s = setup
+    types = s.dom.grants.types
+    b = s.make()
+    s.front.connect()
+    assert types.held == {TX_RING: 1, RX_RING: 1}
+    types.get_type(RX_DATA, 1, [])                 # the guest made buffer 0 an L1
+    first = s.front.post(b, [(7, GREF_RX0), (8, GREF_RX0 + 1)])
+    for _ in range(2):
+        host_send(s.host, udp4_frame(b"r" * 20, csum=None))
+    assert s.front.rx_responses(first + 2)
+    assert s.front.rx_response(first)[::3] == (7, NETIF_RSP_ERROR)
+    assert s.front.rx_response(first + 1)[::3] == (8, 62)
+    assert s.front.rx_page(0, 4096) == bytes(4096)
+    assert types.held == {TX_RING: 1, RX_RING: 1} and RX_DATA + 1 not in types.count
+    s.dom.store.write(f"{FRONT}/state", "5")       # closing: the rings are the guest's again
+    assert not types.held and TX_RING not in types.count and RX_RING not in types.count
+
+
+def test_rings_in_a_page_table_are_refused_at_connect(setup) -> None:
+    s = setup
+    s.dom.grants.types.get_type(RX_RING, 1, [])
+    b = s.make()
+    s.front.connect()
+    assert s.dom.store.read(f"{BACK}/state") == b"6" and not b.connected
+    assert not s.dom.grants.types.held             # the TX ring's reference was given back too

@@ -198,6 +198,26 @@ EXPECTED_PASSES: dict[str, tuple[str, ...]] = {
     "elf_shnote": _ELF_VARIANT_PASSES,
     "elf_xen_guest": _ELF_VARIANT_PASSES,
     "elf_paddr_offset": _ELF_VARIANT_PASSES,
+    "hostile": (
+        "control_pin_ordinary_page",
+        "pin_store_ring_l1_refused",
+        "pin_store_ring_l2_refused",
+        "pin_console_ring_l1_refused",
+        "pin_shared_info_refused",
+        "pin_hypervisor_frame_refused",
+        "control_gdt_ordinary_page",
+        "store_ring_as_gdt_refused",
+        "store_ring_link_as_l1_refused",
+        "store_ring_new_baseptr_refused",
+        "store_forged_pte_never_a_table",
+        "aligned_ptwr_emulated",
+        "misaligned_ptwr_pf",
+        "ptwr_hypervisor_frame_pf",
+        "l2_store_pf",
+        "vcpu_info_on_page_table_refused",
+        "register_vcpu_info",
+        "pin_vcpu_info_page_refused",
+    ),
 }
 
 # A result line, optionally behind a Xen-style "(d1) " console prefix.

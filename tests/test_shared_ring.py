@@ -7,6 +7,7 @@ import pytest
 from hospes.errors import HospesError
 
 from hospes.machine.memory import GuestMemory
+from hospes.pv.mmu import PvMmu
 from hospes.pv.ring import BackRing, BackRingState, ByteRing, RingError, index_words, writable_page
 
 RING = 0x3000
@@ -20,6 +21,11 @@ def mem():
     m.close()
 
 
+def types(mem: GuestMemory) -> PvMmu:
+    """Page types for the 16 pages, where a ring takes its page's writable reference."""
+    return PvMmu(mem, 16, 16, {})
+
+
 def front_push(mem: GuestMemory, ring: BackRing, count: int) -> None:
     """The frontend publishes ``count`` more requests."""
     mem.write_u32(RING, (mem.read_u32(RING) + count) & M)
@@ -29,7 +35,7 @@ def test_requests_are_taken_in_order_and_wrap(mem) -> None:
     start = M - 2          # indices wrap past 2**32 on the way
     for off in (0, 4, 8, 12):
         mem.write_u32(RING + off, start)
-    r = BackRing(mem, RING, nr_slots=32, slot_size=112, req_cons=start, rsp_prod_pvt=start)
+    r = BackRing(mem, RING, holds=types(mem), nr_slots=32, slot_size=112, req_cons=start, rsp_prod_pvt=start)
     front_push(mem, r, 5)
     assert r.unconsumed() == 5
     slots = [r.take_request() for _ in range(5)]
@@ -38,7 +44,7 @@ def test_requests_are_taken_in_order_and_wrap(mem) -> None:
 
 
 def test_push_notifies_only_when_the_event_index_is_passed(mem) -> None:
-    r = BackRing(mem, RING, nr_slots=32, slot_size=112)
+    r = BackRing(mem, RING, holds=types(mem), nr_slots=32, slot_size=112)
     mem.write_u32(RING + 12, 1)               # rsp_event: the frontend wants the first response
     r.next_response()
     assert r.push_responses() is True
@@ -54,7 +60,7 @@ def test_push_notifies_only_when_the_event_index_is_passed(mem) -> None:
 
 
 def test_final_check_sets_req_event_and_sees_late_requests(mem) -> None:
-    r = BackRing(mem, RING, nr_slots=32, slot_size=112)
+    r = BackRing(mem, RING, holds=types(mem), nr_slots=32, slot_size=112)
     front_push(mem, r, 2)
     r.take_request(), r.take_request()
     assert r.final_check() is False
@@ -68,7 +74,7 @@ def test_final_check_sets_req_event_and_sees_late_requests(mem) -> None:
 
 
 def test_impossible_indices_are_an_error(mem) -> None:
-    r = BackRing(mem, RING, nr_slots=32, slot_size=112)
+    r = BackRing(mem, RING, holds=types(mem), nr_slots=32, slot_size=112)
     mem.write_u32(RING, 33)
     with pytest.raises(RingError, match="differ by 33"):
         r.unconsumed()
@@ -79,17 +85,17 @@ def test_impossible_indices_are_an_error(mem) -> None:
 
 def test_a_ring_must_fit_the_guest_and_a_page(mem) -> None:
     with pytest.raises(RingError):
-        BackRing(mem, RING, nr_slots=64, slot_size=112)      # 64 * 112 > 4096 - 64
+        BackRing(mem, RING, holds=types(mem), nr_slots=64, slot_size=112)      # 64 * 112 > 4096 - 64
     with pytest.raises(RingError):
-        BackRing(mem, RING, nr_slots=24, slot_size=112)      # not a power of two
+        BackRing(mem, RING, holds=types(mem), nr_slots=24, slot_size=112)      # not a power of two
     with pytest.raises(RingError):
-        BackRing(mem, RING + 8, nr_slots=32, slot_size=112)  # not page-aligned
+        BackRing(mem, RING + 8, holds=types(mem), nr_slots=32, slot_size=112)  # not page-aligned
     with pytest.raises(HospesError):
-        BackRing(mem, 16 * 4096, nr_slots=32, slot_size=112)  # beyond the guest's memory
+        BackRing(mem, 16 * 4096, holds=types(mem), nr_slots=32, slot_size=112)  # beyond the guest's memory
 
 
 def test_save_names_the_frame_and_positions(mem) -> None:
-    r = BackRing(mem, RING, nr_slots=256, slot_size=12, req_cons=7, rsp_prod_pvt=5)
+    r = BackRing(mem, RING, holds=types(mem), nr_slots=256, slot_size=12, req_cons=7, rsp_prod_pvt=5)
     assert r.save() == BackRingState(frame=3, req_cons=7, rsp_prod_pvt=5)
 
 

@@ -36,7 +36,8 @@ from hospes.pv.builder import build_domain, hypercall_page_bytes
 from hospes.pv.cpuid import CpuidPolicy
 from hospes.pv.evtchn import BackendEndpoint, EventChannels
 from hospes.pv.image.kernel import PvKernel, load_pv_kernel
-from hospes.pv.pvdomain import DomainIdentity, PvDomain, PvDomainState, PvHooks, grant_table
+from hospes.pv.errors import XenError
+from hospes.pv.pvdomain import DomainIdentity, PvDomain, PvDomainState, PvHooks, grant_table, page_types
 from hospes.pv.store import ConnectionState, Store, StoreState, populate_domain
 from hospes.pv.store.connection import RingConnection
 from hospes.pv.trampoline import Trampoline
@@ -284,6 +285,9 @@ class Domain:
         )
         self.pv.boot(boot.l4_gpa, boot.entry, boot.stack_top, boot.start_info_va)
         self.console_gpa, self.store_gpa = boot.console_gpa, boot.store_gpa
+        # Written through our views for the domain's life: writable type references
+        # (as Xen's own mappings of them), so the guest can never make them page tables.
+        self.pv.mmu.hold_writable((self.console_gpa // PAGE_SIZE, self.store_gpa // PAGE_SIZE))
         self.mem.hold(self.console_gpa)
         self.mem.hold(self.store_gpa)
         self.console = ConsoleBackend(self.mem.view(self.console_gpa, PAGE_SIZE),
@@ -308,9 +312,16 @@ class Domain:
         for gpa in (self.console_gpa, self.store_gpa):
             if not 0 <= gpa < lay.ram_bytes or gpa % PAGE_SIZE:
                 raise StateError(f"The saved domain's console or store ring at {gpa:#x} is not a page of its RAM.")
+        # The MMU first: the rings (here and in the backends) take their type references again.
+        mmu = page_types(self.mem, lay, self.trampoline, state.pv.mmu)
+        try:
+            mmu.hold_writable((self.console_gpa // PAGE_SIZE, self.store_gpa // PAGE_SIZE))
+        except XenError as e:
+            raise StateError(f"The saved domain's console or store ring cannot be written: {e}") from None
+        for gpa in (self.console_gpa, self.store_gpa):
             self.mem.hold(gpa)
         self.store = Store.restore(state.store)
-        grants = grant_table(self.mem, lay, state.pv.grants)
+        grants = grant_table(self.mem, lay, mmu, state.pv.grants)
         late = _LatePorts()
         self.device_host = BackendHost(domid=self.domid, mem=self.mem, grants=grants, evtchn=late, store=self.store)
         self.disks = [BlockBackend.restore(s, host=self.device_host, disk=d)

@@ -54,6 +54,7 @@ ALL_GUESTS: tuple[str, ...] = (
     "elf_shnote",
     "elf_xen_guest",
     "elf_paddr_offset",
+    "hostile",
 )
 
 

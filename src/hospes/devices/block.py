@@ -19,9 +19,13 @@ preadv/pwritev between the file and the guest's pages, no copy in between.
 Data pages are named by grant references, each resolved through the
 domain's grant table (``hospes.pv.grant``: permit access, granted to dom0,
 writable when the disk writes into the page, a frame of guest RAM); every
-segment bound is checked before memory is touched. A frontend that breaks the
-protocol gets an error status for that request, never a host exception; one
-that breaks the ring indices is disconnected.
+segment bound is checked before memory is touched. A read holds a writable
+type reference on each page it fills while it fills them, and the ring page
+holds one while the device is connected (as Xen's writable grant map does),
+so a page the guest has made a page table or GDT is never written: such a
+request gets an error status, such a ring is refused with a log line. A
+frontend that breaks the protocol gets an error status for that request,
+never a host exception; one that breaks the ring indices is disconnected.
 
 A worker thread serves the ring (``hospes.pv.ring.BackRing``), so the vCPU
 that notifies never waits for the disk. The xenbus handshake is the shared
@@ -35,7 +39,7 @@ import logging
 import os
 import struct
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -180,9 +184,11 @@ class BlockBackend:
         if ref is None or port is None or protocol != "x86_64-abi":
             raise ValueError("missing ring-ref/event-channel or an unsupported protocol")
         gpa = self._grants.lookup(int(ref), grantee=BACKEND_DOMID, writable=True)
-        ring = BackRing(self._mem, gpa, nr_slots=RING_SLOTS, slot_size=SLOT_SIZE)
+        ring = BackRing(self._mem, gpa, holds=self._grants, nr_slots=RING_SLOTS, slot_size=SLOT_SIZE)
         with self._lock:
-            self._ring = ring
+            old, self._ring = self._ring, ring
+        if old is not None:
+            old.release()
         self.host.evtchn.bind_interdomain_local(int(port), self)
         self.port = int(port)
         return {
@@ -199,6 +205,9 @@ class BlockBackend:
     def disconnect(self) -> None:
         with self._lock:
             self.connected = False
+            ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.release()   # the frontend may reuse the page for anything now
 
     def endpoints(self) -> dict[int, BackendEndpoint]:
         """The event channel ports this backend serves, for ``EventChannels.restore``."""
@@ -307,7 +316,8 @@ class BlockBackend:
     def _transfer(self, op: int, sector: int, segments: list[tuple[int, int, int]]) -> None:
         """Move the segments' sectors between the file (from ``sector`` on) and the granted pages."""
         mem = self._mem
-        lookup = self._grants.lookup
+        grants = self._grants
+        lookup = grants.lookup
         writable = op == BLKIF_OP_READ
         views = []
         frames = []
@@ -323,20 +333,30 @@ class BlockBackend:
         pos = sector * SECTOR
         if sector < 0 or pos + total > self.sectors * SECTOR:
             raise ValueError(f"sectors {sector}+{total // SECTOR} beyond the disk's {self.sectors}")
-        io = os.preadv if op == BLKIF_OP_READ else os.pwritev
+        if not writable:
+            self._io(os.pwritev, views, pos)
+            return
+        held = [frame >> 12 for frame in frames]
+        grants.hold_writable(held)   # GrantError for a page table or GDT page: the request fails
+        try:
+            self._io(os.preadv, views, pos)
+        finally:
+            grants.release_writable(held)
+        for frame in frames:   # after the reads: see GuestMemory.dirty
+            mem.mark(frame, 8 * SECTOR)
+
+    def _io(self, io: Callable[[int, list[memoryview], int], int], views: list[memoryview], pos: int) -> None:
+        """preadv/pwritev ``views`` at byte ``pos`` of the file, going on after short transfers."""
         while views:
             done = io(self.fd, views, pos)
             if done <= 0:
-                raise OSError(f"{'read' if op == BLKIF_OP_READ else 'write'} at byte {pos} stopped early")
+                raise OSError(f"{'read' if io is os.preadv else 'write'} at byte {pos} stopped early")
             pos += done
             while views and done >= len(views[0]):   # a short transfer: go on from where it stopped
                 done -= len(views[0])
                 views.pop(0)
             if views and done:
                 views[0] = views[0][done:]
-        if writable:
-            for frame in frames:   # after the reads: see GuestMemory.dirty
-                mem.mark(frame, 8 * SECTOR)
 
     # --- saved state ---------------------------------------------------------------
 
@@ -374,8 +394,12 @@ class BlockBackend:
         backend.port = state.port
         if state.ring is not None:
             r = state.ring
-            backend._ring = BackRing(host.mem, r.frame << 12, nr_slots=RING_SLOTS, slot_size=SLOT_SIZE,
-                                     req_cons=r.req_cons, rsp_prod_pvt=r.rsp_prod_pvt)
+            try:
+                backend._ring = BackRing(host.mem, r.frame << 12, holds=host.grants, nr_slots=RING_SLOTS,
+                                         slot_size=SLOT_SIZE, req_cons=r.req_cons, rsp_prod_pvt=r.rsp_prod_pvt)
+            except RingError as e:
+                os.close(backend.fd)
+                raise StateError(f"The saved block ring cannot be restored: {e}") from None
             backend.connected = state.xenbus is XenbusState.CONNECTED
         backend._start()
         backend._work.set()
@@ -386,4 +410,9 @@ class BlockBackend:
         self._work.set()
         self._thread.join(2)
         self._xenbus.close()
+        with self._lock:
+            ring, self._ring = self._ring, None
+            self.connected = False
+        if ring is not None:
+            ring.release()
         os.close(self.fd)

@@ -424,15 +424,23 @@ class NetBackend:
         rx_gpa = self._grants.lookup(int(rx_ref), grantee=BACKEND_DOMID, writable=True)
         if tx_gpa == rx_gpa:
             raise ValueError("the TX and RX rings share a page")
-        tx = BackRing(self._mem, tx_gpa, nr_slots=RING_SLOTS, slot_size=TX_SLOT)
-        rx = BackRing(self._mem, rx_gpa, nr_slots=RING_SLOTS, slot_size=RX_SLOT)
+        tx = BackRing(self._mem, tx_gpa, holds=self._grants, nr_slots=RING_SLOTS, slot_size=TX_SLOT)
+        try:
+            rx = BackRing(self._mem, rx_gpa, holds=self._grants, nr_slots=RING_SLOTS, slot_size=RX_SLOT)
+        except RingError:
+            tx.release()
+            raise
         rx_sg = f("feature-sg") == "1"
         rx_gso = (2 if f("feature-gso-tcpv4") == "1" else 0) | (4 if f("feature-gso-tcpv6") == "1" else 0)
         with self._lock:
+            old = (self._tx, self._rx)
             self._tx, self._rx = tx, rx
             self.rx_sg, self.rx_gso = rx_sg, rx_gso if rx_sg else 0
             self._rx_pending = None
             self._rx_starved_since = None
+        for ring in old:
+            if ring is not None:
+                ring.release()
         self._set_offload(self.rx_gso)
         evtchn = self.host.evtchn
         evtchn.bind_interdomain_local(tx_port, self._ports[0])
@@ -451,6 +459,15 @@ class NetBackend:
         with self._lock:
             self.connected = False
             self._rx_pending = None
+            self._release_rings()
+
+    def _release_rings(self) -> None:
+        """Drop the rings and their pages' type references (lock held): the frontend may reuse the pages."""
+        rings = (self._tx, self._rx)
+        self._tx = self._rx = None
+        for ring in rings:
+            if ring is not None:
+                ring.release()
 
     def endpoints(self) -> dict[int, BackendEndpoint]:
         """The event channel ports this backend serves, for ``EventChannels.restore``."""
@@ -855,14 +872,16 @@ class NetBackend:
         base, mask = ring.slots_gpa, ring.mask
         vflags, vtype, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(data)
         frame = memoryview(data)[VNET_HDR_LEN:]
-        length = len(frame)
-        gso = vtype != VIRTIO_NET_HDR_GSO_NONE
         cons = ring.req_cons
         reqs = [_RX_REQ.unpack_from(buf, base + ((cons + k) & mask) * RX_SLOT) for k in range(need)]
         ring.req_cons = ring.rsp_prod_pvt = (cons + need) & U32
-        lookup = self._grants.lookup
+        grants = self._grants
+        lookup = grants.lookup
         try:
             pages = [lookup(gref, grantee=BACKEND_DOMID, writable=True) for _rid, gref in reqs]
+            held = [gpa >> 12 for gpa in pages]
+            # Held while we copy (Xen's writable grant map): never into a page table or GDT.
+            grants.hold_writable(held)
         except GrantError as e:
             log.debug("vif %s: RX buffer refused: %s", self.tap_name, e)
             for k, (rid, _gref) in enumerate(reqs):
@@ -870,6 +889,20 @@ class NetBackend:
             self.stats.rx_errors += need
             self.stats.rx_dropped += 1
             return
+        try:
+            self._rx_copy(ring, reqs, cons, pages, frame, vflags, vtype, gso_size, csum_start, csum_offset)
+        finally:
+            grants.release_writable(held)
+
+    def _rx_copy(self, ring: BackRing, reqs: list[tuple[int, int]], cons: int, pages: list[int],
+                 frame: memoryview, vflags: int, vtype: int, gso_size: int, csum_start: int,
+                 csum_offset: int) -> None:
+        """The second half of :meth:`_rx_deliver`, with the pages held."""
+        buf = self._mem.buf
+        base, mask = ring.slots_gpa, ring.mask
+        need = len(reqs)
+        length = len(frame)
+        gso = vtype != VIRTIO_NET_HDR_GSO_NONE
         flags = 0
         if vflags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
             info = l4_info(frame)
@@ -977,10 +1010,14 @@ class NetBackend:
             backend.ipv4 = state.ipv4 if len(state.ipv4) == 4 else b""
             if state.tx_ring is not None and state.rx_ring is not None:
                 t, r = state.tx_ring, state.rx_ring
-                backend._tx = BackRing(host.mem, t.frame << 12, nr_slots=RING_SLOTS, slot_size=TX_SLOT,
-                                       req_cons=t.req_cons, rsp_prod_pvt=t.rsp_prod_pvt)
-                backend._rx = BackRing(host.mem, r.frame << 12, nr_slots=RING_SLOTS, slot_size=RX_SLOT,
-                                       req_cons=r.req_cons, rsp_prod_pvt=r.rsp_prod_pvt)
+                try:
+                    backend._tx = BackRing(host.mem, t.frame << 12, holds=host.grants, nr_slots=RING_SLOTS,
+                                           slot_size=TX_SLOT, req_cons=t.req_cons, rsp_prod_pvt=t.rsp_prod_pvt)
+                    backend._rx = BackRing(host.mem, r.frame << 12, holds=host.grants, nr_slots=RING_SLOTS,
+                                           slot_size=RX_SLOT, req_cons=r.req_cons, rsp_prod_pvt=r.rsp_prod_pvt)
+                except RingError as e:
+                    backend._release_rings()
+                    raise StateError(f"The saved vif rings cannot be restored: {e}") from None
                 backend.connected = state.xenbus is XenbusState.CONNECTED
                 if state.rx_pending:
                     backend._rx_pending = (state.rx_pending, state.rx_pending_slots)
@@ -1010,4 +1047,5 @@ class NetBackend:
         self._xenbus.close()
         with self._lock:
             self.connected = False
+            self._release_rings()
             self._close_fds()

@@ -10,14 +10,19 @@
   raises #UD for DPL-3 software interrupts): delivered as software interrupts
   when the guest's trap table allows.
 * #UD at Xen's forced-emulation prefix ``ud2; "xen"; cpuid``.
-* #PF writes to the guest's own read-only page tables: the instruction is
+* #PF writes to the guest's own read-only L1 tables: the instruction is
   decoded with Capstone, the new entry validated and written from inside the
-  VM, and the instruction skipped (Xen's ptwr emulation).
+  VM, and the instruction skipped (Xen's ptwr emulation). As in Xen, only a
+  naturally aligned store of 1, 2, 4 or 8 bytes inside the faulting page is
+  emulated; any other write (misaligned, wider, straddling pages, to an
+  L2-L4, an instruction not understood, an entry refused) gets the guest's
+  #PF back.
 Everything else is reflected to the guest by the caller.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -362,25 +367,40 @@ def handle_page_fault(vcpu: "PvVcpu", err: int) -> None:
 
 
 def _ptwr(vcpu: "PvVcpu", cr2: int) -> bool:
+    """Emulate a kernel write to one of its read-only L1 tables; False: the guest gets its #PF."""
     mmu = vcpu.domain.mmu
     try:
-        gpa = vcpu.virt.translate(vcpu.kernel_cr3, cr2)
+        page = vcpu.virt.translate(vcpu.kernel_cr3, cr2) & ~0xFFF
     except GuestFault:
         return False
-    if not mmu.is_page_table(gpa >> 12):
-        return False
+    if mmu.table_level(page >> 12) != 1:
+        return False   # Xen emulates writes to L1s only
     code = _fetch(vcpu, vcpu.t_rip)
     try:
         insn = next(_md.disasm(code, vcpu.t_rip, 1))
     except StopIteration:
         return False
-    slot = gpa & ~7
-    old = vcpu.mem.read_u64(slot)
-    result = _emulate_rmw(vcpu, insn, old, (gpa & 7) * 8)
-    if result is None:
+    ops = insn.operands
+    if not ops or ops[0].type != X.X86_OP_MEM:
         return False
-    new, writeback = result
+    size = int(ops[0].size)
+    ea = _effective_address(vcpu, insn, ops[0])
+    # Only naturally aligned stores within the faulting page (ptwr_emulated_update).
+    if ea is None or size not in (1, 2, 4, 8) or ea & (size - 1) or (ea ^ cr2) & ~0xFFF:
+        return False
+    gpa = page | (ea & 0xFFF)
+    slot = gpa & ~7
     with mmu.lock:
+        if mmu.table_level(page >> 12) != 1:
+            return False   # released or retyped meanwhile: let the guest retry the write
+        old = vcpu.mem.read_u64(slot)
+        try:
+            result = _emulate_rmw(vcpu, insn, old, (gpa & 7) * 8)
+        except KeyError:
+            return False   # a source register we do not model (xmm, segment): not a PTE write
+        if result is None:
+            return False
+        new, writeback = result
         try:
             mmu.update_entry(vcpu, slot, new)
         except XenError:
@@ -390,7 +410,32 @@ def _ptwr(vcpu: "PvVcpu", cr2: int) -> bool:
     return True
 
 
+_SEGMENT_BASE = {X.X86_REG_FS: "fs", X.X86_REG_GS: "gs"}
+
+
+def _effective_address(vcpu: "PvVcpu", insn: capstone.CsInsn, op: capstone.x86.X86Op) -> int | None:
+    """The linear address a memory operand names (None if it uses a register we do not model)."""
+    mem = op.mem
+    try:
+        ea = mem.disp
+        if mem.base == X.X86_REG_RIP:
+            ea += insn.address + insn.size
+        elif mem.base:
+            ea += _get(vcpu, mem.base)
+        if mem.index and mem.index not in (X.X86_REG_RIZ, X.X86_REG_EIZ):   # riz: "no index" spelled out
+            ea += _get(vcpu, mem.index) * mem.scale
+    except KeyError:
+        return None
+    if insn.addr_size == 4:
+        ea &= 0xFFFF_FFFF
+    seg = _SEGMENT_BASE.get(mem.segment)
+    if seg is not None:
+        ea += int(getattr(vcpu.sregs, seg).base)
+    return int(ea) & 0xFFFF_FFFF_FFFF_FFFF
+
+
 _REG_CACHE: dict[int, tuple[str, int, int]] = {}
+_NUMBERED = re.compile(r"r(8|9|1[0-5])([bwd]?)")
 
 
 def _reg(vcpu: "PvVcpu", reg: int) -> tuple[str, int, int]:
@@ -407,16 +452,16 @@ def _reg(vcpu: "PvVcpu", reg: int) -> tuple[str, int, int]:
     }.get(name)
     if base:
         return base
-    if name.startswith("r"):
-        num = name[1:].rstrip("bwd")
-        width = {"b": 8, "w": 16, "d": 32}.get(name[-1], 64) if not name[-1].isdigit() else 64
-        return (f"r{num}", 0, width)
-    raise KeyError(name)
+    m = _NUMBERED.fullmatch(name)
+    if m:   # r8..r15, r8b/r8w/r8d..
+        return (f"r{m.group(1)}", 0, {"b": 8, "w": 16, "d": 32}.get(m.group(2), 64))
+    raise KeyError(name)   # segment, vector, pseudo (riz) registers: not a store we emulate
 
 
 def _get(vcpu: "PvVcpu", reg: int) -> int:
     n, shift, width = _reg(vcpu, reg)
-    return (int(getattr(vcpu.regs, n)) >> shift) & ((1 << width) - 1)
+    value = vcpu.t_rsp if n == "rsp" else int(getattr(vcpu.regs, n))   # regs.rsp is the stub's
+    return (value >> shift) & ((1 << width) - 1)
 
 
 def _set(vcpu: "PvVcpu", reg: int, value: int) -> None:
@@ -436,6 +481,8 @@ def _emulate_rmw(vcpu: "PvVcpu", insn: capstone.CsInsn, old: int,
     if not ops or ops[0].type != X.X86_OP_MEM:
         return None
     size = int(ops[0].size) * 8
+    if size not in (8, 16, 32, 64) or bit_off + size > 64:
+        return None   # the caller checked alignment; never build a value wider than the slot
     mask = ((1 << size) - 1) << bit_off
     cur = (old & mask) >> bit_off
     m = insn.id

@@ -29,16 +29,31 @@ Why the checks
 
 Hospes backends copy synchronously and never keep a mapping, so they do not
 set GTF_reading/GTF_writing; see :meth:`GrantTable.lookup`.
+
+Why a backend holds a type reference while it writes
+    Xen's writable grant map takes a writable type reference on the frame
+    (PGT_writable_page) for as long as the mapping lasts, so a frame a backend
+    writes can never be a page table or descriptor page at the same time. A
+    backend here takes the same reference through :meth:`GrantTable.hold_writable`
+    (the domain's :class:`~hospes.pv.mmu.PvMmu` keeps it) before it writes a
+    granted frame, and drops it with :meth:`GrantTable.release_writable`
+    afterwards; a frame the guest has made a page table or GDT is refused, and
+    the request fails.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from hospes.errors import HospesError
 from hospes.machine.memory import PAGE_SHIFT, PAGE_SIZE, GuestMemory
+from hospes.pv.errors import XenError
 from hospes.state import StateError, check_version
+
+if TYPE_CHECKING:
+    from hospes.pv.mmu import PvMmu
 
 GTF_type_mask = 3
 GTF_invalid = 0
@@ -70,12 +85,14 @@ class GrantTable:
 
     ``max_frames`` frames are reserved there; the guest uses the first
     :attr:`nr_frames` of them (grown by :meth:`setup`). ``ram_frames`` is the
-    number of guest RAM frames: the only frames a grant may name.
+    number of guest RAM frames: the only frames a grant may name. ``types``
+    is the domain's MMU, which keeps the writable references backends take.
     """
 
-    __slots__ = ("_mem", "_base", "_word0", "_max", "_ram", "_nr", "_nr_refs")
+    __slots__ = ("_mem", "_base", "_word0", "_max", "_ram", "_nr", "_nr_refs", "types")
 
-    def __init__(self, mem: GuestMemory, *, base_gpa: int, max_frames: int, ram_frames: int) -> None:
+    def __init__(self, mem: GuestMemory, *, base_gpa: int, max_frames: int, ram_frames: int,
+                 types: PvMmu) -> None:
         if base_gpa % PAGE_SIZE or max_frames < 1 or ram_frames < 1:
             raise GrantError(
                 f"A grant table needs page-aligned frames (got {base_gpa:#x}, {max_frames} frames) "
@@ -89,6 +106,7 @@ class GrantTable:
         self._ram = ram_frames
         self._nr = 0
         self._nr_refs = 0
+        self.types = types
 
     @property
     def nr_frames(self) -> int:
@@ -145,6 +163,18 @@ class GrantTable:
             raise GrantError(f"grant reference {ref} names frame {frame:#x} outside the guest's RAM")
         return frame << PAGE_SHIFT
 
+    def hold_writable(self, frames: Iterable[int]) -> None:
+        """Take a writable type reference on each of ``frames`` (all or none) before
+        writing them; GrantError if one is a page table, descriptor page or not RAM."""
+        try:
+            self.types.hold_writable(frames)
+        except XenError as e:
+            raise GrantError(f"a granted page cannot be written: {e}") from None
+
+    def release_writable(self, frames: Iterable[int]) -> None:
+        """Drop the references :meth:`hold_writable` took, once the writes are done."""
+        self.types.release_writable(frames)
+
     # --- saved state -----------------------------------------------------------------
 
     def save(self) -> GrantTableState:
@@ -152,10 +182,10 @@ class GrantTable:
 
     @classmethod
     def restore(cls, state: GrantTableState, *, mem: GuestMemory, base_gpa: int, max_frames: int,
-                ram_frames: int) -> GrantTable:
+                ram_frames: int, types: PvMmu) -> GrantTable:
         """A table over ``mem`` with the saved number of frames set up."""
         check_version(state, "grant table")
-        table = cls(mem, base_gpa=base_gpa, max_frames=max_frames, ram_frames=ram_frames)
+        table = cls(mem, base_gpa=base_gpa, max_frames=max_frames, ram_frames=ram_frames, types=types)
         if not 0 <= state.nr_frames <= max_frames:
             raise StateError(
                 f"The saved grant table has {state.nr_frames} frames; this domain allows {max_frames}."

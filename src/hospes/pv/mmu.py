@@ -15,6 +15,13 @@ is this bookkeeping, which follows Xen's:
   pins, from the vCPUs' CR3s and from loaded GDTs. Taking the first reference
   validates the table (recursively taking its children's); dropping the last
   one releases them again.
+* Hospes holds ``WRITABLE`` references of its own (:meth:`PvMmu.hold_writable`)
+  on every RAM frame it writes through a view the guest cannot see: the
+  console and xenstore rings, registered vcpu_info pages, the backends'
+  rings, and a granted frame while a backend writes into it (Xen's
+  PGT_writable_page from a grant map or map_vcpu_info). So a page Hospes
+  writes can never be a page table or descriptor page, and one that is
+  cannot be handed to Hospes to write.
 * Entries may only name this domain's frames: RAM at every level, plus the
   hypervisor-owned frames the guest may map (shared_info, grant frames) in
   L1s; no superpages. Present entries get ``_PAGE_USER`` (the guest kernel
@@ -28,12 +35,16 @@ because this KVM ignores page-table stores made by the VMM (platform.md).
 Saved state (:class:`MmuState`) is the type and count of every frame that has
 one, and the pins. The tables themselves are guest memory and travel with it;
 the counts are saved rather than rebuilt by revalidating because part of them
-are held by vCPU CR3s and loaded GDTs, which the MMU cannot see.
+are held by vCPU CR3s and loaded GDTs, which the MMU cannot see. Hospes' own
+references are left out of the record: each holder takes its reference again
+as it is restored (the rings, vcpu_info, the backends), so a restore neither
+counts one twice nor keeps one for a ring that has gone.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar
 
@@ -89,6 +100,8 @@ class PvMmu:
         self.type: dict[int, int] = {}
         self.count: dict[int, int] = {}
         self.pinned: set[int] = set()
+        # Hospes' own WRITABLE references, per frame (part of ``count``).
+        self.held: dict[int, int] = {}
         self.lock = threading.RLock()
         # Frames whose last writable mapping went away since the last flush of
         # every vCPU: a TLB may still hold a writable entry for them, so before
@@ -161,10 +174,14 @@ class PvMmu:
 
     def put_type(self, frame: int, writes: Writes) -> None:
         n = self.count.get(frame, 0)
-        if n <= 0:
-            return  # a reference we never took (e.g. after a failed validation)
+        if n <= self.held.get(frame, 0):
+            return  # a reference we never took (e.g. after a failed validation), or Hospes' own
         if n > 1:
             self.count[frame] = n - 1
+            if n - 1 == self.held.get(frame, 0) and self.type[frame] == WRITABLE:
+                # The guest's last writable mapping went, Hospes' references stay:
+                # a TLB may still hold the mapping when they go too.
+                self.stale_writable.add(frame)
             return
         kind = self.type.pop(frame)
         del self.count[frame]
@@ -173,6 +190,54 @@ class PvMmu:
         elif kind <= 4:
             self.translation_cache.clear()  # the guest may now rewrite this table directly
             self._release(frame, kind, writes)
+
+    # --- Hospes' own references ---------------------------------------------------
+
+    def hold_writable(self, frames: Iterable[int]) -> None:
+        """Take Hospes' writable reference on each of ``frames``, all or none.
+
+        Refused with -EINVAL (Xen's get_page_type failing on a type conflict)
+        when a frame is not guest RAM or is a page table or descriptor page:
+        Hospes never writes into either. A frame that is already writable (the
+        guest maps it, or another holder has it) just gains a reference, so
+        the common case is two dictionary lookups and a store.
+        """
+        frames = tuple(frames)
+        with self.lock:
+            count, types, held, ram = self.count, self.type, self.held, self.ram_pages
+            for i, frame in enumerate(frames):
+                n = count.get(frame, 0)
+                if not 0 <= frame < ram or (n and types[frame] != WRITABLE):
+                    self._drop_held(frames[:i])
+                    what = f"in use as a {TYPE_NAMES[types[frame]]} page" if 0 <= frame < ram else "not guest RAM"
+                    raise XenError(Errno.EINVAL, f"frame {frame:#x} is {what}")
+                types[frame] = WRITABLE
+                count[frame] = n + 1
+                held[frame] = held.get(frame, 0) + 1
+
+    def release_writable(self, frames: Iterable[int]) -> None:
+        """Drop references :meth:`hold_writable` took (each frame as often as it was held)."""
+        with self.lock:
+            self._drop_held(frames)
+
+    def _drop_held(self, frames: Iterable[int]) -> None:
+        held, count = self.held, self.count
+        for frame in frames:
+            h = held.get(frame, 0)
+            if h <= 0:
+                continue   # not ours: never drop a reference the guest holds
+            if h == 1:
+                del held[frame]
+            else:
+                held[frame] = h - 1
+            n = count[frame]
+            if n > 1:
+                count[frame] = n - 1
+            else:
+                # The last reference, and Hospes' view is in no guest TLB: no
+                # flush is owed before the frame takes another type.
+                del count[frame]
+                del self.type[frame]
 
     def _entries(self, frame: int) -> list[int]:
         base = frame << 9
@@ -296,16 +361,25 @@ class PvMmu:
     # --- save / restore --------------------------------------------------------------
 
     def save(self) -> MmuState:
+        """The guest's references (Hospes' own are taken again by their holders on restore)."""
         with self.lock:
             return MmuState(runs=self._runs(), pinned=tuple(sorted((f, self.type[f]) for f in self.pinned)))
 
     def _runs(self) -> tuple[tuple[int, int, int, int], ...]:
         """``MmuState.runs``; taken while a migrating guest is stopped, so one tight pass."""
-        frames = sorted(self.count)
+        count = self.count
+        if self.held:   # a handful of frames: rings and vcpu_info pages
+            count = dict(count)
+            for frame, h in self.held.items():
+                if count[frame] == h:
+                    del count[frame]
+                else:
+                    count[frame] -= h
+        frames = sorted(count)
         if not frames:
             return ()
         kinds = list(map(self.type.__getitem__, frames))
-        counts = list(map(self.count.__getitem__, frames))
+        counts = list(map(count.__getitem__, frames))
         runs: list[tuple[int, int, int, int]] = []
         start = prev = frames[0]
         kind, n = kinds[0], counts[0]

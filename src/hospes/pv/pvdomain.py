@@ -93,12 +93,27 @@ class PvDomainState:
     version: int = VERSION
 
 
-def grant_table(mem: GuestMemory, layout: L.Layout, saved: GrantTableState | None = None) -> GrantTable:
-    """The domain's grant table in the frames ``layout`` reserves for it, new or restored."""
-    where = dict(base_gpa=layout.grant_frame_gpa(0), max_frames=L.MAX_GRANT_FRAMES, ram_frames=layout.ram_pages)
+def page_types(mem: GuestMemory, layout: L.Layout, trampoline: Trampoline, saved: MmuState | None = None) -> PvMmu:
+    """The domain's MMU (page types and references), new or restored.
+
+    A restore builds it before the backends, whose rings take their
+    references again as they are restored (see :class:`~hospes.pv.mmu.MmuState`).
+    """
     if saved is None:
-        return GrantTable(mem, **where)
-    return GrantTable.restore(saved, mem=mem, **where)
+        return PvMmu(mem, layout.ram_pages, layout.guest_frames, trampoline.l4_entries)
+    return PvMmu.restore(saved, mem=mem, ram_pages=layout.ram_pages, guest_frames=layout.guest_frames,
+                         hv_l4_entries=trampoline.l4_entries)
+
+
+def grant_table(mem: GuestMemory, layout: L.Layout, types: PvMmu,
+                saved: GrantTableState | None = None) -> GrantTable:
+    """The domain's grant table in the frames ``layout`` reserves for it, new or restored;
+    ``types`` keeps the references backends take on granted frames."""
+    if saved is None:
+        return GrantTable(mem, base_gpa=layout.grant_frame_gpa(0), max_frames=L.MAX_GRANT_FRAMES,
+                          ram_frames=layout.ram_pages, types=types)
+    return GrantTable.restore(saved, mem=mem, base_gpa=layout.grant_frame_gpa(0), max_frames=L.MAX_GRANT_FRAMES,
+                              ram_frames=layout.ram_pages, types=types)
 
 
 class _PollWaiter:
@@ -123,7 +138,9 @@ class PvDomain:
         (its guest memory already restored); ``backends`` then maps each saved
         port connected to an in-process backend to that backend, live, and
         ``grants`` may be the grant table already restored from ``saved.grants``
-        (backends restored before the domain need it)."""
+        with :func:`grant_table` over the MMU :func:`page_types` restored from
+        ``saved.mmu`` (backends restored before the domain need both); the
+        domain then uses that MMU."""
         self.mem = mem
         self.layout = layout
         self.trampoline = trampoline
@@ -137,8 +154,8 @@ class PvDomain:
         self.msrs = MsrEmulator()
         self.hypercall_table = build_table()
         if saved is None:
-            self.mmu = PvMmu(mem, layout.ram_pages, layout.guest_frames, trampoline.l4_entries)
-            self.grants = grant_table(mem, layout)
+            self.mmu = page_types(mem, layout, trampoline)
+            self.grants = grant_table(mem, layout, self.mmu)
             self.vm_assist: set[int] = set()
             self.shutdown_code: int | None = None
         else:
@@ -147,9 +164,11 @@ class PvDomain:
                 raise StateError(
                     f"The saved PV domain is domain {saved.domid} with {len(saved.vcpus)} vCPUs; it cannot "
                     f"become domain {self.domid} with {layout.nr_vcpus}. Restore it with its own configuration.")
-            self.mmu = PvMmu.restore(saved.mmu, mem=mem, ram_pages=layout.ram_pages,
-                                     guest_frames=layout.guest_frames, hv_l4_entries=trampoline.l4_entries)
-            self.grants = grants or grant_table(mem, layout, saved.grants)
+            if grants is not None:
+                self.mmu, self.grants = grants.types, grants
+            else:
+                self.mmu = page_types(mem, layout, trampoline, saved.mmu)
+                self.grants = grant_table(mem, layout, self.mmu, saved.grants)
             self.vm_assist = set(saved.vm_assist)
             self.shutdown_code = saved.shutdown_code
         self.stopping = False   # no vCPU enters the guest again
@@ -413,11 +432,18 @@ class PvDomain:
             pass
 
     def move_vcpu_info(self, vcpu: PvVcpu, gpa: int) -> None:
+        """VCPUOP_register_vcpu_info: event and time updates go to ``gpa`` (a RAM
+        page) from now on. The page holds a writable type reference while it is
+        registered, as Xen's map_vcpu_info takes one: -EINVAL if it is a page
+        table or descriptor page."""
+        self.mmu.hold_writable((gpa >> 12,))
+        if vcpu.vcpu_info_registered:
+            self.mmu.release_writable((vcpu.vcpu_info_gpa >> 12,))
         old = self.mem.read(vcpu.vcpu_info_gpa, 64)
         self.mem.write(gpa, old)
         vcpu.vcpu_info_gpa = gpa
         vcpu.vcpu_info_registered = True
-        self.mem.hold(gpa, 64)   # event and time updates go straight to it from now on
+        self.mem.hold(gpa, 64)
 
     def initialise_vcpu(self, target: PvVcpu, arg: int, caller: PvVcpu) -> int:
         """VCPUOP_initialise: load a vcpu_guest_context (pv-abi.md §12.2)."""
@@ -463,4 +489,4 @@ class PvDomain:
         return (1 << (8 * size)) - 1
 
 
-__all__ = ["DomainIdentity", "PvDomain", "PvDomainState", "PvHooks", "RunState", "grant_table"]
+__all__ = ["DomainIdentity", "PvDomain", "PvDomainState", "PvHooks", "RunState", "grant_table", "page_types"]

@@ -38,12 +38,22 @@ Byte rings (io/console.h, io/xs_wire.h)
     covers and publishes ``cons`` after copying them out; the producer writes
     bytes before publishing ``prod``. x86 keeps loads ordered with loads and
     stores with stores, which is all that needs, so no barrier is used.
+
+Why a ring holds a type reference
+    Hospes writes a ring page through its own view for as long as the ring
+    is connected, which Xen counts as a writable type reference (a backend's
+    grant map, or Xen's own mapping of the console and store pages). The page
+    must not become a page table or descriptor page meanwhile, or the
+    responses and indices stored into it would be entries nobody validated.
+    :class:`BackRing` takes that reference when it is built and drops it in
+    :meth:`BackRing.release`; the byte rings' holders (the domain) do the same.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from hospes.errors import HospesError
 from hospes.machine.atomics import mfence
@@ -59,7 +69,17 @@ RSP_EVENT = 12
 
 
 class RingError(HospesError):
-    """The guest's ring indices are impossible; the ring cannot be served any more."""
+    """The guest's ring indices are impossible, or its page cannot be ours to write;
+    the ring cannot be served (any more)."""
+
+
+class WritableHolds(Protocol):
+    """Who keeps the writable type references on pages Hospes writes (a domain's
+    ``PvMmu``, or its ``GrantTable`` for a backend); both raise a HospesError on refusal."""
+
+    def hold_writable(self, frames: Iterable[int]) -> None: ...
+
+    def release_writable(self, frames: Iterable[int]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -84,14 +104,21 @@ class BackRing:
     addresses inline.
     """
 
-    __slots__ = ("mem", "gpa", "slots_gpa", "nr_slots", "mask", "slot_size", "req_cons", "rsp_prod_pvt")
+    __slots__ = ("mem", "gpa", "slots_gpa", "nr_slots", "mask", "slot_size", "req_cons", "rsp_prod_pvt",
+                 "_holds")
 
-    def __init__(self, mem: GuestMemory, gpa: int, *, nr_slots: int, slot_size: int,
+    def __init__(self, mem: GuestMemory, gpa: int, *, holds: WritableHolds, nr_slots: int, slot_size: int,
                  req_cons: int = 0, rsp_prod_pvt: int = 0) -> None:
         if nr_slots < 1 or nr_slots & (nr_slots - 1) or RING_HEADER + nr_slots * slot_size > PAGE_SIZE:
             raise RingError(f"A ring of {nr_slots} slots of {slot_size} bytes does not fit one page.")
         if gpa % PAGE_SIZE:
             raise RingError(f"A ring page must be page-aligned, not at {gpa:#x}.")
+        mem.check(gpa, PAGE_SIZE)
+        try:
+            holds.hold_writable((gpa >> PAGE_SHIFT,))
+        except HospesError as e:
+            raise RingError(f"The ring page at {gpa:#x} cannot be written: {e}") from None
+        self._holds: WritableHolds | None = holds
         mem.hold(gpa, PAGE_SIZE)   # responses and event indices are stored straight into it
         self.mem = mem
         self.gpa = gpa
@@ -152,6 +179,12 @@ class BackRing:
         requests ahead: a backend that needs more than one before it can work)."""
         self.mem.write_u32(self.gpa + REQ_EVENT, index & MASK)
         mfence()
+
+    def release(self) -> None:
+        """Drop the ring page's type reference (the ring is no longer served; repeatable)."""
+        holds, self._holds = self._holds, None
+        if holds is not None:
+            holds.release_writable((self.gpa >> PAGE_SHIFT,))
 
     def save(self) -> BackRingState:
         return BackRingState(frame=self.gpa >> PAGE_SHIFT, req_cons=self.req_cons, rsp_prod_pvt=self.rsp_prod_pvt)
@@ -248,5 +281,6 @@ class ByteRing:
 
 
 __all__ = [
-    "MASK", "RING_HEADER", "BackRing", "BackRingState", "ByteRing", "RingError", "index_words", "writable_page",
+    "MASK", "RING_HEADER", "BackRing", "BackRingState", "ByteRing", "RingError", "WritableHolds", "index_words",
+    "writable_page",
 ]

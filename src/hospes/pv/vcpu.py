@@ -263,13 +263,17 @@ class PvVcpu:
         return self.virt.read(self.kernel_cr3, va, size)
 
     def write(self, va: int, data: bytes | bytearray) -> None:
-        self.virt.write(self.kernel_cr3, va, data)
+        # Under the MMU's lock, like every store of Hospes' into a page it does not
+        # hold: another vCPU must not make the page a table between walk and store.
+        with self.domain.mmu.lock:
+            self.virt.write(self.kernel_cr3, va, data)
 
     def read_u64(self, va: int) -> int:
         return self.virt.read_u64(self.kernel_cr3, va)
 
     def write_u64(self, va: int, value: int) -> None:
-        self.virt.write_u64(self.kernel_cr3, va, value)
+        with self.domain.mmu.lock:   # see write()
+            self.virt.write_u64(self.kernel_cr3, va, value)
 
     def bases_from_cpu(self) -> None:
         """Take the FS and current-mode GS bases from the CPU, where the guest may
@@ -630,7 +634,7 @@ class PvVcpu:
         frame += [self.t_rip, cs | (old_mask << 32), rflags, self.t_rsp, self.t_ss]
         rsp -= 8 * len(frame)
         try:
-            self.virt.write(self.kernel_cr3, rsp, struct.pack(f"<{len(frame)}Q", *frame))
+            self.write(rsp, struct.pack(f"<{len(frame)}Q", *frame))   # guest-chosen words: never into a table
         except GuestFault as e:
             raise DomainCrash(f"cannot write a bounce frame to the guest kernel stack: {e}") from e
         if mask_events:
@@ -909,6 +913,14 @@ class PvVcpu:
                      "flush_pending", "invlpg_va", "mcg_status", "dr7_emul"):
             setattr(pv, name, getattr(state, name))
         if pv.vcpu_info_registered:
+            # The page's writable reference is Hospes' own, so not in the MMU
+            # record: taken again here (StateError if the page cannot be written).
+            if state.vcpu_info_gpa >= domain.layout.ram_pages << 12:
+                raise StateError(f"The saved vCPU {state.vcpu_id} has its vcpu_info outside the guest's RAM.")
+            try:
+                domain.mmu.hold_writable((state.vcpu_info_gpa >> 12,))
+            except XenError as e:
+                raise StateError(f"The saved vCPU {state.vcpu_id}'s vcpu_info page cannot be written: {e}") from None
             pv.mem.hold(pv.vcpu_info_gpa, 64)
         pv.trap_table = {v: (f, a) for v, f, a in state.trap_table}
         pv.callbacks = {t: (a, f) for t, a, f in state.callbacks}

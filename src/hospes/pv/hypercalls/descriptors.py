@@ -26,9 +26,14 @@ def set_gdt(vcpu: PvVcpu, frame_list: int, entries: int, *_: int) -> int:
 def update_descriptor(vcpu: PvVcpu, maddr: int, desc: int, *_: int) -> int:
     if maddr & 7 or (maddr >> 12) >= vcpu.domain.layout.ram_pages:
         return -Errno.EINVAL
-    if vcpu.domain.mmu.is_page_table(maddr >> 12):
-        return -Errno.EINVAL  # a descriptor page or an ordinary one, never a page table
-    vcpu.mem.write_u64(maddr, check_descriptor(desc))
+    desc = check_descriptor(desc)
+    mmu = vcpu.domain.mmu
+    # Under the MMU's lock: another vCPU must not make the page a table between
+    # the check and the store (the "descriptor" would be an unvalidated entry).
+    with mmu.lock:
+        if mmu.is_page_table(maddr >> 12):
+            return -Errno.EINVAL  # a descriptor page or an ordinary one, never a page table
+        vcpu.mem.write_u64(maddr, desc)
     return 0
 
 

@@ -15,6 +15,7 @@ import struct
 
 from hospes.pv.abi import Hypercall
 from hospes.pv.errors import Errno, XenError
+from hospes.pv.guestvirt import canonical
 
 if TYPE_CHECKING:
     from hospes.pv.mmu import PvMmu
@@ -79,6 +80,8 @@ UVMF_ALL = 4
 
 
 def update_va_mapping(vcpu: PvVcpu, va: int, new_pte: int, flags: int, *_: int) -> int:
+    if not canonical(va):
+        return -Errno.EINVAL   # Xen's __addr_ok (the hypervisor's own range fails the walk below)
     mmu = vcpu.domain.mmu
     with mmu.lock:
         pte_gpa = mmu.l1_entry_gpa(vcpu.kernel_cr3, va)
@@ -133,7 +136,8 @@ def _mmuext(vcpu: PvVcpu, mmu: PvMmu, cmd: int, arg1: int, arg2: int) -> None:
     elif cmd == MMUEXT_TLB_FLUSH_LOCAL:
         vcpu.request_flush()
     elif cmd == MMUEXT_INVLPG_LOCAL:
-        vcpu.request_invlpg(arg1)
+        if canonical(arg1):   # Xen ignores any other address (invlpg of one would fault in the writer)
+            vcpu.request_invlpg(arg1)
     elif cmd in (MMUEXT_TLB_FLUSH_MULTI, MMUEXT_INVLPG_MULTI, MMUEXT_TLB_FLUSH_ALL, MMUEXT_INVLPG_ALL):
         vcpu.request_flush()
         vcpu.domain.flush_others(vcpu)
