@@ -92,6 +92,11 @@ def host_cpuid() -> list[KvmCpuidEntry2]:
         (7, 0, 0, 0x029C6FBF, 0, 0),
         (0x80000000, 0, 0x80000008, 0, 0, 0),
     ]
+    return cpuid_entries(*rows)
+
+
+def cpuid_entries(*rows: tuple[int, int, int, int, int, int]) -> list[KvmCpuidEntry2]:
+    """KVM CPUID entries from (leaf, index, eax, ebx, ecx, edx) rows."""
     out = []
     for leaf, index, a, b, c, d in rows:
         e = KvmCpuidEntry2()

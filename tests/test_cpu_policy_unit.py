@@ -15,19 +15,13 @@ from hospes.kvm.structs import KvmCpuidEntry2
 from hospes.pv import emulate
 from hospes.pv.cpuid import CpuidPolicy
 from hospes.pv.msr import AMD_GUEST_MCG_CAP, INTEL_GUEST_MCG_CAP, MSR_FS_BASE, MSR_GS_BASE
-from pv_fakes import CODE_VA, FakePvDomain, FakeVcpu
+from pv_fakes import CODE_VA, FakePvDomain, FakeVcpu, cpuid_entries
 
 GP = 13
 AMD = (0x68747541, 0x444D4163, 0x69746E65)   # "AuthenticAMD" in ebx, ecx, edx
 
 
-def entries(*rows: tuple[int, int, int, int, int, int]) -> list[KvmCpuidEntry2]:
-    out = []
-    for leaf, index, a, b, c, d in rows:
-        e = KvmCpuidEntry2()
-        e.function, e.index, e.eax, e.ebx, e.ecx, e.edx = leaf, index, a, b, c, d
-        out.append(e)
-    return out
+entries = cpuid_entries
 
 
 def amd_host(ebx7: int = 0) -> list[KvmCpuidEntry2]:

@@ -71,18 +71,6 @@ static uint64_t wrmsr_gps(uint32_t msr, uint64_t val)
     return gp_count - before;
 }
 
-static uint64_t read_cr4(void)
-{
-    uint64_t v;
-    asm volatile("mov %%cr4, %0" : "=r"(v));
-    return v;
-}
-
-static void write_cr4(uint64_t v)
-{
-    asm volatile("mov %0, %%cr4" : : "r"(v) : "memory");
-}
-
 void guest_main(void)
 {
     uint32_t a, b, c, d, vendor;

@@ -78,18 +78,6 @@ static int ud_handler(struct regs *r)
     return TRAP_RETURN;
 }
 
-static uint64_t read_cr4(void)
-{
-    uint64_t v;
-    asm volatile("mov %%cr4, %0" : "=r"(v));
-    return v;
-}
-
-static void write_cr4(uint64_t v)
-{
-    asm volatile("mov %0, %%cr4" : : "r"(v) : "memory");
-}
-
 extern char step_after[], step_emul_after[], write_after[], io_after[];
 
 void guest_main(void)

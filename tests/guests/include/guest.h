@@ -49,6 +49,19 @@ int memcmp(const void *a, const void *b, size_t n);
 size_t strlen(const char *s);
 const char *strstr_n(const char *hay, size_t n, const char *needle);
 
+/* CR4 as the guest kernel sees it (Hospes emulates the moves). */
+static inline uint64_t read_cr4(void)
+{
+    uint64_t v;
+    asm volatile("mov %%cr4, %0" : "=r"(v));
+    return v;
+}
+
+static inline void write_cr4(uint64_t v)
+{
+    asm volatile("mov %0, %%cr4" : : "r"(v) : "memory");
+}
+
 static inline uint64_t rdtsc(void)
 {
     uint32_t lo, hi;
