@@ -25,6 +25,12 @@ from hospes.errors import HospesError
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+_libc.fallocate.restype = ctypes.c_int
 
 
 class MemoryError_(HospesError):
@@ -193,6 +199,18 @@ class GuestMemory:
         self.check(gpa, length)
         self.buf[gpa:gpa + length] = bytes(length)
         self.mark(gpa, length)
+
+    def punch(self, gpa: int, length: int) -> None:
+        """Give the host memory behind ``gpa``..+``length`` back (ballooning): the pages
+        leave the memfd, every mapping of them (ours, KVM's) is dropped, and the
+        range reads as zeros until written again. The memfd keeps its size."""
+        self.check(gpa, length)
+        if gpa % PAGE_SIZE or length % PAGE_SIZE:
+            raise MemoryError_(f"Range {gpa:#x}+{length:#x} to give back is not whole pages")
+        if length and _libc.fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                                      ctypes.c_long(gpa), ctypes.c_long(length)) != 0:
+            err = ctypes.get_errno()
+            raise MemoryError_(f"Cannot give back guest memory {gpa:#x}+{length:#x}: {os.strerror(err)}")
 
     def close(self) -> None:
         try:

@@ -109,6 +109,9 @@ class PvMmu:
         self.stale_writable: set[int] = set()
         self.flush_all: Callable[[], None] = lambda: None
         self.translation_cache: TranslationCache = {}  # GuestVirt's; every store invalidates it
+        # Ballooning (pv/reservation.py owns this set): RAM frames the guest gave
+        # back. No entry, pin, CR3 or GDT may name one until it is populated again.
+        self.released: set[int] = set()
 
     # --- entries -------------------------------------------------------------------
 
@@ -117,6 +120,8 @@ class PvMmu:
         if not entry & PTE_P:
             return entry
         frame = (entry & PTE_ADDR_MASK) >> 12
+        if frame in self.released:   # ballooned out: not the domain's until populated
+            raise XenError(Errno.EINVAL)
         if level == 1:
             if frame >= self.guest_frames:
                 raise XenError(Errno.EINVAL)
@@ -151,7 +156,7 @@ class PvMmu:
 
     def get_type(self, frame: int, kind: int, writes: Writes) -> None:
         """Take a ``kind`` reference on ``frame``, validating it if it is new."""
-        if frame >= self.ram_pages:
+        if frame >= self.ram_pages or frame in self.released:
             raise XenError(Errno.EINVAL)
         n = self.count.get(frame, 0)
         if n:
@@ -289,7 +294,7 @@ class PvMmu:
     def update_entry(self, vcpu: "PvVcpu", pte_gpa: int, value: int, preserve_ad: bool = False) -> None:
         """mmu_update: a checked write of one entry at machine address ``pte_gpa``."""
         frame = pte_gpa >> 12
-        if frame >= self.ram_pages:
+        if frame >= self.ram_pages or frame in self.released:
             raise XenError(Errno.EINVAL)
         old = self.q[pte_gpa >> 3]
         if preserve_ad:

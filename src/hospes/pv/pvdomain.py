@@ -40,6 +40,7 @@ from hospes.pv.guestvirt import GuestVirt
 from hospes.pv.hypercalls import build_table
 from hospes.pv.mmu import MmuState, PvMmu
 from hospes.pv.msr import MsrEmulator
+from hospes.pv.reservation import Reservation, ReservationState
 from hospes.pv.runstate import RunEvent, RunState
 from hospes.pv.console_log import ConsoleIoLog
 from hospes.pv.smp import CONTEXT_SIZE, load_guest_context
@@ -90,6 +91,8 @@ class PvDomainState:
     vm_assist: tuple[int, ...]
     grants: GrantTableState
     shutdown_code: int | None
+    # Ballooned-out frames; absent in saves made before ballooning (none released).
+    reservation: ReservationState = ReservationState()
     version: int = VERSION
 
 
@@ -171,6 +174,9 @@ class PvDomain:
                 self.grants = grant_table(mem, layout, self.mmu, saved.grants)
             self.vm_assist = set(saved.vm_assist)
             self.shutdown_code = saved.shutdown_code
+        self.reservation = Reservation(mem, self.mmu, layout.ram_pages)
+        if saved is not None:
+            self.reservation.restore_released(saved.reservation)
         self.stopping = False   # no vCPU enters the guest again
         self.paused = False
 
@@ -225,7 +231,7 @@ class PvDomain:
             domid=self.domid, vcpus=tuple(pv.save() for pv in self.vcpus), mmu=self.mmu.save(),
             evtchn=self.evtchn.save(), clock=self.clock.save(), timers=self.timers.save(),
             vm_assist=tuple(sorted(self.vm_assist)), grants=self.grants.save(),
-            shutdown_code=self.shutdown_code,
+            shutdown_code=self.shutdown_code, reservation=self.reservation.save(),
         )
 
     # --- start of day ------------------------------------------------------------
