@@ -53,6 +53,10 @@ class DomainError(HospesError):
     """The domain could not be created or run."""
 
 
+def _kib_text(kib: int) -> str:
+    return f"{kib // 1024} MiB" if kib % 1024 == 0 else f"{kib} KiB"
+
+
 @dataclass
 class DomainConfig:
     kernel: Path
@@ -66,6 +70,13 @@ class DomainConfig:
     vifs: tuple[VifConfig, ...] = ()
     uuid: str | None = None
     max_vcpus: int = 0      # vCPUs the domain is built with (xl's maxvcpus); 0: as many as ``vcpus``
+    max_memory_mib: int = 0  # xl's maxmem: what the guest may balloon up to; 0: ``memory_mib``
+
+    @property
+    def ram_mib(self) -> int:
+        """The guest-physical RAM the domain is built with (its maxmem); it starts
+        holding ``memory_mib`` of it, the rest released for its balloon driver."""
+        return max(self.memory_mib, self.max_memory_mib)
 
     @property
     def vcpu_slots(self) -> int:
@@ -120,7 +131,7 @@ class DomainShell:
     guest's downtime does not wait for any of it."""
 
     def __init__(self, config: DomainConfig) -> None:
-        self.layout = L.Layout(ram_pages=config.memory_mib * 256, nr_vcpus=config.vcpu_slots)
+        self.layout = L.Layout(ram_pages=config.ram_mib * 256, nr_vcpus=config.vcpu_slots)
         self.mem = GuestMemory(memory_regions(self.layout))
         try:
             self.trampoline = Trampoline(self.mem, self.layout)
@@ -214,6 +225,8 @@ class Domain:
                 f"Memory size {config.memory_mib} MiB is out of range: give between {MIN_MEMORY_MIB} and "
                 f"{MAX_MEMORY_MIB} MiB."
             )
+        if config.max_memory_mib > MAX_MEMORY_MIB:
+            raise DomainError(f"maxmem {config.max_memory_mib} MiB is out of range: at most {MAX_MEMORY_MIB} MiB.")
         if not 1 <= config.vcpus <= MAX_VCPUS or config.vcpu_slots > MAX_VCPUS:
             raise DomainError(f"A domain has between 1 and {MAX_VCPUS} vCPUs; {config.vcpus} (at most "
                               f"{config.vcpu_slots}) were asked for.")
@@ -224,7 +237,7 @@ class Domain:
         # (stderr by default), never its console, as on Xen.
         self.hypervisor_log = hypervisor_log or _stderr
         self._console_tail = b""   # the guest's last output, for a crash it asks for
-        self.layout = L.Layout(ram_pages=config.memory_mib * 256, nr_vcpus=config.vcpu_slots)
+        self.layout = L.Layout(ram_pages=config.ram_mib * 256, nr_vcpus=config.vcpu_slots)
         lay = self.layout
         if saved is None:
             self.uuid = uuidlib.UUID(config.uuid) if config.uuid else uuidlib.uuid4()
@@ -245,7 +258,7 @@ class Domain:
                     f"the configuration gives {len(config.disks)} and {len(config.vifs)}.")
         if saved is not None and isinstance(memory, DomainShell):
             if memory.layout != lay:
-                raise StateError(f"The received memory does not have the layout of a domain of {config.memory_mib} "
+                raise StateError(f"The received memory does not have the layout of a domain of {config.ram_mib} "
                                  f"MiB and {config.vcpu_slots} vCPUs. Restore with its configuration.")
             shell = memory   # filled by a migration's receiver: no second copy
         else:
@@ -255,7 +268,7 @@ class Domain:
                 if len(memory) != shell.mem.size:
                     shell.close()
                     raise StateError(
-                        f"The saved memory is {len(memory)} bytes; a domain of {config.memory_mib} MiB and "
+                        f"The saved memory is {len(memory)} bytes; a domain of {config.ram_mib} MiB and "
                         f"{config.vcpu_slots} vCPUs has {shell.mem.size}. Restore with its configuration.")
                 shell.mem.buf[:] = memory
         self.mem, self.trampoline, self.kvm, self.vm = shell.mem, shell.trampoline, shell.kvm, shell.vm
@@ -280,10 +293,13 @@ class Domain:
         self.console_port = self.evtchn.alloc_backend_port(_Backend(self._service_console))
         self.store_port = self.evtchn.alloc_backend_port(_Backend(self._store_event))
         boot = build_domain(
-            self.mem, lay.ram_pages, kernel, initrd, config.cmdline, lay.shared_info_gpa,
+            self.mem, config.memory_mib * 256, kernel, initrd, config.cmdline, lay.shared_info_gpa,
             self.store_port, self.console_port, self.trampoline.l4_entries, hypercall_page_bytes(),
         )
         self.pv.boot(boot.l4_gpa, boot.entry, boot.stack_top, boot.start_info_va)
+        # start_info.nr_pages is memory; the RAM above it (up to maxmem) is where
+        # the guest's balloon driver may grow: released until it populates it.
+        self.pv.reservation.start_with(config.memory_mib * 256)
         self.console_gpa, self.store_gpa = boot.console_gpa, boot.store_gpa
         # Written through our views for the domain's life: writable type references
         # (as Xen's own mappings of them), so the guest can never make them page tables.
@@ -294,7 +310,8 @@ class Domain:
                                       lambda: self.evtchn.notify_backend_port(self.console_port))
         self.store = Store()
         populate_domain(self.store, self.domid, config.name, str(self.uuid), config.vcpus,
-                        config.memory_mib * 1024, max_vcpus=config.vcpu_slots)
+                        config.memory_mib * 1024, max_vcpus=config.vcpu_slots,
+                        max_memory_kib=config.ram_mib * 1024)
         self.device_host = BackendHost(domid=self.domid, mem=self.mem, grants=self.pv.grants, evtchn=self.evtchn,
                                        store=self.store)
         self.disks = [BlockBackend(self.device_host, disk) for disk in config.disks]
@@ -491,6 +508,27 @@ class Domain:
         with self.store.transaction() as t:
             for cpu in range(slots):
                 t.write(f"{home}/cpu/{cpu}/availability", "online" if cpu < count else "offline")
+
+    def set_memory_target(self, target_kib: int) -> None:
+        """Ask the guest to hold ``target_kib`` KiB, as ``xl mem-set`` does: write
+        ``memory/target``, which Linux's balloon driver watches; it gives memory
+        back (XENMEM_decrease_reservation) or takes it again (populate_physmap)
+        itself, as far as it can."""
+        max_kib = self.pv.reservation.max_pages * 4
+        if not MIN_MEMORY_MIB * 1024 <= target_kib <= max_kib:
+            raise DomainError(f"The memory target must be between {MIN_MEMORY_MIB} MiB and the domain's maxmem "
+                              f"({max_kib // 1024} MiB); {_kib_text(target_kib)} was asked for.")
+        self.store.write(f"/local/domain/{self.domid}/memory/target", str(target_kib))
+
+    def memory_status(self) -> dict[str, int]:
+        """What the domain holds now (XENMEM_current_reservation), the target its
+        balloon driver follows and its maxmem, in KiB."""
+        res = self.pv.reservation
+        try:
+            target = int(self.store.read(f"/local/domain/{self.domid}/memory/target"))
+        except (HospesError, ValueError):
+            target = res.current_pages * 4
+        return {"memory_kib": res.current_pages * 4, "target_kib": target, "maxmem_kib": res.max_pages * 4}
 
     def pause(self) -> None:
         """Stop running guest code until unpause(); timers keep counting."""

@@ -223,6 +223,15 @@ def cmd_vcpu_set(domain: str, count: int) -> None:
     connect().domain(domain).set_vcpus(count)
 
 
+def cmd_mem_set(domain: str, size: str) -> None:
+    """xl mem-set: the memory the guest should hold (SIZE as xl: 512m, 1g, 131072k; no suffix: MiB)."""
+    _not_dom0(domain, "have its memory set here")
+    from hospes.toolstack.spec import parse_mem_size_kb
+
+    parse_mem_size_kb(size)   # a bad size is refused before anything is asked
+    connect().domain(domain).set_memory(size)
+
+
 def cmd_sched_credit(domain: str | None, weight: int | None, cap: int | None, schedparam: bool,
                      cpupool: str | None) -> None:
     """xl sched-credit: list weights and caps, or set them for one domain (-d DOM -w W -c C)."""
@@ -364,6 +373,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("vcpu-list", cmd_vcpu_list, "List the vCPUs of domains.", (_domains(),)),
     Command("vcpu-set", cmd_vcpu_set, "Set how many vCPUs a domain runs (up to its maxvcpus).", (
         _domain(), click.Argument(["count"], type=click.IntRange(1, 32)))),
+    Command("mem-set", cmd_mem_set,
+            "Set the memory a domain should hold, up to its maxmem (SIZE: 512m, 1g, ...; no suffix: MiB).", (
+        _domain(), click.Argument(["size"]))),
     Command("sched-credit", cmd_sched_credit,
             "Show or set domains' CPU weight and cap (the credit scheduler's parameters, on cgroups).", (
         click.Option(["-d", "--domain", "domain"], default=None, help="The domain to show or change."),

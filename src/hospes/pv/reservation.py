@@ -76,6 +76,14 @@ class Reservation:
         """XENMEM_current_reservation: the RAM frames the domain holds now."""
         return self.ram_pages - len(self.released)
 
+    def start_with(self, pages: int) -> None:
+        """At build: the domain holds frames ``[0, pages)``; the RAM above (up to
+        its maxmem) starts released, for the balloon driver to populate."""
+        if pages < self.ram_pages:
+            with self.lock:
+                self.released.update(range(pages, self.ram_pages))
+            self.mem.punch(pages << 12, (self.ram_pages - pages) << 12)
+
     def refusal(self, frame: int) -> str | None:
         """Why ``frame`` cannot be given back now (None: it can)."""
         if not 0 <= frame < self.ram_pages:

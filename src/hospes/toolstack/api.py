@@ -99,6 +99,9 @@ class Api:
     async def setVcpus(self, req: web.Request, body: dict, query: dict) -> web.StreamResponse:
         return _json(await self.daemon.set_vcpus(req.match_info["domain"], body["vcpus"]))
 
+    async def setMemory(self, req: web.Request, body: dict, query: dict) -> web.StreamResponse:
+        return _json(await self.daemon.set_memory(req.match_info["domain"], body["target_kib"]))
+
     async def listVcpus(self, req: web.Request, body: dict, query: dict) -> web.StreamResponse:
         return _json(await self.daemon.vcpus(req.match_info["domain"]))
 

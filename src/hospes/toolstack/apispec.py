@@ -210,6 +210,22 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "properties": {"domid": {"type": "integer"}, "name": {"type": "string"},
                        "vcpus": {"type": "integer"}, "maxvcpus": {"type": "integer"}},
     },
+    "MemSetRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["target_kib"],
+        "properties": {"target_kib": {"type": "integer", "minimum": 0,
+                                      "description": "The memory the guest should hold, in KiB (at least 16 MiB, "
+                                                     "at most its maxmem)"}},
+    },
+    "MemSet": {
+        "type": "object",
+        "required": ["domid", "name", "memory_kib", "target_kib", "maxmem_kib"],
+        "properties": {"domid": {"type": "integer"}, "name": {"type": "string"},
+                       "memory_kib": {"type": "integer", "description": "What the guest holds now"},
+                       "target_kib": {"type": "integer", "description": "What its balloon driver moves toward"},
+                       "maxmem_kib": {"type": "integer"}},
+    },
     "SchedRequest": {
         "type": "object",
         "additionalProperties": False,
@@ -457,6 +473,12 @@ ROUTES: tuple[Route, ...] = (
           "Ask the guest to run N of its vCPUs (xl vcpu-set DOM N): it takes the others down itself",
           body="VcpuSetRequest", body_required=True, params=(DOMAIN,),
           responses={200: ("Asked; the guest follows through cpu/N/availability", "VcpuSet"), **ERRORS_BODY,
+                     **ERRORS_DOMAIN, 409: ("Not running", "Error")}),
+    Route("put", "/v1/domains/{domain}/memory", "setMemory",
+          "Set the memory the guest should hold (xl mem-set DOM SIZE): its balloon driver gives memory back or "
+          "takes it again",
+          body="MemSetRequest", body_required=True, params=(DOMAIN,),
+          responses={200: ("Asked; the guest follows memory/target", "MemSet"), **ERRORS_BODY,
                      **ERRORS_DOMAIN, 409: ("Not running", "Error")}),
     Route("get", "/v1/domains/{domain}/sched", "getSched", "Weight and cap (xl sched-credit -d DOM)",
           params=(DOMAIN,), responses={200: ("In force", "SchedState"), **ERRORS_DOMAIN}),

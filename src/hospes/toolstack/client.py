@@ -32,7 +32,7 @@ from typing import Any, Callable, Generator, Iterable, Mapping
 from hospes.errors import HospesError
 from hospes.toolstack.api_error import ApiError
 from hospes.toolstack.rundir import DAEMON_LOG_ROTATE_BYTES, RunDir, rotate_log
-from hospes.toolstack.spec import DomainSpec
+from hospes.toolstack.spec import DomainSpec, parse_mem_size_kb
 
 DEFAULT_TIMEOUT = 900.0
 DAEMON_START_TIMEOUT = 20.0
@@ -236,6 +236,13 @@ class Domain:
     def set_vcpus(self, count: int) -> dict[str, Any]:
         """Ask the guest to run ``count`` of its vCPUs (``xl vcpu-set``), at most its maxvcpus."""
         return dict(self.client.transport.request("PUT", self._path("/vcpus"), {"vcpus": count}))
+
+    def set_memory(self, size: int | str) -> dict[str, Any]:
+        """Set the memory the guest should hold (``xl mem-set``): ``size`` in MiB, or
+        a string in xl's syntax (``"256m"``, ``"1g"``, ``"131072k"``; no suffix: MiB).
+        Its balloon driver follows; :meth:`info`'s ``memory_mib`` shows where it is."""
+        target_kib = parse_mem_size_kb(size) if isinstance(size, str) else int(size) * 1024
+        return dict(self.client.transport.request("PUT", self._path("/memory"), {"target_kib": target_kib}))
 
     def vcpus(self) -> list[dict[str, Any]]:
         return list(self.client.transport.request("GET", self._path("/vcpus"))["vcpus"])

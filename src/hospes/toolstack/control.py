@@ -61,7 +61,7 @@ from hospes.errors import HospesError
 MAX_LINE = 64 * 1024
 STREAM_LINE = 1024 * 1024      # a migration's final line lists every round
 OPS = ("status", "pause", "unpause", "shutdown", "destroy", "rename", "log", "sched", "console",
-       "save", "migrate", "migrate_cancel", "vcpu_set")
+       "save", "migrate", "migrate_cancel", "vcpu_set", "mem_set")
 
 #: What a streamed operation hands its caller for each event line.
 EventHandler = Callable[[dict[str, Any]], "Awaitable[None] | None"]

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hospes.version import __version__
-from hospes.domain import ShutdownReason
+from hospes.domain import MIN_MEMORY_MIB, ShutdownReason
 from hospes.errors import HospesError
 from hospes.files import MAX_TOKEN_BYTES, FileReadError, read_regular
 from hospes.migrate.savefile import peek_config
@@ -54,6 +54,7 @@ log = logging.getLogger("hospesd")
 
 BUILD_TIMEOUT_S = 600.0        # first use may build the default images
 DESTROY_GRACE_S = 10.0
+MIN_MEMORY_TARGET_KIB = MIN_MEMORY_MIB * 1024   # mem-set's floor: the smallest domain Hospes builds
 SAVE_TIMEOUT_S = 600.0         # writing a big guest's memory takes a while
 GONE_GRACE_S = 30.0            # for a saved or migrated domain's process to exit
 MIB = 1024 * 1024
@@ -109,6 +110,10 @@ def peek_save_file(path: str) -> tuple[dict[str, Any], int]:
             return peek_config(f)
     finally:
         os.close(fd)
+
+
+def _kib_text(kib: int) -> str:
+    return f"{kib // 1024} MiB" if kib % 1024 == 0 else f"{kib} KiB"
 
 
 class Daemon:
@@ -589,6 +594,19 @@ class Daemon:
             raise ApiError(400, f"Domain {v.record.name} ({v.domid}) can run between 1 and {maxvcpus} vCPUs "
                                 f"(its maxvcpus); {count} were asked for.")
         reply = await self._request(v, "vcpu_set", vcpus=count)
+        reply.pop("ok", None)
+        return {"domid": v.domid, "name": v.to_api()["name"], **reply}
+
+    async def set_memory(self, ident: str, target_kib: int) -> dict[str, Any]:
+        """``xl mem-set``: the memory the guest's balloon driver should hold, in KiB."""
+        v = await self.running(ident, "change its memory")
+        spec = v.record.spec
+        maxmem_kib = max(spec.memory, spec.maxmem or 0) * 1024
+        if not MIN_MEMORY_TARGET_KIB <= target_kib <= maxmem_kib:
+            raise ApiError(400, f"Domain {v.record.name} ({v.domid}) can be set to between "
+                                f"{MIN_MEMORY_TARGET_KIB // 1024} MiB and its maxmem ({maxmem_kib // 1024} MiB); "
+                                f"{_kib_text(target_kib)} was asked for.")
+        reply = await self._request(v, "mem_set", target_kib=target_kib)
         reply.pop("ok", None)
         return {"domid": v.domid, "name": v.to_api()["name"], **reply}
 

@@ -108,7 +108,8 @@ def domain_config(spec: DomainSpec, domid: int, log: Log, *, boot_from_images: b
     else:
         boot = BootImages(Path(spec.kernel), None, spec.cmdline or "")
     return DomainConfig(kernel=boot.kernel, ramdisk=boot.ramdisk, cmdline=boot.cmdline,
-                        memory_mib=spec.memory, vcpus=spec.vcpus, max_vcpus=spec.maxvcpus, name=spec.name, domid=domid,
+                        memory_mib=spec.memory, max_memory_mib=spec.maxmem or 0,
+                        vcpus=spec.vcpus, max_vcpus=spec.maxvcpus, name=spec.name, domid=domid,
                         disks=tuple(disk_config(d) for d in spec.disks),
                         vifs=tuple(vif_config(v, domid) for v in spec.vifs), uuid=spec.uuid)
 

@@ -180,7 +180,7 @@ class ControlServer:
             "status": self._status, "pause": self._pause, "unpause": self._unpause,
             "shutdown": self._shutdown, "destroy": self._destroy, "rename": self._rename, "log": self._log,
             "sched": self._sched, "save": self._save_op, "migrate_cancel": self._migrate_cancel,
-            "vcpu_set": self._vcpu_set,
+            "vcpu_set": self._vcpu_set, "mem_set": self._mem_set,
         }
 
     def start(self) -> None:
@@ -316,6 +316,12 @@ class ControlServer:
             raise HospesError("vcpu_set needs a vCPU count.")
         return self.proc.set_vcpus(count)
 
+    async def _mem_set(self, req: dict[str, Any]) -> dict[str, Any]:
+        target = req.get("target_kib")
+        if not isinstance(target, int) or isinstance(target, bool):
+            raise HospesError("mem_set needs a memory target in KiB.")
+        return self.proc.set_memory(target)
+
     async def _save_op(self, req: dict[str, Any]) -> dict[str, Any]:
         path = req.get("path")
         if not isinstance(path, str) or not os.path.isabs(path):
@@ -429,6 +435,7 @@ class DomainProcess:
                 "message": rec.message, "boots": rec.boots,
                 "started": rec.started, "pid": os.getpid(), "vcpus": vcpus,
                 "cpu_time": sum(self._last_cpu), "sched": self.sched_status(),
+                **(dom.memory_status() if dom is not None else {}),
             }
 
     # --- resource control ------------------------------------------------------------------
@@ -471,6 +478,16 @@ class DomainProcess:
             self.record.spec = replace(self.record.spec, vcpus=count)
             self._save()
             return {"vcpus": count, "maxvcpus": len(dom.vcpus)}
+
+    def set_memory(self, target_kib: int) -> dict[str, Any]:
+        """``xl mem-set DOM SIZE``: the guest's balloon driver moves toward ``target_kib``.
+        Not kept for a reboot: a rebooted guest starts with its ``memory`` again."""
+        with self._lock:
+            dom = self.dom
+            if dom is None:
+                raise HospesError(f"The domain is {self.record.state}; it has no memory to set.")
+            dom.set_memory_target(target_kib)
+            return dom.memory_status()
 
     # --- save and migration ------------------------------------------------------------------
 

@@ -74,7 +74,9 @@ class DomainView:
             "state": str(self.state),
             "flags": xl_flags(self.state, reason, blocked),
             # An incoming domain holds no memory until the stream brings its configuration.
-            "memory_mib": spec.memory if self.alive and rec.incoming is None else 0,
+            # What it holds now (its balloon moves it: hospes mem-set), else what it was built with.
+            "memory_mib": (int(st["memory_kib"]) // 1024 if "memory_kib" in st else spec.memory)
+            if self.alive and rec.incoming is None else 0,
             "vcpus": online if self.alive and vcpus else (max_vcpus if self.alive else 0),
             "max_vcpus": max_vcpus,
             "cpu_time": round(self.cpu_time, 3),

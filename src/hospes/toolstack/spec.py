@@ -61,6 +61,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from hospes.errors import HospesError
 from hospes.files import MAX_CONFIG_BYTES, FileReadError, read_regular
 from hospes.toolstack.xlcfg import (
     ConfigError, List, Location, Value, as_int, as_str, as_str_list, from_plain,
@@ -984,7 +985,24 @@ def load_spec(path: Path | str, overrides: Sequence[str] = ()) -> DomainSpec:
                                   source=str(path))
 
 
+_MEM_SHIFT = {"t": 30, "g": 20, "m": 10, "": 10, "k": 0}
+
+
+def parse_mem_size_kb(text: str) -> int:
+    """A size in xl's syntax (``xl mem-set``'s parse_mem_size_kb), in KiB: a decimal
+    number with an optional suffix b, k, m, g or t (either case); no suffix means MiB."""
+    t = text.strip()
+    digits = t.rstrip("bBkKmMgGtT")
+    suffix = t[len(digits):].lower()
+    if not digits.isdecimal() or not digits.isascii() or len(suffix) > 1:
+        raise HospesError(f"invalid memory size: {text!r} (give a number with an optional b, k, m, g or t "
+                          "suffix; no suffix means MiB)")
+    n = int(digits)
+    return n >> 10 if suffix == "b" else n << _MEM_SHIFT[suffix]
+
+
 __all__ = [
+    "parse_mem_size_kb",
     "Action", "DEFAULT_ACTIONS", "DEFAULT_IMAGE", "DEFAULT_IMAGE_CMDLINE", "DEFAULT_MEMORY_MIB", "DiskSpec",
     "DomainSpec",
     "IMPLEMENTED_KEYS", "SPEC_FORMAT", "VifRate", "VifSpec", "XL_KEYS", "load_spec",

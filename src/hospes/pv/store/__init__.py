@@ -50,7 +50,8 @@ __all__ = [
 
 
 def populate_domain(
-    store: Store, domid: int, name: str, uuid: str, vcpus: int, memory_kib: int, max_vcpus: int = 0
+    store: Store, domid: int, name: str, uuid: str, vcpus: int, memory_kib: int, max_vcpus: int = 0,
+    max_memory_kib: int = 0,
 ) -> None:
     """Write the nodes a Linux PV domU reads at boot (pv-abi.md §10.4).
 
@@ -59,8 +60,9 @@ def populate_domain(
     ``data/``.  Facts the toolstack owns are dom0's and only readable by the
     guest: ``name``, ``domid``, ``vm``, ``cpu/<n>/availability`` (``online`` for
     the first ``vcpus``, ``offline`` for the rest of ``max_vcpus``),
-    ``memory/static-max`` and ``memory/target`` (= ``memory_kib``: the balloon
-    driver gives memory back if the target is below the boot size) and
+    ``memory/static-max`` (``max_memory_kib``, xl's maxmem, at least
+    ``memory_kib``) and ``memory/target`` (= ``memory_kib``; ``hospes mem-set``
+    moves it, and the balloon driver gives memory back or takes it again) and
     ``control/platform-feature-xs_reset_watches``.  ``/vm/<uuid>`` holds
     ``name`` and ``uuid``; ``/local/domain/0`` gets ``name`` and ``domid``.
     Finally ``@introduceDomain`` fires.  Everything is one transaction.
@@ -88,7 +90,7 @@ def populate_domain(
         for cpu in range(max(vcpus, max_vcpus)):
             t.write(f"{home}/cpu/{cpu}/availability", "online" if cpu < vcpus else "offline")
         t.mkdir(f"{home}/memory", perms=read_only)
-        t.write(f"{home}/memory/static-max", str(memory_kib))
+        t.write(f"{home}/memory/static-max", str(max(memory_kib, max_memory_kib)))
         t.write(f"{home}/memory/target", str(memory_kib))
         t.mkdir(f"{home}/device", perms=guest_owned)
         t.mkdir(f"{home}/data", perms=guest_owned)
