@@ -51,6 +51,7 @@ ALL_GUESTS: tuple[str, ...] = (
     "cpu_policy",
     "priv_ops",
     "debugregs",
+    "balloon",
     "elf_shnote",
     "elf_xen_guest",
     "elf_paddr_offset",
