@@ -103,6 +103,26 @@ def test_mem_set_shrinks_a_512_mib_guest_to_128_and_grows_it_back(daemon: Hospes
     assert str(280 * MIB * MIB) in fill.output, fill.output
 
 
+def test_a_ballooned_guest_is_saved_and_restored_small(daemon: Hospesd, tmp_path) -> None:
+    """The released frames are part of the saved state: the restored domain holds
+    as little as the saved one (they are punched out of its memory again) and can
+    still grow back."""
+    assert daemon.cli("mem-set", "bal", "128", timeout=120).returncode == 0
+    settles("MemTotal", lambda: mem_total_kib(daemon, "bal"), lambda kib: kib <= 128 * MIB, daemon, "bal")
+    settles("The listed memory", lambda: listed_mem_mib(daemon, "bal"), lambda m: m <= 130, daemon, "bal")
+    saved = tmp_path / "bal.hsv"
+    r = daemon.cli("save", "bal", str(saved), timeout=600)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    r = daemon.cli("restore", str(saved), timeout=600)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    dom = daemon.client().domain("bal")
+    assert listed_mem_mib(daemon, "bal") <= 130
+    assert mem_total_kib(daemon, "bal") <= 128 * MIB
+    assert rss_shmem_mib(int(dom.info["pid"])) < 250
+    assert daemon.cli("mem-set", "bal", "512m", timeout=120).returncode == 0
+    assert settles("The listed memory", lambda: listed_mem_mib(daemon, "bal"), lambda m: m == 512, daemon, "bal")
+
+
 def test_mem_set_refuses_targets_outside_16_mib_to_maxmem(daemon: Hospesd) -> None:
     r = daemon.cli("mem-set", "bal", "513m", timeout=120)
     assert r.returncode != 0 and b"maxmem (512 MiB)" in r.stderr, r.stderr
