@@ -249,3 +249,17 @@ def test_released_frames_are_saved_in_runs_and_punched_again_on_restore(dom: Fak
 def test_runs() -> None:
     assert runs({5, 1, 2, 3, 9, 10}) == ((1, 3), (5, 1), (9, 2))
     assert runs(set()) == ()
+
+
+def test_released_frames_read_by_a_copy_are_given_back_again(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    frames = [FREE_FRAME + 1, FREE_FRAME + 2]
+    vcpu.put(ARG_VA, bytes(0x400))
+    vcpu.put(BUF_VA, bytes(0x400))
+    assert reservation(vcpu, M.XENMEM_decrease_reservation, frames) == 2
+    before = allocated_pages(dom.mem)
+    for f in frames:                     # what a save's copy does: read (shmem gives the hole a page)
+        assert dom.mem.read(f << 12, PAGE_SIZE) == bytes(PAGE_SIZE)
+        dom.mem.write(f << 12, bytes(PAGE_SIZE))
+    assert allocated_pages(dom.mem) == before + 2
+    dom.reservation.punch_released()
+    assert allocated_pages(dom.mem) == before

@@ -110,6 +110,10 @@ def test_a_ballooned_guest_is_saved_and_restored_small(daemon: Hospesd, tmp_path
     assert daemon.cli("mem-set", "bal", "128", timeout=120).returncode == 0
     settles("MemTotal", lambda: mem_total_kib(daemon, "bal"), lambda kib: kib <= 128 * MIB, daemon, "bal")
     settles("The listed memory", lambda: listed_mem_mib(daemon, "bal"), lambda m: m <= 130, daemon, "bal")
+    pid = int(daemon.client().domain("bal").info["pid"])
+    r = daemon.cli("save", "-c", "bal", str(tmp_path / "checkpoint.hsv"), timeout=600)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    assert rss_shmem_mib(pid) < 250             # the copy read the released frames; they went back again
     saved = tmp_path / "bal.hsv"
     r = daemon.cli("save", "bal", str(saved), timeout=600)
     assert r.returncode == 0, r.stderr.decode(errors="replace")

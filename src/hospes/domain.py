@@ -545,6 +545,7 @@ class Domain:
             return
         with self._console_lock, self._store_lock:
             self._frozen = False
+        self.pv.reservation.punch_released()   # the copy just made read them in as zeros
         self.pv.timers.release()
         for backend in self._backends():
             backend.thaw()

@@ -108,10 +108,11 @@ class Reservation:
                 if self.refusal(frame) is not None:
                     break
                 self.released.add(frame)
+                # Punching drops KVM's mappings (and flushes): no TLB keeps it writable.
                 self.mmu.stale_writable.discard(frame)
                 done += 1
-        if done:
-            self.mem.punch(first << 12, done << 12)
+            if done:   # under the lock: a populate of the same frame cannot come between
+                self.mem.punch(first << 12, done << 12)
         return done
 
     def can_populate(self, first: int, count: int) -> bool:
@@ -141,6 +142,13 @@ class Reservation:
             if frame % count == 0 and frame + count <= below and \
                     all(f in self.released for f in range(frame, frame + count)):
                 yield frame
+
+    def punch_released(self) -> None:
+        """Return the released frames' host memory again: a save or a migration's
+        copy read them (as zeros), which gave them pages; the domain runs on."""
+        with self.lock:
+            for first, count in runs(self.released):
+                self.mem.punch(first << 12, count << 12)
 
     # --- save / restore -----------------------------------------------------------
 
