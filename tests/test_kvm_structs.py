@@ -59,6 +59,7 @@ LAYOUTS: dict[type, tuple[int, dict[str, int]]] = {
     s.KvmDirtyLog: (16, {"slot": 0, "padding1": 4, "dirty_bitmap": 8}),
     s.KvmGuestDebug: (72, {"control": 0, "pad": 4, "arch": 8}),
     s.KvmEnableCap: (104, {"cap": 0, "flags": 4, "args": 8, "pad": 40}),
+    s.KvmDeviceAttr: (24, {"flags": 0, "group": 4, "attr": 8, "addr": 16}),
     s.KvmTranslation: (24, {"linear_address": 0, "physical_address": 8, "valid": 16,
                             "writeable": 17, "usermode": 18}),
     s.KvmMpState: (4, {"mp_state": 0}),
