@@ -195,11 +195,23 @@ def test_populate_on_demand_on_oneself_is_refused(dom: FakePvDomain, vcpu: FakeV
     assert reservation(vcpu, M.XENMEM_populate_physmap, [FREE_FRAME], flags=M.XENMEMF_populate_on_demand) == 0
 
 
-def test_populate_with_order_needs_the_whole_extent_released(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+def test_populate_of_a_pfn_whose_frames_are_busy_takes_free_ones_and_tells_the_m2p(
+        dom: FakePvDomain, vcpu: FakeVcpu) -> None:
     assert reservation(vcpu, M.XENMEM_decrease_reservation, [FREE_FRAME + 4], order=2) == 1
-    assert reservation(vcpu, M.XENMEM_populate_physmap, [FREE_FRAME + 2], order=2) == 0
-    assert reservation(vcpu, M.XENMEM_populate_physmap, [FREE_FRAME + 4], order=2) == 1
+    # FREE_FRAME + 2's own frames are in use: Xen allocates others and records the PFNs.
+    assert reservation(vcpu, M.XENMEM_populate_physmap, [FREE_FRAME + 2], order=2) == 1
+    assert extent_list(vcpu, 1) == [FREE_FRAME + 4]
+    assert [dom.m2p.get(FREE_FRAME + 4 + j) for j in range(4)] == [FREE_FRAME + 2 + j for j in range(4)]
     assert current(vcpu) == RAM
+    # Nothing is free any more.
+    assert reservation(vcpu, M.XENMEM_populate_physmap, [FREE_FRAME + 4], order=2) == 0
+
+
+def test_populate_with_order_takes_only_a_whole_aligned_free_extent(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    assert reservation(vcpu, M.XENMEM_decrease_reservation, [FREE_FRAME + 5, FREE_FRAME + 6]) == 2
+    assert reservation(vcpu, M.XENMEM_populate_physmap, [FREE_FRAME + 4], order=1) == 0   # 4-5: 4 is busy
+    assert reservation(vcpu, M.XENMEM_populate_physmap, [FREE_FRAME + 5], order=0) == 1
+    assert extent_list(vcpu, 1) == [FREE_FRAME + 5]
 
 
 def test_increase_hands_out_the_lowest_released_frames(dom: FakePvDomain, vcpu: FakeVcpu) -> None:

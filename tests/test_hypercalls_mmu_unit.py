@@ -15,7 +15,9 @@ import pytest
 
 from hospes.pv.abi import DOMID_SELF, PTE_A, PTE_D, PTE_P, PTE_RW, PTE_US, Hypercall
 from hospes.pv.errors import Errno
+from hospes.pv.m2p import INVALID_M2P_ENTRY, M2PState, MachToPhys
 from hospes.pv.mmu import WRITABLE
+from hospes.state import StateError, decode, encode
 from pv_fakes import (
     ARG_VA, BUF_VA, DOMID, FREE_FRAME, KVA, L1_FRAME, L2_FRAME, L3_FRAME, L4_FRAME, FakePvDomain, FakeVcpu, u32,
 )
@@ -163,10 +165,28 @@ def test_mmu_update_replacing_a_writable_mapping_releases_the_old_frame(dom: Fak
     assert old not in dom.mmu.count and dom.mmu.type[new] == WRITABLE
 
 
-def test_machphys_update_accepts_only_the_identity(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+def test_machphys_update_takes_any_value_for_a_frame_the_domain_owns(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
     frame = 30
+    assert mmu_update(vcpu, ((frame << 12) | MMU_MACHPHYS_UPDATE, 0x12345)) == (0, 1)
+    assert dom.m2p.get(frame) == 0x12345
+    assert dom.m2p.save().changed == ((frame, 0x12345),)
+    # The table the guest reads holds it too.
+    assert dom.mem.read_u64(dom.trampoline.m2p_gpa + 8 * frame) == 0x12345
+    # Back to the identity: nothing left to save.
     assert mmu_update(vcpu, ((frame << 12) | MMU_MACHPHYS_UPDATE, frame)) == (0, 1)
-    assert mmu_update(vcpu, ((frame << 12) | MMU_MACHPHYS_UPDATE, frame + 1)) == (-Errno.EINVAL, 0)
+    assert dom.m2p.save().changed == ()
+    # shared_info is the domain's too (Xen shares it with the guest).
+    si = dom.layout.shared_info_gpa >> 12
+    assert mmu_update(vcpu, ((si << 12) | MMU_MACHPHYS_UPDATE, 7)) == (0, 1)
+    assert dom.m2p.get(si) == 7
+
+
+def test_machphys_update_refuses_frames_the_domain_does_not_own(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    beyond = dom.layout.guest_frames          # the hypervisor's own frames start here
+    assert mmu_update(vcpu, ((beyond << 12) | MMU_MACHPHYS_UPDATE, 1)) == (-Errno.EINVAL, 0)
+    dom.reservation.release(FREE_FRAME, 1)    # given back: not the domain's any more
+    assert mmu_update(vcpu, ((FREE_FRAME << 12) | MMU_MACHPHYS_UPDATE, 1)) == (-Errno.EINVAL, 0)
+    assert dom.m2p.get(FREE_FRAME) == FREE_FRAME
 
 
 # --- mmuext_op --------------------------------------------------------------------------------
@@ -296,3 +316,21 @@ def test_update_va_mapping_cannot_map_a_page_table_writable(dom: FakePvDomain, v
     rc = vcpu.hypercall(Hypercall.update_va_mapping, UNMAPPED_VA, (L1_FRAME << 12) | P_RW, UVMF_INVLPG)
     assert rc < 0
     assert dom.l1_entry(UNMAPPED_INDEX) == 0 and vcpu.invlpg_va == 0 and vcpu.writes == []
+
+
+# --- the M2P's saved state ------------------------------------------------------------------------
+
+
+def test_m2p_changes_survive_encoding_and_restore_into_a_fresh_table(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    assert mmu_update(vcpu, ((30 << 12) | MMU_MACHPHYS_UPDATE, 0x4000), ((31 << 12) | MMU_MACHPHYS_UPDATE, 2)) \
+        == (0, 2)
+    saved = decode(M2PState, encode(dom.m2p.save()))
+    assert saved.changed == ((30, 0x4000), (31, 2))
+    fresh = MachToPhys(dom.mem, dom.trampoline.m2p_gpa, dom.layout.ram_pages, dom.layout.guest_frames)
+    fresh.fill()
+    assert fresh.get(30) == 30
+    fresh.restore(saved)
+    assert (fresh.get(30), fresh.get(31), fresh.get(32)) == (0x4000, 2, 32)
+    assert fresh.get(dom.layout.ram_pages) == INVALID_M2P_ENTRY
+    with pytest.raises(StateError):
+        fresh.restore(M2PState(changed=((dom.layout.guest_frames, 1),)))

@@ -454,49 +454,59 @@ def test_a_tcp_stream_into_the_guest_survives_the_migration(pair: Pair, domains:
                     raise
                 time.sleep(0.2)
 
+    conn: list[socket.socket] = []
+
     def send() -> None:
+        # The guest's nc has /dev/null for stdin (a background job of a shell without job
+        # control), so it half-closes its side at once: an EOF here says nothing about what
+        # the guest received. Only the guest's md5 does; the socket stays open until then,
+        # so a stalled stream can be looked at (ss) rather than handed to an orphan.
         try:
             c = in_netns(pair.ns, connect)
-            try:
-                t0 = time.monotonic()
-                chunk = 64 * 1024
-                for off in range(0, len(data), chunk):
-                    if off >= len(data) - 4 * MIB and not migrated.is_set():
-                        migrated.wait(300)
-                    c.sendall(data[off:off + chunk])
-                    sent[0] = off + chunk
-                    ahead = sent[0] / rate - (time.monotonic() - t0)
-                    if ahead > 0:
-                        time.sleep(ahead)
-                c.shutdown(socket.SHUT_WR)
-                c.settimeout(120)
-                while c.recv(4096):
-                    pass
-                outcome.append("done")
-            finally:
-                c.close()
+            conn.append(c)
+            t0 = time.monotonic()
+            chunk = 64 * 1024
+            for off in range(0, len(data), chunk):
+                if off >= len(data) - 4 * MIB and not migrated.is_set():
+                    migrated.wait(300)
+                c.sendall(data[off:off + chunk])
+                sent[0] = off + chunk
+                ahead = sent[0] / rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+            c.shutdown(socket.SHUT_WR)
+            outcome.append("done")
         except BaseException as e:  # reported below
             outcome.append(e)
 
     sender = threading.Thread(target=send, daemon=True)
     sender.start()
-    assert wait_for(lambda: sent[0] >= 6 * MIB or bool(outcome), 60), ("the stream did not start", outcome)
-    assert not outcome, outcome
     try:
-        result, _ = migrate(pair, pair.a, pair.b, name)
+        assert wait_for(lambda: sent[0] >= 6 * MIB or bool(outcome), 60), ("the stream did not start", outcome)
+        assert not outcome, outcome
+        try:
+            result, _ = migrate(pair, pair.a, pair.b, name)
+        finally:
+            moved_at = sent[0]
+            migrated.set()
+        assert moved_at < len(data)
+        assert_moved(pair.a, pair.b, name)
+        sender.join(180)
+        assert outcome == ["done"], (outcome, sent[0], pair.logs())
+
+        def md5() -> str:
+            return run(pair.b, name, "cat /tmp/md5 2>/dev/null; true").strip()
+
+        # TCP's retransmission back-off after the freeze can reach tens of seconds.
+        if not wait_for(lambda: bool(md5()), 180):
+            guest = run(pair.b, name, "ls -l /tmp; cat /proc/net/tcp; cat /proc/net/dev; ps; true")
+            host = subprocess.run(["ip", "netns", "exec", pair.ns, "ss", "-tin"], capture_output=True, text=True)
+            raise AssertionError("nc in the guest never saw the end of the stream\n"
+                                 f"guest:\n{guest}\nhost ss:\n{host.stdout}{host.stderr}\n{pair.logs()}")
+        assert md5().split()[0] == hashlib.md5(data).hexdigest(), (md5(), moved_at)
     finally:
-        moved_at = sent[0]
-        migrated.set()
-    assert moved_at < len(data)
-    assert_moved(pair.a, pair.b, name)
-    sender.join(180)
-    assert outcome == ["done"], (outcome, sent[0], pair.logs())
-
-    def md5() -> str:
-        return run(pair.b, name, "cat /tmp/md5 2>/dev/null; true").strip()
-
-    assert wait_for(lambda: bool(md5()), 60), "nc in the guest never saw the end of the stream"
-    assert md5().split()[0] == hashlib.md5(data).hexdigest(), (md5(), moved_at)
+        for c in conn:
+            c.close()
     assert all(icmp_echo(pair.ns, GUEST_IP, 2.0) for _ in range(3)), "no answer to ping after the migration"
     assert result["downtime_ms"] > 0
 

@@ -77,6 +77,10 @@ EXPECTED_PASSES: dict[str, tuple[str, ...]] = {
     "mmu": (
         "m2p_machphys_mapping",
         "m2p_roundtrip",
+        "m2p_fixed_address_reads",
+        "m2p_machphys_update_any_value",
+        "m2p_machphys_update_foreign_frame",
+        "m2p_fixed_address_ends_with_the_table",
         "pin_l1",
         "refuse_writable_pt_mapping",
         "mmu_update_l2_link",

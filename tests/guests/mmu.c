@@ -60,6 +60,76 @@ static void check_m2p(void)
     printf("p2m is %s\n", identity ? "identity" : "not identity");
 }
 
+/* Xen's ABI address of the M2P (xen-x86_64.h), which some kernels read without
+ * asking XENMEM_machphys_mapping. */
+#define MACH2PHYS_VIRT_START 0xffff800000000000UL
+#define MMU_MACHPHYS_UPDATE 1
+
+static volatile int pf_seen;
+static volatile uint64_t pf_resume;
+
+static int skip_faulting_load(struct regs *r)
+{
+    pf_seen = 1;
+    r->rip = pf_resume;
+    return TRAP_RETURN;
+}
+
+/* One 8-byte load from va; *faulted says whether it took a #PF instead. */
+static uint64_t load_or_fault(uint64_t va, int *faulted)
+{
+    uint64_t v = 0;
+    pf_seen = 0;
+    asm volatile("lea 1f(%%rip), %%rcx\n\t"
+                 "movq %%rcx, %[resume]\n\t"
+                 "movq (%[va]), %[v]\n"
+                 "1:"
+                 : [v] "+r"(v), [resume] "=m"(pf_resume) : [va] "r"(va) : "rcx", "memory");
+    *faulted = pf_seen;
+    return v;
+}
+
+static void check_m2p_fixed_address(void)
+{
+    const volatile uint64_t *fixed = (const volatile uint64_t *)MACH2PHYS_VIRT_START;
+    const volatile uint64_t *mapped = (const volatile uint64_t *)machphys.v_start;
+    uint64_t mfns[] = { 0, 1, virt_to_mfn(_stext), machphys.max_mfn };
+    int ok = 1;
+    for (unsigned i = 0; i < sizeof(mfns) / sizeof(mfns[0]); i++) {
+        uint64_t a = fixed[mfns[i]], b = mapped[mfns[i]];
+        if (a != b) {
+            ok = 0;
+            printf("  m2p[%#lx]: %#lx at the ABI address, %#lx where announced\n", mfns[i], a, b);
+        }
+    }
+    uint64_t mfn = virt_to_mfn(_stext);
+    uint32_t low = ((const volatile uint32_t *)MACH2PHYS_VIRT_START)[2 * mfn];
+    uint8_t byte = ((const volatile uint8_t *)MACH2PHYS_VIRT_START)[8 * mfn];
+    check(ok && low == (uint32_t)mapped[mfn] && byte == (uint8_t)mapped[mfn], "m2p_fixed_address_reads",
+          "32-bit %#x, byte %#x, table %#lx", low, byte, mapped[mfn]);
+
+    /* An M2P update of a frame we own, with any value, shows at both addresses. */
+    uint64_t was = mapped[mfn];
+    long rc = mmu_update1((mfn << 12) | MMU_MACHPHYS_UPDATE, 0xabcdef123UL);
+    uint64_t seen_fixed = fixed[mfn], seen_mapped = mapped[mfn];
+    long rc_back = mmu_update1((mfn << 12) | MMU_MACHPHYS_UPDATE, was);
+    check(rc == 0 && rc_back == 0 && seen_fixed == 0xabcdef123UL && seen_mapped == 0xabcdef123UL &&
+              mapped[mfn] == was, "m2p_machphys_update_any_value",
+          "rc %ld/%ld, read %#lx/%#lx, back %#lx", rc, rc_back, seen_fixed, seen_mapped, mapped[mfn]);
+    /* A frame that is not ours (far beyond our memory): -EINVAL, as get_page_from_mfn fails. */
+    rc = mmu_update1(((machphys.max_mfn + 0x100000UL) << 12) | MMU_MACHPHYS_UPDATE, 1);
+    check(rc == -XEN_EINVAL, "m2p_machphys_update_foreign_frame", "rc %ld", rc);
+
+    /* Past the table: the #PF an unmapped address gives. */
+    trap_set_handler(14, skip_faulting_load);
+    int faulted_in = 1, faulted_past = 0;
+    (void)load_or_fault((uint64_t)&fixed[mfn], &faulted_in);
+    (void)load_or_fault(machphys.v_end - machphys.v_start + MACH2PHYS_VIRT_START + 0x100000UL, &faulted_past);
+    trap_set_handler(14, 0);
+    check(!faulted_in && faulted_past, "m2p_fixed_address_ends_with_the_table",
+          "inside faulted %d, past faulted %d", faulted_in, faulted_past);
+}
+
 void guest_main(void)
 {
     struct start_info *si = xen_start_info;
@@ -68,6 +138,7 @@ void guest_main(void)
 
     require_rc(traps_install(), "set_trap_table");  /* report stray faults */
     check_m2p();
+    check_m2p_fixed_address();
 
     /* Walk the bootstrap tables (all mapped read-only in the region). */
     uint64_t *l4 = (uint64_t *)si->pt_base;

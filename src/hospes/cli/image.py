@@ -45,15 +45,25 @@ def parse_size(text: str) -> int:
               help="With --rootfs: a public key file root accepts over SSH (root has no password).")
 @click.option("--address", default=None, metavar="CIDR",
               help="With --rootfs: the guest's fixed address on its vif, besides DHCP (default 169.254.99.2/16).")
+@click.option("--pvgrub", is_flag=True,
+              help="Fetch Debian's PV GRUB (grub-xen-host) and print the path of grub-x86_64-xen.bin, a PV "
+                   "kernel that boots the kernel its disk's grub.cfg names, from inside the domain.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --rootfs: copy the image here (boot copies; the cached image is the template).")
 def image(cache_dir: Path | None, rebuild: bool, print_json: bool, suite: str, rootfs: bool, size: str,
-          packages: str, ssh_key: Path | None, address: str | None, output: Path | None) -> None:
+          packages: str, ssh_key: Path | None, address: str | None, pvgrub: bool, output: Path | None) -> None:
     """Build and cache the default guest images (Debian cloud kernel + initramfs), or with
     --rootfs a Debian disk image; prints the paths."""
     def log(message: str) -> None:
         click.echo(message, err=True)
 
+    if pvgrub:
+        if rootfs:
+            raise click.UsageError("--pvgrub and --rootfs are separate images: ask for one at a time.")
+        from hospes.images.pvgrub import ensure_pvgrub
+        path = ensure_pvgrub(cache_dir=cache_dir, log=log)
+        click.echo(json.dumps({"pvgrub": str(path)}, indent=2) if print_json else f"pvgrub: {path}")
+        return
     if not rootfs:
         for name, value in (("--size", size != "2G"), ("--packages", packages), ("--ssh-key", ssh_key),
                             ("--address", address), ("--output", output)):

@@ -312,6 +312,11 @@ def _download(pkg: Package, debs: Path, log: Log) -> Path:
     return target
 
 
+def download(fields: dict[str, str], debs: Path, log: Log) -> Path:
+    """The package :func:`apt_show` described, downloaded into ``debs`` unless already there."""
+    return _download(_package(fields), debs, log)
+
+
 def _deb_name(pkg: Package) -> str:
     return f"{pkg.name}_{pkg.version.replace(':', '%3a')}_amd64.deb"
 
@@ -338,8 +343,8 @@ def build(root: Path, selection: Selection, debs: dict[str, Path], log: Log) -> 
     log(f"building images for {release}")
     with tempfile.TemporaryDirectory(prefix=BUILD_PREFIX + "unpack-", dir=root) as tmp:
         kernel_tree, busybox_tree = Path(tmp) / "kernel", Path(tmp) / "busybox"
-        _unpack(debs[selection.kernel.name], kernel_tree)
-        _unpack(debs[selection.busybox.name], busybox_tree)
+        unpack(debs[selection.kernel.name], kernel_tree)
+        unpack(debs[selection.busybox.name], busybox_tree)
         vmlinuz = kernel_tree / "boot" / f"vmlinuz-{release}"
         # bookworm's packages have /lib/modules and /bin; merged-/usr ones (trixie) /usr/...
         modules_dir = _first_existing(kernel_tree / "lib" / "modules" / release,
@@ -370,7 +375,8 @@ def _first_existing(*paths: Path) -> Path:
     return next((p for p in paths if p.exists()), paths[0])
 
 
-def _unpack(deb: Path, dest: Path) -> None:
+def unpack(deb: Path, dest: Path) -> None:
+    """``dpkg-deb -x``: the package's files under ``dest``."""
     result = _run(["dpkg-deb", "-x", str(deb), str(dest)])
     if result.returncode != 0:
         deb.unlink(missing_ok=True)  # most likely a damaged download: fetch it again

@@ -95,6 +95,10 @@ PTE_ADDR_MASK = 0x000F_FFFF_FFFF_F000
 
 # Virtual address space constants the guest sees (xen-x86_64.h).
 HYPERVISOR_VIRT_START = 0xFFFF_8000_0000_0000
+# Where xen-x86_64.h puts the read-only M2P (slot 256, 256 GiB); Hospes answers loads
+# there by emulation (pv/m2p.py), since slot 256 cannot be mapped on this KVM.
+MACH2PHYS_VIRT_START = 0xFFFF_8000_0000_0000
+MACH2PHYS_VIRT_END = 0xFFFF_8040_0000_0000
 HYPERVISOR_VIRT_END = 0xFFFF_8800_0000_0000
 ROOT_PAGETABLE_FIRST_XEN_SLOT = 256
 ROOT_PAGETABLE_LAST_XEN_SLOT = 271

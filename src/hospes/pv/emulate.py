@@ -361,6 +361,10 @@ def handle_page_fault(vcpu: "PvVcpu", err: int) -> None:
     if vcpu.kernel_mode and err & 3 == 3 and _ptwr(vcpu, cr2):
         vcpu.count("ptwr")
         return
+    if abi.MACH2PHYS_VIRT_START <= cr2 < abi.MACH2PHYS_VIRT_END and not err & (PF_WRITE | PF_FETCH) \
+            and _m2p_load(vcpu, cr2):
+        vcpu.count("m2p_load")
+        return
     if vcpu.kernel_mode:
         err &= ~4  # hardware reports U=1: the guest kernel runs at CPL 3
     vcpu.bounce_exception(14, err, cr2=cr2)
@@ -406,6 +410,45 @@ def _ptwr(vcpu: "PvVcpu", cr2: int) -> bool:
         except XenError:
             return False
     writeback()
+    vcpu.t_rip += insn.size
+    return True
+
+
+PF_WRITE = 1 << 1
+PF_FETCH = 1 << 4
+_LOADS = {X.X86_INS_MOV: False, X.X86_INS_MOVZX: False, X.X86_INS_MOVSX: True, X.X86_INS_MOVSXD: True}
+
+
+def _m2p_load(vcpu: "PvVcpu", cr2: int) -> bool:
+    """A load from the M2P at Xen's fixed address, answered from the table; False: #PF.
+
+    Xen maps the read-only M2P at MACH2PHYS_VIRT_START for guest kernel and
+    user alike; Hospes cannot map L4 slot 256, so a kernel that reads the
+    table there without asking XENMEM_machphys_mapping lands here. Plain
+    loads into a general register (mov, movzx, movsx, movsxd) are what
+    C code compiles an array read to; anything else gets the #PF.
+    """
+    code = _fetch(vcpu, vcpu.t_rip)
+    try:
+        insn = next(_md.disasm(code, vcpu.t_rip, 1))
+    except StopIteration:
+        return False
+    ops = insn.operands
+    signed = _LOADS.get(insn.id)
+    if signed is None or len(ops) != 2 or ops[0].type != X.X86_OP_REG or ops[1].type != X.X86_OP_MEM:
+        return False
+    size = int(ops[1].size)
+    ea = _effective_address(vcpu, insn, ops[1])
+    if ea is None or not ea <= cr2 < ea + size:
+        return False
+    data = vcpu.domain.m2p.read(ea - abi.MACH2PHYS_VIRT_START, size)
+    if data is None:
+        return False   # past the table: unmapped in Xen too
+    value = int.from_bytes(data, "little", signed=signed)
+    try:
+        _set(vcpu, ops[0].reg, value & ((1 << 64) - 1))
+    except KeyError:
+        return False
     vcpu.t_rip += insn.size
     return True
 

@@ -36,6 +36,7 @@ from hospes.pv.cpuid import CpuidPolicy
 from hospes.pv.errors import Errno
 from hospes.pv.evtchn import BackendEndpoint, EventChannels, EventChannelState
 from hospes.pv.grant import GrantTable, GrantTableState
+from hospes.pv.m2p import M2PState, MachToPhys
 from hospes.pv.guestvirt import GuestVirt
 from hospes.pv.hypercalls import build_table
 from hospes.pv.mmu import MmuState, PvMmu
@@ -93,6 +94,8 @@ class PvDomainState:
     shutdown_code: int | None
     # Ballooned-out frames; absent in saves made before ballooning (none released).
     reservation: ReservationState = ReservationState()
+    # The guest's changes to its M2P; absent in saves made before they were kept (none).
+    m2p: M2PState = M2PState()
     version: int = VERSION
 
 
@@ -175,8 +178,11 @@ class PvDomain:
             self.vm_assist = set(saved.vm_assist)
             self.shutdown_code = saved.shutdown_code
         self.reservation = Reservation(mem, self.mmu, layout.ram_pages)
+        self.m2p = MachToPhys(mem, trampoline.m2p_gpa, layout.ram_pages, layout.guest_frames)
+        self.m2p.fill()
         if saved is not None:
             self.reservation.restore_released(saved.reservation)
+            self.m2p.restore(saved.m2p)
         self.stopping = False   # no vCPU enters the guest again
         self.paused = False
 
@@ -231,7 +237,7 @@ class PvDomain:
             domid=self.domid, vcpus=tuple(pv.save() for pv in self.vcpus), mmu=self.mmu.save(),
             evtchn=self.evtchn.save(), clock=self.clock.save(), timers=self.timers.save(),
             vm_assist=tuple(sorted(self.vm_assist)), grants=self.grants.save(),
-            shutdown_code=self.shutdown_code, reservation=self.reservation.save(),
+            shutdown_code=self.shutdown_code, reservation=self.reservation.save(), m2p=self.m2p.save(),
         )
 
     # --- start of day ------------------------------------------------------------

@@ -6,11 +6,12 @@ balloon driver gives pages back with XENMEM_decrease_reservation and takes
 pages again with XENMEM_populate_physmap (or the older
 XENMEM_increase_reservation).
 
-Hospes' PV guests are identity-mapped (pfn == mfn, the M2P is the identity),
-so a frame given back keeps its place in guest-physical space: it is marked
-*released*, its host memory is returned (a hole punched in the domain's
-memfd), and the MMU refuses to map it until the guest populates that same
-frame again. The reservation is ``ram_pages - len(released)``.
+Machine frames are guest-physical frames of the domain's memfd, so a frame
+given back keeps its place: it is marked *released*, its host memory is
+returned (a hole punched in the domain's memfd), and the MMU refuses to map
+it until a populate hands it out again (the frame of the PFN asked for when
+that one is free, else the lowest free one; the M2P records the PFN). The
+reservation is ``ram_pages - len(released)``.
 
 A frame may only be released while nothing holds it: no page type reference
 (not mapped writable, not a page table or descriptor page) and not one of the

@@ -228,11 +228,7 @@ class Trampoline:
 
     def _build_m2p(self) -> None:
         lay = self.lay
-        first = self._alloc(lay.m2p_pages)
-        q = self.mem.q
-        base = first >> 3
-        q[base:base + lay.ram_pages] = array("Q", range(lay.ram_pages))
-        q[base + lay.ram_pages:base + lay.guest_frames] = array("Q", [(1 << 64) - 1]) * L.XEN_FRAMES
+        first = self._alloc(lay.m2p_pages)   # its entries: hospes.pv.m2p.MachToPhys.fill
         self.map_range(
             L.M2P_VIRT_START, first, lay.m2p_pages,
             PTE_P | PTE_US | PTE_A | PTE_NX, PTE_P | PTE_US | PTE_A | PTE_RW,

@@ -21,6 +21,7 @@ from hospes.pv.abi import DOMID_SELF, Hypercall
 from hospes.pv.errors import Errno, XenError
 
 if TYPE_CHECKING:
+    from hospes.pv.reservation import Reservation
     from hospes.pv.vcpu import PvVcpu
 
 XENMEM_increase_reservation = 0
@@ -129,20 +130,35 @@ def _decrease(vcpu: PvVcpu, extents: int, start: int, nr: int, order: int) -> in
 
 
 def _populate(vcpu: PvVcpu, extents: int, start: int, nr: int, order: int, limit: int) -> int:
-    res = vcpu.domain.reservation
+    """Frames for the guest's PFNs: the M2P records each PFN, the list gets the MFNs."""
+    dom = vcpu.domain
     size = 1 << order
     for i in range(start, nr):
         try:
             gpfn = vcpu.read_u64(extents + 8 * i)
         except GuestFault:
             return i
-        if gpfn + size > limit or not res.populate(gpfn, size):
+        mfn = _claim(dom.reservation, gpfn, size, limit)
+        if mfn is None:
             return i
+        for j in range(size):
+            dom.m2p.set(mfn + j, gpfn + j)
         try:
-            vcpu.write_u64(extents + 8 * i, gpfn)   # the MFN: identity
+            vcpu.write_u64(extents + 8 * i, mfn)
         except GuestFault:
             return i
     return nr
+
+
+def _claim(res: Reservation, gpfn: int, size: int, limit: int) -> int | None:
+    """Machine frames for a populate of ``gpfn``: the PFN's own frames when they are
+    free (the identity a domain is built with), else the lowest free extent."""
+    if gpfn + size <= limit and res.populate(gpfn, size):
+        return gpfn
+    for frame in res.free_extents(size, min(limit, res.ram_pages)):
+        if res.populate(frame, size):
+            return frame
+    return None
 
 
 def _increase(vcpu: PvVcpu, extents: int, start: int, nr: int, order: int, limit: int) -> int:

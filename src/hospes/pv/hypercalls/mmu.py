@@ -63,14 +63,22 @@ def mmu_update(vcpu: PvVcpu, req_va: int, count: int, done_va: int, foreigndom: 
                 if cmd in (MMU_NORMAL_PT_UPDATE, MMU_PT_UPDATE_PRESERVE_AD):
                     mmu.update_entry(vcpu, ptr & ~7, val, preserve_ad=cmd == MMU_PT_UPDATE_PRESERVE_AD)
                 elif cmd == MMU_MACHPHYS_UPDATE:
-                    if (ptr >> 12) >= vcpu.domain.layout.ram_pages or val != (ptr >> 12):
-                        raise XenError(Errno.EINVAL)  # identity p2m: only identity updates make sense
+                    machphys_update(vcpu, ptr >> 12, val)
                 else:
                     raise XenError(Errno.ENOSYS)
                 done += 1
         finally:
             _done(vcpu, done_va, done)
     return 0
+
+
+def machphys_update(vcpu: PvVcpu, mfn: int, pfn: int) -> None:
+    """Any value for a frame the domain owns (Xen's get_page_from_mfn): a RAM frame it
+    has not given back, or one of the frames above RAM it is given (shared_info, grants)."""
+    dom = vcpu.domain
+    if mfn >= dom.layout.guest_frames or mfn in dom.mmu.released:
+        raise XenError(Errno.EINVAL)
+    dom.m2p.set(mfn, pfn)
 
 
 UVMF_FLUSHTYPE_MASK = 3
