@@ -89,6 +89,7 @@ EXPECTED_PASSES: dict[str, tuple[str, ...]] = {
         "update_va_mapping_invlpg",
         "refuse_foreign_frame",
         "refuse_l4_xen_slots",
+        "linear_l4_self_reference",
         "new_baseptr_copy",
         "unpin_l1",
         "pt_frame_writable_after_release",

@@ -243,3 +243,71 @@ def test_newer_version_is_refused(mmu) -> None:
 def test_inconsistent_state_is_refused(mmu, state, message) -> None:
     with pytest.raises(StateError, match=message):
         PvMmu.restore(state, mem=mmu.mem, ram_pages=RAM, guest_frames=RAM + 4, hv_l4_entries=HV_L4)
+
+
+# --- linear page tables (Xen's opt_pv_linear_pt, on by default) ----------------------------------
+
+
+def test_a_read_only_self_reference_in_an_l4_is_accepted_and_takes_no_reference(mmu) -> None:
+    build_tree(mmu)
+    set_entry(mmu, 10, 5, 10 << 12 | PTE_P)            # L4[5] -> the L4 itself, read-only
+    v = vcpu()
+    mmu.pin(v, 10, 4)
+    assert mmu.count[10] == 1 and not mmu.linear
+    mmu.update_entry(v, (10 << 12) + 6 * 8, 10 << 12 | PTE_P)   # and one more by mmu_update
+    assert mmu.count[10] == 1
+    mmu.unpin(v, 10)
+    assert not mmu.type and not mmu.count
+
+
+def test_a_writable_self_reference_is_refused(mmu) -> None:
+    build_tree(mmu)
+    set_entry(mmu, 10, 5, 10 << 12 | P_RW)
+    with pytest.raises(XenError):
+        mmu.pin(vcpu(), 10, 4)
+    assert not mmu.type and not mmu.count
+
+
+def test_an_l2_may_name_another_validated_l2_read_only_but_no_chain_forms(mmu) -> None:
+    build_tree(mmu)
+    v = vcpu()
+    mmu.pin(v, 10, 4)
+    set_entry(mmu, 14, 0, 13 << 12 | PTE_P)            # a second L2, over the same L1
+    mmu.pin(v, 14, 2)
+    with pytest.raises(XenError):                      # writable: refused
+        mmu.update_entry(v, (14 << 12) + 8, 12 << 12 | P_RW)
+    mmu.update_entry(v, (14 << 12) + 8, 12 << 12 | PTE_P)   # L2 14 -> L2 12, linear
+    assert mmu.count[12] == 2 and mmu.linear == {14: 1, 12: -1}
+    with pytest.raises(XenError):                      # 12 is a linear target: it may not hold one
+        mmu.update_entry(v, (12 << 12) + 8, 14 << 12 | PTE_P)
+    set_entry(mmu, 16, 0, 13 << 12 | PTE_P)
+    mmu.pin(v, 16, 2)
+    with pytest.raises(XenError):                      # 14 holds one: it may not be a target
+        mmu.update_entry(v, (16 << 12) + 8, 14 << 12 | PTE_P)
+    with pytest.raises(XenError):                      # an L4 is not an L2: neither kind of entry
+        mmu.update_entry(v, (16 << 12) + 16, 10 << 12 | PTE_P)
+    mmu.update_entry(v, (14 << 12) + 8, 0)             # unlinked: the counts go back
+    assert mmu.count[12] == 1 and not mmu.linear
+    mmu.unpin(v, 14)
+    mmu.unpin(v, 16)
+    mmu.unpin(v, 10)
+    assert not mmu.type and not mmu.count
+
+
+def test_linear_counts_survive_save_and_restore(mmu, moved) -> None:
+    build_tree(mmu)
+    v = vcpu()
+    mmu.pin(v, 10, 4)
+    set_entry(mmu, 14, 0, 12 << 12 | PTE_P)            # L2 14 -> L2 12 from the start
+    mmu.pin(v, 14, 2)
+    state = mmu.save()
+    assert state.linear == ((12, -1), (14, 1))
+    again = restore_elsewhere(mmu, moved, decode(MmuState, json.loads(json.dumps(encode(state)))))
+    assert again.linear == {12: -1, 14: 1}
+    with pytest.raises(XenError):                      # still a target: no linear entry in it
+        again.update_entry(v, (12 << 12) + 8, 14 << 12 | PTE_P)
+    again.unpin(v, 14)
+    assert again.count[12] == 1 and not again.linear
+    with pytest.raises(StateError, match="linear entries"):
+        PvMmu.restore(dataclasses.replace(state, linear=((30, 1),)), mem=mmu.mem, ram_pages=RAM,
+                      guest_frames=RAM + 4, hv_l4_entries=HV_L4)

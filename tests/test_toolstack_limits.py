@@ -224,6 +224,18 @@ def test_non_loopback_tcp_without_tls_is_refused(tmp_path: Path) -> None:
     assert p.returncode == 2 and b"not a loopback address" in p.stderr and b"--tls-cert" in p.stderr
 
 
+@pytest.mark.parametrize("url", ["http://192.0.2.7:8086", "http://hospes.example:8086", "http://[2001:db8::1]:80"])
+def test_the_client_never_sends_the_token_in_clear_beyond_loopback(url: str) -> None:
+    from hospes.errors import HospesError
+    from hospes.toolstack.client import Transport
+
+    with pytest.raises(HospesError, match="Refusing to send the API token unencrypted"):
+        Transport(url=url, token="secret")
+    for fine in ("http://127.0.0.1:8086", "http://localhost:8086", "http://[::1]:8086"):
+        assert Transport(url=fine, token="secret").token == "secret"
+    assert Transport(url=url).token is None          # no token, nothing to leak
+
+
 def test_tls_api_with_a_self_signed_certificate(tmp_path: Path) -> None:
     from hospes.toolstack.client import HospesApiError, connect
 

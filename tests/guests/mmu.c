@@ -220,6 +220,21 @@ void guest_main(void)
 
     /* L4 slots 256-271 belong to the hypervisor. */
     uint64_t l4_ma = virt_to_mfn(l4) << 12;
+
+    /* A linear (recursive) L4 entry: allowed read-only, as Xen's
+     * opt_pv_linear_pt; through it the L4 reads itself. */
+    {
+        const uint64_t slot = 400;
+        uint64_t self = (l4_ma & PTE_ADDR_MASK) | _PAGE_PRESENT;
+        long rw = mmu_update1(l4_ma + slot * 8, self | _PAGE_RW);
+        long ro = mmu_update1(l4_ma + slot * 8, self);
+        uint64_t va = 0xffff000000000000UL | (slot << 39) | (slot << 30) | (slot << 21) | (slot << 12);
+        uint64_t seen = ro == 0 ? ((volatile uint64_t *)va)[511] : 0;
+        long cleared = mmu_update1(l4_ma + slot * 8, 0);
+        check(rw == -XEN_EINVAL && ro == 0 && cleared == 0 && seen == l4[511] && l4[slot] == 0,
+              "linear_l4_self_reference", "rw %ld ro %ld cleared %ld, read %#lx want %#lx", rw, ro,
+              cleared, seen, l4[511]);
+    }
     long r271 = mmu_update1(l4_ma + 271 * 8, l4[511]);
     long r256 = mmu_update1(l4_ma + 256 * 8, l4[511]);
     check(r256 < 0 && r271 < 0, "refuse_l4_xen_slots",

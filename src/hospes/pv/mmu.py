@@ -83,6 +83,8 @@ class MmuState:
     VERSION: ClassVar[int] = 2
     runs: tuple[tuple[int, int, int, int], ...]
     pinned: tuple[tuple[int, int], ...]
+    # PvMmu.linear as sorted (frame, count) pairs; absent in saves from before linear tables.
+    linear: tuple[tuple[int, int], ...] = ()
     version: int = VERSION
 
 
@@ -112,6 +114,11 @@ class PvMmu:
         # Ballooning (pv/reservation.py owns this set): RAM frames the guest gave
         # back. No entry, pin, CR3 or GDT may name one until it is populated again.
         self.released: set[int] = set()
+        # Linear page tables (an entry naming a table of its own level, read-only),
+        # counted as Xen's linear_pt_count: > 0, the linear entries a table holds;
+        # < 0, the linear entries naming it. A frame is never both, so linear
+        # mappings cannot chain (XSA-240). Frames at 0 have no key.
+        self.linear: dict[int, int] = {}
 
     # --- entries -------------------------------------------------------------------
 
@@ -130,27 +137,61 @@ class PvMmu:
             raise XenError(Errno.EINVAL)
         return entry | PTE_US | (PTE_A if level == 4 else 0)
 
-    def _get_ref(self, level: int, entry: int, writes: Writes) -> None:
-        """Take the reference an (adjusted) entry holds on what it points at."""
+    def _get_ref(self, level: int, entry: int, writes: Writes, table: int) -> None:
+        """Take the reference an (adjusted) entry of ``table`` holds on what it points at."""
         if not entry & PTE_P:
             return
         frame = (entry & PTE_ADDR_MASK) >> 12
         if level > 1:
-            self.get_type(frame, level - 1, writes)
+            try:
+                self.get_type(frame, level - 1, writes)
+            except XenError:
+                if not self._get_linear(level, entry, frame, table):
+                    raise
         elif entry & PTE_RW and frame < self.ram_pages:
             try:
                 self.get_type(frame, WRITABLE, writes)
             except XenError as e:  # a frame typed as a table or descriptor page: Xen's get_page_from_l1e
                 raise XenError(Errno.EBUSY, "A writable mapping of a page table or descriptor page") from e
 
-    def _put_ref(self, level: int, entry: int, writes: Writes) -> None:
+    def _get_linear(self, level: int, entry: int, frame: int, table: int) -> bool:
+        """Xen's get_lN_linear_pagetable: may ``table`` (level ``level``) name ``frame``,
+        which is not a table of the level below? Only read-only, only a table of the
+        same level (or itself), and only where no chain of linear mappings forms."""
+        if entry & PTE_RW:
+            return False
+        if frame == table:
+            return True   # a self-reference takes no reference
+        if not self.count.get(frame) or self.type[frame] != level:
+            return False
+        linear = self.linear
+        if linear.get(table, 0) < 0 or linear.get(frame, 0) > 0:
+            return False
+        linear[table] = linear.get(table, 0) + 1
+        linear[frame] = linear.get(frame, 0) - 1
+        self.count[frame] += 1
+        return True
+
+    def _put_ref(self, level: int, entry: int, writes: Writes, table: int) -> None:
         if not entry & PTE_P:
             return
         frame = (entry & PTE_ADDR_MASK) >> 12
         if level > 1:
+            if frame == table:
+                return    # a linear self-reference: nothing was taken
+            if self.type.get(frame) == level:   # a linear entry: a table of its own level
+                self._drop_linear(table, 1)
+                self._drop_linear(frame, -1)
             self.put_type(frame, writes)
         elif entry & PTE_RW and frame < self.ram_pages:
             self.put_type(frame, writes)
+
+    def _drop_linear(self, frame: int, step: int) -> None:
+        n = self.linear.get(frame, 0) - step
+        if n:
+            self.linear[frame] = n
+        else:
+            self.linear.pop(frame, None)
 
     # --- types ---------------------------------------------------------------------
 
@@ -262,13 +303,13 @@ class PvMmu:
                 if not entry & PTE_P:
                     continue
                 new = self.adjust(level, entry)
-                self._get_ref(level, new, writes)
+                self._get_ref(level, new, writes, frame)
                 taken.append(new)
                 if new != entry:
                     fixes.append(((frame << 12) + i * 8, new))
         except XenError:
             for entry in taken:
-                self._put_ref(level, entry, writes)
+                self._put_ref(level, entry, writes, frame)
             raise
         for gpa, value in fixes:
             self.store(writes, gpa, value)
@@ -277,7 +318,7 @@ class PvMmu:
         for i, entry in enumerate(self._entries(frame)):
             if level == 4 and FIRST_XEN_SLOT <= i <= LAST_XEN_SLOT:
                 continue
-            self._put_ref(level, entry, writes)
+            self._put_ref(level, entry, writes, frame)
 
     def store(self, writes: Writes, gpa: int, value: int) -> None:
         """Store an entry: into memory now (so later checks in the same batch see
@@ -313,8 +354,8 @@ class PvMmu:
                                         (new ^ old) & (PTE_ADDR_MASK | PTE_RW | PTE_P) == 0):
             self.store(vcpu.writes, pte_gpa, new)  # same target and rights: no reference changes
             return
-        self._get_ref(kind, new, vcpu.writes)
-        self._put_ref(kind, old, vcpu.writes)
+        self._get_ref(kind, new, vcpu.writes, frame)
+        self._put_ref(kind, old, vcpu.writes, frame)
         self.store(vcpu.writes, pte_gpa, new)
 
     def pin(self, vcpu: "PvVcpu", frame: int, level: int) -> None:
@@ -368,7 +409,8 @@ class PvMmu:
     def save(self) -> MmuState:
         """The guest's references (Hospes' own are taken again by their holders on restore)."""
         with self.lock:
-            return MmuState(runs=self._runs(), pinned=tuple(sorted((f, self.type[f]) for f in self.pinned)))
+            return MmuState(runs=self._runs(), pinned=tuple(sorted((f, self.type[f]) for f in self.pinned)),
+                            linear=tuple(sorted(self.linear.items())))
 
     def _runs(self) -> tuple[tuple[int, int, int, int], ...]:
         """``MmuState.runs``; taken while a migrating guest is stopped, so one tight pass."""
@@ -451,6 +493,11 @@ class PvMmu:
                     f"but saves {have} type for it."
                 )
             mmu.pinned.add(frame)
+        for frame, n in state.linear:
+            if not n or not mmu.count.get(frame) or mmu.type[frame] > 4:
+                raise StateError(f"The saved PV MMU state counts {n} linear entries for frame {frame:#x}, "
+                                 "which is not a page table in the same record.")
+            mmu.linear[frame] = n
         return mmu
 
 

@@ -31,6 +31,7 @@ from typing import Any, Callable, Generator, Iterable, Mapping
 
 from hospes.errors import HospesError
 from hospes.toolstack.api_error import ApiError
+from hospes.toolstack.loopback import is_loopback
 from hospes.toolstack.rundir import DAEMON_LOG_ROTATE_BYTES, RunDir, rotate_log
 from hospes.toolstack.spec import DomainSpec, parse_mem_size_kb
 
@@ -86,6 +87,10 @@ class Transport:
         self.socket_path = socket_path
         self.url = urllib.parse.urlsplit(url) if url else None
         self.token = token
+        if token and self.url is not None and self.url.scheme != "https" and \
+                not is_loopback(self.url.hostname or "localhost"):
+            raise HospesError(f"Refusing to send the API token unencrypted to {self.url.hostname}: use an "
+                              "https:// address (hospesd --tls-cert/--tls-key), or loopback.")
         self.ssl_context = tls_client_context(ca, verify) if self.url and self.url.scheme == "https" else None
 
     def _conn(self, timeout: float) -> http.client.HTTPConnection:

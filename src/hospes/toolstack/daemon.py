@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
-import ipaddress
 import logging
 import os
 import secrets
@@ -35,6 +34,7 @@ from hospes.errors import HospesError
 from hospes.files import MAX_TOKEN_BYTES, FileReadError, read_regular
 from hospes.migrate.savefile import peek_config
 from hospes.migrate.stream import StreamError
+from hospes.toolstack.loopback import is_loopback
 from hospes.toolstack import control
 from hospes.toolstack.admission import DEFAULT_OVERCOMMIT, AdmissionError, admit, valid_overcommit, write_settings
 from hospes.toolstack.addresses import listen_address, migration_destination
@@ -728,16 +728,6 @@ def tcp_endpoint(tcp: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host or "127.0.0.1", int(port)
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses; a name other than localhost counts as not loopback."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
