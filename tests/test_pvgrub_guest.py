@@ -21,8 +21,11 @@ from typing import Iterator
 
 import pytest
 
+from hospes.domain import DomainState
 from hospes.images.pvgrub import ensure_pvgrub, write_vmlinux
+from hospes.migrate.stream import RecordType, read_records
 from hospes.pv.image.bzimage import extract_vmlinux
+from hospes.state import decode
 from toolstack_helpers import Hospesd
 
 pytestmark = [pytest.mark.kvm, pytest.mark.debian]
@@ -49,6 +52,14 @@ def make_disk(root: Path, images) -> Path:
         f.truncate(128 << 20)
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(disk)], check=True, capture_output=True)
     return disk
+
+
+def saved_m2p_changes(path: Path) -> tuple[tuple[int, int], ...]:
+    with open(path, "rb") as f:
+        for record in read_records(f):
+            if record.type is RecordType.STATE:
+                return decode(DomainState, record.json()).pv.m2p.changed
+    raise AssertionError(f"{path} has no STATE record")
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +96,8 @@ def test_a_pv_grub_booted_guest_is_saved_and_restored(daemon: Hospesd, tmp_path:
     saved = tmp_path / "grubbed.hsv"
     r = daemon.cli("save", "grubbed", str(saved), timeout=600)
     assert r.returncode == 0, r.stderr.decode(errors="replace")
+    # PV GRUB told the M2P where it moved frames; those entries are saved state.
+    assert saved_m2p_changes(saved), "the save file holds no M2P changes"
     r = daemon.cli("restore", str(saved), timeout=600)
     assert r.returncode == 0, r.stderr.decode(errors="replace")
     dom = daemon.client().domain("grubbed")

@@ -5,6 +5,8 @@ domain process. Unit tests need no KVM; the one boot is marked kvm."""
 from __future__ import annotations
 
 import signal
+import threading
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -249,12 +251,36 @@ def test_first_sigterm_asks_for_poweroff_and_the_second_destroys() -> None:
     runner, built = _runner([ShutdownReason.REBOOT] * 3)
     with TerminationSignals(runner) as signals:
         signal.raise_signal(signal.SIGTERM)
+        assert signals.last is not None
+        signals.last.join(10)
         ending = runner.run()
         assert ending.result.reason is ShutdownReason.POWEROFF and built[0].requests == ["poweroff"]
         signal.raise_signal(signal.SIGHUP)
+        signals.last.join(10)
         assert runner.destroying and signals.received == 2
         assert runner.run().result.reason is ShutdownReason.DESTROYED
     assert signal.getsignal(signal.SIGTERM) is not signals.handle
+
+
+def test_a_signal_is_acted_on_off_the_thread_it_interrupted() -> None:
+    """The handler interrupts the main thread wherever it is -- in the vCPU loop, inside
+    the store's or a run state's re-entrant lock. Acting there re-entered them (a kick
+    lost between a wake-up check and its wait: the guest slept through SIGTERM)."""
+    acted_on: list[threading.Thread] = []
+
+    class Recorder:
+        def request_shutdown(self, reason: object) -> None:
+            acted_on.append(threading.current_thread())
+
+        def destroy(self) -> None:
+            acted_on.append(threading.current_thread())
+
+    with TerminationSignals(Recorder()) as signals:  # type: ignore[arg-type]
+        for sig in (signal.SIGTERM, signal.SIGTERM):
+            signal.raise_signal(sig)
+            assert signals.last is not None
+            signals.last.join(10)
+    assert len(acted_on) == 2 and threading.main_thread() not in acted_on
 
 
 def test_build_failures_end_the_run_and_count_builds() -> None:
@@ -277,3 +303,40 @@ def test_run_with_an_xl_disk_spec_boots_and_exits_zero(default_images, tmp_path:
     p = subprocess.run([sys.executable, "-m", "hospes", "run", "--disk", "disk.img,raw,xvda,rw", "--", "true"],
                        cwd=tmp_path, input=b"", capture_output=True, timeout=240)
     assert p.returncode == 0, p.stderr.decode(errors="replace")[-2000:]
+
+
+def test_the_main_thread_sees_a_signal_another_thread_received() -> None:
+    """`kill` gives SIGTERM to any thread; Python runs the handler on the main thread
+    only when it wakes. Domain.run's sleep must wake for it (it once slept on until
+    the guest's next event, up to minutes: the guest was not asked to power off)."""
+    from hospes.domain import sleep_until
+
+    done = threading.Event()
+    handled: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        handled.append(threading.get_ident())
+        done.set()
+
+    timed_out: list[bool] = []
+
+    def give_up() -> None:
+        timed_out.append(True)
+        done.set()
+
+    old = signal.signal(signal.SIGUSR2, handler)
+    watchdog = threading.Timer(10, give_up)
+    try:
+        # Delivered to this other thread: its C-level handler only flags it for the main thread.
+        def kill_self_later() -> None:
+            time.sleep(0.5)      # the main thread is asleep by then
+            signal.pthread_kill(threading.get_ident(), signal.SIGUSR2)
+
+        threading.Thread(target=kill_self_later).start()
+        watchdog.start()
+        sleep_until(done)
+    finally:
+        watchdog.cancel()
+        signal.signal(signal.SIGUSR2, old)
+    assert not timed_out, "the main thread slept through the signal; the watchdog ended the wait"
+    assert handled == [threading.main_thread().ident]

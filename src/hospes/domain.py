@@ -49,6 +49,24 @@ MAX_MEMORY_MIB = 64 * 1024
 MAX_VCPUS = abi.XEN_LEGACY_MAX_VCPUS
 
 
+
+#: How long the main thread sleeps at most before it looks for signals.
+SIGNAL_POLL_S = 0.2
+
+
+def sleep_until(event: threading.Event) -> None:
+    """Wait for ``event`` on the main thread, running Python's signal handlers meanwhile.
+
+    Python runs handlers on the main thread, when it next executes bytecode. The
+    kernel gives a process-directed signal (SIGTERM from `kill`) to any thread
+    that does not block it -- often a vCPU thread -- which interrupts only that
+    thread's wait; a main thread asleep in an untimed wait never learns of it,
+    and the guest was not asked to power off until something else woke it.
+    """
+    while not event.wait(SIGNAL_POLL_S):
+        pass
+
+
 class DomainError(HospesError):
     """The domain could not be created or run."""
 
@@ -572,7 +590,7 @@ class Domain:
         install_kick_handler()
         try:
             self.pv.start()
-            self._done.wait()
+            sleep_until(self._done)
         finally:
             self.pv.stop()
             self.pv.join()

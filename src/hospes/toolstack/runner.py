@@ -185,14 +185,23 @@ class TerminationSignals:
     def __init__(self, runner: DomainRunner) -> None:
         self.runner = runner
         self.received = 0
+        self.last: threading.Thread | None = None   # the thread acting on the last signal
         self._old: dict[int, object] = {}
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
+        # The handler runs on the main thread, between two bytecodes of whatever it
+        # was doing -- often the vCPU loop, holding re-entrant locks (the store's,
+        # a vCPU's run state between its wake-up check and its wait). Acting here
+        # would re-enter them: a store write mid-flush, a kick its own wait then
+        # misses (the guest slept through SIGTERM). So the work goes to a thread,
+        # which takes those locks properly.
         self.received += 1
-        if self.received > 1:
-            self.runner.destroy()
-        else:
-            self.runner.request_shutdown(ShutdownRequest.POWEROFF)
+        act = self.runner.destroy if self.received > 1 else self._power_off
+        self.last = threading.Thread(target=act, name="hospes-signal", daemon=True)
+        self.last.start()
+
+    def _power_off(self) -> None:
+        self.runner.request_shutdown(ShutdownRequest.POWEROFF)
 
     def __enter__(self) -> "TerminationSignals":
         self._old = {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
