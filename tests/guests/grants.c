@@ -1,0 +1,517 @@
+/*
+ * grants: the grant table as Xen's xen/common/grant_table.c offers it, used
+ * on our own grants (the only domain a Hospes domain can reach): map and
+ * unmap (host mappings by linear address and by PTE machine address, device
+ * mappings, read-only), the per-op GNTST_* status of every error, the
+ * GTF_reading/GTF_writing flags while mapped, the writable type reference a
+ * mapping holds, copy between grants and frames, swap, version 2 with its
+ * status frames, and back to version 1.
+ *
+ * Map looks the granting domain up by number only, so the kernel learns its
+ * domid from the store ("domid"), as a real frontend would; DOMID_SELF is
+ * GNTST_bad_domain for map (and accepted by copy, setup_table and the rest).
+ */
+#include "guest.h"
+
+typedef short int16_t;          /* grant_table.h statuses (xen.h has no signed 16-bit type) */
+
+#define __HYPERVISOR_grant_table_op 20
+#define GNTTABOP_map_grant_ref      0
+#define GNTTABOP_unmap_grant_ref    1
+#define GNTTABOP_setup_table        2
+#define GNTTABOP_copy               5
+#define GNTTABOP_query_size         6
+#define GNTTABOP_set_version        8
+#define GNTTABOP_get_status_frames  9
+#define GNTTABOP_get_version        10
+#define GNTTABOP_swap_grant_ref     11
+
+#define GTF_permit_access  1
+#define GTF_transitive     3
+#define GTF_readonly       (1 << 2)
+#define GTF_reading        (1 << 3)
+#define GTF_writing        (1 << 4)
+#define GTF_sub_page       (1 << 8)
+
+#define GNTMAP_device_map    (1 << 0)
+#define GNTMAP_host_map      (1 << 1)
+#define GNTMAP_readonly      (1 << 2)
+#define GNTMAP_contains_pte  (1 << 4)
+
+#define GNTCOPY_source_gref  (1 << 0)
+#define GNTCOPY_dest_gref    (1 << 1)
+
+#define GNTST_okay              0
+#define GNTST_general_error    -1
+#define GNTST_bad_domain       -2
+#define GNTST_bad_gntref       -3
+#define GNTST_bad_handle       -4
+#define GNTST_permission_denied -8
+#define GNTST_bad_page         -9
+#define GNTST_bad_copy_arg    -10
+#define GNTST_eagain          -12
+
+#define XEN_EBUSY   16
+#define XEN_ERANGE  34
+#define XS_READ     2
+#define NOWHERE_MFN (1UL << 40)                /* beyond every machine frame */
+#define NO_L1_VA    0x0000600000000000UL       /* L4 slot 192: nothing mapped there */
+
+struct grant_entry_v1 { uint16_t flags, domid; uint32_t frame; };
+_Static_assert(sizeof(struct grant_entry_v1) == 8, "grant_entry_v1");
+struct grant_entry_header { uint16_t flags, domid; };
+union grant_entry_v2 {
+    struct grant_entry_header hdr;
+    struct { struct grant_entry_header hdr; uint32_t pad0; uint64_t frame; } full_page;
+    struct { struct grant_entry_header hdr; uint16_t page_off, length; uint64_t frame; } sub_page;
+    struct { struct grant_entry_header hdr; uint16_t trans_domid, pad0; uint32_t gref; } transitive;
+    uint32_t spacer[4];
+};
+_Static_assert(sizeof(union grant_entry_v2) == 16, "grant_entry_v2");
+
+struct gnttab_setup_table { uint16_t dom; uint32_t nr_frames; int16_t status; uint64_t *frame_list; };
+_Static_assert(sizeof(struct gnttab_setup_table) == 24, "gnttab_setup_table");
+struct gnttab_map_grant_ref {
+    uint64_t host_addr; uint32_t flags, ref; uint16_t dom; int16_t status; uint32_t handle;
+    uint64_t dev_bus_addr;
+};
+_Static_assert(sizeof(struct gnttab_map_grant_ref) == 32, "gnttab_map_grant_ref");
+struct gnttab_unmap_grant_ref { uint64_t host_addr, dev_bus_addr; uint32_t handle; int16_t status; };
+_Static_assert(sizeof(struct gnttab_unmap_grant_ref) == 24, "gnttab_unmap_grant_ref");
+struct gnttab_copy_ptr { union { uint32_t ref; uint64_t gmfn; } u; uint16_t domid, offset; };
+struct gnttab_copy { struct gnttab_copy_ptr source, dest; uint16_t len, flags; int16_t status; };
+_Static_assert(sizeof(struct gnttab_copy) == 40, "gnttab_copy");
+struct gnttab_query_size { uint16_t dom; uint32_t nr_frames, max_nr_frames; int16_t status; };
+_Static_assert(sizeof(struct gnttab_query_size) == 16, "gnttab_query_size");
+struct gnttab_get_status_frames { uint32_t nr_frames; uint16_t dom; int16_t status; uint64_t *frame_list; };
+_Static_assert(sizeof(struct gnttab_get_status_frames) == 16, "gnttab_get_status_frames");
+struct gnttab_get_version { uint16_t dom, pad; uint32_t version; };
+struct gnttab_swap_grant_ref { uint32_t ref_a, ref_b; int16_t status; };
+_Static_assert(sizeof(struct gnttab_swap_grant_ref) == 12, "gnttab_swap_grant_ref");
+
+static long gnttab_op(unsigned cmd, void *uop, unsigned count)
+{
+    return _hc(__HYPERVISOR_grant_table_op, cmd, uop, count, 0, 0);
+}
+
+static struct start_info *si;
+static uint16_t domid;
+static volatile struct grant_entry_v1 *gt1;
+static volatile union grant_entry_v2 *gt2;
+
+/* ---- a minimal xenstore client (the same as hostile.c's) ------------------ */
+
+struct xs_ring { char req[1024], rsp[1024]; uint32_t req_cons, req_prod, rsp_cons, rsp_prod; };
+struct xs_msg { uint32_t type, req_id, tx_id, len; };
+static volatile struct xs_ring *store;
+
+static long xs_read(const char *path, char *out, uint32_t max)
+{
+    uint32_t plen = strlen(path) + 1;
+    struct xs_msg hdr = { .type = XS_READ, .req_id = 1, .len = plen };
+    uint32_t prod = store->req_prod;
+    for (uint32_t i = 0; i < sizeof(hdr); i++, prod++)
+        store->req[prod & 1023] = ((const char *)&hdr)[i];
+    for (uint32_t i = 0; i < plen; i++, prod++)
+        store->req[prod & 1023] = path[i];
+    barrier();
+    store->req_prod = prod;
+    struct evtchn_port_arg send = { .port = si->store_evtchn };
+    HYPERVISOR_event_channel_op(EVTCHNOP_send, &send);
+    uint64_t deadline = pvclock_now() + 2 * NSEC_PER_SEC;
+    for (;;) {
+        uint32_t cons = store->rsp_cons, avail = store->rsp_prod - cons;
+        barrier();
+        if (avail >= sizeof(hdr)) {
+            for (uint32_t i = 0; i < sizeof(hdr); i++)
+                ((char *)&hdr)[i] = store->rsp[(cons + i) & 1023];
+            if (avail >= sizeof(hdr) + hdr.len)
+                break;
+        }
+        if (pvclock_now() > deadline)
+            return -1;
+        HYPERVISOR_sched_op(SCHEDOP_yield, 0);
+    }
+    uint32_t cons = store->rsp_cons + sizeof(hdr);
+    for (uint32_t i = 0; i < hdr.len && i < max; i++)
+        out[i] = store->rsp[(cons + i) & 1023];
+    barrier();
+    store->rsp_cons = cons + hdr.len;
+    return hdr.type == XS_READ ? (long)hdr.len : -1;
+}
+
+/* ---- helpers ----------------------------------------------------------------- */
+
+static uint64_t pte_maddr(const void *va)
+{
+    uint64_t v = (uint64_t)va, *t = (uint64_t *)si->pt_base;
+    for (int shift = 39; shift > 12; shift -= 9)
+        t = mfn_to_virt((t[(v >> shift) & 511] & PTE_ADDR_MASK) >> 12);
+    return (virt_to_mfn(t) << 12) + ((v >> 12) & 511) * 8;
+}
+
+static void grant1(unsigned ref, uint16_t flags, uint16_t dom, uint64_t frame)
+{
+    gt1[ref].domid = dom;
+    gt1[ref].frame = frame;
+    barrier();
+    gt1[ref].flags = flags;
+}
+
+static void grant2(unsigned ref, uint16_t flags, uint16_t dom, uint64_t frame)
+{
+    gt2[ref].hdr.domid = dom;
+    gt2[ref].full_page.pad0 = 0;
+    gt2[ref].full_page.frame = frame;
+    barrier();
+    gt2[ref].hdr.flags = flags;
+}
+
+static struct gnttab_map_grant_ref map_op(unsigned ref, uint32_t flags, uint64_t host, uint16_t dom)
+{
+    struct gnttab_map_grant_ref op = { .host_addr = host, .flags = flags, .ref = ref, .dom = dom,
+                                       .status = 99 };
+    long rc = gnttab_op(GNTTABOP_map_grant_ref, &op, 1);
+    if (rc)
+        op.status = 100 + rc;
+    return op;
+}
+
+static int16_t unmap_op(uint32_t handle, uint64_t host, uint64_t bus)
+{
+    struct gnttab_unmap_grant_ref op = { .host_addr = host, .dev_bus_addr = bus, .handle = handle,
+                                         .status = 99 };
+    long rc = gnttab_op(GNTTABOP_unmap_grant_ref, &op, 1);
+    return rc ? 100 + rc : op.status;
+}
+
+static int16_t copy_op(uint64_t src, uint16_t sdom, uint16_t soff, uint64_t dst, uint16_t ddom,
+                       uint16_t doff, uint16_t len, uint16_t flags)
+{
+    struct gnttab_copy op = { .source = { .u.gmfn = src, .domid = sdom, .offset = soff },
+                              .dest = { .u.gmfn = dst, .domid = ddom, .offset = doff },
+                              .len = len, .flags = flags, .status = 99 };
+    long rc = gnttab_op(GNTTABOP_copy, &op, 1);
+    return rc ? 100 + rc : op.status;
+}
+
+static long set_version(uint32_t v, uint32_t *now)
+{
+    uint32_t op = v;
+    long rc = gnttab_op(GNTTABOP_set_version, &op, 1);
+    *now = op;
+    return rc;
+}
+
+static uint32_t get_version(void)
+{
+    struct gnttab_get_version op = { .dom = DOMID_SELF };
+    return gnttab_op(GNTTABOP_get_version, &op, 1) ? 0 : op.version;
+}
+
+/* A pool page whose L1 entry a host mapping may take over. */
+static void *window(void)
+{
+    return alloc_page();
+}
+
+/* ---- the checks ---------------------------------------------------------------- */
+
+static uint8_t *data;            /* granted, ours */
+static uint64_t data_mfn;
+
+static void map_and_unmap(void)
+{
+    memset(data, 0, PAGE_SIZE);
+    memcpy(data, "grant data", 11);
+    grant1(8, GTF_permit_access, domid, data_mfn);
+
+    volatile uint8_t *w = window();
+    struct gnttab_map_grant_ref m = map_op(8, GNTMAP_host_map, (uint64_t)w, domid);
+    check(m.status == GNTST_okay, "map_host_rw", "status %d", m.status);
+    if (m.status != GNTST_okay)
+        return;
+    check(!memcmp((const void *)w, "grant data", 11), "data_through_mapping", "read %.11s", (const char *)w);
+    w[100] = 0x5a;
+    check(data[100] == 0x5a, "write_through_mapping", "the granted page holds %#x", data[100]);
+    check(gt1[8].flags == (GTF_permit_access | GTF_reading | GTF_writing), "gtf_reading_writing_set",
+          "flags %#x", gt1[8].flags);
+
+    /* A frame mapped writable holds a writable type: it cannot become a page table. */
+    memset(data, 0, PAGE_SIZE);
+    long ro = set_page_ro(data);
+    long pinned = ro ? 0 : mmuext_mfn(MMUEXT_PIN_L1_TABLE, data_mfn);
+    if (pinned == 0 && !ro)
+        mmuext_mfn(MMUEXT_UNPIN_TABLE, data_mfn);
+    check(ro == 0 && pinned == -XEN_EINVAL, "pin_mapped_frame_l1_einval", "read-only %ld, pin %ld", ro,
+          pinned);
+
+    int16_t wrong = unmap_op(m.handle, (uint64_t)window(), 0);
+    int16_t st = unmap_op(m.handle, (uint64_t)w, 0);
+    check(wrong == GNTST_general_error && st == GNTST_okay, "unmap_host",
+          "unmap at another address %d (want -1), at the mapping %d", wrong, st);
+    check(gt1[8].flags == GTF_permit_access, "gtf_cleared_after_unmap", "flags %#x", gt1[8].flags);
+    pinned = ro ? -1 : mmuext_mfn(MMUEXT_PIN_L1_TABLE, data_mfn);
+    long unpinned = pinned ? -1 : mmuext_mfn(MMUEXT_UNPIN_TABLE, data_mfn);
+    long rw = set_page_rw(data);
+    check(pinned == 0 && unpinned == 0 && rw == 0, "pin_after_unmap", "pin %ld, unpin %ld, writable %ld",
+          pinned, unpinned, rw);
+    st = unmap_op(m.handle, (uint64_t)w, 0);
+    check(st == GNTST_bad_handle, "unmap_bad_handle", "unmapping twice: %d", st);
+
+    /* Read-only: a read-only grant maps only read-only. */
+    memcpy(data, "read only", 10);
+    grant1(9, GTF_permit_access | GTF_readonly, domid, data_mfn);
+    m = map_op(9, GNTMAP_host_map, (uint64_t)window(), domid);
+    check(m.status == GNTST_general_error && gt1[9].flags == (GTF_permit_access | GTF_readonly),
+          "map_readonly_grant_writable", "status %d (want -1), flags %#x", m.status, gt1[9].flags);
+    w = window();
+    m = map_op(9, GNTMAP_host_map | GNTMAP_readonly, (uint64_t)w, domid);
+    check(m.status == GNTST_okay && !memcmp((const void *)w, "read only", 10) &&
+              gt1[9].flags == (GTF_permit_access | GTF_readonly | GTF_reading),
+          "map_readonly", "status %d, flags %#x", m.status, gt1[9].flags);
+    st = unmap_op(m.handle, (uint64_t)w, 0);
+    check(st == GNTST_okay && gt1[9].flags == (GTF_permit_access | GTF_readonly), "unmap_readonly",
+          "status %d, flags %#x", st, gt1[9].flags);
+
+    /* Device mapping: the bus address; by PTE machine address: that entry written. */
+    m = map_op(8, GNTMAP_device_map, 0, domid);
+    check(m.status == GNTST_okay && m.dev_bus_addr == data_mfn << 12, "map_device",
+          "status %d, bus %#lx (want %#lx)", m.status, m.dev_bus_addr, data_mfn << 12);
+    st = unmap_op(m.handle, 0, data_mfn << 12);
+    check(st == GNTST_okay && gt1[8].flags == GTF_permit_access, "unmap_device", "status %d, flags %#x", st,
+          gt1[8].flags);
+    w = window();
+    uint64_t pte = pte_maddr((const void *)w);
+    m = map_op(8, GNTMAP_host_map | GNTMAP_contains_pte, pte, domid);
+    int seen = m.status == GNTST_okay && !memcmp((const void *)w, "read only", 10);
+    st = m.status == GNTST_okay ? unmap_op(m.handle, pte, 0) : 99;
+    check(seen && st == GNTST_okay, "map_contains_pte", "map %d, unmap %d", m.status, st);
+
+    /* Two ops in one call: each gets its own status. */
+    struct gnttab_map_grant_ref two[2] = {
+        { .flags = GNTMAP_device_map, .ref = 8, .dom = DOMID_SELF, .status = 99 },
+        { .flags = GNTMAP_device_map, .ref = 8, .dom = domid, .status = 99 },
+    };
+    long rc = gnttab_op(GNTTABOP_map_grant_ref, two, 2);
+    check(rc == 0 && two[0].status == GNTST_bad_domain && two[1].status == GNTST_okay, "map_batch_per_op_status",
+          "rc %ld, statuses %d %d", rc, two[0].status, two[1].status);
+    if (two[1].status == GNTST_okay)
+        unmap_op(two[1].handle, 0, data_mfn << 12);
+}
+
+static void map_errors(void)
+{
+    grant1(10, GTF_permit_access, domid, data_mfn);
+    int16_t s = map_op(10, GNTMAP_readonly, 0, domid).status;
+    check(s == GNTST_bad_gntref, "map_bad_flags", "no host or device map: %d (want -3)", s);
+    int16_t self = map_op(10, GNTMAP_device_map, 0, DOMID_SELF).status;
+    int16_t other = map_op(10, GNTMAP_device_map, 0, domid + 1).status;
+    check(self == GNTST_bad_domain && other == GNTST_bad_domain, "map_bad_domain",
+          "DOMID_SELF %d, domain %u %d (want -2)", self, domid + 1, other);
+    s = map_op(512, GNTMAP_device_map, 0, domid).status;
+    check(s == GNTST_bad_gntref, "map_bad_ref", "ref 512 of one frame: %d (want -3)", s);
+    grant1(11, GTF_permit_access, domid + 1, data_mfn);
+    s = map_op(11, GNTMAP_device_map, 0, domid).status;
+    check(s == GNTST_general_error && gt1[11].flags == GTF_permit_access, "map_wrong_grantee", "%d (want -1)", s);
+    grant1(11, GTF_permit_access, domid, 0xfffff000);   /* far beyond our memory */
+    s = map_op(11, GNTMAP_device_map, 0, domid).status;
+    check(s == GNTST_bad_page && gt1[11].flags == GTF_permit_access, "map_bad_frame",
+          "frame %#x: %d (want -9), flags %#x", gt1[11].frame, s, gt1[11].flags);
+    s = map_op(10, GNTMAP_host_map, NO_L1_VA, domid).status;
+    check(s == GNTST_general_error && gt1[10].flags == GTF_permit_access, "map_bad_host_addr",
+          "%d (want -1), flags %#x", s, gt1[10].flags);
+    s = map_op(10, GNTMAP_host_map | GNTMAP_contains_pte, pte_maddr(window()) + 4, domid).status;
+    check(s == GNTST_general_error, "map_misaligned_pte", "%d (want -1)", s);
+    /* A page table cannot be mapped writable; read-only it can. */
+    uint64_t l4_mfn = virt_to_mfn((void *)si->pt_base);
+    grant1(12, GTF_permit_access, domid, l4_mfn);
+    s = map_op(12, GNTMAP_device_map, 0, domid).status;
+    struct gnttab_map_grant_ref m = map_op(12, GNTMAP_device_map | GNTMAP_readonly, 0, domid);
+    check(s == GNTST_general_error && m.status == GNTST_okay && gt1[12].flags == (GTF_permit_access | GTF_reading),
+          "map_page_table_writable_refused", "writable %d (want -1), read-only %d, flags %#x", s, m.status,
+          gt1[12].flags);
+    if (m.status == GNTST_okay)
+        unmap_op(m.handle, 0, l4_mfn << 12);
+}
+
+static void copies(void)
+{
+    uint8_t *a = alloc_page(), *b = alloc_page(), *c = alloc_page();
+    memcpy(a + 64, "copied bytes", 13);
+    grant1(13, GTF_permit_access | GTF_readonly, domid, virt_to_mfn(a));
+    grant1(14, GTF_permit_access, domid, virt_to_mfn(b));
+    int16_t s = copy_op(13, domid, 64, 14, DOMID_SELF, 128, 13, GNTCOPY_source_gref | GNTCOPY_dest_gref);
+    check(s == GNTST_okay && !memcmp(b + 128, "copied bytes", 13), "copy_gref_to_gref", "status %d", s);
+    s = copy_op(14, DOMID_SELF, 128, virt_to_mfn(c), DOMID_SELF, 0, 13, GNTCOPY_source_gref);
+    check(s == GNTST_okay && !memcmp(c, "copied bytes", 13), "copy_gref_to_gmfn", "status %d", s);
+    s = copy_op(virt_to_mfn(c), DOMID_SELF, 0, 14, domid, 1000, 13, GNTCOPY_dest_gref);
+    check(s == GNTST_okay && !memcmp(b + 1000, "copied bytes", 13) &&
+              gt1[13].flags == (GTF_permit_access | GTF_readonly) && gt1[14].flags == GTF_permit_access,
+          "copy_gmfn_to_gref", "status %d, flags %#x %#x", s, gt1[13].flags, gt1[14].flags);
+    int16_t len = copy_op(13, DOMID_SELF, 4000, 14, DOMID_SELF, 0, 200, GNTCOPY_source_gref | GNTCOPY_dest_gref);
+    int16_t doff = copy_op(13, DOMID_SELF, 0, 14, DOMID_SELF, 4095, 2, GNTCOPY_source_gref | GNTCOPY_dest_gref);
+    check(len == GNTST_bad_copy_arg && doff == GNTST_bad_copy_arg, "copy_bad_length",
+          "beyond the source page %d, the dest page %d (want -10)", len, doff);
+    s = copy_op(14, DOMID_SELF, 0, 13, DOMID_SELF, 0, 8, GNTCOPY_source_gref | GNTCOPY_dest_gref);
+    check(s == GNTST_general_error && gt1[13].flags == (GTF_permit_access | GTF_readonly), "copy_readonly_dest",
+          "%d (want -1), flags %#x", s, gt1[13].flags);
+    s = copy_op(virt_to_mfn(a), domid, 0, virt_to_mfn(c), DOMID_SELF, 0, 8, 0);
+    check(s == GNTST_permission_denied, "copy_gmfn_needs_domid_self", "%d (want -8)", s);
+    s = copy_op(13, domid + 1, 0, virt_to_mfn(c), DOMID_SELF, 0, 8, GNTCOPY_source_gref);
+    check(s == GNTST_bad_domain, "copy_bad_domain", "%d (want -2)", s);
+    s = copy_op(NOWHERE_MFN, DOMID_SELF, 0, virt_to_mfn(c), DOMID_SELF, 0, 8, 0);
+    check(s == GNTST_bad_page, "copy_bad_gmfn", "%d (want -9)", s);
+}
+
+static void swaps(void)
+{
+    grant1(15, GTF_permit_access, domid, 0x111);
+    grant1(16, GTF_permit_access | GTF_readonly, domid, 0x222);
+    struct gnttab_swap_grant_ref op = { .ref_a = 15, .ref_b = 16, .status = 99 };
+    long rc = gnttab_op(GNTTABOP_swap_grant_ref, &op, 1);
+    check(rc == 0 && op.status == GNTST_okay && gt1[15].frame == 0x222 && gt1[16].frame == 0x111 &&
+              gt1[15].flags == (GTF_permit_access | GTF_readonly),
+          "swap_grant_ref", "rc %ld status %d, frames %#x %#x", rc, op.status, gt1[15].frame, gt1[16].frame);
+    struct gnttab_map_grant_ref m = map_op(8, GNTMAP_device_map, 0, domid);
+    op = (struct gnttab_swap_grant_ref){ .ref_a = 8, .ref_b = 15, .status = 99 };
+    gnttab_op(GNTTABOP_swap_grant_ref, &op, 1);
+    int16_t busy = op.status;
+    op = (struct gnttab_swap_grant_ref){ .ref_a = 15, .ref_b = 4096, .status = 99 };
+    gnttab_op(GNTTABOP_swap_grant_ref, &op, 1);
+    check(m.status == GNTST_okay && busy == GNTST_eagain && op.status == GNTST_bad_gntref, "swap_refused",
+          "a mapped ref %d (want -12), a bad ref %d (want -3)", busy, op.status);
+    if (m.status == GNTST_okay)
+        unmap_op(m.handle, 0, data_mfn << 12);
+}
+
+static void version_2(void)
+{
+    struct gnttab_get_status_frames sf;
+    uint64_t status_mfn = 0;
+    sf = (struct gnttab_get_status_frames){ .nr_frames = 1, .dom = DOMID_SELF, .status = 99,
+                                             .frame_list = &status_mfn };
+    gnttab_op(GNTTABOP_get_status_frames, &sf, 1);
+    check(sf.status == GNTST_general_error, "status_frames_v1_refused", "%d (want -1)", sf.status);
+
+    uint32_t now = 0;
+    struct gnttab_map_grant_ref m = map_op(8, GNTMAP_device_map, 0, domid);
+    long rc = set_version(2, &now);
+    check(m.status == GNTST_okay && rc == -XEN_EBUSY && now == 1 && get_version() == 1, "set_version_busy",
+          "rc %ld (want -EBUSY), version %u", rc, now);
+    unmap_op(m.handle, 0, data_mfn << 12);
+
+    grant1(1, GTF_permit_access, domid, data_mfn);   /* a reserved entry: carried over */
+    rc = set_version(2, &now);
+    check(rc == 0 && now == 2 && get_version() == 2, "set_version_2", "rc %ld, version %u/%u", rc, now,
+          get_version());
+    check(gt2[1].hdr.flags == GTF_permit_access && gt2[1].hdr.domid == domid && gt2[1].full_page.frame == data_mfn &&
+              gt2[8].hdr.flags == 0,
+          "v2_reserved_entries_kept", "entry 1 %#x/%u/%#lx, entry 8 flags %#x", gt2[1].hdr.flags, gt2[1].hdr.domid,
+          gt2[1].full_page.frame, gt2[8].hdr.flags);
+
+    struct gnttab_query_size qs = { .dom = DOMID_SELF, .status = 99 };
+    rc = gnttab_op(GNTTABOP_query_size, &qs, 1);
+    sf = (struct gnttab_get_status_frames){ .nr_frames = 1, .dom = DOMID_SELF, .status = 99,
+                                             .frame_list = &status_mfn };
+    long rs = gnttab_op(GNTTABOP_get_status_frames, &sf, 1);
+    struct gnttab_get_status_frames two = { .nr_frames = 2, .dom = DOMID_SELF, .status = 99,
+                                            .frame_list = &status_mfn };
+    gnttab_op(GNTTABOP_get_status_frames, &two, 1);
+    check(rc == 0 && qs.status == 0 && qs.nr_frames == 1 && rs == 0 && sf.status == GNTST_okay &&
+              status_mfn != 0 && two.status == GNTST_general_error,
+          "get_status_frames", "query_size %d nr %u, get_status_frames %ld/%d frame %#lx, two frames %d",
+          qs.status, qs.nr_frames, rs, sf.status, status_mfn, two.status);
+    volatile uint16_t *status = window();
+    require_rc(HYPERVISOR_update_va_mapping((uint64_t)status, (status_mfn << 12) | PTE_KERNEL_RO, UVMF_INVLPG),
+               "map_status_frame");
+
+    memcpy(data, "version two", 12);
+    grant2(20, GTF_permit_access, domid, data_mfn);
+    volatile uint8_t *w = window();
+    m = map_op(20, GNTMAP_host_map, (uint64_t)w, domid);
+    check(m.status == GNTST_okay && !memcmp((const void *)w, "version two", 12) &&
+              status[20] == (GTF_reading | GTF_writing) && gt2[20].hdr.flags == GTF_permit_access,
+          "v2_map_status_flags", "status %d, status entry %#x, flags %#x", m.status, status[20], gt2[20].hdr.flags);
+    int16_t st = m.status == GNTST_okay ? unmap_op(m.handle, (uint64_t)w, 0) : 99;
+    check(st == GNTST_okay && status[20] == 0, "v2_unmap_clears_status", "unmap %d, status entry %#x", st,
+          status[20]);
+
+    /* A sub-page grant: copied within its window, never mapped. */
+    uint8_t *dst = alloc_page();
+    memcpy(data + 256, "sub page", 9);
+    gt2[21].hdr.domid = domid;
+    gt2[21].sub_page.page_off = 256;
+    gt2[21].sub_page.length = 128;
+    gt2[21].sub_page.frame = data_mfn;
+    barrier();
+    gt2[21].hdr.flags = GTF_permit_access | GTF_sub_page;
+    int16_t mapped = map_op(21, GNTMAP_device_map, 0, domid).status;
+    int16_t in = copy_op(21, DOMID_SELF, 256, virt_to_mfn(dst), DOMID_SELF, 0, 128, GNTCOPY_source_gref);
+    int16_t out = copy_op(21, DOMID_SELF, 255, virt_to_mfn(dst), DOMID_SELF, 0, 128, GNTCOPY_source_gref);
+    check(mapped == GNTST_general_error && in == GNTST_okay && !memcmp(dst, "sub page", 9) &&
+              out == GNTST_general_error && status[21] == 0,
+          "v2_sub_page", "map %d (want -1), copy inside %d, outside %d (want -1)", mapped, in, out);
+    /* A transitive grant of our own: self-referential. */
+    gt2[22].hdr.domid = domid;
+    gt2[22].transitive.trans_domid = domid;
+    gt2[22].transitive.gref = 20;
+    barrier();
+    gt2[22].hdr.flags = GTF_transitive;
+    st = copy_op(22, DOMID_SELF, 0, virt_to_mfn(dst), DOMID_SELF, 0, 8, GNTCOPY_source_gref);
+    check(st == GNTST_general_error && status[22] == 0, "v2_transitive_copy_refused", "%d (want -1)", st);
+
+    /* Back to v1 (status frame unmapped first, as Xen requires). */
+    require_rc(HYPERVISOR_update_va_mapping((uint64_t)status, 0, UVMF_INVLPG), "unmap_status_frame");
+    gt2[2].hdr.domid = domid;
+    gt2[2].full_page.frame = 1UL << 33;
+    barrier();
+    gt2[2].hdr.flags = GTF_permit_access;
+    long range = set_version(1, &now);
+    gt2[2].hdr.flags = 0;
+    rc = set_version(1, &now);
+    check(range == -XEN_ERANGE && rc == 0 && now == 1 && get_version() == 1 && gt1[1].frame == data_mfn &&
+              gt1[1].flags == GTF_permit_access,
+          "set_version_back_to_1", "unrepresentable reserved entry %ld (want -ERANGE), then %ld, version %u",
+          range, rc, now);
+    grant1(8, GTF_permit_access, domid, data_mfn);
+    m = map_op(8, GNTMAP_device_map, 0, domid);
+    st = m.status == GNTST_okay ? unmap_op(m.handle, 0, data_mfn << 12) : 99;
+    check(m.status == GNTST_okay && st == GNTST_okay, "v1_map_again", "map %d, unmap %d", m.status, st);
+}
+
+void guest_main(void)
+{
+    si = xen_start_info;
+    require_rc(map_shared_info(), "map_shared_info");
+    require_rc(m2p_init(), "m2p_init");
+    store = mfn_to_virt(si->store_mfn);
+
+    char buf[16] = { 0 };
+    long n = xs_read("domid", buf, sizeof(buf) - 1);
+    unsigned id = 0;
+    for (long i = 0; i < n && buf[i] >= '0' && buf[i] <= '9'; i++)
+        id = id * 10 + (buf[i] - '0');
+    domid = id;
+    if (!check(n > 0 && id < DOMID_SELF, "domid_from_store", "read %ld bytes: %s", n, buf))
+        return;
+
+    uint64_t frame = 0;
+    struct gnttab_setup_table st = { .dom = DOMID_SELF, .nr_frames = 1, .status = 99, .frame_list = &frame };
+    long rc = gnttab_op(GNTTABOP_setup_table, &st, 1);
+    void *table = window();
+    if (!check(rc == 0 && st.status == GNTST_okay && frame, "setup_table", "rc %ld status %d", rc, st.status))
+        return;
+    require_rc(HYPERVISOR_update_va_mapping((uint64_t)table, (frame << 12) | PTE_KERNEL_RW, UVMF_INVLPG),
+               "map_grant_frame");
+    gt1 = table;
+    gt2 = table;
+
+    data = alloc_page();
+    data_mfn = virt_to_mfn(data);
+    map_and_unmap();
+    map_errors();
+    copies();
+    swaps();
+    version_2();
+}
