@@ -226,7 +226,7 @@ class GrantTable:
     """
 
     __slots__ = ("_mem", "_base", "_word0", "_max", "_ram", "_nr", "_nr_refs", "types", "_version",
-                 "_shift", "_status_base", "_nr_status", "_active", "_maptrack", "_free", "_next_handle")
+                 "_shift", "_geom", "_status_base", "_nr_status", "_active", "_maptrack", "_free", "_next_handle")
 
     def __init__(self, mem: GuestMemory, *, base_gpa: int, max_frames: int, ram_frames: int,
                  types: PvMmu) -> None:
@@ -246,6 +246,9 @@ class GrantTable:
         self.types = types
         self._version = 1
         self._shift = 0                         # log2(entry size / 8): a reference's first word
+        # (references, shift) for the lock-free lookup: one attribute, so a backend
+        # never pairs the reference count of one version with the layout of the other.
+        self._geom = (0, 0)
         self._status_base = base_gpa + max_frames * PAGE_SIZE
         self._nr_status = 0
         self._active: dict[int, _Active] = {}
@@ -310,6 +313,7 @@ class GrantTable:
     def _refs_changed(self) -> None:
         per_frame = ENTRIES_PER_FRAME if self._version == 1 else ENTRIES_PER_FRAME_V2
         self._nr_refs = self._nr * per_frame
+        self._geom = (self._nr_refs, self._shift)
         self._nr_status = status_frames_for(self._nr, self._version)
 
     # --- the backends' lookup ----------------------------------------------------------
@@ -325,17 +329,18 @@ class GrantTable:
         from us, so it may, and Linux only does so once the request that named
         the grant has been answered).
         """
-        if not 0 <= ref < self._nr_refs:
+        nr_refs, shift = self._geom
+        if not 0 <= ref < nr_refs:
             raise GrantError(f"grant reference {ref} is outside the grant table ({self._nr} frames)")
         q = self._mem.q
-        word = self._word0 + (ref << self._shift)
+        word = self._word0 + (ref << shift)
         entry = q[word]
         flags = entry & 0xFFFF
         if flags & (GTF_type_mask | GTF_sub_page) != GTF_permit_access or (entry >> 16) & 0xFFFF != grantee:
             raise GrantError(f"grant reference {ref} does not grant access to domain {grantee}")
         if writable and flags & GTF_readonly:
             raise GrantError(f"grant reference {ref} is read-only")
-        frame = q[word + 1] if self._shift else entry >> 32
+        frame = q[word + 1] if shift else entry >> 32
         if frame >= self._ram:
             raise GrantError(f"grant reference {ref} names frame {frame:#x} outside the guest's RAM")
         return frame << PAGE_SHIFT
