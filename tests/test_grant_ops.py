@@ -344,3 +344,69 @@ def test_an_old_record_loads_and_a_bad_one_is_refused(t) -> None:
         GrantTable.restore(GrantTableState(nr_frames=2, maptrack=((0, 9999, GNTMAP_device_map, DATA),)), **kw)
     with pytest.raises(StateError):    # a writable mapping of a page table
         GrantTable.restore(GrantTableState(nr_frames=2, maptrack=((0, 8, GNTMAP_device_map, L1),)), **kw)
+
+
+def test_random_ops_keep_the_books(t) -> None:
+    """Any sequence of guest ops: never an exception, and the type references the
+    MMU holds, the pins and the entry flags always agree with the live mappings."""
+    import random
+    rng = random.Random(11)
+    kinds = (GNTMAP_device_map, GNTMAP_host_map | GNTMAP_contains_pte, GNTMAP_readonly, 0, 1 << 3)
+    def fill() -> None:
+        for ref in range(8, 16):
+            grant(t, ref, rng.choice((1, 1, 1 | 4, 0, 1 | 256)), DATA + ref % 3, rng.choice((DOMID, DOMID, 0)))
+
+    fill()
+    handles: set[int] = set()
+    done = {"map": 0, "unmap": 0, "copy": 0, "version": 0}
+    for _ in range(3000):
+        what = rng.random()
+        if what < 0.45:
+            flags = rng.choice(kinds) | rng.choice(kinds)
+            host = pte_addr(rng.randrange(512)) + rng.choice((0, 0, 0, 4))
+            status, handle, _ = do_map(t, rng.randrange(6, 18), flags, host, rng.choice((DOMID, DOMID, SELF)))
+            if status == GNTST_okay:
+                handles.add(handle)
+                done["map"] += 1
+        elif what < 0.85 and handles:
+            handle = rng.choice(sorted(handles) + [999])
+            host = pte_addr(rng.randrange(512)) if rng.random() < 0.3 else 0
+            m = t.grants._maptrack.get(handle)
+            if m is not None and rng.random() < 0.7:
+                host = next((a for a in range(L1 << 12, (L1 + 1) << 12, 8)
+                             if t.mmu.q[a >> 3] >> 12 & 0xFFFFFFFFFF == m.frame), host)
+            bus = rng.choice((0, (m.frame << 12) if m else 0, 5 << 12))
+            done["unmap"] += do_unmap(t, handle, host, bus) == GNTST_okay
+            handles &= set(t.grants._maptrack)
+        elif what < 0.9:
+            src = rng.randrange(6, 18)
+            done["copy"] += do_copy(t, (src, SELF, rng.randrange(4096)),
+                                    (rng.randrange(6, 18), DOMID, rng.randrange(4096)),
+                                    rng.randrange(200), GNTCOPY_source_gref | GNTCOPY_dest_gref) == GNTST_okay
+        elif what < 0.98:
+            t.mem.write(UOP, struct.pack("<IIh2x", rng.randrange(6, 18), rng.randrange(6, 18), 99))
+            grant_table_op(t.vcpu, GNTTABOP_swap_grant_ref, UOP, 1)
+        else:
+            switched = set_version(t, 3 - t.grants.version)[0] == 0
+            if switched:
+                fill()      # the switch cleared every entry
+            done["version"] += switched
+        held: dict[int, int] = {}
+        pins: dict[int, int] = {}
+        for m in t.grants._maptrack.values():
+            writable_kinds = 0 if m.flags & GNTMAP_readonly else bin(m.flags & 3).count("1")
+            if writable_kinds:
+                held[m.frame] = held.get(m.frame, 0) + writable_kinds
+            pins[m.ref] = pins.get(m.ref, 0) + 1
+        assert t.mmu.held == held
+        assert set(t.grants._active) == set(pins)
+        entries = t.mmu.q[L1 * 512:(L1 + 1) * 512].tolist()
+        for frame in (DATA, DATA + 1, DATA + 2):     # the entries' references and the mappings' holds
+            rw = sum(1 for e in entries if e & 3 == 3 and (e >> 12) & 0xFFFFFFFFFF == frame)
+            assert t.mmu.count.get(frame, 0) == held.get(frame, 0) + rw
+        for ref in range(0, 16):
+            if ref not in pins:
+                assert flags_of(t, ref) == 0, ref
+            else:
+                assert flags_of(t, ref) & GTF_reading
+    assert min(done.values()) >= 10, done     # every kind of op really happened
