@@ -13,7 +13,7 @@ from hospes.pv.errors import Errno, XenError
 from hospes.pv.grant import (
     GNTMAP_contains_pte, GNTMAP_device_map, GNTMAP_host_map, GNTMAP_readonly, GNTST_bad_copy_arg,
     GNTST_bad_domain, GNTST_bad_gntref, GNTST_bad_handle, GNTST_bad_page, GNTST_eagain, GNTST_general_error,
-    GNTST_okay, GNTST_permission_denied, GTF_reading, GTF_writing, GrantTable, GrantTableState,
+    GNTST_no_space, GNTST_okay, GNTST_permission_denied, GTF_reading, GTF_writing, GrantTable, GrantTableState,
 )
 from hospes.pv.hypercalls.grant import (
     COPY, GNTCOPY_dest_gref, GNTCOPY_source_gref, GNTTABOP_copy, GNTTABOP_get_status_frames,
@@ -410,3 +410,21 @@ def test_random_ops_keep_the_books(t) -> None:
             else:
                 assert flags_of(t, ref) & GTF_reading
     assert min(done.values()) >= 10, done     # every kind of op really happened
+
+
+def test_pin_counters_and_maptrack_have_Xens_limits(t, monkeypatch) -> None:
+    grant(t, 8, 1, DATA)
+    handles = [do_map(t, 8, GNTMAP_device_map | GNTMAP_readonly) for _ in range(128)]
+    assert all(status == GNTST_okay for status, _, _ in handles)
+    assert do_map(t, 8, GNTMAP_device_map | GNTMAP_readonly)[0] == GNTST_general_error  # devr at bit 7
+    assert do_map(t, 8, GNTMAP_device_map)[0] == GNTST_okay                            # devw is its own counter
+    monkeypatch.setattr("hospes.pv.grant.MAX_MAPTRACK", 129)
+    assert do_map(t, 8, GNTMAP_device_map)[0] == GNTST_no_space
+
+
+def test_v2_transitive_entries_are_never_mapped_and_empty_copies_always_succeed(t) -> None:
+    assert set_version(t, 2) == (0, 2)
+    t.mem.write(t.lay.grant_frame_gpa(0) + 10 * 16, struct.pack("<HHHHI4x", 3, DOMID, DOMID, 0, DATA))
+    assert do_map(t, 10, GNTMAP_device_map | GNTMAP_readonly)[0] == GNTST_general_error
+    assert flags_of(t, 10) == 0
+    assert do_copy(t, (10, 7, 0), (99, 0, 4095), 0, GNTCOPY_source_gref) == GNTST_okay   # len 0: nothing checked

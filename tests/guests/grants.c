@@ -56,6 +56,7 @@ typedef short int16_t;          /* grant_table.h statuses (xen.h has no signed 1
 #define XS_READ     2
 #define NOWHERE_MFN (1UL << 40)                /* beyond every machine frame */
 #define NO_L1_VA    0x0000600000000000UL       /* L4 slot 192: nothing mapped there */
+#define NO_SUCH_DOMID 0x7fef                   /* the last ordinary domid: no domain has it */
 
 struct grant_entry_v1 { uint16_t flags, domid; uint32_t frame; };
 _Static_assert(sizeof(struct grant_entry_v1) == 8, "grant_entry_v1");
@@ -306,9 +307,9 @@ static void map_errors(void)
     int16_t s = map_op(10, GNTMAP_readonly, 0, domid).status;
     check(s == GNTST_bad_gntref, "map_bad_flags", "no host or device map: %d (want -3)", s);
     int16_t self = map_op(10, GNTMAP_device_map, 0, DOMID_SELF).status;
-    int16_t other = map_op(10, GNTMAP_device_map, 0, domid + 1).status;
+    int16_t other = map_op(10, GNTMAP_device_map, 0, NO_SUCH_DOMID).status;
     check(self == GNTST_bad_domain && other == GNTST_bad_domain, "map_bad_domain",
-          "DOMID_SELF %d, domain %u %d (want -2)", self, domid + 1, other);
+          "DOMID_SELF %d, domain %u %d (want -2)", self, NO_SUCH_DOMID, other);
     s = map_op(512, GNTMAP_device_map, 0, domid).status;
     check(s == GNTST_bad_gntref, "map_bad_ref", "ref 512 of one frame: %d (want -3)", s);
     grant1(11, GTF_permit_access, domid + 1, data_mfn);
@@ -358,10 +359,12 @@ static void copies(void)
           "%d (want -1), flags %#x", s, gt1[13].flags);
     s = copy_op(virt_to_mfn(a), domid, 0, virt_to_mfn(c), DOMID_SELF, 0, 8, 0);
     check(s == GNTST_permission_denied, "copy_gmfn_needs_domid_self", "%d (want -8)", s);
-    s = copy_op(13, domid + 1, 0, virt_to_mfn(c), DOMID_SELF, 0, 8, GNTCOPY_source_gref);
+    s = copy_op(13, NO_SUCH_DOMID, 0, virt_to_mfn(c), DOMID_SELF, 0, 8, GNTCOPY_source_gref);
     check(s == GNTST_bad_domain, "copy_bad_domain", "%d (want -2)", s);
     s = copy_op(NOWHERE_MFN, DOMID_SELF, 0, virt_to_mfn(c), DOMID_SELF, 0, 8, 0);
     check(s == GNTST_bad_page, "copy_bad_gmfn", "%d (want -9)", s);
+    s = copy_op(NOWHERE_MFN, NO_SUCH_DOMID, 4095, 4096, 0, 4095, 0, GNTCOPY_dest_gref);
+    check(s == GNTST_okay, "copy_zero_length", "an empty copy of nothing: %d (want 0)", s);
 }
 
 static void swaps(void)
@@ -460,6 +463,8 @@ static void version_2(void)
     gt2[22].hdr.flags = GTF_transitive;
     st = copy_op(22, DOMID_SELF, 0, virt_to_mfn(dst), DOMID_SELF, 0, 8, GNTCOPY_source_gref);
     check(st == GNTST_general_error && status[22] == 0, "v2_transitive_copy_refused", "%d (want -1)", st);
+    mapped = map_op(22, GNTMAP_device_map | GNTMAP_readonly, 0, domid).status;
+    check(mapped == GNTST_general_error && status[22] == 0, "v2_transitive_map_refused", "%d (want -1)", mapped);
 
     /* Back to v1 (status frame unmapped first, as Xen requires). */
     require_rc(HYPERVISOR_update_va_mapping((uint64_t)status, 0, UVMF_INVLPG), "unmap_status_frame");

@@ -115,6 +115,7 @@ GNTST_bad_page = -9
 GNTST_bad_copy_arg = -10
 GNTST_address_too_big = -11
 GNTST_eagain = -12
+GNTST_no_space = -13
 
 ENTRY_SIZE = 8                          # v1
 ENTRIES_PER_FRAME = PAGE_SIZE // ENTRY_SIZE
@@ -176,8 +177,13 @@ class _Active:
     def writers(self) -> int:
         return self.hstw + self.devw
 
-    def near_overflow(self) -> bool:
-        return max(self.hstr, self.hstw, self.devr, self.devw) >= PIN_LIMIT
+    def would_overflow(self, flags: int) -> bool:
+        """Whether a counter ``flags`` would increment has reached bit 7 (Xen's
+        GNTPIN_incr2oflow_mask): that mapping is refused."""
+        ro = flags & GNTMAP_readonly
+        if flags & GNTMAP_device_map and (self.devr if ro else self.devw) >= PIN_LIMIT:
+            return True
+        return bool(flags & GNTMAP_host_map and (self.hstr if ro else self.hstw) >= PIN_LIMIT)
 
     def add(self, flags: int, n: int) -> None:
         ro = flags & GNTMAP_readonly
@@ -414,8 +420,9 @@ class GrantTable:
             return GNTST_general_error
         head = self._header(ref)
 
-        def bad(h: int) -> bool:
-            return (h & mask not in (GTF_permit_access, GTF_transitive)) or (h >> 16) & 0xFFFF != domid
+        def bad(h: int) -> bool:   # a mapping takes only full pages; a copy a transitive entry too
+            kind = h & mask
+            return (kind != GTF_permit_access and (mapping or kind != GTF_transitive)) or (h >> 16) & 0xFFFF != domid
 
         if act is None and bad(head):
             return GNTST_general_error
@@ -459,11 +466,11 @@ class GrantTable:
             return GNTST_bad_gntref, 0, 0
         with self.types.lock:
             if len(self._maptrack) >= MAX_MAPTRACK:
-                return GNTST_no_device_space, 0, 0
+                return GNTST_no_space, 0, 0
             if not 0 <= ref < self._nr_refs:
                 return GNTST_bad_gntref, 0, 0
             act = self._active.get(ref)
-            if act is not None and act.near_overflow():
+            if act is not None and act.would_overflow(flags):
                 return GNTST_general_error, 0, 0
             readonly = bool(flags & GNTMAP_readonly)
             fresh = act is None
@@ -472,8 +479,6 @@ class GrantTable:
                 if rc != GNTST_okay:
                     return rc, 0, 0
                 if fresh:
-                    # A v2 transitive entry passes the check above (Xen's
-                    # _set_status_v2) and is then read as a full page, as Xen does.
                     frame = self._entry_frame(ref)
                     if not self._own_frame(frame):
                         self._clear_flags(ref, GTF_reading | (0 if readonly else GTF_writing))
@@ -593,7 +598,7 @@ class GrantTable:
         if not 0 <= ref < self._nr_refs:
             return GNTST_bad_gntref, None
         act = self._active.get(ref)
-        if act is not None and act.near_overflow():
+        if act is not None and act.would_overflow(GNTMAP_host_map | (0 if writable else GNTMAP_readonly)):
             return GNTST_general_error, None
         readonly = not writable
         start, length = 0, PAGE_SIZE

@@ -94,6 +94,8 @@ def unmap_grant_ref(vcpu: PvVcpu, uop: int, count: int) -> int:
 
 def _copy_one(vcpu: PvVcpu, grants: GrantTable, op: tuple[int, ...]) -> int:
     src_u, src_dom, src_off, dst_u, dst_dom, dst_off, length, flags, _status = op
+    if not length:
+        return GNTST_okay       # Xen checks nothing else for an empty copy
     own = vcpu.domain.domid
     for domid, by_ref in ((src_dom, flags & GNTCOPY_source_gref), (dst_dom, flags & GNTCOPY_dest_gref)):
         if domid != DOMID_SELF and not by_ref:
@@ -214,6 +216,7 @@ def get_status_frames(vcpu: PvVcpu, uop: int, count: int) -> int:
                 vcpu.write(frame_list + 8 * i, struct.pack("<Q", grants.status_frame_gfn(i)))
             except GuestFault:
                 status = GNTST_bad_virt_addr
+                break
     vcpu.write(uop + 6, struct.pack("<h", status))
     return 0
 
