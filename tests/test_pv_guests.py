@@ -235,6 +235,7 @@ EXPECTED_PASSES: dict[str, tuple[str, ...]] = {
         "pin_vcpu_info_page_refused",
     ),
     "grants": (
+        "query_size_initial",
         "domid_from_store",
         "setup_table",
         "map_host_rw",

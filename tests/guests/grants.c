@@ -284,6 +284,11 @@ static void version_2(void)
 
 void guest_main(void)
 {
+    struct gnttab_query_size qs = { .dom = DOMID_SELF, .status = 99 };
+    long rc = gnttab_op(GNTTABOP_query_size, &qs, 1);
+    check(rc == 0 && qs.status == GNTST_okay && qs.nr_frames == 1 && qs.max_nr_frames >= 1, "query_size_initial",
+          "rc %ld status %d, %u of %u frames (want 1 before any setup_table)", rc, qs.status, qs.nr_frames,
+          qs.max_nr_frames);
     if (gnttab_start("domid_from_store", "setup_table"))
         return;
     data = alloc_page();

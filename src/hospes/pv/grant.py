@@ -123,6 +123,7 @@ ENTRY_SIZE_V2 = 16
 ENTRIES_PER_FRAME_V2 = PAGE_SIZE // ENTRY_SIZE_V2
 STATUS_PER_FRAME = PAGE_SIZE // 2       # u16 status entries of v2
 NR_RESERVED_ENTRIES = 8                 # the toolstack's entries, kept across a version switch
+INITIAL_NR_GRANT_FRAMES = 1             # what a domain has before any setup_table (Xen's x86 value)
 MAX_MAPTRACK = 1024 * (PAGE_SIZE // 16)  # Xen's default max_maptrack_frames of 16-byte entries
 PIN_LIMIT = 0x80                         # Xen keeps each 8-bit pin counter below bit 7
 
@@ -225,7 +226,7 @@ class GrantTable:
 
     ``max_frames`` frames are reserved there, followed by the status frames a
     v2 table of that size needs; the guest uses the first :attr:`nr_frames`
-    (grown by :meth:`setup`). ``ram_frames`` is the number of guest RAM
+    (one from the start, as in Xen, grown by :meth:`setup`). ``ram_frames`` is the number of guest RAM
     frames: the only frames a grant may name. ``types`` is the domain's MMU,
     which keeps the writable references mappings and backends take; its lock
     also serialises every change to the table's own books.
@@ -247,16 +248,16 @@ class GrantTable:
         self._word0 = base_gpa // ENTRY_SIZE   # index of entry 0 in mem.q
         self._max = max_frames
         self._ram = ram_frames
-        self._nr = 0
-        self._nr_refs = 0
         self.types = types
         self._version = 1
         self._shift = 0                         # log2(entry size / 8): a reference's first word
+        self._status_base = base_gpa + max_frames * PAGE_SIZE
+        self._nr = INITIAL_NR_GRANT_FRAMES
+        self._nr_refs = self._nr_status = 0
         # (references, shift) for the lock-free lookup: one attribute, so a backend
         # never pairs the reference count of one version with the layout of the other.
         self._geom = (0, 0)
-        self._status_base = base_gpa + max_frames * PAGE_SIZE
-        self._nr_status = 0
+        self._refs_changed()
         self._active: dict[int, _Active] = {}
         self._maptrack: dict[int, _Mapping] = {}
         self._free: deque[int] = deque()
