@@ -207,10 +207,13 @@ GNT_HELPER uint32_t get_version(void)
     return gnttab_op(GNTTABOP_get_version, &op, 1) ? 0 : op.version;
 }
 
-/* A pool page whose L1 entry a host mapping may take over. */
+/* A virtual page with an L1 entry but nothing mapped (and nothing in the TLB:
+ * Xen does not flush when a grant map writes the entry), for host mappings. */
 GNT_HELPER void *window(void)
 {
-    return alloc_page();
+    void *va = alloc_page();
+    require_rc(HYPERVISOR_update_va_mapping((uint64_t)va, 0, UVMF_INVLPG), "window");
+    return va;
 }
 
 /* The kernel's domid (from the store; check domid_check), a one-frame v1 table
