@@ -127,6 +127,9 @@ INITIAL_NR_GRANT_FRAMES = 1             # what a domain has before any setup_tab
 MAX_MAPTRACK = 1024 * (PAGE_SIZE // 16)  # Xen's default max_maptrack_frames of 16-byte entries
 PIN_LIMIT = 0x80                         # Xen keeps each 8-bit pin counter below bit 7
 
+#: The flags a backend's lookup wants to be exactly GTF_permit_access: a whole page.
+_WHOLE_PAGE_MASK = GTF_type_mask | GTF_sub_page
+
 #: PTE bits a mapper may set through GNTMAP_guest_avail0..2 (bits 9-11).
 _PTE_AVAIL = 0xE00
 
@@ -340,14 +343,17 @@ class GrantTable:
         if not 0 <= ref < nr_refs:
             raise GrantError(f"grant reference {ref} is outside the grant table ({self._nr} frames)")
         q = self._mem.q
-        word = self._word0 + (ref << shift)
-        entry = q[word]
+        if shift:
+            word = self._word0 + (ref << 1)
+            entry, frame = q[word], q[word + 1]
+        else:
+            entry = q[self._word0 + ref]
+            frame = entry >> 32
         flags = entry & 0xFFFF
-        if flags & (GTF_type_mask | GTF_sub_page) != GTF_permit_access or (entry >> 16) & 0xFFFF != grantee:
+        if flags & _WHOLE_PAGE_MASK != GTF_permit_access or (entry >> 16) & 0xFFFF != grantee:
             raise GrantError(f"grant reference {ref} does not grant access to domain {grantee}")
         if writable and flags & GTF_readonly:
             raise GrantError(f"grant reference {ref} is read-only")
-        frame = q[word + 1] if shift else entry >> 32
         if frame >= self._ram:
             raise GrantError(f"grant reference {ref} names frame {frame:#x} outside the guest's RAM")
         return frame << PAGE_SHIFT
