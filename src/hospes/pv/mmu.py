@@ -358,6 +358,25 @@ class PvMmu:
         self._put_ref(kind, old, vcpu.writes, frame)
         self.store(vcpu.writes, pte_gpa, new)
 
+    def write_grant_l1e(self, writes: Writes, pte_gpa: int, value: int) -> int:
+        """Write the L1 entry of a grant host mapping (Xen's create/replace_grant_pv_mapping).
+
+        The entry must lie in a page that is an L1 table in use (-EINVAL
+        otherwise); it is adjusted and its reference taken like any other L1
+        entry, and the old entry's dropped, so the guest may overwrite it later
+        with mmu_update without unbalancing the counts. Returns the old entry.
+        """
+        frame = pte_gpa >> 12
+        if not 0 <= frame < self.ram_pages or frame in self.released or not self.count.get(frame) \
+                or self.type[frame] != 1:
+            raise XenError(Errno.EINVAL, "a grant mapping's entry must be in an L1 table")
+        old = self.q[pte_gpa >> 3]
+        new = self.adjust(1, value)
+        self._get_ref(1, new, writes)
+        self._put_ref(1, old, writes)
+        self.store(writes, pte_gpa, new)
+        return int(old)
+
     def pin(self, vcpu: "PvVcpu", frame: int, level: int) -> None:
         if frame in self.pinned:
             raise XenError(Errno.EINVAL)
