@@ -68,6 +68,29 @@ VI_TIME = 0x20
 
 NO_RETURN = object()  # a hypercall handler that set the whole guest state itself
 
+# How long one hypercall may work before it stops and continues later (Xen's
+# hypercall_preempt_check). A batch checks after each element but the first;
+# 1 ms keeps the vCPU's timer, event and pause latency at what a guest sees
+# anyway, and is ~100 page-table updates, so a chunk's writer batch is small.
+HYPERCALL_SLICE_NS = 1_000_000
+_monotonic_ns = time.monotonic_ns   # the slice's clock (a name of its own, for tests)
+
+
+class Continuation:
+    """A hypercall that stopped early (Xen's hypercall_create_continuation).
+
+    Returned by a handler: the guest re-executes the same hypercall with these
+    arguments (the ones a batch needs to carry on where it stopped), after
+    Hospes has served its events, timers and pause requests. Inside a multicall
+    the arguments go back into the entry instead, and the multicall continues
+    from that entry.
+    """
+
+    __slots__ = ("args",)
+
+    def __init__(self, *args: int) -> None:
+        self.args = args
+
 # The signal that interrupts a vCPU thread's KVM_RUN. Its handler is installed
 # once per process and never removed (see PvVcpu.kick): a kick that arrives
 # late, after a domain has stopped, must find a handler, not the default
@@ -176,6 +199,7 @@ class PvVcpu:
     invlpg_va: int
     flush_generation: int
     in_kvm_run: bool
+    preempt_at: int
     start_context: StartContext | None
     t_rip: int
     t_cs: int
@@ -243,6 +267,7 @@ class PvVcpu:
         self.invlpg_va = 0
         self.flush_generation = 0        # bumped whenever a TLB flush is scheduled before guest code
         self.in_kvm_run = False
+        self.preempt_at = 0              # when the running hypercall's slice ends (0: not measured yet)
         self.start_context: StartContext | None = None
         self.t_rip = 0
         self.t_cs = abi.FLAT_KERNEL_CS
@@ -484,6 +509,7 @@ class PvVcpu:
         if handler is None:
             regs.rax = (-Errno.ENOSYS) & 0xFFFF_FFFF_FFFF_FFFF
             return
+        self.preempt_at = 0
         try:
             result = handler(self, regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8)
         except XenError as e:
@@ -492,11 +518,49 @@ class PvVcpu:
             result = -Errno.EFAULT
         if result is NO_RETURN:
             return
+        if type(result) is Continuation:
+            self._continue_hypercall(nr, result.args)
+            return
         regs.rax = int(result) & 0xFFFF_FFFF_FFFF_FFFF  # type: ignore[call-overload]
 
-    def call_hypercall(self, nr: int, args: tuple[int, ...]) -> int:
+    def _continue_hypercall(self, nr: int, args: tuple[int, ...]) -> None:
+        """Re-arm hypercall ``nr``: the guest resumes at its SYSCALL with the new arguments.
+
+        The target RIP is the instruction after the SYSCALL (its RCX), so two
+        bytes back is the SYSCALL itself, as Xen's continuation rewinds a PV
+        guest. Between here and the re-execution the return path delivers any
+        pending upcall (whose frame then points at the SYSCALL) and the exit
+        loop sees a pause or stop: the call is interruptible, like any guest
+        instruction boundary.
+        """
+        regs = self.regs
+        regs.rax = nr
+        for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8"), args, strict=False):
+            setattr(regs, name, value & 0xFFFF_FFFF_FFFF_FFFF)
+        self.t_rip = (self.t_rip - 2) & 0xFFFF_FFFF_FFFF_FFFF
+        self.count("continuation")
+
+    def preempt_check(self) -> bool:
+        """Should a long hypercall stop here and continue later (Xen's hypercall_preempt_check)?
+
+        Yes once the call has worked its slice, when an upcall waits to be
+        delivered, or when the vCPU is asked to pause or stop. The slice starts
+        at the first check (a batch's first element is always done, so every
+        chunk makes progress).
+        """
+        now = _monotonic_ns()
+        if not self.preempt_at:
+            self.preempt_at = now + HYPERCALL_SLICE_NS
+        elif now >= self.preempt_at:
+            return True
+        if self.run_state.state is not RunState.RUNNING:
+            return True
+        return self.upcall_deliverable() and abi.CALLBACKTYPE_event in self.callbacks
+
+    def call_hypercall(self, nr: int, args: tuple[int, ...]) -> int | Continuation:
         """Run one hypercall on behalf of a multicall entry (the multicall handles
-        iret itself; a nested multicall is refused)."""
+        iret itself; a nested multicall is refused). A :class:`Continuation` is
+        the entry's new arguments: the multicall stops and resumes at it."""
         handler = self.hypercalls.get(nr)
         if handler is None or nr in (abi.Hypercall.iret, abi.Hypercall.multicall):
             return -Errno.ENOSYS if handler is None else -Errno.EINVAL
@@ -508,6 +572,8 @@ class PvVcpu:
         except GuestFault:
             return -Errno.EFAULT
         assert result is not NO_RETURN
+        if type(result) is Continuation:
+            return result
         return cast(int, result)
 
     # --- exception exits -----------------------------------------------------------
@@ -958,4 +1024,5 @@ class PvVcpu:
 
 
 
-__all__ = ["KICK_SIGNAL", "PvVcpu", "DomainCrash", "NO_RETURN", "PAGE_SIZE", "install_kick_handler", "raised_at"]
+__all__ = ["HYPERCALL_SLICE_NS", "KICK_SIGNAL", "Continuation", "PvVcpu", "DomainCrash", "NO_RETURN", "PAGE_SIZE",
+           "install_kick_handler", "raised_at"]
