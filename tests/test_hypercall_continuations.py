@@ -242,8 +242,9 @@ def test_a_multicall_preempted_between_entries_advances_its_list(vcpu: FakeVcpu,
 
 def test_a_multicall_of_4096_long_mmu_updates_completes_in_slices_with_bounded_memory(
         dom: FakePvDomain, vcpu: FakeVcpu, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The shape, scaled to 16 entries: each request list is the same 4096
-    # identity updates. A fake clock ticks 50 µs per look, so a 1 ms slice is ~20 updates.
+    # The shape, scaled to 16 entries of the same 4096 updates, each of
+    # which changes its entry (256 slots, flipped between two frames each pass),
+    # so every one is a store for the writer. A fake clock ticks 50 µs per look.
     ticks = [0]
 
     def clock() -> int:
@@ -251,7 +252,8 @@ def test_a_multicall_of_4096_long_mmu_updates_completes_in_slices_with_bounded_m
         return ticks[0]
 
     monkeypatch.setattr(vcpu_module, "_monotonic_ns", clock)
-    put_requests(vcpu, REQ_VA, identity_updates(dom, 4096))
+    put_requests(vcpu, REQ_VA, [(l1_slot(FIRST_FREE_SLOT + i % 256), ((FREE_FRAME + (i // 256) % 2) << 12) | PTE_P)
+                                for i in range(4096)])
     n = 16
     vcpu.put(ARG_VA, multicall_list([(Hypercall.mmu_update, REQ_VA, 4096, DONE_VA + 4 * e, DOMID_SELF)
                                      for e in range(n)]))
@@ -265,7 +267,7 @@ def test_a_multicall_of_4096_long_mmu_updates_completes_in_slices_with_bounded_m
     assert [u32(vcpu.get(DONE_VA + 4 * e, 4)) for e in range(n)] == [4096] * n
     assert [struct.unpack_from("<Q", vcpu.get(ARG_VA + 64 * e + 8, 8))[0] for e in range(n)] == [0] * n
     assert len(chunks) > n * 4096 // 40
-    assert max(chunks.queued) <= 64            # a chunk's stores for the writer stay few
+    assert max(chunks.queued) <= vcpu_module.HYPERCALL_SLICE_WRITES   # a chunk's stores for the writer stay few
     assert peak < 2 << 20                      # and so does Python memory (65536 updates queued: ~8 MiB)
 
 
@@ -298,3 +300,14 @@ def test_a_pause_request_preempts_a_batch(dom: FakePvDomain, vcpu: FakeVcpu) -> 
     vcpu.t_rip = RETURN_RIP
     vcpu.hypercall(Hypercall.mmu_update, REQ_VA, 4, DONE_VA, DOMID_SELF)
     assert vcpu.t_rip == RETURN_RIP - 2 and u32(vcpu.get(DONE_VA, 4)) == 1
+
+
+def test_an_entry_written_back_as_it_is_leaves_nothing_for_the_writer(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    # Each store the writer makes is a CPL-0 instruction the host emulates: an
+    # update that changes nothing (mapped, unmapped, in a pinned table) needs none.
+    put_requests(vcpu, REQ_VA, identity_updates(dom, 600))
+    assert vcpu.hypercall(Hypercall.mmu_update, REQ_VA, 600, DONE_VA, DOMID_SELF) == 0
+    assert u32(vcpu.get(DONE_VA, 4)) == 600 and vcpu.writes == []
+    put_requests(vcpu, REQ_VA, new_mappings(1))
+    assert vcpu.hypercall(Hypercall.mmu_update, REQ_VA, 1, DONE_VA, DOMID_SELF) == 0
+    assert len(vcpu.writes) == 1

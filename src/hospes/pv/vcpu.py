@@ -73,6 +73,10 @@ NO_RETURN = object()  # a hypercall handler that set the whole guest state itsel
 # 1 ms keeps the vCPU's timer, event and pause latency at what a guest sees
 # anyway, and is ~100 page-table updates, so a chunk's writer batch is small.
 HYPERCALL_SLICE_NS = 1_000_000
+# Page-table stores a chunk may leave for the in-VM writer: each is a CPL-0
+# instruction, which the PVM host emulates (~15 us), so they count towards
+# the slice too.
+HYPERCALL_SLICE_WRITES = 64
 _monotonic_ns = time.monotonic_ns   # the slice's clock (a name of its own, for tests)
 
 
@@ -543,7 +547,8 @@ class PvVcpu:
     def preempt_check(self) -> bool:
         """Should a long hypercall stop here and continue later (Xen's hypercall_preempt_check)?
 
-        Yes once the call has worked its slice, when an upcall waits to be
+        Yes once the call has worked its slice or queued its share of stores
+        for the writer, when an upcall waits to be
         delivered, or when the vCPU is asked to pause or stop. The slice starts
         at the first check (a batch's first element is always done, so every
         chunk makes progress).
@@ -553,7 +558,7 @@ class PvVcpu:
             self.preempt_at = now + HYPERCALL_SLICE_NS
         elif now >= self.preempt_at:
             return True
-        if self.run_state.state is not RunState.RUNNING:
+        if len(self.writes) >= HYPERCALL_SLICE_WRITES or self.run_state.state is not RunState.RUNNING:
             return True
         return self.upcall_deliverable() and abi.CALLBACKTYPE_event in self.callbacks
 
