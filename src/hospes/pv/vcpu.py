@@ -25,6 +25,7 @@ import signal
 import struct
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Callable, cast
 
 from hospes.kvm import constants as kc
@@ -130,6 +131,14 @@ def raised_at(e: BaseException) -> str:
         tb = tb.tb_next
     code = tb.tb_frame.f_code
     return f"{code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} ({code.co_name})"
+
+
+def internal_error_message(what: str, e: BaseException, vcpus: Sequence[PvVcpu]) -> str:
+    """Why a domain ended on a Hospes bug: what failed, the exception and where
+    it was raised, and every vCPU's registers."""
+    dumps = "\n".join(f"vCPU {pv.id}:\n{pv.register_dump()}" for pv in vcpus)
+    return (f"{what}: Hospes internal error (a bug; please report it): {type(e).__name__}: {e} "
+            f"at {raised_at(e)}\n{dumps}")
 
 
 def _segment(seg: KvmSegment, selector: int, code: bool, dpl: int, long: bool) -> None:
@@ -465,9 +474,7 @@ class PvVcpu:
             # A Hospes bug: whatever the guest did to reach it ends its own domain only.
             self.in_kvm_run = False
             where = f"after KVM exit {reason}" if reason >= 0 else "before the first KVM exit"
-            log.debug("vCPU %d: internal error %s", self.id, where, exc_info=True)
-            dom.crash(self, f"Hospes internal error {where} (a bug; please report it): "
-                            f"{type(e).__name__}: {e} at {raised_at(e)}")
+            dom.internal_error(f"vCPU {self.id} {where}", e)
 
     # --- syscall exits -----------------------------------------------------------
 
@@ -1030,4 +1037,4 @@ class PvVcpu:
 
 
 __all__ = ["HYPERCALL_SLICE_NS", "KICK_SIGNAL", "Continuation", "PvVcpu", "DomainCrash", "NO_RETURN", "PAGE_SIZE",
-           "install_kick_handler", "raised_at"]
+           "install_kick_handler", "internal_error_message", "raised_at"]
