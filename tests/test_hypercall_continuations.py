@@ -155,6 +155,7 @@ def test_a_continuation_without_pdone_still_completes(dom: FakePvDomain, vcpu: F
 
 def test_an_mmu_update_longer_than_4096_requests_is_served(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
     # Xen has no limit on the count: the batch is preemptible instead.
+    vcpu.slice_ns = vcpu_module.HYPERCALL_SLICE_NS
     put_requests(vcpu, REQ_VA, identity_updates(dom, 5000))
     rc, _ = complete(vcpu, Hypercall.mmu_update, REQ_VA, 5000, DONE_VA, DOMID_SELF)
     assert rc == 0 and u32(vcpu.get(DONE_VA, 4)) == 5000
@@ -252,6 +253,7 @@ def test_a_multicall_of_4096_long_mmu_updates_completes_in_slices_with_bounded_m
         return ticks[0]
 
     monkeypatch.setattr(vcpu_module, "_monotonic_ns", clock)
+    vcpu.slice_ns = vcpu_module.HYPERCALL_SLICE_NS
     put_requests(vcpu, REQ_VA, [(l1_slot(FIRST_FREE_SLOT + i % 256), ((FREE_FRAME + (i // 256) % 2) << 12) | PTE_P)
                                 for i in range(4096)])
     n = 16
@@ -306,8 +308,31 @@ def test_an_entry_written_back_as_it_is_leaves_nothing_for_the_writer(dom: FakeP
     # Each store the writer makes is a CPL-0 instruction the host emulates: an
     # update that changes nothing (mapped, unmapped, in a pinned table) needs none.
     put_requests(vcpu, REQ_VA, identity_updates(dom, 600))
-    assert vcpu.hypercall(Hypercall.mmu_update, REQ_VA, 600, DONE_VA, DOMID_SELF) == 0
-    assert u32(vcpu.get(DONE_VA, 4)) == 600 and vcpu.writes == []
+    rc, chunks = complete(vcpu, Hypercall.mmu_update, REQ_VA, 600, DONE_VA, DOMID_SELF)
+    assert rc == 0 and u32(vcpu.get(DONE_VA, 4)) == 600 and sum(chunks.queued) == 0
     put_requests(vcpu, REQ_VA, new_mappings(1))
-    assert vcpu.hypercall(Hypercall.mmu_update, REQ_VA, 1, DONE_VA, DOMID_SELF) == 0
-    assert len(vcpu.writes) == 1
+    rc, chunks = complete(vcpu, Hypercall.mmu_update, REQ_VA, 1, DONE_VA, DOMID_SELF)
+    assert rc == 0 and chunks.queued == [1]
+
+
+# --- memory_op's reservation ops ----------------------------------------------------------------
+
+
+def test_a_preempted_decrease_reservation_continues_at_the_next_extent(
+        dom: FakePvDomain, vcpu: FakeVcpu, every: list[int]) -> None:
+    from hospes.pv.hypercalls import memory as M
+
+    frames = [FREE_FRAME + k for k in range(10)]
+    vcpu.put(BUF_VA, b"".join(struct.pack("<Q", f) for f in frames))
+    vcpu.put(ARG_VA, M.RESERVATION.pack(BUF_VA, 10, 0, 0, DOMID_SELF))
+    before = dom.reservation.current_pages
+    vcpu.t_rip = RETURN_RIP
+    vcpu.hypercall(Hypercall.memory_op, M.XENMEM_decrease_reservation, ARG_VA)
+    # Xen's continuation: the same op with the extent to resume at in cmd >> MEMOP_EXTENT_SHIFT.
+    regs = vcpu.regs
+    assert vcpu.t_rip == RETURN_RIP - 2
+    assert (regs.rdi, regs.rsi) == (M.XENMEM_decrease_reservation | 3 << M.MEMOP_EXTENT_SHIFT, ARG_VA)
+    assert dom.reservation.current_pages == before - 3
+    rc, chunks = complete(vcpu, Hypercall.memory_op, regs.rdi, regs.rsi)
+    assert rc == 10 and len(chunks) > 1          # extents done, counted from the first
+    assert dom.reservation.current_pages == before - 10

@@ -213,6 +213,7 @@ class PvVcpu:
     flush_generation: int
     in_kvm_run: bool
     preempt_at: int
+    slice_ns: int
     start_context: StartContext | None
     t_rip: int
     t_cs: int
@@ -281,6 +282,7 @@ class PvVcpu:
         self.flush_generation = 0        # bumped whenever a TLB flush is scheduled before guest code
         self.in_kvm_run = False
         self.preempt_at = 0              # when the running hypercall's slice ends (0: not measured yet)
+        self.slice_ns = HYPERCALL_SLICE_NS
         self.start_context: StartContext | None = None
         self.t_rip = 0
         self.t_cs = abi.FLAT_KERNEL_CS
@@ -562,7 +564,7 @@ class PvVcpu:
         """
         now = _monotonic_ns()
         if not self.preempt_at:
-            self.preempt_at = now + HYPERCALL_SLICE_NS
+            self.preempt_at = now + self.slice_ns
         elif now >= self.preempt_at:
             return True
         if len(self.writes) >= HYPERCALL_SLICE_WRITES or self.run_state.state is not RunState.RUNNING:
