@@ -71,12 +71,12 @@ NO_RETURN = object()  # a hypercall handler that set the whole guest state itsel
 
 # How long one hypercall may work before it stops and continues later (Xen's
 # hypercall_preempt_check). A batch checks after each element but the first;
-# 1 ms keeps the vCPU's timer, event and pause latency at what a guest sees
-# anyway, and is ~100 page-table updates, so a chunk's writer batch is small.
+# 1 ms (some 700 mmu_update requests that change nothing) keeps the vCPU's
+# timer, event and pause latency near a tick of a guest's timer.
 HYPERCALL_SLICE_NS = 1_000_000
 # Page-table stores a chunk may leave for the in-VM writer: each is a CPL-0
-# instruction, which the PVM host emulates (~15 us), so they count towards
-# the slice too.
+# instruction, which the PVM host emulates (~20 us measured), so they end a
+# slice too (64 are about another millisecond).
 HYPERCALL_SLICE_WRITES = 64
 _monotonic_ns = time.monotonic_ns   # the slice's clock (a name of its own, for tests)
 
@@ -557,10 +557,9 @@ class PvVcpu:
         """Should a long hypercall stop here and continue later (Xen's hypercall_preempt_check)?
 
         Yes once the call has worked its slice or queued its share of stores
-        for the writer, when an upcall waits to be
-        delivered, or when the vCPU is asked to pause or stop. The slice starts
-        at the first check (a batch's first element is always done, so every
-        chunk makes progress).
+        for the writer, when an upcall waits to be delivered, or when the vCPU
+        is asked to pause or stop. The slice starts at the first check (a
+        batch's first element is always done, so every chunk makes progress).
         """
         now = _monotonic_ns()
         if not self.preempt_at:
