@@ -291,6 +291,14 @@ EXPECTED_PASSES: dict[str, tuple[str, ...]] = {
         "set_version_back_to_1",
         "v1_map_again",
     ),
+    "preempt": (
+        "multicall_of_long_mmu_updates_completes",
+        "every_pdone_counts_the_whole_batch",
+        "identity_updates_leave_the_table",
+        "timer_upcalls_arrive_during_the_call",
+        "unpin_l1",
+        "l1_writable_again",
+    ),
 }
 
 # A result line, optionally behind a Xen-style "(d1) " console prefix.

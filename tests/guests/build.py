@@ -57,6 +57,7 @@ ALL_GUESTS: tuple[str, ...] = (
     "elf_paddr_offset",
     "hostile",
     "grants",
+    "preempt",
 )
 
 
