@@ -333,7 +333,7 @@ def test_an_exception_on_the_vcpu_thread_crashes_the_domain_with_a_dump(dom: Fak
     vcpu.next_clock_correct = 1 << 62
     vcpu._loop()
     (text,) = dom.record.crashes
-    assert "vCPU 0: Hospes internal error before the first KVM exit" in text
+    assert "vCPU 0 before the first KVM exit: Hospes internal error" in text
     assert "ZeroDivisionError: injected" in text and "broken_run" in text
     assert "rip=" in text and "cr3=" in text
 

@@ -12,8 +12,10 @@ callbacks passed in here.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
+import traceback
 from array import array
 import uuid as uuidlib
 from dataclasses import dataclass, field
@@ -41,8 +43,10 @@ from hospes.pv.pvdomain import DomainIdentity, PvDomain, PvDomainState, PvHooks,
 from hospes.pv.store import ConnectionState, Store, StoreState, populate_domain
 from hospes.pv.store.connection import RingConnection
 from hospes.pv.trampoline import Trampoline
-from hospes.pv.vcpu import PvVcpu, install_kick_handler
+from hospes.pv.vcpu import PvVcpu, install_kick_handler, internal_error_message
 from hospes.state import StateError, check_version
+
+log = logging.getLogger(__name__)
 
 MIN_MEMORY_MIB = 16
 MAX_MEMORY_MIB = 64 * 1024
@@ -297,7 +301,8 @@ class Domain:
         self._frozen = False    # saved: nothing may write guest memory until unpause
         cpuid = CpuidPolicy(self.kvm.supported_cpuid())
         identity = DomainIdentity(self.domid, self.uuid, config.cmdline)
-        hooks = PvHooks(console_io=self._console_io, shutdown=self._guest_shutdown, crash=self._crash)
+        hooks = PvHooks(console_io=self._console_io, shutdown=self._guest_shutdown, crash=self._crash,
+                        internal_error=self._internal_error)
         if saved is None:
             self._build(config, kernel, initrd, cpuid, identity, hooks)
         else:
@@ -331,7 +336,7 @@ class Domain:
                         config.memory_mib * 1024, max_vcpus=config.vcpu_slots,
                         max_memory_kib=config.ram_mib * 1024)
         self.device_host = BackendHost(domid=self.domid, mem=self.mem, grants=self.pv.grants, evtchn=self.evtchn,
-                                       store=self.store)
+                                       store=self.store, failed=self._internal_error)
         self.disks = [BlockBackend(self.device_host, disk) for disk in config.disks]
         self.vifs = [NetBackend(self.device_host, vif) for vif in config.vifs]
         self.store_conn = RingConnection(self.store, self.domid, self.mem.view(self.store_gpa, PAGE_SIZE),
@@ -358,7 +363,8 @@ class Domain:
         self.store = Store.restore(state.store)
         grants = grant_table(self.mem, lay, mmu, state.pv.grants)
         late = _LatePorts()
-        self.device_host = BackendHost(domid=self.domid, mem=self.mem, grants=grants, evtchn=late, store=self.store)
+        self.device_host = BackendHost(domid=self.domid, mem=self.mem, grants=grants, evtchn=late, store=self.store,
+                                       failed=self._internal_error)
         self.disks = [BlockBackend.restore(s, host=self.device_host, disk=d)
                       for s, d in zip(state.disks, config.disks, strict=True)]
         self.vifs = [NetBackend.restore(s, host=self.device_host, vif=v)
@@ -470,7 +476,7 @@ class Domain:
             self.hypervisor_log(line)
 
     def _guest_shutdown(self, code: int) -> None:
-        self._service_console()
+        self._last_console()
         reason = ShutdownReason.from_code(code)
         message = ""
         if reason is ShutdownReason.CRASH:
@@ -478,13 +484,29 @@ class Domain:
         self._finish(ShutdownResult(reason, message))
 
     def _crash(self, text: str) -> None:
-        self._service_console()
+        self._last_console()
         self._finish(ShutdownResult(ShutdownReason.CRASH, text))
+
+    def _internal_error(self, what: str, error: BaseException) -> None:
+        """An unexpected exception on one of this domain's threads (a vCPU's exit
+        path, the timers, a block or net backend, the console or the store): a
+        Hospes bug. The domain ends, and only it: never the thread alone, which
+        would leave the domain half alive. The traceback goes to the hypervisor
+        log (stderr, or the domain's .err file under hospesd), what failed and
+        every vCPU's registers into the crash message."""
+        try:
+            self.hypervisor_log(f"hospes: {what}: Hospes internal error\n"
+                                f"{''.join(traceback.format_exception(error))}".encode())
+        except Exception:  # noqa: BLE001 - the log is best effort; ending the domain is not
+            log.exception("domain %d: cannot log an internal error", self.domid)
+        if getattr(self, "pv", None) is None:   # a restore's backend, before the PV domain exists
+            log.error("domain %d: %s: Hospes internal error while restoring", self.domid, what, exc_info=error)
+            return
+        self._crash(internal_error_message(what, error, self.pv.vcpus))
 
     # --- backends ----------------------------------------------------------------------
 
-    def _service_console(self) -> None:
-        """Pass the guest's output on and its pending input in (each console event)."""
+    def _pass_console(self) -> None:
         with self._console_lock:
             if self._frozen:
                 return
@@ -494,17 +516,37 @@ class Domain:
                 self.console_out(out)
             self.console.flush_input()
 
+    def _service_console(self) -> None:
+        """Pass the guest's output on and its pending input in (each console event)."""
+        try:
+            self._pass_console()
+        except Exception as e:  # noqa: BLE001 - a console bug ends this domain, not its caller's thread
+            self._internal_error("console", e)
+
+    def _last_console(self) -> None:
+        """The guest's last output, as the domain ends (a broken console must not stop that)."""
+        try:
+            self._pass_console()
+        except Exception:  # noqa: BLE001 - see above
+            log.warning("domain %d: cannot pass the guest's last console output on", self.domid, exc_info=True)
+
     def _store_event(self) -> None:
-        with self._store_lock:
-            if not self._frozen:
-                self.store_conn.service()
+        try:
+            with self._store_lock:
+                if not self._frozen:
+                    self.store_conn.service()
+        except Exception as e:  # noqa: BLE001 - a store bug ends this domain, not the vCPU thread alone
+            self._internal_error("xenstore", e)
 
     def console_input(self, data: bytes) -> None:
         """Queue bytes for the guest's console (hvc0) and notify it (from any thread)."""
-        with self._console_lock:
-            self.console.queue_input(data)
-            if not self._frozen:
-                self.console.flush_input()
+        try:
+            with self._console_lock:
+                self.console.queue_input(data)
+                if not self._frozen:
+                    self.console.flush_input()
+        except Exception as e:  # noqa: BLE001 - see _service_console
+            self._internal_error("console", e)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -594,7 +636,7 @@ class Domain:
         finally:
             self.pv.stop()
             self.pv.join()
-        self._service_console()
+        self._last_console()
         assert self.result is not None
         self.result.stats = self.pv.stats()
         return self.result

@@ -56,6 +56,8 @@ ALL_GUESTS: tuple[str, ...] = (
     "elf_xen_guest",
     "elf_paddr_offset",
     "hostile",
+    "grants",
+    "preempt",
 )
 
 

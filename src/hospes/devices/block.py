@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from hospes.devices.host import BACKEND_DOMID, DeviceHost
+from hospes.devices.host import BACKEND_DOMID, DeviceHost, guarded
 from hospes.devices.xenbus import XenbusBackend, XenbusState, device_paths, publish_device
 from hospes.errors import HospesError
 from hospes.pv.evtchn import BackendEndpoint
@@ -151,8 +151,10 @@ class BlockBackend:
         self._stop = False
         self._frozen = False               # see freeze()
         self._lock = threading.Lock()      # the ring: worker vs. xenbus vs. save
-        self._thread = threading.Thread(target=self._serve, name=f"blkback-{disk.vdev}", daemon=True)
-        self._xenbus = XenbusBackend(host.store, self.front, self.back, self, name=f"vbd {disk.vdev}", state=state)
+        self._thread = threading.Thread(target=guarded(host.failed, f"block backend {disk.vdev}", self._serve),
+                                        name=f"blkback-{disk.vdev}", daemon=True)
+        self._xenbus = XenbusBackend(host.store, self.front, self.back, self, name=f"vbd {disk.vdev}", state=state,
+                                     failed=host.failed)
 
     def _start(self) -> None:
         self._thread.start()

@@ -15,16 +15,22 @@ from their :meth:`endpoints`, so a host's ``evtchn`` may be set late.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 from hospes.machine.memory import GuestMemory
 from hospes.pv.evtchn import BackendEndpoint
 from hospes.pv.grant import GrantTable
 from hospes.pv.store import Store
 
+log = logging.getLogger(__name__)
+
 #: The domain the in-process backends run as; grants must name it.
 BACKEND_DOMID = 0
+
+#: ``failed(what, error)``: a backend thread met an unexpected exception.
+FailureHook = Callable[[str, BaseException], None]
 
 
 class EventPorts(Protocol):
@@ -53,6 +59,28 @@ class DeviceHost(Protocol):
     @property
     def store(self) -> Store: ...
 
+    @property
+    def failed(self) -> FailureHook:
+        """Where a backend thread's unexpected exception goes: the domain ends
+        (a Hospes bug, never the thread alone, which would leave the device
+        half alive)."""
+        ...
+
+
+def log_failure(what: str, error: BaseException) -> None:
+    """The failure hook of a backend no domain owns (tests): log it."""
+    log.error("%s: Hospes internal error: %s", what, error, exc_info=error)
+
+
+def guarded(failed: FailureHook, what: str, body: Callable[[], None]) -> Callable[[], None]:
+    """``body`` as a thread target whose unexpected exception goes to ``failed``."""
+    def run() -> None:
+        try:
+            body()
+        except Exception as e:  # noqa: BLE001 - a backend bug ends its domain, not just this thread
+            failed(what, e)
+    return run
+
 
 @dataclass(slots=True)
 class BackendHost:
@@ -63,6 +91,7 @@ class BackendHost:
     grants: GrantTable
     evtchn: EventPorts
     store: Store
+    failed: FailureHook = log_failure
 
 
-__all__ = ["BACKEND_DOMID", "BackendHost", "DeviceHost", "EventPorts"]
+__all__ = ["BACKEND_DOMID", "BackendHost", "DeviceHost", "EventPorts", "FailureHook", "guarded", "log_failure"]

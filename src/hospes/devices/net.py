@@ -57,7 +57,7 @@ from typing import ClassVar
 
 from hospes.devices.tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUNSETOFFLOAD, NetError, attach_to_bridge, open_tap
 from hospes.devices.netrate import TxCredit
-from hospes.devices.host import BACKEND_DOMID, DeviceHost
+from hospes.devices.host import BACKEND_DOMID, DeviceHost, guarded
 from hospes.devices.xenbus import XenbusBackend, XenbusState, device_paths, publish_device
 from hospes.errors import HospesError
 from hospes.pv.evtchn import BackendEndpoint
@@ -378,9 +378,10 @@ class NetBackend:
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._kicked = False
         self._ports = (_Port(self), _Port(self))
-        self._thread = threading.Thread(target=self._serve, name=f"netback-{d}.{vif.devid}", daemon=True)
+        self._thread = threading.Thread(target=guarded(host.failed, f"net backend {self.tap_name}", self._serve),
+                                        name=f"netback-{d}.{vif.devid}", daemon=True)
         self._xenbus = XenbusBackend(host.store, self.front, self.back, self, name=f"vif {self.tap_name}",
-                                     state=state)
+                                     state=state, failed=host.failed)
 
     def _start(self) -> None:
         self._thread.start()
@@ -517,9 +518,6 @@ class NetBackend:
                             timeout = max(0, min(timeout, int(left * 1000) + 1))
                     except RingError as e:
                         self._fail(f"the frontend's ring is broken ({e})")
-                    except Exception:  # never let one bad packet end the vif
-                        log.exception("vif %s: unexpected error; dropping the work at hand", self.tap_name)
-                        self._rx_pending = None
             if want_tap != tap_polled:
                 if want_tap:
                     poller.register(self.fd, select.POLLIN)

@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from enum import IntEnum
 from typing import Protocol
 
+from hospes.devices.host import FailureHook, guarded, log_failure
 from hospes.errors import HospesError
 from hospes.pv.store import Store, StoreError, WatchHandle
 
@@ -117,8 +118,9 @@ class XenbusBackend:
     """
 
     def __init__(self, store: Store, front: str, back: str, device: XenbusDevice, *, name: str,
-                 state: XenbusState = XenbusState.INIT_WAIT) -> None:
+                 state: XenbusState = XenbusState.INIT_WAIT, failed: FailureHook = log_failure) -> None:
         self.store = store
+        self._failed = failed
         self.front = front
         self.back = back
         self.name = name
@@ -206,7 +208,8 @@ class XenbusBackend:
         """The frontend broke its ring beyond repair; the device has stopped
         serving. Publish Closed (from another thread, see the module docstring)."""
         log.warning("%s: %s; disconnecting", self.name, why)
-        threading.Thread(target=self._closed_after_failure, name=f"{self.name}-fail", daemon=True).start()
+        threading.Thread(target=guarded(self._failed, f"{self.name} xenbus", self._closed_after_failure),
+                         name=f"{self.name}-fail", daemon=True).start()
 
     def _closed_after_failure(self) -> None:
         with self._lock:

@@ -342,7 +342,8 @@ class PvMmu:
             value |= old & 0x60
         kind = self.type.get(frame) if self.count.get(frame) else None
         if kind is None or kind == WRITABLE:
-            self.store(vcpu.writes, pte_gpa, value)  # an ordinary page: a plain store
+            if value != old:   # an entry written back as it is: nothing for the writer (a CPL-0 store each)
+                self.store(vcpu.writes, pte_gpa, value)  # an ordinary page: a plain store
             return
         if kind == SEGDESC:
             raise XenError(Errno.EINVAL)
@@ -352,11 +353,31 @@ class PvMmu:
         new = self.adjust(kind, value)
         if (new ^ old) & ~0x60 == 0 or (new & PTE_P and old & PTE_P and
                                         (new ^ old) & (PTE_ADDR_MASK | PTE_RW | PTE_P) == 0):
-            self.store(vcpu.writes, pte_gpa, new)  # same target and rights: no reference changes
+            if new != old:
+                self.store(vcpu.writes, pte_gpa, new)  # same target and rights: no reference changes
             return
         self._get_ref(kind, new, vcpu.writes, frame)
         self._put_ref(kind, old, vcpu.writes, frame)
         self.store(vcpu.writes, pte_gpa, new)
+
+    def write_grant_l1e(self, writes: Writes, pte_gpa: int, value: int) -> int:
+        """Write the L1 entry of a grant host mapping (Xen's create/replace_grant_pv_mapping).
+
+        The entry must lie in a page that is an L1 table in use (-EINVAL
+        otherwise); it is adjusted and its reference taken like any other L1
+        entry, and the old entry's dropped, so the guest may overwrite it later
+        with mmu_update without unbalancing the counts. Returns the old entry.
+        """
+        frame = pte_gpa >> 12
+        if not 0 <= frame < self.ram_pages or frame in self.released or not self.count.get(frame) \
+                or self.type[frame] != 1:
+            raise XenError(Errno.EINVAL, "a grant mapping's entry must be in an L1 table")
+        old = self.q[pte_gpa >> 3]
+        new = self.adjust(1, value)
+        self._get_ref(1, new, writes, frame)
+        self._put_ref(1, old, writes, frame)
+        self.store(writes, pte_gpa, new)
+        return int(old)
 
     def pin(self, vcpu: "PvVcpu", frame: int, level: int) -> None:
         if frame in self.pinned:

@@ -47,7 +47,7 @@ from hospes.pv.console_log import ConsoleIoLog
 from hospes.pv.smp import CONTEXT_SIZE, load_guest_context
 from hospes.pv.time import Clock, ClockState, Timers, TimersState, synchronise_tsc
 from hospes.pv.trampoline import Trampoline
-from hospes.pv.vcpu import VI_TIME, PvVcpu, raised_at
+from hospes.pv.vcpu import VI_TIME, PvVcpu, internal_error_message
 from hospes.pv.vcpu_state import PvVcpuState
 from hospes.state import StateError, check_version
 
@@ -64,11 +64,15 @@ class PvHooks:
     domain's console (pv/console_log.py).
     ``shutdown``: SCHEDOP_shutdown with its reason code.
     ``crash``: the domain must end; the text says why (with a register dump).
+    ``internal_error``: an unexpected exception on one of the domain's threads
+    (a Hospes bug), with what failed; the domain must end. None: a crash with
+    the message :meth:`PvDomain.internal_error` builds.
     """
 
     console_io: Callable[[bytes], None]
     shutdown: Callable[[int], None]
     crash: Callable[[str], None]
+    internal_error: Callable[[str, BaseException], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -342,10 +346,17 @@ class PvDomain:
 
     # --- time -------------------------------------------------------------------------
 
+    def internal_error(self, what: str, e: BaseException) -> None:
+        """An unexpected exception on one of this domain's threads (a Hospes bug):
+        the domain ends, never the thread alone (a vCPU, timer or device left
+        half alive). The one path every thread's failure takes."""
+        if self.hooks.internal_error is not None:
+            self.hooks.internal_error(what, e)
+        else:
+            self.hooks.crash(internal_error_message(what, e, self.vcpus))
+
     def _timer_thread_failed(self, e: Exception) -> None:
-        dumps = "\n".join(f"vCPU {pv.id}:\n{pv.register_dump()}" for pv in self.vcpus)
-        self.hooks.crash(f"timer thread: Hospes internal error (a bug; please report it): "
-                         f"{type(e).__name__}: {e} at {raised_at(e)}\n{dumps}")
+        self.internal_error("timer thread", e)
 
     def _timer_fired(self, v: int) -> None:
         self.evtchn.raise_virq(abi.VIRQ_TIMER, v)

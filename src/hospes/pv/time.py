@@ -245,8 +245,8 @@ class Timers:
         self.stopping = False
         self.held = False      # see hold()
         self._firing = False
-        # Called (then the thread ends) when a firing raises: a bug, which must end
-        # the domain rather than leave it without timers. None: the thread dies.
+        # Called (then the thread ends) when anything on the thread raises: a bug,
+        # which must end the domain rather than leave it without timers. None: the thread dies.
         self.on_error: Callable[[Exception], None] | None = None
         self.thread = threading.Thread(target=self._run, name="timers", daemon=True)
 
@@ -366,6 +366,14 @@ class Timers:
         return due
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except Exception as e:
+            if self.on_error is None:
+                raise
+            self.on_error(e)
+
+    def _serve(self) -> None:
         while True:
             calls: list[Callable[[], None]] = []
             with self.cond:
@@ -389,11 +397,6 @@ class Timers:
                     fn()
                 for v in due:
                     self.fire(v)
-            except Exception as e:
-                if self.on_error is None:
-                    raise
-                self.on_error(e)
-                return
             finally:
                 with self.cond:
                     self._firing = False

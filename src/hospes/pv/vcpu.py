@@ -25,6 +25,7 @@ import signal
 import struct
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Callable, cast
 
 from hospes.kvm import constants as kc
@@ -68,6 +69,33 @@ VI_TIME = 0x20
 
 NO_RETURN = object()  # a hypercall handler that set the whole guest state itself
 
+# How long one hypercall may work before it stops and continues later (Xen's
+# hypercall_preempt_check). A batch checks after each element but the first;
+# 1 ms (some 700 mmu_update requests that change nothing) keeps the vCPU's
+# timer, event and pause latency near a tick of a guest's timer.
+HYPERCALL_SLICE_NS = 1_000_000
+# Page-table stores a chunk may leave for the in-VM writer: each is a CPL-0
+# instruction, which the PVM host emulates (~20 us measured), so they end a
+# slice too (64 are about another millisecond).
+HYPERCALL_SLICE_WRITES = 64
+_monotonic_ns = time.monotonic_ns   # the slice's clock (a name of its own, for tests)
+
+
+class Continuation:
+    """A hypercall that stopped early (Xen's hypercall_create_continuation).
+
+    Returned by a handler: the guest re-executes the same hypercall with these
+    arguments (the ones a batch needs to carry on where it stopped), after
+    Hospes has served its events, timers and pause requests. Inside a multicall
+    the arguments go back into the entry instead, and the multicall continues
+    from that entry.
+    """
+
+    __slots__ = ("args",)
+
+    def __init__(self, *args: int) -> None:
+        self.args = args
+
 # The signal that interrupts a vCPU thread's KVM_RUN. Its handler is installed
 # once per process and never removed (see PvVcpu.kick): a kick that arrives
 # late, after a domain has stopped, must find a handler, not the default
@@ -103,6 +131,14 @@ def raised_at(e: BaseException) -> str:
         tb = tb.tb_next
     code = tb.tb_frame.f_code
     return f"{code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} ({code.co_name})"
+
+
+def internal_error_message(what: str, e: BaseException, vcpus: Sequence[PvVcpu]) -> str:
+    """Why a domain ended on a Hospes bug: what failed, the exception and where
+    it was raised, and every vCPU's registers."""
+    dumps = "\n".join(f"vCPU {pv.id}:\n{pv.register_dump()}" for pv in vcpus)
+    return (f"{what}: Hospes internal error (a bug; please report it): {type(e).__name__}: {e} "
+            f"at {raised_at(e)}\n{dumps}")
 
 
 def _segment(seg: KvmSegment, selector: int, code: bool, dpl: int, long: bool) -> None:
@@ -176,6 +212,8 @@ class PvVcpu:
     invlpg_va: int
     flush_generation: int
     in_kvm_run: bool
+    preempt_at: int
+    slice_ns: int
     start_context: StartContext | None
     t_rip: int
     t_cs: int
@@ -243,6 +281,8 @@ class PvVcpu:
         self.invlpg_va = 0
         self.flush_generation = 0        # bumped whenever a TLB flush is scheduled before guest code
         self.in_kvm_run = False
+        self.preempt_at = 0              # when the running hypercall's slice ends (0: not measured yet)
+        self.slice_ns = HYPERCALL_SLICE_NS
         self.start_context: StartContext | None = None
         self.t_rip = 0
         self.t_cs = abi.FLAT_KERNEL_CS
@@ -436,9 +476,7 @@ class PvVcpu:
             # A Hospes bug: whatever the guest did to reach it ends its own domain only.
             self.in_kvm_run = False
             where = f"after KVM exit {reason}" if reason >= 0 else "before the first KVM exit"
-            log.debug("vCPU %d: internal error %s", self.id, where, exc_info=True)
-            dom.crash(self, f"Hospes internal error {where} (a bug; please report it): "
-                            f"{type(e).__name__}: {e} at {raised_at(e)}")
+            dom.internal_error(f"vCPU {self.id} {where}", e)
 
     # --- syscall exits -----------------------------------------------------------
 
@@ -484,6 +522,7 @@ class PvVcpu:
         if handler is None:
             regs.rax = (-Errno.ENOSYS) & 0xFFFF_FFFF_FFFF_FFFF
             return
+        self.preempt_at = 0
         try:
             result = handler(self, regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8)
         except XenError as e:
@@ -492,11 +531,49 @@ class PvVcpu:
             result = -Errno.EFAULT
         if result is NO_RETURN:
             return
+        if type(result) is Continuation:
+            self._continue_hypercall(nr, result.args)
+            return
         regs.rax = int(result) & 0xFFFF_FFFF_FFFF_FFFF  # type: ignore[call-overload]
 
-    def call_hypercall(self, nr: int, args: tuple[int, ...]) -> int:
+    def _continue_hypercall(self, nr: int, args: tuple[int, ...]) -> None:
+        """Re-arm hypercall ``nr``: the guest resumes at its SYSCALL with the new arguments.
+
+        The target RIP is the instruction after the SYSCALL (its RCX), so two
+        bytes back is the SYSCALL itself, as Xen's continuation rewinds a PV
+        guest. Between here and the re-execution the return path delivers any
+        pending upcall (whose frame then points at the SYSCALL) and the exit
+        loop sees a pause or stop: the call is interruptible, like any guest
+        instruction boundary.
+        """
+        regs = self.regs
+        regs.rax = nr
+        for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8"), args, strict=False):
+            setattr(regs, name, value & 0xFFFF_FFFF_FFFF_FFFF)
+        self.t_rip = (self.t_rip - 2) & 0xFFFF_FFFF_FFFF_FFFF
+        self.count("continuation")
+
+    def preempt_check(self) -> bool:
+        """Should a long hypercall stop here and continue later (Xen's hypercall_preempt_check)?
+
+        Yes once the call has worked its slice or queued its share of stores
+        for the writer, when an upcall waits to be delivered, or when the vCPU
+        is asked to pause or stop. The slice starts at the first check (a
+        batch's first element is always done, so every chunk makes progress).
+        """
+        now = _monotonic_ns()
+        if not self.preempt_at:
+            self.preempt_at = now + self.slice_ns
+        elif now >= self.preempt_at:
+            return True
+        if len(self.writes) >= HYPERCALL_SLICE_WRITES or self.run_state.state is not RunState.RUNNING:
+            return True
+        return self.upcall_deliverable() and abi.CALLBACKTYPE_event in self.callbacks
+
+    def call_hypercall(self, nr: int, args: tuple[int, ...]) -> int | Continuation:
         """Run one hypercall on behalf of a multicall entry (the multicall handles
-        iret itself; a nested multicall is refused)."""
+        iret itself; a nested multicall is refused). A :class:`Continuation` is
+        the entry's new arguments: the multicall stops and resumes at it."""
         handler = self.hypercalls.get(nr)
         if handler is None or nr in (abi.Hypercall.iret, abi.Hypercall.multicall):
             return -Errno.ENOSYS if handler is None else -Errno.EINVAL
@@ -508,6 +585,8 @@ class PvVcpu:
         except GuestFault:
             return -Errno.EFAULT
         assert result is not NO_RETURN
+        if type(result) is Continuation:
+            return result
         return cast(int, result)
 
     # --- exception exits -----------------------------------------------------------
@@ -958,4 +1037,5 @@ class PvVcpu:
 
 
 
-__all__ = ["KICK_SIGNAL", "PvVcpu", "DomainCrash", "NO_RETURN", "PAGE_SIZE", "install_kick_handler", "raised_at"]
+__all__ = ["HYPERCALL_SLICE_NS", "KICK_SIGNAL", "Continuation", "PvVcpu", "DomainCrash", "NO_RETURN", "PAGE_SIZE",
+           "install_kick_handler", "internal_error_message", "raised_at"]

@@ -6,7 +6,9 @@ the result is the number of extents done, counting from the start extent a
 continuation carries in ``cmd >> MEMOP_EXTENT_SHIFT``; anything wrong with the
 request as a whole (an unreadable argument, another domain, an order above
 the domU limit, bad flags) is 0 extents done, and the first extent that fails
-ends the call. Frames are identity-mapped, so the MFN of a populated PFN is
+ends the call. A long one is preemptible as in Xen: it stops after an extent
+(``PvVcpu.preempt_check``) and continues with the same op, the next extent
+in ``cmd``. Frames are identity-mapped, so the MFN of a populated PFN is
 the PFN itself; :mod:`hospes.pv.reservation` keeps the books.
 """
 
@@ -19,6 +21,7 @@ from hospes.machine.memory import GuestFault
 from hospes.pv import layout as L
 from hospes.pv.abi import DOMID_SELF, Hypercall
 from hospes.pv.errors import Errno, XenError
+from hospes.pv.vcpu import Continuation
 
 if TYPE_CHECKING:
     from hospes.pv.reservation import Reservation
@@ -47,12 +50,23 @@ UINT_MAX = 0xFFFF_FFFF
 PAGE_SHIFT = 12
 
 
-def memory_op(vcpu: PvVcpu, cmd: int, arg: int, *_: int) -> int:
+class _Preempted(Exception):
+    """A reservation op stopped at extent ``done`` to continue later."""
+
+    def __init__(self, done: int) -> None:
+        self.done = done
+
+
+def memory_op(vcpu: PvVcpu, cmd: int, arg: int, *_: int) -> int | Continuation:
     start = cmd >> MEMOP_EXTENT_SHIFT   # where a continuation resumes (an extent index)
     op = cmd & MEMOP_CMD_MASK
     lay = vcpu.domain.layout
     if op in (XENMEM_increase_reservation, XENMEM_decrease_reservation, XENMEM_populate_physmap):
-        return reservation_op(vcpu, op, start, arg)
+        try:
+            return reservation_op(vcpu, op, start, arg)
+        except _Preempted as p:
+            # Xen's continuation: the same op, resuming at the extent it stopped at.
+            return Continuation(op | (p.done << MEMOP_EXTENT_SHIFT), arg)
     if op == XENMEM_machphys_mapping:
         end = L.M2P_VIRT_START + lay.m2p_pages * 4096
         vcpu.write(arg, struct.pack("<QQQ", L.M2P_VIRT_START, end, lay.guest_frames - 1))
@@ -120,6 +134,8 @@ def _decrease(vcpu: PvVcpu, extents: int, start: int, nr: int, order: int) -> in
     res = vcpu.domain.reservation
     size = 1 << order
     for i in range(start, nr):
+        if i != start and vcpu.preempt_check():
+            raise _Preempted(i)
         try:
             gmfn = vcpu.read_u64(extents + 8 * i)
         except GuestFault:
@@ -134,6 +150,8 @@ def _populate(vcpu: PvVcpu, extents: int, start: int, nr: int, order: int, limit
     dom = vcpu.domain
     size = 1 << order
     for i in range(start, nr):
+        if i != start and vcpu.preempt_check():
+            raise _Preempted(i)
         try:
             gpfn = vcpu.read_u64(extents + 8 * i)
         except GuestFault:
@@ -168,6 +186,8 @@ def _increase(vcpu: PvVcpu, extents: int, start: int, nr: int, order: int, limit
     size = 1 << order
     candidates = res.free_extents(size, min(limit, res.ram_pages))
     for i in range(start, nr):
+        if i != start and vcpu.preempt_check():
+            raise _Preempted(i)
         frame = next(candidates, None)
         if frame is None or not res.populate(frame, size):
             return i

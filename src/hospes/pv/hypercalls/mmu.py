@@ -1,7 +1,10 @@
 """The PV MMU hypercalls: mmu_update (#1), update_va_mapping (#14), mmuext_op (#26).
 
 Decoding only; the rules live in :mod:`hospes.pv.mmu`. Every change is queued
-on the vCPU and applied by the in-VM writer when the hypercall returns. TLB
+on the vCPU and applied by the in-VM writer when the hypercall returns. A batch
+of any length is preemptible as in Xen: after each request but the first it
+may stop (``PvVcpu.preempt_check``) and continue with the rest, its count
+marked MMU_UPDATE_PREEMPTED and the work done so far in ``*pdone``. TLB
 flushes follow Xen's contract: only when the guest asks for one (the UVMF_*
 flags, MMUEXT_*FLUSH*/INVLPG*), or when Hospes needs one for safety (a frame
 that was writable becomes a page table). Flushes of other vCPUs kick them and
@@ -14,8 +17,10 @@ from typing import TYPE_CHECKING
 import struct
 
 from hospes.pv.abi import Hypercall
+from hospes.machine.memory import GuestFault
 from hospes.pv.errors import Errno, XenError
 from hospes.pv.guestvirt import canonical
+from hospes.pv.vcpu import Continuation
 
 if TYPE_CHECKING:
     from hospes.pv.mmu import PvMmu
@@ -24,7 +29,8 @@ if TYPE_CHECKING:
 MMU_NORMAL_PT_UPDATE = 0
 MMU_MACHPHYS_UPDATE = 1
 MMU_PT_UPDATE_PRESERVE_AD = 2
-MAX_BATCH = 4096
+MMU_UPDATE_PREEMPTED = 1 << 31   # in a batch's count: a continuation (xen.h), the work done is in *pdone
+READ_WINDOW = 256                # requests read from the guest at once
 
 MMUEXT_PIN = {0: 1, 1: 2, 2: 3, 3: 4}
 MMUEXT_UNPIN_TABLE = 4
@@ -43,32 +49,53 @@ MMUEXT_FLUSH_CACHE_GLOBAL = 18
 
 def _done(vcpu: PvVcpu, done_va: int, n: int) -> None:
     if done_va:
-        vcpu.write(done_va, struct.pack("<I", n))
+        vcpu.write(done_va, struct.pack("<I", n & 0xFFFFFFFF))
 
 
-def mmu_update(vcpu: PvVcpu, req_va: int, count: int, done_va: int, foreigndom: int, *_: int) -> int:
+def _resumed(vcpu: PvVcpu, count: int, done_va: int) -> tuple[int, int]:
+    """(count, done so far) of a batch call: a continuation marks its count with
+    MMU_UPDATE_PREEMPTED and the work done before sits in ``*pdone``, as in Xen
+    (which ignores a pdone it cannot read, counting from 0)."""
     count &= 0xFFFFFFFF
-    if count > MAX_BATCH:
-        return -Errno.EINVAL
+    if not count & MMU_UPDATE_PREEMPTED:
+        return count, 0
+    done = 0
+    if done_va:
+        try:
+            (done,) = struct.unpack("<I", vcpu.read(done_va, 4))
+        except GuestFault:
+            pass
+    return count & ~MMU_UPDATE_PREEMPTED, done
+
+
+def mmu_update(vcpu: PvVcpu, req_va: int, count: int, done_va: int, foreigndom: int,
+               *_: int) -> int | Continuation:
+    count, done = _resumed(vcpu, count, done_va)
     if foreigndom & 0xFFFF not in (0x7FF0, vcpu.domain.domid):
         return -Errno.ESRCH
     mmu = vcpu.domain.mmu
-    data = vcpu.read(req_va, 16 * count)
-    done = 0
+    i = 0
     with mmu.lock:
         try:
-            for i in range(count):
-                ptr, val = struct.unpack_from("<QQ", data, 16 * i)
-                cmd = ptr & 3
-                if cmd in (MMU_NORMAL_PT_UPDATE, MMU_PT_UPDATE_PRESERVE_AD):
-                    mmu.update_entry(vcpu, ptr & ~7, val, preserve_ad=cmd == MMU_PT_UPDATE_PRESERVE_AD)
-                elif cmd == MMU_MACHPHYS_UPDATE:
-                    machphys_update(vcpu, ptr >> 12, val)
-                else:
-                    raise XenError(Errno.ENOSYS)
-                done += 1
+            while i < count:
+                # A window of requests at a time: memory stays bounded whatever the count.
+                n = min(READ_WINDOW, count - i)
+                data = vcpu.read(req_va + 16 * i, 16 * n)
+                for k in range(n):
+                    if i and vcpu.preempt_check():
+                        return Continuation(req_va + 16 * i, (count - i) | MMU_UPDATE_PREEMPTED, done_va,
+                                            foreigndom)
+                    ptr, val = struct.unpack_from("<QQ", data, 16 * k)
+                    cmd = ptr & 3
+                    if cmd in (MMU_NORMAL_PT_UPDATE, MMU_PT_UPDATE_PRESERVE_AD):
+                        mmu.update_entry(vcpu, ptr & ~7, val, preserve_ad=cmd == MMU_PT_UPDATE_PRESERVE_AD)
+                    elif cmd == MMU_MACHPHYS_UPDATE:
+                        machphys_update(vcpu, ptr >> 12, val)
+                    else:
+                        raise XenError(Errno.ENOSYS)
+                    i += 1
         finally:
-            _done(vcpu, done_va, done)
+            _done(vcpu, done_va, done + i)
     return 0
 
 
@@ -104,24 +131,28 @@ def update_va_mapping(vcpu: PvVcpu, va: int, new_pte: int, flags: int, *_: int) 
     return 0
 
 
-def mmuext_op(vcpu: PvVcpu, ops_va: int, count: int, done_va: int, foreigndom: int, *_: int) -> int:
-    count &= 0xFFFFFFFF
-    if count > MAX_BATCH:
-        return -Errno.EINVAL
+def mmuext_op(vcpu: PvVcpu, ops_va: int, count: int, done_va: int, foreigndom: int,
+              *_: int) -> int | Continuation:
+    count, done = _resumed(vcpu, count, done_va)
     mmu = vcpu.domain.mmu
-    data = vcpu.read(ops_va, 24 * count)
-    done = 0
+    i = 0
     rc = 0
     with mmu.lock:
         try:
-            for i in range(count):
-                cmd, arg1, arg2 = struct.unpack_from("<I4xQQ", data, 24 * i)
-                _mmuext(vcpu, mmu, cmd, arg1, arg2)
-                done += 1
+            while i < count:
+                n = min(READ_WINDOW, count - i)
+                data = vcpu.read(ops_va + 24 * i, 24 * n)
+                for k in range(n):
+                    if i and vcpu.preempt_check():
+                        return Continuation(ops_va + 24 * i, (count - i) | MMU_UPDATE_PREEMPTED, done_va,
+                                            foreigndom)
+                    cmd, arg1, arg2 = struct.unpack_from("<I4xQQ", data, 24 * k)
+                    _mmuext(vcpu, mmu, cmd, arg1, arg2)
+                    i += 1
         except XenError as e:
             rc = -e.errno
         finally:
-            _done(vcpu, done_va, done)
+            _done(vcpu, done_va, done + i)
     return rc
 
 
