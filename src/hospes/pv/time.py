@@ -361,7 +361,9 @@ class Timers:
                 due.append(v)
             elif kind == "per" and self.periodic[v] and self.next_periodic[v] == deadline:
                 due.append(v)
-                self.next_periodic[v] = deadline + self.periodic[v]
+                # From when it fired, as Xen's vcpu_periodic_timer_work: a late tick
+                # is not followed by a burst catching up.
+                self.next_periodic[v] = now + self.periodic[v]
                 heapq.heappush(self.heap, (self.next_periodic[v], v, "per"))
         return due
 
