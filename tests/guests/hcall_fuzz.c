@@ -534,8 +534,9 @@ static uint64_t struct_ptr(unsigned n)
 
 static void gen_memory_op(struct call *c)
 {
-    uint64_t cmd = chance(85) ? below(32) : rv();
-    c->a[0] = cmd;
+    uint64_t raw = chance(85) ? below(32) : rv();
+    uint64_t cmd = raw & 63;                    /* what the hypervisor takes as the command */
+    c->a[0] = raw;
     if (chance(5))
         c->a[0] |= below(1 << 10) << 6;        /* a continuation's extent index */
     if ((cmd == 0 || cmd == 1 || cmd == 6) && chance(90)) {
@@ -678,8 +679,10 @@ static void gen_evtchn_op(struct call *c)
     uint64_t cmd = chance(92) ? below(15) : rv();
     c->a[0] = cmd;
     uint32_t *w = arena_alloc(32);
-    if (!w || chance(8)) {
-        c->a[1] = out_ptr();
+    /* close and reset read their port or domain from memory we choose */
+    int guarded = (uint32_t)cmd == EVTCHNOP_close || (uint32_t)cmd == EVTCHNOP_reset;
+    if (!w || (chance(8) && !guarded)) {
+        c->a[1] = w || !guarded ? out_ptr() : bad_ptr();
         return;
     }
     /* Fields as the structures lay them out, each drawn from its pool. */
