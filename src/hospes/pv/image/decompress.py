@@ -16,6 +16,13 @@ people also hand us ``vmlinux.gz``-style files. Two facts shape this module:
 
 Everything works on ``memoryview`` slices and hands whole buffers to the C
 decoders; a Debian payload (~53 MB) decompresses in well under a second.
+
+Output is bounded: no decoder produces more than ``MAX_DECOMPRESSED_BYTES`` (the
+size a kernel file itself may have), so a decompression bomb (a few hundred KiB
+of gzip that would inflate to gigabytes) is refused with a clear error instead
+of filling the host's memory. zlib, xz/lzma, bzip2 and LZ4 frames stop at the
+limit themselves (``max_length``); zstd is fed in small pieces (one piece
+inflates to a few tens of MiB at most) and the legacy LZ4 blocks are 8 MiB each.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import lz4.block
 import lz4.frame
 import zstandard
 
+from hospes.files import MAX_IMAGE_BYTES
 from hospes.pv.image.errors import ImageError
 
 Buffer = bytes | bytearray | memoryview
@@ -48,25 +56,40 @@ LZ4_LEGACY_MAX_BLOCK = LZ4_LEGACY_CHUNK + LZ4_LEGACY_CHUNK // 255 + 16
 """LZ4_compressBound(8 MiB): no real block is longer than this."""
 
 
+MAX_DECOMPRESSED_BYTES = MAX_IMAGE_BYTES
+"""The most a kernel may decompress to (Debian's vmlinux is ~53 MB)."""
+
+ZSTD_PIECE = 1024
+"""Input bytes handed to zstd at a time: a zstd block of 4 bytes may inflate to
+128 KiB, so one piece makes at most ~32 MiB before the limit is checked."""
+
+
 class _Corrupt(Exception):
     """A stream that cannot be decoded; the text says why."""
 
 
-class _StreamDecoder(Protocol):
-    """What zlib, lzma, bz2, zstandard and lz4.frame decompressor objects share."""
+class _TooLarge(Exception):
+    """A stream that decompresses to more than the limit."""
+
+
+class _BoundedDecoder(Protocol):
+    """What zlib, lzma, bz2 and lz4.frame decompressor objects share."""
 
     @property
     def eof(self) -> bool: ...
 
-    def decompress(self, data: Buffer, /) -> bytes: ...
+    def decompress(self, data: Buffer, max_length: int = -1, /) -> bytes: ...
 
 
-def _single_stream(make: Callable[[], _StreamDecoder]) -> Callable[[memoryview], bytes]:
-    """Decode one stream and ignore trailing bytes (size trailer, padding)."""
+def _single_stream(make: Callable[[], _BoundedDecoder]) -> Callable[[memoryview, int], bytes]:
+    """Decode one stream, at most ``limit`` bytes of it, and ignore trailing bytes
+    (size trailer, padding)."""
 
-    def decode(data: memoryview) -> bytes:
+    def decode(data: memoryview, limit: int) -> bytes:
         decoder = make()
-        out = decoder.decompress(data)
+        out = decoder.decompress(data, limit + 1)
+        if len(out) > limit:
+            raise _TooLarge()
         if not decoder.eof:
             raise _Corrupt("the stream ends before its end marker (the data is truncated)")
         return out
@@ -74,7 +97,22 @@ def _single_stream(make: Callable[[], _StreamDecoder]) -> Callable[[memoryview],
     return decode
 
 
-def _lz4_legacy(data: memoryview) -> bytes:
+def _zstd(data: memoryview, limit: int) -> bytes:
+    """One zstd frame, fed in pieces so that its output is checked against ``limit`` as it grows."""
+    decoder = zstandard.ZstdDecompressor().decompressobj()
+    out = bytearray()
+    pos = 0
+    while pos < len(data) and not decoder.eof:
+        out += decoder.decompress(data[pos : pos + ZSTD_PIECE])
+        pos += ZSTD_PIECE
+        if len(out) > limit:
+            raise _TooLarge()
+    if not decoder.eof:
+        raise _Corrupt("the stream ends before its end marker (the data is truncated)")
+    return bytes(out)
+
+
+def _lz4_legacy(data: memoryview, limit: int) -> bytes:
     """Decode Linux's legacy LZ4 framing (see the module docstring for the end rule)."""
     chunks: list[bytes] = []
     produced = 0
@@ -95,6 +133,8 @@ def _lz4_legacy(data: memoryview) -> bytes:
             raise _Corrupt(f"block at byte {pos} does not decode: {exc}") from exc
         chunks.append(chunk)
         produced += len(chunk)
+        if produced > limit:
+            raise _TooLarge()
         pos = block_end
     if not chunks:
         raise _Corrupt("it holds no LZ4 block")
@@ -107,7 +147,7 @@ class Compression:
 
     name: str
     magic: bytes
-    decode: Callable[[memoryview], bytes] | None
+    decode: Callable[[memoryview, int], bytes] | None
 
 
 # Magic numbers as Linux's lib/decompress.c and Xen's bzImage loader know them.
@@ -116,7 +156,7 @@ FORMATS: tuple[Compression, ...] = (
     Compression("xz", b"\xfd7zXZ\x00", _single_stream(lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ))),
     Compression("lzma", b"\x5d\x00\x00", _single_stream(lambda: lzma.LZMADecompressor(format=lzma.FORMAT_ALONE))),
     Compression("bzip2", b"BZh", _single_stream(bz2.BZ2Decompressor)),
-    Compression("zstd", b"\x28\xb5\x2f\xfd", _single_stream(lambda: zstandard.ZstdDecompressor().decompressobj())),
+    Compression("zstd", b"\x28\xb5\x2f\xfd", _zstd),
     Compression("lz4", _U32.pack(LZ4_LEGACY_MAGIC), _lz4_legacy),
     Compression("lz4 (frame format)", b"\x04\x22\x4d\x18", _single_stream(lz4.frame.LZ4FrameDecompressor)),
     Compression("lzo", b"\x89LZO\x00\r\n\x1a\n", None),
@@ -147,11 +187,14 @@ def detect_compression(data: Buffer) -> Compression | None:
     return None
 
 
-def decompress(data: Buffer, where: str) -> tuple[str, bytes]:
+def decompress(data: Buffer, where: str, limit: int | None = None) -> tuple[str, bytes]:
     """Decompress ``data`` (which ``where`` names in messages); return (format name, bytes).
 
-    Raises ImageError if the format is unknown or unsupported, or the stream is corrupt.
+    Raises ImageError if the format is unknown or unsupported, the stream is corrupt,
+    or it decompresses to more than ``limit`` bytes (default MAX_DECOMPRESSED_BYTES).
     """
+    if limit is None:
+        limit = MAX_DECOMPRESSED_BYTES
     fmt = detect_compression(data)
     if fmt is None:
         raise ImageError(
@@ -166,7 +209,12 @@ def decompress(data: Buffer, where: str) -> tuple[str, bytes]:
             f"another CONFIG_KERNEL_* compressor."
         )
     try:
-        return fmt.name, fmt.decode(memoryview(data))
+        return fmt.name, fmt.decode(memoryview(data), limit)
+    except _TooLarge:
+        raise ImageError(
+            f"Kernel image {where} decompresses ({fmt.name}) to more than {limit >> 20} MiB, more than "
+            f"any kernel: the file is damaged or a decompression bomb; pass the kernel's vmlinuz."
+        ) from None
     except _DECODER_ERRORS as exc:
         raise ImageError(
             f"Kernel image {where} has a corrupt {fmt.name} stream ({exc}); "
