@@ -77,10 +77,8 @@ def test_fuzz_kernel_documents_its_deny_list() -> None:
 # --- findings --------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="finding of hcall_fuzz seed 20261206 (10^6 run): write_time_area "
-                   "(pv/pvdomain.py) computes the odd version of a registered time area as a Python int, so a "
-                   "version field of 0xffffffff becomes 0x100000001 and to_bytes(4) raises OverflowError: the "
-                   "domain ends with 'Hospes internal error'. Xen's version is a uint32_t that wraps.")
+# Finding of hcall_fuzz seed 20261206 (10^6 run): the version was computed as a Python int
+# and 0xffffffff + 1 overflowed to_bytes(4), ending the domain; Xen's uint32_t wraps.
 def test_time_area_whose_version_is_all_ones_wraps(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
     area = BUF_VA + 0x300
     vcpu.put(area, struct.pack("<I", 0xFFFF_FFFF) + bytes(28))
@@ -91,10 +89,8 @@ def test_time_area_whose_version_is_all_ones_wraps(dom: FakePvDomain, vcpu: Fake
     assert data[4:] == dom.clock.record(2)[4:]
 
 
-@pytest.mark.xfail(strict=True, reason="finding of hcall_fuzz: mmu_update (pv/hypercalls/mmu.py) takes the "
-                   "command from ptr & 3, so ptr bits 2-0 = 4..7 act as MMU_NORMAL_PT_UPDATE / "
-                   "MMU_PT_UPDATE_PRESERVE_AD; Xen takes ptr & 7 and answers -ENOSYS for commands it "
-                   "does not know (do_mmu_update's default case), leaving the entry alone.")
+# Finding of hcall_fuzz: the command was taken from ptr & 3, so 4-7 acted as updates;
+# Xen takes ptr & 7 and answers -ENOSYS, leaving the entry alone.
 @pytest.mark.parametrize("cmd", [4, 6])
 def test_mmu_update_command_above_3_is_enosys(dom: FakePvDomain, vcpu: FakeVcpu, cmd: int) -> None:
     slot = (L1_FRAME << 12) + 8 * 100            # an unmapped slot of the kernel L1

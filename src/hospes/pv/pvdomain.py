@@ -447,7 +447,7 @@ class PvDomain:
         if not va:
             return
         try:
-            version = (int.from_bytes(vcpu.read(va, 4), "little") + 1) | 1
+            version = ((int.from_bytes(vcpu.read(va, 4), "little") + 1) | 1) & 0xFFFFFFFF   # a u32: wraps
             vcpu.write(va, version.to_bytes(4, "little"))
             vcpu.write(va + 4, self.clock.record(version)[4:])
             vcpu.write(va, ((version + 1) & 0xFFFFFFFF).to_bytes(4, "little"))

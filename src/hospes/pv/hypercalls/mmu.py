@@ -86,7 +86,7 @@ def mmu_update(vcpu: PvVcpu, req_va: int, count: int, done_va: int, foreigndom: 
                         return Continuation(req_va + 16 * i, (count - i) | MMU_UPDATE_PREEMPTED, done_va,
                                             foreigndom)
                     ptr, val = struct.unpack_from("<QQ", data, 16 * k)
-                    cmd = ptr & 3
+                    cmd = ptr & 7   # Xen: the low bits of an 8-byte entry address; 3-7 are no command
                     if cmd in (MMU_NORMAL_PT_UPDATE, MMU_PT_UPDATE_PRESERVE_AD):
                         mmu.update_entry(vcpu, ptr & ~7, val, preserve_ad=cmd == MMU_PT_UPDATE_PRESERVE_AD)
                     elif cmd == MMU_MACHPHYS_UPDATE:
