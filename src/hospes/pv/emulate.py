@@ -63,6 +63,14 @@ def _fetch(vcpu: "PvVcpu", rip: int, size: int = 15) -> bytes:
     return out
 
 
+def _decode_at_rip(vcpu: "PvVcpu") -> capstone.CsInsn | None:
+    """The instruction the vCPU faulted on, or None if it cannot be fetched or decoded."""
+    try:
+        return next(_md.disasm(_fetch(vcpu, vcpu.t_rip), vcpu.t_rip, 1))
+    except StopIteration:
+        return None
+
+
 def handle_exception(vcpu: "PvVcpu", vec: int, err: int) -> bool:
     if vec == 14:
         handle_page_fault(vcpu, err)
@@ -379,10 +387,8 @@ def _ptwr(vcpu: "PvVcpu", cr2: int) -> bool:
         return False
     if mmu.table_level(page >> 12) != 1:
         return False   # Xen emulates writes to L1s only
-    code = _fetch(vcpu, vcpu.t_rip)
-    try:
-        insn = next(_md.disasm(code, vcpu.t_rip, 1))
-    except StopIteration:
+    insn = _decode_at_rip(vcpu)
+    if insn is None:
         return False
     ops = insn.operands
     if not ops or ops[0].type != X.X86_OP_MEM:
@@ -428,10 +434,8 @@ def _m2p_load(vcpu: "PvVcpu", cr2: int) -> bool:
     loads into a general register (mov, movzx, movsx, movsxd) are what
     C code compiles an array read to; anything else gets the #PF.
     """
-    code = _fetch(vcpu, vcpu.t_rip)
-    try:
-        insn = next(_md.disasm(code, vcpu.t_rip, 1))
-    except StopIteration:
+    insn = _decode_at_rip(vcpu)
+    if insn is None:
         return False
     ops = insn.operands
     signed = _LOADS.get(insn.id)
