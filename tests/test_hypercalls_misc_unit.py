@@ -244,7 +244,8 @@ def test_query_size_reports_the_frames_set_up_and_the_maximum(vcpu: FakeVcpu) ->
 
 def test_setup_table_for_another_domain_reports_bad_domain_in_the_status(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
     assert setup_table(vcpu, DOMID + 1, 1) == (0, G.GNTST_bad_domain)
-    assert vcpu.get(BUF_VA, 8) == b"\xee" * 8 and dom.grants.nr_frames == 0
+    # Nothing written, and the table keeps the one frame a domain starts with (Xen's INITIAL_NR_GRANT_FRAMES).
+    assert vcpu.get(BUF_VA, 8) == b"\xee" * 8 and dom.grants.nr_frames == 1
 
 
 def test_query_size_for_a_domain_that_does_not_exist_reports_bad_domain(vcpu: FakeVcpu) -> None:
