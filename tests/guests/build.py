@@ -56,6 +56,7 @@ ALL_GUESTS: tuple[str, ...] = (
     "elf_xen_guest",
     "elf_paddr_offset",
     "hostile",
+    "fifo_events",
 )
 
 
