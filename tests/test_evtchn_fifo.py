@@ -491,3 +491,16 @@ def test_a_tail_word_changing_under_the_link_sets_busy_and_retries(
     assert len(seen) == 2 and seen[1] >> BUSY & 1  # re-read after BUSY was set
     assert guest.word(tail) == (1 << PENDING) | (1 << MASKED) | (1 << LINKED) | port
     assert guest.kicks == [0]
+
+
+@pytest.mark.parametrize("name", ["MARK", "HEAD_READY"])
+def test_delivery_blobs_match_their_listings(name: str) -> None:
+    import capstone
+
+    from hospes.pv import evtchn_fifo
+
+    listing = getattr(evtchn_fifo, name)
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    code = atomics.assemble(listing)
+    assert [f"{i.mnemonic} {i.op_str}".strip() for i in md.disasm(code, 0)] == [m for _, m, _ in listing]
+    assert listing[-1][1] == "ret"

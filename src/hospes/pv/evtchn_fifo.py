@@ -70,12 +70,14 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 from hospes.machine.atomics import (
+    Listing,
+    assemble,
     cmpxchg64,
     load64,
+    load_code,
     test_and_clear_bit,
     test_and_set_bit,
     test_bit,
-    xchg8,
 )
 from hospes.pv.errors import Errno, XenError
 from hospes.state import StateError, check_version
@@ -100,6 +102,44 @@ _WORD = 0xFFFF_FFFF
 _SET_LINK_TRIES = 4  # Xen's evtchn_fifo_set_link, once BUSY is set
 _NEIGHBOUR_RETRIES = 64  # a guest hammering the other half cannot hold us forever
 _U32 = ctypes.c_uint32
+_U64 = ctypes.c_uint64
+
+# The two steps of every delivery, each one call into a few instructions (as
+# hospes.machine.atomics does, same table format, checked against a
+# disassembler by tests/test_evtchn_fifo.py): an event costs two foreign calls,
+# fewer than the 2-level path's four.
+MARK: Listing = (
+    ("8b 07", "mov eax, dword ptr [rdi]", "eax = old = *word"),
+    ("89 c1", "mov ecx, eax", "2: ecx = old"),
+    ("81 c9 00 00 00 80", "or ecx, 0x80000000", "set P"),
+    ("a9 00 00 00 60", "test eax, 0x60000000", "masked or already linked?"),
+    ("75 06", "jne 0x17", "then P only"),
+    ("81 c9 00 00 00 20", "or ecx, 0x20000000", "else also L: the caller queues it"),
+    ("f0 0f b1 0f", "lock cmpxchg dword ptr [rdi], ecx",
+     "0x17: if *word == eax: *word = ecx, ZF=1 else eax = *word, ZF=0"),
+    ("75 e5", "jne 2", "the guest changed the word: again with the fresh value"),
+    ("c3", "ret", "return old"),
+)
+HEAD_READY: Listing = (
+    ("89 54 b7 08", "mov dword ptr [rdi + rsi*4 + 8], edx", "head[prio] = port (a plain aligned store)"),
+    ("f0 0f ab 37", "lock bts dword ptr [rdi], esi", "CF = ready bit prio; set it (full barrier)"),
+    ("72 0d", "jb 0x17", "already ready: the guest was told, return 0"),
+    ("b0 01", "mov al, 1", ""),
+    ("86 01", "xchg byte ptr [rcx], al", "evtchn_upcall_pending = 1, al = old"),
+    ("84 c0", "test al, al", ""),
+    ("0f 94 c0", "sete al", "1 if it was 0: kick the vCPU"),
+    ("0f b6 c0", "movzx eax, al", ""),
+    ("c3", "ret", ""),
+    ("31 c0", "xor eax, eax", "0x17"),
+    ("c3", "ret", "return 0"),
+)
+_mark: Callable[[int], int] = ctypes.PYFUNCTYPE(_U32, _U64)(load_code(assemble(MARK)))
+"""``_mark(word) -> old``: set P and, if neither M nor L was set, L -- one locked exchange."""
+_head_ready: Callable[[int, int, int, int], int] = ctypes.PYFUNCTYPE(_U32, _U64, _U64, _U64, _U64)(
+    load_code(assemble(HEAD_READY)))
+"""``_head_ready(control_block, prio, port, upcall_pending_addr) -> kick``: head[prio] = port,
+then the ready bit, then, if that was clear, ``upcall_pending`` (1 if it went 0 -> 1)."""
+_M_OR_L = (1 << MASKED) | (1 << LINKED)
 
 
 class EventPages(Protocol):
@@ -223,14 +263,15 @@ class FifoEvents:
         if not w:
             self._waiting.add(port)
             return False, False
-        base, sh = w & ~7, (w & 4) << 3
-        fresh = not test_and_set_bit(base, sh + PENDING)
         cb = self._control[vcpu]
         if not cb:
+            base, sh = _split(w)
+            return False, not test_and_set_bit(base, sh + PENDING)  # P only: Xen drops the rest
+        old = _mark(w)  # P, and L if it is neither masked nor linked (Xen: three steps)
+        fresh = not old >> PENDING & 1
+        if old & _M_OR_L:
             return False, fresh
         prio = self._priority[port]
-        if test_bit(base, sh + MASKED) or test_and_set_bit(base, sh + LINKED):
-            return False, fresh
         last = self._lastq[port]
         old_tails = self._tail[last >> 4]
         if old_tails[last & 15] == port:
@@ -240,13 +281,12 @@ class FifoEvents:
             self._lastq[port] = queue
         tails = self._tail[vcpu]
         tail = tails[prio]
-        linked = bool(tail) and self._set_link(self.word(tail), port)
-        if not linked:
-            _U32.from_address(cb + CONTROL_HEAD + 4 * prio).value = port
         tails[prio] = port
-        if linked or test_and_set_bit(cb, prio):
-            return False, fresh
-        return xchg8(self._vcpu_info_addr(vcpu) + VCPU_INFO_UPCALL_PENDING, 1) == 0, fresh
+        if tail and self._set_link(self.word(tail), port):
+            return False, fresh  # appended: the queue is already announced
+        # The queue was empty (or the guest has just emptied it): the port is its head.
+        kick = _head_ready(cb, prio, port, self._vcpu_info_addr(vcpu) + VCPU_INFO_UPCALL_PENDING)
+        return bool(kick), fresh
 
     def _set_link(self, w: int, link: int) -> bool:
         """Xen's evtchn_fifo_set_link: LINK := ``link`` iff the word is still linked."""
