@@ -504,3 +504,44 @@ def test_delivery_blobs_match_their_listings(name: str) -> None:
     code = atomics.assemble(listing)
     assert [f"{i.mnemonic} {i.op_str}".strip() for i in md.disasm(code, 0)] == [m for _, m, _ in listing]
     assert listing[-1][1] == "ret"
+
+
+# -- the hypercalls on a PV domain (tests/pv_fakes.py: real MMU and guest memory) ------------
+
+
+def test_hypercalls_map_frames_through_the_mmu(dom: object, vcpu: object) -> None:
+    """event_channel_op's FIFO sub-ops decode Xen's structures, and the frames they
+    name are held writable by the MMU (a page-table frame or a ballooned-out frame
+    is -EINVAL, as Xen's map_guest_page refuses it)."""
+    from pv_fakes import ARG_VA, FREE_FRAME, L4_FRAME, RAM_PAGES
+
+    from hospes.pv.abi import Hypercall
+    from hospes.pv.hypercalls import evtchn as E
+
+    def op(cmd: int, payload: bytes) -> int:
+        vcpu.put(ARG_VA, payload)  # type: ignore[attr-defined]
+        return int(vcpu.hypercall(Hypercall.event_channel_op, cmd, ARG_VA))  # type: ignore[attr-defined]
+
+    def init(gfn: int, offset: int = 0, target: int = 0) -> int:
+        return op(E.EVTCHNOP_init_control, struct.pack("<QII8x", gfn, offset, target))
+
+    mmu = dom.mmu  # type: ignore[attr-defined]
+    assert init(RAM_PAGES + 3) == -Errno.EINVAL
+    assert init(L4_FRAME) == -Errno.EINVAL
+    mmu.released.add(FREE_FRAME + 9)
+    assert init(FREE_FRAME + 9) == -Errno.EINVAL
+    assert init(FREE_FRAME, 8, target=2) == -Errno.ENOENT
+    assert init(FREE_FRAME, 4) == -Errno.EINVAL
+    assert op(E.EVTCHNOP_expand_array, struct.pack("<Q", FREE_FRAME + 1)) == -Errno.EOPNOTSUPP
+    assert not dom.evtchn.uses_fifo  # type: ignore[attr-defined]
+    assert init(FREE_FRAME, 8) == 0
+    assert vcpu.get(ARG_VA + 16, 8) == bytes([17]) + bytes(7)  # type: ignore[attr-defined]
+    assert init(FREE_FRAME, 8) == -Errno.EINVAL
+    assert op(E.EVTCHNOP_expand_array, struct.pack("<Q", FREE_FRAME + 1)) == 0
+    assert mmu.held.get(FREE_FRAME) == 1 and mmu.held.get(FREE_FRAME + 1) == 1
+    assert {FREE_FRAME, FREE_FRAME + 1} <= dom.mem.held  # type: ignore[attr-defined]
+    # A frame held for the FIFO ABI can neither become a page table nor be given back.
+    assert dom.reservation.refusal(FREE_FRAME + 1) is not None  # type: ignore[attr-defined]
+    port = dom.evtchn.bind_ipi(0)  # type: ignore[attr-defined]
+    assert op(E.EVTCHNOP_set_priority, struct.pack("<II", port, 16)) == -Errno.EINVAL
+    assert op(E.EVTCHNOP_set_priority, struct.pack("<II", port, 0)) == 0

@@ -1,4 +1,8 @@
-"""Event channels, 2-level ABI: one domain's port table and its bits in shared memory.
+"""Event channels: one domain's port table, and the 2-level ABI's bits in shared memory.
+
+(The FIFO ABI, which a guest may switch to, is :mod:`hospes.pv.evtchn_fifo`;
+``EventChannels`` hands it the bit work once the guest asked for it. What
+follows describes the 2-level bits.)
 
 Event channels are the PV guest's interrupts (pv-abi.md §9). This module is the
 core behind ``HYPERVISOR_event_channel_op``: the table of ports (what each port
