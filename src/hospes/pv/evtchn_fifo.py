@@ -65,7 +65,7 @@ without the lock (SCHEDOP_poll): pages are only ever appended.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -95,7 +95,7 @@ PRIORITY_MIN = 15  # the lowest priority; 0 is the highest
 WORDS_PER_PAGE = 4096 // 4
 MAX_ARRAY_PAGES = (1 << LINK_BITS) // WORDS_PER_PAGE  # 128
 CONTROL_BLOCK_SIZE = 4 + 4 + 4 * NR_QUEUES  # ready, _rsvd, head[16]
-CONTROL_HEAD = 8
+CONTROL_HEAD = 8  # head[0] in the control block (HEAD_READY's displacement)
 VCPU_INFO_UPCALL_PENDING = 0x00
 
 _WORD = 0xFFFF_FFFF
@@ -183,7 +183,6 @@ class FifoEvents:
                  vcpu_info_addr: Callable[[int], int]) -> None:
         self._pages_api = pages
         self._vcpu_info_addr = vcpu_info_addr
-        self._nr_ports = nr_ports
         self._control = [0] * nr_vcpus  # host address of each control block, 0: none
         self._control_at: list[tuple[int, int] | None] = [None] * nr_vcpus
         self._array: list[int] = []  # host address of each event array page
@@ -250,9 +249,6 @@ class FifoEvents:
         if page >= len(array):
             return 0
         return array[page] + ((port & (WORDS_PER_PAGE - 1)) << 2)
-
-    def has_control_block(self, vcpu: int) -> bool:
-        return bool(self._control[vcpu])
 
     def set_pending(self, port: int, vcpu: int) -> tuple[bool, bool]:
         """Xen's evtchn_fifo_set_pending for ``port`` notifying ``vcpu``.
@@ -426,8 +422,3 @@ def _check_saved_port(port: int, nr_ports: int) -> None:
 def _check_saved_queue(vcpu: int, prio: int, nr_vcpus: int) -> None:
     if not (0 <= vcpu < nr_vcpus and 0 <= prio <= PRIORITY_MIN):
         raise StateError(f"Saved FIFO state names queue {prio} of vCPU {vcpu}, which does not exist")
-
-
-def ports_pending_2l(pending_addr: int, ports: Iterable[int]) -> list[int]:
-    """Which of ``ports`` have their 2-level pending bit set (at the switch to FIFO)."""
-    return [p for p in ports if test_bit(pending_addr, p)]
