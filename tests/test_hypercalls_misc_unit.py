@@ -132,7 +132,7 @@ def test_status_of_a_bad_port_or_another_domain_is_refused(vcpu: FakeVcpu) -> No
 
 def test_unknown_event_channel_ops_are_enosys(vcpu: FakeVcpu) -> None:
     assert evtchn_op(vcpu, 99, bytes(8)) == -Errno.ENOSYS
-    assert evtchn_op(vcpu, E.EVTCHNOP_init_control, bytes(8)) == -Errno.ENOSYS
+    assert evtchn_op(vcpu, E.EVTCHNOP_bind_pirq, bytes(8)) == -Errno.ENOSYS
 
 
 # --- memory_op ----------------------------------------------------------------------------------

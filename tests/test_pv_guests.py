@@ -299,6 +299,25 @@ EXPECTED_PASSES: dict[str, tuple[str, ...]] = {
         "unpin_l1",
         "l1_writable_again",
     ),
+    "fifo_events": (
+        "two_level_refuses_fifo_ops",
+        "init_control_bad_vcpu",
+        "init_control_bad_offset",
+        "init_control_bad_gfn",
+        "init_control",
+        "init_control_twice",
+        "expand_array",
+        "pending_carried_over",
+        "carried_over_unmask_delivers",
+        "set_priority",
+        "event_queued",
+        "event_linked_behind_tail",
+        "upcall_consumes_queue_in_order",
+        "priority_order",
+        "masked_then_unmask_delivers",
+        "ipi_send_self",
+        "virq_timer_fifo",
+    ),
 }
 
 # A result line, optionally behind a Xen-style "(d1) " console prefix.

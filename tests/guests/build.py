@@ -58,6 +58,7 @@ ALL_GUESTS: tuple[str, ...] = (
     "hostile",
     "grants",
     "preempt",
+    "fifo_events",
 )
 
 

@@ -1,4 +1,8 @@
-"""Event channels, 2-level ABI: one domain's port table and its bits in shared memory.
+"""Event channels: one domain's port table, and the 2-level ABI's bits in shared memory.
+
+(The FIFO ABI, which a guest may switch to, is :mod:`hospes.pv.evtchn_fifo`;
+``EventChannels`` hands it the bit work once the guest asked for it. What
+follows describes the 2-level bits.)
 
 Event channels are the PV guest's interrupts (pv-abi.md §9). This module is the
 core behind ``HYPERVISOR_event_channel_op``: the table of ports (what each port
@@ -109,6 +113,13 @@ from typing import ClassVar, Protocol
 
 from hospes.machine.atomics import load64, test_and_clear_bit, test_and_set_bit, test_bit, xchg8
 from hospes.pv.errors import Errno, XenError
+from hospes.pv.evtchn_fifo import (
+    LINK_BITS,
+    EventPages,
+    FifoEvents,
+    FifoState,
+    control_offset_error,
+)
 from hospes.state import StateError, check_version
 
 NR_PORTS = 4096  # EVTCHN_2L_NR_CHANNELS: 64 words x 64 bits
@@ -239,10 +250,13 @@ class ChannelRecord:
 class EventChannelState:
     """Saved port table. The pending/mask/selector bits are not here: they are
     guest memory and travel with it. Backends and pollers are live objects and
-    are not saved either (see :meth:`EventChannels.restore`)."""
+    are not saved either (see :meth:`EventChannels.restore`). ``fifo`` is the
+    FIFO ABI's state once the guest switched to it (None: 2-level; a save
+    written before FIFO existed has no such field and loads as 2-level)."""
 
     VERSION: ClassVar[int] = 1
     channels: tuple[ChannelRecord, ...]
+    fifo: FifoState | None = None
     version: int = VERSION
 
 
@@ -264,7 +278,10 @@ _NO_WAITERS: tuple[Waiter, ...] = ()
 
 
 class EventChannels:
-    """The 2-level event channels of one domain.
+    """The event channels of one domain: the port table, and the delivery ABI
+    the guest chose -- 2-level (the bits in shared_info, this module) until
+    it asks for FIFO (``init_control``; :mod:`hospes.pv.evtchn_fifo` then
+    does the bit work, ``self._fifo``), back to 2-level on :meth:`reset`.
 
     Guest operations (the EVTCHNOP_* sub-ops) raise :class:`XenError` for
     guest-caused errors; the hypercall layer turns it into ``-errno``.
@@ -280,6 +297,7 @@ class EventChannels:
         vcpu_info_addr: Callable[[int], int],
         kick: Callable[[int], None],
         domid: int,
+        pages: EventPages | None = None,
     ) -> None:
         """Attach to a domain's shared_info page.
 
@@ -290,7 +308,9 @@ class EventChannels:
         ``upcall_pending`` of vCPU *v* goes from 0 to 1 -- whatever
         ``upcall_mask`` is -- and must make the vCPU notice: interrupt it if it
         runs guest code with the upcall deliverable, wake it if it is blocked
-        or polling. No address is validated here.
+        or polling. No address is validated here. ``pages`` maps the guest
+        frames the FIFO ABI puts its structures in; without it the guest
+        only gets 2-level (``init_control`` is -ENOSYS).
         """
         if nr_vcpus < 1:
             raise ValueError("A domain needs at least one vCPU")
@@ -305,6 +325,8 @@ class EventChannels:
         self._channels[0] = _RESERVED  # port 0 is never valid (Xen ECS_RESERVED)
         self._virq_ports = [[0] * NR_VIRQS for _ in range(nr_vcpus)]
         self._pollers: dict[Waiter, frozenset[int]] = {}
+        self._pages = pages
+        self._fifo: FifoEvents | None = None  # set while the guest uses the FIFO ABI
 
     # -- allocation --------------------------------------------------------
 
@@ -392,11 +414,71 @@ class EventChannels:
             self._close_locked(port)
 
     def reset(self) -> None:
-        """EVTCHNOP_reset: close every port (including backend-connected ones)."""
+        """EVTCHNOP_reset: close every port (including backend-connected ones) and,
+        as Xen's evtchn_reset, return from FIFO to the 2-level ABI."""
         with self._lock:
             for port in range(1, NR_PORTS):
                 if self._channels[port] is not None:
                     self._close_locked(port)
+            if self._fifo is not None:
+                self._fifo.destroy()
+                self._fifo = None
+
+    # -- FIFO ABI (xen/common/event_fifo.c) ---------------------------------
+
+    @property
+    def uses_fifo(self) -> bool:
+        """Whether the guest switched to the FIFO ABI."""
+        return self._fifo is not None
+
+    def init_control(self, vcpu: int, gfn: int, offset: int) -> int:
+        """EVTCHNOP_init_control: ``vcpu``'s control block at ``gfn``/``offset``; returns
+        the link bits (17). The first call switches the domain to FIFO: ports already
+        in use keep their pending state (raised once their event word exists) and
+        get the default priority (Xen setup_ports)."""
+        if self._pages is None:
+            raise XenError(Errno.ENOSYS, "FIFO event channels are not available here")
+        self._check_vcpu(vcpu)
+        why = control_offset_error(offset)
+        if why is not None:
+            raise XenError(Errno.EINVAL, f"FIFO control block: {why}")
+        with self._lock:
+            fifo = self._fifo
+            if fifo is not None:
+                fifo.map_control_block(vcpu, gfn, offset)
+                return LINK_BITS
+            fifo = FifoEvents(self._nr_vcpus, NR_PORTS, self._pages, self._vcpu_info_addr)
+            fifo.map_control_block(vcpu, gfn, offset)  # a refusal leaves the domain on 2-level
+            for port in range(1, NR_PORTS):
+                if test_bit(self._pending, port):
+                    fifo.mark_waiting(port)
+            self._fifo = fifo
+        return LINK_BITS
+
+    def expand_array(self, gfn: int) -> None:
+        """EVTCHNOP_expand_array: one more event array page; ports that became
+        pending while it was missing are raised now."""
+        kicks: list[tuple[bool, int, tuple[Waiter, ...]]] = []
+        with self._lock:
+            fifo = self._fifo
+            if fifo is None:
+                raise XenError(Errno.EOPNOTSUPP, "EVTCHNOP_expand_array needs the FIFO ABI")
+            for port in fifo.take_waiting(fifo.add_array_page(gfn)):
+                channel = self._channels[port]
+                vcpu = channel.notify_vcpu if channel is not None else 0
+                kick, waiters = self._raise_locked(port, vcpu)
+                kicks.append((kick, vcpu, waiters))
+        for kick, vcpu, waiters in kicks:
+            self._deliver(kick, vcpu, waiters)
+
+    def set_priority(self, port: int, priority: int) -> None:
+        """EVTCHNOP_set_priority: the port's queue for its future events (EINVAL above
+        15; -ENOSYS under 2-level, after the port check, as Xen)."""
+        self._check_port(port)
+        with self._lock:
+            if self._fifo is None:
+                raise XenError(Errno.ENOSYS, "Event channel priorities need the FIFO ABI")
+            self._fifo.set_priority(port, priority)
 
     # -- guest operations on existing ports --------------------------------
 
@@ -467,7 +549,9 @@ class EventChannels:
         with self._lock:
             channel = self._channels[port]
             vcpu = channel.notify_vcpu if channel is not None else 0
-            if test_and_clear_bit(self._mask, port) and test_bit(self._pending, port):
+            if self._fifo is not None:
+                kick = self._fifo.unmask(port, vcpu)[0]  # no poller: P was already set
+            elif test_and_clear_bit(self._mask, port) and test_bit(self._pending, port):
                 kick = self._announce_locked(port, vcpu)
         if kick:
             self._kick(vcpu)
@@ -541,9 +625,10 @@ class EventChannels:
             raise XenError(Errno.EINVAL, f"SCHEDOP_poll accepts at most {MAX_POLL_PORTS} ports")
         if self.upcall_deliverable(vcpu):
             return True
+        fifo = self._fifo
         for port in ports:
             self._check_port(port)
-            if test_bit(self._pending, port):
+            if fifo.is_pending(port) if fifo is not None else test_bit(self._pending, port):
                 return True
         return False
 
@@ -574,8 +659,9 @@ class EventChannels:
     # -- save / restore ----------------------------------------------------
 
     def save(self) -> EventChannelState:
-        """Snapshot the port table."""
+        """Snapshot the port table (and the FIFO state, if the guest uses it)."""
         with self._lock:
+            fifo = self._fifo.save() if self._fifo is not None else None
             records = tuple(
                 ChannelRecord(
                     port=port,
@@ -588,7 +674,7 @@ class EventChannels:
                 for port, channel in enumerate(self._channels)
                 if channel is not None and channel is not _RESERVED
             )
-        return EventChannelState(channels=records)
+        return EventChannelState(channels=records, fifo=fifo)
 
     @classmethod
     def restore(
@@ -601,14 +687,20 @@ class EventChannels:
         kick: Callable[[int], None],
         domid: int,
         backends: Mapping[int, BackendEndpoint],
+        pages: EventPages | None = None,
     ) -> EventChannels:
         """Rebuild from :meth:`save`'s record. ``backends`` maps each saved
         interdomain port to the live backend that serves it now. Shared memory
         is not touched. Raises :class:`StateError` if the record does not fit."""
         check_version(state, "event channel table")
-        self = cls(shared_info_addr, nr_vcpus, vcpu_info_addr, kick, domid)
+        self = cls(shared_info_addr, nr_vcpus, vcpu_info_addr, kick, domid, pages)
         for record in state.channels:
             self._restore_channel(record, backends)
+        if state.fifo is not None:
+            if pages is None:
+                raise StateError("The saved domain uses FIFO event channels; pass `pages`")
+            self._fifo = FifoEvents.restore(state.fifo, nr_vcpus=nr_vcpus, nr_ports=NR_PORTS,
+                                            pages=pages, vcpu_info_addr=vcpu_info_addr)
         return self
 
     def _restore_channel(
@@ -661,9 +753,17 @@ class EventChannels:
         return channel
 
     def _free_port_locked(self) -> int:
-        """Lowest free port >= 1."""
+        """Lowest free port >= 1 (under FIFO: not still on a queue, Xen's evtchn_is_busy)."""
+        fifo = self._fifo
+        port = 0
         try:
-            return self._channels.index(None, 1)
+            while True:
+                port = self._channels.index(None, port + 1)
+                if fifo is None:
+                    return port
+                if not fifo.is_busy(port):
+                    fifo.init_port(port)
+                    return port
         except ValueError:
             raise XenError(Errno.ENOSPC, "All 4096 event channel ports are in use") from None
 
@@ -673,15 +773,25 @@ class EventChannels:
             table = self._virq_ports[channel.notify_vcpu if channel.virq in PER_VCPU_VIRQS else 0]
             if table[channel.virq] == port:
                 table[channel.virq] = 0
-        test_and_clear_bit(self._pending, port)  # Xen evtchn_free: no stale event on re-use
+        if self._fifo is not None:
+            self._fifo.clear_pending(port)
+        else:
+            test_and_clear_bit(self._pending, port)  # Xen evtchn_free: no stale event on re-use
         self._channels[port] = None
 
     def _raise_locked(self, port: int, vcpu: int) -> tuple[bool, tuple[Waiter, ...]]:
         """The 2L set-pending bit sequence (see module docstring).
 
         Returns whether ``vcpu`` must be kicked and which pollers to wake;
-        the caller does both after releasing the lock.
+        the caller does both after releasing the lock. Under FIFO the
+        strategy object does the bits (same contract).
         """
+        fifo = self._fifo
+        if fifo is not None:
+            kick, fresh = fifo.set_pending(port, vcpu)
+            if not fresh or not self._pollers:
+                return kick, _NO_WAITERS
+            return kick, tuple(w for w, ports in self._pollers.items() if port in ports)
         if test_and_set_bit(self._pending, port):
             return False, _NO_WAITERS
         kick = not test_bit(self._mask, port) and self._announce_locked(port, vcpu)

@@ -33,7 +33,7 @@ from hospes.machine.memory import PAGE_SIZE, GuestMemory
 from hospes.pv import abi
 from hospes.pv import layout as L
 from hospes.pv.cpuid import CpuidPolicy
-from hospes.pv.errors import Errno
+from hospes.pv.errors import Errno, XenError
 from hospes.pv.evtchn import BackendEndpoint, EventChannels, EventChannelState
 from hospes.pv.grant import GrantTable, GrantTableState
 from hospes.pv.m2p import M2PState, MachToPhys
@@ -126,6 +126,26 @@ def grant_table(mem: GuestMemory, layout: L.Layout, types: PvMmu,
                               ram_frames=layout.ram_pages, types=types)
 
 
+class _EventPages:
+    """The guest frames of FIFO event channels (control blocks, event array), for
+    :class:`~hospes.pv.evtchn_fifo.EventPages`: held writable as Xen's map_guest_page
+    holds them, and kept in every final copy of a migration (Hospes writes them)."""
+
+    def __init__(self, mem: GuestMemory, mmu: PvMmu, ram_pages: int) -> None:
+        self._mem, self._mmu, self._ram_pages = mem, mmu, ram_pages
+
+    def map(self, gfn: int) -> int:
+        with self._mmu.lock:   # a balloon release cannot come between the check and the hold
+            if not 0 <= gfn < self._ram_pages or gfn in self._mmu.released:
+                raise XenError(Errno.EINVAL, f"frame {gfn:#x} is not RAM the domain holds")
+            self._mmu.hold_writable((gfn,))
+        self._mem.hold(gfn << 12)
+        return self._mem.addr(gfn << 12, PAGE_SIZE)
+
+    def unmap(self, gfn: int) -> None:
+        self._mmu.release_writable((gfn,))
+
+
 class _PollWaiter:
     """What event channels wake when a polled port becomes pending."""
 
@@ -202,8 +222,10 @@ class PvDomain:
         def kick(v: int) -> None:
             self.vcpus[v].kick()
 
+        event_pages = _EventPages(mem, self.mmu, layout.ram_pages)
         if saved is None:
-            self.evtchn = EventChannels(shared_info_addr, layout.nr_vcpus, vcpu_info_addr, kick, self.domid)
+            self.evtchn = EventChannels(shared_info_addr, layout.nr_vcpus, vcpu_info_addr, kick, self.domid,
+                                        event_pages)
             shared = mem.view(layout.shared_info_gpa, PAGE_SIZE)
             for v in range(abi.XEN_LEGACY_MAX_VCPUS):
                 shared[64 * v + 1] = 1  # evtchn_upcall_mask: no upcalls before the guest asks
@@ -212,7 +234,8 @@ class PvDomain:
         else:
             self.evtchn = EventChannels.restore(
                 saved.evtchn, shared_info_addr=shared_info_addr, nr_vcpus=layout.nr_vcpus,
-                vcpu_info_addr=vcpu_info_addr, kick=kick, domid=self.domid, backends=backends or {})
+                vcpu_info_addr=vcpu_info_addr, kick=kick, domid=self.domid, backends=backends or {},
+                pages=event_pages)
             entries = cpuid.kvm_entries()
             for v, vstate in enumerate(saved.vcpus):
                 if vstate.vcpu_id != v:

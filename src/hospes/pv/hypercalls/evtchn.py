@@ -1,4 +1,4 @@
-"""event_channel_op (#32): decoding onto :class:`hospes.pv.evtchn.EventChannels`."""
+"""event_channel_op (#32): decoding onto :class:`hospes.pv.evtchn.EventChannels` (2-level and FIFO)."""
 
 from __future__ import annotations
 
@@ -78,7 +78,21 @@ def event_channel_op(vcpu: PvVcpu, cmd: int, arg: int, *_: int) -> int:
         return 0
     if cmd == EVTCHNOP_bind_interdomain:
         return -Errno.EPERM
-    if cmd in (EVTCHNOP_init_control, EVTCHNOP_expand_array, EVTCHNOP_set_priority, EVTCHNOP_bind_pirq):
+    if cmd == EVTCHNOP_init_control:
+        # struct evtchn_init_control: control_gfn u64, offset u32, vcpu u32 (IN); link_bits u8 @16 (OUT)
+        gfn, offset, target = struct.unpack("<QII", vcpu.read(arg, 16))
+        link_bits = ev.init_control(target, gfn, offset)
+        vcpu.write(arg + 16, struct.pack("<B7x", link_bits))  # copied back only on success, as Xen
+        return 0
+    if cmd == EVTCHNOP_expand_array:
+        (gfn,) = struct.unpack("<Q", vcpu.read(arg, 8))
+        ev.expand_array(gfn)
+        return 0
+    if cmd == EVTCHNOP_set_priority:
+        port, priority = struct.unpack("<II", vcpu.read(arg, 8))
+        ev.set_priority(port, priority)
+        return 0
+    if cmd == EVTCHNOP_bind_pirq:
         return -Errno.ENOSYS
     if cmd == EVTCHNOP_reset:
         return -Errno.EPERM
