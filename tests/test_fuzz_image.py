@@ -177,7 +177,7 @@ _workdir = tempfile.TemporaryDirectory(prefix="hospes-fuzz-image-")
 def _load_and_build(path: Path, mem: GuestMemory) -> None:
     kernel = load_pv_kernel(path)
     build_domain(mem, RAM_PAGES, kernel, None, "console=hvc0", RAM_PAGES * 4096, 1, 2, {},
-                 hypercall_page_bytes())
+                 hypercall_page_bytes(1))
 
 
 def test_mutated_kernels_load_or_raise_a_clear_error(memory: GuestMemory) -> None:

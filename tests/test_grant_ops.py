@@ -118,13 +118,14 @@ def test_host_map_writes_the_l1_entry_and_unmap_clears_it(t) -> None:
     pte = t.mmu.q[pte_addr(5) >> 3]
     assert pte & 0x000F_FFFF_FFFF_F000 == DATA << 12
     assert pte & 0x67 == 0x67 and pte >> 63 == 1        # P RW US A D, NX
-    assert (pte_addr(5), pte) in t.vcpu.writes
+    assert all(gpa != pte_addr(5) for gpa, _ in t.vcpu.writes)   # was not present: no writer entry
     assert t.mmu.count[DATA] == 2                          # the mapping's hold and the entry's reference
     with pytest.raises(XenError):
         t.mmu.get_type(DATA, 1, [])                        # mapped writable: never a page table
     assert do_unmap(t, handle, pte_addr(4)) == GNTST_general_error   # not the entry that maps it
     assert do_unmap(t, handle, pte_addr(5)) == GNTST_okay
     assert t.mmu.q[pte_addr(5) >> 3] == 0 and DATA not in t.mmu.count
+    assert (pte_addr(5), 0) in t.vcpu.writes             # a present entry went: KVM must drop its shadow
     assert t.vcpu.flushes == 2 and flags_of(t, 8) == 0
     t.mem.zero(DATA << 12, 4096)
     t.mmu.get_type(DATA, 1, [])                            # now it may become one

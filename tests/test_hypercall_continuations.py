@@ -312,6 +312,10 @@ def test_an_entry_written_back_as_it_is_leaves_nothing_for_the_writer(dom: FakeP
     assert rc == 0 and u32(vcpu.get(DONE_VA, 4)) == 600 and sum(chunks.queued) == 0
     put_requests(vcpu, REQ_VA, new_mappings(1))
     rc, chunks = complete(vcpu, Hypercall.mmu_update, REQ_VA, 1, DONE_VA, DOMID_SELF)
+    assert rc == 0 and chunks.queued == [0]     # a new mapping: in place, no shadow to drop
+    slot, value = new_mappings(1)[0]
+    put_requests(vcpu, REQ_VA, [(slot, value | 0x2000)])   # the same entry, changed (PAT bit)
+    rc, chunks = complete(vcpu, Hypercall.mmu_update, REQ_VA, 1, DONE_VA, DOMID_SELF)
     assert rc == 0 and chunks.queued == [1]
 
 

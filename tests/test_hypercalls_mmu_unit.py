@@ -83,9 +83,21 @@ def test_mmu_update_writes_a_valid_pte_and_the_guest_can_use_the_mapping(dom: Fa
     assert (rc, done) == (0, 1)
     stored = (target << 12) | P_RW | PTE_US                  # Xen forces _PAGE_USER on a 64-bit PV L1e
     assert dom.l1_entry(UNMAPPED_INDEX) == stored
-    assert (l1_slot(UNMAPPED_INDEX), stored) in vcpu.writes  # queued for the in-VM writer too
+    assert vcpu.writes == []         # it replaced a non-present entry: KVM has no shadow of it to drop
     assert dom.mmu.type[target] == WRITABLE
     assert vcpu.read(UNMAPPED_VA, 22) == b"behind the new mapping"
+
+
+def test_replacing_a_present_entry_queues_it_for_the_in_vm_writer(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    first, second = FREE_FRAME + 6, FREE_FRAME + 7
+    assert mmu_update(vcpu, (l1_slot(UNMAPPED_INDEX), (first << 12) | P_RW)) == (0, 1)
+    assert vcpu.writes == []
+    assert mmu_update(vcpu, (l1_slot(UNMAPPED_INDEX), (second << 12) | P_RW)) == (0, 1)
+    stored = (second << 12) | P_RW | PTE_US
+    assert dom.l1_entry(UNMAPPED_INDEX) == stored
+    assert vcpu.writes == [(l1_slot(UNMAPPED_INDEX), stored)]   # KVM must drop its shadow of the first
+    assert mmu_update(vcpu, (l1_slot(UNMAPPED_INDEX), 0)) == (0, 1)
+    assert vcpu.writes == [(l1_slot(UNMAPPED_INDEX), stored), (l1_slot(UNMAPPED_INDEX), 0)]
 
 
 def test_mmu_update_refuses_a_writable_mapping_of_a_page_table(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
@@ -229,10 +241,10 @@ def test_new_baseptr_switches_the_kernel_page_table_to_a_validated_l4(dom: FakeP
     assert mmuext(vcpu, (MMUEXT_NEW_BASEPTR, new_l4)) == (0, 1)
     assert vcpu.kernel_cr3 == new_l4 << 12
     assert dom.mmu.table_level(new_l4) == 4
-    # Validation gave it the hypervisor's slots, through the writer.
+    # Validation gave it the hypervisor's slots (empty before: no writer entry needed).
     hv_slot = min(dom.trampoline.l4_entries)
     assert dom.mem.read_u64((new_l4 << 12) + 8 * hv_slot) == dom.trampoline.l4_entries[hv_slot]
-    assert ((new_l4 << 12) + 8 * hv_slot, dom.trampoline.l4_entries[hv_slot]) in vcpu.writes
+    assert all(gpa >> 12 != new_l4 for gpa, _ in vcpu.writes)
     assert vcpu.read(ARG_VA, 4) == struct.pack("<I", MMUEXT_NEW_BASEPTR)  # still readable through it
     assert dom.mmu.count[L4_FRAME] == 1                                   # only the pin holds the old one
 

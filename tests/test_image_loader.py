@@ -783,11 +783,11 @@ def test_a_kernel_with_a_paddr_offset_is_sized_where_it_is_placed(tmp_path: Path
     pages = 64 << 8
     mem = GuestMemory([("ram", pages * 4096)], name="paddr-offset-test")
     try:
-        boot = build_domain(mem, pages, k, None, "", pages * 4096, 1, 2, {}, hypercall_page_bytes())
+        boot = build_domain(mem, pages, k, None, "", pages * 4096, 1, 2, {}, hypercall_page_bytes(1))
         assert bytes(mem.buf[0x1000000:0x1000004]) == b"TTTT"      # at p_paddr - PADDR_OFFSET
         assert boot.entry == ENTRY
         small = 16 << 8                                              # 16 MiB: the image ends at 16 MiB + 32 KiB
         with pytest.raises(BuildError, match="needs 17 MiB"):
-            build_domain(mem, small, k, None, "", small * 4096, 1, 2, {}, hypercall_page_bytes())
+            build_domain(mem, small, k, None, "", small * 4096, 1, 2, {}, hypercall_page_bytes(1))
     finally:
         mem.close()

@@ -48,6 +48,7 @@ EXPECTED_PASSES: dict[str, tuple[str, ...]] = {
         "hypercall_page_all_stubs",
         "hypercall_page_iret_stub_bytes",
         "hypercall_page_xen_version",
+        "hypercall_page_vcpu_op_beyond_max",
         "hypercall_page_console_io",
         "hypercall_page_iret",
     ),
@@ -400,6 +401,19 @@ def _run(name: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "hospes", "run", "--kernel", str(elf), "--memory", str(MEMORY_MB)]
     return subprocess.run(cmd, cwd=_TESTS.parent, capture_output=True, text=True, errors="replace",
                           timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.kvm
+def test_vcpu_op_beyond_the_domains_vcpus_makes_no_exit():
+    """The hypercall_page kernel probes 1,000 absent vCPU ids through the page;
+    vcpu_op's stub answers them in the guest, so only its few real vcpu_ops exit."""
+    elf = guest_build.build_guest("hypercall_page")
+    cmd = [sys.executable, "-m", "hospes", "run", "--stats", "--kernel", str(elf), "--memory", str(MEMORY_MB)]
+    proc = subprocess.run(cmd, cwd=_TESTS.parent, capture_output=True, text=True, errors="replace",
+                          timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0 and "PASS hypercall_page_vcpu_op_beyond_max" in proc.stdout, proc.stdout
+    counts = dict(re.findall(r"^\[hospes\]\s+(hypercall:24)\s+(\d+)$", proc.stderr, re.M))
+    assert int(counts.get("hypercall:24", 0)) < 10, proc.stderr[-3000:]
 
 
 @pytest.mark.kvm

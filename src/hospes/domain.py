@@ -317,7 +317,8 @@ class Domain:
         self.store_port = self.evtchn.alloc_backend_port(_Backend(self._store_event))
         boot = build_domain(
             self.mem, config.memory_mib * 256, kernel, initrd, config.cmdline, lay.shared_info_gpa,
-            self.store_port, self.console_port, self.trampoline.l4_entries, hypercall_page_bytes(),
+            self.store_port, self.console_port, self.trampoline.l4_entries,
+            hypercall_page_bytes(config.vcpu_slots),
         )
         self.pv.boot(boot.l4_gpa, boot.entry, boot.stack_top, boot.start_info_va)
         # start_info.nr_pages is memory; the RAM above it (up to maxmem) is where

@@ -12,6 +12,9 @@
 
 extern uint8_t hypercall_page[];
 
+#define VCPUOP_is_up 3
+#define IS_UP_PROBES 1000
+
 static const uint8_t normal_stub[14] = {
     0x51,                           /* push %rcx */
     0x41, 0x53,                     /* push %r11 */
@@ -44,12 +47,14 @@ static long page_call(unsigned nr, uint64_t a1, uint64_t a2, uint64_t a3)
     return ret;
 }
 
+/* vcpu_op's stub starts with `cmp $max_vcpus,%esi; jae` (8 bytes) before the usual one. */
 static int stub_ok(unsigned i)
 {
     uint8_t want[14];
+    unsigned skip = i == __HYPERVISOR_vcpu_op ? 8 : 0;
     memcpy(want, normal_stub, sizeof(want));
     memcpy(want + 4, &i, 4);
-    return memcmp(hypercall_page + 32 * i, want, sizeof(want)) == 0;
+    return memcmp(hypercall_page + 32 * i + skip, want, sizeof(want)) == 0;
 }
 
 static volatile uint64_t bp_count;
@@ -85,6 +90,25 @@ void guest_main(void)
     long paged = page_call(__HYPERVISOR_xen_version, XENVER_version, 0, 0);
     check(paged == direct && paged > 0, "hypercall_page_xen_version",
           "through the page %#lx, direct %#lx", paged, direct);
+
+    /* vcpu_op's stub answers an id beyond the domain's vCPUs itself (-ENOENT,
+     * as Xen does for any command): Linux probes NR_CPUS ids at boot. The
+     * host side checks that these made no exit (test_pv_guests.py). */
+    long up0 = page_call(__HYPERVISOR_vcpu_op, VCPUOP_is_up, 0, 0);
+    long wrong = 0, wrong_id = 0;
+    for (uint64_t id = 1; id <= IS_UP_PROBES; id++) {
+        long r = page_call(__HYPERVISOR_vcpu_op, VCPUOP_is_up, id, 0);
+        if (r != -2 && !wrong) {
+            wrong = r;
+            wrong_id = (long)id;
+        }
+    }
+    /* Xen reads the id as an unsigned int: the upper half of RSI is ignored. */
+    long high = page_call(__HYPERVISOR_vcpu_op, VCPUOP_is_up, 0xffffffff00000000ull, 0);
+    long neg = page_call(__HYPERVISOR_vcpu_op, VCPUOP_is_up, 0xffffffffull, 0);
+    check(up0 == 1 && wrong == 0 && high == 1 && neg == -2, "hypercall_page_vcpu_op_beyond_max",
+          "is_up(0) %ld, is_up(%ld) %ld, is_up(high half set) %ld, is_up(0xffffffff) %ld",
+          up0, wrong_id, wrong, high, neg);
 
     static const char msg[] = "console_io through the hypercall page\n";
     long rc = page_call(__HYPERVISOR_console_io, CONSOLEIO_write, sizeof(msg) - 1,

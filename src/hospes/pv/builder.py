@@ -209,13 +209,25 @@ def build_domain(
     )
 
 
-def hypercall_page_bytes() -> bytes:
-    """Xen's 128 hypercall stubs of 32 bytes (pv-abi.md §4.2)."""
+def hypercall_page_bytes(max_vcpus: int) -> bytes:
+    """Xen's 128 hypercall stubs of 32 bytes (pv-abi.md §4.2).
+
+    vcpu_op's stub answers a vCPU id at or beyond ``max_vcpus`` itself, with
+    Xen's -ENOENT for every command (``domain_vcpu`` fails before the command
+    is looked at): Linux probes all NR_CPUS ids (8192 in Debian's kernels)
+    with VCPUOP_is_up at boot, and each would otherwise be an exit. The id is
+    the low 32 bits of RSI, as Xen reads an ``unsigned int``.
+    """
     page = bytearray(PAGE_SIZE)
     for i in range(128):
         if i == abi.Hypercall.iret:
             stub = b"\x51\x41\x53\x50\xb8" + struct.pack("<I", i) + b"\x0f\x05"
         else:
             stub = b"\x51\x41\x53\xb8" + struct.pack("<I", i) + b"\x0f\x05\x41\x5b\x59\xc3"
+        if i == abi.Hypercall.vcpu_op:
+            # cmp $max_vcpus,%esi; jae 1f; <the stub>; 1: mov $-ENOENT,%rax; ret
+            enoent = b"\x48\xc7\xc0" + struct.pack("<i", -2) + b"\xc3"
+            stub = b"\x81\xfe" + struct.pack("<I", max_vcpus) + b"\x73" + bytes([len(stub)]) + stub + enoent
+        assert len(stub) <= 32
         page[i * 32:i * 32 + len(stub)] = stub
     return bytes(page)

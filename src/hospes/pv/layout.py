@@ -80,8 +80,8 @@ SHARED_INFO_INDEX = 0
 GRANT_FRAME_INDEX = 1
 MAX_GRANT_FRAMES = 32
 
-# Writer control block capacity (entries of 16 bytes after a 16-byte header).
-WRITER_MAX_ENTRIES = (CONTROL_PAGES * PAGE_SIZE - (FRAME_OFF - CONTROL_OFF) - 40 - 24) // 16
+# Writer control block capacity (8-byte entry addresses after a 24-byte header).
+WRITER_MAX_ENTRIES = (CONTROL_PAGES * PAGE_SIZE - (FRAME_OFF - CONTROL_OFF) - 40 - 24) // 8
 
 
 def percpu_va(vcpu: int) -> int:

@@ -29,8 +29,10 @@ is this bookkeeping, which follows Xen's:
 * L4 slots 256-271 belong to the hypervisor: every validated L4 gets Hospes'
   entries there, and guest writes to them are refused.
 
-Every resulting store is queued on the vCPU and made by the in-VM writer,
-because this KVM ignores page-table stores made by the VMM (platform.md).
+Every resulting store is made into memory at once; one that replaces a
+present entry is also queued for the in-VM writer, because this KVM ignores
+page-table stores made by the VMM (platform.md) and only a guest-mode store
+makes it drop the shadow of the old entry.
 
 Saved state (:class:`MmuState`) is the type and count of every frame that has
 one, and the pins. The tables themselves are guest memory and travel with it;
@@ -321,13 +323,23 @@ class PvMmu:
             self._put_ref(level, entry, writes, frame)
 
     def store(self, writes: Writes, gpa: int, value: int) -> None:
-        """Store an entry: into memory now (so later checks in the same batch see
-        it) and queued for the in-VM writer (so KVM's shadow tables see it)."""
-        self.q[gpa >> 3] = value
+        """Store an entry into memory, where the hardware walk and later checks see it.
+
+        An entry that was present is also queued for the in-VM writer, so KVM
+        drops its shadow of the old one. One that was not present has no
+        shadow to drop (KVM shadows a non-present entry as non-present and
+        walks the guest's table on the next access), so it costs no writer
+        run: a table being filled, or a mapping made, takes effect at once,
+        as on Xen.
+        """
+        q = self.q
+        old = q[gpa >> 3]
+        q[gpa >> 3] = value
         dirty = self.mem.dirty
         if dirty is not None:
             dirty.add(gpa >> 12)
-        writes.append((gpa, value))
+        if old & PTE_P:
+            writes.append((gpa, value))
         self.translation_cache.clear()
 
     # --- operations the hypercalls use ----------------------------------------------

@@ -11,11 +11,13 @@ the VM it only needs a few pages that hand control to Python:
   page whose port the TSS I/O bitmap lets through. On PVM hosts SYSCALL keeps
   running at CPL 3 (platform.md); on VT-x/SVM it lands at CPL 0. The same stub
   leaves the VM either way.
-* the *writer*: a ring-0 routine that applies a batch of (address, value)
-  stores through a direct map of guest-physical memory, reloads CR3 and
-  ``iretq``s to the guest. Page-table changes must be made by guest-mode
-  instructions, because this KVM shadows page tables and never sees the VMM's
-  own stores (platform.md); batching them costs one VM entry per hypercall.
+* the *writer*: a ring-0 routine that re-stores a batch of page-table
+  entries (already written by Hospes) through a direct map of guest-physical
+  memory, reloads CR3 and ``iretq``s to the guest. This KVM shadows page
+  tables and never sees the VMM's own stores (platform.md), so a changed
+  entry whose old value was present must also be written by guest-mode code
+  for KVM to drop its shadow of it; batching them costs one VM entry per
+  hypercall.
 * per vCPU: a GDT window (14 guest pages + Xen's reserved page with the flat
   ring-3 selectors), a TSS with the I/O bitmap and an IST stack for #DF, and a
   ring-0 stack.
@@ -44,25 +46,30 @@ _ADD_RSP_16_IRETQ = bytes([0x48, 0x83, 0xC4, 0x10, 0x48, 0xCF])
 STUB_SIZE = 16
 
 # writer: push rax,rcx,rsi,rdi; lea rsi,[rsp+0x48]; mov rcx,[rsi+16]; add rsi,24
-#   1: jrcxz 2f; mov rdi,[rsi]; mov rax,[rsi+8]; mov [rdi],rax; add rsi,16; dec rcx; jmp 1b
+#   1: jrcxz 2f; mov rdi,[rsi]; lock orq $0,(%rdi); add rsi,8; dec rcx; jmp 1b
 #   2: mov rax,[rsp+0x50]; test rax,rax; jz 3f; invlpg [rax]
 #   3: mov rax,[rsp+0x48]; test rax,rax; jz 4f; mov cr3,rax
 #   4: pop rdi,rsi,rcx,rax; iretq
 # The control block sits right above the 5-qword iretq frame that RSP points at:
 #   +0 CR3 to load (0: keep, no flush), +8 address to invlpg (0: none),
-#   +16 count, +24 entries of (va, value).
+#   +16 count, +24 the entries' addresses in the direct map.
+# Hospes has already stored each entry; the writer's `lock or $0` writes back
+# whatever the entry holds when it runs, atomically, so KVM's write tracking
+# drops its shadow of the entry. Writing back the current value rather than a
+# queued one means two vCPUs' writers can never leave an older value in memory
+# than the one Hospes validated last.
 WRITER_CODE = bytes.fromhex(
     "50515657" "488d742448" "488b4e10" "4883c618"
-    "e313" "488b3e" "488b4608" "488907" "4883c610" "48ffc9" "ebeb"
+    "e311" "488b3e" "f048830f00" "4883c608" "48ffc9" "ebed"
     "488b442450" "4885c0" "7403" "0f0138"
     "488b442448" "4885c0" "7403" "0f22d8"
     "5f5e5958" "48cf"
 )
-# writer1: the common case of one store and no flush, in 8 instructions
+# writer1: the common case of one entry and no flush, in 5 instructions
 # (every ring-0 instruction is emulated on PVM, ~1 us each):
-#   push rax; push rdi; mov rdi,[rsp+0x50]; mov rax,[rsp+0x58]; mov [rdi],rax;
-#   pop rdi; pop rax; iretq      (same control block layout as the writer)
-WRITER1_CODE = bytes.fromhex("5057" "488b7c2450" "488b442458" "488907" "5f58" "48cf")
+#   push rdi; mov rdi,[rsp+0x48]; lock orq $0,(%rdi); pop rdi; iretq
+#   (same control block layout as the writer)
+WRITER1_CODE = bytes.fromhex("57" "488b7c2448" "f048830f00" "5f" "48cf")
 
 # Where the writer returns between chunks of a batch too big for one control
 # block: out %al,$0xe2; ud2 (ring 0).

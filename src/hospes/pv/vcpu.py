@@ -840,11 +840,8 @@ class PvVcpu:
         buf = self.mem.buf
         struct.pack_into("<5QQQQ", buf, gpa, *frame, cr3, invlpg, len(chunk))
         if chunk:
-            flat: list[int] = []
-            for target_gpa, value in chunk:
-                flat.append(L.DIRECT_VIRT + target_gpa)
-                flat.append(value)
-            struct.pack_into(f"<{len(flat)}Q", buf, gpa + 64, *flat)
+            direct = L.DIRECT_VIRT
+            struct.pack_into(f"<{len(chunk)}Q", buf, gpa + 64, *[direct + target for target, _ in chunk])
         tr = self.domain.trampoline
         self.regs.rip = tr.writer1_va if len(chunk) == 1 and not cr3 and not invlpg else tr.writer_va
         self.regs.rsp = area.frame_va
@@ -934,9 +931,12 @@ class PvVcpu:
         """Map the guest's GDT frames into this vCPU's window (pages 0-13)."""
         tr = self.domain.trampoline
         flags = 0x63 | (1 << 63)  # P|RW|A|D, NX; supervisor-only like the rest of the window
+        q = self.mem.q
         for i in range(14):
-            gpa = (frames[i] << 12) if i < len(frames) else tr.zero_page
-            self.writes.append((self.area.gdt_pte_gpa + i * 8, gpa | flags))
+            entry_gpa = self.area.gdt_pte_gpa + i * 8
+            entry = ((frames[i] << 12) if i < len(frames) else tr.zero_page) | flags
+            q[entry_gpa >> 3] = entry   # the writer only writes back what memory holds
+            self.writes.append((entry_gpa, entry))
         self.gdt_frames = list(frames)
         self.gdt_ents = entries
         self.request_flush()
