@@ -338,7 +338,7 @@ def test_an_upcall_that_interrupts_a_hypercall_shows_flat_kernel_cs64(vcpu: Fake
     b = vcpu.mem.buf
     b[vcpu.vcpu_info_gpa] = 1          # upcall pending
     b[vcpu.vcpu_info_gpa + 1] = 0      # not masked
-    regs.rip, regs.rcx, regs.r11, regs.rsp = tr.syscall_stub_va, HANDLER + 0x40, 0x202, STACK_TOP - 0x80
+    regs.rip, regs.rcx, regs.r11, regs.rsp = tr.syscall_out_va, HANDLER + 0x40, 0x202, STACK_TOP - 0x80
     regs.rax = int(Hypercall.xen_version)
     regs.rdi = regs.rsi = 0
     vcpu._on_syscall()

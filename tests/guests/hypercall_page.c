@@ -106,6 +106,15 @@ void guest_main(void)
     /* Xen reads the id as an unsigned int: the upper half of RSI is ignored. */
     long high = page_call(__HYPERVISOR_vcpu_op, VCPUOP_is_up, 0xffffffff00000000ull, 0);
     long neg = page_call(__HYPERVISOR_vcpu_op, VCPUOP_is_up, 0xffffffffull, 0);
+    /* The same through a direct SYSCALL, as Linux 6.1.12x and later make them. */
+    long direct_wrong = 0;
+    for (uint64_t id = 1; id <= IS_UP_PROBES; id++) {
+        long r = HYPERVISOR_vcpu_op(VCPUOP_is_up, (int)id, 0);
+        if (r != -2 && !direct_wrong)
+            direct_wrong = r ? r : -1;
+    }
+    check(HYPERVISOR_vcpu_op(VCPUOP_is_up, 0, 0) == 1 && direct_wrong == 0,
+          "syscall_vcpu_op_beyond_max", "direct is_up beyond the vCPUs gave %ld", direct_wrong);
     check(up0 == 1 && wrong == 0 && high == 1 && neg == -2, "hypercall_page_vcpu_op_beyond_max",
           "is_up(0) %ld, is_up(%ld) %ld, is_up(high half set) %ld, is_up(0xffffffff) %ld",
           up0, wrong_id, wrong, high, neg);

@@ -9,7 +9,10 @@
  *     RAX through HYPERVISOR_iret.
  *  2. read the unmapped USER_HOLE_VA: a user-mode #PF, resumed at
  *     user_pf_resume by the kernel.
- *  3. syscall USER_NR_DONE with RDI = the value step 1 returned.
+ *  3. syscall 24 with an id beyond the domain's vCPUs in RSI: Hospes'
+ *     SYSCALL stub answers vcpu_op itself for a guest kernel, but this is a
+ *     user-mode system call and must reach the kernel's callback.
+ *  4. syscall USER_NR_DONE with RDI = the value step 1 returned.
  */
 #include "syscall_user.h"
 
@@ -29,6 +32,9 @@ user_syscall1_ret:
 user_pf_insn:
     mov     (%rcx), %rax
 user_pf_resume:
+    mov     $USER_NR_24, %eax
+    mov     $USER_NR_24_ARG, %esi
+    syscall
     mov     %rbx, %rdi
     mov     $USER_NR_DONE, %eax
     syscall

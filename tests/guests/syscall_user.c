@@ -22,7 +22,7 @@ extern void xen_syscall_entry(void);
 static uint8_t kstack[16384] __attribute__((aligned(16)));
 #define KSTACK_TOP ((uint64_t)kstack + sizeof(kstack))
 
-static struct { int hello, pf, done; } seen;
+static struct { int hello, pf, nr24, done; } seen;
 
 static int syscall_handler(struct regs *r)
 {
@@ -53,6 +53,14 @@ static int syscall_handler(struct regs *r)
               VCPU0->evtchn_upcall_mask, FRAME_SAVED_MASK(r->cs), r->rflags);
         r->rax = USER_RETVAL;
         r->cs = FLAT_USER_CS64;        /* RPL 3: HYPERVISOR_iret goes to user */
+        r->ss = FLAT_USER_SS64;
+        return TRAP_RETURN;
+    }
+    if (r->rax == USER_NR_24 && !seen.nr24) {
+        seen.nr24 = 1;
+        check(r->rsi == USER_NR_24_ARG, "syscall_24_from_user_reaches_the_kernel",
+              "rsi %#lx, want %#x", r->rsi, USER_NR_24_ARG);
+        r->cs = FLAT_USER_CS64;
         r->ss = FLAT_USER_SS64;
         return TRAP_RETURN;
     }
@@ -152,6 +160,7 @@ void guest_main(void)
     run_user(&ctx);
 
     /* Back in kernel mode: the DONE syscall handler abandoned user mode. */
-    check(seen.hello && seen.pf && seen.done, "syscall_done",
-          "user program incomplete: hello %d pf %d done %d", seen.hello, seen.pf, seen.done);
+    check(seen.hello && seen.pf && seen.nr24 && seen.done, "syscall_done",
+          "user program incomplete: hello %d pf %d nr24 %d done %d", seen.hello, seen.pf, seen.nr24,
+          seen.done);
 }

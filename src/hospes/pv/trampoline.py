@@ -75,8 +75,26 @@ WRITER1_CODE = bytes.fromhex("57" "488b7c2448" "f048830f00" "5f" "48cf")
 # block: out %al,$0xe2; ud2 (ring 0).
 CHUNK_EXIT_STUB = bytes([0xE6, L.PORT_WRITER_CHUNK, 0x0F, 0x0B])
 
-# The SYSCALL entry: out %al,$0xe1, then ud2 so a stray fall-through is loud.
-SYSCALL_STUB = bytes([0xE6, L.PORT_SYSCALL, 0x0F, 0x0B])
+# The SYSCALL entry. Guest kernels probe every possible vCPU id with
+# VCPUOP_is_up at boot (Linux: NR_CPUS, 8192 in Debian's kernels); Xen answers
+# -ENOENT for any vcpu_op on an id at or beyond the domain's vCPUs, and so does
+# the stub itself, without an exit, for a SYSCALL from the upper half (a guest
+# kernel: Linux's user space lies in the lower half, and a user-mode system
+# call 24 is sched_yield, which must reach the guest kernel):
+#    0: cmp $24,%rax; jne 1f; test %rcx,%rcx; jns 1f
+#       cmp $max_vcpus,%esi; jb 1f          (Xen reads the id as an unsigned int)
+#       mov $-ENOENT,%rax; push %r11; popfq; jmp *%rcx   (SYSRET's RIP and RFLAGS)
+#    1: out %al,$0xe1; ud2                  (everything else: a ud2 makes a stray fall-through loud)
+# SFMASK keeps IF, so POPF at CPL 3 has nothing to restore that it cannot.
+SYSCALL_OUT_OFFSET = 0x1F
+
+
+def syscall_stub(max_vcpus: int) -> bytes:
+    fast = (b"\x48\x83\xf8\x18" b"\x75\x19" b"\x48\x85\xc9" b"\x79\x14"
+            b"\x81\xfe" + struct.pack("<I", max_vcpus) + b"\x72\x0c"
+            b"\x48\xc7\xc0" + struct.pack("<i", -2) + b"\x41\x53" b"\x9d" b"\xff\xe1")
+    assert len(fast) == SYSCALL_OUT_OFFSET
+    return fast + bytes([0xE6, L.PORT_SYSCALL, 0x0F, 0x0B])
 
 HV_TABLE_FLAGS = PTE_P | PTE_RW | PTE_A | PTE_D
 
@@ -265,10 +283,13 @@ class Trampoline:
         for i in range(L.STUB_PAGES):
             self._map_hv(L.STUBS_VA + i * PAGE_SIZE, stubs + i * PAGE_SIZE, writable=False, executable=True)
         user_stub = self._alloc()
-        self.mem.write(user_stub, SYSCALL_STUB)
+        stub = syscall_stub(self.lay.nr_vcpus)
+        self.mem.write(user_stub, stub)
         self.map_page(L.USER_STUB_VIRT, user_stub, PTE_P | PTE_US | PTE_A, PTE_P | PTE_US | PTE_A | PTE_RW)
         self.syscall_stub_va = L.USER_STUB_VIRT
-        self.syscall_out_end = L.USER_STUB_VIRT + 2
+        self.syscall_stub_end = L.USER_STUB_VIRT + len(stub)
+        self.syscall_out_va = L.USER_STUB_VIRT + SYSCALL_OUT_OFFSET
+        self.syscall_out_end = self.syscall_out_va + 2
 
     def _build_direct_map(self) -> None:
         """Map all guest-physical memory (supervisor-only) for the in-VM writer.

@@ -394,7 +394,7 @@ class PvVcpu:
             0xC0000081: (abi.FLAT_RING3_CS32 << 48) | (abi.HYPERVISOR_CS << 32),  # STAR
             0xC0000082: self.domain.trampoline.syscall_stub_va,                      # LSTAR
             0xC0000083: self.domain.trampoline.syscall_stub_va,                      # CSTAR
-            0xC0000084: 0x74700,                                                     # SFMASK
+            0xC0000084: 0x74500,     # SFMASK: TF DF NT RF VM AC; not IF (the stub's POPF could not set it back)
             0x277: 0x0000050100070406,                                               # PAT
             0xC0000102: 0,                                                           # KERNEL_GS_BASE
         })
@@ -483,7 +483,7 @@ class PvVcpu:
     def _on_syscall(self) -> None:
         regs = self.regs
         tr = self.domain.trampoline
-        if regs.rip != tr.syscall_stub_va and regs.rip != tr.syscall_out_end:
+        if regs.rip != tr.syscall_out_va and regs.rip != tr.syscall_out_end:
             # The guest executed our port itself: as Xen would for a stray port access.
             self.exit_kind = "syscall"
             self.t_rip, self.t_cs, self.t_rflags = regs.rip, self.sregs.cs.selector, regs.rflags
@@ -655,8 +655,9 @@ class PvVcpu:
         sregs = self.sregs
         ev = self.events
         in_guest = sregs.cs.dpl == 3 and not (ev.exception.injected or ev.exception.pending)
-        if self.regs.rip in (self.domain.trampoline.syscall_stub_va, self.domain.trampoline.syscall_out_end):
-            in_guest = False  # about to leave through the stub anyway
+        tr = self.domain.trampoline
+        if tr.syscall_stub_va <= self.regs.rip <= tr.syscall_out_end:
+            in_guest = False  # in the SYSCALL stub: back in the guest or out through the port at once
         if not in_guest:
             # Inside a stub or the writer: it reaches an exit or the guest shortly;
             # try again then.

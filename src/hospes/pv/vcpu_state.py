@@ -30,6 +30,7 @@ from hospes.state import StateError, check_version
 
 # STAR, LSTAR, CSTAR, SFMASK, PAT, KERNEL_GS_BASE: set by setup_cpu, saved as they are.
 SAVED_MSRS = (0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084, 0x277, 0xC0000102)
+SFMASK = 0xC0000084
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,9 @@ def load_cpu(kvm: Vcpu, state: CpuState) -> None:
     kvm.set_xsave(xsave)
     kvm.set_debugregs(debugregs)
     kvm.set_vcpu_events(events)
-    kvm.set_msrs(dict(state.msrs))
+    # SFMASK stays as setup_cpu set it: it belongs to Hospes' SYSCALL stub, not
+    # the guest, and saves from before the stub's fast path masked IF.
+    kvm.set_msrs({i: v for i, v in state.msrs if i != SFMASK})
     # Nothing in the sync area is newer than what KVM now holds.
     kvm.run_struct.kvm_dirty_regs = 0
 

@@ -6,3 +6,5 @@
 #define USER_NR_HELLO   0x1001          /* first syscall: "hello" */
 #define USER_NR_DONE    0x1002          /* second syscall: "done" */
 #define USER_MAGIC      0x0123456789abcdef
+#define USER_NR_24      24              /* vcpu_op's number: a user one is still the kernel's */
+#define USER_NR_24_ARG  0x7fffffff      /* an id no domain has */
