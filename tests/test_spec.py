@@ -523,7 +523,7 @@ def test_every_example_parses_into_a_domain_spec(path: Path) -> None:
 def test_example_contents() -> None:
     debian = load_spec(EXAMPLES / "debian-pv.cfg")
     assert (debian.ramdisk, debian.cmdline, debian.memory) == (
-        DEFAULT_IMAGE, "console=hvc0 quiet", 256)
+        DEFAULT_IMAGE, "console=hvc0 quiet noreplace-smp", 256)
     two = load_spec(EXAMPLES / "two-vcpus.cfg")
     assert (two.vcpus, two.maxvcpus, two.cpus, two.cpu_weight, two.cap) == (
         2, 4, ("0-1", "2-3"), 512, 150)

@@ -58,7 +58,7 @@ def test_default_flags_are_the_default_image_with_its_console(tmp_path: Path) ->
         name = "guest"
         kernel = "@default"
         memory = 256
-        cmdline = "console=hvc0 quiet"
+        cmdline = "console=hvc0 quiet noreplace-smp"
         on_soft_reset = "destroy"
     ''')
 
@@ -67,7 +67,7 @@ def test_a_command_goes_on_the_command_line() -> None:
     from hospes.images import encode_command
 
     spec = run_spec(RunFlags(command=("sh", "-c", "exit 3")))
-    assert spec.cmdline == f"console=hvc0 quiet {encode_command(['sh', '-c', 'exit 3'])}"
+    assert spec.cmdline == f"console=hvc0 quiet noreplace-smp {encode_command(['sh', '-c', 'exit 3'])}"
     assert run_spec(RunFlags(kernel=Path("/k"), command=("true",))).cmdline == encode_command(["true"])
 
 

@@ -446,7 +446,7 @@ def fake_default_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> obje
 def test_default_kernel_brings_the_default_initramfs_and_its_console(fake_default_images) -> None:
     cfg = build_config(_spec(kernel="@default"), 2)
     assert (cfg.kernel, cfg.ramdisk, cfg.cmdline) == (
-        fake_default_images.kernel, fake_default_images.initramfs, "console=hvc0 quiet")
+        fake_default_images.kernel, fake_default_images.initramfs, "console=hvc0 quiet noreplace-smp")
     cfg = build_config(_spec(kernel="@default", cmdline="console=hvc0 loglevel=8"), 2)
     assert cfg.cmdline == "console=hvc0 loglevel=8"
 

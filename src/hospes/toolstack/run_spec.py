@@ -25,7 +25,7 @@ Aliases kept from ``hospes run``'s first grammar:
 
 Where ``hospes run`` differs from an xl.cfg file without those keys: the name
 is ``guest``, memory 256 MiB, the kernel ``@default``; a guest that has a ramdisk
-(the default one included) and no --cmdline gets ``console=hvc0 quiet``; a soft
+(the default one included) and no --cmdline gets ``console=hvc0 quiet noreplace-smp``; a soft
 reset ends the run (``on_soft_reset = destroy``). ``-- CMD ARGS`` is appended to
 the command line for the default initramfs to run.
 """

@@ -73,8 +73,13 @@ from hospes.toolstack.xlcfg import (
 #: replaces it with the paths when it builds the domain.
 DEFAULT_IMAGE = "@default"
 #: The command line the default initramfs gets when the configuration gives none:
-#: its console on hvc0, and a quiet kernel so the guest's output is the command's.
-DEFAULT_IMAGE_CMDLINE = "console=hvc0 quiet"
+#: its console on hvc0, a quiet kernel so the guest's output is the command's,
+#: and ``noreplace-smp``: a Linux that finds one CPU at boot otherwise rewrites
+#: every lock prefix of its text (~8,600 in Debian's 6.1) with one text_poke
+#: each, which on a PV guest is 2 mmu_updates and 2 CR3 switches, about 35,000
+#: exits, a third of the default guest's boot (docs/benchmarks.md). The cost of
+#: keeping the prefixes on one CPU is a few cycles per atomic instruction.
+DEFAULT_IMAGE_CMDLINE = "console=hvc0 quiet noreplace-smp"
 #: Version of the to_dict() layout.
 SPEC_FORMAT = 1
 
