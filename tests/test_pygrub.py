@@ -12,6 +12,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -291,3 +292,52 @@ def test_create_through_the_daemon_reports_the_bootloader_error(tmp_path: Path) 
         assert b"debian-disk" not in d.cli("list").stdout
     finally:
         d.close()
+
+
+# --- `hospes run --bootloader pygrub` runs pygrub again at each reboot -----------------------------
+
+
+@pytest.mark.kvm
+@pytest.mark.timeout(300)
+def test_hospes_run_reboot_runs_pygrub_again(tmp_path: Path) -> None:
+    """The first boot's grub.cfg picks the reboot test kernel, which reboots as soon as it starts;
+    once it has, the disk is replaced by one whose grub.cfg picks hello, which powers off. Only a
+    bootloader that reads the disk again at the restart boots hello: reusing the first boot's
+    choice would loop until the reboot throttle stops it (exit 5)."""
+    from conftest import guest_build
+
+    kernels = {"/boot/reboot.elf": guest_build.build_guest("reboot").read_bytes(),
+               "/boot/hello.elf": guest_build.build_guest("hello").read_bytes()}
+
+    def disk(default: str, name: str) -> Path:
+        cfg = (f"set default={default}\n"
+               "menuentry 'reboot' --id reboot {\n linux /boot/reboot.elf loop=1\n}\n"
+               "menuentry 'hello' --id hello {\n linux /boot/hello.elf\n}\n")
+        return make_fs(tmp_path, {**kernels, "/boot/grub/grub.cfg": cfg.encode()}, name=name)
+
+    image, changed = disk("reboot", "disk.img"), disk("hello", "changed.img")
+    proc = subprocess.Popen([sys.executable, "-m", "hospes", "run", "--disk", str(image), "--bootloader", "pygrub",
+                             "--memory", "64"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        out = b""
+        for line in proc.stdout:
+            out += line
+            if b"reboot test kernel: rebooting" in line:
+                break
+        # What a kernel update inside the guest does to grub.cfg, done from outside between boots.
+        os.replace(changed, image)
+        out += proc.stdout.read()
+        err = proc.stderr.read().decode(errors="replace")
+        assert proc.wait(timeout=240) == 0, err[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.decode(errors="replace")
+    assert "reboot test kernel: rebooting" in text and text.rstrip().endswith("DONE"), text[-2000:]
+    boots = [line for line in err.splitlines() if line.startswith("pygrub: booting")]
+    assert boots[0].startswith("pygrub: booting /boot/reboot.elf (entry 0 'reboot'"), err[-3000:]
+    assert boots[-1].startswith("pygrub: booting /boot/hello.elf (entry 1 'hello'"), err[-3000:]
+    assert "the guest rebooted; starting it again" in err
