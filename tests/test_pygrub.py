@@ -111,7 +111,10 @@ def test_default_from_set_default_and_saved_entry() -> None:
     body = "menuentry 'a' {\n linux /a\n}\nmenuentry 'b' --id b-id {\n linux /b x=1\n}\n"
     assert parse("set default=1\n" + body).select().kernel == "/b"
     assert parse('set default="b-id"\n' + body).select().kernel == "/b"
-    assert parse('set default="${saved_entry}"\n' + body, {"saved_entry": "b"}).select().kernel == "/b"
+    # grubenv's variables exist once the script loads them, as in GRUB
+    assert parse('set default="${saved_entry}"\n' + body, {"saved_entry": "b"}).select().kernel == "/a"
+    assert parse('load_env\nset default="${saved_entry}"\n' + body, {"saved_entry": "b"},
+                 lambda path: (0o100644, 1024) if path == "/boot/grub/grubenv" else None).select().kernel == "/b"
     assert parse("set default=9\n" + body).select().kernel == "/a"   # names nothing: the first, as GRUB
     assert parse("set v=/b\nmenuentry 'c' {\n linux ${v} y\n}\n").select().kernel == "/b"
 
@@ -188,6 +191,23 @@ def test_links_when_there_is_no_grub_cfg(tmp_path: Path) -> None:
     assert (choice.kernel, choice.ramdisk) == (KERNEL_OLD, INITRD_OLD)
     assert choice.cmdline == "root=/dev/xvda ro console=hvc0"
     assert choice.kernel_path == "/vmlinuz-real"
+
+
+def test_debian_13_grub_cfg_and_grubenv_in_the_image(tmp_path: Path) -> None:
+    """update-grub's own grub.cfg; grubenv is loaded only when it is in the image (the
+    header's `[ -s $prefix/grubenv ]`), and then its next_entry (grub-reboot) is booted."""
+    cfg = (Path(__file__).resolve().parent / "data" / "grub" / "debian13-grub.cfg").read_bytes()
+    new, old = "6.12.118+deb13-cloud-amd64", "6.12.57+deb13-cloud-amd64"
+    tree: dict[str, bytes | str] = {"/boot/grub/grub.cfg": cfg}
+    for version, marker in ((new, b"NEW"), (old, b"OLD")):
+        tree[f"/boot/vmlinuz-{version}"] = b"KERNEL-" + marker
+        tree[f"/boot/initrd.img-{version}"] = b"INITRD-" + marker
+    assert choose(make_fs(tmp_path, tree, name="plain.img")).kernel == b"KERNEL-NEW"
+    env = b"# GRUB Environment Block\nnext_entry=1>2\n"
+    tree["/boot/grub/grubenv"] = env + b"#" * (1024 - len(env))
+    choice = choose(make_fs(tmp_path, tree, name="reboot-once.img"))
+    assert (choice.kernel, choice.ramdisk) == (b"KERNEL-OLD", b"INITRD-OLD")
+    assert choice.source.startswith(f"entry 1>2 'Debian GNU/Linux, with Linux {old}'")
 
 
 def _mbr(entries: list[tuple[int, int, int]], disk_id: int = 0x1234) -> bytes:

@@ -131,7 +131,7 @@ def _from_grub(fs: Filesystem, config: str, args: PygrubArgs) -> BootChoice:
     env_path = posixpath.join(posixpath.dirname(config), "grubenv")
     env = parse_grubenv(fs.read(env_path, "grubenv").decode("utf-8", "replace")) if fs.exists(env_path) else {}
     try:
-        entry = parse(text, env).select(args.entry)
+        entry = parse(text, env, fs.stat, posixpath.dirname(config)).select(args.entry)
     except GrubConfigError as e:
         raise BootloaderError(f"{where}: {e}") from e
     if not entry.kernel:
