@@ -171,6 +171,7 @@ def test_exit_status_and_quoting() -> None:
     assert kernel_of('fwsetup --is-supported\nif [ "$?" = 0 ]; then set default=1; fi\n'
                      + entry("no") + entry("yes")) == "/no"
     assert kernel_of('[ a = a ]\nif [ "$?" = 0 ]; then set default=1; fi\n' + entry("no") + entry("yes")) == "/yes"
+    assert kernel_of('load_env\nif [ "$?" = 0 ]; then set default=1; fi\n' + entry("no") + entry("yes")) == "/no"
     # single quotes keep '$'; a comment may hold quotes; '\' continues a line
     text = ("set k='/$x' # don't expand\nset x=ignored\n"
             "menuentry 'a' {\n  linux $k \\\n    arg=1\n}\n")
@@ -205,7 +206,8 @@ def test_broken_scripts_are_errors() -> None:
                           ("}\n", "closes no block"),
                           ("for x in a; do\n", "a 'done' is missing"),
                           ("menuentry 'a\n", "quote is never closed"),
-                          ("submenu 's' {\n" + entry("a"), "'}' is missing")):
+                          ("submenu 's' {\n" + entry("a"), "'}' is missing"),
+                          ("menuentry 'a' { linux /a; }\n", "menuentry without '{' at the end of its line")):
         with pytest.raises(GrubConfigError, match=message):
             parse(text)
     deep = "submenu 's' {\n" * 40 + entry("a") + "}\n" * 40

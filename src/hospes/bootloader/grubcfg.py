@@ -428,9 +428,12 @@ class _Script:
             elif s.head == "fi":
                 _frame(frames, s)
                 frames.pop()
-            elif s.head in ("then", "do", "done"):
-                if s.head == "done":
-                    raise GrubConfigError(f"grub.cfg line {s.line}: 'done' closes no loop")
+            elif s.head == "done":
+                raise GrubConfigError(f"grub.cfg line {s.line}: 'done' closes no loop")
+            elif s.head in ("then", "do"):
+                pass        # what follows is the branch, or a loop's body
+            elif s.head in ("menuentry", "submenu"):
+                raise GrubConfigError(f"grub.cfg line {s.line}: {s.head} without '{{' at the end of its line")
             elif active:
                 self._command(words(s.text, variables), variables, entry)
         if frames:
@@ -451,7 +454,7 @@ class _Script:
             for name in argv[1:]:
                 variables.pop(name, None)
         elif head == "load_env":
-            self._load_env(argv[1:], variables)
+            status = 0 if self._load_env(argv[1:], variables) else 1
         elif head in ("[", "test", "true", "false"):
             status = 0 if self._test(argv) else 1
         elif entry is not None and head in LINUX_COMMANDS and len(argv) >= 2:
@@ -463,9 +466,9 @@ class _Script:
             status = 1      # a command pygrub does not run: failed, as one GRUB lacks
         variables["?"] = str(status)
 
-    def _load_env(self, args: list[str], variables: dict[str, str]) -> None:
+    def _load_env(self, args: list[str], variables: dict[str, str]) -> bool:
         """``load_env [-f FILE] [--skip-sig] [NAME...]``: grubenv's variables (only those
-        named, if any), when FILE is the grubenv beside grub.cfg."""
+        named, if any), when FILE is the grubenv beside grub.cfg; whether it loaded."""
         file = f"{self.prefix}/grubenv"
         names: list[str] = []
         rest = list(args)
@@ -478,16 +481,14 @@ class _Script:
             elif not arg.startswith("-"):
                 names.append(arg)
         if _strip_device(file).rstrip("/") != f"{self.prefix}/grubenv" or not self._file_test("-s", file):
-            variables["?"] = "1"
-            return
+            return False
         for name, value in self.grubenv.items():
             if not names or name in names:
                 variables[name] = value
+        return True
 
     def _condition(self, s: _Statement, variables: dict[str, str]) -> bool:
         argv = words(s.text, variables)[1:]     # after if/elif
-        if argv and argv[-1] == ";":
-            argv.pop()
         self._command(argv, variables, None)
         return variables.get("?") == "0"
 
@@ -507,18 +508,10 @@ class _Script:
 
     # test's grammar, loosest first: expr -o expr, expr -a expr, ! expr, ( expr ), primaries
     def _or(self, args: list[str], i: int) -> tuple[bool, int]:
-        value, i = self._and(args, i)
-        while i < len(args) and args[i] == "-o":
-            right, i = self._and(args, i + 1)
-            value = value or right
-        return value, i
+        return _chain(args, i, "-o", self._and)
 
     def _and(self, args: list[str], i: int) -> tuple[bool, int]:
-        value, i = self._not(args, i)
-        while i < len(args) and args[i] == "-a":
-            right, i = self._not(args, i + 1)
-            value = value and right
-        return value, i
+        return _chain(args, i, "-a", self._not)
 
     def _not(self, args: list[str], i: int) -> tuple[bool, int]:
         if i < len(args) and args[i] == "!" and i + 1 < len(args):
@@ -553,6 +546,16 @@ class _Script:
         mode, size = found
         return {"-e": True, "-f": stat.S_ISREG(mode), "-d": stat.S_ISDIR(mode),
                 "-s": size > 0}[op]
+
+
+def _chain(args: list[str], i: int, op: str, operand: Callable[[list[str], int], tuple[bool, int]]
+           ) -> tuple[bool, int]:
+    """``operand (op operand)*`` from ``i``, op -a or -o: its value and the index after it."""
+    value, i = operand(args, i)
+    while i < len(args) and args[i] == op:
+        right, i = operand(args, i + 1)
+        value = (value or right) if op == "-o" else (value and right)
+    return value, i
 
 
 class _Malformed(Exception):
