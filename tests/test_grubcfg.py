@@ -23,11 +23,11 @@ KERNELS = {"debian12": ("6.1.0-57-cloud-amd64", "6.1.0-28-cloud-amd64"),
 
 def files(present: dict[str, int]):  # type: ignore[no-untyped-def]
     """A file test's view of a filesystem holding ``present`` (path -> size; -1: a directory)."""
-    def look(path: str) -> tuple[int, int] | None:
+    def look(path: str) -> tuple[int, int, int] | None:
         size = present.get(path)
         if size is None:
             return None
-        return (DIRECTORY, 4096) if size < 0 else (FILE, size)
+        return (DIRECTORY, 4096, 0) if size < 0 else (FILE, size, size)   # mtime: the size
     return look
 
 
@@ -151,13 +151,20 @@ def test_entries_in_untaken_branches_do_not_exist() -> None:
 
 
 def test_conditions() -> None:
+    """GRUB's test: words left to right, never an error (tests/test_pygrub.py checks the same
+    kinds of expression against GRUB 2.06 itself)."""
     cases = {
-        '[ "" ]': False, "[ x ]": True, "[ ]": False, "[ $unset ]": False, '[ -z "$unset" ]': True,
-        "[ 10 -gt 9 ]": True, "[ 10 \\> 9 ]": False, "[ 2 -le 2 -a 3 -ne 3 ]": False,
-        "[ 2 -le 2 -o 3 -ne 3 ]": True, "[ ! ( a = b -o c = c ) ]": False, "[ a != b ]": True,
-        "[ x -eq 1 ]": False, "[ a = a": False, "test -f /boot/grub/grubenv": True,
-        "test -s /boot/grub/grubenv": True, "[ -s /boot/empty ]": False, "[ -e /boot/empty ]": True,
-        "[ -f /boot ]": False, "[ -d (hd0,msdos1)/boot ]": True, "true": True, "false": False,
+        '[ "" ]': False, "[ x ]": True, "[ ]": True, "[ $unset ]": True, '[ "$unset" ]': False,
+        '[ -z "$unset" ]': True, "[ $unset = x ]": True, '[ "$unset" = x ]': False,
+        "[ 10 -gt 9 ]": True, "[ 10 \\> 9 ]": False, "[ 0x10 -eq 16 ]": True, "[ 010 -eq 8 ]": True,
+        "[ x -eq 0 ]": True, "[ -3 -lt -2 ]": True, "[ vmlinuz-2 -plt vmlinuz-11 ]": True,
+        "[ 2 -le 2 -a 3 -ne 3 ]": False, "[ 2 -le 2 -o 3 -ne 3 ]": True, "[ a = b -o c = d -o e ]": True,
+        "[ ! ( a = b -o c = c ) ]": False, "[ ! ! a ]": True, "[ a != b ]": True, "[ a = a": True,
+        "test -f /boot/grub/grubenv": True, "test -s /boot/grub/grubenv": True, "[ -s /boot/empty ]": False,
+        "[ -e /boot/empty ]": True, "[ -f /boot ]": False, "[ -s /boot ]": False, "[ -d (hd0,msdos1)/boot ]": True,
+        "[ -f /boot/empty -a -d /boot ]": True, "[ /boot/grub/grubenv -nt /boot/empty ]": True,
+        "[ /boot/grub/grubenv -ot /boot/empty ]": False, "[ /boot/grub/grubenv -ot-2000 /boot/empty ]": True,
+        "[ /boot/missing -ot /boot/empty ]": True, "true": True, "false": False,
         "loadfont unicode": False, "keystatus --shift": False,
     }
     present = {"/boot": -1, "/boot/grub/grubenv": 1024, "/boot/empty": 0}
@@ -211,5 +218,7 @@ def test_broken_scripts_are_errors() -> None:
         with pytest.raises(GrubConfigError, match=message):
             parse(text)
     deep = "submenu 's' {\n" * 40 + entry("a") + "}\n" * 40
-    with pytest.raises(GrubConfigError, match="deeper than"):
+    with pytest.raises(GrubConfigError, match="nests submenus deeper than"):
         parse(deep)
+    with pytest.raises(GrubConfigError, match="nests parentheses deeper than"):
+        parse("if [ " + "( " * 5000 + "a ]; then set x=1; fi\n")

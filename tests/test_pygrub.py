@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import select
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import pytest
 
 from conftest import run_hospes
 from hospes.bootloader import BootloaderError, PygrubArgs, choose
-from hospes.bootloader.grubcfg import GrubConfigError, parse
+from hospes.bootloader.grubcfg import GRUB_FEATURES, GrubConfigError, parse
 
 pytestmark = pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="needs e2fsprogs' mkfs.ext4")
 
@@ -114,7 +116,7 @@ def test_default_from_set_default_and_saved_entry() -> None:
     # grubenv's variables exist once the script loads them, as in GRUB
     assert parse('set default="${saved_entry}"\n' + body, {"saved_entry": "b"}).select().kernel == "/a"
     assert parse('load_env\nset default="${saved_entry}"\n' + body, {"saved_entry": "b"},
-                 lambda path: (0o100644, 1024) if path == "/boot/grub/grubenv" else None).select().kernel == "/b"
+                 lambda path: (0o100644, 1024, 0) if path == "/boot/grub/grubenv" else None).select().kernel == "/b"
     assert parse("set default=9\n" + body).select().kernel == "/a"   # names nothing: the first, as GRUB
     assert parse("set v=/b\nmenuentry 'c' {\n linux ${v} y\n}\n").select().kernel == "/b"
 
@@ -129,8 +131,9 @@ def test_broken_grub_cfg_is_an_error() -> None:
 # --- images ----------------------------------------------------------------------------------------
 
 
-def make_fs(tmp_path: Path, files: dict[str, bytes | str], size_mib: int = 8, name: str = "fs.img") -> Path:
-    """An ext4 image of ``files`` (str values are symlink targets)."""
+def make_fs(tmp_path: Path, files: dict[str, bytes | str], size_mib: int = 8, name: str = "fs.img",
+            mtimes: dict[str, int] | None = None) -> Path:
+    """An ext4 image of ``files`` (str values are symlink targets), with ``mtimes`` for some."""
     root = tmp_path / (name + ".d")
     root.mkdir()
     for rel, content in files.items():
@@ -140,6 +143,8 @@ def make_fs(tmp_path: Path, files: dict[str, bytes | str], size_mib: int = 8, na
             os.symlink(content, path)
         else:
             path.write_bytes(content)
+    for rel, mtime in (mtimes or {}).items():
+        os.utime(root / rel.lstrip("/"), (mtime, mtime))
     image = tmp_path / name
     with open(image, "wb") as f:
         f.truncate(size_mib << 20)
@@ -279,6 +284,12 @@ def test_grub_cfg_names_a_missing_kernel(tmp_path: Path) -> None:
            "does not exist")
 
 
+def test_huge_grub_cfg(tmp_path: Path) -> None:
+    files = debian_files()
+    files["/boot/grub/grub.cfg"] = DEBIAN_GRUB_CFG.encode() + b"#" * (2 << 20)
+    _fails(make_fs(tmp_path, files), "/boot/grub/grub.cfg in", "has 2", "at most 1 MiB")
+
+
 def test_truncated_image(tmp_path: Path) -> None:
     image = make_fs(tmp_path, debian_files())
     with open(image, "r+b") as f:
@@ -361,3 +372,68 @@ def test_hospes_run_reboot_runs_pygrub_again(tmp_path: Path) -> None:
     assert boots[0].startswith("pygrub: booting /boot/reboot.elf (entry 0 'reboot'"), err[-3000:]
     assert boots[-1].startswith("pygrub: booting /boot/hello.elf (entry 1 'hello'"), err[-3000:]
     assert "the guest rebooted; starting it again" in err
+
+
+# --- the same decisions as GRUB 2.06 for Xen itself -------------------------------------------------
+
+#: Conditions whose outcome GRUB decides alone: platform, features, files on the disk, and
+#: its test command's corners. Not $prefix: pvgrub2's is its memdisk, pygrub's the
+#: directory of grub.cfg in the image (as for a GRUB installed there), see grubcfg.py.
+AGREED_CONDITIONS = (
+    '[ "$grub_platform" = xen ]', '[ "$grub_cpu" = x86_64 ]',
+    *(f"[ x${name} = xy ]" for name in GRUB_FEATURES), "[ x$feature_search_cryptodisk_only = xy ]",
+    '[ "${next_entry}" ]', '[ x"${feature_menuentry_id}" = xy ]',
+    "[ -f /boot/marker ]", "[ -f /boot/nothing ]", "[ -d /boot ]", "[ -f /boot ]", "[ -s /boot/empty ]",
+    "[ -e /boot/empty ]", "[ -s /boot/marker ]", "[ -s /boot ]", "[ -d / ]", "[ -e /boot/grub/ ]",
+    "[ /boot/marker -nt /boot/empty ]", "[ /boot/marker -ot /boot/empty ]", "[ /boot/marker -ot-2000 /boot/empty ]",
+    "[ /boot/missing -ot /boot/empty ]",
+    '[ "" ]', "[ x ]", "[ ]", "[ $unset ]", '[ "$unset" ]', "[ $unset = x ]", '[ "$unset" = x ]', "[ -z $unset ]",
+    '[ -z "$unset" ]', '[ -n "$unset" ]', "[ -n ]", "[ -z ]", "[ ! ]", "[ a = a",
+    "[ 10 -gt 9 ]", "[ 10 -lt 9 ]", "[ 0x10 -eq 16 ]", "[ 010 -eq 8 ]", "[ x -eq 0 ]", "[ -3 -lt -2 ]",
+    "[ vmlinuz-2 -plt vmlinuz-11 ]", "[ vmlinuz-2 -pgt vmlinuz-11 ]", "[ 10 \\> 9 ]", "[ b \\< a ]",
+    "[ a = a -a b = c ]", "[ a = b -o c = c ]", "[ a = b -o c = d -o e ]", "[ ! a = b ]", "[ ! ! a ]",
+    "[ ! ( a = b -o c = c ) ]", "[ ( a = b ]", "[ a ) b ]", "[ a != b ]", "[ a == a ]", "true", "false",
+)
+
+
+@pytest.mark.kvm
+@pytest.mark.debian
+@pytest.mark.timeout(300)
+def test_conditions_agree_with_grub_206_for_xen(tmp_path: Path) -> None:
+    """Debian's PV GRUB 2.06 (pvgrub2, the grub.cfg reader of a real Xen PV guest) and pygrub
+    run one grub.cfg whose entry title records, a digit each, which way every condition
+    went; GRUB prints the title it boots ("Booting `...'"), pygrub names it in its source."""
+    from hospes.images.pvgrub import ensure_pvgrub
+
+    lines = ["set timeout=0", 'set sig=""']
+    lines += [f'if {c}; then sig="${{sig}}1"; else sig="${{sig}}0"; fi' for c in AGREED_CONDITIONS]
+    lines += ['[ a = b ]', 'if [ "$?" = 0 ]; then sig="${sig}1"; else sig="${sig}0"; fi',
+              'if [ a = b ]; then sig="${sig}A"; elif [ a = a ]; then sig="${sig}B"; else sig="${sig}C"; fi',
+              'menuentry "sig $sig" {', "  linux /boot/k", "}"]
+    image = make_fs(tmp_path, {"/boot/grub/grub.cfg": "\n".join(lines).encode() + b"\n", "/boot/k": b"k",
+                               "/boot/marker": b"m\n", "/boot/empty": b""}, size_mib=64,
+                    mtimes={"/boot/empty": 1_000_000_000, "/boot/marker": 1_000_001_000})
+    ours = choose(image).source
+    assert ours.startswith("entry 0 'sig "), ours
+    ours = ours.split("'")[1].removeprefix("sig ")
+    assert len(ours) == len(AGREED_CONDITIONS) + 2
+
+    proc = subprocess.Popen([sys.executable, "-m", "hospes", "run", "--kernel", str(ensure_pvgrub(log=lambda m: None)),
+                             "--disk", str(image), "--memory", "128"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    out = b""
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 240
+        while b"Booting `" not in out or b"'" not in out.split(b"Booting `", 1)[1]:
+            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(proc.stdout.fileno(), 65536) if ready else b""
+            assert chunk, f"no 'Booting' line from GRUB:\n{out[-2000:].decode(errors='replace')}"
+            out += chunk
+    finally:
+        proc.kill()
+        proc.wait()
+    title = out.split(b"Booting `", 1)[1].split(b"'", 1)[0].decode(errors="replace")
+    theirs = "".join(title.split()).removeprefix("sig")    # GRUB wraps long titles at the screen's edge
+    differ = [c for c, a, b in zip(AGREED_CONDITIONS, ours, theirs, strict=False) if a != b]
+    assert ours == theirs, f"pygrub and GRUB 2.06 disagree on {differ}"

@@ -7,10 +7,11 @@ the part of that script which decides the menu, as GRUB 2.06 built for Xen
 - ``set``/``unset``/``NAME=VALUE`` and ``$var``/``${var}`` (not inside single
   quotes; an unquoted empty value is no word, as in GRUB), ``load_env`` (the
   ``grubenv`` beside grub.cfg, only when the script loads it);
-- ``if``/``elif``/``else``/``fi`` with ``[ ... ]``/``test`` conditions (strings,
-  integers, ``-z``/``-n``, ``!``, ``-a``/``-o``, parentheses, and the file tests
-  ``-e``/``-f``/``-d``/``-s`` against the filesystem holding grub.cfg), ``true``
-  and ``false``;
+- ``if``/``elif``/``else``/``fi`` with ``[ ... ]``/``test`` conditions as GRUB's
+  test command reads them (strings, integers, ``-pgt``/``-plt``, ``-z``/``-n``,
+  ``!``, ``-a``/``-o``, parentheses, and ``-e``/``-f``/``-d``/``-s``/``-nt``/``-ot``
+  on the filesystem holding grub.cfg; GRUB's corners too: ``[ ]`` is true, a
+  missing ``]`` is forgiven), ``true`` and ``false``;
 - ``menuentry`` and ``submenu`` blocks, defined where the script reaches them and
   run, as GRUB runs them when chosen, after the whole script with the variables
   it left (each body on its own copy); ``linux``/``initrd`` lines in them;
@@ -18,11 +19,15 @@ the part of that script which decides the menu, as GRUB 2.06 built for Xen
   an entry's title or ``--id`` (often from grubenv's ``next_entry`` or
   ``saved_entry`` through Debian's header).
 
+tests/test_pygrub.py checks the conditions against Debian's PV GRUB 2.06 itself.
+``$prefix`` is the directory of grub.cfg in the image, as for a GRUB installed
+there (``grub-install``), so Debian's ``[ -s $prefix/grubenv ]`` sees the image's
+grubenv; PV GRUB's own ``$prefix`` is its memdisk, where it finds none.
+
 Where GRUB's outcome cannot be known here, the choice is GRUB's own for a
 command it cannot run: any other command (``loadfont``, ``search``,
 ``keystatus``, ``fwsetup`` ...) is not run and counts as failed, so as an ``if``
-condition it takes the ``else`` branch and leaves ``$?`` 1; a malformed ``[``
-expression is false, as GRUB's ``test`` returns an error for it. Bodies of
+condition it takes the ``else`` branch and leaves ``$?`` 1. Bodies of
 ``function``, ``for``, ``while`` and ``until`` are not run, and ``source`` and
 ``configfile`` are not followed. ``save_env`` writes nothing: the image is never
 written, so a ``grub-reboot`` entry (grubenv's ``next_entry``) is booted until
@@ -35,6 +40,7 @@ the filesystem that holds grub.cfg.
 
 from __future__ import annotations
 
+import operator
 import re
 import stat
 from collections.abc import Callable, Mapping
@@ -56,14 +62,16 @@ PLATFORM = {"grub_platform": "xen", "grub_cpu": "x86_64"}
 #: Deepest nesting of submenus taken (GRUB has no limit; a hostile grub.cfg must not
 #: exhaust the toolstack's stack).
 MAX_SUBMENU_DEPTH = 16
+#: Deepest nesting of parentheses in a test (likewise).
+MAX_TEST_DEPTH = 64
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+|\?")
 _VARIABLE = re.compile(r"\$(?:\{([A-Za-z0-9_?]+)\}|([A-Za-z_][A-Za-z0-9_]*|[0-9]+|\?))")
 _DEVICE = re.compile(r"^\([^)]*\)")
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 _LEADING_KEYWORD = re.compile(r"(then|else|do)\s+(.+)", re.S)
 
-#: What a file test needs of a path (symlinks followed): (st_mode, size), or None if absent.
-FileStat = Callable[[str], "tuple[int, int] | None"]
+#: What a file test needs of a path (symlinks followed): (st_mode, size, mtime), or None if absent.
+FileStat = Callable[[str], "tuple[int, int, int] | None"]
 
 
 class GrubConfigError(HospesError):
@@ -396,7 +404,7 @@ class _Script:
         while i < len(statements):
             s = statements[i]
             i += 1
-            active = all(f.active for f in frames)
+            active = frames[-1].active if frames else True     # a branch is active only in an active one
             if s.opens:
                 body, i = _block(statements, i, s)
                 if not active:
@@ -493,88 +501,127 @@ class _Script:
         return variables.get("?") == "0"
 
     def _test(self, argv: list[str]) -> bool:
+        """``[ ... ]``/``test ...``/``true``/``false`` as GRUB's test command evaluates them.
+
+        GRUB reads the words left to right and never fails on a malformed expression:
+        a word that is no operator is true if not empty, words in a row are and-ed, ``!``
+        inverts the next test, ``-o`` starts an alternative, ``( ... )`` nests, a missing
+        ``]`` is forgiven, and ``[ ]`` is true."""
         head, args = argv[0], argv[1:]
         if head in ("true", "false"):
             return head == "true"
-        if head == "[":
-            if not args or args[-1] != "]":
-                return False    # GRUB: "] expected", an error
+        if args and args[-1] == "]":
             args = args[:-1]
-        try:
-            value, end = self._or(args, 0)
-        except _Malformed:
-            return False
-        return value if end == len(args) else False
+        return self._expression(args, [0], 0)
 
-    # test's grammar, loosest first: expr -o expr, expr -a expr, ! expr, ( expr ), primaries
-    def _or(self, args: list[str], i: int) -> tuple[bool, int]:
-        return _chain(args, i, "-o", self._and)
+    def _expression(self, args: list[str], at: list[int], depth: int) -> bool:
+        """The expression from ``at[0]`` up to its ')' or the end; ``at[0]`` moves past it."""
+        if depth > MAX_TEST_DEPTH:
+            raise GrubConfigError(f"grub.cfg: a test nests parentheses deeper than {MAX_TEST_DEPTH}")
+        any_, all_, invert = False, True, False
 
-    def _and(self, args: list[str], i: int) -> tuple[bool, int]:
-        return _chain(args, i, "-a", self._not)
+        def value(v: bool) -> None:
+            nonlocal all_, invert
+            all_ = all_ and (v != invert)
+            invert = False
 
-    def _not(self, args: list[str], i: int) -> tuple[bool, int]:
-        if i < len(args) and args[i] == "!" and i + 1 < len(args):
-            value, i = self._not(args, i + 1)
-            return not value, i
-        return self._primary(args, i)
+        while at[0] < len(args):
+            i = at[0]
+            a = args[i]
+            if i + 2 < len(args) and args[i + 1] in _BINARY:
+                value(_BINARY[args[i + 1]](a, args[i + 2]))
+                at[0] += 3
+            elif i + 2 < len(args) and args[i + 1][:3] in ("-nt", "-ot"):
+                value(self._newer(a, args[i + 1], args[i + 2]))
+                at[0] += 3
+            elif i + 1 < len(args) and a in ("-d", "-e", "-f", "-s"):
+                value(self._file_test(a, args[i + 1]))
+                at[0] += 2
+            elif i + 1 < len(args) and a in ("-n", "-z"):
+                value((args[i + 1] != "") == (a == "-n"))
+                at[0] += 2
+            elif a == ")":
+                at[0] += 1
+                return any_ or all_
+            elif a == "(":
+                at[0] += 1
+                value(self._expression(args, at, depth + 1))
+            elif a == "!":
+                invert = not invert
+                at[0] += 1
+            elif a == "-a":
+                at[0] += 1      # and-ing is what words in a row do anyway
+            elif a == "-o":
+                any_, all_ = any_ or all_, True
+                at[0] += 1
+            else:
+                value(a != "")
+                at[0] += 1
+        return any_ or all_
 
-    def _primary(self, args: list[str], i: int) -> tuple[bool, int]:
-        if i >= len(args):
-            return False, i          # "[ ]": false
-        a = args[i]
-        if a == "(":
-            value, i = self._or(args, i + 1)
-            if i >= len(args) or args[i] != ")":
-                raise _Malformed
-            return value, i + 1
-        if i + 2 < len(args) and args[i + 1] in _BINARY:
-            return _BINARY[args[i + 1]](a, args[i + 2]), i + 3
-        if a in ("-z", "-n") and i + 1 < len(args):
-            return (len(args[i + 1]) == 0) == (a == "-z"), i + 2
-        if a in ("-e", "-f", "-d", "-s") and i + 1 < len(args):
-            return self._file_test(a, args[i + 1]), i + 2
-        return a != "", i + 1
+    def _newer(self, first: str, op: str, second: str) -> bool:
+        """``A -ntBIAS B`` / ``A -otBIAS B``: by modification time, BIAS seconds added to A's."""
+        a, b = self._stat(first), self._stat(second)
+        bias = _number(op[3:]) if op[3:] else 0
+        if op.startswith("-nt"):
+            return (a is not None and b is None) or (a is not None and b is not None and a[2] + bias > b[2])
+        return (a is None and b is not None) or (a is not None and b is not None and a[2] + bias < b[2])
 
-    def _file_test(self, op: str, path: str) -> bool:
+    def _stat(self, path: str) -> tuple[int, int, int] | None:
         path = _strip_device(path)
         if self.files is None or not path.startswith("/"):
-            return False
-        found = self.files(path)
+            return None
+        return self.files(path)
+
+    def _file_test(self, op: str, path: str) -> bool:
+        found = self._stat(path)
         if found is None:
             return False
-        mode, size = found
-        return {"-e": True, "-f": stat.S_ISREG(mode), "-d": stat.S_ISDIR(mode),
-                "-s": size > 0}[op]
+        mode = found[0]
+        if op == "-s":      # GRUB opens the file: a directory has no size
+            return stat.S_ISREG(mode) and found[1] > 0
+        return {"-e": True, "-f": not stat.S_ISDIR(mode), "-d": stat.S_ISDIR(mode)}[op]
 
 
-def _chain(args: list[str], i: int, op: str, operand: Callable[[list[str], int], tuple[bool, int]]
-           ) -> tuple[bool, int]:
-    """``operand (op operand)*`` from ``i``, op -a or -o: its value and the index after it."""
-    value, i = operand(args, i)
-    while i < len(args) and args[i] == op:
-        right, i = operand(args, i + 1)
-        value = (value or right) if op == "-o" else (value and right)
-    return value, i
+def _number(text: str) -> int:
+    """A number as GRUB's test reads one (C's strtoul, base 0): an optional '-', then 0x for hex
+    or 0 for octal, as many digits as there are; none is 0."""
+    negative = text.startswith("-")
+    text = text[1:] if negative else text
+    base = 10
+    if text[:2].lower() == "0x":
+        base, text = 16, text[2:]
+    elif text.startswith("0"):
+        base = 8
+    digits = "0123456789abcdef"[:base]
+    n = 0
+    for c in text.lower():
+        if c not in digits:
+            break
+        n = n * base + digits.index(c)
+    return -n if negative else n
 
 
-class _Malformed(Exception):
-    """A test expression GRUB would reject."""
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text, 10)
-    except ValueError:
-        raise _Malformed from None
+def _prefix_numbers(a: str, b: str) -> tuple[int, int]:
+    """GRUB's -pgt/-plt operands: the numbers from where the digits before their common
+    prefix's end begin ("vmlinuz-2" and "vmlinuz-11": 2 and 11)."""
+    common = 0
+    while common < min(len(a), len(b)) and a[common] == b[common]:
+        common += 1
+    start = common
+    while start > 0 and a[start - 1].isdigit():
+        start -= 1
+    return _number(a[start:]), _number(b[start:])
 
 
 _BINARY: dict[str, Callable[[str, str], bool]] = {
     "=": lambda a, b: a == b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
     "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
-    "-eq": lambda a, b: _integer(a) == _integer(b), "-ne": lambda a, b: _integer(a) != _integer(b),
-    "-lt": lambda a, b: _integer(a) < _integer(b), "-le": lambda a, b: _integer(a) <= _integer(b),
-    "-gt": lambda a, b: _integer(a) > _integer(b), "-ge": lambda a, b: _integer(a) >= _integer(b),
+    "-eq": lambda a, b: _number(a) == _number(b), "-ne": lambda a, b: _number(a) != _number(b),
+    "-lt": lambda a, b: _number(a) < _number(b), "-le": lambda a, b: _number(a) <= _number(b),
+    "-gt": lambda a, b: _number(a) > _number(b), "-ge": lambda a, b: _number(a) >= _number(b),
+    "-pgt": lambda a, b: operator.gt(*_prefix_numbers(a, b)),
+    "-plt": lambda a, b: operator.lt(*_prefix_numbers(a, b)),
 }
 
 
