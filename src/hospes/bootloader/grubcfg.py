@@ -65,7 +65,6 @@ MAX_SUBMENU_DEPTH = 16
 #: Deepest nesting of parentheses in a test (likewise).
 MAX_TEST_DEPTH = 64
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+|\?")
-_VARIABLE = re.compile(r"\$(?:\{([A-Za-z0-9_?]+)\}|([A-Za-z_][A-Za-z0-9_]*|[0-9]+|\?))")
 _DEVICE = re.compile(r"^\([^)]*\)")
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 _LEADING_KEYWORD = re.compile(r"(then|else|do)\s+(.+)", re.S)
@@ -165,11 +164,6 @@ def parse(text: str, grubenv: Mapping[str, str] | None = None, files: FileStat |
     menu.entries = script.menu(_statements(text), variables, (), depth=0)
     menu.default = variables.get("default", "0")
     return menu
-
-
-def expand(value: str, variables: Mapping[str, str]) -> str:
-    """``$name`` and ``${name}`` replaced by their values ("" when unset), as GRUB does."""
-    return _VARIABLE.sub(lambda m: variables.get(m.group(1) or m.group(2), ""), value)
 
 
 def parse_grubenv(text: str) -> dict[str, str]:
@@ -700,5 +694,5 @@ def _strip_device(path: str) -> str:
     return _DEVICE.sub("", path)
 
 
-__all__ = ["GRUB_FEATURES", "GrubConfigError", "GrubMenu", "MenuEntry", "PLATFORM", "builtin_variables", "expand",
+__all__ = ["GRUB_FEATURES", "GrubConfigError", "GrubMenu", "MenuEntry", "PLATFORM", "builtin_variables",
            "parse", "parse_grubenv", "words"]
