@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import select
 import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -19,7 +22,7 @@ import pytest
 
 from conftest import run_hospes
 from hospes.bootloader import BootloaderError, PygrubArgs, choose
-from hospes.bootloader.grubcfg import GrubConfigError, parse
+from hospes.bootloader.grubcfg import GRUB_FEATURES, GrubConfigError, parse
 
 pytestmark = pytest.mark.skipif(shutil.which("mkfs.ext4") is None, reason="needs e2fsprogs' mkfs.ext4")
 
@@ -110,7 +113,10 @@ def test_default_from_set_default_and_saved_entry() -> None:
     body = "menuentry 'a' {\n linux /a\n}\nmenuentry 'b' --id b-id {\n linux /b x=1\n}\n"
     assert parse("set default=1\n" + body).select().kernel == "/b"
     assert parse('set default="b-id"\n' + body).select().kernel == "/b"
-    assert parse('set default="${saved_entry}"\n' + body, {"saved_entry": "b"}).select().kernel == "/b"
+    # grubenv's variables exist once the script loads them, as in GRUB
+    assert parse('set default="${saved_entry}"\n' + body, {"saved_entry": "b"}).select().kernel == "/a"
+    assert parse('load_env\nset default="${saved_entry}"\n' + body, {"saved_entry": "b"},
+                 lambda path: (0o100644, 1024, 0) if path == "/boot/grub/grubenv" else None).select().kernel == "/b"
     assert parse("set default=9\n" + body).select().kernel == "/a"   # names nothing: the first, as GRUB
     assert parse("set v=/b\nmenuentry 'c' {\n linux ${v} y\n}\n").select().kernel == "/b"
 
@@ -125,8 +131,9 @@ def test_broken_grub_cfg_is_an_error() -> None:
 # --- images ----------------------------------------------------------------------------------------
 
 
-def make_fs(tmp_path: Path, files: dict[str, bytes | str], size_mib: int = 8, name: str = "fs.img") -> Path:
-    """An ext4 image of ``files`` (str values are symlink targets)."""
+def make_fs(tmp_path: Path, files: dict[str, bytes | str], size_mib: int = 8, name: str = "fs.img",
+            mtimes: dict[str, int] | None = None) -> Path:
+    """An ext4 image of ``files`` (str values are symlink targets), with ``mtimes`` for some."""
     root = tmp_path / (name + ".d")
     root.mkdir()
     for rel, content in files.items():
@@ -136,6 +143,8 @@ def make_fs(tmp_path: Path, files: dict[str, bytes | str], size_mib: int = 8, na
             os.symlink(content, path)
         else:
             path.write_bytes(content)
+    for rel, mtime in (mtimes or {}).items():
+        os.utime(root / rel.lstrip("/"), (mtime, mtime))
     image = tmp_path / name
     with open(image, "wb") as f:
         f.truncate(size_mib << 20)
@@ -187,6 +196,23 @@ def test_links_when_there_is_no_grub_cfg(tmp_path: Path) -> None:
     assert (choice.kernel, choice.ramdisk) == (KERNEL_OLD, INITRD_OLD)
     assert choice.cmdline == "root=/dev/xvda ro console=hvc0"
     assert choice.kernel_path == "/vmlinuz-real"
+
+
+def test_debian_13_grub_cfg_and_grubenv_in_the_image(tmp_path: Path) -> None:
+    """update-grub's own grub.cfg; grubenv is loaded only when it is in the image (the
+    header's `[ -s $prefix/grubenv ]`), and then its next_entry (grub-reboot) is booted."""
+    cfg = (Path(__file__).resolve().parent / "data" / "grub" / "debian13-grub.cfg").read_bytes()
+    new, old = "6.12.118+deb13-cloud-amd64", "6.12.57+deb13-cloud-amd64"
+    tree: dict[str, bytes | str] = {"/boot/grub/grub.cfg": cfg}
+    for version, marker in ((new, b"NEW"), (old, b"OLD")):
+        tree[f"/boot/vmlinuz-{version}"] = b"KERNEL-" + marker
+        tree[f"/boot/initrd.img-{version}"] = b"INITRD-" + marker
+    assert choose(make_fs(tmp_path, tree, name="plain.img")).kernel == b"KERNEL-NEW"
+    env = b"# GRUB Environment Block\nnext_entry=1>2\n"
+    tree["/boot/grub/grubenv"] = env + b"#" * (1024 - len(env))
+    choice = choose(make_fs(tmp_path, tree, name="reboot-once.img"))
+    assert (choice.kernel, choice.ramdisk) == (b"KERNEL-OLD", b"INITRD-OLD")
+    assert choice.source.startswith(f"entry 1>2 'Debian GNU/Linux, with Linux {old}'")
 
 
 def _mbr(entries: list[tuple[int, int, int]], disk_id: int = 0x1234) -> bytes:
@@ -258,6 +284,12 @@ def test_grub_cfg_names_a_missing_kernel(tmp_path: Path) -> None:
            "does not exist")
 
 
+def test_huge_grub_cfg(tmp_path: Path) -> None:
+    files = debian_files()
+    files["/boot/grub/grub.cfg"] = DEBIAN_GRUB_CFG.encode() + b"#" * (2 << 20)
+    _fails(make_fs(tmp_path, files), "/boot/grub/grub.cfg in", "has 2", "at most 1 MiB")
+
+
 def test_truncated_image(tmp_path: Path) -> None:
     image = make_fs(tmp_path, debian_files())
     with open(image, "r+b") as f:
@@ -291,3 +323,117 @@ def test_create_through_the_daemon_reports_the_bootloader_error(tmp_path: Path) 
         assert b"debian-disk" not in d.cli("list").stdout
     finally:
         d.close()
+
+
+# --- `hospes run --bootloader pygrub` runs pygrub again at each reboot -----------------------------
+
+
+@pytest.mark.kvm
+@pytest.mark.timeout(300)
+def test_hospes_run_reboot_runs_pygrub_again(tmp_path: Path) -> None:
+    """The first boot's grub.cfg picks the reboot test kernel, which reboots as soon as it starts;
+    once it has, the disk is replaced by one whose grub.cfg picks hello, which powers off. Only a
+    bootloader that reads the disk again at the restart boots hello: reusing the first boot's
+    choice would loop until the reboot throttle stops it (exit 5)."""
+    from conftest import guest_build
+
+    kernels = {"/boot/reboot.elf": guest_build.build_guest("reboot").read_bytes(),
+               "/boot/hello.elf": guest_build.build_guest("hello").read_bytes()}
+
+    def disk(default: str, name: str) -> Path:
+        cfg = (f"set default={default}\n"
+               "menuentry 'reboot' --id reboot {\n linux /boot/reboot.elf loop=1\n}\n"
+               "menuentry 'hello' --id hello {\n linux /boot/hello.elf\n}\n")
+        return make_fs(tmp_path, {**kernels, "/boot/grub/grub.cfg": cfg.encode()}, name=name)
+
+    image, changed = disk("reboot", "disk.img"), disk("hello", "changed.img")
+    proc = subprocess.Popen([sys.executable, "-m", "hospes", "run", "--disk", str(image), "--bootloader", "pygrub",
+                             "--memory", "64"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        out = b""
+        for line in proc.stdout:
+            out += line
+            if b"reboot test kernel: rebooting" in line:
+                break
+        # What a kernel update inside the guest does to grub.cfg, done from outside between boots.
+        os.replace(changed, image)
+        out += proc.stdout.read()
+        err = proc.stderr.read().decode(errors="replace")
+        assert proc.wait(timeout=240) == 0, err[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.decode(errors="replace")
+    assert "reboot test kernel: rebooting" in text and text.rstrip().endswith("DONE"), text[-2000:]
+    boots = [line for line in err.splitlines() if line.startswith("pygrub: booting")]
+    assert boots[0].startswith("pygrub: booting /boot/reboot.elf (entry 0 'reboot'"), err[-3000:]
+    assert boots[-1].startswith("pygrub: booting /boot/hello.elf (entry 1 'hello'"), err[-3000:]
+    assert "the guest rebooted; starting it again" in err
+
+
+# --- the same decisions as GRUB 2.06 for Xen itself -------------------------------------------------
+
+#: Conditions whose outcome GRUB decides alone: platform, features, files on the disk, and
+#: its test command's corners. Not $prefix: pvgrub2's is its memdisk, pygrub's the
+#: directory of grub.cfg in the image (as for a GRUB installed there), see grubcfg.py.
+AGREED_CONDITIONS = (
+    '[ "$grub_platform" = xen ]', '[ "$grub_cpu" = x86_64 ]',
+    *(f"[ x${name} = xy ]" for name in GRUB_FEATURES), "[ x$feature_search_cryptodisk_only = xy ]",
+    '[ "${next_entry}" ]', '[ x"${feature_menuentry_id}" = xy ]',
+    "[ -f /boot/marker ]", "[ -f /boot/nothing ]", "[ -d /boot ]", "[ -f /boot ]", "[ -s /boot/empty ]",
+    "[ -e /boot/empty ]", "[ -s /boot/marker ]", "[ -s /boot ]", "[ -d / ]", "[ -e /boot/grub/ ]",
+    "[ /boot/marker -nt /boot/empty ]", "[ /boot/marker -ot /boot/empty ]", "[ /boot/marker -ot-2000 /boot/empty ]",
+    "[ /boot/missing -ot /boot/empty ]",
+    '[ "" ]', "[ x ]", "[ ]", "[ $unset ]", '[ "$unset" ]', "[ $unset = x ]", '[ "$unset" = x ]', "[ -z $unset ]",
+    '[ -z "$unset" ]', '[ -n "$unset" ]', "[ -n ]", "[ -z ]", "[ ! ]", "[ a = a",
+    "[ 10 -gt 9 ]", "[ 10 -lt 9 ]", "[ 0x10 -eq 16 ]", "[ 010 -eq 8 ]", "[ x -eq 0 ]", "[ -3 -lt -2 ]",
+    "[ vmlinuz-2 -plt vmlinuz-11 ]", "[ vmlinuz-2 -pgt vmlinuz-11 ]", "[ 10 \\> 9 ]", "[ b \\< a ]",
+    "[ a = a -a b = c ]", "[ a = b -o c = c ]", "[ a = b -o c = d -o e ]", "[ ! a = b ]", "[ ! ! a ]",
+    "[ ! ( a = b -o c = c ) ]", "[ ( a = b ]", "[ a ) b ]", "[ a != b ]", "[ a == a ]", "true", "false",
+)
+
+
+@pytest.mark.kvm
+@pytest.mark.debian
+@pytest.mark.timeout(300)
+def test_conditions_agree_with_grub_206_for_xen(tmp_path: Path) -> None:
+    """Debian's PV GRUB 2.06 (pvgrub2, the grub.cfg reader of a real Xen PV guest) and pygrub
+    run one grub.cfg whose entry title records, a digit each, which way every condition
+    went; GRUB prints the title it boots ("Booting `...'"), pygrub names it in its source."""
+    from hospes.images.pvgrub import ensure_pvgrub
+
+    lines = ["set timeout=0", 'set sig=""']
+    lines += [f'if {c}; then sig="${{sig}}1"; else sig="${{sig}}0"; fi' for c in AGREED_CONDITIONS]
+    lines += ['[ a = b ]', 'if [ "$?" = 0 ]; then sig="${sig}1"; else sig="${sig}0"; fi',
+              'if [ a = b ]; then sig="${sig}A"; elif [ a = a ]; then sig="${sig}B"; else sig="${sig}C"; fi',
+              'menuentry "sig $sig" {', "  linux /boot/k", "}"]
+    image = make_fs(tmp_path, {"/boot/grub/grub.cfg": "\n".join(lines).encode() + b"\n", "/boot/k": b"k",
+                               "/boot/marker": b"m\n", "/boot/empty": b""}, size_mib=64,
+                    mtimes={"/boot/empty": 1_000_000_000, "/boot/marker": 1_000_001_000})
+    ours = choose(image).source
+    assert ours.startswith("entry 0 'sig "), ours
+    ours = ours.split("'")[1].removeprefix("sig ")
+    assert len(ours) == len(AGREED_CONDITIONS) + 2
+
+    proc = subprocess.Popen([sys.executable, "-m", "hospes", "run", "--kernel", str(ensure_pvgrub(log=lambda m: None)),
+                             "--disk", str(image), "--memory", "128"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    out = b""
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 240
+        while b"Booting `" not in out or b"'" not in out.split(b"Booting `", 1)[1]:
+            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(proc.stdout.fileno(), 65536) if ready else b""
+            assert chunk, f"no 'Booting' line from GRUB:\n{out[-2000:].decode(errors='replace')}"
+            out += chunk
+    finally:
+        proc.kill()
+        proc.wait()
+    title = out.split(b"Booting `", 1)[1].split(b"'", 1)[0].decode(errors="replace")
+    theirs = "".join(title.split()).removeprefix("sig")    # GRUB wraps long titles at the screen's edge
+    differ = [c for c, a, b in zip(AGREED_CONDITIONS, ours, theirs, strict=False) if a != b]
+    assert ours == theirs, f"pygrub and GRUB 2.06 disagree on {differ}"

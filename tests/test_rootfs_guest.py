@@ -16,7 +16,6 @@ finds the file. The slowest test of the suite: about 3 boots of 2-4 minutes.
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ from hospes.bootloader.diskimage import Filesystem, find_filesystems
 from hospes.images import default_cache_dir
 from hospes.images.rootfs import DEFAULT_ADDRESS, RootfsImage, RootfsOptions, ensure_rootfs
 from netns_helpers import can_make_netns
+from rootfs_helpers import BOOT_TIMEOUT, assert_running, guest, login_prompts, wait_for_login
 from toolstack_helpers import Hospesd
 
 pytestmark = [pytest.mark.kvm, pytest.mark.debian]
@@ -38,7 +38,6 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "debian-disk.cfg"
 GUEST_IP = DEFAULT_ADDRESS.split("/")[0]
 HOST_CIDR = "169.254.99.1/16"
-BOOT_TIMEOUT = 900.0     # a loaded 2-core host has taken 4 minutes to a login prompt
 
 
 @pytest.fixture(scope="module")
@@ -106,36 +105,6 @@ def netns_daemon(tmp_path: Path) -> Iterator[Hospesd]:
     finally:
         d.close()
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
-def login_prompts(d: Hospesd, name: str) -> int:
-    """How many login prompts the domain's console log shows (0 if there is no such domain)."""
-    return len(re.findall(rb"debian login: ", d.cli("log", name, timeout=60).stdout))
-
-
-def wait_for_login(d: Hospesd, name: str, seen: int) -> float:
-    """Seconds until the console log shows more than ``seen`` login prompts."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < BOOT_TIMEOUT:
-        if login_prompts(d, name) > seen:
-            return time.monotonic() - t0
-        time.sleep(3)
-    tail = d.cli("log", name, timeout=60).stdout[-3000:].decode(errors="replace")
-    raise AssertionError(f"no new login prompt within {BOOT_TIMEOUT:.0f} s:\n{tail}")
-
-
-def assert_running(d: Hospesd, name: str) -> None:
-    """systemd reached its goal with no failed unit (the failed ones are in the message)."""
-    out = guest(d, name, "systemctl is-system-running --wait; systemctl --failed --no-legend; true", 600)
-    assert out.splitlines()[0].strip() == "running", out
-
-
-def guest(d: Hospesd, name: str, command: str, timeout: float = 300) -> str:
-    """Run ``command`` with `hospes exec` (which logs in as root first); its output, status 0 asserted."""
-    p = d.cli("exec", "-t", str(timeout), name, command, timeout=timeout + 60)
-    out = p.stdout.decode(errors="replace")
-    assert p.returncode == 0, (command, out[-2000:], p.stderr.decode(errors="replace")[-2000:])
-    return out
 
 
 @pytest.mark.timeout(3600)

@@ -25,6 +25,7 @@
  * (where the runtime reads CR2 and the time) is no longer updated.
  */
 #include "guest.h"
+#include "xenstore.h"
 
 #define __HYPERVISOR_set_gdt       2
 #define __HYPERVISOR_vm_assist     21
@@ -32,23 +33,6 @@
 #define VMASST_TYPE_writable_pagetables 2
 #define MMUEXT_PIN_L2_TABLE        1
 #define VCPUOP_register_vcpu_info  10
-
-#define XS_READ   2
-#define XS_WRITE  11
-#define XS_ERROR  16
-
-/* io/xs_wire.h */
-struct xs_ring {
-    char req[1024];
-    char rsp[1024];
-    uint32_t req_cons, req_prod;
-    uint32_t rsp_cons, rsp_prod;
-};
-_Static_assert(__builtin_offsetof(struct xs_ring, req_cons) == 0x800, "xenstore ring layout");
-
-struct xs_msg {
-    uint32_t type, req_id, tx_id, len;
-};
 
 struct vcpu_register_vcpu_info {
     uint64_t mfn;
@@ -139,59 +123,6 @@ static int pf_handler(struct regs *r)
         finish();
     }
     return TRAP_RETURN;
-}
-
-/* ---- a minimal xenstore client ------------------------------------------ */
-
-static void store_notify(void)
-{
-    struct evtchn_port_arg send = { .port = si->store_evtchn };
-    HYPERVISOR_event_channel_op(EVTCHNOP_send, &send);
-}
-
-/* Queue one request on the ring (no notification). */
-static int xs_queue(uint32_t type, uint32_t req_id, const void *a, uint32_t alen,
-                    const void *b, uint32_t blen)
-{
-    struct xs_msg hdr = { .type = type, .req_id = req_id, .len = alen + blen };
-    const void *parts[3] = { &hdr, a, b };
-    uint32_t lens[3] = { sizeof(hdr), alen, blen };
-    uint32_t prod = store->req_prod;
-    if (sizeof(hdr) + alen + blen > sizeof(store->req) - (prod - store->req_cons))
-        return -1;
-    for (int p = 0; p < 3; p++)
-        for (uint32_t i = 0; i < lens[p]; i++, prod++)
-            store->req[prod & 1023] = ((const char *)parts[p])[i];
-    barrier();
-    store->req_prod = prod;
-    return 0;
-}
-
-/* Wait for one reply (up to 2 s) and copy its payload out; its length, or -1. */
-static long xs_reply(uint32_t *type, void *out, uint32_t max)
-{
-    uint64_t deadline = pvclock_now() + 2 * NSEC_PER_SEC;
-    struct xs_msg hdr;
-    for (;;) {
-        uint32_t cons = store->rsp_cons, avail = store->rsp_prod - cons;
-        barrier();
-        if (avail >= sizeof(hdr)) {
-            for (uint32_t i = 0; i < sizeof(hdr); i++)
-                ((char *)&hdr)[i] = store->rsp[(cons + i) & 1023];
-            if (avail >= sizeof(hdr) + hdr.len)
-                break;
-        }
-        if (pvclock_now() > deadline)
-            return -1;
-        HYPERVISOR_sched_op(SCHEDOP_yield, 0);
-    }
-    uint32_t cons = store->rsp_cons + sizeof(hdr);
-    for (uint32_t i = 0; i < hdr.len && i < max; i++)
-        ((char *)out)[i] = store->rsp[(cons + i) & 1023];
-    barrier();
-    store->rsp_cons = cons + hdr.len;
-    *type = hdr.type;
-    return hdr.len;
 }
 
 /* ---- the attempts --------------------------------------------------------- */
@@ -285,7 +216,7 @@ static void forged_pte_attempt(void)
     char reply[sizeof(forged)];
 
     long rc = xs_queue(XS_WRITE, 1, path, sizeof(path), forged, sizeof(forged));
-    store_notify();
+    xs_notify();
     long n = rc ? -1 : xs_reply(&type, reply, sizeof(reply));
     if (n < 0 || type != XS_WRITE) {
         fail("store_forged_pte_never_a_table", "XS_WRITE: reply length %ld type %u", n, type);
@@ -301,7 +232,7 @@ static void forged_pte_attempt(void)
     if (pinned == 0 && !ro)
         pin(MMUEXT_UNPIN_TABLE, si->store_mfn);
     long rw = set_page_rw((void *)store);
-    store_notify();                 /* the store writes the forged entries now */
+    xs_notify();                    /* the store writes the forged entries now */
     n = xs_reply(&type, reply, sizeof(reply));
     check(rc == 0 && ro == 0 && pinned == -XEN_EINVAL && link == -XEN_EINVAL && rw == 0 &&
               n == (long)sizeof(forged) && type == XS_READ && !memcmp(reply, forged, sizeof(forged)),
@@ -370,7 +301,7 @@ void guest_main(void)
     require_rc(map_shared_info(), "map_shared_info");
     require_rc(traps_install(), "set_trap_table");
     require_rc(m2p_init(), "m2p_init");
-    store = mfn_to_virt(si->store_mfn);
+    store = xs_ring();
     console_page = mfn_to_virt(si->console.domU.mfn);
     uint64_t *l4 = (uint64_t *)si->pt_base;
     boot_l2 = table_va(table_va(l4[511])[510]);

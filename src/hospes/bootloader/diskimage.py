@@ -102,6 +102,14 @@ class Filesystem:
             return False
         return True
 
+    def stat(self, path: str) -> tuple[int, int, int] | None:
+        """(st_mode, size, mtime) of ``path`` with symlinks followed, or None if it does not exist."""
+        try:
+            inode = self._walk(path)[1]
+        except FileNotFoundError:
+            return None
+        return int(inode.i_mode), int(inode.i_size), int(inode.i_mtime)
+
     def read(self, path: str, what: str) -> bytes:
         """The contents of the regular file ``path``; ``what`` names it in errors ("kernel")."""
         try:

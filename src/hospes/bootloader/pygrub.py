@@ -35,6 +35,9 @@ GRUB_CONFIGS = ("/boot/grub/grub.cfg", "/grub/grub.cfg", "/boot/grub2/grub.cfg",
 LINKS = (("/vmlinuz", "/initrd.img"), ("/boot/vmlinuz", "/boot/initrd.img"))
 #: What the fallback adds after root=: read-only root until fsck, console on Xen's.
 FALLBACK_ARGS = "ro console=hvc0"
+#: The largest grub.cfg read (Debian's with ten kernels has ~40 KiB): running a bigger one
+#: would hold up the toolstack for seconds.
+MAX_GRUB_CFG = 1 << 20
 #: Names that select this bootloader in xl.cfg (xl takes a name or a path to pygrub).
 NAMES = frozenset({"pygrub"})
 
@@ -127,11 +130,15 @@ def _explicit(filesystems: list[Filesystem], args: PygrubArgs) -> BootChoice:
 
 def _from_grub(fs: Filesystem, config: str, args: PygrubArgs) -> BootChoice:
     where = f"{config} in {fs.region.name}"
+    found = fs.stat(config)
+    if found is not None and found[1] > MAX_GRUB_CFG:
+        raise BootloaderError(f"{where} has {found[1]} bytes; a GRUB configuration has a few KiB (at most "
+                              f"{MAX_GRUB_CFG >> 20} MiB are read).")
     text = fs.read(config, "GRUB configuration").decode("utf-8", "replace")
     env_path = posixpath.join(posixpath.dirname(config), "grubenv")
     env = parse_grubenv(fs.read(env_path, "grubenv").decode("utf-8", "replace")) if fs.exists(env_path) else {}
     try:
-        entry = parse(text, env).select(args.entry)
+        entry = parse(text, env, fs.stat, posixpath.dirname(config)).select(args.entry)
     except GrubConfigError as e:
         raise BootloaderError(f"{where}: {e}") from e
     if not entry.kernel:

@@ -8,6 +8,7 @@
 #define HOSPES_GUEST_GNTTAB_H
 
 #include "guest.h"
+#include "xenstore.h"
 
 typedef short int16_t;          /* grant_table.h statuses (xen.h has no signed 16-bit type) */
 #define GNT_HELPER static __attribute__((unused))
@@ -50,7 +51,6 @@ typedef short int16_t;          /* grant_table.h statuses (xen.h has no signed 1
 
 #define XEN_EBUSY   16
 #define XEN_ERANGE  34
-#define XS_READ     2
 #define NOWHERE_MFN (1UL << 40)                /* beyond every machine frame */
 #define NO_L1_VA    0x0000600000000000UL       /* L4 slot 192: nothing mapped there */
 #define NO_SUCH_DOMID 0x7fef                   /* the last ordinary domid: no domain has it */
@@ -96,47 +96,6 @@ GNT_HELPER struct start_info *si;
 GNT_HELPER uint16_t domid;
 GNT_HELPER volatile struct grant_entry_v1 *gt1;
 GNT_HELPER volatile union grant_entry_v2 *gt2;
-
-/* ---- a minimal xenstore client (the same as hostile.c's) ------------------ */
-
-struct xs_ring { char req[1024], rsp[1024]; uint32_t req_cons, req_prod, rsp_cons, rsp_prod; };
-struct xs_msg { uint32_t type, req_id, tx_id, len; };
-GNT_HELPER volatile struct xs_ring *store;
-
-GNT_HELPER long xs_read(const char *path, char *out, uint32_t max)
-{
-    uint32_t plen = strlen(path) + 1;
-    struct xs_msg hdr = { .type = XS_READ, .req_id = 1, .len = plen };
-    uint32_t prod = store->req_prod;
-    for (uint32_t i = 0; i < sizeof(hdr); i++, prod++)
-        store->req[prod & 1023] = ((const char *)&hdr)[i];
-    for (uint32_t i = 0; i < plen; i++, prod++)
-        store->req[prod & 1023] = path[i];
-    barrier();
-    store->req_prod = prod;
-    struct evtchn_port_arg send = { .port = si->store_evtchn };
-    HYPERVISOR_event_channel_op(EVTCHNOP_send, &send);
-    uint64_t deadline = pvclock_now() + 2 * NSEC_PER_SEC;
-    for (;;) {
-        uint32_t cons = store->rsp_cons, avail = store->rsp_prod - cons;
-        barrier();
-        if (avail >= sizeof(hdr)) {
-            for (uint32_t i = 0; i < sizeof(hdr); i++)
-                ((char *)&hdr)[i] = store->rsp[(cons + i) & 1023];
-            if (avail >= sizeof(hdr) + hdr.len)
-                break;
-        }
-        if (pvclock_now() > deadline)
-            return -1;
-        HYPERVISOR_sched_op(SCHEDOP_yield, 0);
-    }
-    uint32_t cons = store->rsp_cons + sizeof(hdr);
-    for (uint32_t i = 0; i < hdr.len && i < max; i++)
-        out[i] = store->rsp[(cons + i) & 1023];
-    barrier();
-    store->rsp_cons = cons + hdr.len;
-    return hdr.type == XS_READ ? (long)hdr.len : -1;
-}
 
 /* ---- helpers ----------------------------------------------------------------- */
 
@@ -223,7 +182,6 @@ GNT_HELPER int gnttab_start(const char *domid_check, const char *setup_check)
     si = xen_start_info;
     require_rc(map_shared_info(), "map_shared_info");
     require_rc(m2p_init(), "m2p_init");
-    store = mfn_to_virt(si->store_mfn);
 
     char buf[16] = { 0 };
     long n = xs_read("domid", buf, sizeof(buf) - 1);
