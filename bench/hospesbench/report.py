@@ -167,18 +167,18 @@ def _ratio_to(s: Summary | None, ns: float | None) -> str:
 
 
 def _derived_costs(res: Results) -> str:
-    """What each step costs on its own: differences and ratios of floor medians."""
-    med = {mode: s.median for mode, _ in FLOORS if (s := _floor(res, mode)) is not None}
+    """What each step costs on its own, from the floors' minimums (the samples other load disturbed least)."""
+    best = {mode: s.min for mode, _ in FLOORS if (s := _floor(res, mode)) is not None}
     parts = []
     for what, a, b in (("an sregs switch", "sregs", "syscall"), ("the writer", "writer", "syscall"),
                        ("a trap exit over a syscall-stub exit", "trap", "syscall"),
                        ("resuming a trap through sync regs instead of the stub's `iretq`", "trap_sregs", "trap")):
-        if a in med and b in med:
-            parts.append(f"{what} {fmt_num((med[a] - med[b]) / 1000)} us ({a} - {b})")
+        if a in best and b in best:
+            parts.append(f"{what} {fmt_num((best[a] - best[b]) / 1000)} us ({a} - {b})")
     for what, a in (("the in-KVM `cpuid`", "cpuid"), ("the in-VM exception round trip", "idt")):
-        if a in med and "out" in med:
-            parts.append(f"{what} {fmt_num(med[a] / med['out'] * 100)}% of a plain exit")
-    return ("Derived from the medians: " + "; ".join(parts) + ".") if parts else ""
+        if a in best and "out" in best:
+            parts.append(f"{what} {fmt_num(best[a] / best['out'] * 100)}% of a plain exit")
+    return ("Step costs from the minimums: " + "; ".join(parts) + ".") if parts else ""
 
 
 def _section_transitions(res: Results) -> list[str]:
