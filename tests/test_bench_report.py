@@ -428,6 +428,17 @@ def test_reference_sums_floor_medians():
                for ln in lines)
 
 
+def test_every_floor_is_a_mode_of_kvm_exit():
+    import re
+
+    from hospesbench.report import FLOORS
+
+    source = (ROOT / "bench" / "c" / "kvm_exit.c").read_text()
+    names = re.search(r"mode_names\[\] = \{(.*?)\};", source, re.S)
+    assert names is not None
+    assert re.findall(r'"(\w+)"', names.group(1)) == [mode for mode, _ in FLOORS]
+
+
 def test_goals_met_and_not_met():
     from hospesbench.report import boot_exit_totals, block_qd_iops, goals
 

@@ -38,7 +38,7 @@ from typing import Callable
 
 from hospesbench import netns, parse
 from hospesbench.model import ENV_FLOOR, ENV_HOSPES, ENV_NATIVE, ENV_QKVM, ENV_TCG, Results
-from hospesbench.report import DEVICES_NONE
+from hospesbench.report import DEVICES_NONE, FLOORS
 from hospesbench.runner import ProcResult, Proc, run
 from hospesbench.stats import median_counts, per_op_counts
 
@@ -227,8 +227,8 @@ def _guest_script(program: str) -> list[str]:
 
 # --- 1. exit floor and Hospes transitions ------------------------------------------
 
-# The C floors of bench/c/kvm_exit.c, one per KVM path Hospes uses (report.FLOORS names them).
-FLOOR_MODES = ("out", "syscall", "sregs", "trap", "trap_sregs", "writer", "cpuid", "idt")
+# The modes of bench/c/kvm_exit.c: the C floor of each KVM path Hospes uses.
+FLOOR_MODES = tuple(mode for mode, _ in FLOORS)
 
 
 def _floor_round(b: Bench, rnd: int) -> None:
