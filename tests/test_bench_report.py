@@ -246,6 +246,7 @@ def sample_results() -> Results:
     r.add("boot", "userspace", ENV_TCG, "s", [3.0, 3.2])
     r.add("boot", "poweroff", ENV_TCG, "s", [3.5, 3.6])
     r.status["boot/qemu-kvm"] = "failed after 95.0 s: KVM internal error. Suberror: 1; emulation failure"
+    r.add("rootfs", "login", ENV_HOSPES, "s", [90.0, 100.0])
     r.add("cpu", "compute_int", ENV_NATIVE, "s", [0.26, 0.27])
     r.add("cpu", "compute_int", ENV_HOSPES, "s", [0.27, 0.28])
     r.add("os", "os_null_syscall", ENV_NATIVE, "ns", [120, 130])
@@ -269,9 +270,11 @@ def test_markdown_rendering():
     assert lines[0] == "## Results"
     assert "- Command: `.venv/bin/python bench/run.py`" in lines
     assert any("KVM: PVM (kvm_pvm)" in ln for ln in lines)
-    # transitions: us, ratio to the C floor medians (22 us and 25.5 us)
-    row = next(ln for ln in lines if ln.startswith("| Hospes null hypercall"))
-    assert row == "| Hospes null hypercall `xen_version(0)` | 40.0 / 44.0 [45%] | 3 | 2.00x | 1.73x |"
+    # transitions: us, ratio to the floor of the same KVM operations (here the syscall floor, 25.5 us)
+    row = next(ln for ln in lines if ln.startswith("| null hypercall"))
+    assert row == "| null hypercall `xen_version(0)` | 40.0 / 44.0 [45%] | 3 | syscall | 25.5 | 1.73x | 1.73x |"
+    row = next(ln for ln in lines if ln.startswith("| `syscall`: syscall-stub exit"))
+    assert row.endswith("| 25.0 / 25.5 [4%] | 2 | 1.16x |")
     # boot: the failed QEMU KVM attempt is reported as it fared
     assert any("failed after 95.0 s: KVM internal error" in ln for ln in lines)
     hospes_boot = next(ln for ln in lines if ln.startswith("| Hospes (`hospes run`)"))
@@ -292,7 +295,7 @@ def test_markdown_rendering():
     assert "| **overhead: VmRSS - guest memory touched** | **100.0** |" in lines
     # empty sections say so rather than vanish
     assert md.count("not measured in this run") == 0
-    assert render_markdown(Results()).count("not measured in this run") == 7
+    assert render_markdown(Results()).count("not measured in this run") == 8
 
 
 def test_markdown_heading_level_and_errors():
@@ -300,7 +303,8 @@ def test_markdown_heading_level_and_errors():
     r.errors.append("suite os crashed: boom")
     md = render_markdown(r, heading_level=1)
     assert md.startswith("# Results\n")
-    assert "## 1. Exit floor and Hospes transitions (us per round trip)" in md
+    assert "## 1. C floors and Hospes transitions (us per round trip)" in md
+    assert "## Goals of issue 10 (ratios of medians within this run)" in md
     assert "## Problems during this run" in md and "- suite os crashed: boom" in md
 
 
@@ -376,3 +380,137 @@ def test_docs_file_has_the_block():
     doc = (ROOT / "docs" / "benchmarks.md").read_text()
     assert DOCS_BEGIN in doc and DOCS_END in doc
     assert doc.index(DOCS_BEGIN) < doc.index(DOCS_END)
+
+
+# --- floors, transitions as multiples of them, goals -------------------------------------
+
+def floor_results() -> Results:
+    r = Results()
+    for mode, ns in (("out", [40000, 42000]), ("syscall", [44000, 46000]), ("sregs", [50000, 52000]),
+                     ("trap", [60000]), ("trap_sregs", [62000, 64000]), ("writer", [70000]),
+                     ("cpuid", [21000]), ("idt", [30000])):
+        r.add("transitions", f"floor_{mode}", ENV_FLOOR, "ns", ns)
+    r.add("transitions", "hypercall_null", ENV_HOSPES, "ns", [50000, 56000])       # 56 / 45 = 1.2x: met
+    r.add("transitions", "user_syscall", ENV_HOSPES, "ns", [200000])               # 200 / (2 x 51) = 1.96x
+    r.add("transitions", "pf_user", ENV_HOSPES, "ns", [150000])                    # 150 / (63 + 51) = 1.32x
+    r.add("transitions", "trap_bounce", ENV_HOSPES, "ns", [216000])                # 216 / (63 + 45) = 2x
+    r.add("os", "os_clock_gettime", ENV_NATIVE, "ns", [20, 20])
+    r.add("os", "os_clock_gettime", ENV_HOSPES, "ns", [50, 70])                   # 3x: met (at most)
+    r.add("boot", "userspace", ENV_HOSPES, "s", [5.0])
+    r.add("boot", "userspace", ENV_TCG, "s", [4.0])
+    r.add_exit_run("boot", {"hypercall:1": 30000, "writer": 40000, "upcall": 9000, "sregs_switch": 5000})
+    r.add_exit_run("boot", {"hypercall:1": 40000, "writer": 50000, "upcall": 9000})
+    r.add_exit_run("boot", {"hypercall:1": 50000, "writer": 60000})
+    r.add("devices", "blk_qd1_rand_read", ENV_HOSPES, "ns", [1_000_000])          # 1000 IOPS
+    r.add("devices", "blk_qd16_rand_read", ENV_HOSPES, "ns", [200_000])           # 5000 IOPS
+    r.add("devices", "blk_qd16_rand_read", ENV_NATIVE, "ns", [10_000])            # native: not the goal's
+    return r
+
+
+def test_reference_sums_floor_medians():
+    from hospesbench.report import HOSPES_TRANSITIONS, reference_ns, reference_text
+
+    r = floor_results()
+    refs = {name: ref for name, _, ref in HOSPES_TRANSITIONS}
+    assert reference_text(refs["user_syscall"]) == "2 x sregs"
+    assert reference_text(refs["pf_user"]) == "trap_sregs + sregs"
+    assert reference_ns(r, refs["user_syscall"]) == 2 * 51000
+    assert reference_ns(r, refs["trap_bounce"]) == 63000 + 45000
+    assert reference_ns(Results(), refs["hypercall_null"]) is None
+    lines = render_markdown(r).splitlines()
+    row = next(ln for ln in lines if ln.startswith("| user-mode `syscall`"))
+    assert row.split(" | ")[3:6] == ["2 x sregs", "102", "1.96x"]
+    row = next(ln for ln in lines if ln.startswith("| `int3` bounced"))
+    assert row.split(" | ")[3:6] == ["trap_sregs + syscall", "108", "2.00x"]
+    # every C floor has its row, and the derived costs are differences of medians
+    assert sum(ln.startswith("| `") and "`: " in ln for ln in lines) == 8
+    assert any("an sregs switch 6.00 us (sregs - syscall)" in ln and "`cpuid` 52.5% of a plain exit" in ln
+               for ln in lines)
+
+
+def test_every_floor_is_a_mode_of_kvm_exit():
+    import re
+
+    from hospesbench.report import FLOORS
+
+    source = (ROOT / "bench" / "c" / "kvm_exit.c").read_text()
+    names = re.search(r"mode_names\[\] = \{(.*?)\};", source, re.S)
+    assert names is not None
+    assert re.findall(r'"(\w+)"', names.group(1)) == [mode for mode, _ in FLOORS]
+
+
+def test_goals_met_and_not_met():
+    from hospesbench.report import boot_exit_totals, block_qd_iops, goals
+
+    r = floor_results()
+    assert boot_exit_totals(r) == [70000, 90000, 110000]      # exits and writer runs, not upcalls/sregs
+    assert block_qd_iops(r) == {1: pytest.approx(1000.0), 16: pytest.approx(5000.0)}
+    g = {x.goal.split(" <=")[0].split(" (")[0]: x for x in goals(r)}
+    assert g["Null hypercall"].met is True and g["Null hypercall"].ratio == pytest.approx(53000 / 45000)
+    assert g["User syscall round trip"].met is False
+    assert g["User syscall round trip"].ratio == pytest.approx(200000 / 102000)
+    assert g["#PF bounce"].met is True
+    assert g["`HYPERVISOR_iret`"].met is None and g["`HYPERVISOR_iret`"].ratio is None
+    assert g["`clock_gettime` in guest user space"].met is True
+    assert g["Busybox boot to userspace"].met is False
+    assert g["Busybox boot to userspace"].ratio == pytest.approx(1.25)
+    exits = g["Exits + writer runs per busybox boot"]
+    assert exits.met is False and exits.ratio == pytest.approx(90000 / 160000)
+    blk = next(x for x in goals(r) if x.goal.startswith("Block"))
+    assert blk.met is True and blk.ratio == pytest.approx(5.0)
+    md = render_markdown(r).splitlines()
+    row = next(ln for ln in md if ln.startswith("| `HYPERVISOR_iret`"))
+    assert row.endswith("| - | <= 1.50x | not measured |") and "Hospes `iret_kernel`" in row
+    row = next(ln for ln in md if ln.startswith("| User syscall"))
+    assert row.endswith("| 1.96x | <= 1.50x | **not met** |")
+    row = next(ln for ln in md if ln.startswith("| Block"))
+    assert row.endswith("| 5.00x | >= 4x | met |")
+
+
+def test_goals_without_figures_say_not_measured():
+    from hospesbench.report import goals
+
+    assert all(g.met is None and g.ratio is None and g.measured.startswith("not measured") for g in goals(Results()))
+
+
+def test_rootfs_section():
+    r = Results()
+    assert "the `rootfs` suite is not in the default set" in render_markdown(r)
+    r.add("rootfs", "login", ENV_HOSPES, "s", [60.0, 80.0])
+    r.status["rootfs/qemu-tcg"] = "no login prompt within 900 s"
+    r.meta["rootfs_image"] = "/cache/disk.img"
+    lines = render_markdown(r).splitlines()
+    assert "| Hospes (`hospes run --bootloader pygrub`, xvda) | 60.0 / 70.0 [29%] | 2 |  |" in lines
+    row = next(ln for ln in lines if ln.startswith("| QEMU TCG"))
+    assert row.endswith("| - | 0 | no login prompt within 900 s |")
+    r.status.clear()
+    r.add("rootfs", "login", ENV_TCG, "s", [20.0])
+    assert "Hospes / QEMU TCG: 3.50x." in render_markdown(r)
+
+
+def test_qemu_rootfs_cmdline():
+    from hospesbench.suites import qemu_rootfs_cmdline
+
+    grub = "BOOT_IMAGE=/boot/vmlinuz-6.1.0-57-cloud-amd64 root=/dev/xvda ro console=hvc0 quiet"
+    assert qemu_rootfs_cmdline(grub, 2100000) == "root=/dev/vda console=ttyS0 ro quiet tsc_early_khz=2100000 tsc=reliable"
+    assert qemu_rootfs_cmdline(grub, None) == "root=/dev/vda console=ttyS0 ro quiet "
+
+
+def test_default_suites_leave_rootfs_out():
+    from hospesbench.suites import DEFAULT_SUITES, SUITES
+
+    assert "rootfs" in SUITES and "rootfs" not in DEFAULT_SUITES
+    assert DEFAULT_SUITES[:2] == ["floor", "boot"]
+
+
+def test_marker_without_newline_is_seen_while_the_process_runs():
+    from hospesbench.runner import Proc
+
+    proc = Proc(["sh", "-c", "printf 'Debian 12\\r\\ndebian login: '; sleep 60"], markers=[" login: "])
+    try:
+        assert proc.wait_mark(" login: ", 30) is not None
+        assert proc.popen.poll() is None            # seen before any newline or exit
+    finally:
+        proc.stop()
+    res = proc.finish(10)
+    assert res.stdout.endswith("debian login: ")

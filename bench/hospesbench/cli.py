@@ -17,7 +17,7 @@ from hospesbench import build
 from hospesbench.machine import cpu_busy, hospes_commit, load_average, machine_info, source_digest, tsc_khz
 from hospesbench.model import Results
 from hospesbench.report import render_markdown, update_docs
-from hospesbench.suites import SUITES, Bench, Plan
+from hospesbench.suites import DEFAULT_SUITES, SUITES, Bench, Plan
 
 ROOT = build.ROOT
 DEFAULT_OUT = build.BENCH_DIR / "results"
@@ -38,8 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer repetitions, for development (~4 min)")
     p.add_argument("--update-docs", action="store_true",
                    help="rewrite the results section of docs/benchmarks.md with this run's table")
-    p.add_argument("--suites", default=",".join(SUITES),
-                   help=f"comma-separated subset of: {', '.join(SUITES)} (default: all)")
+    p.add_argument("--suites", default=",".join(DEFAULT_SUITES),
+                   help=f"comma-separated subset of: {', '.join(SUITES)} (default: all but rootfs, which "
+                   "boots the `hospes image --rootfs` disk, building it first if it is not cached)")
+    p.add_argument("--rootfs-image", type=Path, metavar="DISK_IMG",
+                   help="the rootfs suite's disk image (default: `hospes image --rootfs`'s, built if missing); "
+                   "it is copied for each boot, never changed")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (default bench/results)")
     p.add_argument("--no-install", action="store_true",
                    help="do not apt-get install QEMU or pip install matplotlib when missing")
@@ -181,7 +185,7 @@ def main(argv: list[str]) -> int:
     bench = Bench(plan=plan, results=res, logs_dir=run_dir / "logs", hospes=_hospes_argv(), kernel=images.kernel,
                   initramfs=images.initramfs, bench_initramfs=bench_initramfs, programs=programs,
                   nullcall=nullcall, qemu=qemu, tsc_khz=tsc_khz(), disk_image=disk_image,
-                  disk_mib=build.DISK_MIB, log=_log)
+                  disk_mib=build.DISK_MIB, rootfs_image=args.rootfs_image, log=_log)
     if qemu is None:
         res.errors.append(f"{QEMU} is not installed: QEMU columns are empty")
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
+from dataclasses import dataclass
 
 from hospesbench.parse import is_exit
 from hospesbench.model import ENV_FLOOR, ENV_HOSPES, ENV_NATIVE, ENV_QKVM, ENV_TCG, Results
@@ -17,16 +19,39 @@ DOCS_BEGIN = "<!-- bench-results:begin (written by `bench/run.py --update-docs`)
 DOCS_END = "<!-- bench-results:end -->"
 _DOCS_BLOCK = re.compile(r"<!-- bench-results:begin[^\n]*-->.*?<!-- bench-results:end -->", re.S)
 
-# (name, env, label) of the transition rows, in order.
-TRANSITIONS: list[tuple[str, str, str]] = [
-    ("floor_out", ENV_FLOOR, "C floor: `out` at CPL 3 -> KVM_EXIT_IO -> KVM_RUN"),
-    ("floor_syscall", ENV_FLOOR, "C floor: `syscall` -> LSTAR stub `out`, RIP/RFLAGS put back through sync regs"),
-    ("hypercall_null", ENV_HOSPES, "Hospes null hypercall `xen_version(0)`"),
-    ("trap_cpuid", ENV_HOSPES, "Hospes trap: forced-emulation CPUID (#UD, emulated)"),
-    ("trap_bounce", ENV_HOSPES, "Hospes trap bounced to the guest: `int3` -> handler -> HYPERVISOR_iret"),
-    ("mmu_update_pte", ENV_HOSPES, "Hospes `mmu_update` of one PTE"),
-    ("update_va_invlpg", ENV_HOSPES, "Hospes `update_va_mapping` + UVMF_INVLPG"),
+# The C floors of bench/c/kvm_exit.c: (mode, label), in order. BENCH name: floor_<mode>.
+FLOORS: list[tuple[str, str]] = [
+    ("out", "plain exit: `out` at CPL 3 -> KVM_EXIT_IO -> KVM_RUN"),
+    ("syscall", "syscall-stub exit: `syscall` -> LSTAR stub `out`, RIP/RFLAGS back through sync regs"),
+    ("sregs", "syscall-stub exit + sregs switch (CS, SS, CR3 through sync regs)"),
+    ("trap", "trap exit: `int3` -> IDT -> CPL-0 stub `out`, the stub's `iretq` back"),
+    ("trap_sregs", "trap exit, resumed through sync regs (RIP/RSP/RFLAGS + CS/SS/CR3)"),
+    ("writer", "syscall-stub exit + the one-store writer (CPL-0 store + `iretq`, CS through sync regs)"),
+    ("cpuid", "in-KVM trap: `cpuid` at CPL 3, no exit to userspace"),
+    ("idt", "in-VM exception: `int3` -> IDT -> CPL-0 `iretq`, no exit to userspace"),
 ]
+
+# Hospes transitions timed in bench/guests/nullcall.c: (name, label, floor reference),
+# the reference being the C floors of the same KVM operations as (count, floor mode).
+Reference = tuple[tuple[int, str], ...]
+HOSPES_TRANSITIONS: list[tuple[str, str, Reference]] = [
+    ("hypercall_null", "null hypercall `xen_version(0)`", ((1, "syscall"),)),
+    ("iret_kernel", "`HYPERVISOR_iret`, kernel -> kernel mode", ((1, "syscall"),)),
+    ("trap_cpuid", "forced-emulation CPUID (#UD, emulated)", ((1, "trap_sregs"),)),
+    ("trap_bounce", "`int3` bounced to the guest's handler -> `HYPERVISOR_iret`", ((1, "trap_sregs"), (1, "syscall"))),
+    ("pf_kernel", "#PF in kernel mode bounced to the handler -> `HYPERVISOR_iret`",
+     ((1, "trap_sregs"), (1, "syscall"))),
+    ("user_syscall", "user-mode `syscall` -> kernel callback -> `HYPERVISOR_iret` to user", ((2, "sregs"),)),
+    ("pf_user", "#PF in user mode bounced to the kernel -> `HYPERVISOR_iret` to user",
+     ((1, "trap_sregs"), (1, "sregs"))),
+    ("mmu_update_pte", "`mmu_update` of one PTE (validated, stored by the writer)", ((1, "writer"),)),
+    ("update_va_invlpg", "`update_va_mapping` + UVMF_INVLPG", ((1, "writer"),)),
+]
+
+# (name, env, label) of every transition row, in order (the plots use it).
+TRANSITIONS: list[tuple[str, str, str]] = (
+    [(f"floor_{mode}", ENV_FLOOR, f"C floor: {label}") for mode, label in FLOORS]
+    + [(name, ENV_HOSPES, f"Hospes {label}") for name, label, _ in HOSPES_TRANSITIONS])
 
 COMPUTE: list[tuple[str, str]] = [
     ("compute_int", "int: xorshift64* chain, 1e8 steps"),
@@ -53,6 +78,7 @@ BOOT_ENVS: list[tuple[str, str]] = [
 # Workloads whose exit counts are shown, in order, with their column titles.
 WORKLOADS: list[tuple[str, str]] = [
     ("boot", "boot (`uname -a`)"),
+    ("rootfs", "Debian rootfs to login"),
     ("nullcall", "nullcall guest"),
     ("compute", "compute"),
     ("osbench", "osbench"),
@@ -114,30 +140,192 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 # --- sections ------------------------------------------------------------------
 
-def _section_transitions(res: Results) -> list[str]:
-    floor_out = res.summary("transitions", "floor_out", ENV_FLOOR)
-    floor_sys = res.summary("transitions", "floor_syscall", ENV_FLOOR)
-    rows = []
-    for name, env, label in TRANSITIONS:
-        s = res.summary("transitions", name, env)
-        if s is None and (f"transitions/{env}" not in res.status):
-            continue
+def _floor(res: Results, mode: str) -> Summary | None:
+    return res.summary("transitions", f"floor_{mode}", ENV_FLOOR)
+
+
+def reference_text(ref: Reference) -> str:
+    """``2 x sregs``, ``trap_sregs + syscall``."""
+    return " + ".join(f"{n} x {mode}" if n != 1 else mode for n, mode in ref)
+
+
+def reference_ns(res: Results, ref: Reference) -> float | None:
+    """The floor of a reference: the sum of its floors' medians (None if one is missing)."""
+    total = 0.0
+    for n, mode in ref:
+        s = _floor(res, mode)
         if s is None:
-            rows.append([label, res.status[f"transitions/{env}"], "", "", "", ""])
+            return None
+        total += n * s.median
+    return total
+
+
+def _ratio_to(s: Summary | None, ns: float | None) -> str:
+    if s is None or ns is None or ns <= 0:
+        return "-"
+    return f"{fmt_num(s.median / ns)}x"
+
+
+def _derived_costs(res: Results) -> str:
+    """What each step costs on its own, from the floors' minimums (the samples other load disturbed least)."""
+    best = {mode: s.min for mode, _ in FLOORS if (s := _floor(res, mode)) is not None}
+    parts = []
+    for what, a, b in (("an sregs switch", "sregs", "syscall"), ("the writer", "writer", "syscall"),
+                       ("a trap exit over a syscall-stub exit", "trap", "syscall"),
+                       ("resuming a trap through sync regs instead of the stub's `iretq`", "trap_sregs", "trap")):
+        if a in best and b in best:
+            parts.append(f"{what} {fmt_num((best[a] - best[b]) / 1000)} us ({a} - {b})")
+    for what, a in (("the in-KVM `cpuid`", "cpuid"), ("the in-VM exception round trip", "idt")):
+        if a in best and "out" in best:
+            parts.append(f"{what} {fmt_num(best[a] / best['out'] * 100)}% of a plain exit")
+    return ("Step costs from the minimums: " + "; ".join(parts) + ".") if parts else ""
+
+
+def _section_transitions(res: Results) -> list[str]:
+    lines = ["### 1. C floors and Hospes transitions (us per round trip)", ""]
+    out = _floor(res, "out")
+    floor_rows = []
+    for mode, label in FLOORS:
+        s = _floor(res, mode)
+        if s is not None:
+            floor_rows.append([f"`{mode}`: {label}", fmt_cell(s, 1e-3), str(s.n),
+                               "" if mode == "out" else fmt_ratio(s, out)])
+    hospes_rows = []
+    syscall = _floor(res, "syscall")
+    for name, label, ref in HOSPES_TRANSITIONS:
+        s = res.summary("transitions", name, ENV_HOSPES)
+        if s is None:
             continue
-        is_floor = env == ENV_FLOOR
-        rows.append([label, fmt_cell(s, 1e-3), str(s.n),
-                     "" if name == "floor_out" else fmt_ratio(s, floor_out),
-                     "" if is_floor else fmt_ratio(s, floor_sys)])
-    lines = ["### 1. Exit floor and Hospes transitions (us per round trip)", ""]
-    if not rows:
-        return lines + ["not measured in this run", ""]
-    lines += _table(["path", "min / median [range] us", "n", "x `out` floor", "x `syscall` floor"], rows)
-    lines += ["",
-              "The C floor is `bench/c/kvm_exit.c`: a 64-bit guest at CPL 3 (long mode, so it runs "
-              "natively on this KVM) and a C loop around KVM_RUN. The Hospes rows are timed inside "
-              "the PV guest `bench/guests/nullcall.c` with rdtsc scaled by the pvclock "
-              "(tsc_to_system_mul/shift); each sample is the mean of a batch.", ""]
+        ref_ns = reference_ns(res, ref)
+        hospes_rows.append([label, fmt_cell(s, 1e-3), str(s.n), reference_text(ref),
+                            "-" if ref_ns is None else fmt_num(ref_ns / 1000), _ratio_to(s, ref_ns),
+                            fmt_ratio(s, syscall)])
+    if not floor_rows and not hospes_rows:
+        status = res.status.get(f"transitions/{ENV_HOSPES}") or res.status.get(f"transitions/{ENV_FLOOR}")
+        return lines + [status or "not measured in this run", ""]
+    if floor_rows:
+        lines += _table(["C floor (`bench/c/kvm_exit.c MODE`)", "min / median [range] us", "n", "x `out`"],
+                        floor_rows)
+        lines += ["", ("A 64-bit guest at CPL 3 (long mode, so it runs natively on this KVM) and a C loop "
+                  "around KVM_RUN doing only what Hospes' return path must (`PvVcpu._resume`): each row is "
+                  "one KVM path Hospes uses. `sregs` and `trap_sregs` alternate between two CS/SS pairs "
+                  "and two page-table roots; `writer` is a copy of the trampoline's `writer1`. `cpuid` "
+                  "and `idt` never leave KVM (one exit per batch). The modes run back to back in each "
+                  "round, rounds interleaved with the nullcall boots. " + _derived_costs(res)).rstrip(), ""]
+    if hospes_rows:
+        lines += _table(["Hospes transition (`bench/guests/nullcall.c`)", "min / median [range] us", "n",
+                         "floor of the same KVM operations", "floor us", "x that floor", "x `syscall`"],
+                        hospes_rows)
+        lines += ["", "Timed inside the PV guest with rdtsc scaled by the pvclock (tsc_to_system_mul/shift); "
+                  "each sample is the mean of a batch. The floor column sums the medians of the C floors "
+                  "the same transition passes through in Hospes: a hypercall or `HYPERVISOR_iret` that "
+                  "stays in one mode is a syscall-stub exit with plain register writes; every exception "
+                  "exit is resumed through sync regs (`trap_sregs`: the CPU is in the CPL-0 stub, so CS "
+                  "changes even when the mode does not; the floor also reloads CR3, which a kernel-mode "
+                  "trap does not); a change between guest user and kernel mode is an `sregs` switch; a "
+                  "page-table store is the writer (`update_va_mapping`'s invlpg runs in the full writer, "
+                  "a few instructions more than `writer1`).", ""]
+    return lines
+
+
+# --- the goals of issue 10 ----------------------------------------------------------
+
+BOOT_EXITS_BEFORE = 160_000        # exits + writer runs of a busybox boot when issue 10 was filed
+_QD_NAME = re.compile(r"blk_qd(\d+)_rand_read")
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One goal: what it asks, what this run measured, and whether that meets it."""
+
+    goal: str
+    measured: str            # the figures the ratio comes from, or why there are none
+    ratio: float | None      # None: not measured
+    target: str              # "<= 1.25x"
+    met: bool | None         # None: not measured
+
+
+def _ratio_goal(goal: str, a: Summary | None, a_what: str, b: float | None, b_what: str, limit: float,
+                at_most: bool = True, unit: str = "us", scale: float = 1e-3) -> Goal:
+    target = f"{'<=' if at_most else '>='} {fmt_num(limit)}x"
+    if a is None or b is None or b <= 0:
+        missing = [w for w, v in ((a_what, a), (b_what, b)) if v is None]
+        return Goal(goal, "not measured (" + ", ".join(missing) + ")", None, target, None)
+    r = a.median / b
+    return Goal(goal, f"{a_what} {fmt_num(a.median * scale)} {unit} / {b_what} {fmt_num(b * scale)} {unit}", r,
+                target, r <= limit if at_most else r >= limit)
+
+
+def _transition_goal(res: Results, name: str, goal: str, limit: float) -> Goal:
+    ref = next(r for n, _, r in HOSPES_TRANSITIONS if n == name)
+    return _ratio_goal(goal, res.summary("transitions", name, ENV_HOSPES), f"Hospes `{name}`",
+                       reference_ns(res, ref), f"floor ({reference_text(ref)})", limit)
+
+
+def boot_exit_totals(res: Results) -> list[int]:
+    """Exits plus writer runs of each busybox boot (`hospes run --stats`)."""
+    return [sum(n for k, n in run.items() if is_exit(k) or k == "writer") for run in res.exit_runs.get("boot", [])]
+
+
+def block_qd_iops(res: Results) -> dict[int, float]:
+    """Queue depth -> median IOPS of Hospes' 4 KiB random O_DIRECT reads (blkbench ``blk_qd<D>_rand_read``)."""
+    out: dict[int, float] = {}
+    for m in res.measurements:
+        match = _QD_NAME.fullmatch(m.name)
+        if m.suite == "devices" and m.env == ENV_HOSPES and match and m.samples:
+            ns = m.summary().median
+            if ns > 0:
+                out[int(match.group(1))] = 1e9 / ns
+    return out
+
+
+def goals(res: Results) -> list[Goal]:
+    floor_sys = _floor(res, "syscall")
+    out = [
+        _ratio_goal("Null hypercall <= 1.25x the C syscall-stub floor",
+                    res.summary("transitions", "hypercall_null", ENV_HOSPES), "Hospes `hypercall_null`",
+                    None if floor_sys is None else floor_sys.median, "floor (syscall)", 1.25),
+        _transition_goal(res, "user_syscall", "User syscall round trip <= 1.5x its floor", 1.5),
+        _transition_goal(res, "pf_user", "#PF bounce (user mode) <= 1.5x its floor", 1.5),
+        _transition_goal(res, "iret_kernel", "`HYPERVISOR_iret` <= 1.5x its floor", 1.5),
+    ]
+    native = res.summary("os", "os_clock_gettime", ENV_NATIVE)
+    out.append(_ratio_goal("`clock_gettime` in guest user space <= 3x native",
+                           res.summary("os", "os_clock_gettime", ENV_HOSPES), "Hospes",
+                           None if native is None else native.median, "native", 3.0))
+    tcg = res.summary("boot", "userspace", ENV_TCG)
+    out.append(_ratio_goal("Busybox boot to userspace <= QEMU TCG's median",
+                           res.summary("boot", "userspace", ENV_HOSPES), "Hospes",
+                           None if tcg is None else tcg.median, "QEMU TCG", 1.0, unit="s", scale=1.0))
+    totals = boot_exit_totals(res)
+    goal = f"Exits + writer runs per busybox boot <= half of ~{BOOT_EXITS_BEFORE // 1000}k"
+    if totals:
+        med = statistics.median(totals)
+        out.append(Goal(goal, f"{med:,.0f} (median of {len(totals)} boots) / {BOOT_EXITS_BEFORE:,}",
+                        med / BOOT_EXITS_BEFORE, "<= 0.50x", med <= BOOT_EXITS_BEFORE / 2))
+    else:
+        out.append(Goal(goal, "not measured (no boot exit counts)", None, "<= 0.50x", None))
+    iops = block_qd_iops(res)
+    goal = "Block 4 KiB random reads: IOPS at QD16 >= 4x QD1"
+    if 1 in iops and 16 in iops:
+        r = iops[16] / iops[1]
+        out.append(Goal(goal, f"QD16 {fmt_num(iops[16])} IOPS / QD1 {fmt_num(iops[1])} IOPS", r, ">= 4x", r >= 4.0))
+    else:
+        out.append(Goal(goal, "not measured (no `blk_qd1_rand_read`/`blk_qd16_rand_read` figures)", None,
+                        ">= 4x", None))
+    return out
+
+
+def _section_goals(res: Results) -> list[str]:
+    lines = ["### Goals of issue 10 (ratios of medians within this run)", ""]
+    rows = []
+    for g in goals(res):
+        met = "not measured" if g.met is None else ("met" if g.met else "**not met**")
+        rows.append([g.goal, g.measured, "-" if g.ratio is None else f"{fmt_num(g.ratio)}x", g.target, met])
+    lines += _table(["goal", "measured (medians)", "ratio", "target", "met?"], rows)
+    lines += ["", "The transition floors are section 1's references (the C floors of the same KVM "
+              "operations); exits per boot count every exit kind plus `writer` of the `boot` workload "
+              "(section 5).", ""]
     return lines
 
 
@@ -170,6 +358,34 @@ def _section_boot(res: Results) -> list[str]:
                   f"{fmt_cell(inproc)} s to userspace, so Python start-up and imports take "
                   f"~{fmt_num(up.median - inproc.median)} s of the total."]
     return lines + [""]
+
+
+ROOTFS_ENVS: list[tuple[str, str]] = [
+    (ENV_HOSPES, "Hospes (`hospes run --bootloader pygrub`, xvda)"),
+    (ENV_TCG, "QEMU TCG (`-M pc,accel=tcg`, virtio disk, kernel and initrd read from the image)"),
+]
+
+
+def _section_rootfs(res: Results) -> list[str]:
+    lines = ["### 2b. Debian root filesystem: boot to the login prompt (s, wall, from process start)", ""]
+    rows = []
+    for env, label in ROOTFS_ENVS:
+        s = res.summary("rootfs", "login", env)
+        status = res.status.get(f"rootfs/{env}")
+        if s is not None:
+            rows.append([label, fmt_cell(s), str(s.n), status or ""])
+        elif status:
+            rows.append([label, "-", "0", status])
+    if not rows:
+        return lines + ["not measured in this run (the `rootfs` suite is not in the default set)", ""]
+    lines += _table(["guest", "login prompt", "n", "note"], rows)
+    hos, tcg = res.summary("rootfs", "login", ENV_HOSPES), res.summary("rootfs", "login", ENV_TCG)
+    if hos is not None and tcg is not None:
+        lines += ["", f"Hospes / QEMU TCG: {fmt_ratio(hos, tcg)}."]
+    image = res.meta.get("rootfs_image")
+    lines += ["", "The same disk image (`hospes image --rootfs`" + (f", {image}" if image else "")
+              + "), a fresh copy per boot, 1 GiB and 2 vCPUs, systemd to `login:` on the console.", ""]
+    return lines
 
 
 def _section_compute(res: Results) -> list[str]:
@@ -414,7 +630,8 @@ def render_markdown(res: Results, heading_level: int = 2) -> str:
     lines += render_meta(res.meta) + [""]
     lines += ["Cells: `min / median [range]`, range = (max - min) / median over the samples; "
               "ratios are of medians.", ""]
-    for section in (_section_transitions, _section_boot, _section_compute, _section_os,
+    for section in (_section_goals, _section_transitions, _section_boot, _section_rootfs, _section_compute,
+                    _section_os,
                     _section_exits, _section_op_exits, _section_devices, _section_memory):
         body = section(res)
         body[0] = body[0].replace("###", "#" * (heading_level + 1), 1)

@@ -2,9 +2,10 @@
 
 ``Proc`` starts a process with stdout and stderr on pipes, reads both on
 threads, and records, for each marker string, the time (seconds since the
-process was started) of the first stdout line containing it -- that is how
-boot times are taken: from process start to ``hospes: userspace up``, the same
-way for Hospes and QEMU.
+process was started) of the first stdout line containing it, as soon as it
+arrives, newline or not -- that is how boot times are taken: from process
+start to ``hospes: userspace up`` (or a getty's ``login:``), the same way for
+Hospes and QEMU.
 """
 
 from __future__ import annotations
@@ -50,15 +51,19 @@ class Proc:
             t.start()
 
     def _read(self, stream, sink: list[bytes], watch: bool) -> None:
-        for line in iter(stream.readline, b""):
+        # Chunks, not lines: a prompt (`debian login: `) ends without a newline.
+        line = b""
+        for chunk in iter(lambda: stream.read1(65536), b""):
             now = time.monotonic() - self.t0
             with self._cond:
-                sink.append(line)
+                sink.append(chunk)
                 if watch:
+                    line += chunk
                     text = line.decode(errors="replace")
                     for m in self.markers:
                         if m not in self.marks and m in text:
                             self.marks[m] = now
+                    line = line[line.rfind(b"\n") + 1:]
                 self._cond.notify_all()
         stream.close()
 

@@ -2,11 +2,16 @@
 
 Suites, in the order ``bench/run.py`` runs them:
 
-  floor    bench/c/kvm_exit.c (C exit floor) and the nullcall PV guest
-           (Hospes null hypercall, forced CPUID, bounced int3, mmu_update,
-           update_va_mapping)
+  floor    bench/c/kvm_exit.c (the C floor of each KVM path Hospes uses: plain
+           exit, syscall-stub exit, sregs switch, trap exit, writer, in-KVM
+           traps) and the nullcall PV guest (Hospes null hypercall, forced
+           CPUID, bounced int3, mmu_update, update_va_mapping, HYPERVISOR_iret,
+           kernel and user #PF bounces, user syscall round trip), interleaved
   boot     `hospes run -- uname -a` vs QEMU TCG and QEMU KVM with the same
            kernel, initramfs and command
+  rootfs   (not in the default set: it needs the `hospes image --rootfs` disk)
+           a Debian disk image to its login prompt: `hospes run --bootloader
+           pygrub` vs QEMU TCG with the kernel and initrd read from the image
   cpu      bench/c/compute.c natively, in Hospes and under QEMU TCG
   os       bench/c/osbench.c natively, in Hospes and under QEMU TCG
   memory   RSS of the hospes process beyond the guest memory it touched
@@ -33,7 +38,7 @@ from typing import Callable
 
 from hospesbench import netns, parse
 from hospesbench.model import ENV_FLOOR, ENV_HOSPES, ENV_NATIVE, ENV_QKVM, ENV_TCG, Results
-from hospesbench.report import DEVICES_NONE
+from hospesbench.report import DEVICES_NONE, FLOORS
 from hospesbench.runner import ProcResult, Proc, run
 from hospesbench.stats import median_counts, per_op_counts
 
@@ -52,12 +57,13 @@ _LOG_LOCK = threading.Lock()
 class Plan:
     """How many repetitions of what (``--quick`` makes a smaller one)."""
 
-    floor_iters: int = 20000
-    floor_rounds: int = 7
+    floor_iters: int = 10000
+    floor_rounds: int = 6
     nullcall_boots: int = 3
     nullcall_n: int = 2000
     nullcall_rounds: int = 5
     boot_runs: int = 5
+    rootfs_boots: int = 2
     qemu_kvm_timeout: float = 300.0
     compute_native_reps: int = 7
     compute_boots: int = 3
@@ -79,7 +85,7 @@ class Plan:
     @classmethod
     def quick(cls) -> "Plan":
         return cls(floor_iters=5000, floor_rounds=3, nullcall_boots=1, nullcall_n=500, nullcall_rounds=3,
-                   boot_runs=2, qemu_kvm_timeout=20.0, compute_native_reps=3, compute_boots=1,
+                   boot_runs=2, rootfs_boots=1, qemu_kvm_timeout=20.0, compute_native_reps=3, compute_boots=1,
                    compute_reps=2, os_native_samples=3, os_boots=1, os_samples=3, os_target_ms=60,
                    idle_s=4.0, opexits_scale=0.3, opexits_baselines=1,
                    blk_boots=1, blk_samples=2, net_boots=1, net_samples=2, net_mib=16, net_rounds=200)
@@ -102,6 +108,7 @@ class Bench:
     tsc_khz: int | None = None
     disk_image: Path | None = None
     disk_mib: int = 64
+    rootfs_image: Path | None = None  # the rootfs suite's disk; None: `hospes image --rootfs`'s default
     log: Callable[[str], None] = print
     _log_seq: int = field(default=0)
 
@@ -220,25 +227,46 @@ def _guest_script(program: str) -> list[str]:
 
 # --- 1. exit floor and Hospes transitions ------------------------------------------
 
-def suite_floor(b: Bench) -> None:
+# The modes of bench/c/kvm_exit.c: the C floor of each KVM path Hospes uses.
+FLOOR_MODES = tuple(mode for mode, _ in FLOORS)
+
+
+def _floor_round(b: Bench, rnd: int) -> None:
+    """One round of every C floor, back to back, so load changes hit all of them alike."""
     p = b.plan
-    for mode in ("out", "syscall"):
-        b.log(f"  C floor: {mode} x {p.floor_iters} x {p.floor_rounds}")
-        res = run([str(b.programs["kvm_exit"]), mode, str(p.floor_iters), str(p.floor_rounds)], 600)
-        b.save_log(f"floor-{mode}", res)
+    for mode in FLOOR_MODES:
+        res = run([str(b.programs["kvm_exit"]), mode, str(p.floor_iters), "1"], 600)
+        b.save_log(f"floor-{mode}-{rnd}", res)
         if res.returncode != 0 or b.add_values("transitions", ENV_FLOOR, "ns", res.stdout) == 0:
             b.error(f"kvm_exit {mode} failed (exit {res.returncode}): {res.stderr.strip()[-300:]}")
-    for i in range(p.nullcall_boots):
-        b.log(f"  nullcall guest {i + 1}/{p.nullcall_boots}")
-        res = b.hospes_run(["--kernel", str(b.nullcall), "--memory", "64",
-                            "--cmdline", f"n={p.nullcall_n} rounds={p.nullcall_rounds}"],
-                           None, f"nullcall-{i}", "nullcall", timeout=600, userspace=False)
-        if res is None:
-            continue
-        if "PASS nullcall" not in res.stdout or "FAIL" in res.stdout:
-            b.error(f"nullcall guest did not pass: {[ln for ln in res.stdout.splitlines() if 'FAIL' in ln][:3]}")
-            continue
-        b.add_values("transitions", ENV_HOSPES, "ns", res.stdout)
+
+
+def _nullcall(b: Bench, i: int) -> None:
+    p = b.plan
+    res = b.hospes_run(["--kernel", str(b.nullcall), "--memory", "64",
+                        "--cmdline", f"n={p.nullcall_n} rounds={p.nullcall_rounds}"],
+                       None, f"nullcall-{i}", "nullcall", timeout=600, userspace=False)
+    if res is None:
+        return
+    if "PASS nullcall" not in res.stdout or "FAIL" in res.stdout:
+        b.error(f"nullcall guest did not pass: {[ln for ln in res.stdout.splitlines() if 'FAIL' in ln][:3]}")
+        return
+    b.add_values("transitions", ENV_HOSPES, "ns", res.stdout)
+
+
+def suite_floor(b: Bench) -> None:
+    """The C floors and the nullcall guest, interleaved: Hospes and its floors share the load of the moment."""
+    p = b.plan
+    boots = max(1, p.nullcall_boots)
+    done = 0
+    for i in range(boots):
+        share = (p.floor_rounds * (i + 1)) // boots - done
+        b.log(f"  C floors ({', '.join(FLOOR_MODES)}) x {p.floor_iters}, {share} round(s); "
+              f"nullcall guest {i + 1}/{boots}")
+        for _ in range(share):
+            _floor_round(b, done)
+            done += 1
+        _nullcall(b, i)
 
 
 # --- 2. boot --------------------------------------------------------------------
@@ -320,6 +348,93 @@ def suite_boot(b: Bench) -> None:
     else:
         b.results.status[f"boot/{ENV_TCG}"] = "not run: qemu-system-x86_64 is not installed"
         b.results.status[f"boot/{ENV_QKVM}"] = "not run: qemu-system-x86_64 is not installed"
+
+
+# --- 2b. Debian root filesystem to its login prompt ------------------------------------
+
+ROOTFS_LOGIN = " login: "        # getty's prompt ("debian login: "), no newline after it
+ROOTFS_MIB = 1024
+ROOTFS_VCPUS = 2
+ROOTFS_LIMIT_S = 900.0           # a loaded 2-core host has taken 4 minutes under Hospes
+
+
+def _rootfs_image(b: Bench) -> Path:
+    if b.rootfs_image is not None:
+        return b.rootfs_image
+    from hospes.images.rootfs import RootfsOptions, ensure_rootfs
+
+    return ensure_rootfs(RootfsOptions(), log=b.log).path     # built once (~3 min), then cached
+
+
+def _sparse_copy(src: Path, dst: Path) -> None:
+    res = run(["cp", "--sparse=always", "--reflink=auto", str(src), str(dst)], 600)
+    if res.returncode != 0:
+        raise RuntimeError(f"cannot copy {src} to {dst}: {res.stderr.strip()}")
+
+
+def qemu_rootfs_cmdline(grub_cmdline: str, tsc_khz: int | None) -> str:
+    """The image's own command line, for a virtio disk and a serial console."""
+    words = [w for w in grub_cmdline.split() if not w.startswith(("BOOT_IMAGE=", "root=", "console="))]
+    return " ".join(["root=/dev/vda", "console=ttyS0", *words]) + " " + qemu_tsc_params(tsc_khz).strip()
+
+
+def _login_boot(b: Bench, argv: list[str], name: str, env: str, workload: str | None) -> None:
+    """Boot to the first login prompt, record the time, then stop the guest."""
+    proc = Proc(argv, markers=[ROOTFS_LOGIN])
+    t = proc.wait_mark(ROOTFS_LOGIN, ROOTFS_LIMIT_S)
+    proc.stop()
+    res = proc.finish(30)
+    log = b.save_log(name, res)
+    stats = parse.parse_exit_stats(res.stderr)
+    if workload is not None and stats.counts:
+        b.results.add_exit_run(workload, stats.counts)
+    if t is None:
+        last = parse.last_console_line(res.stdout)
+        why = (f"no login prompt within {ROOTFS_LIMIT_S:.0f} s" if res.returncode is None or res.returncode < 0
+               else f"exited {res.returncode} before a login prompt") + (f"; last console line `{last[:100]}`"
+                                                                        if last else "")
+        b.error(f"{name}: {why}; log {log}")
+        b.results.status.setdefault(f"rootfs/{env}", why)
+        return
+    b.results.add("rootfs", "login", env, "s", [t])
+
+
+def suite_rootfs(b: Bench) -> None:
+    """The Debian disk image to its login prompt: Hospes with pygrub vs QEMU TCG, one fresh copy per boot."""
+    from hospes.bootloader.pygrub import choose
+
+    image = _rootfs_image(b)
+    b.results.meta["rootfs_image"] = str(image)
+    work = b.logs_dir.parent / "rootfs"
+    work.mkdir(parents=True, exist_ok=True)
+    choice = choose(image)
+    kernel, initrd = work / "vmlinuz", work / "initrd.img"
+    kernel.write_bytes(choice.kernel)
+    if choice.ramdisk is not None:
+        initrd.write_bytes(choice.ramdisk)
+    copy = work / "disk.img"
+    try:
+        for i in range(b.plan.rootfs_boots):
+            b.log(f"  rootfs boot {i + 1}/{b.plan.rootfs_boots}: Hospes (pygrub)" + (", QEMU TCG" if b.qemu else ""))
+            _sparse_copy(image, copy)
+            _login_boot(b, [*b.hospes, "run", "--stats", "--disk", str(copy), "--bootloader", "pygrub",
+                            "--memory", str(ROOTFS_MIB), "--vcpus", str(ROOTFS_VCPUS)],
+                        f"rootfs-hospes-{i}", ENV_HOSPES, "rootfs")
+            if not b.qemu:
+                continue
+            _sparse_copy(image, copy)
+            argv = [b.qemu, "-M", "pc,accel=tcg", "-cpu", "max", "-m", str(ROOTFS_MIB), "-smp", str(ROOTFS_VCPUS),
+                    "-kernel", str(kernel), "-append", qemu_rootfs_cmdline(choice.cmdline, b.tsc_khz),
+                    "-drive", f"file={copy},format=raw,if=virtio", "-display", "none", "-nodefaults",
+                    "-serial", "stdio", "-no-reboot"]
+            if choice.ramdisk is not None:
+                argv[argv.index("-append"):argv.index("-append")] = ["-initrd", str(initrd)]
+            _login_boot(b, argv, f"rootfs-qemu-tcg-{i}", ENV_TCG, None)
+    finally:
+        for f in (copy, kernel, initrd):
+            f.unlink(missing_ok=True)
+    if not b.qemu:
+        b.results.status[f"rootfs/{ENV_TCG}"] = "not run: qemu-system-x86_64 is not installed"
 
 
 # --- 3. CPU-bound -----------------------------------------------------------------
@@ -652,9 +767,13 @@ def suite_devices(b: Bench) -> None:
 SUITES: dict[str, Callable[[Bench], None]] = {
     "floor": suite_floor,
     "boot": suite_boot,
+    "rootfs": suite_rootfs,
     "cpu": suite_cpu,
     "os": suite_os,
     "opexits": suite_opexits,
     "memory": suite_memory,
     "devices": suite_devices,
 }
+
+# What `bench/run.py` runs without --suites: rootfs needs the big disk image (and minutes per boot).
+DEFAULT_SUITES = [name for name in SUITES if name != "rootfs"]
