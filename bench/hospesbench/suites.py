@@ -161,7 +161,9 @@ class Bench:
 
         assert self.qemu is not None
         cpu = "max" if accel == "tcg" else "host"
-        append = (f"console=ttyS0 {'quiet ' if quiet else ''}{qemu_tsc_params(self.tsc_khz)}"
+        # noreplace-smp as in Hospes' default command line (toolstack/spec.py), so both
+        # kernels skip the same uniprocessor rewrite of their lock prefixes.
+        append = (f"console=ttyS0 {'quiet ' if quiet else ''}noreplace-smp {qemu_tsc_params(self.tsc_khz)}"
                   f"{encode_command(command)}")
         return [self.qemu, "-M", f"microvm,accel={accel}", "-cpu", cpu, "-m", str(GUEST_MIB),
                 "-kernel", str(self.kernel), "-initrd", str(initrd), "-append", append,
