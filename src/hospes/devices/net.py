@@ -851,9 +851,14 @@ class NetBackend:
             notify |= ring.push_responses()
         if notify:
             self._notify_guest(self.rx_port, 1)
-        # Wake us when enough buffers for the waiting frame (or any frame) are posted.
+        # Ask to hear of new buffers only when too few are posted for the waiting frame
+        # (or any frame), as netback does: netfront refills after every batch it takes,
+        # and a notification each time would be a hypercall (an exit) per refill. With
+        # enough posted, req_event stays behind and the TAP is what wakes us. _rx_plan
+        # reads the posted count again after this store, so a refill in between is seen.
         need = self._rx_pending[1] if self._rx_pending is not None else 1
-        ring.notify_at(ring.req_cons + need)
+        if ring.unconsumed() < need:
+            ring.notify_at(ring.req_cons + need)
 
     def _rx_gso_ok(self, vtype: int) -> bool:
         vtype &= 0x7F
