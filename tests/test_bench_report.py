@@ -367,6 +367,12 @@ def test_network_rows_pair_each_topology_with_the_veth_reference():
     assert "| guest <-> host, 1-byte round trip | 20.0 / 25.0 [40%] | - | 1,000 / 1,250 [40%] | - | 50.0x |" in lines
     assert "| guest -> guest, stream | 1,000 / 1,024 [5%] | 1,024 | 10,486 (n=1) | 100 | 10.2x |" in lines
     assert not any(ln.startswith("| host -> guest") for ln in lines)
+    r.add("devices", "net_send_p4", ENV_NATIVE, "ns", [500_000])
+    r.add("devices", "net_gh_send_p4", ENV_HOSPES, "ns", [2_097_152])
+    lines = render_markdown(r).splitlines()
+    streams = [ln.split(" |")[0] for ln in lines if ln.startswith("| guest -> host")]
+    assert streams == ["| guest -> host, stream", "| guest -> host, 4 streams at once"]
+    assert "| guest -> host, 4 streams at once | 500 (n=1) | 2,097 | 2,097 (n=1) | 500 | 4.19x |" in lines
     # everything measured: no "not measured" sentence under the tables
     assert DEVICES_NONE not in lines
 

@@ -307,10 +307,14 @@ def _mb_s(s: Summary | None, nbytes: float) -> str:
 # (Hospes name, native name, label, bytes per op or 0 for a round trip)
 NETWORK: list[tuple[str, str, str, float]] = [
     ("net_gh_send", "net_send", "guest -> host, stream", 1 << 20),
+    ("net_gh_send_p4", "net_send_p4", "guest -> host, 4 streams at once", 1 << 20),
     ("net_gh_recv", "net_recv", "host -> guest, stream", 1 << 20),
+    ("net_gh_recv_p4", "net_recv_p4", "host -> guest, 4 streams at once", 1 << 20),
     ("net_gh_rr", "net_rr", "guest <-> host, 1-byte round trip", 0),
     ("net_gg_send", "net_send", "guest -> guest, stream", 1 << 20),
+    ("net_gg_send_p4", "net_send_p4", "guest -> guest, 4 streams at once", 1 << 20),
     ("net_gg_recv", "net_recv", "guest <- guest, stream (the other direction)", 1 << 20),
+    ("net_gg_recv_p4", "net_recv_p4", "guest <- guest, 4 streams at once (the other direction)", 1 << 20),
     ("net_gg_rr", "net_rr", "guest <-> guest, 1-byte round trip", 0),
 ]
 
@@ -371,7 +375,8 @@ def _network_rows(res: Results) -> list[str]:
         return []
     return _table(["TCP (`bench/c/netbench.c`)", "native us/op", "native MB/s", "Hospes us/op", "Hospes MB/s",
                    "Hospes / native"], rows) + [
-        "", "An op is 1 MiB for a stream (timed until the receiver acknowledges the last byte) and one "
+        "", "An op is 1 MiB for a stream (timed until the receiver acknowledges the last byte; for 4 "
+        "streams at once, 1 MiB of their total, one client thread driving all four) and one "
         "exchange for a round trip; the guest is always the side that connects and times. Guest <-> host: "
         "the guest's eth0 (netfront -> Hospes' netback -> a TAP, `hospes run --vif`) and the TAP moved "
         "into a private namespace. Guest <-> guest: two guests whose TAPs share a bridge there. Native: "

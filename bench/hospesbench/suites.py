@@ -11,8 +11,8 @@ Suites, in the order ``bench/run.py`` runs them:
   os       bench/c/osbench.c natively, in Hospes and under QEMU TCG
   memory   RSS of the hospes process beyond the guest memory it touched
   devices  the PV block device (blkbench) natively and in Hospes, and in
-           Hospes at queue depths 1, 4 and 16; TCP
-           (netbench) guest <-> host and guest <-> guest through the PV
+           Hospes at queue depths 1, 4 and 16; TCP (netbench, one
+           stream and 4 at once) guest <-> host and guest <-> guest through the PV
            network device, against two host namespaces joined by a veth pair
 
 Exit counts (``hospes run --stats``) are collected from every Hospes run.
@@ -526,12 +526,13 @@ NET_GH = ("169.254.96.1", "169.254.96.2")       # guest <-> host: host end (serv
 NET_GG = ("169.254.95.2", "169.254.95.3")       # guest <-> guest: server guest, client guest
 NET_PORT = 5201
 NET_SERVER_IDLE_S = 240       # a server whose client never comes gives up after this
+NET_STREAMS = 4               # netbench -P: connections at once in the parallel stream figures
 
 
 def _netbench_client(b: Bench, binary: str, server: str, prefix: str) -> list[str]:
     p = b.plan
     return [binary, "-c", server, "-p", str(NET_PORT), "-n", prefix, "-s", str(p.net_samples),
-            "-m", str(p.net_mib), "-r", str(p.net_rounds), "-q"]
+            "-m", str(p.net_mib), "-r", str(p.net_rounds), "-P", str(NET_STREAMS), "-q"]
 
 
 def _netbench_server(binary: str) -> list[str]:
