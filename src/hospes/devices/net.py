@@ -110,6 +110,9 @@ VALID_VNET_HDR = VNET_HDR.pack(VIRTIO_NET_HDR_F_DATA_VALID, 0, 0, 0, 0, 0)
 RX_STALL_DROP_S = 1.0
 #: Responses are published in batches of at most this many packets.
 PUSH_BATCH = 32
+#: How long the worker keeps looking at the TX ring after a pass that sent packets,
+#: before it asks the frontend for a notification again (see NetBackend._tx_drain).
+LINGER_S = 0.0002
 
 _TX_REQ = struct.Struct("<IHHHH")   # gref, offset, flags, id, size
 _TX_RSP = struct.Struct("<Hh")      # id, status
@@ -504,11 +507,12 @@ class NetBackend:
         while not self._stop:
             want_tap = False
             timeout = 500
+            lingering = False
             self._kicked = False
             with self._lock:
                 if self.connected and not self._frozen:
                     try:
-                        self._tx_drain()
+                        lingering = self._tx_drain()
                         if self.connected:
                             self._rx_fill()
                         if self.connected:
@@ -518,16 +522,23 @@ class NetBackend:
                             timeout = max(0, min(timeout, int(left * 1000) + 1))
                     except RingError as e:
                         self._fail(f"the frontend's ring is broken ({e})")
-            if want_tap != tap_polled:
-                if want_tap:
-                    poller.register(self.fd, select.POLLIN)
-                else:
-                    poller.unregister(self.fd)
-                tap_polled = want_tap
-            try:
-                events = poller.poll(timeout)
-            except InterruptedError:
-                continue
+            if lingering and self.connected:
+                # TX took packets and is not re-armed: look again after LINGER_S (poll(2)
+                # counts in ms), or sooner for a frame from the TAP or a notification.
+                ready, _, _ = select.select([self._efd, self.fd] if want_tap else [self._efd], [], [],
+                                            min(LINGER_S, timeout / 1000))
+                events = [(fd, select.POLLIN) for fd in ready]
+            else:
+                if want_tap != tap_polled:
+                    if want_tap:
+                        poller.register(self.fd, select.POLLIN)
+                    else:
+                        poller.unregister(self.fd)
+                    tap_polled = want_tap
+                try:
+                    events = poller.poll(timeout)
+                except InterruptedError:
+                    continue
             for fd, _ in events:
                 if fd == self._efd:
                     try:
@@ -572,7 +583,11 @@ class NetBackend:
 
     # --- TX: guest -> TAP ------------------------------------------------------------
 
-    def _tx_drain(self) -> None:
+    def _tx_drain(self) -> bool:
+        """Send and answer every packet on the TX ring. True when it took packets and
+        did not re-arm ``req_event``: the worker lingers (LINGER_S) and comes back, so
+        packets the frontend queues right behind them need no notification each (an
+        exit); a pass that finds nothing re-arms and ends with the final check."""
         ring = self._tx
         assert ring is not None   # connected
         buf = self._mem.buf
@@ -605,11 +620,13 @@ class NetBackend:
             if limited:
                 # the worker comes back when credit is due (_serve's sleep), not on a notification
                 self.stats.tx_rate_limited += 1
-                return
+                return False
+            if done and ring.req_cons == req_prod:
+                return True
             # Wake us for the slot after the last one seen: with a chain cut
             # short that is past req_cons, as the chain's start was left there.
             if not ring.final_check(req_prod):
-                return
+                return False
 
     def _tx_waiting(self) -> bool:
         """Requests left on the TX ring (after a drain: the rate limit held them)."""
