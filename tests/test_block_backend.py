@@ -469,3 +469,33 @@ def test_a_frontend_past_its_ring_waits_for_responses_and_save_waits_for_transfe
     b.notify()
     assert responses(dom, prod, prod2) == [(0x300, 0, BLKIF_RSP_OKAY)]
     b.close()
+
+
+def test_the_worker_lingers_only_for_a_frontend_that_queues(setup) -> None:
+    """One request at a time: no linger (no extra wake-up per request). Several at once: the
+    worker lingers after its passes, until LINGER_TRIES lingers in a row found nothing."""
+    dom, image = setup
+    b = BlockBackend(dom, DiskConfig(image))
+    connect(dom, b)
+    for k in range(5):
+        (_, _, status), = submit(dom, b, [(0, k, [(BIG0, 0, 0)])])
+        assert status == BLKIF_RSP_OKAY
+    assert b._linger_tries == 0
+    prod = publish(dom, [(0, k, [(BIG0 + k, 0, 0)]) for k in range(8)])
+    b.notify()
+    responses(dom, prod - 8, prod)
+    assert wait_rearmed(dom, prod)                 # idle: re-armed after a fruitless linger
+    assert b._linger_tries == block.LINGER_TRIES - 1
+    for k in range(block.LINGER_TRIES - 1):        # lone requests use up the rest
+        (_, _, status), = submit(dom, b, [(0, k, [(BIG0, 0, 0)])])
+        assert wait_rearmed(dom, dom.mem.read_u32(RING << 12))
+    assert b._linger_tries == 0
+    b.close()
+
+
+def wait_rearmed(dom, prod: int) -> bool:
+    """Wait until the backend has asked to be notified of request ``prod`` (req_event = prod + 1)."""
+    deadline = time.monotonic() + 5
+    while dom.mem.read_u32((RING << 12) + 4) != prod + 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return dom.mem.read_u32((RING << 12) + 4) == prod + 1

@@ -90,6 +90,8 @@ IO_THREADS = 4
 #: How long the worker keeps looking at the ring after a pass that took requests, before it
 #: asks the frontend for a notification again (see BlockBackend._serve).
 LINGER_S = 0.0002
+#: Fruitless lingers in a row after which the worker stops lingering until the frontend queues again.
+LINGER_TRIES = 4
 
 
 class BlockError(HospesError):
@@ -188,6 +190,7 @@ class BlockBackend:
         self._frozen = False               # see freeze()
         self._lock = threading.Lock()      # the ring: worker vs. xenbus vs. save
         self._pushed = 0                   # rsp_prod_pvt at the last push
+        self._linger_tries = 0             # lingers left before a fruitless streak stops them
         self._nowait_read = self._nowait_write = True   # until the file says RWF_NOWAIT is unsupported
         self._pool = futures.ThreadPoolExecutor(IO_THREADS, thread_name_prefix=f"blkio-{disk.vdev}")
         self._inflight: set[futures.Future[None]] = set()
@@ -268,23 +271,26 @@ class BlockBackend:
     def _serve(self) -> None:
         """The worker: passes over the ring until it stays empty, then sleep until notified.
 
-        After a pass that took requests the worker lingers (``LINGER_S``)
+        After a pass that took requests the worker may linger (``LINGER_S``)
         before it asks for the next notification: a frontend that queues
         several requests in a row publishes the rest of them meanwhile without
         a notify (a hypercall, an exit, for each), and they are served in one
-        pass. A lone request still gets its notification: once a pass finds
-        nothing new the worker re-arms ``req_event`` and sleeps.
+        pass. It lingers only while the frontend shows that it queues (a pass
+        took several requests, or a linger or final check found more; up to
+        ``LINGER_TRIES`` fruitless lingers in a row): one request at a time
+        gets no extra wake-up per request. Once a pass finds nothing new the
+        worker re-arms ``req_event`` and sleeps.
         """
         lingering = False
         while not self._stop:
             # set by every notify, connect, completed transfer and close: nothing to poll
             self._work.wait(LINGER_S if lingering else None)
             self._work.clear()
-            lingering = False
+            lingered, lingering = lingering, False
             if self.connected and not self._stop:
                 with self._lock:
                     if not self._frozen:
-                        lingering = self._drain()
+                        lingering = self._drain(lingered)
 
     def freeze(self) -> None:
         """Serve no more requests until :meth:`thaw` (a save or migration's final copy):
@@ -307,12 +313,13 @@ class BlockBackend:
             self._frozen = False
         self._work.set()   # requests published meanwhile
 
-    def _drain(self) -> bool:
+    def _drain(self, lingered: bool = False) -> bool:
         """One pass (the caller holds the lock): answer finished transfers, serve or
         start every published request, publish the responses with at most one
-        notification. Returns True if the pass took requests (the caller lingers and
-        comes back without re-arming); else re-arms ``req_event`` and ends once the
-        final check finds nothing more."""
+        notification. Returns True if the pass took requests and the frontend has been
+        queueing (the caller lingers and comes back without re-arming); else re-arms
+        ``req_event`` and ends once the final check finds nothing more. ``lingered``:
+        this pass follows a linger."""
         ring = self._ring
         if ring is None or not self.connected:
             return False
@@ -331,7 +338,13 @@ class BlockBackend:
                         self._respond(*answer)
                 self._push()
                 if took:
-                    return True
+                    if took > 1 or lingered:
+                        self._linger_tries = LINGER_TRIES   # the frontend queues
+                    if self._linger_tries:
+                        return True
+                elif lingered:
+                    self._linger_tries = max(0, self._linger_tries - 1)
+                lingered = True   # from here on, requests found are requests queued behind others
                 if self._inflight and (ring.req_cons - ring.rsp_prod_pvt) & MASK >= RING_SLOTS:
                     return False   # a completion wakes us; taking more would overrun the responses
                 if not ring.final_check():
