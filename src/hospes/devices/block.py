@@ -29,9 +29,10 @@ never a host exception; one that breaks the ring indices is disconnected.
 
 A worker thread serves the ring (``hospes.pv.ring.BackRing``), so the vCPU
 that notifies never waits for the disk. Each wake-up serves every request
-published (and lingers briefly for more before asking to be notified again),
-answers them in one push with at most one notification, and re-checks the ring
-before it sleeps. A transfer the host's page cache can do at once
+published (and, for a frontend that queues, lingers briefly for more before
+asking to be notified again, letting the responses' event wait for that one
+linger), answers them in one push with at most one notification, and
+re-checks the ring before it sleeps. A transfer the host's page cache can do at once
 (``RWF_NOWAIT``) is done by the worker itself; one that would wait for the
 host's disk goes to a few I/O threads, so several are in flight together and
 complete in any order (a response names its request's id). The xenbus handshake is the shared
@@ -191,6 +192,8 @@ class BlockBackend:
         self._lock = threading.Lock()      # the ring: worker vs. xenbus vs. save
         self._pushed = 0                   # rsp_prod_pvt at the last push
         self._linger_tries = 0             # lingers left before a fruitless streak stops them
+        self._owed = False                 # pushed responses whose notification is not sent yet
+        self._deferred = False             # ... held back for one linger already
         self._nowait_read = self._nowait_write = True   # until the file says RWF_NOWAIT is unsupported
         self._pool = futures.ThreadPoolExecutor(IO_THREADS, thread_name_prefix=f"blkio-{disk.vdev}")
         self._inflight: set[futures.Future[None]] = set()
@@ -336,14 +339,21 @@ class BlockBackend:
                     took += 1
                     if answer is not None:
                         self._respond(*answer)
-                self._push()
+                self._push(notify=False)
                 if took:
                     if took > 1 or lingered:
                         self._linger_tries = LINGER_TRIES   # the frontend queues
                     if self._linger_tries:
+                        # The frontend queues: its event for these responses may wait for the
+                        # linger's pass (one event, one upcall for both), but never longer.
+                        if self._owed and not self._deferred:
+                            self._deferred = True
+                        else:
+                            self._push()
                         return True
                 elif lingered:
                     self._linger_tries = max(0, self._linger_tries - 1)
+                self._push()
                 lingered = True   # from here on, requests found are requests queued behind others
                 if self._inflight and (ring.req_cons - ring.rsp_prod_pvt) & MASK >= RING_SLOTS:
                     return False   # a completion wakes us; taking more would overrun the responses
@@ -361,14 +371,20 @@ class BlockBackend:
             # The response overwrites a request's slot (responses may be in any order).
             _RSP.pack_into(self._mem.buf, ring.next_response(), req_id, op, status)
 
-    def _push(self) -> None:
-        """Publish the responses written since the last push; one notification if the frontend asked."""
+    def _push(self, notify: bool = True) -> None:
+        """Publish the responses written since the last push, and send the one
+        notification owed if the frontend asked for it (at once unless ``notify``
+        is False: then :attr:`_owed` remembers it; a later push must not miss it,
+        as the frontend's ``rsp_event`` check only looks at the newest responses)."""
         ring = self._ring
-        if ring is None or ring.rsp_prod_pvt == self._pushed:
-            return
-        self._pushed = ring.rsp_prod_pvt
-        if ring.push_responses():
-            self.host.evtchn.notify_backend_port(self.port, self)
+        if ring is not None and ring.rsp_prod_pvt != self._pushed:
+            self._pushed = ring.rsp_prod_pvt
+            self._owed |= ring.push_responses()
+        if notify:
+            self._deferred = False
+            if self._owed:
+                self._owed = False
+                self.host.evtchn.notify_backend_port(self.port, self)
 
     def _complete_finished(self) -> None:
         """Answer the transfers the I/O threads have finished (the caller holds the lock)."""
