@@ -91,7 +91,7 @@ IO_THREADS = 4
 #: How long the worker keeps looking at the ring after a pass that took requests, before it
 #: asks the frontend for a notification again (see BlockBackend._serve).
 LINGER_S = 0.0002
-#: Fruitless lingers in a row after which the worker stops lingering until the frontend queues again.
+#: Lingers finding at most one request after which the worker stops lingering until a pass takes several.
 LINGER_TRIES = 4
 
 
@@ -279,10 +279,10 @@ class BlockBackend:
         several requests in a row publishes the rest of them meanwhile without
         a notify (a hypercall, an exit, for each), and they are served in one
         pass. It lingers only while the frontend shows that it queues (a pass
-        took several requests, or a linger or final check found more; up to
-        ``LINGER_TRIES`` fruitless lingers in a row): one request at a time
-        gets no extra wake-up per request. Once a pass finds nothing new the
-        worker re-arms ``req_event`` and sleeps.
+        took several requests; then up to ``LINGER_TRIES`` lingers that find
+        one request or none): a frontend sending one request at a time gets
+        neither an extra wake-up nor a linger's delay per request. Once a pass
+        finds nothing new the worker re-arms ``req_event`` and sleeps.
         """
         lingering = False
         while not self._stop:
@@ -340,9 +340,14 @@ class BlockBackend:
                     if answer is not None:
                         self._respond(*answer)
                 self._push(notify=False)
+                if took > 1:
+                    self._linger_tries = LINGER_TRIES   # the frontend queues
+                elif lingered:
+                    # One request (or none) behind the last pass: a frontend that waits for
+                    # each response would otherwise keep us lingering, its every request
+                    # late by a linger, as it does not notify while we do not re-arm.
+                    self._linger_tries = max(0, self._linger_tries - 1)
                 if took:
-                    if took > 1 or lingered:
-                        self._linger_tries = LINGER_TRIES   # the frontend queues
                     if self._linger_tries:
                         # The frontend queues: its event for these responses may wait for the
                         # linger's pass (one event, one upcall for both), but never longer.
@@ -351,10 +356,8 @@ class BlockBackend:
                         else:
                             self._push()
                         return True
-                elif lingered:
-                    self._linger_tries = max(0, self._linger_tries - 1)
                 self._push()
-                lingered = True   # from here on, requests found are requests queued behind others
+                lingered = True   # from here on, requests found are requests published behind others
                 if self._inflight and (ring.req_cons - ring.rsp_prod_pvt) & MASK >= RING_SLOTS:
                     return False   # a completion wakes us; taking more would overrun the responses
                 if not ring.final_check():
