@@ -113,6 +113,8 @@ PUSH_BATCH = 32
 #: How long the worker keeps looking at the TX ring after a pass that sent packets,
 #: before it asks the frontend for a notification again (see NetBackend._tx_drain).
 LINGER_S = 0.0002
+#: Lingers finding at most one packet after which the worker stops lingering until a pass takes several.
+LINGER_TRIES = 4
 
 _TX_REQ = struct.Struct("<IHHHH")   # gref, offset, flags, id, size
 _TX_RSP = struct.Struct("<Hh")      # id, status
@@ -376,6 +378,7 @@ class NetBackend:
         self._rx_starved_since: float | None = None
         self.ipv4 = b""
         self._lock = threading.Lock()      # ring state (worker vs. xenbus vs. save)
+        self._tx_linger_tries = 0          # see _tx_drain
         self._stop = False
         self._frozen = False               # see freeze()
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -504,15 +507,16 @@ class NetBackend:
         poller = select.poll()
         poller.register(self._efd, select.POLLIN)
         tap_polled = False
+        lingering = False
         while not self._stop:
             want_tap = False
             timeout = 500
-            lingering = False
+            lingered, lingering = lingering, False
             self._kicked = False
             with self._lock:
                 if self.connected and not self._frozen:
                     try:
-                        lingering = self._tx_drain()
+                        lingering = self._tx_drain(lingered)
                         if self.connected:
                             self._rx_fill()
                         if self.connected:
@@ -583,11 +587,15 @@ class NetBackend:
 
     # --- TX: guest -> TAP ------------------------------------------------------------
 
-    def _tx_drain(self) -> bool:
-        """Send and answer every packet on the TX ring. True when it took packets and
-        did not re-arm ``req_event``: the worker lingers (LINGER_S) and comes back, so
-        packets the frontend queues right behind them need no notification each (an
-        exit); a pass that finds nothing re-arms and ends with the final check."""
+    def _tx_drain(self, lingered: bool = False) -> bool:
+        """Send and answer every packet on the TX ring. True when it took packets from
+        a frontend that queues and did not re-arm ``req_event``: the worker lingers
+        (LINGER_S) and comes back, so packets the frontend queues right behind them
+        need no notification each (an exit); a pass that finds nothing re-arms and
+        ends with the final check. As in the block backend, only a pass taking
+        several packets shows queueing, and LINGER_TRIES lingers finding one packet
+        or none end it: a guest sending one packet at a time is never kept waiting
+        for a linger. ``lingered``: this pass follows a linger."""
         ring = self._tx
         assert ring is not None   # connected
         buf = self._mem.buf
@@ -621,7 +629,12 @@ class NetBackend:
                 # the worker comes back when credit is due (_serve's sleep), not on a notification
                 self.stats.tx_rate_limited += 1
                 return False
-            if done and ring.req_cons == req_prod:
+            if done > 1:
+                self._tx_linger_tries = LINGER_TRIES
+            elif lingered:
+                self._tx_linger_tries = max(0, self._tx_linger_tries - 1)
+            lingered = True
+            if done and ring.req_cons == req_prod and self._tx_linger_tries:
                 return True
             # Wake us for the slot after the last one seen: with a chain cut
             # short that is past req_cons, as the chain's start was left there.
