@@ -7,7 +7,9 @@ a real TAP device inside a network namespace it creates (root only).
 
 from __future__ import annotations
 
+import fcntl
 import os
+import select
 import socket
 import struct
 import subprocess
@@ -866,3 +868,22 @@ def test_rings_in_a_page_table_are_refused_at_connect(setup) -> None:
     s.front.connect()
     assert s.dom.store.read(f"{BACK}/state") == b"6" and not b.connected
     assert not s.dom.grants.types.held             # the TX ring's reference was given back too
+
+
+def test_brief_waits_see_readable_descriptors_whatever_their_numbers() -> None:
+    """select(2) for the linger's sub-millisecond wait, poll(2) for descriptors past FD_SETSIZE."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2100:   # root may raise it; the test needs one descriptor past FD_SETSIZE
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard) if hard != resource.RLIM_INFINITY else 4096, hard))
+    r, w = os.pipe()
+    high = fcntl.fcntl(r, fcntl.F_DUPFD, 2000)
+    try:
+        assert net._wait_briefly([r], 0.0002) == []
+        assert net._wait_briefly([high], 0.0002) == []
+        os.write(w, b"x")
+        assert net._wait_briefly([r], 0.0002) == [(r, select.POLLIN)]
+        assert [fd for fd, _ in net._wait_briefly([high], 0.0002)] == [high]
+    finally:
+        for fd in (r, w, high):
+            os.close(fd)

@@ -115,6 +115,7 @@ PUSH_BATCH = 32
 LINGER_S = 0.0002
 #: Lingers finding at most one packet after which the worker stops lingering until a pass takes several.
 LINGER_TRIES = 4
+_FD_SETSIZE = 1024             # select(2)'s limit on descriptor numbers
 
 _TX_REQ = struct.Struct("<IHHHH")   # gref, offset, flags, id, size
 _TX_RSP = struct.Struct("<Hh")      # id, status
@@ -143,6 +144,22 @@ class VifConfig:
     rate_bytes: int = 0        # guest -> host limit: bytes per rate_usecs (0: unlimited)
     rate_usecs: int = 50_000
     attach: bool = False       # open the TAP even if held: a migration arriving on the source's host
+
+
+def _wait_briefly(fds: list[int], seconds: float) -> list[tuple[int, int]]:
+    """Wait up to ``seconds`` for one of ``fds`` to be readable; poll(2)'s (fd, events) pairs.
+
+    select(2) takes microseconds where poll(2) takes milliseconds, but only
+    descriptors below FD_SETSIZE; a process holding more files (a daemon with
+    many domains) waits the millisecond instead.
+    """
+    if max(fds) < _FD_SETSIZE:
+        ready, _, _ = select.select(fds, [], [], seconds)
+        return [(fd, select.POLLIN) for fd in ready]
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return poller.poll(max(1, int(seconds * 1000)))
 
 
 def _announce_frame(mac: bytes, ethertype: int, op: int, sha: bytes, spa: bytes, tha: bytes, tpa: bytes) -> bytes:
@@ -527,11 +544,10 @@ class NetBackend:
                     except RingError as e:
                         self._fail(f"the frontend's ring is broken ({e})")
             if lingering and self.connected:
-                # TX took packets and is not re-armed: look again after LINGER_S (poll(2)
-                # counts in ms), or sooner for a frame from the TAP or a notification.
-                ready, _, _ = select.select([self._efd, self.fd] if want_tap else [self._efd], [], [],
-                                            min(LINGER_S, timeout / 1000))
-                events = [(fd, select.POLLIN) for fd in ready]
+                # TX took packets and is not re-armed: look again after LINGER_S, or sooner
+                # for a frame from the TAP or a notification.
+                events = _wait_briefly([self._efd, self.fd] if want_tap else [self._efd],
+                                       min(LINGER_S, timeout / 1000))
             else:
                 if want_tap != tap_polled:
                     if want_tap:
