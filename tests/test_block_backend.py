@@ -530,3 +530,23 @@ def test_a_queueing_frontend_gets_an_event_for_every_batch_of_responses(setup) -
             dom.mem.write_u32(base + 12, rsp_cons + 1)
         assert all(s == BLKIF_RSP_OKAY for _, _, s in got)
     b.close()
+
+
+def test_a_bug_on_an_io_thread_reaches_the_failure_hook_and_the_request_is_answered(setup, monkeypatch) -> None:
+    dom, image = setup
+    seen: list[tuple[str, BaseException]] = []
+    dom.failed = lambda what, error: seen.append((what, error))
+
+    def broken(*_):
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(block.os, "preadv", broken)
+    b = BlockBackend(dom, DiskConfig(image))
+    b._nowait_read = False
+    connect(dom, b)
+    prod = publish(dom, [(0, 0, [(BIG0, 0, 7)])], start_id=0x77)
+    b.notify()
+    assert responses(dom, prod - 1, prod) == [(0x77, 0, BLKIF_RSP_ERROR)]
+    assert [(what, str(e)) for what, e in seen] == [(f"block backend {XVDA} I/O", "injected fault")]
+    assert dom.grants.types.held == {RING: 1}
+    b.close()

@@ -541,14 +541,16 @@ class BlockBackend:
 
     def _run_job(self, job: _Job, io: Callable[[int, list[memoryview], int], int], views: list[memoryview],
                  pos: int) -> None:
-        """An I/O thread: the blocking part of one transfer; the worker answers it."""
+        """An I/O thread: the blocking part of one transfer; the worker answers it (even
+        after a Hospes bug here, which also reaches the failure hook: see _job_done)."""
+        status = BLKIF_RSP_ERROR
         try:
             self._io(io, views, pos)
             status = BLKIF_RSP_OKAY
         except OSError as e:
             log.warning("vbd %s: request %#x failed: %s", self.disk.vdev, job.req_id, e)
-            status = BLKIF_RSP_ERROR
-        self._finished.append((job, status))
+        finally:
+            self._finished.append((job, status))
 
     def _job_done(self, future: futures.Future[None]) -> None:
         error = future.exception()
