@@ -341,6 +341,23 @@ def test_devices_section():
     assert "network: not measured (no net backend)" in lines
 
 
+def test_queue_depth_rows_give_iops_against_the_lowest_depth():
+    r = Results()
+    r.add("devices", "blk_qd1_rand_read", ENV_HOSPES, "ns", [1_000_000, 1_200_000])
+    r.add("devices", "blk_qd16_rand_read", ENV_HOSPES, "ns", [100_000, 110_000])
+    r.add("devices", "blk_qd4_rand_read", ENV_HOSPES, "ns", [300_000])
+    r.add("devices", "blk_qd4_rand_read", ENV_NATIVE, "ns", [50_000])     # not a Hospes figure: ignored
+    lines = render_markdown(r).splitlines()
+    rows = [ln for ln in lines if ln.startswith("| 1 |") or ln.startswith("| 4 |") or ln.startswith("| 16 |")]
+    assert rows == [
+        "| 1 | 1,000 / 1,100 [18%] | 909 | 3.72 | 1.00x |",
+        "| 4 | 300 (n=1) | 3,333 | 13.7 | 3.67x |",
+        "| 16 | 100 / 105 [10%] | 9,524 | 39.0 | 10.5x |",
+    ]
+    assert any(ln.startswith("| 4 KiB random reads in flight (queue depth) |") for ln in lines)
+    assert not any("in flight (queue depth)" in ln for ln in render_markdown(Results()).splitlines())
+
+
 def test_network_rows_pair_each_topology_with_the_veth_reference():
     r = Results()
     r.add("devices", "net_send", ENV_NATIVE, "ns", [1_000_000, 1_048_576])
@@ -354,6 +371,12 @@ def test_network_rows_pair_each_topology_with_the_veth_reference():
     assert "| guest <-> host, 1-byte round trip | 20.0 / 25.0 [40%] | - | 1,000 / 1,250 [40%] | - | 50.0x |" in lines
     assert "| guest -> guest, stream | 1,000 / 1,024 [5%] | 1,024 | 10,486 (n=1) | 100 | 10.2x |" in lines
     assert not any(ln.startswith("| host -> guest") for ln in lines)
+    r.add("devices", "net_send_p4", ENV_NATIVE, "ns", [500_000])
+    r.add("devices", "net_gh_send_p4", ENV_HOSPES, "ns", [2_097_152])
+    lines = render_markdown(r).splitlines()
+    streams = [ln.split(" |")[0] for ln in lines if ln.startswith("| guest -> host")]
+    assert streams == ["| guest -> host, stream", "| guest -> host, 4 streams at once"]
+    assert "| guest -> host, 4 streams at once | 500 (n=1) | 2,097 | 2,097 (n=1) | 500 | 4.19x |" in lines
     # everything measured: no "not measured" sentence under the tables
     assert DEVICES_NONE not in lines
 

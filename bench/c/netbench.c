@@ -3,7 +3,7 @@
  *
  * Usage:
  *   netbench -l [-p PORT] [-t SECONDS]        serve connections until told to quit
- *   netbench -c ADDR [-p PORT] [-n PREFIX] [-s SAMPLES] [-m MIB] [-r ROUNDS] [-w SECONDS] [-q]
+ *   netbench -c ADDR [-p PORT] [-n PREFIX] [-s SAMPLES] [-m MIB] [-r ROUNDS] [-w SECONDS] [-P STREAMS] [-q]
  *
  * The client opens one connection per sample and test, retrying the first
  * connect for up to SECONDS (default 120: the server may be a guest still
@@ -14,13 +14,21 @@
  *   'P' n   n one-byte round trips, TCP_NODELAY on both ends   (latency)
  *   'Q' 0   the server exits (the client sends it with -q when done)
  *
+ * The server reads each connection's request itself and serves all but 'Q'
+ * in a child process, so several connections are served at once.
  * With -t the server gives up (exit 3) after SECONDS without a connection,
  * so a benchmark whose client never came does not leave it waiting forever.
+ *
+ * With -P STREAMS the client also moves MIB MiB each way split over STREAMS
+ * connections at once, driven by one thread through poll(2) (no thread
+ * switch per stream), so the device carries several flows together.
  *
  * Prints one line per sample:
  *   BENCH <PREFIX>_send ns_per_op=<ns per MiB sent> iters=<MiB>
  *   BENCH <PREFIX>_recv ns_per_op=<ns per MiB received> iters=<MiB>
  *   BENCH <PREFIX>_rr ns_per_op=<ns per round trip> iters=<ROUNDS>
+ *   BENCH <PREFIX>_send_p<STREAMS> ns_per_op=<ns per MiB, all streams> iters=<MiB>   (with -P)
+ *   BENCH <PREFIX>_recv_p<STREAMS> ns_per_op=<ns per MiB, all streams> iters=<MiB>   (with -P)
  * A send sample ends when the server has acknowledged the last byte, so it
  * measures delivery, not the filling of a local socket buffer.
  */
@@ -28,7 +36,9 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -40,6 +50,7 @@
 
 #define MIB (1L << 20)
 #define CHUNK (128 * 1024)
+#define MAX_STREAMS 16
 
 static char buf[CHUNK];
 
@@ -125,6 +136,14 @@ static int serve_one(int c)
     unsigned char req[9], ack = 'k';
     if (read_exact(c, req, sizeof req) < 0)
         return 0;
+    if (req[0] == 'Q')
+        return 1;
+    pid_t child = fork();
+    if (child < 0)
+        die("fork");
+    if (child > 0)
+        return 0;   /* the parent accepts the next connection; SIGCHLD is ignored, no zombies */
+    alarm(0);
     uint64_t n = get_u64(req);
     switch (req[0]) {
     case 'R':
@@ -142,12 +161,10 @@ static int serve_one(int c)
             write_all(c, &ack, 1);
         }
         break;
-    case 'Q':
-        return 1;
     default:
         fprintf(stderr, "netbench: unknown request %#x\n", req[0]);
     }
-    return 0;
+    _exit(0);
 }
 
 static void idle_timeout(int sig)
@@ -162,6 +179,7 @@ static void idle_timeout(int sig)
 static int serve(int port, unsigned idle_s)
 {
     signal(SIGALRM, idle_timeout);
+    signal(SIGCHLD, SIG_IGN);
     int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
     if (s < 0)
         die("socket");
@@ -169,7 +187,7 @@ static int serve(int port, unsigned idle_s)
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = INADDR_ANY};
     if (bind(s, (struct sockaddr *)&a, sizeof a) < 0)
         die("bind");
-    if (listen(s, 4) < 0)
+    if (listen(s, MAX_STREAMS) < 0)
         die("listen");
     printf("netbench: listening on port %d\n", port);
     fflush(stdout);
@@ -249,6 +267,62 @@ static double recv_sample(uint64_t n, double wait_s)
     return now_ns() - t0;
 }
 
+/* Client -> server ('R') or server -> client ('S'): n bytes in all over k connections at once; returns ns. */
+static double parallel_sample(char cmd, uint64_t n, unsigned k, double wait_s)
+{
+    int fds[MAX_STREAMS];
+    uint64_t left[MAX_STREAMS];
+    struct pollfd pfd[MAX_STREAMS];
+    double t0 = now_ns();
+    if (k > MAX_STREAMS)
+        k = MAX_STREAMS;
+    for (unsigned i = 0; i < k; i++) {
+        left[i] = n / k + (i == 0 ? n % k : 0);
+        fds[i] = request(cmd, left[i], wait_s);
+        fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+    }
+    /* 'R' ends with the server's one-byte acknowledgement: one more byte to read */
+    unsigned busy = k;
+    uint64_t acks[MAX_STREAMS];
+    for (unsigned i = 0; i < k; i++)
+        acks[i] = cmd == 'R';
+    while (busy) {
+        for (unsigned i = 0; i < k; i++) {
+            pfd[i].fd = left[i] || acks[i] ? fds[i] : -1;
+            pfd[i].events = cmd == 'R' && left[i] ? POLLOUT : POLLIN;
+        }
+        if (poll(pfd, k, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            die("poll");
+        }
+        for (unsigned i = 0; i < k; i++) {
+            if (!pfd[i].revents)
+                continue;
+            ssize_t got;
+            if (cmd == 'R' && left[i])
+                got = write(fds[i], buf, left[i] < CHUNK ? left[i] : CHUNK);
+            else
+                got = read(fds[i], buf, cmd == 'S' && left[i] < CHUNK ? left[i] : CHUNK);
+            if (got < 0 && (errno == EAGAIN || errno == EINTR))
+                continue;
+            if (got <= 0) {
+                fprintf(stderr, "netbench: stream %u of %u ended early\n", i, k);
+                exit(1);
+            }
+            if (left[i])
+                left[i] -= (uint64_t)got;
+            else
+                acks[i] = 0;
+            if (!left[i] && !acks[i])
+                busy--;
+        }
+    }
+    for (unsigned i = 0; i < k; i++)
+        close(fds[i]);
+    return now_ns() - t0;
+}
+
 static void report(const char *prefix, const char *test, double ns, long iters)
 {
     printf("BENCH %s_%s ns_per_op=%.1f iters=%ld\n", prefix, test, ns / iters, iters);
@@ -257,11 +331,11 @@ static void report(const char *prefix, const char *test, double ns, long iters)
 
 int main(int argc, char **argv)
 {
-    int listen_mode = 0, quit = 0, samples = 5, port = 5201, idle_s = 0, opt;
+    int listen_mode = 0, quit = 0, samples = 5, port = 5201, idle_s = 0, streams = 0, opt;
     long mib = 64, rounds = 500;
     double wait_s = 120;
     const char *addr = NULL, *prefix = "tcp";
-    while ((opt = getopt(argc, argv, "lc:p:t:n:s:m:r:w:q")) != -1) {
+    while ((opt = getopt(argc, argv, "lc:p:t:n:s:m:r:w:P:q")) != -1) {
         switch (opt) {
         case 'l': listen_mode = 1; break;
         case 'c': addr = optarg; break;
@@ -273,13 +347,14 @@ int main(int argc, char **argv)
         case 'r': rounds = atol(optarg); break;
         case 'w': wait_s = atof(optarg); break;
         case 'q': quit = 1; break;
+        case 'P': streams = atoi(optarg); break;
         default: goto usage;
         }
     }
     memset(buf, 0x5a, sizeof buf);
     if (listen_mode)
         return serve(port, idle_s > 0 ? (unsigned)idle_s : 0);
-    if (!addr || samples < 1 || mib < 1 || rounds < 1)
+    if (!addr || samples < 1 || mib < 1 || rounds < 1 || streams < 0 || streams > MAX_STREAMS)
         goto usage;
     server.sin_family = AF_INET;
     server.sin_port = htons(port);
@@ -310,12 +385,21 @@ int main(int argc, char **argv)
         report(prefix, "rr", now_ns() - t0, rounds);
         close(fd);
     }
+    if (streams) {
+        char send_name[32], recv_name[32];
+        snprintf(send_name, sizeof send_name, "send_p%d", streams);
+        snprintf(recv_name, sizeof recv_name, "recv_p%d", streams);
+        for (int s = 0; s < samples; s++) {   /* alternate, so a slow spell of the host hits both */
+            report(prefix, send_name, parallel_sample('R', (uint64_t)mib * MIB, (unsigned)streams, wait_s), mib);
+            report(prefix, recv_name, parallel_sample('S', (uint64_t)mib * MIB, (unsigned)streams, wait_s), mib);
+        }
+    }
     if (quit)
         close(request('Q', 0, wait_s));
     return 0;
 usage:
     fprintf(stderr, "usage: %s -l [-p PORT] [-t SECONDS]\n"
-                    "       %s -c ADDR [-p PORT] [-n PREFIX] [-s SAMPLES] [-m MIB] [-r ROUNDS] [-w SECONDS] [-q]\n",
+                    "       %s -c ADDR [-p PORT] [-n PREFIX] [-s SAMPLES] [-m MIB] [-r ROUNDS] [-w SECONDS] [-P STREAMS] [-q]\n",
             argv[0], argv[0]);
     return 2;
 }

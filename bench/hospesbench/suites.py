@@ -15,8 +15,9 @@ Suites, in the order ``bench/run.py`` runs them:
   cpu      bench/c/compute.c natively, in Hospes and under QEMU TCG
   os       bench/c/osbench.c natively, in Hospes and under QEMU TCG
   memory   RSS of the hospes process beyond the guest memory it touched
-  devices  the PV block device (blkbench) natively and in Hospes; TCP
-           (netbench) guest <-> host and guest <-> guest through the PV
+  devices  the PV block device (blkbench) natively and in Hospes, and in
+           Hospes at queue depths 1, 4 and 16; TCP (netbench, one
+           stream and 4 at once) guest <-> host and guest <-> guest through the PV
            network device, against two host namespaces joined by a veth pair
 
 Exit counts (``hospes run --stats``) are collected from every Hospes run.
@@ -610,8 +611,13 @@ def _hospes_has_disk_option(b: Bench) -> bool:
     return "--disk" in res.stdout
 
 
+#: Queue depths of blkbench's random-read test in the guest (Linux AIO, O_DIRECT).
+BLK_DEPTHS = "1,4,16"
+
+
 def _block(b: Bench) -> bool:
-    """blkbench on the disk image natively and on /dev/xvda in a guest; True if Hospes was measured."""
+    """blkbench on the disk image natively and on /dev/xvda in a guest (also at the
+    queue depths BLK_DEPTHS); True if Hospes was measured."""
     p = b.plan
     measured = False
     disk = str(b.disk_image)
@@ -624,7 +630,8 @@ def _block(b: Bench) -> bool:
         if res.returncode != 0 or b.add_values("devices", ENV_NATIVE, "ns", res.stdout) == 0:
             b.error(f"blkbench native failed (exit {res.returncode}): {res.stderr.strip()[-300:]}")
         res = b.hospes_run(["--disk", disk, "--ramdisk", str(b.bench_initramfs)],
-                           ["/bench/blkbench", "-d", "-w", *args, "/dev/xvda"], f"blk-hospes-{i}", "blk")
+                           ["/bench/blkbench", "-d", "-w", "-q", BLK_DEPTHS, *args, "/dev/xvda"],
+                           f"blk-hospes-{i}", "blk")
         if res is not None and b.add_values("devices", ENV_HOSPES, "ns", res.stdout):
             measured = True
     return measured
@@ -636,12 +643,13 @@ NET_GH = ("169.254.96.1", "169.254.96.2")       # guest <-> host: host end (serv
 NET_GG = ("169.254.95.2", "169.254.95.3")       # guest <-> guest: server guest, client guest
 NET_PORT = 5201
 NET_SERVER_IDLE_S = 240       # a server whose client never comes gives up after this
+NET_STREAMS = 4               # netbench -P: connections at once in the parallel stream figures
 
 
 def _netbench_client(b: Bench, binary: str, server: str, prefix: str) -> list[str]:
     p = b.plan
     return [binary, "-c", server, "-p", str(NET_PORT), "-n", prefix, "-s", str(p.net_samples),
-            "-m", str(p.net_mib), "-r", str(p.net_rounds), "-q"]
+            "-m", str(p.net_mib), "-r", str(p.net_rounds), "-P", str(NET_STREAMS), "-q"]
 
 
 def _netbench_server(binary: str) -> list[str]:

@@ -28,18 +28,28 @@ frontend that breaks the protocol gets an error status for that request,
 never a host exception; one that breaks the ring indices is disconnected.
 
 A worker thread serves the ring (``hospes.pv.ring.BackRing``), so the vCPU
-that notifies never waits for the disk. The xenbus handshake is the shared
+that notifies never waits for the disk. Each wake-up serves every request
+published (and, for a frontend that queues, lingers briefly for more before
+asking to be notified again, letting the responses' event wait for that one
+linger), answers them in one push with at most one notification, and
+re-checks the ring before it sleeps. A transfer the host's page cache can do at once
+(``RWF_NOWAIT``) is done by the worker itself; one that would wait for the
+host's disk goes to a few I/O threads, so several are in flight together and
+complete in any order (a response names its request's id). The xenbus handshake is the shared
 ``XenbusBackend``; everything the backend needs of its domain comes through a
 ``DeviceHost``.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -48,7 +58,7 @@ from hospes.devices.host import BACKEND_DOMID, DeviceHost, guarded
 from hospes.devices.xenbus import XenbusBackend, XenbusState, device_paths, publish_device
 from hospes.errors import HospesError
 from hospes.pv.evtchn import BackendEndpoint
-from hospes.pv.ring import BackRing, BackRingState, RingError
+from hospes.pv.ring import MASK, BackRing, BackRingState, RingError
 from hospes.state import StateError, check_version
 
 log = logging.getLogger(__name__)
@@ -76,6 +86,13 @@ _SEG = struct.Struct("<IBB")         # gref, first_sect, last_sect
 _RSP = struct.Struct("<QBxh")        # id, operation, status
 
 XVDA = 51712  # (202 << 8) | (disk << 4) | partition
+#: Threads for transfers that would wait for the host's disk (several in flight at once).
+IO_THREADS = 4
+#: How long the worker keeps looking at the ring after a pass that took requests, before it
+#: asks the frontend for a notification again (see BlockBackend._serve).
+LINGER_S = 0.0002
+#: Lingers finding at most one request after which the worker stops lingering until a pass takes several.
+LINGER_TRIES = 4
 
 
 class BlockError(HospesError):
@@ -102,6 +119,28 @@ class DiskConfig:
     path: Path
     readonly: bool = False
     vdev: int = XVDA
+
+
+def _advance(views: list[memoryview], done: int) -> None:
+    """Drop the first ``done`` bytes of ``views`` (after a transfer that may have been short)."""
+    while views and done >= len(views[0]):
+        done -= len(views[0])
+        views.pop(0)
+    if views and done:
+        views[0] = views[0][done:]
+
+
+class _Job:
+    """A transfer on the I/O threads: what its completion needs."""
+
+    __slots__ = ("op", "req_id", "held", "frames", "future")
+
+    def __init__(self, op: int, req_id: int, held: list[int], frames: list[int]) -> None:
+        self.op = op
+        self.req_id = req_id
+        self.held = held          # frames holding a writable reference until the read is done
+        self.frames = frames
+        self.future: futures.Future[None] | None = None
 
 
 def vdev_number(name: str) -> int:
@@ -151,6 +190,14 @@ class BlockBackend:
         self._stop = False
         self._frozen = False               # see freeze()
         self._lock = threading.Lock()      # the ring: worker vs. xenbus vs. save
+        self._pushed = 0                   # rsp_prod_pvt at the last push
+        self._linger_tries = 0             # lingers left before a fruitless streak stops them
+        self._owed = False                 # pushed responses whose notification is not sent yet
+        self._deferred = False             # ... held back for one linger already
+        self._nowait_read = self._nowait_write = True   # until the file says RWF_NOWAIT is unsupported
+        self._pool = futures.ThreadPoolExecutor(IO_THREADS, thread_name_prefix=f"blkio-{disk.vdev}")
+        self._inflight: set[futures.Future[None]] = set()
+        self._finished: deque[tuple[_Job, int]] = deque()   # appended by I/O threads
         self._thread = threading.Thread(target=guarded(host.failed, f"block backend {disk.vdev}", self._serve),
                                         name=f"blkback-{disk.vdev}", daemon=True)
         self._xenbus = XenbusBackend(host.store, self.front, self.back, self, name=f"vbd {disk.vdev}", state=state,
@@ -188,7 +235,9 @@ class BlockBackend:
         gpa = self._grants.lookup(int(ref), grantee=BACKEND_DOMID, writable=True)
         ring = BackRing(self._mem, gpa, holds=self._grants, nr_slots=RING_SLOTS, slot_size=SLOT_SIZE)
         with self._lock:
+            self._settle()
             old, self._ring = self._ring, ring
+            self._pushed = ring.rsp_prod_pvt
         if old is not None:
             old.release()
         self.host.evtchn.bind_interdomain_local(int(port), self)
@@ -206,6 +255,7 @@ class BlockBackend:
 
     def disconnect(self) -> None:
         with self._lock:
+            self._settle()   # the transfers in flight write into the frontend's pages
             self.connected = False
             ring, self._ring = self._ring, None
         if ring is not None:
@@ -222,20 +272,37 @@ class BlockBackend:
         self._work.set()
 
     def _serve(self) -> None:
+        """The worker: passes over the ring until it stays empty, then sleep until notified.
+
+        After a pass that took requests the worker may linger (``LINGER_S``)
+        before it asks for the next notification: a frontend that queues
+        several requests in a row publishes the rest of them meanwhile without
+        a notify (a hypercall, an exit, for each), and they are served in one
+        pass. It lingers only while the frontend shows that it queues (a pass
+        took several requests; then up to ``LINGER_TRIES`` lingers that find
+        one request or none): a frontend sending one request at a time gets
+        neither an extra wake-up nor a linger's delay per request. Once a pass
+        finds nothing new the worker re-arms ``req_event`` and sleeps.
+        """
+        lingering = False
         while not self._stop:
-            self._work.wait()  # set by every notify, connect and close: nothing to poll
+            # set by every notify, connect, completed transfer and close: nothing to poll
+            self._work.wait(LINGER_S if lingering else None)
             self._work.clear()
+            lingered, lingering = lingering, False
             if self.connected and not self._stop:
                 with self._lock:
                     if not self._frozen:
-                        self._drain()
+                        lingering = self._drain(lingered)
 
     def freeze(self) -> None:
         """Serve no more requests until :meth:`thaw` (a save or migration's final copy):
-        the pass in progress ends first, and guest memory is not written after this returns.
+        the pass in progress ends first and the transfers in flight complete and are
+        answered, so guest memory is not written after this returns.
         The image's written data is flushed: a migration's destination may open it on
         another host (shared storage), where this host's page cache is not seen."""
         with self._lock:
+            self._settle()
             self._frozen = True
             if not self.disk.readonly:
                 try:
@@ -249,32 +316,104 @@ class BlockBackend:
             self._frozen = False
         self._work.set()   # requests published meanwhile
 
-    def _drain(self) -> None:
+    def _drain(self, lingered: bool = False) -> bool:
+        """One pass (the caller holds the lock): answer finished transfers, serve or
+        start every published request, publish the responses with at most one
+        notification. Returns True if the pass took requests and the frontend has been
+        queueing (the caller lingers and comes back without re-arming); else re-arms
+        ``req_event`` and ends once the final check finds nothing more. ``lingered``:
+        this pass follows a linger."""
         ring = self._ring
         if ring is None or not self.connected:
-            return
+            return False
         mem = self._mem
-        buf = mem.buf
         try:
             while True:
-                notify = False
+                self._complete_finished()
+                took = 0
                 for _ in range(ring.unconsumed()):
+                    if (ring.req_cons - ring.rsp_prod_pvt) & MASK >= RING_SLOTS:
+                        break   # every slot awaits a response: a broken frontend; on after completions
                     # A copy: the guest may rewrite the slot while we serve it.
-                    req = mem.read(ring.take_request(), SLOT_SIZE)
-                    op, req_id, status = self._handle(req)
-                    # The response overwrites a request's slot (responses may be in any order).
-                    _RSP.pack_into(buf, ring.next_response(), req_id, op, status)
-                    notify |= ring.push_responses()
-                if notify:
-                    self.host.evtchn.notify_backend_port(self.port, self)
+                    answer = self._handle(mem.read(ring.take_request(), SLOT_SIZE))
+                    took += 1
+                    if answer is not None:
+                        self._respond(*answer)
+                self._push(notify=False)
+                if took > 1:
+                    self._linger_tries = LINGER_TRIES   # the frontend queues
+                elif lingered:
+                    # One request (or none) behind the last pass: a frontend that waits for
+                    # each response would otherwise keep us lingering, its every request
+                    # late by a linger, as it does not notify while we do not re-arm.
+                    self._linger_tries = max(0, self._linger_tries - 1)
+                if took:
+                    if self._linger_tries:
+                        # The frontend queues: its event for these responses may wait for the
+                        # linger's pass (one event, one upcall for both), but never longer.
+                        if self._owed and not self._deferred:
+                            self._deferred = True
+                        else:
+                            self._push()
+                        return True
+                self._push()
+                lingered = True   # from here on, requests found are requests published behind others
+                if self._inflight and (ring.req_cons - ring.rsp_prod_pvt) & MASK >= RING_SLOTS:
+                    return False   # a completion wakes us; taking more would overrun the responses
                 if not ring.final_check():
-                    return
+                    return False
         except RingError as e:
             self.connected = False
             self._xenbus.fail(f"the frontend's ring is broken ({e})")
+            return False
 
-    def _handle(self, req: bytes) -> tuple[int, int, int]:
-        """Serve one request; returns (operation for the response, id, status)."""
+    def _respond(self, op: int, req_id: int, status: int) -> None:
+        """Write one response (the caller holds the lock; published by :meth:`_push`)."""
+        ring = self._ring
+        if ring is not None:
+            # The response overwrites a request's slot (responses may be in any order).
+            _RSP.pack_into(self._mem.buf, ring.next_response(), req_id, op, status)
+
+    def _push(self, notify: bool = True) -> None:
+        """Publish the responses written since the last push, and send the one
+        notification owed if the frontend asked for it (at once unless ``notify``
+        is False: then :attr:`_owed` remembers it; a later push must not miss it,
+        as the frontend's ``rsp_event`` check only looks at the newest responses)."""
+        ring = self._ring
+        if ring is not None and ring.rsp_prod_pvt != self._pushed:
+            self._pushed = ring.rsp_prod_pvt
+            self._owed |= ring.push_responses()
+        if notify:
+            self._deferred = False
+            if self._owed:
+                self._owed = False
+                self.host.evtchn.notify_backend_port(self.port, self)
+
+    def _complete_finished(self) -> None:
+        """Answer the transfers the I/O threads have finished (the caller holds the lock)."""
+        finished = self._finished
+        while finished:
+            job, status = finished.popleft()
+            if job.future is not None:
+                self._inflight.discard(job.future)
+            if job.held:
+                self._grants.release_writable(job.held)
+            if status == BLKIF_RSP_OKAY and job.held:   # after the reads: see GuestMemory.dirty
+                for frame in job.frames:
+                    self._mem.mark(frame, 8 * SECTOR)
+            self._respond(job.op, job.req_id, status)
+
+    def _settle(self) -> None:
+        """Wait for every transfer in flight, then answer and publish them (the caller
+        holds the lock): afterwards no I/O thread touches guest memory."""
+        if self._inflight:
+            futures.wait(list(self._inflight))
+        self._complete_finished()
+        self._push()
+
+    def _handle(self, req: bytes) -> tuple[int, int, int] | None:
+        """Serve or start one request: (operation for the response, id, status) when it is
+        done, None when its transfer went to the I/O threads (answered on completion)."""
         op, nseg, _handle, req_id, sector = _REQ.unpack_from(req, 0)
         try:
             if op == BLKIF_OP_INDIRECT:
@@ -291,11 +430,18 @@ class BlockBackend:
                 return op, req_id, BLKIF_RSP_EOPNOTSUPP
             if op != BLKIF_OP_READ and segments and self.disk.readonly:
                 return op, req_id, BLKIF_RSP_ERROR
-            if segments:
-                self._transfer(BLKIF_OP_READ if op == BLKIF_OP_READ else BLKIF_OP_WRITE, sector, segments)
-            if op in (BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_WRITE_BARRIER) and not self.disk.readonly:
-                os.fdatasync(self.fd)
-            return op, req_id, BLKIF_RSP_OKAY
+            if op in (BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_WRITE_BARRIER):
+                # Ordered after everything taken before it (a barrier's meaning; for a
+                # flush simply the safe reading), and nothing after it starts first.
+                self._settle()
+                if segments:
+                    self._io(os.pwritev, self._views(BLKIF_OP_WRITE, sector, segments)[0], sector * SECTOR)
+                if not self.disk.readonly:
+                    os.fdatasync(self.fd)
+                return op, req_id, BLKIF_RSP_OKAY
+            if self._transfer(op, req_id, sector, segments):
+                return op, req_id, BLKIF_RSP_OKAY
+            return None
         except (ValueError, OSError, HospesError) as e:
             log.warning("vbd %s: request %#x failed: %s", self.disk.vdev, req_id, e)
             return op, req_id, BLKIF_RSP_ERROR
@@ -315,11 +461,10 @@ class BlockBackend:
             segments += [_SEG.unpack_from(raw, 8 * i) for i in range(count)]
         return segments
 
-    def _transfer(self, op: int, sector: int, segments: list[tuple[int, int, int]]) -> None:
-        """Move the segments' sectors between the file (from ``sector`` on) and the granted pages."""
+    def _views(self, op: int, sector: int, segments: list[tuple[int, int, int]]) -> tuple[list[memoryview], list[int]]:
+        """The guest memory the segments name (every grant and bound checked), and their frames."""
         mem = self._mem
-        grants = self._grants
-        lookup = grants.lookup
+        lookup = self._grants.lookup
         writable = op == BLKIF_OP_READ
         views = []
         frames = []
@@ -332,20 +477,86 @@ class BlockBackend:
             views.append(mem.view(frame + first * SECTOR, n))
             frames.append(frame)
             total += n
-        pos = sector * SECTOR
-        if sector < 0 or pos + total > self.sectors * SECTOR:
+        if sector < 0 or (sector * SECTOR) + total > self.sectors * SECTOR:
             raise ValueError(f"sectors {sector}+{total // SECTOR} beyond the disk's {self.sectors}")
-        if not writable:
-            self._io(os.pwritev, views, pos)
-            return
-        held = [frame >> 12 for frame in frames]
-        grants.hold_writable(held)   # GrantError for a page table or GDT page: the request fails
+        return views, frames
+
+    def _transfer(self, op: int, req_id: int, sector: int, segments: list[tuple[int, int, int]]) -> bool:
+        """Move the segments' sectors between the file (from ``sector`` on) and the granted
+        pages: True when done here, False when the rest went to the I/O threads.
+
+        A read is tried at once without blocking (``RWF_NOWAIT``: the host page
+        cache has it), which costs no thread hand-off; only what would wait for
+        the host's disk goes to an I/O thread, so several such requests are in
+        flight together. Writes go the same way.
+        """
+        views, frames = self._views(op, sector, segments)
+        pos = sector * SECTOR
+        read = op == BLKIF_OP_READ
+        held = [frame >> 12 for frame in frames] if read else []
+        if held:
+            self._grants.hold_writable(held)   # GrantError for a page table or GDT page: the request fails
         try:
-            self._io(os.preadv, views, pos)
+            pos = self._try_now(read, views, pos)
+        except OSError:
+            if held:
+                self._grants.release_writable(held)
+            raise
+        if not views:
+            if held:
+                self._grants.release_writable(held)
+                for frame in frames:   # after the reads: see GuestMemory.dirty
+                    self._mem.mark(frame, 8 * SECTOR)
+            return True
+        job = _Job(op, req_id, held, frames)
+        job.future = self._pool.submit(self._run_job, job, os.preadv if read else os.pwritev, views, pos)
+        self._inflight.add(job.future)
+        job.future.add_done_callback(self._job_done)
+        return False
+
+    def _try_now(self, read: bool, views: list[memoryview], pos: int) -> int:
+        """Transfer what the host can do without waiting (consumes ``views``); the position after it."""
+        if not (self._nowait_read if read else self._nowait_write):
+            return pos
+        try:
+            if read:
+                done = os.preadv(self.fd, views, pos, os.RWF_NOWAIT)
+            else:
+                done = os.pwritev(self.fd, views, pos, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return pos
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            # this file cannot say "would block": every transfer goes to the I/O threads
+            if read:
+                self._nowait_read = False
+            else:
+                self._nowait_write = False
+            return pos
+        if done <= 0:
+            return pos   # let the I/O thread find out (end of file, a device that stopped)
+        _advance(views, done)
+        return pos + done
+
+    def _run_job(self, job: _Job, io: Callable[[int, list[memoryview], int], int], views: list[memoryview],
+                 pos: int) -> None:
+        """An I/O thread: the blocking part of one transfer; the worker answers it (even
+        after a Hospes bug here, which also reaches the failure hook: see _job_done)."""
+        status = BLKIF_RSP_ERROR
+        try:
+            self._io(io, views, pos)
+            status = BLKIF_RSP_OKAY
+        except OSError as e:
+            log.warning("vbd %s: request %#x failed: %s", self.disk.vdev, job.req_id, e)
         finally:
-            grants.release_writable(held)
-        for frame in frames:   # after the reads: see GuestMemory.dirty
-            mem.mark(frame, 8 * SECTOR)
+            self._finished.append((job, status))
+
+    def _job_done(self, future: futures.Future[None]) -> None:
+        error = future.exception()
+        if error is not None:   # a Hospes bug in _run_job: the domain ends
+            self.host.failed(f"block backend {self.disk.vdev} I/O", error)
+        self._work.set()
 
     def _io(self, io: Callable[[int, list[memoryview], int], int], views: list[memoryview], pos: int) -> None:
         """preadv/pwritev ``views`` at byte ``pos`` of the file, going on after short transfers."""
@@ -354,24 +565,21 @@ class BlockBackend:
             if done <= 0:
                 raise OSError(f"{'read' if io is os.preadv else 'write'} at byte {pos} stopped early")
             pos += done
-            while views and done >= len(views[0]):   # a short transfer: go on from where it stopped
-                done -= len(views[0])
-                views.pop(0)
-            if views and done:
-                views[0] = views[0][done:]
+            _advance(views, done)
 
     # --- saved state ---------------------------------------------------------------
 
     def save(self) -> BlockState:
         """The backend's state; call with the guest's vCPUs paused.
 
-        Takes the ring lock, so a drain in progress ends first: blkback
-        answers and pushes each request before it takes the next, so once the
-        lock is ours every request taken from the ring has its response
-        published and nothing is in flight. Requests the guest published that
-        we have not taken stay in its memory and are served after restore.
+        Takes the ring lock, so a pass in progress ends first, then waits for
+        the transfers still in flight and publishes their responses: every
+        request taken from the ring is answered and nothing is in flight.
+        Requests the guest published that we have not taken stay in its memory
+        and are served after restore.
         """
         with self._lock:
+            self._settle()
             ring = self._ring.save() if self._ring is not None and self.connected else None
             return BlockState(vdev=self.disk.vdev, xenbus=self._xenbus.state, port=self.port, ring=ring)
 
@@ -402,6 +610,7 @@ class BlockBackend:
             except RingError as e:
                 os.close(backend.fd)
                 raise StateError(f"The saved block ring cannot be restored: {e}") from None
+            backend._pushed = r.rsp_prod_pvt & MASK
             backend.connected = state.xenbus is XenbusState.CONNECTED
         backend._start()
         backend._work.set()
@@ -413,8 +622,10 @@ class BlockBackend:
         self._thread.join(2)
         self._xenbus.close()
         with self._lock:
+            self._settle()
             ring, self._ring = self._ring, None
             self.connected = False
         if ring is not None:
             ring.release()
+        self._pool.shutdown()
         os.close(self.fd)

@@ -110,6 +110,12 @@ VALID_VNET_HDR = VNET_HDR.pack(VIRTIO_NET_HDR_F_DATA_VALID, 0, 0, 0, 0, 0)
 RX_STALL_DROP_S = 1.0
 #: Responses are published in batches of at most this many packets.
 PUSH_BATCH = 32
+#: How long the worker keeps looking at the TX ring after a pass that sent packets,
+#: before it asks the frontend for a notification again (see NetBackend._tx_drain).
+LINGER_S = 0.0002
+#: Lingers finding at most one packet after which the worker stops lingering until a pass takes several.
+LINGER_TRIES = 4
+_FD_SETSIZE = 1024             # select(2)'s limit on descriptor numbers
 
 _TX_REQ = struct.Struct("<IHHHH")   # gref, offset, flags, id, size
 _TX_RSP = struct.Struct("<Hh")      # id, status
@@ -138,6 +144,22 @@ class VifConfig:
     rate_bytes: int = 0        # guest -> host limit: bytes per rate_usecs (0: unlimited)
     rate_usecs: int = 50_000
     attach: bool = False       # open the TAP even if held: a migration arriving on the source's host
+
+
+def _wait_briefly(fds: list[int], seconds: float) -> list[tuple[int, int]]:
+    """Wait up to ``seconds`` for one of ``fds`` to be readable; poll(2)'s (fd, events) pairs.
+
+    select(2) takes microseconds where poll(2) takes milliseconds, but only
+    descriptors below FD_SETSIZE; a process holding more files (a daemon with
+    many domains) waits the millisecond instead.
+    """
+    if max(fds) < _FD_SETSIZE:
+        ready, _, _ = select.select(fds, [], [], seconds)
+        return [(fd, select.POLLIN) for fd in ready]
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return poller.poll(max(1, int(seconds * 1000)))
 
 
 def _announce_frame(mac: bytes, ethertype: int, op: int, sha: bytes, spa: bytes, tha: bytes, tpa: bytes) -> bytes:
@@ -373,6 +395,7 @@ class NetBackend:
         self._rx_starved_since: float | None = None
         self.ipv4 = b""
         self._lock = threading.Lock()      # ring state (worker vs. xenbus vs. save)
+        self._tx_linger_tries = 0          # see _tx_drain
         self._stop = False
         self._frozen = False               # see freeze()
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -501,14 +524,16 @@ class NetBackend:
         poller = select.poll()
         poller.register(self._efd, select.POLLIN)
         tap_polled = False
+        lingering = False
         while not self._stop:
             want_tap = False
             timeout = 500
+            lingered, lingering = lingering, False
             self._kicked = False
             with self._lock:
                 if self.connected and not self._frozen:
                     try:
-                        self._tx_drain()
+                        lingering = self._tx_drain(lingered)
                         if self.connected:
                             self._rx_fill()
                         if self.connected:
@@ -518,16 +543,22 @@ class NetBackend:
                             timeout = max(0, min(timeout, int(left * 1000) + 1))
                     except RingError as e:
                         self._fail(f"the frontend's ring is broken ({e})")
-            if want_tap != tap_polled:
-                if want_tap:
-                    poller.register(self.fd, select.POLLIN)
-                else:
-                    poller.unregister(self.fd)
-                tap_polled = want_tap
-            try:
-                events = poller.poll(timeout)
-            except InterruptedError:
-                continue
+            if lingering and self.connected:
+                # TX took packets and is not re-armed: look again after LINGER_S, or sooner
+                # for a frame from the TAP or a notification.
+                events = _wait_briefly([self._efd, self.fd] if want_tap else [self._efd],
+                                       min(LINGER_S, timeout / 1000))
+            else:
+                if want_tap != tap_polled:
+                    if want_tap:
+                        poller.register(self.fd, select.POLLIN)
+                    else:
+                        poller.unregister(self.fd)
+                    tap_polled = want_tap
+                try:
+                    events = poller.poll(timeout)
+                except InterruptedError:
+                    continue
             for fd, _ in events:
                 if fd == self._efd:
                     try:
@@ -572,7 +603,15 @@ class NetBackend:
 
     # --- TX: guest -> TAP ------------------------------------------------------------
 
-    def _tx_drain(self) -> None:
+    def _tx_drain(self, lingered: bool = False) -> bool:
+        """Send and answer every packet on the TX ring. True when it took packets from
+        a frontend that queues and did not re-arm ``req_event``: the worker lingers
+        (LINGER_S) and comes back, so packets the frontend queues right behind them
+        need no notification each (an exit); a pass that finds nothing re-arms and
+        ends with the final check. As in the block backend, only a pass taking
+        several packets shows queueing, and LINGER_TRIES lingers finding one packet
+        or none end it: a guest sending one packet at a time is never kept waiting
+        for a linger. ``lingered``: this pass follows a linger."""
         ring = self._tx
         assert ring is not None   # connected
         buf = self._mem.buf
@@ -605,11 +644,18 @@ class NetBackend:
             if limited:
                 # the worker comes back when credit is due (_serve's sleep), not on a notification
                 self.stats.tx_rate_limited += 1
-                return
+                return False
+            if done > 1:
+                self._tx_linger_tries = LINGER_TRIES
+            elif lingered:
+                self._tx_linger_tries = max(0, self._tx_linger_tries - 1)
+            lingered = True
+            if done and ring.req_cons == req_prod and self._tx_linger_tries:
+                return True
             # Wake us for the slot after the last one seen: with a chain cut
             # short that is past req_cons, as the chain's start was left there.
             if not ring.final_check(req_prod):
-                return
+                return False
 
     def _tx_waiting(self) -> bool:
         """Requests left on the TX ring (after a drain: the rate limit held them)."""
@@ -851,9 +897,14 @@ class NetBackend:
             notify |= ring.push_responses()
         if notify:
             self._notify_guest(self.rx_port, 1)
-        # Wake us when enough buffers for the waiting frame (or any frame) are posted.
+        # Ask to hear of new buffers only when too few are posted for the waiting frame
+        # (or any frame), as netback does: netfront refills after every batch it takes,
+        # and a notification each time would be a hypercall (an exit) per refill. With
+        # enough posted, req_event stays behind and the TAP is what wakes us. _rx_plan
+        # reads the posted count again after this store, so a refill in between is seen.
         need = self._rx_pending[1] if self._rx_pending is not None else 1
-        ring.notify_at(ring.req_cons + need)
+        if ring.unconsumed() < need:
+            ring.notify_at(ring.req_cons + need)
 
     def _rx_gso_ok(self, vtype: int) -> bool:
         vtype &= 0x7F
