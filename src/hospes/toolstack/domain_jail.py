@@ -80,6 +80,7 @@ class DomainJail:
         self.child = 0
         self.child_start: int | None = None
         self.remove_at_end: list[Path] = []   # files the child made outside its root (a unix: listener)
+        self.at_end: list[Callable[[], None]] = []   # more clean-up for the supervisor (the CPU cgroup)
         self._devices_open = True      # the one-shot ``devices`` request is still allowed
 
     # --- before the drop (root) -------------------------------------------------------------------
@@ -106,7 +107,14 @@ class DomainJail:
                     continue    # the block backend says what is wrong, in the domain's own words
                 self.bound.append(Path(os.path.abspath(disk.target)))
         if boot and spec.bootloader is None:
-            self.boot = boot_images(spec, self.log)
+            try:
+                self.boot = boot_images(spec, self.log)
+            except HospesError as e:
+                if self.record.restore_path is None:
+                    raise
+                self.log(f"the kernel or ramdisk of the restored domain is not usable: {e}")  # a reboot says so
+                self.boot = None
+                return
             for path in (self.boot.kernel, self.boot.ramdisk):
                 if path is None:
                     continue
@@ -134,6 +142,9 @@ class DomainJail:
             keep()
             return Supervisor(sock, child, self._handlers(), self._cleanup).run()
 
+        from hospes.toolstack.jail_syscalls import load_binding
+
+        load_binding()   # libseccomp's module is loaded while the host's files are still there
         sock = split(supervise)
         self.record.pid = host_pid()
         self.record.pid_start = process_start_time(self.record.pid)
@@ -261,6 +272,8 @@ class DomainJail:
         remove_quietly(self.run.control_socket(self.domid), fds_socket(self.run, self.domid), *self.remove_at_end)
         if self.memory is not None:
             self.memory.remove_after()
+        for step in self.at_end:
+            step()
         try:
             self.root_dir.rmdir()
         except OSError:
@@ -278,7 +291,7 @@ class ForegroundJail(DomainJail):
         base = Path("/run") if os.access("/run", os.W_OK) else None
         super().__init__(RunDir(Path(tempfile.mkdtemp(prefix="hospes-run-", dir=base))), domid, record, log)
         self.root_dir = self.run.root / "root"
-        self._more_cleanup = cleanup
+        self.at_end.append(cleanup)
 
     def prepare(self) -> None:
         self.memory = limit_memory(self.domid, self.spec.maxmem or self.spec.memory)
@@ -299,7 +312,8 @@ class ForegroundJail(DomainJail):
             release_tap(name, self.uid)
         if self.memory is not None:
             self.memory.remove_after()
-        self._more_cleanup()
+        for step in self.at_end:
+            step()
         for path in (self.root_dir, self.run.root):
             try:
                 path.rmdir()

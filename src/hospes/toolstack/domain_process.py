@@ -492,6 +492,7 @@ class DomainProcess:
         self._confine()
         self._confined = True
         jail = DomainJail(self.run, self.domid, self.record, log)
+        jail.at_end.append(self.cpu.close)
         jail.prepare()
         with self._lock:
             self.record.cgroup = str(self.cpu.path or "")

@@ -52,6 +52,11 @@ def _seccomp() -> Any:
     return seccomp
 
 
+def load_binding() -> None:
+    """Import libseccomp's module now (SeccompError if it is missing), before the jail hides it."""
+    _seccomp()
+
+
 def make_filter(mode: str = "kill", names: list[str] | None = None) -> Any:
     """A filter allowing ``names`` (default: the list); anything else kills the process
     (``mode`` "kill") or is allowed and logged to the kernel log (``mode`` "log")."""
@@ -82,4 +87,4 @@ def apply_filter(mode: str = "kill") -> None:
         raise SeccompError(f"Cannot load the system-call filter: {e}") from e
 
 
-__all__ = ["SeccompError", "allowed_syscalls", "apply_filter", "make_filter"]
+__all__ = ["SeccompError", "allowed_syscalls", "apply_filter", "load_binding", "make_filter"]
