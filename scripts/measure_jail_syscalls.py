@@ -68,13 +68,15 @@ def main() -> int:
     parser.add_argument("--method", choices=("strace", "log"), default="strace")
     parser.add_argument("--traces", type=Path, default=None,
                         help="strace: keep the summaries here (or, with --no-run, read them from here)")
-    parser.add_argument("--no-run", action="store_true", help="strace: only merge the summaries in --traces")
+    parser.add_argument("--no-run", action="store_true",
+                        help="only merge: the summaries in --traces (strace), the kernel log since --since (log)")
+    parser.add_argument("--since", type=float, default=None, help="log, --no-run: the run's start (epoch seconds)")
     args = parser.parse_args()
     traces = args.traces or Path(tempfile.mkdtemp(prefix="hospes-syscalls-"))
     mode = f"trace:{traces}" if args.method == "strace" else "log"
     env = {**os.environ, "HOSPES_JAIL_SECCOMP": mode}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args.tests]
-    started = time.time()
+    started = args.since if args.since is not None else time.time()
     if not args.no_run:
         print("running:", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=REPO, env=env, check=False)

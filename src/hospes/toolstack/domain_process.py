@@ -706,6 +706,7 @@ class DomainProcess:
             log(f"migrating to {addr}")
             if handed is not None:   # hospesd connected to the unix: path and handed the socket over
                 sock = socket.socket(fileno=handed)
+                sock.setblocking(True)   # hospesd connected with a timeout: the shared file was non-blocking
                 channel = Channel(sock.makefile("rb"), sock.makefile("wb", buffering=1 << 20),  # type: ignore[arg-type]
                                   sock=sock)
             else:
