@@ -184,3 +184,21 @@ def test_a_save_outside_the_jail_fails_and_one_through_hospesd_works(jailed: tup
     assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]
     assert saved.stat().st_size > MEMORY * 1024 * 1024 // 8
     assert d.client().domain("jailed").info["state"] == "running"    # a checkpoint: it runs on
+
+
+@pytest.mark.kvm
+@pytest.mark.debian
+@pytest.mark.timeout(900)
+def test_hospesd_no_jail_runs_domains_unjailed(tmp_path: Path, default_images) -> None:
+    d = Hospesd(tmp_path, ["--no-jail"])
+    try:
+        d.start()
+        r = d.cli("create", CONFIG, 'name="free"', f"memory={MEMORY}", timeout=600)
+        assert r.returncode == 0, r.stderr.decode(errors="replace")[-3000:]
+        pid = int(d.client().domain("free").info["pid"])
+        st = _status(pid)
+        assert st["Uid"].split()[0] == "0" and st["Seccomp"] == "0"
+        assert d.proc is not None
+        assert os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink(f"/proc/{d.proc.pid}/ns/mnt")
+    finally:
+        d.close()

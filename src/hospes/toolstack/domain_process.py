@@ -489,6 +489,7 @@ class DomainProcess:
     def enter_jail(self) -> None:
         """Privileged set-up, then into the jail (docs/security.md). In the parent this
         never returns: it becomes the jail's supervisor and exits with the child's status."""
+        start = time.monotonic()
         self._confine()
         self._confined = True
         jail = DomainJail(self.run, self.domid, self.record, log)
@@ -526,6 +527,7 @@ class DomainProcess:
         self.log.reopen = lambda: link.call("rotate_console")[1][0]
         _err_reopen = lambda: link.call("rotate_err")[1][0]   # noqa: E731
         self._save()
+        log(f"jailed as uid {jail.uid} in {(time.monotonic() - start) * 1000:.0f} ms (seccomp: {jail.mode})")
 
     def hand_file(self, path: str, fd: int) -> None:
         with self._lock:

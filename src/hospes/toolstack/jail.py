@@ -195,8 +195,9 @@ def build_root(plan: RootPlan) -> None:
         _bind(root, path, read_only=False)
     (root / "proc").mkdir()
     _mount("proc", root / "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    (root / "tmp").mkdir(mode=0o700)
-    os.chown(root / "tmp", plan.uid, plan.gid)
+    if not (root / "tmp").exists():   # (it does when a disk lives under /tmp: then it is read-only)
+        (root / "tmp").mkdir(mode=0o700)
+        os.chown(root / "tmp", plan.uid, plan.gid)
     old = root / ".old"
     old.mkdir()
     _pivot_root(str(root), str(old))
