@@ -151,6 +151,7 @@ class DomainCgroup:
         self.base = hier.root / BASE
         self.path = self.base / name
         self._home: Path | None = None      # where the process was before enter()
+        self._stat_fd: int | None = None    # cpu.stat, opened at enter(): still readable once jailed
 
     @classmethod
     def create(cls, domid: int, hier: Hierarchy | None = None) -> "DomainCgroup":
@@ -197,7 +198,9 @@ class DomainCgroup:
     def throttled(self) -> dict[str, int]:
         """``cpu.stat``: how often and for how long the cap held the domain back."""
         try:
-            text = (self.path / "cpu.stat").read_text()
+            if self._stat_fd is None:
+                self._stat_fd = os.open(self.path / "cpu.stat", os.O_RDONLY | os.O_CLOEXEC)
+            text = os.pread(self._stat_fd, 1 << 16, 0).decode()
         except OSError:
             return {}
         stats = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
@@ -208,9 +211,13 @@ class DomainCgroup:
         """Move this whole process (every thread) into the cgroup."""
         self._home = _own_cgroup(self.hier)
         _write(self.path / "cgroup.procs", str(os.getpid()))
+        self.throttled()
 
     def remove(self) -> None:
         """Move the process back where it was and delete the cgroup (best effort)."""
+        if self._stat_fd is not None:
+            os.close(self._stat_fd)
+            self._stat_fd = None
         home = self._home if self._home is not None and self._home.exists() else self.hier.root
         try:
             (home / "cgroup.procs").write_text(str(os.getpid()))

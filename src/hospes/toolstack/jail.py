@@ -25,7 +25,6 @@ A domain process starts as root, does what needs privilege, then jails itself:
 from __future__ import annotations
 
 import ctypes
-import errno
 import fcntl
 import json
 import os
@@ -131,9 +130,7 @@ HOST_FILES = ("/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/gai.
 def python_paths() -> list[Path]:
     """What this Python needs to import modules later: its prefixes, the directory
     holding the ``hospes`` package, and the shared libraries extension modules load."""
-    import hospes
-
-    paths = {Path(sys.base_prefix), Path(sys.prefix), Path(hospes.__file__).resolve().parent.parent,
+    paths = {Path(sys.base_prefix), Path(sys.prefix), Path(__file__).resolve().parents[2],   # src/
              Path("/usr/lib"), Path("/usr/lib64")}
     for entry in sys.path:   # site directories (.pth files may add more); never "/" or the cwd
         path = Path(entry).resolve() if entry else None
@@ -403,7 +400,7 @@ class Supervisor:
                 break
         try:
             self.cleanup()
-        finally:
+        except Exception:   # best effort: the child's status is what matters
             pass
         return status
 
@@ -449,10 +446,6 @@ def split(on_parent: Callable[[socket.socket, int], int]) -> socket.socket:
     except BaseException:
         os._exit(1)
     return child_end
-
-
-def errno_name(e: OSError) -> str:
-    return errno.errorcode.get(e.errno or 0, str(e.errno))
 
 
 __all__ = ["JAIL_ID_BASE", "JailError", "Link", "RootPlan", "Supervisor", "build_root", "can_jail", "drop",
