@@ -42,7 +42,7 @@ from hospes.toolstack.api_error import ApiError
 from hospes.toolstack.boot_files import check_boot_files
 from hospes.toolstack.console_run import ABANDON_READ, MarkerRun
 from hospes.cgroup import CgroupError, SchedParams, apply_sched
-from hospes.toolstack.domain_jail import hand_file, hand_socket
+from hospes.toolstack.domain_jail import hand_file, hand_socket, hand_ssh
 from hospes.toolstack.domain_process import valid_name
 from hospes.toolstack.hostinfo import host_info
 from hospes.toolstack.lifecycle import DomainState, ShutdownRequest, WaitOutcome
@@ -60,6 +60,15 @@ MIN_MEMORY_TARGET_KIB = MIN_MEMORY_MIB * 1024   # mem-set's floor: the smallest 
 SAVE_TIMEOUT_S = 600.0         # writing a big guest's memory takes a while
 GONE_GRACE_S = 30.0            # for a saved or migrated domain's process to exit
 MIB = 1024 * 1024
+
+
+def _reap(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Wait for a helper process (ssh) that should end with its connection; kill it if not."""
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def request_spec(body: dict[str, Any]) -> DomainSpec:
@@ -390,10 +399,14 @@ class Daemon:
         if task is not None:
             self._migrations[v.domid] = task
         log.info("migrating domain %d (%s) to %s", v.domid, v.record.name, args["dest"])
+        ssh: subprocess.Popen[bytes] | None = None
         try:
             try:
-                if str(args["dest"]).startswith("unix:"):   # a jailed process cannot reach the path
-                    await asyncio.to_thread(hand_socket, self.run, v.domid, str(args["dest"]))
+                dest = str(args["dest"])
+                if dest.startswith("unix:"):   # a jailed process cannot reach the path, nor run ssh
+                    await asyncio.to_thread(hand_socket, self.run, v.domid, dest)
+                elif not dest.startswith("tcp://"):
+                    ssh = await asyncio.to_thread(hand_ssh, self.run, v.domid, dest)
                 reply = await control.request_stream(self.run.control_socket(v.domid), "migrate",
                                                      on_event or (lambda event: None), None, **args)
             except (control.ControlError, HospesError) as e:
@@ -405,6 +418,8 @@ class Daemon:
         finally:
             self._busy.pop(v.domid, None)
             self._migrations.pop(v.domid, None)
+            if ssh is not None:
+                await asyncio.to_thread(_reap, ssh)
         result = dict(reply.get("result") or {})
         log.info("migrated domain %d (%s) to %s: %s", v.domid, v.record.name, args["dest"], result)
         return {"domid": v.domid, "dest": args["dest"], **result}

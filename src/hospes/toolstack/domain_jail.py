@@ -370,6 +370,36 @@ def hand_socket(run: RunDir, domid: int, dest: str, timeout: float = 10.0) -> No
         sock.close()
 
 
+def hand_ssh(run: RunDir, domid: int, dest: str, timeout: float = 10.0) -> "subprocess.Popen[bytes] | None":
+    """hospesd's side of a migration over ssh (``[USER@]HOST``): run ``ssh HOST hospes
+    migrate-receive`` (``$HOSPES_SSH`` replaces ``ssh``) on one end of a socket pair and
+    hand the other end to the domain process (a jailed one cannot run a program).
+    Returns the ssh process, for the caller to reap; None for an unjailed domain process."""
+    import shlex
+
+    if not fds_socket(run, domid).exists():
+        return None
+    command = shlex.split(os.environ.get("HOSPES_SSH", "ssh")) + [dest, "hospes", "migrate-receive"]
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            proc = subprocess.Popen(command, stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=subprocess.DEVNULL,
+                                    start_new_session=True)
+        except OSError as e:
+            raise JailError(f"Cannot run {command[0]}: {e.strerror}.") from e
+        theirs.close()
+        try:
+            _hand(run, domid, dest, ours.fileno(), timeout)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    finally:
+        theirs.close()
+        ours.close()
+    return proc
+
+
 def hand_file(run: RunDir, domid: int, path: str, tmp: Path, timeout: float = 10.0) -> bool:
     """hospesd's side of a save: create ``tmp`` (mode 0600) and hand it to the domain process
     for ``path``; the process writes the save into it, hospesd renames it to ``path`` after.
@@ -385,5 +415,5 @@ def hand_file(run: RunDir, domid: int, path: str, tmp: Path, timeout: float = 10
     return True
 
 
-__all__ = ["DomainJail", "ForegroundJail", "apply_devices", "fds_socket", "hand_file", "hand_socket",
+__all__ = ["DomainJail", "ForegroundJail", "apply_devices", "fds_socket", "hand_file", "hand_socket", "hand_ssh",
            "jail_root", "seccomp_mode", "spec_for_build"]

@@ -700,8 +700,8 @@ class DomainProcess:
         with self._lock:
             handed = self._files.pop(dest, None)
         if handed is None and self.jail is not None and addr.kind != "tcp":
-            raise HospesError(f"A jailed domain process cannot reach {addr} itself: migrate through hospesd "
-                              "(unix:), or over tcp://; ssh needs hospesd --no-jail.")
+            raise HospesError(f"A jailed domain process cannot reach {addr} itself: migrate through hospesd, "
+                              "which connects (unix:) or runs ssh and hands the connection over; or over tcp://.")
         dom = self._begin("migrated")
         self._cancel = cancel
         try:
