@@ -54,7 +54,8 @@ from hospes.toolstack.lifecycle import DomainState, Outcome, ShutdownRequest
 from hospes.toolstack.record import process_start_time, read_record, remove_quietly, write_record
 from hospes.toolstack.admission import admit
 from hospes.toolstack.domain_jail import DomainJail, apply_devices, fds_socket, spec_for_build
-from hospes.toolstack.jail import can_jail
+from hospes.toolstack.jail import JailError, can_jail
+from hospes.toolstack.jail_syscalls import SeccompError
 from hospes.toolstack.runner import DomainRunner, RestartLimit, TerminationSignals
 from hospes.toolstack.rundir import CONSOLE_ROTATE_BYTES, ERR_ROTATE_BYTES, RunDir, rotate_log
 
@@ -1040,7 +1041,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             proc.enter_jail()
         except (HospesError, OSError) as e:
-            msg = f"Cannot jail the domain process: {e}"
+            # A disk, TAP or bridge the config names is the user's to fix; the jail's own failures say so.
+            own = isinstance(e, (JailError, SeccompError, CgroupError, OSError))
+            msg = f"Cannot jail the domain process: {e}" if own else str(e)
             log(msg)
             proc.record.state, proc.record.shutdown_reason, proc.record.message = \
                 DomainState.SHUTDOWN, ShutdownReason.CRASH, msg
