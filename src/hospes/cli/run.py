@@ -212,8 +212,13 @@ def _enter_jail(spec: "DomainSpec", config: Any, cpu: "CpuControl", log: Callabl
 
     if not can_jail():
         return config
-    resolved = dataclasses.replace(spec, kernel=str(config.kernel),
-                                   ramdisk=str(config.ramdisk) if config.ramdisk else None)
+    # Absolute paths: the jailed child looks its handed files up after a chdir("/").
+    config = dataclasses.replace(
+        config, kernel=config.kernel.absolute(), ramdisk=config.ramdisk.absolute() if config.ramdisk else None,
+        disks=tuple(dataclasses.replace(d, path=d.path.absolute()) for d in config.disks))
+    resolved = dataclasses.replace(
+        spec, kernel=str(config.kernel), ramdisk=str(config.ramdisk) if config.ramdisk else None,
+        disks=tuple(dataclasses.replace(d, target=os.path.abspath(d.target)) if d.target else d for d in spec.disks))
     jail = ForegroundJail(resolved, RUN_DOMID, log, cpu.close)
     jail.prepare()
     jail.enter(lambda: None)

@@ -407,11 +407,14 @@ class Supervisor:
 
 def exit_like(status: int) -> None:
     """End this process as the child whose wait ``status`` this is ended (signal or exit code)."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        signal.signal(sig, signal.SIG_DFL)
-        os.kill(os.getpid(), sig)
-    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
+    try:
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):   # those have no handler to reset
+                signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+    finally:
+        os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 
 
 def host_pid() -> int:
@@ -431,7 +434,7 @@ def split(on_parent: Callable[[socket.socket, int], int]) -> socket.socket:
             _check(_libc.setns(ctypes.c_int(own), ctypes.c_int(CLONE_NEWPID)), "setns")
     finally:
         os.close(own)
-    if pid:
+    if pid:   # the supervisor: never returns (a raise here would run the child's code as root)
         child_end.close()
         try:
             status = on_parent(parent_end, pid)
@@ -439,6 +442,7 @@ def split(on_parent: Callable[[socket.socket, int], int]) -> socket.socket:
             os.kill(pid, signal.SIGKILL)
             os._exit(1)
         exit_like(status)
+        os._exit(1)
     parent_end.close()
     try:
         # The child's own mount and IPC namespaces (the supervisor stays in the host's).
