@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -20,8 +21,10 @@ import pytest
 
 from hospes.cgroup import find_hierarchy, memory_overhead
 from hospes.toolstack import control
-from hospes.toolstack.jail import JAIL_ID_BASE, JailError, jail_ids
+from hospes.devices.tap import NetError, open_tap
+from hospes.toolstack.jail import JAIL_ID_BASE, JailError, jail_ids, prepare_tap, release_tap
 from hospes.toolstack.jail_syscalls import allowed_syscalls, make_filter
+from netns_helpers import can_make_netns, in_netns
 from toolstack_helpers import REPO, Hospesd
 
 CONFIG = str(REPO / "examples" / "debian-pv.cfg")
@@ -81,6 +84,39 @@ def test_jail_ids_are_per_domain_and_never_root() -> None:
     assert jail_ids(0x7FEF)[0] == JAIL_ID_BASE + 0x7FEF < 2**31
     with pytest.raises(JailError):
         jail_ids(0)
+
+
+# --- the TAPs a jailed domain gets ------------------------------------------------------------------
+
+def test_a_prepared_tap_opens_at_once_and_stays_its_domains(tmp_path: Path) -> None:
+    # The set-up makes the TAP persistent and closes it; the jailed process opens it right
+    # away, and again at every reboot. The kernel's "running" flag lags a closed queue by up
+    # to a second, so the TAP looked held and the build failed ("another process holds it").
+    if not can_make_netns():
+        pytest.fail("this test needs root, ip(8) and /dev/net/tun")
+    ns = f"hospes-jailtap{os.getpid()}"
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    uid, gid = jail_ids(5)
+
+    def scenario() -> None:
+        prepare_tap("hjt0", 1500, None, uid, gid)
+        try:
+            for _ in range(10):   # build, then reboots: each closes its queue and opens it again at once
+                os.close(open_tap("hjt0", 1500))
+            fd = open_tap("hjt0", 1500)
+            try:
+                with pytest.raises(NetError, match="another process holds it"):
+                    open_tap("hjt0", 1500)   # while the domain holds it, nobody else gets it
+            finally:
+                os.close(fd)
+        finally:
+            release_tap("hjt0", uid)
+
+    try:
+        in_netns(ns, scenario)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 # --- a real domain under hospesd -------------------------------------------------------------------
