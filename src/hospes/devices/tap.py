@@ -34,6 +34,7 @@ TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
+SIOCGIFMTU = 0x8921
 SIOCSIFMTU = 0x8922
 SIOCBRADDIF = 0x89A2
 SIOCETHTOOL = 0x8946
@@ -109,9 +110,13 @@ def open_tap(name: str, mtu: int, *, attach: bool = False) -> int:
         raise NetError(f"Cannot create TAP device {name}: {e.strerror}{hint}; pick another name with tap=.") from e
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            fcntl.ioctl(s, SIOCSIFMTU, struct.pack("16si20x", name.encode(), mtu))
+            # Only what differs: a jailed domain reopens a TAP set up for it, without the privilege.
+            now = struct.unpack_from("16si", fcntl.ioctl(s, SIOCGIFMTU, struct.pack("16s24x", name.encode())))[1]
+            if now != mtu:
+                fcntl.ioctl(s, SIOCSIFMTU, struct.pack("16si20x", name.encode(), mtu))
             flags = struct.unpack_from("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16s24x", name.encode())))[1]
-            fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", name.encode(), flags | IFF_UP))
+            if not flags & IFF_UP:
+                fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", name.encode(), flags | IFF_UP))
     except OSError as e:
         log.warning("vif %s: cannot set MTU %d / bring the TAP up: %s", name, mtu, e.strerror)
     return fd

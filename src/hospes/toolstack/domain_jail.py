@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from hospes.cgroup import MemoryLimit, limit_memory, memory_overhead
+from hospes.cgroup import MemoryLimit, find_hierarchy, limit_memory, memory_overhead
 from hospes.errors import HospesError
 from hospes.files import hand_over
 from hospes.toolstack.domain_config import BootImages, boot_images, vif_config
@@ -294,7 +294,13 @@ class ForegroundJail(DomainJail):
         self.at_end.append(cleanup)
 
     def prepare(self) -> None:
-        self.memory = limit_memory(self.domid, self.spec.maxmem or self.spec.memory)
+        if find_hierarchy(controller="memory") is None:
+            # `ip netns exec` mounts a sysfs of its own, without the cgroup hierarchies: the
+            # other layers still hold, and a foreground run says what it goes without.
+            self.log("no cgroup hierarchy with the memory controller is mounted here: the jailed domain "
+                     "runs without a memory limit")
+        else:
+            self.memory = limit_memory(self.domid, self.spec.maxmem or self.spec.memory)
         self.open_devices(self.spec, self.domid, disks=True, boot=False, taps=True)
         for path in (self.spec.kernel, self.spec.ramdisk):   # resolved by the caller (domain_config)
             if path:
