@@ -13,6 +13,7 @@ import time
 import pytest
 
 from conftest import run_hospes
+from hospes.devices.tap import tap_in_use
 from netns_helpers import can_make_netns, in_netns, tcp_listener
 
 pytestmark = [pytest.mark.kvm, pytest.mark.debian]
@@ -173,7 +174,8 @@ def test_network_ping_and_tcp_through_a_tap_in_a_namespace(default_images) -> No
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 60
-        while subprocess.run(["ip", "link", "show", tap], capture_output=True).returncode != 0:
+        # Until the domain's process holds it (a jailed one's TAP is made before its process opens it).
+        while not tap_in_use(tap):
             assert proc.poll() is None and time.monotonic() < deadline, "the TAP never appeared"
             time.sleep(0.05)
         ip("link", "set", tap, "netns", ns)

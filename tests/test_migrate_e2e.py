@@ -561,6 +561,17 @@ def wait_migrating(pair: Pair, name: str, dest: str) -> None:
     assert wait_for(lambda: f"migrating to {dest}" in err.read_text(errors="replace"), 30), pair.logs()
 
 
+def as_in_a_terminal() -> None:
+    """In a child before its exec: SIGINT's default action, as a command typed at a terminal has.
+
+    A disposition is inherited, and a suite started in the background of a
+    non-interactive shell (`pytest ... &`, nohup scripts) runs with SIGINT ignored;
+    Python then leaves it ignored, as a program should, and the "Ctrl-C" this file
+    sends was dropped: the migration ran to its end and the next tests lost the
+    victim."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     """A migrate command a failed test left running: cancel it (as Ctrl-C does), kill it if need be."""
     if proc.poll() is None:
@@ -596,7 +607,7 @@ def test_ctrl_c_cancels_and_the_source_keeps_running(pair: Pair, victim: tuple[s
     listen = pair.sock("cancel")
     receiver = Receiver(pair.b, listen)
     proc = subprocess.Popen(migrate_cmd("--bandwidth", "1M", name, listen), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=pair.a.env)
+                            stderr=subprocess.PIPE, env=pair.a.env, preexec_fn=as_in_a_terminal)
     try:
         wait_migrating(pair, name, listen)
         time.sleep(1.0)   # ~1 s of a 1 MiB/s stream: the cancel stops it mid-way
@@ -623,7 +634,8 @@ def test_a_killed_destination_fails_the_migration_and_the_source_keeps_running(
     listen = pair.sock("killed")
     receiver = Receiver(pair.b, listen)
     proc = subprocess.Popen(migrate_cmd("--bandwidth", "2M", name, listen), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=pair.a.env)
+                            stderr=subprocess.PIPE, env=pair.a.env,
+                            preexec_fn=as_in_a_terminal)   # stop() cancels with SIGINT
     try:
         record = pair.b.run_dir / "domains" / f"{receiver.domid}.json"
         assert wait_for(lambda: record.exists() and json.loads(record.read_text()).get("pid"), 20)

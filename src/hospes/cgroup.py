@@ -15,6 +15,14 @@ sched-credit``):
   ``cpu.cfs_quota_us``, v2 ``cpu.max``). A cap above 100 lets an SMP guest use
   more than one CPU.
 
+A jailed domain process (docs/security.md) also gets a **memory limit** in the
+memory controller's hierarchy, ``<memory hierarchy>/hospes/dom<domid>-<pid>``:
+v2 ``memory.max`` (v1 ``memory.limit_in_bytes``) = the guest's largest memory
+(``maxmem``, else ``memory``) + :func:`memory_overhead` for the process itself
+(Python, the vCPU threads, the KVM page tables the kernel charges to it, save
+and migration buffers). A guest cannot make its process grow past that: the
+kernel reclaims, then kills the process (only that domain).
+
 Both cgroup v2 (the unified hierarchy with the ``cpu`` controller) and v1 (a
 hierarchy mounted with ``cpu``) are handled. Where neither can be used (not
 root, no controller), a domain with default parameters runs unconfined and a
@@ -97,11 +105,11 @@ def _mounts(path: str = "/proc/self/mounts") -> list[tuple[str, str, list[str]]]
     return out
 
 
-def find_hierarchy(mounts: str = "/proc/self/mounts") -> Hierarchy | None:
-    """The hierarchy that has the CPU controller: v1 ``cpu`` if mounted, else v2 with ``cpu``."""
+def find_hierarchy(mounts: str = "/proc/self/mounts", controller: str = "cpu") -> Hierarchy | None:
+    """The hierarchy that has ``controller``: v1 if mounted with it, else v2 with it."""
     table = _mounts(mounts)
     for fstype, where, opts in table:
-        if fstype == "cgroup" and "cpu" in opts:
+        if fstype == "cgroup" and controller in opts:
             return Hierarchy(1, Path(where))
     for fstype, where, _ in table:
         if fstype == "cgroup2":
@@ -109,7 +117,7 @@ def find_hierarchy(mounts: str = "/proc/self/mounts") -> Hierarchy | None:
                 controllers = (Path(where) / "cgroup.controllers").read_text().split()
             except OSError:
                 continue
-            if "cpu" in controllers:
+            if controller in controllers:
                 return Hierarchy(2, Path(where))
     return None
 
@@ -121,7 +129,7 @@ def _write(path: Path, value: str) -> None:
         raise CgroupError(f"Cannot write {value!r} to {path}: {e.strerror}.") from e
 
 
-def _own_cgroup(hier: Hierarchy, pid: int | str = "self") -> Path:
+def _own_cgroup(hier: Hierarchy, pid: int | str = "self", controller: str = "cpu") -> Path:
     """The cgroup ``pid`` is in now, in ``hier``."""
     try:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
@@ -130,7 +138,7 @@ def _own_cgroup(hier: Hierarchy, pid: int | str = "self") -> Path:
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if (hier.version == 2 and controllers == "") or \
-                (hier.version == 1 and "cpu" in controllers.split(",")):
+                (hier.version == 1 and controller in controllers.split(",")):
             return hier.root / path.lstrip("/")
     return hier.root
 
@@ -143,6 +151,7 @@ class DomainCgroup:
         self.base = hier.root / BASE
         self.path = self.base / name
         self._home: Path | None = None      # where the process was before enter()
+        self._stat_fd: int | None = None    # cpu.stat, opened at enter(): still readable once jailed
 
     @classmethod
     def create(cls, domid: int, hier: Hierarchy | None = None) -> "DomainCgroup":
@@ -189,7 +198,9 @@ class DomainCgroup:
     def throttled(self) -> dict[str, int]:
         """``cpu.stat``: how often and for how long the cap held the domain back."""
         try:
-            text = (self.path / "cpu.stat").read_text()
+            if self._stat_fd is None:
+                self._stat_fd = os.open(self.path / "cpu.stat", os.O_RDONLY | os.O_CLOEXEC)
+            text = os.pread(self._stat_fd, 1 << 16, 0).decode()
         except OSError:
             return {}
         stats = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
@@ -200,9 +211,13 @@ class DomainCgroup:
         """Move this whole process (every thread) into the cgroup."""
         self._home = _own_cgroup(self.hier)
         _write(self.path / "cgroup.procs", str(os.getpid()))
+        self.throttled()
 
     def remove(self) -> None:
         """Move the process back where it was and delete the cgroup (best effort)."""
+        if self._stat_fd is not None:
+            os.close(self._stat_fd)
+            self._stat_fd = None
         home = self._home if self._home is not None and self._home.exists() else self.hier.root
         try:
             (home / "cgroup.procs").write_text(str(os.getpid()))
@@ -214,11 +229,11 @@ class DomainCgroup:
             pass
 
 
-def _enable_cpu(group: Path) -> None:
-    """v2: let ``group``'s children use the cpu controller."""
+def _enable_cpu(group: Path, controller: str = "cpu") -> None:
+    """v2: let ``group``'s children use ``controller``."""
     control = group / "cgroup.subtree_control"
-    if "cpu" not in control.read_text().split():
-        control.write_text("+cpu")
+    if controller not in control.read_text().split():
+        control.write_text(f"+{controller}")
 
 
 def sweep_stale(hier: Hierarchy) -> None:
@@ -256,6 +271,107 @@ def confine(domid: int, params: SchedParams) -> DomainCgroup | None:
             return None
         raise CgroupError(f"{e} Cap and weight need root and a cgroup hierarchy with the cpu "
                           "controller; without them leave cap/weight at their defaults.") from e
+
+
+def apply_sched(path: str | None, params: SchedParams) -> None:
+    """Apply ``params`` to the CPU cgroup at ``path`` (hospesd, for a jailed domain process
+    that cannot write it). Only a domain cgroup under a hierarchy's ``hospes/`` is touched."""
+    hier = find_hierarchy()
+    if not path or hier is None:
+        return
+    cg = Path(path)
+    if cg.parent != hier.root / BASE or not cg.name.startswith("dom") or not cg.is_dir():
+        raise CgroupError(f"{path} is not a domain's CPU cgroup.")
+    group = DomainCgroup(hier, cg.name)
+    group.apply(params)
+
+
+MEMORY_OVERHEAD_MIB = 320      # the domain process itself: Python, threads, buffers
+MEMORY_OVERHEAD_SHARE = 16     # plus 1/16 of the guest (KVM's page tables and the kernel's per-page costs)
+
+
+def memory_overhead(guest_mib: int) -> int:
+    """MiB a domain process may use beyond its guest's memory (see the module docstring)."""
+    return MEMORY_OVERHEAD_MIB + guest_mib // MEMORY_OVERHEAD_SHARE
+
+
+class MemoryLimit:
+    """A domain process's cgroup in the memory controller, with its limit.
+
+    Made, limited and joined by the process while it is still root (the jailed
+    process cannot write cgroup files); removed by the jail's supervisor after
+    the process ended (:meth:`remove_after`)."""
+
+    def __init__(self, hier: Hierarchy, path: Path) -> None:
+        self.hier = hier
+        self.path = path
+
+    @property
+    def limit_file(self) -> Path:
+        return self.path / ("memory.max" if self.hier.version == 2 else "memory.limit_in_bytes")
+
+    @classmethod
+    def create(cls, domid: int, hier: Hierarchy | None = None) -> "MemoryLimit":
+        hier = hier or find_hierarchy(controller="memory")
+        if hier is None:
+            raise CgroupError("No cgroup hierarchy with the memory controller is mounted, so the domain's "
+                              "memory cannot be limited.")
+        base = hier.root / BASE
+        cg = cls(hier, base / f"dom{domid}-{os.getpid()}")
+        sweep_stale(hier)
+        try:
+            if hier.version == 2:
+                _enable_cpu(hier.root, "memory")
+                base.mkdir(exist_ok=True)
+                _enable_cpu(base, "memory")
+            else:
+                base.mkdir(exist_ok=True)
+            cg.path.mkdir(exist_ok=True)
+        except OSError as e:
+            raise CgroupError(f"Cannot create the cgroup {cg.path}: {e.strerror}.") from e
+        return cg
+
+    def set_limit(self, limit_bytes: int) -> None:
+        _write(self.limit_file, str(limit_bytes))
+        if self.hier.version == 2:
+            try:
+                (self.path / "memory.swap.max").write_text("0")   # the limit is of memory, not swap
+            except OSError:
+                pass
+
+    def limit(self) -> int | None:
+        """The limit in force, as the kernel reports it (None: no limit, or unreadable)."""
+        try:
+            text = self.limit_file.read_text().strip()
+        except OSError:
+            return None
+        return None if text == "max" else int(text)
+
+    def enter(self, pid: int | str = "self") -> None:
+        _write(self.path / "cgroup.procs", str(os.getpid() if pid == "self" else pid))
+
+    def remove_after(self) -> None:
+        """Leave the cgroup (this process back to the hierarchy's root) and delete it (best effort)."""
+        try:
+            (self.hier.root / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError:
+            pass
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+
+
+def limit_memory(domid: int, guest_mib: int) -> MemoryLimit:
+    """Put this process in a memory cgroup limited to ``guest_mib`` + :func:`memory_overhead`."""
+    cg = MemoryLimit.create(domid)
+    try:
+        cg.set_limit((guest_mib + memory_overhead(guest_mib)) * 1024 * 1024)
+        cg.enter()
+    except CgroupError:
+        cg.remove_after()
+        raise
+    return cg
 
 
 class CpuControl:

@@ -650,6 +650,7 @@ class Domain:
         self.pv.close()
         self.vm.close()
         self.kvm.close()
+        self.mem.discard()   # now, not when the views of it are collected (a reboot builds a new one)
 
 
 def _stdout(data: bytes) -> None:

@@ -9,6 +9,11 @@ bytes (a file that grows meanwhile is still refused). :func:`check_regular`
 does the same checks without reading, for a toolstack that refuses early and
 leaves the read to the process that builds the domain.
 
+A jailed domain process (docs/security.md) cannot open its disks and images by
+path: they are opened before it drops root and handed over here
+(:func:`hand_over`); :func:`open_host` then gives a copy of the handed
+descriptor for that path, and opens by path only what was not handed over.
+
 The limits below are documented in docs/toolstack.md and docs/security.md.
 """
 
@@ -24,6 +29,31 @@ MIB = 1024 * 1024
 MAX_CONFIG_BYTES = 1 * MIB       # an xl.cfg file: a few KiB in practice
 MAX_IMAGE_BYTES = 512 * MIB      # a kernel or a ramdisk (Debian's vmlinuz ~10 MiB, initrd ~70 MiB)
 MAX_TOKEN_BYTES = 64 * 1024      # a bearer token file
+
+
+_handed: dict[str, int] = {}     # absolute path -> a descriptor opened before the jail's drop
+
+
+def hand_over(path: Path | str, fd: int) -> None:
+    """Make :func:`open_host` answer ``path`` with copies of ``fd`` (which this module now owns)."""
+    _handed[os.path.abspath(path)] = fd
+
+
+def open_host(path: Path | str, flags: int) -> int:
+    """Open a host file a domain uses: a copy of the descriptor handed over for ``path``
+    (rewound to its start), else ``os.open(path, flags)``. Copies share the file
+    offset, so readers of a handed file use pread or read it from the start."""
+    fd = _handed.get(os.path.abspath(path))
+    if fd is None:
+        return os.open(path, flags)
+    copy = os.dup(fd)
+    try:
+        if stat.S_ISREG(os.fstat(copy).st_mode):
+            os.lseek(copy, 0, os.SEEK_SET)
+    except OSError:
+        os.close(copy)
+        raise
+    return copy
 
 
 class FileReadError(HospesError):
@@ -52,7 +82,7 @@ def _kind(mode: int) -> str:
 def _open_checked(path: Path, what: str, limit: int) -> tuple[int, int]:
     """Open ``path`` without blocking, check it; return (fd, size). The caller closes fd."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        fd = open_host(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError as e:
         raise FileReadError(f"The {what} {path} does not exist; check the path.",
                             e.strerror or "No such file or directory") from None
@@ -109,4 +139,4 @@ def read_regular(path: Path | str, what: str, limit: int) -> bytes:
 
 
 __all__ = ["FileReadError", "MAX_CONFIG_BYTES", "MAX_IMAGE_BYTES", "MAX_TOKEN_BYTES", "check_regular",
-           "read_regular"]
+           "hand_over", "open_host", "read_regular"]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from hospes.errors import HospesError
+from hospes.files import open_host
 
 SECTOR = 512
 EXT_MAGIC = 0xEF53
@@ -179,7 +180,7 @@ def open_image(path: Path) -> BinaryIO:
     try:
         if path.is_dir():
             raise DiskImageError(f"The disk image {path} is a directory.")
-        return open(path, "rb")
+        return os.fdopen(open_host(path, os.O_RDONLY | os.O_CLOEXEC), "rb")
     except FileNotFoundError:
         raise DiskImageError(f"The disk image {path} does not exist.") from None
     except OSError as e:

@@ -77,8 +77,10 @@ def register(group: click.Group) -> None:
     @click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="The PEM key of --tls-cert.")
     @click.option("--overcommit", type=float, default=None, metavar="RATIO",
                   help="Admit domains while their memory stays within RATIO x the host's (default 1.0).")
+    @click.option("--no-jail", "no_jail", is_flag=True,
+                  help="Run domain processes unjailed: as root, host files, every system call (debugging).")
     def start(run_dir: Path | None, foreground: bool, tcp: str | None, token_file: Path | None,
-              tls_cert: Path | None, tls_key: Path | None, overcommit: float | None) -> None:
+              tls_cert: Path | None, tls_key: Path | None, overcommit: float | None, no_jail: bool) -> None:
         """Start hospesd (in the background unless -F)."""
         run = _run_dir(run_dir)
         args = ["--run-dir", str(run.root)]
@@ -92,6 +94,8 @@ def register(group: click.Group) -> None:
             args += ["--tls-key", str(tls_key.absolute())]
         if overcommit is not None:
             args += ["--overcommit", str(overcommit)]
+        if no_jail:
+            args += ["--no-jail"]
         if foreground:
             from hospes.toolstack.daemon import main
 
@@ -99,7 +103,7 @@ def register(group: click.Group) -> None:
         if _daemon_pid(run) is not None:
             click.echo(f"hospesd is already running on {run.root}", err=True)
             return
-        if tcp or overcommit is not None:
+        if tcp or overcommit is not None or no_jail:
             import subprocess
 
             from hospes.toolstack.rundir import DAEMON_LOG_ROTATE_BYTES, rotate_log

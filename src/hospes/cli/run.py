@@ -171,17 +171,21 @@ def register(group: click.Group) -> None:
                        "again at each reboot; --kernel/--ramdisk then name files in the disk, --cmdline is appended.")
     @click.option("--bootloader-arg", "bootloader_args", multiple=True, metavar="ARG",
                   help="A pygrub argument: --entry=N|TITLE, --kernel=PATH, --ramdisk=PATH, --args=TEXT. Repeatable.")
+    @click.option("--no-jail", "no_jail", is_flag=True,
+                  help="Run the domain as root with the host's files and every system call (debugging); "
+                       "by default, as root, it runs jailed (docs/security.md).")
     @click.argument("command", nargs=-1)
     def run(kernel: Path | None, ramdisk: Path | None, cmdline: str | None, memory: int, vcpus: int,
             disks: tuple[str, ...], vifs: tuple[str, ...], on_reboot: str, cap: int, weight: int,
-            stats: bool, bootloader: str | None, bootloader_args: tuple[str, ...], command: tuple[str, ...]) -> None:
+            stats: bool, bootloader: str | None, bootloader_args: tuple[str, ...], no_jail: bool,
+            command: tuple[str, ...]) -> None:
         """Boot a domain; with `-- CMD ARGS...` run CMD in the guest and exit with its status."""
         from hospes.toolstack.run_spec import RunFlags, run_spec
 
         spec = run_spec(RunFlags(kernel=kernel, ramdisk=ramdisk, cmdline=cmdline, memory=memory, vcpus=vcpus,
                                  disks=disks, vifs=vifs, on_reboot=on_reboot, weight=weight, cap=cap,
                                  command=command, bootloader=bootloader, bootloader_args=bootloader_args))
-        sys.exit(run_domain(spec, stats=stats, command=bool(command)))
+        sys.exit(run_domain(spec, stats=stats, command=bool(command), jail=not no_jail))
 
 
 def _print_stats(result: "ShutdownResult", sink: _ConsoleSink, cpu: "CpuControl") -> None:
@@ -198,10 +202,35 @@ def _print_stats(result: "ShutdownResult", sink: _ConsoleSink, cpu: "CpuControl"
                    f"{t.get('nr_periods', 0)} periods, {ns / 1e9:.2f} s", err=True)
 
 
-def run_domain(spec: "DomainSpec", *, stats: bool = False, command: bool = False) -> int:
+def _enter_jail(spec: "DomainSpec", config: Any, cpu: "CpuControl", log: Callable[[str], None]) -> Any:
+    """Jail this process (as root; otherwise run as is) with what ``config`` names;
+    return the config the jailed child builds (TAPs already on their bridges)."""
+    import dataclasses
+
+    from hospes.toolstack.domain_jail import ForegroundJail
+    from hospes.toolstack.jail import can_jail
+
+    if not can_jail():
+        return config
+    # Absolute paths: the jailed child looks its handed files up after a chdir("/").
+    config = dataclasses.replace(
+        config, kernel=config.kernel.absolute(), ramdisk=config.ramdisk.absolute() if config.ramdisk else None,
+        disks=tuple(dataclasses.replace(d, path=d.path.absolute()) for d in config.disks))
+    resolved = dataclasses.replace(
+        spec, kernel=str(config.kernel), ramdisk=str(config.ramdisk) if config.ramdisk else None,
+        disks=tuple(dataclasses.replace(d, target=os.path.abspath(d.target)) if d.target else d for d in spec.disks))
+    jail = ForegroundJail(resolved, RUN_DOMID, log, cpu.close)
+    jail.prepare()
+    jail.enter(lambda: None)
+    return dataclasses.replace(config, vifs=tuple(dataclasses.replace(v, bridge=None) for v in config.vifs))
+
+
+def run_domain(spec: "DomainSpec", *, stats: bool = False, command: bool = False, jail: bool = True) -> int:
     """Run ``spec`` in the foreground through its restarts; return ``hospes run``'s exit status.
 
     ``command``: the spec's command line carries a command whose exit status is the result.
+    ``jail`` (and root): the domain runs in the jail hospesd's domain processes run in; this
+    process forks, the parent waits and exits with the jailed child's status.
     """
     from hospes.cgroup import CpuControl, SchedParams
     from hospes.domain import Domain, ShutdownReason
@@ -224,6 +253,8 @@ def run_domain(spec: "DomainSpec", *, stats: bool = False, command: bool = False
         cpu.start(SchedParams(weight=spec.cpu_weight, cap=spec.cap), eager=False)
         # Before the terminal goes raw: a first run prints the default images' build progress.
         config = domain_config(spec, RUN_DOMID, log)
+        if jail:
+            config = _enter_jail(spec, config, cpu, log)
         sink = _ConsoleSink()
         first = [config]
 

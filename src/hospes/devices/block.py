@@ -57,6 +57,7 @@ from typing import ClassVar
 from hospes.devices.host import BACKEND_DOMID, DeviceHost, guarded
 from hospes.devices.xenbus import XenbusBackend, XenbusState, device_paths, publish_device
 from hospes.errors import HospesError
+from hospes.files import open_host
 from hospes.pv.evtchn import BackendEndpoint
 from hospes.pv.ring import MASK, BackRing, BackRingState, RingError
 from hospes.state import StateError, check_version
@@ -173,7 +174,7 @@ class BlockBackend:
         self._mem = host.mem
         self._grants = host.grants
         try:
-            self.fd = os.open(disk.path, os.O_RDONLY if disk.readonly else os.O_RDWR)
+            self.fd = open_host(disk.path, os.O_RDONLY if disk.readonly else os.O_RDWR)
         except OSError as e:
             raise BlockError(
                 f"Cannot open disk image {disk.path}: {e.strerror}; check the path and permissions.") from e

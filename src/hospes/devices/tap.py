@@ -10,6 +10,7 @@ creates bridges: a missing one is a configuration error the user must see.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import logging
@@ -33,8 +34,11 @@ TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
+SIOCGIFMTU = 0x8921
 SIOCSIFMTU = 0x8922
 SIOCBRADDIF = 0x89A2
+SIOCETHTOOL = 0x8946
+ETHTOOL_GLINK = 0x0000000A
 IFF_UP = 0x1
 IFF_RUNNING = 0x40
 IFNAMSIZ = 16
@@ -52,11 +56,24 @@ def check_ifname(name: str, what: str) -> None:
 
 
 def tap_in_use(name: str) -> bool:
-    """True if a process holds a queue of TAP ``name``: tun raises the carrier while one
-    does, which an up interface reports as IFF_RUNNING (asked in this thread's network
-    namespace, which /sys may not show)."""
+    """True if a process holds a queue of TAP ``name``: tun has the carrier on exactly while
+    one does (asked in this thread's network namespace, which /sys may not show).
+
+    The carrier is read with ETHTOOL_GLINK, which needs no privilege and changes
+    the moment the last queue closes. IFF_RUNNING is not: it follows the operational
+    state, which the kernel's link watcher updates up to a second later when
+    events come close together -- a persistent TAP its owner closed and reopens at
+    once (a jailed domain's TAP at build and at every reboot) still looked held."""
+    value = ctypes.create_string_buffer(struct.pack("II", ETHTOOL_GLINK, 0), 8)
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                fcntl.ioctl(s, SIOCETHTOOL, struct.pack("16sP16x", name.encode(), ctypes.addressof(value)))
+                return bool(struct.unpack("II", value.raw)[1])
+            except OSError as e:
+                if e.errno != errno.EOPNOTSUPP:   # ENODEV: no such interface
+                    raise
+            # Not a tun device (no ethtool link state): fall back to the interface flags.
             flags = struct.unpack_from("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16s24x", name.encode())))[1]
     except OSError:
         return False   # no such interface
@@ -93,9 +110,13 @@ def open_tap(name: str, mtu: int, *, attach: bool = False) -> int:
         raise NetError(f"Cannot create TAP device {name}: {e.strerror}{hint}; pick another name with tap=.") from e
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            fcntl.ioctl(s, SIOCSIFMTU, struct.pack("16si20x", name.encode(), mtu))
+            # Only what differs: a jailed domain reopens a TAP set up for it, without the privilege.
+            now = struct.unpack_from("16si", fcntl.ioctl(s, SIOCGIFMTU, struct.pack("16s24x", name.encode())))[1]
+            if now != mtu:
+                fcntl.ioctl(s, SIOCSIFMTU, struct.pack("16si20x", name.encode(), mtu))
             flags = struct.unpack_from("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16s24x", name.encode())))[1]
-            fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", name.encode(), flags | IFF_UP))
+            if not flags & IFF_UP:
+                fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH22x", name.encode(), flags | IFF_UP))
     except OSError as e:
         log.warning("vif %s: cannot set MTU %d / bring the TAP up: %s", name, mtu, e.strerror)
     return fd

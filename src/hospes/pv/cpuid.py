@@ -21,7 +21,6 @@ never overwrites what the guest wrote.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 from hospes.kvm.structs import KvmCpuidEntry2
 from hospes.pv import abi
@@ -61,7 +60,7 @@ HWCAP2_FSGSBASE = 1 << 1
 
 def host_fsgsbase() -> bool:
     """Whether the host kernel runs with CR4.FSGSBASE (and so a PVM guest can use the instructions)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)   # the process's own libc: find_library would run ldconfig
     getauxval = libc.getauxval
     getauxval.restype = ctypes.c_ulong
     getauxval.argtypes = [ctypes.c_ulong]

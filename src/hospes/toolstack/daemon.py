@@ -41,6 +41,8 @@ from hospes.toolstack.addresses import listen_address, migration_destination
 from hospes.toolstack.api_error import ApiError
 from hospes.toolstack.boot_files import check_boot_files
 from hospes.toolstack.console_run import ABANDON_READ, MarkerRun
+from hospes.cgroup import CgroupError, SchedParams, apply_sched
+from hospes.toolstack.domain_jail import hand_file, hand_socket, hand_ssh
 from hospes.toolstack.domain_process import valid_name
 from hospes.toolstack.hostinfo import host_info
 from hospes.toolstack.lifecycle import DomainState, ShutdownRequest, WaitOutcome
@@ -58,6 +60,15 @@ MIN_MEMORY_TARGET_KIB = MIN_MEMORY_MIB * 1024   # mem-set's floor: the smallest 
 SAVE_TIMEOUT_S = 600.0         # writing a big guest's memory takes a while
 GONE_GRACE_S = 30.0            # for a saved or migrated domain's process to exit
 MIB = 1024 * 1024
+
+
+def _reap(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Wait for a helper process (ssh) that should end with its connection; kill it if not."""
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def request_spec(body: dict[str, Any]) -> DomainSpec:
@@ -119,10 +130,10 @@ def _kib_text(kib: int) -> str:
 class Daemon:
     """The operations behind the API, over one runtime directory."""
 
-    def __init__(self, run: RunDir, overcommit: float = DEFAULT_OVERCOMMIT) -> None:
+    def __init__(self, run: RunDir, overcommit: float = DEFAULT_OVERCOMMIT, jail: bool = True) -> None:
         self.run = run.ensure()
         self.overcommit = overcommit
-        self.registry = Registry(run)
+        self.registry = Registry(run, jail=jail)
         self._run_locks: dict[int, asyncio.Lock] = {}
         self._create_lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
@@ -341,11 +352,20 @@ class Daemon:
         checkpoint = bool(body.get("checkpoint"))
         v = await self.running(ident, "be saved")
         self._busy[v.domid] = "saved"
+        # hospesd opens the file and hands it over: a jailed domain process opens no path itself.
+        tmp = Path(path).with_name(f".{Path(path).name}.partial")
         try:
             try:
+                handed = await asyncio.to_thread(hand_file, self.run, v.domid, path, tmp)
                 reply = await control.request(self.run.control_socket(v.domid), "save", timeout=SAVE_TIMEOUT_S,
                                               path=path, checkpoint=checkpoint, compress=bool(body.get("compress")))
-            except control.ControlError as e:
+                if handed:
+                    os.replace(tmp, path)
+            except (control.ControlError, OSError, HospesError) as e:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
                 raise ApiError(409, f"Domain {v.record.name} ({v.domid}) was not saved: {e}") from e
             if not checkpoint:
                 await self._wait_gone(v.record)
@@ -379,11 +399,17 @@ class Daemon:
         if task is not None:
             self._migrations[v.domid] = task
         log.info("migrating domain %d (%s) to %s", v.domid, v.record.name, args["dest"])
+        ssh: subprocess.Popen[bytes] | None = None
         try:
             try:
+                dest = str(args["dest"])
+                if dest.startswith("unix:"):   # a jailed process cannot reach the path, nor run ssh
+                    await asyncio.to_thread(hand_socket, self.run, v.domid, dest)
+                elif not dest.startswith("tcp://"):
+                    ssh = await asyncio.to_thread(hand_ssh, self.run, v.domid, dest)
                 reply = await control.request_stream(self.run.control_socket(v.domid), "migrate",
                                                      on_event or (lambda event: None), None, **args)
-            except control.ControlError as e:
+            except (control.ControlError, HospesError) as e:
                 raise ApiError(409, f"Domain {v.record.name} ({v.domid}) was not migrated: {e}") from e
             except asyncio.CancelledError:
                 log.info("migration of domain %d cancelled; it keeps running here", v.domid)
@@ -392,6 +418,8 @@ class Daemon:
         finally:
             self._busy.pop(v.domid, None)
             self._migrations.pop(v.domid, None)
+            if ssh is not None:
+                await asyncio.to_thread(_reap, ssh)
         result = dict(reply.get("result") or {})
         log.info("migrated domain %d (%s) to %s: %s", v.domid, v.record.name, args["dest"], result)
         return {"domid": v.domid, "dest": args["dest"], **result}
@@ -582,8 +610,15 @@ class Daemon:
                                                                              "cgroup": None, "throttled": {}})}
         v = await self.live(ident, "change its scheduling parameters")
         args = {k: x for k, x in (("weight", weight), ("cap", cap)) if x is not None}
+        old = v.record.sched_in_force()
         reply = await self._request(v, "sched", **args)
         reply.pop("ok", None)
+        # A jailed domain process cannot write its cgroup: the daemon applies what it was asked.
+        try:
+            apply_sched(v.record.cgroup, SchedParams(weight=old["weight"] if weight is None else weight,
+                                                     cap=old["cap"] if cap is None else cap))
+        except CgroupError as e:
+            raise ApiError(409, f"Domain {v.record.name} ({v.domid}): {e}") from e
         return {"domid": v.domid, "name": v.to_api()["name"], **reply}
 
     async def set_vcpus(self, ident: str, count: int) -> dict[str, Any]:
@@ -743,13 +778,13 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 async def serve(run: RunDir, tcp: str | None = None, token: str | None = None,
                 ready: "asyncio.Event | None" = None, tls: ssl.SSLContext | None = None,
-                overcommit: float = DEFAULT_OVERCOMMIT) -> None:
+                overcommit: float = DEFAULT_OVERCOMMIT, jail: bool = True) -> None:
     """Serve the API until SIGTERM/SIGINT; domains keep running afterwards."""
     from aiohttp import web
 
     from hospes.toolstack.api import make_app
 
-    daemon = Daemon(run, overcommit)
+    daemon = Daemon(run, overcommit, jail)
     await daemon.start()
     runner = web.AppRunner(make_app(daemon, token=token), access_log=None, handle_signals=False)
     await runner.setup()
@@ -801,6 +836,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overcommit", type=float, default=DEFAULT_OVERCOMMIT, metavar="RATIO",
                         help="admit domains while their memory (with overheads) stays within RATIO x the host's "
                              "memory (default 1.0)")
+    parser.add_argument("--no-jail", action="store_true",
+                        help="run domain processes as root with the host's files and every system call "
+                             "(debugging; see docs/security.md)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s hospesd[%(process)d]: %(message)s", stream=sys.stderr)
     run = RunDir(args.run_dir.absolute()) if args.run_dir else RunDir.default()
@@ -835,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hospesd: another hospesd is running on {run.root}", file=sys.stderr)
         return 1
     try:
-        asyncio.run(serve(run, args.tcp, token, tls=tls, overcommit=overcommit))
+        asyncio.run(serve(run, args.tcp, token, tls=tls, overcommit=overcommit, jail=not args.no_jail))
     finally:
         lock.release()
     return 0

@@ -30,6 +30,7 @@ import asyncio
 from dataclasses import replace
 import dataclasses
 import os
+import socket
 import sys
 import threading
 import time
@@ -43,15 +44,18 @@ from hospes.migrate.precopy import MAX_ROUNDS, MigrateOptions, MigrationError, P
 from hospes.migrate.receive import Receiver
 from hospes.migrate.savefile import SavedDomain, read_domain, write_domain
 from hospes.migrate.stream import RecordReader, StreamError
-from hospes.migrate.transport import Listener, connect, parse_address
+from hospes.migrate.transport import Channel, Listener, connect, parse_address
 from hospes.toolstack.spec import DomainSpec
 from hospes.errors import HospesError
 from hospes.pv.runstate import RunState
 from hospes.toolstack import control
-from hospes.toolstack.domain_config import domain_config
+from hospes.toolstack.domain_config import BootImages, domain_config
 from hospes.toolstack.lifecycle import DomainState, Outcome, ShutdownRequest
 from hospes.toolstack.record import process_start_time, read_record, remove_quietly, write_record
 from hospes.toolstack.admission import admit
+from hospes.toolstack.domain_jail import DomainJail, apply_devices, fds_socket, spec_for_build
+from hospes.toolstack.jail import JailError, can_jail
+from hospes.toolstack.jail_syscalls import SeccompError
 from hospes.toolstack.runner import DomainRunner, RestartLimit, TerminationSignals
 from hospes.toolstack.rundir import CONSOLE_ROTATE_BYTES, ERR_ROTATE_BYTES, RunDir, rotate_log
 
@@ -62,11 +66,13 @@ NAME_MAX = 64
 
 
 _err_file: Path | None = None     # domains/<id>.err, which fds 1 and 2 write to; set by main()
+_err_reopen: Callable[[], int] | None = None    # jailed: the supervisor rotates the .err file
+_log_pid = 0      # jailed: the host's pid of this process (getpid() is 1 in its PID namespace)
 
 
 def log(msg: str) -> None:
     """One line on stderr (domains/<id>.err), timestamped; the file is kept under ERR_ROTATE_BYTES."""
-    sys.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} hospes-domain[{os.getpid()}]: {msg}\n")
+    sys.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} hospes-domain[{_log_pid or os.getpid()}]: {msg}\n")
     sys.stderr.flush()
     _bound_stderr()
 
@@ -77,10 +83,15 @@ def _bound_stderr() -> None:
     if _err_file is None:
         return
     try:
-        if os.fstat(2).st_size <= ERR_ROTATE_BYTES or not rotate_log(_err_file):
+        if os.fstat(2).st_size <= ERR_ROTATE_BYTES:
             return
-        fd = os.open(_err_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError:
+        if _err_reopen is not None:
+            fd = _err_reopen()
+        elif not rotate_log(_err_file):
+            return
+        else:
+            fd = os.open(_err_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except (OSError, HospesError):
         return
     sys.stderr.flush()
     sys.stdout.flush()
@@ -131,6 +142,7 @@ class ConsoleLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.reopen: Callable[[], int] | None = None    # jailed: the supervisor rotates the file
         path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(path, "ab", buffering=0)
         self._size = self._f.tell()
@@ -138,8 +150,11 @@ class ConsoleLog:
     def write(self, data: bytes) -> None:
         if self._size + len(data) > LOG_ROTATE_BYTES:
             self._f.close()
-            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            self._f = open(self.path, "ab", buffering=0)
+            if self.reopen is not None:
+                self._f = open(self.reopen(), "ab", buffering=0)
+            else:
+                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+                self._f = open(self.path, "ab", buffering=0)
             self._size = 0
         self._f.write(data)
         self._size += len(data)
@@ -171,6 +186,8 @@ class ControlServer:
     def __init__(self, proc: "DomainProcess", path: Path) -> None:
         self.proc = proc
         self.path = path
+        self.sock: socket.socket | None = None        # bound before a jail's drop (bind())
+        self.fds: socket.socket | None = None         # where hospesd hands over files it opened
         self.loop: asyncio.AbstractEventLoop | None = None
         self.consoles: set[asyncio.StreamWriter] = set()
         self._ready = threading.Event()
@@ -183,7 +200,15 @@ class ControlServer:
             "vcpu_set": self._vcpu_set, "mem_set": self._mem_set,
         }
 
+    def bind(self, fds_path: Path) -> None:
+        """Bind the control socket and the file-handing socket now (as root, in the host's
+        filesystem), for a process that serves them from its jail."""
+        self.sock = _listen(self.path)
+        self.fds = _listen(fds_path)
+
     def start(self) -> None:
+        if self.fds is not None:
+            threading.Thread(target=self._receive_files, name="fds", daemon=True).start()
         self._thread.start()
         self._ready.wait(30)
         if self._error is not None:
@@ -199,16 +224,50 @@ class ControlServer:
     def _main(self) -> None:
         self.loop = asyncio.new_event_loop()
         try:
-            remove_quietly(self.path)
-            self.loop.run_until_complete(
-                asyncio.start_unix_server(self._handle, path=str(self.path), limit=control.MAX_LINE))
-            os.chmod(self.path, 0o600)
+            if self.sock is not None:
+                self.loop.run_until_complete(
+                    asyncio.start_unix_server(self._handle, sock=self.sock, limit=control.MAX_LINE))
+            else:
+                remove_quietly(self.path)
+                self.loop.run_until_complete(
+                    asyncio.start_unix_server(self._handle, path=str(self.path), limit=control.MAX_LINE))
+                os.chmod(self.path, 0o600)
         except BaseException as e:  # reported to start()
             self._error = e
             self._ready.set()
             return
         self._ready.set()
         self.loop.run_forever()
+
+    def _receive_files(self) -> None:
+        """hospesd hands over a file it opened for this domain (a save file): one message
+        ``{"path": P}`` with the descriptor; a later ``save`` to P writes into it."""
+        assert self.fds is not None
+        while True:
+            try:
+                conn, _ = self.fds.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.settimeout(5)
+                    data, fds, _, _ = socket.recv_fds(conn, 4096, 1)
+                except OSError:
+                    continue
+                try:
+                    path = control.decode(data).get("path")
+                except (HospesError, ValueError):
+                    path = None
+                if not fds:
+                    continue
+                if not isinstance(path, str):
+                    os.close(fds[0])
+                    continue
+                self.proc.hand_file(path, fds[0])
+                try:
+                    conn.sendall(b"ok\n")
+                except OSError:
+                    pass
 
     # --- console fan-out (called from any thread) -----------------------------------
 
@@ -367,6 +426,15 @@ class ControlServer:
         self.proc.finish_moved()
 
 
+def _listen(path: Path) -> socket.socket:
+    remove_quietly(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    os.chmod(path, 0o600)
+    sock.listen(16)
+    return sock
+
+
 class DomainProcess:
     """Runs one domain described by its state record; see the module docstring."""
 
@@ -395,6 +463,12 @@ class DomainProcess:
         self.cpu = CpuControl(domid)
         self.log = ConsoleLog(Path(self.record.console_log))
         self.server = ControlServer(self, run.control_socket(domid))
+        self.jail: DomainJail | None = None
+        self._boot: BootImages | None = None    # jailed: the boot files resolved before the drop
+        self._files: dict[str, int] = {}        # path -> a file hospesd opened for it (save)
+        self._restore_fd: int | None = None
+        self._confined = False
+        self._listener: Listener | None = None    # jailed: an incoming unix: listener bound before the drop
         self._save()
 
     @property
@@ -405,7 +479,63 @@ class DomainProcess:
 
     def _save(self) -> None:
         with self._lock:
-            write_record(self.run.state_file(self.domid), self.record)
+            link = self.jail.link if self.jail is not None else None
+            if link is not None:
+                link.call("record", record=self.record.to_dict())
+            else:
+                write_record(self.run.state_file(self.domid), self.record)
+
+    # --- the jail ------------------------------------------------------------------------
+
+    def enter_jail(self) -> None:
+        """Privileged set-up, then into the jail (docs/security.md). In the parent this
+        never returns: it becomes the jail's supervisor and exits with the child's status."""
+        start = time.monotonic()
+        self._confine()
+        self._confined = True
+        jail = DomainJail(self.run, self.domid, self.record, log)
+        jail.at_end.append(self.cpu.close)
+        jail.prepare()
+        with self._lock:
+            self.record.cgroup = str(self.cpu.path or "")
+        if self.record.restore_path is not None:
+            try:
+                self._restore_fd = os.open(self.record.restore_path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self._restore_fd = None      # _restore_first reports it
+        self.server.bind(fds_socket(self.run, self.domid))
+        self._boot = jail.boot
+        if self.record.incoming is not None:
+            addr = parse_address(self.record.incoming, listen=True)
+            if addr.kind == "unix":   # its path is outside the jail: bound now, accepted in there
+                self._listener = Listener(addr)
+                jail.remove_at_end.append(Path(addr.path))
+
+        def parent_keeps_nothing() -> None:
+            for sock in (self.server.sock, self.server.fds):
+                if sock is not None:
+                    sock.close()
+            if self._listener is not None:
+                self._listener._sock.close()
+            self.log.close()
+
+        jail.enter(parent_keeps_nothing)
+        self.jail = jail
+        global _err_reopen, _log_pid
+        _log_pid = self.record.pid or 0
+        link = jail.link
+        assert link is not None
+        self.log.reopen = lambda: link.call("rotate_console")[1][0]
+        _err_reopen = lambda: link.call("rotate_err")[1][0]   # noqa: E731
+        self._save()
+        log(f"jailed as uid {jail.uid} in {(time.monotonic() - start) * 1000:.0f} ms (seccomp: {jail.mode})")
+
+    def hand_file(self, path: str, fd: int) -> None:
+        with self._lock:
+            old = self._files.pop(path, None)
+            self._files[path] = fd
+        if old is not None:
+            os.close(old)
 
     def _set_state(self, state: DomainState, **changes: Any) -> None:
         with self._lock:
@@ -433,7 +563,7 @@ class DomainProcess:
                 "domid": self.domid, "name": rec.name, "uuid": rec.uuid, "state": str(rec.state),
                 "shutdown_reason": None if rec.shutdown_reason is None else str(rec.shutdown_reason),
                 "message": rec.message, "boots": rec.boots,
-                "started": rec.started, "pid": os.getpid(), "vcpus": vcpus,
+                "started": rec.started, "pid": rec.pid, "vcpus": vcpus,
                 "cpu_time": sum(self._last_cpu), "sched": self.sched_status(),
                 **(dom.memory_status() if dom is not None else {}),
             }
@@ -456,13 +586,15 @@ class DomainProcess:
             self._save()
 
     def set_sched(self, weight: int | None = None, cap: int | None = None) -> dict[str, Any]:
-        """``xl sched-credit -d DOM [-w W] [-c C]``: change the weight and/or cap of a running domain."""
+        """``xl sched-credit -d DOM [-w W] [-c C]``: change the weight and/or cap of a running domain.
+        A jailed process cannot write its cgroup: hospesd applies the new values first."""
         with self._lock:
             old = self.sched_params()
             new = SchedParams(weight=old.weight if weight is None else weight, cap=old.cap if cap is None else cap)
             if self.cpu.cgroup is None and new.is_default:
                 return self.sched_status()
-            self.cpu.change(new)    # raises if it cannot be enforced
+            if self.jail is None:
+                self.cpu.change(new)    # raises if it cannot be enforced
             self.record.cgroup = str(self.cpu.path or "")
             self.record.sched = new.to_dict()
             self._save()
@@ -513,18 +645,31 @@ class DomainProcess:
 
     def save(self, path: Path, checkpoint: bool, compress: bool) -> dict[str, Any]:
         """``hospes save``: write the domain to ``path``; without ``checkpoint`` it is destroyed after."""
-        dom = self._begin("saved")
+        with self._lock:
+            handed = self._files.pop(str(path), None)
+        if handed is None and self.jail is not None:
+            raise HospesError(f"Cannot write {path}: a jailed domain process opens no files itself; save "
+                              "through hospesd, which opens the file and hands it over.")
+        try:
+            dom = self._begin("saved")
+        except BaseException:
+            if handed is not None:
+                os.close(handed)
+            raise
         start = time.monotonic()
         was_paused = dom.paused
         tmp = path.with_name(f".{path.name}.partial")
         try:
-            with open(tmp, "wb") as f:
+            # A handed file is hospesd's own temporary file: it renames it once this replies.
+            with (os.fdopen(handed, "wb") if handed is not None else open(tmp, "wb")) as f:
                 writer = write_domain(dom, f, self.record.spec.to_dict(), compress=compress)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            if handed is None:
+                os.replace(tmp, path)
         except BaseException as e:
-            remove_quietly(tmp)
+            if handed is None:
+                remove_quietly(tmp)
             dom.thaw()
             if not was_paused:
                 dom.unpause()
@@ -553,11 +698,22 @@ class DomainProcess:
             live=bool(req.get("live", True)), verify=bool(req.get("verify")), compress=bool(req.get("compress")),
             max_rounds=_positive(req.get("max_rounds"), "max_rounds") or MAX_ROUNDS,
             max_bandwidth=_positive(req.get("max_bandwidth"), "max_bandwidth"))
+        with self._lock:
+            handed = self._files.pop(dest, None)
+        if handed is None and self.jail is not None and addr.kind != "tcp":
+            raise HospesError(f"A jailed domain process cannot reach {addr} itself: migrate through hospesd, "
+                              "which connects (unix:) or runs ssh and hands the connection over; or over tcp://.")
         dom = self._begin("migrated")
         self._cancel = cancel
         try:
             log(f"migrating to {addr}")
-            channel = connect(addr)
+            if handed is not None:   # hospesd connected to the unix: path and handed the socket over
+                sock = socket.socket(fileno=handed)
+                sock.setblocking(True)   # hospesd connected with a timeout: the shared file was non-blocking
+                channel = Channel(sock.makefile("rb"), sock.makefile("wb", buffering=1 << 20),  # type: ignore[arg-type]
+                                  sock=sock)
+            else:
+                channel = connect(addr)
             try:
                 result = Sender(dom, self.record.spec.to_dict(), channel, options, progress, cancel).run()
             finally:
@@ -644,10 +800,13 @@ class DomainProcess:
     def _build(self) -> Domain:
         received, self._received = self._received, None
         if received is None:
-            return Domain(domain_config(self.record.spec, self.domid, log), console_out=self._console_out,
+            config = domain_config(spec_for_build(self.record.spec, self._boot), self.domid, log)
+            return Domain(self._jailed_config(config), console_out=self._console_out,
                           hypervisor_log=_hypervisor_log)
         # The guest keeps the domid it was built with: its kernel and store hold it.
-        config = domain_config(self.record.spec, received.state.pv.domid, log, boot_from_images=False)
+        self._hand_devices(received.state.pv.domid)
+        config = self._jailed_config(domain_config(self.record.spec, received.state.pv.domid, log,
+                                                   boot_from_images=False))
         if self._receiver is not None:   # arriving, maybe on the source's host: share its TAPs meanwhile
             config = dataclasses.replace(config, vifs=tuple(dataclasses.replace(v, attach=True)
                                                             for v in config.vifs))
@@ -657,6 +816,23 @@ class DomainProcess:
         except BaseException:
             received.shell.close()
             raise
+
+    def _jailed_config(self, config: Any) -> Any:
+        """In the jail the TAPs are already on their bridges (made before the drop)."""
+        if self.jail is None:
+            return config
+        return dataclasses.replace(config, vifs=tuple(dataclasses.replace(v, bridge=None) for v in config.vifs))
+
+    def _hand_devices(self, guest_domid: int) -> None:
+        """Jailed, before building a domain a stream brought: its supervisor opens the
+        disks, boot files and TAPs of the stream's spec (once; no guest code has run yet)."""
+        link = self.jail.link if self.jail is not None else None
+        if link is None:
+            return
+        reply, fds = link.call("devices", spec=self.record.spec.to_dict(), domid=guest_domid)
+        boot = apply_devices(reply, fds)
+        if boot is not None:
+            self._boot = boot
 
     # --- restore and incoming migration: the first domain from a stream -----------------------
 
@@ -670,8 +846,9 @@ class DomainProcess:
         """``hospes restore``: read the save file the record names (the daemon set the spec)."""
         path = self.record.restore_path
         assert path is not None
+        fd, self._restore_fd = self._restore_fd, None
         try:
-            with open(path, "rb") as f:
+            with (os.fdopen(fd, "rb") if fd is not None else open(path, "rb")) as f:
                 self._received = read_domain(RecordReader(f), self._shell_for)
         except OSError as e:
             raise HospesError(f"Cannot read {path}: {e.strerror or e}.") from e
@@ -680,7 +857,7 @@ class DomainProcess:
     def _receive_first(self) -> None:
         """``hospes migrate-receive``: listen, accept one stream, read it to its END."""
         addr = parse_address(self.record.incoming or "", listen=True)
-        listener = Listener(addr)
+        listener, self._listener = self._listener or Listener(addr), None
         try:
             self._set_state(DomainState.INCOMING)
             channel = listener.accept(INCOMING_TIMEOUT_S)
@@ -700,7 +877,14 @@ class DomainProcess:
         """The stream's CONFIG arrived: record the domain it describes (listed with its
         name and memory while the pages come), then make its shell."""
         spec = _stream_spec(config)
-        admit(self.run, spec.name, spec.memory, exclude=self.domid)   # AdmissionError: the sender is refused
+        link = self.jail.link if self.jail is not None else None
+        if link is not None:   # the other domains' records are outside the jail
+            refused = link.call("admit", name=spec.name, memory=spec.memory,
+                                maxmem=spec.maxmem or spec.memory)[0].get("refused")
+            if refused:
+                raise HospesError(str(refused))
+        else:
+            admit(self.run, spec.name, spec.memory, exclude=self.domid)   # AdmissionError: the sender is refused
         shell = self._shell(spec)
         with self._lock:
             placeholder = self.record.name == f"incoming-{self.domid}"
@@ -766,7 +950,8 @@ class DomainProcess:
     def _main(self) -> int:
         self.server.start()
         try:
-            self._confine()
+            if not self._confined:
+                self._confine()
         except CgroupError as e:
             log(f"resource control: {e}")
             self._set_state(DomainState.SHUTDOWN, shutdown_reason=ShutdownReason.CRASH, message=str(e))
@@ -820,7 +1005,11 @@ class DomainProcess:
     def _finish_destroyed(self) -> int:
         self.server.stop()
         with self._lock:
-            remove_quietly(self.run.state_file(self.domid))
+            link = self.jail.link if self.jail is not None else None
+            if link is not None:
+                link.call("remove")
+            else:
+                remove_quietly(self.run.state_file(self.domid))
         return 0
 
 
@@ -835,6 +1024,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hospes-domain", description="Run one Hospes domain (started by hospesd).")
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--domid", required=True, type=int)
+    parser.add_argument("--no-jail", action="store_true",
+                        help="run as root with the host's filesystem and every system call (debugging)")
     args = parser.parse_args(argv)
     run = RunDir(args.run_dir)
     global _err_file
@@ -846,6 +1037,21 @@ def main(argv: list[str] | None = None) -> int:
     except HospesError as e:
         log(str(e))
         return 2
+    if not args.no_jail and can_jail():
+        try:
+            proc.enter_jail()
+        except (HospesError, OSError) as e:
+            # A disk, TAP or bridge the config names is the user's to fix; the jail's own failures say so.
+            own = isinstance(e, (JailError, SeccompError, CgroupError, OSError))
+            msg = f"Cannot jail the domain process: {e}" if own else str(e)
+            log(msg)
+            proc.record.state, proc.record.shutdown_reason, proc.record.message = \
+                DomainState.SHUTDOWN, ShutdownReason.CRASH, msg
+            try:
+                proc._save()
+            except (HospesError, OSError):
+                pass
+            return 2
     try:
         return proc.main()
     finally:

@@ -104,8 +104,9 @@ def _state(reported: object, recorded: DomainState) -> DomainState:
 class Registry:
     """Domains under one runtime directory. All methods run on the daemon's event loop."""
 
-    def __init__(self, run: RunDir) -> None:
+    def __init__(self, run: RunDir, jail: bool = True) -> None:
         self.run = run
+        self.jail = jail          # False: domain processes run unjailed (hospesd --no-jail)
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.exit_codes: dict[int, int] = {}
         self.dying: set[int] = set()
@@ -119,7 +120,7 @@ class Registry:
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "hospes.toolstack.domain_process",
-                 "--run-dir", str(self.run.root), "--domid", str(domid)],
+                 "--run-dir", str(self.run.root), "--domid", str(domid), *([] if self.jail else ["--no-jail"])],
                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True, close_fds=True,
             )
         finally:
@@ -159,7 +160,7 @@ class Registry:
         """Remove a dead domain's record, socket and stderr file (its console log stays)."""
         err = self.run.stderr_file(domid)
         remove_quietly(self.run.state_file(domid), self.run.control_socket(domid), err,
-                       err.with_name(err.name + ".1"))
+                       err.with_name(err.name + ".1"), self.run.domains / f"{domid}.fds")
         self._cpu.pop(domid, None)
         self.exit_codes.pop(domid, None)
 
