@@ -125,7 +125,7 @@ def test_host_map_writes_the_l1_entry_and_unmap_clears_it(t) -> None:
     assert do_unmap(t, handle, pte_addr(4)) == GNTST_general_error   # not the entry that maps it
     assert do_unmap(t, handle, pte_addr(5)) == GNTST_okay
     assert t.mmu.q[pte_addr(5) >> 3] == 0 and DATA not in t.mmu.count
-    assert pte_addr(5) in t.mmu.pending_zaps             # a present entry went: KVM must drop its shadow
+    assert (pte_addr(5), 0) in t.vcpu.writes             # a present entry went: KVM must drop its shadow
     assert t.vcpu.flushes == 2 and flags_of(t, 8) == 0
     t.mem.zero(DATA << 12, 4096)
     t.mmu.get_type(DATA, 1, [])                            # now it may become one

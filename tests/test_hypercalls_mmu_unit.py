@@ -88,18 +88,16 @@ def test_mmu_update_writes_a_valid_pte_and_the_guest_can_use_the_mapping(dom: Fa
     assert vcpu.read(UNMAPPED_VA, 22) == b"behind the new mapping"
 
 
-def test_replacing_a_present_entry_leaves_it_for_the_writer_of_the_next_flush(
-        dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+def test_replacing_a_present_entry_queues_it_for_the_in_vm_writer(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
     first, second = FREE_FRAME + 6, FREE_FRAME + 7
-    slot = l1_slot(UNMAPPED_INDEX)
-    assert mmu_update(vcpu, (slot, (first << 12) | P_RW)) == (0, 1)
-    assert slot not in dom.mmu.pending_zaps
-    assert mmu_update(vcpu, (slot, (second << 12) | P_RW)) == (0, 1)
-    assert dom.l1_entry(UNMAPPED_INDEX) == (second << 12) | P_RW | PTE_US
-    seq = dom.mmu.pending_zaps[slot]              # KVM must drop its shadow of the first mapping
-    assert mmu_update(vcpu, (slot, 0)) == (0, 1)
-    assert dom.mmu.pending_zaps[slot] > seq       # once per entry, with the newest change's number
-    assert vcpu.writes == []                      # nothing for this vCPU alone: any flush runs them
+    assert mmu_update(vcpu, (l1_slot(UNMAPPED_INDEX), (first << 12) | P_RW)) == (0, 1)
+    assert vcpu.writes == []
+    assert mmu_update(vcpu, (l1_slot(UNMAPPED_INDEX), (second << 12) | P_RW)) == (0, 1)
+    stored = (second << 12) | P_RW | PTE_US
+    assert dom.l1_entry(UNMAPPED_INDEX) == stored
+    assert vcpu.writes == [(l1_slot(UNMAPPED_INDEX), stored)]   # KVM must drop its shadow of the first
+    assert mmu_update(vcpu, (l1_slot(UNMAPPED_INDEX), 0)) == (0, 1)
+    assert vcpu.writes == [(l1_slot(UNMAPPED_INDEX), stored), (l1_slot(UNMAPPED_INDEX), 0)]
 
 
 def test_mmu_update_refuses_a_writable_mapping_of_a_page_table(dom: FakePvDomain, vcpu: FakeVcpu) -> None:

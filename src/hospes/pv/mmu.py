@@ -30,10 +30,9 @@ is this bookkeeping, which follows Xen's:
   entries there, and guest writes to them are refused.
 
 Every resulting store is made into memory at once; one that replaces a
-present entry is also recorded for the in-VM writer of the next TLB flush,
-because this KVM ignores page-table stores made by the VMM (platform.md) and
-only a guest-mode store makes it drop the shadow of the old entry
-(:attr:`PvMmu.pending_zaps`).
+present entry is also queued for the in-VM writer, because this KVM ignores
+page-table stores made by the VMM (platform.md) and only a guest-mode store
+makes it drop the shadow of the old entry.
 
 Saved state (:class:`MmuState`) is the type and count of every frame that has
 one, and the pins. The tables themselves are guest memory and travel with it;
@@ -113,18 +112,6 @@ class PvMmu:
         # one becomes a page table or descriptor page, everyone flushes.
         self.stale_writable: set[int] = set()
         self.flush_all: Callable[[], None] = lambda: None
-        # Entries that replaced a present one, by address -> sequence number:
-        # KVM still shadows the old entry until a guest-mode store to it (the
-        # writer's) makes it drop that. As on hardware, whose TLB keeps the old
-        # translation until a flush, that may wait for the next TLB flush or
-        # CR3 load of any vCPU, and every vCPU runs all of them in its writer
-        # before it next flushes; an entry leaves once a writer that ran it
-        # has returned (PvVcpu.zaps_taken). KVM heals a stale entry that is
-        # stricter than the new one on the next access (its fault walks the
-        # guest's table), so only stale rights are at stake, and those go at
-        # the flush that Xen's contract asks for.
-        self.pending_zaps: dict[int, int] = {}
-        self.zap_seq = 0
         self.translation_cache: TranslationCache = {}  # GuestVirt's; every store invalidates it
         # Ballooning (pv/reservation.py owns this set): RAM frames the guest gave
         # back. No entry, pin, CR3 or GDT may name one until it is populated again.
@@ -338,13 +325,12 @@ class PvMmu:
     def store(self, writes: Writes, gpa: int, value: int) -> None:
         """Store an entry into memory, where the hardware walk and later checks see it.
 
-        An entry that was present is also recorded in :attr:`pending_zaps`,
-        so the writer of the next flush makes KVM drop its shadow of the old
-        one. One that was not present has no shadow to drop (KVM shadows a
-        non-present entry as non-present and walks the guest's table on the
-        next access): a table being filled, or a mapping made, takes effect at
-        once, as on Xen. ``writes`` is the caller's vCPU queue, kept in the
-        signature for the stores that must be this vCPU's own.
+        An entry that was present is also queued for the in-VM writer, so KVM
+        drops its shadow of the old one. One that was not present has no
+        shadow to drop (KVM shadows a non-present entry as non-present and
+        walks the guest's table on the next access), so it costs no writer
+        run: a table being filled, or a mapping made, takes effect at once,
+        as on Xen.
         """
         q = self.q
         old = q[gpa >> 3]
@@ -353,8 +339,7 @@ class PvMmu:
         if dirty is not None:
             dirty.add(gpa >> 12)
         if old & PTE_P:
-            self.zap_seq += 1
-            self.pending_zaps[gpa] = self.zap_seq
+            writes.append((gpa, value))
         self.translation_cache.clear()
 
     # --- operations the hypercalls use ----------------------------------------------

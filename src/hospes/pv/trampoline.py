@@ -268,12 +268,10 @@ class Trampoline:
             code += _exception_stub(v)
         self.writer_va = L.STUBS_VA + len(code)
         code += WRITER_CODE
-        self.writer_end = L.STUBS_VA + len(code)
         self.chunk_exit_va = L.STUBS_VA + len(code)
         code += CHUNK_EXIT_STUB
         self.writer1_va = L.STUBS_VA + len(code)
         code += WRITER1_CODE
-        self.writer1_end = L.STUBS_VA + len(code)
         self.mem.write(stubs, bytes(code))
         self._code = bytes(code)
         gates = bytearray()

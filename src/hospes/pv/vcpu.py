@@ -78,11 +78,6 @@ HYPERCALL_SLICE_NS = 1_000_000
 # instruction, which the PVM host emulates (~20 us measured), so they end a
 # slice too (64 are about another millisecond).
 HYPERCALL_SLICE_WRITES = 64
-# Entries replaced since the last flush whose old shadow KVM may still hold
-# (PvMmu.pending_zaps): past this many the next resume runs them without
-# waiting for a flush, and a long hypercall stops to let it, so a guest that
-# never flushes cannot grow the set without bound.
-ZAPS_MAX = 1024
 _monotonic_ns = time.monotonic_ns   # the slice's clock (a name of its own, for tests)
 
 
@@ -280,9 +275,6 @@ class PvVcpu:
         self.initialised = False
         # Pending in-VM work and the target frame of the next entry.
         self.writes: list[tuple[int, int]] = []
-        # The domain's pending zaps (PvMmu.pending_zaps) this vCPU's writer was
-        # given, until a writer run with them has returned.
-        self.zaps_taken: dict[int, int] = {}
         self.flush_pending = False
         self.next_clock_correct = 0
         self._segments: dict[tuple[int, int], KvmSegment] = {}
@@ -454,8 +446,6 @@ class PvVcpu:
                 self.in_kvm_run = True
                 reason = run()
                 self.in_kvm_run = False
-                if self.zaps_taken and not self.writes:
-                    self._zaps_done()
                 if self.kvm.immediate_exit:
                     self.kvm.immediate_exit = False
                 if reason == kc.KVM_EXIT_IO:
@@ -576,8 +566,7 @@ class PvVcpu:
             self.preempt_at = now + self.slice_ns
         elif now >= self.preempt_at:
             return True
-        if (len(self.writes) >= HYPERCALL_SLICE_WRITES or len(self.domain.mmu.pending_zaps) >= ZAPS_MAX
-                or self.run_state.state is not RunState.RUNNING):
+        if len(self.writes) >= HYPERCALL_SLICE_WRITES or self.run_state.state is not RunState.RUNNING:
             return True
         return self.upcall_deliverable() and abi.CALLBACKTYPE_event in self.callbacks
 
@@ -785,10 +774,6 @@ class PvVcpu:
         frame = (self.t_rip, self.t_cs, rflags, self.t_rsp, self.t_ss)
         regs = self.regs
         kind = self.exit_kind
-        zaps = self.domain.mmu.pending_zaps
-        if zaps and not self.zaps_taken and (self.flush_pending or self.invlpg_va or want_cr3 != self.cpu_cr3
-                                             or len(zaps) >= ZAPS_MAX):
-            self._take_zaps()
         switch = (want_cr3 != self.cpu_cr3 or sregs.cs.selector != self.t_cs
                   or sregs.ss.selector != self.t_ss or kind == "chunk")
         if switch and not (self.writes or self.flush_pending or self.invlpg_va) and kind != "chunk":
@@ -835,34 +820,6 @@ class PvVcpu:
             regs.rsp = self.t_rsp
             regs.rflags = rflags
         self.kvm.mark_dirty(regs=True, sregs=dirty_sregs)
-
-    def _take_zaps(self) -> None:
-        """Give the writer of this flush every entry still shadowed with an old value.
-
-        Each vCPU that flushes runs all of them, whoever queued them and
-        whether or not another vCPU's writer is about to, so no vCPU runs guest
-        code after its flush while KVM may still hold an entry older than it.
-        """
-        mmu = self.domain.mmu
-        q = self.mem.q
-        with mmu.lock:
-            taken = dict(mmu.pending_zaps)
-        self.zaps_taken = taken
-        self.writes.extend((gpa, q[gpa >> 3]) for gpa in taken)
-
-    def _zaps_done(self) -> None:
-        """At an exit after the writer got the zaps: once it has run, they are done for every vCPU."""
-        tr = self.domain.trampoline
-        rip = self.regs.rip
-        if tr.writer_va <= rip < tr.writer_end or tr.writer1_va <= rip < tr.writer1_end:
-            return    # not entered yet (an immediate exit) or stopped inside: it goes on at the next KVM_RUN
-        mmu = self.domain.mmu
-        with mmu.lock:
-            pending = mmu.pending_zaps
-            for gpa, seq in self.zaps_taken.items():
-                if pending.get(gpa) == seq:
-                    del pending[gpa]
-        self.zaps_taken = {}
 
     def _enter_writer(self, frame: tuple[int, int, int, int, int], cr3: int, invlpg: int) -> None:
         """Point the CPU at the in-VM writer with the pending stores and the final frame.
