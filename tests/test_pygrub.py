@@ -357,8 +357,11 @@ def test_hospes_run_reboot_runs_pygrub_again(tmp_path: Path) -> None:
             out += line
             if b"reboot test kernel: rebooting" in line:
                 break
-        # What a kernel update inside the guest does to grub.cfg, done from outside between boots.
-        os.replace(changed, image)
+        # What a kernel update inside the guest does to grub.cfg, done from outside between boots:
+        # in place, as the guest writes its disk (a jailed run holds the file it was given,
+        # so a new file renamed over the path would not be the guest's disk).
+        with open(image, "r+b") as f:
+            f.write(changed.read_bytes())
         out += proc.stdout.read()
         err = proc.stderr.read().decode(errors="replace")
         assert proc.wait(timeout=240) == 0, err[-3000:]

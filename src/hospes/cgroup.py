@@ -219,14 +219,19 @@ class DomainCgroup:
             os.close(self._stat_fd)
             self._stat_fd = None
         home = self._home if self._home is not None and self._home.exists() else self.hier.root
-        try:
-            (home / "cgroup.procs").write_text(str(os.getpid()))
-        except OSError:
-            pass
-        try:
-            self.path.rmdir()
-        except OSError:
-            pass
+        _leave_and_remove(self.path, home)
+
+
+def _leave_and_remove(group: Path, home: Path) -> None:
+    """Move this process to ``home`` and delete ``group`` (best effort: it may be gone already)."""
+    try:
+        (home / "cgroup.procs").write_text(str(os.getpid()))
+    except OSError:
+        pass
+    try:
+        group.rmdir()
+    except OSError:
+        pass
 
 
 def _enable_cpu(group: Path, controller: str = "cpu") -> None:
@@ -352,14 +357,7 @@ class MemoryLimit:
 
     def remove_after(self) -> None:
         """Leave the cgroup (this process back to the hierarchy's root) and delete it (best effort)."""
-        try:
-            (self.hier.root / "cgroup.procs").write_text(str(os.getpid()))
-        except OSError:
-            pass
-        try:
-            self.path.rmdir()
-        except OSError:
-            pass
+        _leave_and_remove(self.path, self.hier.root)
 
 
 def limit_memory(domid: int, guest_mib: int) -> MemoryLimit:

@@ -202,27 +202,34 @@ def _print_stats(result: "ShutdownResult", sink: _ConsoleSink, cpu: "CpuControl"
                    f"{t.get('nr_periods', 0)} periods, {ns / 1e9:.2f} s", err=True)
 
 
-def _enter_jail(spec: "DomainSpec", config: Any, cpu: "CpuControl", log: Callable[[str], None]) -> Any:
-    """Jail this process (as root; otherwise run as is) with what ``config`` names;
-    return the config the jailed child builds (TAPs already on their bridges)."""
+def _enter_jail(spec: "DomainSpec", config: Any, cpu: "CpuControl",
+                log: Callable[[str], None]) -> tuple["DomainSpec", Any] | None:
+    """Jail this process (as root; None otherwise) with what ``config`` names; return the
+    spec and the config the jailed child builds (absolute paths, TAPs already on their bridges).
+
+    With a bootloader the kernel and ramdisk are files inside the disk, which the child's
+    pygrub reads again (the first boot's extracted copies stay outside the jail)."""
     import dataclasses
 
     from hospes.toolstack.domain_jail import ForegroundJail
     from hospes.toolstack.jail import can_jail
 
     if not can_jail():
-        return config
+        return None
     # Absolute paths: the jailed child looks its handed files up after a chdir("/").
     config = dataclasses.replace(
         config, kernel=config.kernel.absolute(), ramdisk=config.ramdisk.absolute() if config.ramdisk else None,
         disks=tuple(dataclasses.replace(d, path=d.path.absolute()) for d in config.disks))
     resolved = dataclasses.replace(
-        spec, kernel=str(config.kernel), ramdisk=str(config.ramdisk) if config.ramdisk else None,
-        disks=tuple(dataclasses.replace(d, target=os.path.abspath(d.target)) if d.target else d for d in spec.disks))
+        spec, disks=tuple(dataclasses.replace(d, target=os.path.abspath(d.target)) if d.target else d
+                          for d in spec.disks))
+    if spec.bootloader is None:
+        resolved = dataclasses.replace(resolved, kernel=str(config.kernel),
+                                       ramdisk=str(config.ramdisk) if config.ramdisk else None)
     jail = ForegroundJail(resolved, RUN_DOMID, log, cpu.close)
     jail.prepare()
     jail.enter(lambda: None)
-    return dataclasses.replace(config, vifs=tuple(dataclasses.replace(v, bridge=None) for v in config.vifs))
+    return resolved, dataclasses.replace(config, vifs=tuple(dataclasses.replace(v, bridge=None) for v in config.vifs))
 
 
 def run_domain(spec: "DomainSpec", *, stats: bool = False, command: bool = False, jail: bool = True) -> int:
@@ -253,10 +260,15 @@ def run_domain(spec: "DomainSpec", *, stats: bool = False, command: bool = False
         cpu.start(SchedParams(weight=spec.cpu_weight, cap=spec.cap), eager=False)
         # Before the terminal goes raw: a first run prints the default images' build progress.
         config = domain_config(spec, RUN_DOMID, log)
-        if jail:
-            config = _enter_jail(spec, config, cpu, log)
-        sink = _ConsoleSink()
         first = [config]
+        jailed = _enter_jail(spec, config, cpu, log) if jail else None
+        if jailed is not None:
+            spec, config = jailed
+            if spec.bootloader is not None:
+                first = []      # pygrub runs again inside the jail, on the disk handed over
+            else:
+                first = [config]
+        sink = _ConsoleSink()
 
         def build() -> Domain:
             # A bootloader reads the disk again at each boot: a kernel updated in the guest boots next.

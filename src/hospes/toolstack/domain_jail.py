@@ -302,7 +302,8 @@ class ForegroundJail(DomainJail):
         else:
             self.memory = limit_memory(self.domid, self.spec.maxmem or self.spec.memory)
         self.open_devices(self.spec, self.domid, disks=True, boot=False, taps=True)
-        for path in (self.spec.kernel, self.spec.ramdisk):   # resolved by the caller (domain_config)
+        # Resolved by the caller (domain_config); with a bootloader they are files inside the disk.
+        for path in (() if self.spec.bootloader else (self.spec.kernel, self.spec.ramdisk)):
             if path:
                 try:
                     hand_over(path, os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
