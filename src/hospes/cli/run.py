@@ -260,14 +260,11 @@ def run_domain(spec: "DomainSpec", *, stats: bool = False, command: bool = False
         cpu.start(SchedParams(weight=spec.cpu_weight, cap=spec.cap), eager=False)
         # Before the terminal goes raw: a first run prints the default images' build progress.
         config = domain_config(spec, RUN_DOMID, log)
-        first = [config]
         jailed = _enter_jail(spec, config, cpu, log) if jail else None
         if jailed is not None:
             spec, config = jailed
-            if spec.bootloader is not None:
-                first = []      # pygrub runs again inside the jail, on the disk handed over
-            else:
-                first = [config]
+        # In the jail, pygrub runs again on the disk handed over: the first boot's extracted files stay outside.
+        first = [] if jailed is not None and spec.bootloader is not None else [config]
         sink = _ConsoleSink()
 
         def build() -> Domain:
