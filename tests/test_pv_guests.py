@@ -69,10 +69,14 @@ EXPECTED_PASSES: dict[str, tuple[str, ...]] = {
         "syscall_callback_registered",
         "stack_switch",
         "new_user_baseptr",
+        "set_iopl",
+        "set_gs_user",
         "syscall_frame",
         "syscall_kernel_stack",
         "syscall_events_masked",
         "user_pf_bounce",
+        "user_cli_gp",
+        "user_rdmsr_gp",
         "syscall_24_from_user_reaches_the_kernel",
         "syscall_iret_return",
         "syscall_done",
@@ -181,6 +185,13 @@ EXPECTED_PASSES: dict[str, tuple[str, ...]] = {
         "wrfsbase_seen_by_rdmsr",
         "wrgsbase_kept",
         "set_segment_base_seen_by_rdfsbase",
+    ),
+    "gp_fast": (
+        "cli_sti_viopl1_noops",
+        "cli_sti_viopl0_gp",
+        "rdmsr_shadow_gs_base_is_the_user_base",
+        "cli_under_tf_single_steps",
+        "cli_at_page_end_then_pf",
     ),
     "priv_ops": (
         "far_call_ldt_selector_no_ldt",
@@ -417,6 +428,22 @@ def test_vcpu_op_beyond_the_domains_vcpus_makes_no_exit():
     assert proc.returncode == 0 and "PASS hypercall_page_vcpu_op_beyond_max" in proc.stdout, proc.stdout
     counts = dict(re.findall(r"^\[hospes\]\s+(hypercall:24)\s+(\d+)$", proc.stderr, re.M))
     assert int(counts.get("hypercall:24", 0)) < 10, proc.stderr[-3000:]
+
+
+@pytest.mark.kvm
+def test_cli_sti_and_shadow_gs_reads_make_no_exit():
+    """The gp_fast kernel runs 2,000 kernel cli;sti pairs and 2,000 rdmsr of
+    MSR_SHADOW_GS_BASE; the #GP stub answers them in the VM, so only its few
+    deliberate slow-path #GPs (vIOPL 0, TF, a page-end fetch, the wrmsrs) exit."""
+    elf = guest_build.build_guest("gp_fast")
+    cmd = [sys.executable, "-m", "hospes", "run", "--stats", "--kernel", str(elf), "--memory", str(MEMORY_MB)]
+    proc = subprocess.run(cmd, cwd=_TESTS.parent, capture_output=True, text=True, errors="replace",
+                          timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0 and "PASS cli_at_page_end_then_pf" in proc.stdout, proc.stdout
+    counts = dict(re.findall(r"^\[hospes\]\s+(trap:13|gp_probe_fault)\s+(\d+)$", proc.stderr, re.M))
+    # 1,000 wrmsrs (the odd loop turns use set_segment_base) and a handful more
+    assert 1000 <= int(counts.get("trap:13", 0)) < 1100, proc.stderr[-3000:]
+    assert int(counts.get("gp_probe_fault", 0)) == 1, proc.stderr[-3000:]
 
 
 @pytest.mark.kvm

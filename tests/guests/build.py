@@ -50,6 +50,7 @@ ALL_GUESTS: tuple[str, ...] = (
     "iret_edges",
     "cpu_policy",
     "priv_ops",
+    "gp_fast",
     "debugregs",
     "balloon",
     "elf_shnote",

@@ -9,6 +9,9 @@
  *     RAX through HYPERVISOR_iret.
  *  2. read the unmapped USER_HOLE_VA: a user-mode #PF, resumed at
  *     user_pf_resume by the kernel.
+ *  2b. cli, then rdmsr(MSR_SHADOW_GS_BASE): privileged in user mode even
+ *     though the kernel may run both (vIOPL 1, and its #GP stub answers
+ *     them in the VM): each is a #GP(0) the kernel skips.
  *  3. syscall 24 with an id beyond the domain's vCPUs in RSI: Hospes'
  *     SYSCALL stub answers vcpu_op itself for a guest kernel, but this is a
  *     user-mode system call and must reach the kernel's callback.
@@ -18,7 +21,7 @@
 
     .text
     .globl user_code_start, user_code_end
-    .globl user_syscall1_ret, user_pf_insn, user_pf_resume
+    .globl user_syscall1_ret, user_pf_insn, user_pf_resume, user_cli_insn, user_rdmsr_insn
 user_code_start:
     pushfq
     pop     %rsi
@@ -32,6 +35,11 @@ user_syscall1_ret:
 user_pf_insn:
     mov     (%rcx), %rax
 user_pf_resume:
+    mov     $0xc0000102, %ecx
+user_cli_insn:
+    cli
+user_rdmsr_insn:
+    rdmsr
     mov     $USER_NR_24, %eax
     mov     $USER_NR_24_ARG, %esi
     syscall

@@ -13,7 +13,7 @@
 #include "syscall_user.h"
 
 extern const char user_code_start[], user_code_end[];
-extern const char user_syscall1_ret[], user_pf_insn[], user_pf_resume[];
+extern const char user_syscall1_ret[], user_pf_insn[], user_pf_resume[], user_cli_insn[], user_rdmsr_insn[];
 extern void xen_syscall_entry(void);
 
 #define USER_ADDR(label) (USER_CODE_VA + (uint64_t)((label) - user_code_start))
@@ -22,7 +22,7 @@ extern void xen_syscall_entry(void);
 static uint8_t kstack[16384] __attribute__((aligned(16)));
 #define KSTACK_TOP ((uint64_t)kstack + sizeof(kstack))
 
-static struct { int hello, pf, nr24, done; } seen;
+static struct { int hello, pf, cli, rdmsr, nr24, done; } seen;
 
 static int syscall_handler(struct regs *r)
 {
@@ -100,6 +100,26 @@ static int pf_handler(struct regs *r)
     return TRAP_RETURN;
 }
 
+/* The user program's cli and rdmsr: #GP(0) from user mode, skipped. */
+static int gp_handler(struct regs *r)
+{
+    if ((r->cs & 3) == 3 && r->error == 0 && r->rip == USER_ADDR(user_cli_insn) && !seen.cli) {
+        seen.cli = 1;
+        pass("user_cli_gp");
+        r->rip += 1;
+        return TRAP_RETURN;
+    }
+    if ((r->cs & 3) == 3 && r->error == 0 && r->rip == USER_ADDR(user_rdmsr_insn) && !seen.rdmsr) {
+        seen.rdmsr = 1;
+        pass("user_rdmsr_gp");
+        r->rip += 2;
+        return TRAP_RETURN;
+    }
+    fail("unexpected_trap", "#GP error %#lx at rip %#lx", r->error, r->rip);
+    dump_regs(r);
+    finish();
+}
+
 #define L1_INDEX(va) (((va) >> 12) & 511)
 #define L2_INDEX(va) (((va) >> 21) & 511)
 
@@ -107,6 +127,7 @@ void guest_main(void)
 {
     require_rc(map_shared_info(), "map_shared_info");
     trap_set_handler(14, pf_handler);
+    trap_set_handler(13, gp_handler);
     trap_set_handler(VEC_SYSCALL, syscall_handler);
     require_rc(traps_install(), "set_trap_table");
     require_rc(callbacks_install(), "register_callbacks");
@@ -145,6 +166,11 @@ void guest_main(void)
     ok &= check_rc(HYPERVISOR_stack_switch(FLAT_KERNEL_SS, KSTACK_TOP), "stack_switch");
     ok &= check_rc(mmuext_mfn(MMUEXT_NEW_USER_BASEPTR, virt_to_mfn(l4)),
                    "new_user_baseptr");
+    /* The kernel may run cli (vIOPL 1, as Linux asks) and read the user GS base;
+     * user mode still may not. */
+    static uint32_t iopl = 1;
+    ok &= check_rc(_hc(33 /* physdev_op */, 6 /* PHYSDEVOP_set_iopl */, &iopl, 0, 0, 0), "set_iopl");
+    ok &= check_rc(_hc(25 /* set_segment_base */, 1 /* SEGBASE_GS_USER */, 0x5000, 0, 0, 0), "set_gs_user");
     if (!ok)
         return;                 /* iret to user would kill the domain */
 
@@ -160,7 +186,7 @@ void guest_main(void)
     run_user(&ctx);
 
     /* Back in kernel mode: the DONE syscall handler abandoned user mode. */
-    check(seen.hello && seen.pf && seen.nr24 && seen.done, "syscall_done",
-          "user program incomplete: hello %d pf %d nr24 %d done %d", seen.hello, seen.pf, seen.nr24,
-          seen.done);
+    check(seen.hello && seen.pf && seen.cli && seen.rdmsr && seen.nr24 && seen.done, "syscall_done",
+          "user program incomplete: hello %d pf %d cli %d rdmsr %d nr24 %d done %d", seen.hello, seen.pf,
+          seen.cli, seen.rdmsr, seen.nr24, seen.done);
 }

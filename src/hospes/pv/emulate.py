@@ -190,12 +190,12 @@ def _privileged(vcpu: "PvVcpu") -> bool:
         vcpu.t_rip += i + 2
         return True
     if op[:1] in (b"\xfa", b"\xfb"):                    # cli / sti: no-ops when vIOPL allows (Xen)
-        if not _iopl_ok(vcpu):
+        if not iopl_ok(vcpu):
             return False
         vcpu.t_rip += i + 1
         return True
     if not kernel:
-        if op and op[0] in (0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF) and _iopl_ok(vcpu):
+        if op and op[0] in (0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF) and iopl_ok(vcpu):
             return _port_io(vcpu, op, code[:i])
         return False
     if op[:2] == b"\x0f\x32":                          # rdmsr
@@ -224,11 +224,11 @@ def _privileged(vcpu: "PvVcpu") -> bool:
         vcpu.t_rip += i + 2
         return True
     if op and op[0] in (0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF):
-        if not _iopl_ok(vcpu):
+        if not iopl_ok(vcpu):
             return False
         return _port_io(vcpu, op, code[:i])
     if op and op[0] in (0x6C, 0x6D, 0x6E, 0x6F):       # ins/outs: skip (empty bus)
-        if not _iopl_ok(vcpu):
+        if not iopl_ok(vcpu):
             return False
         vcpu.t_rip += i + 1
         if vcpu.dr7_emul:
@@ -242,7 +242,7 @@ def _privileged(vcpu: "PvVcpu") -> bool:
     return False
 
 
-def _iopl_ok(vcpu: "PvVcpu") -> bool:
+def iopl_ok(vcpu: "PvVcpu") -> bool:
     """Xen's iopl_ok: the guest kernel counts as ring 1 (ring 0 under
     VMASST_TYPE_architectural_iopl), user mode as ring 3, against the virtual IOPL."""
     if not vcpu.kernel_mode:

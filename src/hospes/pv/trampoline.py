@@ -71,6 +71,42 @@ WRITER_CODE = bytes.fromhex(
 #   (same control block layout as the writer)
 WRITER1_CODE = bytes.fromhex("57" "488b7c2448" "f048830f00" "5f" "48cf")
 
+# The #GP stub's own code answers, inside the VM and without an exit, the two
+# privileged instructions a Linux boot executes most: ~5,600 kernel `cli`s (in
+# SLUB before alternatives are applied; cli and sti are no-ops where Xen's vIOPL
+# allows them) and ~1,700 `rdmsr` of MSR_KERNEL_GS_BASE (one per context switch:
+# the user GS base, which Hospes keeps while the guest kernel runs). The top of
+# the ring-0 stack holds what they need, kept by hospes.pv.vcpu; RSP0 lies
+# below it:
+#   top-8:  flags byte: bit 0 cli/sti are no-ops here, bit 1 guest kernel mode
+#   top-16: the user GS base
+#       push %rax; mov 16(%rsp),%rax
+#   probe: movzwl (%rax),%eax                   (a fault here: Python takes the slow path)
+#       cmp $0x320f,%ax; je 1f                  (rdmsr)
+#       or $1,%al; cmp $0xfb,%al; jne slow      (cli or sti, without prefixes)
+#       testb $1,33(%rsp); jnz slow             (TF: Python raises the single-step #DB)
+#       testb $1,80(%rsp); jz slow
+#       incq 16(%rsp); pop %rax; add $8,%rsp; iretq
+#    1: cmp $0xc0000102,%ecx; jne slow; testb $2,80(%rsp); jz slow; testb $1,33(%rsp); jnz slow
+#       mov 72(%rsp),%eax; mov 76(%rsp),%edx; addq $2,16(%rsp); add $16,%rsp; iretq
+#   slow: pop %rax; push $13; out %al,$0xe0; add $16,%rsp; iretq   (the plain stub)
+# A #GP in Hospes' own ring-0 code (an iretq with a bad frame) finds neither
+# instruction at its RIP, so it never reads the flags from a stack it is not on.
+GP_CODE = bytes.fromhex(
+    "50" "488b442410" "0fb700" "663d0f32" "7420" "0c01" "3cfb" "7544" "f644242101" "753d" "f644245001" "7436"
+    "48ff442410" "58" "4883c408" "48cf"
+    "81f9020100c0" "7522" "f644245002" "741b" "f644242101" "7514" "8b442448" "8b54244c" "488344241002"
+    "4883c410" "48cf"
+    "58" "6a0d" "e6e0" "4883c410" "48cf"
+)
+GP_PROBE_OFFSET = 0x06
+GP_SLOW_OFFSET = 0x59
+GP_FLAGS_FROM_TOP = 8        # distances below the ring-0 stack top
+GP_GS_USER_FROM_TOP = 16
+RSP0_FROM_TOP = 32
+GP_CLI_NOOP = 1
+GP_KERNEL_MODE = 2
+
 # Where the writer returns between chunks of a batch too big for one control
 # block: out %al,$0xe2; ud2 (ring 0).
 CHUNK_EXIT_STUB = bytes([0xE6, L.PORT_WRITER_CHUNK, 0x0F, 0x0B])
@@ -155,6 +191,11 @@ class VcpuArea:
     @property
     def stack_top(self) -> int:
         return self.va + L.STACK_OFF + L.STACK_PAGES * PAGE_SIZE
+
+    @property
+    def gp_flags_va(self) -> int:
+        """The #GP fast path's flags byte (GP_CLI_NOOP, GP_KERNEL_MODE); the user GS base 8 bytes below."""
+        return self.stack_top - GP_FLAGS_FROM_TOP
 
     @property
     def frame_va(self) -> int:
@@ -272,6 +313,13 @@ class Trampoline:
         code += CHUNK_EXIT_STUB
         self.writer1_va = L.STUBS_VA + len(code)
         code += WRITER1_CODE
+        gp = len(code)
+        code += GP_CODE
+        self.gp_probe_va = L.STUBS_VA + gp + GP_PROBE_OFFSET
+        self.gp_slow_va = L.STUBS_VA + gp + GP_SLOW_OFFSET
+        at = 13 * STUB_SIZE    # the #GP gate's stub jumps there: jmp rel32
+        code[at:at + STUB_SIZE] = (b"\xe9" + struct.pack("<i", gp - (at + 5))).ljust(STUB_SIZE, b"\xcc")
+        assert len(code) <= L.STUB_PAGES * PAGE_SIZE
         self.mem.write(stubs, bytes(code))
         self._code = bytes(code)
         gates = bytearray()
@@ -325,7 +373,7 @@ class Trampoline:
         self.mem.write_u64(reserved + (abi.TSS_SELECTOR & 0xFF8) + 8, hi)
         tss = area.gpa_of(area.tss_va)
         tss_bytes = bytearray(3 * PAGE_SIZE)
-        struct.pack_into("<Q", tss_bytes, 4, area.stack_top)            # RSP0
+        struct.pack_into("<Q", tss_bytes, 4, area.stack_top - RSP0_FROM_TOP)   # RSP0, below the #GP fast path's words
         struct.pack_into("<Q", tss_bytes, 0x24, area.va + L.IST_OFF + L.IST_PAGES * PAGE_SIZE)  # IST1
         struct.pack_into("<H", tss_bytes, 0x66, 0x68)                   # I/O map base
         bitmap = bytearray(b"\xff" * 8193)

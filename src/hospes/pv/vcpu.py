@@ -35,7 +35,7 @@ from hospes.pv import abi
 from hospes.pv import layout as L
 from hospes.pv.errors import Errno, XenError
 from hospes.pv.runstate import RunState, VcpuRun
-from hospes.pv.trampoline import VcpuArea
+from hospes.pv.trampoline import GP_CLI_NOOP, GP_KERNEL_MODE, VcpuArea
 from hospes.pv import debugregs, emulate
 from hospes.pv.emulate import VMASST_ARCHITECTURAL_IOPL
 from hospes.pv.vcpu_state import PvVcpuState, StartContext, capture_cpu, load_cpu
@@ -173,6 +173,9 @@ class PvVcpu:
     id: int
     kvm: "Vcpu"
     area: VcpuArea
+    gp_flags_gpa: int
+    gp_flags: int
+    gp_gs_user: int
     mem: "GuestMemory"
     virt: "GuestVirt"
     thread: threading.Thread | None
@@ -233,6 +236,7 @@ class PvVcpu:
         self.id = vcpu_id
         self.kvm = kvm_vcpu
         self.area = area
+        self.gp_flags_gpa = area.gpa_of(area.gp_flags_va)
         self.mem = domain.mem
         self.virt = domain.virt
         self.thread: threading.Thread | None = None
@@ -290,6 +294,8 @@ class PvVcpu:
         self.t_rsp = 0
         self.t_ss = abi.FLAT_KERNEL_SS
         self.exit_kind = "start"
+        self.gp_flags = -1          # what the #GP fast path's words say (-1: not yet written)
+        self.gp_gs_user = -1
         self.stats: dict[str, int] = {}
         self.run = kvm_vcpu.run_struct
         self.regs = kvm_vcpu.sync.regs
@@ -596,7 +602,17 @@ class PvVcpu:
         rsp = self.regs.rsp
         gpa = self.area.gpa_of(rsp)
         vec, err, rip, cs, rflags, ersp, ss = struct.unpack_from("<7Q", self.mem.buf, gpa)
-        if cs & 3 == 0 and vec in (11, 12, 13) and self.domain.trampoline.is_iretq(rip):
+        tr = self.domain.trampoline
+        if cs & 3 == 0 and rip == tr.gp_probe_va:
+            # The #GP fast path could not read the faulting instruction (another
+            # vCPU unmapped it meanwhile): drop this fault's frame and let the
+            # #GP leave by the slow path, where emulation reads it (or bounces).
+            self.count("gp_probe_fault")
+            self.regs.rsp = ersp
+            self.regs.rip = tr.gp_slow_va
+            self.kvm.mark_dirty(regs=True)
+            return
+        if cs & 3 == 0 and vec in (11, 12, 13) and tr.is_iretq(rip):
             # Our own return to the guest faulted: the frame named a selector
             # that cannot be loaded. Xen delivers the failsafe callback.
             frame_gpa = self.area.gpa_of(ersp)
@@ -771,6 +787,14 @@ class PvVcpu:
             self.bases_dirty = False
             dirty_sregs = True
         rflags = (self.t_rflags & RFLAGS_GUEST_MASK) | RFLAGS_IF | 2
+        kernel = self.kernel_mode
+        flags = (GP_KERNEL_MODE if kernel else 0) | (GP_CLI_NOOP if emulate.iopl_ok(self) else 0)
+        if flags != self.gp_flags:   # the mode or the vIOPL changed: tell the #GP fast path
+            self.gp_flags = flags
+            self.mem.buf[self.gp_flags_gpa] = flags
+        if kernel and self.gs_base_user != self.gp_gs_user:
+            self.gp_gs_user = self.gs_base_user
+            self.mem.q[(self.gp_flags_gpa - 8) >> 3] = self.gs_base_user
         frame = (self.t_rip, self.t_cs, rflags, self.t_rsp, self.t_ss)
         regs = self.regs
         kind = self.exit_kind
