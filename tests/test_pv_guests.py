@@ -444,6 +444,13 @@ def test_cli_sti_and_shadow_gs_reads_make_no_exit():
     # 1,000 wrmsrs (the odd loop turns use set_segment_base) and a handful more
     assert 1000 <= int(counts.get("trap:13", 0)) < 1100, proc.stderr[-3000:]
     assert int(counts.get("gp_probe_fault", 0)) == 1, proc.stderr[-3000:]
+    # KVM's own counters come along: every exit Hospes handled was one of KVM's exits,
+    # and every cli;sti pair answered in the VM took emulated CPL-0 instructions.
+    every = re.findall(r"^\[hospes\]\s+(\S+)\s+(\d+)$", proc.stderr, re.M)
+    hospes_exits = sum(int(n) for k, n in every if k.startswith(("hypercall:", "trap:", "syscall")))
+    kvm = {k: int(n) for k, n in every if k.startswith("kvm:")}
+    assert kvm["kvm:exits"] >= hospes_exits > 1000, proc.stderr[-3000:]
+    assert kvm["kvm:insn_emulation"] > 4000 * 10, proc.stderr[-3000:]
 
 
 @pytest.mark.kvm

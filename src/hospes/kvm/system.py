@@ -33,6 +33,7 @@ import errno
 import functools
 import mmap
 import os
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -80,6 +81,29 @@ _ioctl_fn.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
 _KVM_RUN = c.KVM_RUN
 _KVM_EXIT_INTR = c.KVM_EXIT_INTR
 _EINTR = errno.EINTR
+
+
+_STATS_HEADER = struct.Struct("<6I")       # flags, name_size, num_desc, id_offset, desc_offset, data_offset
+_STATS_DESC = struct.Struct("<IhHII")      # flags, exponent, size, offset, bucket_size; then the name
+_STATS_TYPE_MASK = 0xF                     # KVM_STATS_TYPE_*: 0 is cumulative
+
+
+def _parse_stats(stats_fd: int) -> dict[str, int]:
+    """The single-valued cumulative counters of a KVM binary-stats fd (Documentation/virt/kvm/api.rst)."""
+    header = os.pread(stats_fd, _STATS_HEADER.size, 0)
+    _, name_size, num_desc, _, desc_offset, data_offset = _STATS_HEADER.unpack(header)
+    step = _STATS_DESC.size + name_size
+    descs = os.pread(stats_fd, step * num_desc, desc_offset)
+    wanted: list[tuple[str, int]] = []
+    end = 0
+    for i in range(num_desc):
+        flags, _, size, offset, _ = _STATS_DESC.unpack_from(descs, i * step)
+        if flags & _STATS_TYPE_MASK == 0 and size == 1:
+            name = descs[i * step + _STATS_DESC.size:(i + 1) * step].split(b"\0", 1)[0].decode()
+            wanted.append((name, offset))
+        end = max(end, offset + 8 * size)
+    data = os.pread(stats_fd, end, data_offset)
+    return {name: struct.unpack_from("<Q", data, offset)[0] for name, offset in wanted}
 
 
 def _ioctl(fd: int, request: int, arg: Any, name: str, detail: str = "") -> int:
@@ -600,6 +624,19 @@ class Vcpu(_FdOwner):
     def enable_cap(self, cap: int, *args: int, flags: int = 0) -> None:
         """KVM_ENABLE_CAP on the vCPU fd, with up to four arguments."""
         _enable_cap(self.fd, cap, args, flags)
+
+    def counters(self) -> dict[str, int]:
+        """KVM's own cumulative counters for this vCPU (KVM_GET_STATS_FD): its exits,
+        including those it handles without returning to us, emulated instructions,
+        shadow page faults, TLB flushes. Empty where the kernel has no binary stats."""
+        try:
+            stats_fd = _ioctl(self.fd, c.KVM_GET_STATS_FD, None, "KVM_GET_STATS_FD")
+        except KvmIoctlError:
+            return {}
+        try:
+            return _parse_stats(stats_fd)
+        finally:
+            os.close(stats_fd)
 
     # --- lifetime ---------------------------------------------------------------
 

@@ -50,7 +50,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar
 
-from hospes.pv.abi import PTE_A, PTE_ADDR_MASK, PTE_P, PTE_PSE, PTE_RW, PTE_US
+from hospes.pv.abi import PTE_A, PTE_ADDR_MASK, PTE_D, PTE_NX, PTE_P, PTE_PCD, PTE_PSE, PTE_PWT, PTE_RW, PTE_US
 from hospes.pv.errors import Errno, XenError
 from hospes.state import StateError, check_version
 
@@ -88,6 +88,30 @@ class MmuState:
     # PvMmu.linear as sorted (frame, count) pairs; absent in saves from before linear tables.
     linear: tuple[tuple[int, int], ...] = ()
     version: int = VERSION
+
+
+# Bits whose removal takes rights away (or must be seen again: KVM sets A and D
+# in the guest's entry only when it makes a shadow entry), and the bits that
+# change what a present entry maps or how.
+_RIGHTS = PTE_RW | PTE_US | PTE_A | PTE_D
+_MAPPING = PTE_P | PTE_ADDR_MASK | PTE_PSE | PTE_PWT | PTE_PCD
+
+
+def needs_writer(old: int, new: int) -> bool:
+    """Must KVM drop its shadow of present entry ``old`` now that memory holds ``new``?
+
+    KVM shadows guest page tables and never sees the VMM's own stores
+    (platform.md), so it may go on using ``old`` until a guest-mode store
+    (the writer's) to the entry. That is harmless when ``new`` maps the same
+    frame the same way with at least ``old``'s rights: an access ``old``
+    refuses faults into KVM, which walks the guest's table, finds ``new`` and
+    replaces its shadow. Otherwise (another frame, not present, a right taken
+    away, A or D cleared, other cache bits) the stale shadow would let the
+    guest do what the entry no longer allows.
+    """
+    if (old ^ new) & _MAPPING:
+        return True
+    return bool(old & ~new & _RIGHTS or new & ~old & PTE_NX)
 
 
 class PvMmu:
@@ -325,12 +349,12 @@ class PvMmu:
     def store(self, writes: Writes, gpa: int, value: int) -> None:
         """Store an entry into memory, where the hardware walk and later checks see it.
 
-        An entry that was present is also queued for the in-VM writer, so KVM
-        drops its shadow of the old one. One that was not present has no
-        shadow to drop (KVM shadows a non-present entry as non-present and
-        walks the guest's table on the next access), so it costs no writer
-        run: a table being filled, or a mapping made, takes effect at once,
-        as on Xen.
+        An entry whose old value KVM may shadow with rights the new one lacks
+        is also queued for the in-VM writer, so KVM drops that shadow
+        (:func:`needs_writer`). Any other store takes effect at once, as on
+        Xen, without a writer run: a table being filled, a mapping made, or
+        rights added (the ``_PAGE_USER`` Xen's adjustment adds to a kernel's
+        entries, a page made writable or executable).
         """
         q = self.q
         old = q[gpa >> 3]
@@ -338,7 +362,7 @@ class PvMmu:
         dirty = self.mem.dirty
         if dirty is not None:
             dirty.add(gpa >> 12)
-        if old & PTE_P:
+        if old & PTE_P and needs_writer(old, value):
             writes.append((gpa, value))
         self.translation_cache.clear()
 

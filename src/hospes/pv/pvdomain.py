@@ -54,6 +54,11 @@ from hospes.state import StateError, check_version
 SHARED_INFO_WALLCLOCK = 0xC00
 REKICK_NS = 200_000  # a kick that found the vCPU inside a stub or the writer is retried this much later
 
+# KVM's counters worth a line in --stats: all its exits (in-kernel ones too),
+# the CPL-0 instructions it emulated (stubs, writer), shadow page faults it
+# fixed, and the TLB flushes (CR3 loads) it did.
+KVM_COUNTERS = ("exits", "insn_emulation", "pf_fixed", "pf_guest", "tlb_flush")
+
 
 @dataclass(frozen=True)
 class PvHooks:
@@ -360,11 +365,15 @@ class PvDomain:
             pv.close()
 
     def stats(self) -> dict[str, int]:
-        """Exit counts by kind, summed over the vCPUs."""
+        """Exit counts by kind, summed over the vCPUs, and (as ``kvm:NAME``) those
+        of KVM's own counters that say what the exits Hospes never sees cost."""
         total: dict[str, int] = {}
         for pv in self.vcpus:
             for k, n in pv.stats.items():
                 total[k] = total.get(k, 0) + n
+            for k in KVM_COUNTERS:
+                if k in pv.kvm_counters:
+                    total["kvm:" + k] = total.get("kvm:" + k, 0) + pv.kvm_counters[k]
         return total
 
     # --- time -------------------------------------------------------------------------

@@ -174,6 +174,7 @@ class PvVcpu:
     kvm: "Vcpu"
     area: VcpuArea
     gp_flags_gpa: int
+    kvm_counters: dict[str, int]
     gp_flags: int
     gp_gs_user: int
     mem: "GuestMemory"
@@ -297,6 +298,7 @@ class PvVcpu:
         self.gp_flags = -1          # what the #GP fast path's words say (-1: not yet written)
         self.gp_gs_user = -1
         self.stats: dict[str, int] = {}
+        self.kvm_counters: dict[str, int] = {}   # KVM's own, read when the loop ends (Vcpu.counters)
         self.run = kvm_vcpu.run_struct
         self.regs = kvm_vcpu.sync.regs
         self.sregs = kvm_vcpu.sync.sregs
@@ -475,6 +477,7 @@ class PvVcpu:
                     raise DomainCrash(f"VM entry failed, reason {self.run.fail_entry.hardware_entry_failure_reason:#x}")
                 else:
                     raise DomainCrash(f"unexpected KVM exit reason {reason}")
+            self.kvm_counters = self.kvm.counters()
         except DomainCrash as e:
             self.in_kvm_run = False
             dom.crash(self, str(e))
