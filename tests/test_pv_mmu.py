@@ -68,6 +68,17 @@ def test_pin_validates_tree_forces_user_and_installs_hypervisor_slots(mmu) -> No
     assert v.writes == []
 
 
+def test_filling_a_table_keeps_cached_translations_and_replacing_an_entry_drops_them(mmu) -> None:
+    build_tree(mmu)
+    v = vcpu()
+    mmu.pin(v, 10, 4)
+    mmu.translation_cache[(10 << 12, 0)] = (20 << 12, True)   # as GuestVirt caches a walk
+    mmu.update_entry(v, (13 << 12) + 5 * 8, 22 << 12 | P_RW)   # a new mapping: no walk went through it
+    assert mmu.translation_cache == {(10 << 12, 0): (20 << 12, True)}
+    mmu.update_entry(v, (13 << 12) + 5 * 8, 23 << 12 | P_RW)   # replaced: a walk may have used the old one
+    assert mmu.translation_cache == {}
+
+
 @pytest.mark.parametrize("old, new, writer", [
     (20 << 12 | P_RW, 20 << 12 | P_RW | PTE_US | PTE_A | PTE_D, False),     # rights and A/D added
     (20 << 12 | PTE_P | PTE_NX, 20 << 12 | PTE_P, False),                   # made executable

@@ -38,7 +38,7 @@ class GuestVirt:
         self.q = mem.q
         # (cr3, page) -> (frame address, writable). Valid because every table
         # reachable from a CR3 is typed and changes only through the PV MMU,
-        # which clears this on every store.
+        # which clears this on every store over a present entry.
         self.cache: dict[tuple[int, int], tuple[int, bool]] = {}
 
     def translate(self, cr3: int, va: int, write: bool = False) -> int:

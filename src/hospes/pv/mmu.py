@@ -362,9 +362,12 @@ class PvMmu:
         dirty = self.mem.dirty
         if dirty is not None:
             dirty.add(gpa >> 12)
-        if old & PTE_P and needs_writer(old, value):
-            writes.append((gpa, value))
-        self.translation_cache.clear()
+        if old & PTE_P:
+            if needs_writer(old, value):
+                writes.append((gpa, value))
+            # A cached translation may have gone through the old entry; none went
+            # through one that was not present, so filling a table keeps the cache.
+            self.translation_cache.clear()
 
     # --- operations the hypercalls use ----------------------------------------------
 
