@@ -15,6 +15,7 @@ import pytest
 
 from hospes.pv.abi import DOMID_SELF, PTE_A, PTE_D, PTE_P, PTE_RW, PTE_US, Hypercall
 from hospes.pv.errors import Errno
+from hospes.pv.layout import DIRECT_VIRT
 from hospes.pv.m2p import INVALID_M2P_ENTRY, M2PState, MachToPhys
 from hospes.pv.mmu import WRITABLE
 from hospes.state import StateError, decode, encode
@@ -98,6 +99,25 @@ def test_replacing_a_present_entry_queues_it_for_the_in_vm_writer(dom: FakePvDom
     assert vcpu.writes == [(l1_slot(UNMAPPED_INDEX), stored)]   # KVM must drop its shadow of the first
     assert mmu_update(vcpu, (l1_slot(UNMAPPED_INDEX), 0)) == (0, 1)
     assert vcpu.writes == [(l1_slot(UNMAPPED_INDEX), stored), (l1_slot(UNMAPPED_INDEX), 0)]
+
+
+def test_after_a_hypercall_the_writer_takes_the_entry_in_an_argument_register(dom: FakePvDomain,
+                                                                            vcpu: FakeVcpu) -> None:
+    """Xen's ABI lets a hypercall clobber its argument registers, so the one-entry
+    writer finds the entry's address in RDI (2 CPL-0 instructions, not 5); any
+    other return to the guest keeps every register and uses the plain writer."""
+    tr = dom.trampoline
+    assert mmu_update(vcpu, (l1_slot(UNMAPPED_INDEX), (FREE_FRAME + 6) << 12 | P_RW)) == (0, 1)
+    assert mmu_update(vcpu, (l1_slot(UNMAPPED_INDEX), (FREE_FRAME + 7) << 12 | P_RW)) == (0, 1)
+    vcpu.exit_kind = "syscall"
+    vcpu._resume()
+    assert vcpu.regs.rip == tr.writer1_rdi_va and vcpu.regs.rdi == DIRECT_VIRT + l1_slot(UNMAPPED_INDEX)
+    assert not vcpu.args_spent and vcpu.writes == []
+    vcpu.regs.rdi = 0x1234
+    vcpu.writes.append((l1_slot(UNMAPPED_INDEX), 0))   # as a trap's emulation queues one
+    vcpu.exit_kind = "exception"
+    vcpu._resume()
+    assert vcpu.regs.rip == tr.writer1_va and vcpu.regs.rdi == 0x1234
 
 
 def test_mmu_update_refuses_a_writable_mapping_of_a_page_table(dom: FakePvDomain, vcpu: FakeVcpu) -> None:

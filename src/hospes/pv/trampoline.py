@@ -70,6 +70,10 @@ WRITER_CODE = bytes.fromhex(
 #   push rdi; mov rdi,[rsp+0x48]; lock orq $0,(%rdi); pop rdi; iretq
 #   (same control block layout as the writer)
 WRITER1_CODE = bytes.fromhex("57" "488b7c2448" "f048830f00" "5f" "48cf")
+# writer1 on the way back from a hypercall, whose argument registers the Xen ABI
+# lets the hypervisor clobber (xen-x86_64.h): Hospes puts the entry's address in
+# RDI itself, leaving 2 instructions:  lock orq $0,(%rdi); iretq
+WRITER1_RDI_CODE = bytes.fromhex("f048830f00" "48cf")
 
 # The #GP stub's own code answers, inside the VM and without an exit, the two
 # privileged instructions a Linux boot executes most: ~5,600 kernel `cli`s (in
@@ -313,6 +317,8 @@ class Trampoline:
         code += CHUNK_EXIT_STUB
         self.writer1_va = L.STUBS_VA + len(code)
         code += WRITER1_CODE
+        self.writer1_rdi_va = L.STUBS_VA + len(code)
+        code += WRITER1_RDI_CODE
         gp = len(code)
         code += GP_CODE
         self.gp_probe_va = L.STUBS_VA + gp + GP_PROBE_OFFSET

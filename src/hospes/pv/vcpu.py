@@ -174,6 +174,7 @@ class PvVcpu:
     kvm: "Vcpu"
     area: VcpuArea
     gp_flags_gpa: int
+    args_spent: bool
     kvm_counters: dict[str, int]
     gp_flags: int
     gp_gs_user: int
@@ -295,6 +296,9 @@ class PvVcpu:
         self.t_rsp = 0
         self.t_ss = abi.FLAT_KERNEL_SS
         self.exit_kind = "start"
+        # A hypercall returned: its argument registers are the hypervisor's to
+        # clobber (Xen's ABI), until the guest runs again.
+        self.args_spent = False
         self.gp_flags = -1          # what the #GP fast path's words say (-1: not yet written)
         self.gp_gs_user = -1
         self.stats: dict[str, int] = {}
@@ -544,6 +548,7 @@ class PvVcpu:
             self._continue_hypercall(nr, result.args)
             return
         regs.rax = int(result) & 0xFFFF_FFFF_FFFF_FFFF  # type: ignore[call-overload]
+        self.args_spent = True
 
     def _continue_hypercall(self, nr: int, args: tuple[int, ...]) -> None:
         """Re-arm hypercall ``nr``: the guest resumes at its SYSCALL with the new arguments.
@@ -781,6 +786,12 @@ class PvVcpu:
     def _resume(self) -> None:
         """Set up the next KVM_RUN so the guest continues at the target frame."""
         self.deliver_upcall_if_pending()
+        try:
+            self._resume_to_target()
+        finally:
+            self.args_spent = False
+
+    def _resume_to_target(self) -> None:
         want_cr3 = self.kernel_cr3 if self.kernel_mode else self.user_cr3
         sregs = self.sregs
         dirty_sregs = False
@@ -867,12 +878,20 @@ class PvVcpu:
         gpa = area.gpa_of(area.frame_va)
         buf = self.mem.buf
         struct.pack_into("<5QQQQ", buf, gpa, *frame, cr3, invlpg, len(chunk))
+        direct = L.DIRECT_VIRT
         if chunk:
-            direct = L.DIRECT_VIRT
             struct.pack_into(f"<{len(chunk)}Q", buf, gpa + 64, *[direct + target for target, _ in chunk])
         tr = self.domain.trampoline
-        self.regs.rip = tr.writer1_va if len(chunk) == 1 and not cr3 and not invlpg else tr.writer_va
-        self.regs.rsp = area.frame_va
+        regs = self.regs
+        if len(chunk) == 1 and not cr3 and not invlpg:
+            if self.args_spent:
+                regs.rdi = direct + chunk[0][0]
+                regs.rip = tr.writer1_rdi_va
+            else:
+                regs.rip = tr.writer1_va
+        else:
+            regs.rip = tr.writer_va
+        regs.rsp = area.frame_va
         self.count("writer")
 
     def _apply_start_context(self) -> None:
