@@ -416,18 +416,24 @@ def _run(name: str) -> subprocess.CompletedProcess[str]:
                           timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL)
 
 
+def _run_with_stats(name: str) -> tuple[subprocess.CompletedProcess[str], dict[str, int]]:
+    """Run test kernel ``name`` with ``--stats``; its result and the counts printed."""
+    elf = guest_build.build_guest(name)
+    cmd = [sys.executable, "-m", "hospes", "run", "--stats", "--kernel", str(elf), "--memory", str(MEMORY_MB)]
+    proc = subprocess.run(cmd, cwd=_TESTS.parent, capture_output=True, text=True, errors="replace",
+                          timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL)
+    counts = {k: int(n) for k, n in re.findall(r"^\[hospes\]\s+(\S+)\s+(\d+)$", proc.stderr, re.M)}
+    return proc, counts
+
+
 @pytest.mark.kvm
 def test_vcpu_op_beyond_the_domains_vcpus_makes_no_exit():
     """The hypercall_page kernel probes 1,000 absent vCPU ids through the page and
     1,000 with a direct SYSCALL; the page's vcpu_op stub and Hospes' SYSCALL stub
     answer them in the guest, so only its few real vcpu_ops exit."""
-    elf = guest_build.build_guest("hypercall_page")
-    cmd = [sys.executable, "-m", "hospes", "run", "--stats", "--kernel", str(elf), "--memory", str(MEMORY_MB)]
-    proc = subprocess.run(cmd, cwd=_TESTS.parent, capture_output=True, text=True, errors="replace",
-                          timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL)
+    proc, counts = _run_with_stats("hypercall_page")
     assert proc.returncode == 0 and "PASS hypercall_page_vcpu_op_beyond_max" in proc.stdout, proc.stdout
-    counts = dict(re.findall(r"^\[hospes\]\s+(hypercall:24)\s+(\d+)$", proc.stderr, re.M))
-    assert int(counts.get("hypercall:24", 0)) < 10, proc.stderr[-3000:]
+    assert counts.get("hypercall:24", 0) < 10, proc.stderr[-3000:]
 
 
 @pytest.mark.kvm
@@ -435,22 +441,16 @@ def test_cli_sti_and_shadow_gs_reads_make_no_exit():
     """The gp_fast kernel runs 2,000 kernel cli;sti pairs and 2,000 rdmsr of
     MSR_SHADOW_GS_BASE; the #GP stub answers them in the VM, so only its few
     deliberate slow-path #GPs (vIOPL 0, TF, a page-end fetch, the wrmsrs) exit."""
-    elf = guest_build.build_guest("gp_fast")
-    cmd = [sys.executable, "-m", "hospes", "run", "--stats", "--kernel", str(elf), "--memory", str(MEMORY_MB)]
-    proc = subprocess.run(cmd, cwd=_TESTS.parent, capture_output=True, text=True, errors="replace",
-                          timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL)
+    proc, counts = _run_with_stats("gp_fast")
     assert proc.returncode == 0 and "PASS cli_at_page_end_then_pf" in proc.stdout, proc.stdout
-    counts = dict(re.findall(r"^\[hospes\]\s+(trap:13|gp_probe_fault)\s+(\d+)$", proc.stderr, re.M))
     # 1,000 wrmsrs (the odd loop turns use set_segment_base) and a handful more
-    assert 1000 <= int(counts.get("trap:13", 0)) < 1100, proc.stderr[-3000:]
-    assert int(counts.get("gp_probe_fault", 0)) == 1, proc.stderr[-3000:]
+    assert 1000 <= counts.get("trap:13", 0) < 1100, proc.stderr[-3000:]
+    assert counts.get("gp_probe_fault", 0) == 1, proc.stderr[-3000:]
     # KVM's own counters come along: every exit Hospes handled was one of KVM's exits,
     # and every cli;sti pair answered in the VM took emulated CPL-0 instructions.
-    every = re.findall(r"^\[hospes\]\s+(\S+)\s+(\d+)$", proc.stderr, re.M)
-    hospes_exits = sum(int(n) for k, n in every if k.startswith(("hypercall:", "trap:", "syscall")))
-    kvm = {k: int(n) for k, n in every if k.startswith("kvm:")}
-    assert kvm["kvm:exits"] >= hospes_exits > 1000, proc.stderr[-3000:]
-    assert kvm["kvm:insn_emulation"] > 4000 * 10, proc.stderr[-3000:]
+    hospes_exits = sum(n for k, n in counts.items() if k.startswith(("hypercall:", "trap:", "syscall")))
+    assert counts["kvm:exits"] >= hospes_exits > 1000, proc.stderr[-3000:]
+    assert counts["kvm:insn_emulation"] > 4000 * 10, proc.stderr[-3000:]
 
 
 @pytest.mark.kvm
