@@ -198,8 +198,13 @@ class VcpuArea:
 
     @property
     def gp_flags_va(self) -> int:
-        """The #GP fast path's flags byte (GP_CLI_NOOP, GP_KERNEL_MODE); the user GS base 8 bytes below."""
+        """The #GP fast path's flags byte (GP_CLI_NOOP, GP_KERNEL_MODE)."""
         return self.stack_top - GP_FLAGS_FROM_TOP
+
+    @property
+    def gp_gs_user_va(self) -> int:
+        """The user GS base the #GP fast path answers rdmsr(MSR_SHADOW_GS_BASE) with."""
+        return self.stack_top - GP_GS_USER_FROM_TOP
 
     @property
     def frame_va(self) -> int:

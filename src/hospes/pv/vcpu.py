@@ -174,6 +174,7 @@ class PvVcpu:
     kvm: "Vcpu"
     area: VcpuArea
     gp_flags_gpa: int
+    gp_gs_user_gpa: int
     args_spent: bool
     kvm_counters: dict[str, int]
     gp_flags: int
@@ -239,6 +240,7 @@ class PvVcpu:
         self.kvm = kvm_vcpu
         self.area = area
         self.gp_flags_gpa = area.gpa_of(area.gp_flags_va)
+        self.gp_gs_user_gpa = area.gpa_of(area.gp_gs_user_va)
         self.mem = domain.mem
         self.virt = domain.virt
         self.thread: threading.Thread | None = None
@@ -808,7 +810,7 @@ class PvVcpu:
             self.mem.buf[self.gp_flags_gpa] = flags
         if kernel and self.gs_base_user != self.gp_gs_user:
             self.gp_gs_user = self.gs_base_user
-            self.mem.q[(self.gp_flags_gpa - 8) >> 3] = self.gs_base_user
+            self.mem.q[self.gp_gs_user_gpa >> 3] = self.gs_base_user
         frame = (self.t_rip, self.t_cs, rflags, self.t_rsp, self.t_ss)
         regs = self.regs
         kind = self.exit_kind
