@@ -10,9 +10,11 @@ fails. The filter itself kills a process that makes a system call off the list.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -21,7 +23,7 @@ import pytest
 
 from hospes.cgroup import find_hierarchy, memory_overhead
 from hospes.toolstack import control
-from hospes.devices.tap import NetError, open_tap
+from hospes.devices.tap import TUNGETIFF, close_handed_taps, open_tap
 from hospes.domain import Domain, DomainConfig, ShutdownReason
 from hospes.toolstack.jail import JAIL_ID_BASE, JailError, jail_ids, prepare_tap, python_paths, release_tap
 from hospes.toolstack.jail_syscalls import allowed_syscalls, make_filter
@@ -90,10 +92,17 @@ def test_jail_ids_are_per_domain_and_never_root() -> None:
 
 # --- the TAPs a jailed domain gets ------------------------------------------------------------------
 
+def _open_tap_elsewhere(name: str) -> subprocess.CompletedProcess[str]:
+    """open_tap in another process (of this thread's network namespace), which was handed nothing."""
+    code = f"from hospes.devices.tap import open_tap; open_tap({name!r}, 1500)"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
 def test_a_prepared_tap_opens_at_once_and_stays_its_domains(tmp_path: Path) -> None:
-    # The set-up makes the TAP persistent and closes it; the jailed process opens it right
-    # away, and again at every reboot. The kernel's "running" flag lags a closed queue by up
-    # to a second, so the TAP looked held and the build failed ("another process holds it").
+    # The set-up makes the TAP persistent and hands its descriptor over; the jailed process
+    # opens it right away, and again at every reboot. (Reopened by name, the kernel's
+    # "running" flag lagged a closed queue by up to a second, so the TAP looked held and the
+    # build failed: "another process holds it".)
     if not can_make_netns():
         pytest.fail("this test needs root, ip(8) and /dev/net/tun")
     ns = f"hospes-jailtap{os.getpid()}"
@@ -104,21 +113,58 @@ def test_a_prepared_tap_opens_at_once_and_stays_its_domains(tmp_path: Path) -> N
     def scenario() -> None:
         prepare_tap("hjt0", 1500, None, uid, gid)
         try:
-            for _ in range(10):   # build, then reboots: each closes its queue and opens it again at once
+            for _ in range(10):   # build, then reboots: each closes its copy and opens one again at once
                 os.close(open_tap("hjt0", 1500))
             fd = open_tap("hjt0", 1500)
             try:
-                with pytest.raises(NetError, match="another process holds it"):
-                    open_tap("hjt0", 1500)   # while the domain holds it, nobody else gets it
+                proc = _open_tap_elsewhere("hjt0")   # while the domain holds it, nobody else gets it
+                assert proc.returncode != 0 and "another process holds it" in proc.stderr, proc.stderr
             finally:
                 os.close(fd)
         finally:
+            close_handed_taps()
             release_tap("hjt0", uid)
 
     try:
         in_netns(ns, scenario)
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_a_prepared_tap_moved_to_another_namespace_still_opens(tmp_path: Path) -> None:
+    # The bench (and anyone wiring a guest into a namespace) moves the TAP away as soon as it
+    # appears. Reopened by name, the jailed process then asked for a new TAP, which it may not
+    # create: "Cannot create TAP device ...: Operation not permitted".
+    if not can_make_netns():
+        pytest.fail("this test needs root, ip(8) and /dev/net/tun")
+    ns, away = f"hospes-jailtap{os.getpid()}", f"hospes-jailaway{os.getpid()}"
+    for n in (ns, away):
+        subprocess.run(["ip", "netns", "del", n], capture_output=True)
+        subprocess.run(["ip", "netns", "add", n], check=True)
+    uid, gid = jail_ids(5)
+
+    def scenario() -> None:
+        prepare_tap("hjt1", 1500, None, uid, gid)
+        try:
+            subprocess.run(["ip", "link", "set", "hjt1", "netns", away], check=True)
+            fd = open_tap("hjt1", 1500)
+            try:
+                name = fcntl.ioctl(fd, TUNGETIFF, bytes(40))[:16].rstrip(b"\0").decode()
+                assert name == "hjt1"
+                here = subprocess.run(["ip", "link", "show", "hjt1"], capture_output=True)
+                assert here.returncode != 0      # no new TAP was made where the old one was
+            finally:
+                os.close(fd)
+        finally:
+            close_handed_taps()
+
+    try:
+        in_netns(ns, scenario)
+        there = subprocess.run(["ip", "-n", away, "link", "show", "hjt1"], capture_output=True, text=True)
+        assert there.returncode == 0, there.stderr
+    finally:
+        for n in (ns, away):
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
 
 
 # --- guest memory across reboots ------------------------------------------------------------------

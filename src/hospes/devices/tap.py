@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # --- linux/if_tun.h, sockios.h -----------------------------------------------------------
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
+TUNGETIFF = 0x800454D2
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
@@ -80,14 +81,38 @@ def tap_in_use(name: str) -> bool:
     return bool(flags & IFF_RUNNING)
 
 
+# TAP name -> a descriptor of it opened before the jail's drop (hand_over_tap).
+_handed_taps: dict[str, int] = {}
+
+
+def hand_over_tap(name: str, fd: int) -> None:
+    """Make :func:`open_tap` answer ``name`` with copies of ``fd`` (which this module now owns).
+
+    A jailed domain cannot create a TAP, and reopening one by name fails once
+    someone moved it into another network namespace or renamed it (as the
+    bench does, right after the TAP appears); a descriptor follows the device."""
+    _handed_taps[name] = fd
+
+
+def close_handed_taps() -> None:
+    """Close the handed-over TAP descriptors (in a process that will not run the domain)."""
+    while _handed_taps:
+        os.close(_handed_taps.popitem()[1])
+
+
 def open_tap(name: str, mtu: int, *, attach: bool = False) -> int:
     """Create TAP device ``name`` (or open a persistent one nobody uses); set its MTU and bring it up.
 
     Multi-queue, so that a domain migrating between two daemons of one host
     (``attach``) can open its TAP (same name, same bridge) while the source still
     holds its own queue; a TAP with one queue behaves as a single-queue one.
-    Without ``attach``, a TAP another process holds is refused, as before."""
+    Without ``attach``, a TAP another process holds is refused, as before.
+    A TAP handed over (:func:`hand_over_tap`) is a copy of that descriptor,
+    set up already."""
     check_ifname(name, "TAP")
+    handed = _handed_taps.get(name)
+    if handed is not None:
+        return os.dup(handed)
     if not attach and tap_in_use(name):
         raise NetError(f"Cannot create TAP device {name}: another process holds it; pick another name with tap=.")
     try:

@@ -137,8 +137,11 @@ class DomainJail:
         the child (this call returns in it) is jailed and dropped. ``keep`` runs in the
         parent first, to close what only the child uses."""
         def supervise(sock: socket.socket, child: int) -> int:
+            from hospes.devices.tap import close_handed_taps
+
             self.child = child
             self.child_start = process_start_time(child)
+            close_handed_taps()     # the child's: a queue held here would outlive the domain
             keep()
             return Supervisor(sock, child, self._handlers(), self._cleanup).run()
 

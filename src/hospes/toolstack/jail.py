@@ -234,9 +234,13 @@ def drop(uid: int, gid: int, seccomp_mode: str = "kill") -> None:
 # --- TAPs made before the drop --------------------------------------------------------------------
 
 def prepare_tap(name: str, mtu: int, bridge: str | None, uid: int, gid: int, *, attach: bool = False) -> None:
-    """Create TAP ``name`` as root: MTU, up, on ``bridge``; persistent and owned by ``uid``,
-    so the jailed process can open it again (at every boot) without CAP_NET_ADMIN."""
-    from hospes.devices.tap import attach_to_bridge, open_tap
+    """Create TAP ``name`` as root: MTU, up, on ``bridge``; persistent and owned by ``uid``.
+
+    Its descriptor is handed over (``devices.tap.hand_over_tap``): the jailed
+    process opens copies of it at every boot, without CAP_NET_ADMIN, wherever the
+    device has been moved meanwhile. Owner and persistence keep it the domain's
+    between boots all the same."""
+    from hospes.devices.tap import attach_to_bridge, hand_over_tap, open_tap
 
     fd = open_tap(name, mtu, attach=attach)
     try:
@@ -246,9 +250,12 @@ def prepare_tap(name: str, mtu: int, bridge: str | None, uid: int, gid: int, *, 
         fcntl.ioctl(fd, TUNSETGROUP, gid)
         fcntl.ioctl(fd, TUNSETPERSIST, 1)
     except OSError as e:
-        raise JailError(f"Cannot hand TAP {name} to the jailed domain: {e.strerror}.") from e
-    finally:
         os.close(fd)
+        raise JailError(f"Cannot hand TAP {name} to the jailed domain: {e.strerror}.") from e
+    except BaseException:
+        os.close(fd)
+        raise
+    hand_over_tap(name, fd)
 
 
 def release_tap(name: str, uid: int) -> None:
