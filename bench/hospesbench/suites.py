@@ -533,6 +533,22 @@ def _read(path: str) -> str:
         return f.read()
 
 
+def _domain_process(pid: int) -> int:
+    """``hospes run``'s own pid or, jailed, the descendant that runs the domain: the first
+    process down the tree with the guest's memory mapped (``pid`` if none has)."""
+    todo = [pid]
+    while todo:
+        p = todo.pop(0)
+        try:
+            if MEMFD_PREFIX in _read(f"/proc/{p}/maps"):
+                return p
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in _read(f"/proc/{p}/task/{task}/children").split()]
+        except OSError:
+            continue
+    return pid
+
+
 def suite_memory(b: Bench) -> None:
     p = b.plan
     sleep_s = int(p.idle_s) + 3     # ends by itself soon after the sample
@@ -544,11 +560,12 @@ def suite_memory(b: Bench) -> None:
         if proc.wait_mark(IDLE_MARK, 600) is None:
             raise RuntimeError("the guest never reached the idle command")
         time.sleep(p.idle_s)
-        status = parse.parse_status_kb(_read(f"/proc/{proc.pid}/status"))
-        maps = parse.parse_smaps(_read(f"/proc/{proc.pid}/smaps"))
+        pid = _domain_process(proc.pid)
+        status = parse.parse_status_kb(_read(f"/proc/{pid}/status"))
+        maps = parse.parse_smaps(_read(f"/proc/{pid}/smaps"))
         memfd_rss, memfd_size = parse.mapping_rss_kb(maps, MEMFD_PREFIX)
         if memfd_size == 0:
-            raise RuntimeError(f"no {MEMFD_PREFIX} mapping in /proc/{proc.pid}/smaps")
+            raise RuntimeError(f"no {MEMFD_PREFIX} mapping in /proc/{pid}/smaps or its children's")
         snap = {
             "idle_s": p.idle_s,
             "guest_ram_kb": GUEST_MIB * 1024,

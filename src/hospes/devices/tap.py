@@ -94,10 +94,17 @@ def hand_over_tap(name: str, fd: int) -> None:
     _handed_taps[name] = fd
 
 
+def take_handed_taps() -> dict[str, int]:
+    """The handed-over TAP descriptors, by name, which the caller now owns (to pass on or close)."""
+    taps = dict(_handed_taps)
+    _handed_taps.clear()
+    return taps
+
+
 def close_handed_taps() -> None:
     """Close the handed-over TAP descriptors (in a process that will not run the domain)."""
-    while _handed_taps:
-        os.close(_handed_taps.popitem()[1])
+    for fd in take_handed_taps().values():
+        os.close(fd)
 
 
 def open_tap(name: str, mtu: int, *, attach: bool = False) -> int:

@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from hospes.cgroup import MemoryLimit, find_hierarchy, limit_memory, memory_overhead
 from hospes.errors import HospesError
+from hospes.devices.tap import close_handed_taps, hand_over_tap, take_handed_taps
 from hospes.files import hand_over
 from hospes.toolstack.domain_config import BootImages, boot_images, vif_config
 from hospes.toolstack.jail import (JailError, Link, RootPlan, Supervisor, build_root, drop, host_pid, jail_ids,
@@ -137,8 +138,6 @@ class DomainJail:
         the child (this call returns in it) is jailed and dropped. ``keep`` runs in the
         parent first, to close what only the child uses."""
         def supervise(sock: socket.socket, child: int) -> int:
-            from hospes.devices.tap import close_handed_taps
-
             self.child = child
             self.child_start = process_start_time(child)
             close_handed_taps()     # the child's: a queue held here would outlive the domain
@@ -243,8 +242,10 @@ class DomainJail:
                 os.close(fd)
         _handed.clear()
         _handed.update(handed_before)
+        taps = take_handed_taps()     # the supervisor holds none of its own (closed at the split)
+        out += taps.values()
         boot = self.boot
-        reply: dict[str, Any] = {"paths": paths, "taps": self.taps[before:]}
+        reply: dict[str, Any] = {"paths": paths, "taps": self.taps[before:], "tap_fds": list(taps)}
         if boot is not None:
             reply["boot"] = {"kernel": str(boot.kernel), "ramdisk": str(boot.ramdisk) if boot.ramdisk else None,
                              "cmdline": boot.cmdline}
@@ -332,9 +333,13 @@ class ForegroundJail(DomainJail):
 
 
 def apply_devices(reply: dict[str, Any], fds: list[int]) -> BootImages | None:
-    """In the jailed child: take what a ``devices`` request handed over."""
-    for path, fd in zip(reply.get("paths") or [], fds, strict=False):
+    """In the jailed child: take what a ``devices`` request handed over (the files'
+    descriptors, then the TAPs')."""
+    paths = reply.get("paths") or []
+    for path, fd in zip(paths, fds, strict=False):
         hand_over(path, fd)
+    for name, fd in zip(reply.get("tap_fds") or [], fds[len(paths):], strict=False):
+        hand_over_tap(name, fd)
     boot = reply.get("boot")
     if not isinstance(boot, dict):
         return None
