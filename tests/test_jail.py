@@ -23,7 +23,7 @@ import pytest
 
 from hospes.cgroup import find_hierarchy, memory_overhead
 from hospes.toolstack import control
-from hospes.devices.tap import TUNGETIFF, close_handed_taps, open_tap
+from hospes.devices.tap import TUNGETIFF, close_handed_taps, hand_over_tap, open_tap
 from hospes.domain import Domain, DomainConfig, ShutdownReason
 from hospes.toolstack.jail import JAIL_ID_BASE, JailError, jail_ids, prepare_tap, python_paths, release_tap
 from hospes.toolstack.jail_syscalls import allowed_syscalls, make_filter
@@ -129,6 +129,24 @@ def test_a_prepared_tap_opens_at_once_and_stays_its_domains(tmp_path: Path) -> N
         in_netns(ns, scenario)
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_handing_a_tap_over_again_closes_the_descriptor_it_replaces() -> None:
+    r1, w1 = os.pipe()
+    r2, w2 = os.pipe()
+    try:
+        hand_over_tap("hjtx", r1)
+        hand_over_tap("hjtx", r2)
+        with pytest.raises(OSError):
+            os.fstat(r1)
+        os.fstat(r2)
+        close_handed_taps()
+        with pytest.raises(OSError):
+            os.fstat(r2)
+    finally:
+        close_handed_taps()
+        os.close(w1)
+        os.close(w2)
 
 
 def test_a_prepared_tap_moved_to_another_namespace_still_opens(tmp_path: Path) -> None:

@@ -91,7 +91,10 @@ def hand_over_tap(name: str, fd: int) -> None:
     A jailed domain cannot create a TAP, and reopening one by name fails once
     someone moved it into another network namespace or renamed it (as the
     bench does, right after the TAP appears); a descriptor follows the device."""
+    old = _handed_taps.get(name)
     _handed_taps[name] = fd
+    if old is not None and old != fd:
+        os.close(old)
 
 
 def take_handed_taps() -> dict[str, int]:
