@@ -9,6 +9,7 @@ fails. The filter itself kills a process that makes a system call off the list.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -92,6 +93,21 @@ def test_jail_ids_are_per_domain_and_never_root() -> None:
 
 # --- the TAPs a jailed domain gets ------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _fresh_netns(*names: str) -> Iterator[tuple[str, ...]]:
+    """Empty network namespaces ``names`` for the test, deleted (with their devices) after it."""
+    if not can_make_netns():
+        pytest.fail("this test needs root, ip(8) and /dev/net/tun")
+    for n in names:
+        subprocess.run(["ip", "netns", "del", n], capture_output=True)
+        subprocess.run(["ip", "netns", "add", n], check=True)
+    try:
+        yield names
+    finally:
+        for n in names:
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+
+
 def _open_tap_elsewhere(name: str) -> subprocess.CompletedProcess[str]:
     """open_tap in another process (of this thread's network namespace), which was handed nothing."""
     code = f"from hospes.devices.tap import open_tap; open_tap({name!r}, 1500)"
@@ -103,11 +119,6 @@ def test_a_prepared_tap_opens_at_once_and_stays_its_domains(tmp_path: Path) -> N
     # opens it right away, and again at every reboot. (Reopened by name, the kernel's
     # "running" flag lagged a closed queue by up to a second, so the TAP looked held and the
     # build failed: "another process holds it".)
-    if not can_make_netns():
-        pytest.fail("this test needs root, ip(8) and /dev/net/tun")
-    ns = f"hospes-jailtap{os.getpid()}"
-    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-    subprocess.run(["ip", "netns", "add", ns], check=True)
     uid, gid = jail_ids(5)
 
     def scenario() -> None:
@@ -125,10 +136,8 @@ def test_a_prepared_tap_opens_at_once_and_stays_its_domains(tmp_path: Path) -> N
             close_handed_taps()
             release_tap("hjt0", uid)
 
-    try:
+    with _fresh_netns(f"hospes-jailtap{os.getpid()}") as (ns,):
         in_netns(ns, scenario)
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def test_handing_a_tap_over_again_closes_the_descriptor_it_replaces() -> None:
@@ -153,13 +162,8 @@ def test_a_prepared_tap_moved_to_another_namespace_still_opens(tmp_path: Path) -
     # The bench (and anyone wiring a guest into a namespace) moves the TAP away as soon as it
     # appears. Reopened by name, the jailed process then asked for a new TAP, which it may not
     # create: "Cannot create TAP device ...: Operation not permitted".
-    if not can_make_netns():
-        pytest.fail("this test needs root, ip(8) and /dev/net/tun")
-    ns, away = f"hospes-jailtap{os.getpid()}", f"hospes-jailaway{os.getpid()}"
-    for n in (ns, away):
-        subprocess.run(["ip", "netns", "del", n], capture_output=True)
-        subprocess.run(["ip", "netns", "add", n], check=True)
     uid, gid = jail_ids(5)
+    away = f"hospes-jailaway{os.getpid()}"
 
     def scenario() -> None:
         prepare_tap("hjt1", 1500, None, uid, gid)
@@ -176,13 +180,10 @@ def test_a_prepared_tap_moved_to_another_namespace_still_opens(tmp_path: Path) -
         finally:
             close_handed_taps()
 
-    try:
+    with _fresh_netns(f"hospes-jailtap{os.getpid()}", away) as (ns, _):
         in_netns(ns, scenario)
         there = subprocess.run(["ip", "-n", away, "link", "show", "hjt1"], capture_output=True, text=True)
         assert there.returncode == 0, there.stderr
-    finally:
-        for n in (ns, away):
-            subprocess.run(["ip", "netns", "del", n], capture_output=True)
 
 
 # --- guest memory across reboots ------------------------------------------------------------------
