@@ -231,6 +231,7 @@ class FakeVcpu(PvVcpu):
     def __init__(self, domain: PvDomain, vcpu_id: int, kvm_vcpu: FakeKvmVcpu, area: Any) -> None:
         super().__init__(domain, vcpu_id, kvm_vcpu, area)  # type: ignore[arg-type]
         self.kicks = 0
+        self.returned_normally = False   # what the last hypercall() told the return path
         # A hypercall runs to its end however slow the shared machine is; the
         # continuation tests ask for the real slice (or a fake clock) themselves.
         self.slice_ns = 1 << 62
@@ -244,7 +245,7 @@ class FakeVcpu(PvVcpu):
         regs.rax, regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8 = (
             int(nr), a1 & 0xFFFF_FFFF_FFFF_FFFF, a2 & 0xFFFF_FFFF_FFFF_FFFF, a3 & 0xFFFF_FFFF_FFFF_FFFF,
             a4 & 0xFFFF_FFFF_FFFF_FFFF, a5 & 0xFFFF_FFFF_FFFF_FFFF)
-        self._hypercall()
+        self.returned_normally = self._hypercall()
         rax = int(regs.rax)
         return rax - (1 << 64) if rax >> 63 else rax
 

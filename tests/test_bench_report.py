@@ -537,3 +537,25 @@ def test_marker_without_newline_is_seen_while_the_process_runs():
         proc.stop()
     res = proc.finish(10)
     assert res.stdout.endswith("debian login: ")
+
+
+def test_boot_cpu_split_stays_out_of_the_exit_tables_and_sets_guest_and_kvm_against_tcg():
+    from hospesbench.report import boot_cpu_split, boot_exit_totals
+
+    r = sample_results()
+    r.exit_runs["boot"] = [
+        {"writer": 100, "hypercall:1": 50, "cpu:guest_ms": 2700, "cpu:kvm_ms": 1100, "cpu:hospes_ms": 1300},
+        {"writer": 110, "hypercall:1": 50, "cpu:guest_ms": 2900, "cpu:kvm_ms": 1300, "cpu:hospes_ms": 1100},
+    ]
+    assert boot_cpu_split(r) == {"cpu:guest_ms": 2.8, "cpu:kvm_ms": 1.2, "cpu:hospes_ms": 1.2}
+    assert boot_exit_totals(r) == [150, 160]          # times are not exits
+    lines = render_markdown(r).splitlines()
+    assert not any("cpu:" in ln and ln.startswith("| `cpu:") for ln in lines)
+    text = next(ln for ln in lines if ln.startswith("Where a Hospes boot's vCPU time goes"))
+    assert "guest mode 2.80 s" in text and "KVM's exit handling) 1.20 s" in text and "Python 1.20 s" in text
+    # guest + KVM 4.0 s against TCG's poweroff median 3.55 s
+    assert "is 4.00 s: 1.13x QEMU TCG's whole run to poweroff (3.55 s)" in text
+    # runs without the times (an older Hospes) give no sentence
+    r.exit_runs["boot"] = [{"writer": 100}]
+    assert boot_cpu_split(r) is None
+    assert not any(ln.startswith("Where a Hospes boot") for ln in render_markdown(r).splitlines())

@@ -112,6 +112,8 @@ def test_a_preempted_mmu_update_is_re_armed_with_the_rest_of_its_batch(
     vcpu.hypercall(Hypercall.mmu_update, REQ_VA, 10, DONE_VA, DOMID_SELF)
     # The third check (before the fourth request; none runs before the first)
     # stops it: the SYSCALL again, the pointer at the fourth, the count left marked, pdone = 3.
+    # Its argument registers carry the rest, so the return path must keep them.
+    assert not vcpu.returned_normally
     regs = vcpu.regs
     assert vcpu.t_rip == RETURN_RIP - 2 and regs.rax == Hypercall.mmu_update
     assert (regs.rdi, regs.rsi, regs.rdx, regs.r10) == (REQ_VA + 48, 7 | MMU_UPDATE_PREEMPTED, DONE_VA, DOMID_SELF)

@@ -109,10 +109,11 @@ def test_after_a_hypercall_the_writer_takes_the_entry_in_an_argument_register(do
     tr = dom.trampoline
     assert mmu_update(vcpu, (l1_slot(UNMAPPED_INDEX), (FREE_FRAME + 6) << 12 | P_RW)) == (0, 1)
     assert mmu_update(vcpu, (l1_slot(UNMAPPED_INDEX), (FREE_FRAME + 7) << 12 | P_RW)) == (0, 1)
+    assert vcpu.returned_normally          # _on_syscall hands this to _resume
     vcpu.exit_kind = "syscall"
-    vcpu._resume()
+    vcpu._resume(args_spent=True)
     assert vcpu.regs.rip == tr.writer1_rdi_va and vcpu.regs.rdi == DIRECT_VIRT + l1_slot(UNMAPPED_INDEX)
-    assert not vcpu.args_spent and vcpu.writes == []
+    assert vcpu.writes == []
     vcpu.regs.rdi = 0x1234
     vcpu.writes.append((l1_slot(UNMAPPED_INDEX), 0))   # as a trap's emulation queues one
     vcpu.exit_kind = "exception"

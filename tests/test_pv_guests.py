@@ -451,6 +451,9 @@ def test_cli_sti_and_shadow_gs_reads_make_no_exit():
     hospes_exits = sum(n for k, n in counts.items() if k.startswith(("hypercall:", "trap:", "syscall")))
     assert counts["kvm:exits"] >= hospes_exits > 1000, proc.stderr[-3000:]
     assert counts["kvm:insn_emulation"] > 4000 * 10, proc.stderr[-3000:]
+    # and where the vCPU thread's time went, by owner (tick-sampled: only the total is sure)
+    cpu = [counts[k] for k in ("cpu:guest_ms", "cpu:kvm_ms", "cpu:hospes_ms")]
+    assert sum(cpu) > 0, proc.stderr[-3000:]
 
 
 @pytest.mark.kvm

@@ -117,6 +117,16 @@ def is_exit(kind: str) -> bool:
     return kind.split(":", 1)[0] in EXIT_FAMILIES
 
 
+# `cpu:guest_ms`, `cpu:kvm_ms`, `cpu:hospes_ms`: the vCPU threads' time by owner
+# (hospes.cputime), milliseconds over the whole run; times, not counts.
+CPU_TIME_KINDS = ("cpu:guest_ms", "cpu:kvm_ms", "cpu:hospes_ms")
+
+
+def is_count(kind: str) -> bool:
+    """Whether a `--stats` kind is a count (an exit or a resume path), not a CPU time."""
+    return not kind.startswith("cpu:")
+
+
 @dataclass
 class ExitStats:
     """What ``hospes run --stats`` reported when the guest stopped."""

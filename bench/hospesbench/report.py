@@ -11,7 +11,7 @@ import re
 import statistics
 from dataclasses import dataclass
 
-from hospesbench.parse import is_exit
+from hospesbench.parse import CPU_TIME_KINDS, is_count, is_exit
 from hospesbench.model import ENV_FLOOR, ENV_HOSPES, ENV_NATIVE, ENV_QKVM, ENV_TCG, Results
 from hospesbench.stats import Summary, ratio
 
@@ -267,6 +267,31 @@ def boot_exit_totals(res: Results) -> list[int]:
     return [sum(n for k, n in run.items() if is_exit(k) or k == "writer") for run in res.exit_runs.get("boot", [])]
 
 
+def boot_cpu_split(res: Results) -> dict[str, float] | None:
+    """Median seconds of each busybox boot's vCPU time by owner (``cpu:guest_ms`` ...), whole run."""
+    runs = [r for r in res.exit_runs.get("boot", []) if all(k in r for k in CPU_TIME_KINDS)]
+    if not runs:
+        return None
+    return {k: statistics.median(r[k] for r in runs) / 1000 for k in CPU_TIME_KINDS}
+
+
+def boot_floor_sentence(res: Results) -> str | None:
+    """What the boot costs before any Python: guest mode plus KVM, against TCG's whole boot."""
+    split = boot_cpu_split(res)
+    tcg = res.summary("boot", "poweroff", ENV_TCG)
+    if split is None:
+        return None
+    guest, kvm, py = (split[k] for k in CPU_TIME_KINDS)
+    text = (f"Where a Hospes boot's vCPU time goes (median over the boots, the whole run to poweroff, "
+            f"`cpu:*_ms` of `--stats`): guest mode {fmt_num(guest)} s, the host kernel (KVM's exit "
+            f"handling) {fmt_num(kvm)} s, Hospes' Python {fmt_num(py)} s.")
+    if tcg is not None and tcg.median > 0:
+        text += (f" Guest mode plus KVM alone, time no Python of Hospes' is in, is {fmt_num(guest + kvm)} s: "
+                 f"{fmt_num((guest + kvm) / tcg.median)}x QEMU TCG's whole run to poweroff "
+                 f"({fmt_num(tcg.median)} s).")
+    return text
+
+
 def block_qd_iops(res: Results) -> dict[int, float]:
     """Queue depth -> median IOPS of Hospes' 4 KiB random O_DIRECT reads (blkbench ``blk_qd<D>_rand_read``)."""
     out: dict[int, float] = {}
@@ -357,6 +382,9 @@ def _section_boot(res: Results) -> list[str]:
         lines += [f"Hospes' own `--stats` figure, from the start of the domain build: "
                   f"{fmt_cell(inproc)} s to userspace, so Python start-up and imports take "
                   f"~{fmt_num(up.median - inproc.median)} s of the total."]
+    floor = boot_floor_sentence(res)
+    if floor is not None:
+        lines += ["", floor]
     return lines + [""]
 
 
@@ -455,7 +483,7 @@ def _section_exits(res: Results) -> list[str]:
     for w, _ in present:
         for k, n in med[w].items():
             totals[k] = totals.get(k, 0) + n
-    order = sorted(totals, key=lambda k: (-totals[k], k))
+    order = sorted((k for k in totals if is_count(k)), key=lambda k: (-totals[k], k))
     exit_kinds = [k for k in order if is_exit(k)]
     other_kinds = [k for k in order if not is_exit(k)]
     shown, rest = exit_kinds[:EXIT_ROWS], exit_kinds[EXIT_ROWS:]
@@ -490,7 +518,7 @@ def _section_op_exits(res: Results) -> list[str]:
         per_op: dict[str, float] = d["per_op"]
         total = sum(v for k, v in per_op.items() if is_exit(k))
         ns = d.get("ns_per_op")
-        kinds = sorted((k for k, v in per_op.items() if v >= 0.1), key=lambda k: -per_op[k])[:6]
+        kinds = sorted((k for k, v in per_op.items() if v >= 0.1 and is_count(k)), key=lambda k: -per_op[k])[:6]
         rows.append([label, f"{d['ops']:,}", fmt_num(ns / 1000) if ns else "-", fmt_num(total),
                      fmt_num(ns / 1000 / total) if ns and total > 0 else "-",
                      ", ".join(f"`{k}` {per_op[k]:.2f}" for k in kinds)])

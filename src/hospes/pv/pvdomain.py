@@ -365,8 +365,10 @@ class PvDomain:
             pv.close()
 
     def stats(self) -> dict[str, int]:
-        """Exit counts by kind, summed over the vCPUs, and (as ``kvm:NAME``) those
-        of KVM's own counters that say what the exits Hospes never sees cost."""
+        """Exit counts by kind, summed over the vCPUs, (as ``kvm:NAME``) those of
+        KVM's own counters that say what the exits Hospes never sees cost, and (as
+        ``cpu:..._ms``) where the vCPU threads' time went: guest mode, the host
+        kernel (KVM), Hospes' Python (:mod:`hospes.cputime`)."""
         total: dict[str, int] = {}
         for pv in self.vcpus:
             for k, n in pv.stats.items():
@@ -374,6 +376,9 @@ class PvDomain:
             for k in KVM_COUNTERS:
                 if k in pv.kvm_counters:
                     total["kvm:" + k] = total.get("kvm:" + k, 0) + pv.kvm_counters[k]
+            if pv.cpu is not None:
+                for k, ms in pv.cpu.as_stats().items():
+                    total[k] = total.get(k, 0) + ms
         return total
 
     # --- time -------------------------------------------------------------------------

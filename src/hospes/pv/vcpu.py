@@ -28,6 +28,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Callable, cast
 
+from hospes import cputime
+from hospes.cputime import ThreadCpu
 from hospes.kvm import constants as kc
 from hospes.kvm.structs import KvmSegment
 from hospes.machine.memory import PAGE_SIZE, GuestFault
@@ -175,8 +177,8 @@ class PvVcpu:
     area: VcpuArea
     gp_flags_gpa: int
     gp_gs_user_gpa: int
-    args_spent: bool
     kvm_counters: dict[str, int]
+    cpu: ThreadCpu | None
     gp_flags: int
     gp_gs_user: int
     mem: "GuestMemory"
@@ -298,13 +300,11 @@ class PvVcpu:
         self.t_rsp = 0
         self.t_ss = abi.FLAT_KERNEL_SS
         self.exit_kind = "start"
-        # A hypercall returned: its argument registers are the hypervisor's to
-        # clobber (Xen's ABI), until the guest runs again.
-        self.args_spent = False
         self.gp_flags = -1          # what the #GP fast path's words say (-1: not yet written)
         self.gp_gs_user = -1
         self.stats: dict[str, int] = {}
         self.kvm_counters: dict[str, int] = {}   # KVM's own, read when the loop ends (Vcpu.counters)
+        self.cpu: ThreadCpu | None = None        # this thread's time by owner, read then too
         self.run = kvm_vcpu.run_struct
         self.regs = kvm_vcpu.sync.regs
         self.sregs = kvm_vcpu.sync.sregs
@@ -484,6 +484,7 @@ class PvVcpu:
                 else:
                     raise DomainCrash(f"unexpected KVM exit reason {reason}")
             self.kvm_counters = self.kvm.counters()
+            self.cpu = cputime.this_thread()
         except DomainCrash as e:
             self.in_kvm_run = False
             dom.crash(self, str(e))
@@ -516,7 +517,8 @@ class PvVcpu:
             # interrupts the hypercall shows them in its frame.
             self.t_cs = abi.FLAT_KERNEL_CS
             self.t_ss = abi.FLAT_KERNEL_SS
-            self._hypercall()
+            self._resume(self._hypercall())
+            return
         else:
             if self.sregs.cs.dpl == 3:
                 self.t_cs = self.sregs.cs.selector
@@ -528,7 +530,10 @@ class PvVcpu:
             self.bounce_syscall()
         self._resume()
 
-    def _hypercall(self) -> None:
+    def _hypercall(self) -> bool:
+        """Run the hypercall the guest asked for; True when it returned to the guest
+        normally, leaving its argument registers the hypervisor's to clobber (Xen's
+        ABI, xen-x86_64.h), which the return path may use."""
         regs = self.regs
         nr = regs.rax
         key = HYPERCALL_KEYS[nr] if nr < 64 else f"hypercall:{nr}"
@@ -536,7 +541,7 @@ class PvVcpu:
         handler = self.hypercalls.get(nr)
         if handler is None:
             regs.rax = (-Errno.ENOSYS) & 0xFFFF_FFFF_FFFF_FFFF
-            return
+            return True
         self.preempt_at = 0
         try:
             result = handler(self, regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8)
@@ -545,12 +550,12 @@ class PvVcpu:
         except GuestFault:
             result = -Errno.EFAULT
         if result is NO_RETURN:
-            return
+            return False
         if type(result) is Continuation:
             self._continue_hypercall(nr, result.args)
-            return
+            return False
         regs.rax = int(result) & 0xFFFF_FFFF_FFFF_FFFF  # type: ignore[call-overload]
-        self.args_spent = True
+        return True
 
     def _continue_hypercall(self, nr: int, args: tuple[int, ...]) -> None:
         """Re-arm hypercall ``nr``: the guest resumes at its SYSCALL with the new arguments.
@@ -785,15 +790,15 @@ class PvVcpu:
 
     # --- return to the guest -----------------------------------------------------------
 
-    def _resume(self) -> None:
-        """Set up the next KVM_RUN so the guest continues at the target frame."""
-        self.deliver_upcall_if_pending()
-        try:
-            self._resume_to_target()
-        finally:
-            self.args_spent = False
+    def _resume(self, args_spent: bool = False) -> None:
+        """Set up the next KVM_RUN so the guest continues at the target frame.
 
-    def _resume_to_target(self) -> None:
+        ``args_spent``: a hypercall just returned, so its argument registers are
+        free for the writer (see :meth:`_hypercall`)."""
+        self.deliver_upcall_if_pending()
+        self._resume_to_target(args_spent)
+
+    def _resume_to_target(self, args_spent: bool) -> None:
         want_cr3 = self.kernel_cr3 if self.kernel_mode else self.user_cr3
         sregs = self.sregs
         dirty_sregs = False
@@ -849,7 +854,7 @@ class PvVcpu:
                 sregs.cs = RING0_CS
                 sregs.ss = RING0_SS
                 dirty_sregs = True
-            self._enter_writer(frame, load_cr3, invlpg)
+            self._enter_writer(frame, load_cr3, invlpg, args_spent)
             self.cpu_cr3 = want_cr3
         elif kind == "exception":
             # The stub continues with add $16,%rsp; iretq over the edited frame.
@@ -861,7 +866,8 @@ class PvVcpu:
             regs.rflags = rflags
         self.kvm.mark_dirty(regs=True, sregs=dirty_sregs)
 
-    def _enter_writer(self, frame: tuple[int, int, int, int, int], cr3: int, invlpg: int) -> None:
+    def _enter_writer(self, frame: tuple[int, int, int, int, int], cr3: int, invlpg: int,
+                      args_spent: bool) -> None:
         """Point the CPU at the in-VM writer with the pending stores and the final frame.
 
         ``cr3``: the CR3 to load at the end (0: none, so no flush); ``invlpg``: a
@@ -886,7 +892,7 @@ class PvVcpu:
         tr = self.domain.trampoline
         regs = self.regs
         if len(chunk) == 1 and not cr3 and not invlpg:
-            if self.args_spent:
+            if args_spent:
                 regs.rdi = direct + chunk[0][0]
                 regs.rip = tr.writer1_rdi_va
             else:
