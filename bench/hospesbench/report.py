@@ -284,9 +284,10 @@ def boot_floor_sentence(res: Results) -> str | None:
     guest, kvm, py = (split[k] for k in CPU_TIME_KINDS)
     text = (f"Where a Hospes boot's vCPU time goes (median over the boots, the whole run to poweroff, "
             f"`cpu:*_ms` of `--stats`): guest mode {fmt_num(guest)} s, the host kernel (KVM's exit "
-            f"handling) {fmt_num(kvm)} s, Hospes' Python {fmt_num(py)} s.")
+            f"handling) {fmt_num(kvm)} s, Hospes in user space (its Python, the user side of its ioctls) "
+            f"{fmt_num(py)} s.")
     if tcg is not None and tcg.median > 0:
-        text += (f" Guest mode plus KVM alone, time no Python of Hospes' is in, is {fmt_num(guest + kvm)} s: "
+        text += (f" Guest mode plus KVM alone, time Hospes' Python is not in, is {fmt_num(guest + kvm)} s: "
                  f"{fmt_num((guest + kvm) / tcg.median)}x QEMU TCG's whole run to poweroff "
                  f"({fmt_num(tcg.median)} s).")
     return text

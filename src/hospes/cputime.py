@@ -1,11 +1,14 @@
 """CPU time of the calling thread, split the way the host kernel accounts it.
 
 A vCPU thread's time has three owners: the guest (the CPU in guest mode), the
-host kernel (KVM's exit handling, the world switch, the ioctls) and Hospes'
-Python. Linux counts guest-mode ticks in both ``utime`` and ``guest_time`` of
-``/proc/thread-self/stat`` (``account_guest_time``), so Python's share is
-their difference. The figures are tick-sampled (``_SC_CLK_TCK``), good for
-totals over seconds, not for one exit.
+host kernel (KVM's exit handling, the ioctls) and Hospes in user space (its
+Python, and the user side of each ioctl). Linux counts guest-mode ticks in
+both ``utime`` and ``guest_time`` of ``/proc/thread-self/stat``
+(``account_guest_time``), so the user-space share is their difference. The
+figures are tick-sampled (``_SC_CLK_TCK``), good for totals over seconds, not
+for one exit; and on a host that is itself a VM the split is the host
+kernel's view: a C loop doing nothing but KVM_RUN (bench/c/kvm_exit.c) shows
+some user time too, so the user share is an upper bound on the Python's.
 """
 
 from __future__ import annotations
