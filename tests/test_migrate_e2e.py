@@ -204,7 +204,13 @@ def create(pair: Pair, made: list[str], stem: str, *, memory: int = 256, vcpus: 
 
 
 def start_counter(d: Hospesd, name: str, with_disk: bool = True) -> int:
-    return int(run(d, name, COUNTER if with_disk else COUNTER_NO_DISK).strip())
+    """Start the counting loop; its pid. A kernel message the guest prints on the
+    same console meanwhile may surround the echoed pid (seen once), so the pid is
+    the output's last line that is a number."""
+    out = run(d, name, COUNTER if with_disk else COUNTER_NO_DISK)
+    pids = [ln.strip() for ln in out.splitlines() if ln.strip().isdigit()]
+    assert pids, f"no pid in {out!r}"
+    return int(pids[-1])
 
 
 def count(d: Hospesd, name: str) -> int:
