@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 
 # Lowest first. A module may import its own layer and the layers below it.
 LAYERS: list[set[str]] = [
-    {"hospes.errors", "hospes.files", "hospes.state", "hospes.version"},
+    {"hospes.cputime", "hospes.errors", "hospes.files", "hospes.state", "hospes.version"},
     {"hospes.kvm"},
     {"hospes.machine"},
     {"hospes.pv"},
