@@ -330,7 +330,6 @@ def test_update_descriptor_refuses_system_descriptors_misaligned_addresses_and_p
 def test_an_upcall_that_interrupts_a_hypercall_shows_flat_kernel_cs64(vcpu: FakeVcpu) -> None:
     """Xen's SYSCALL entry records FLAT_KERNEL_CS64 whatever CS the guest kernel ran
     with; an event upcall delivered on the hypercall's return shows it (RPL cleared)."""
-    tr = vcpu.domain.trampoline
     regs = vcpu.regs
     vcpu.sregs.cs.selector, vcpu.sregs.cs.dpl = 0x1003, 3      # a CS from the guest's own GDT
     vcpu.sregs.ss.selector = 0x100B
@@ -338,7 +337,7 @@ def test_an_upcall_that_interrupts_a_hypercall_shows_flat_kernel_cs64(vcpu: Fake
     b = vcpu.mem.buf
     b[vcpu.vcpu_info_gpa] = 1          # upcall pending
     b[vcpu.vcpu_info_gpa + 1] = 0      # not masked
-    regs.rip, regs.rcx, regs.r11, regs.rsp = tr.syscall_out_va, HANDLER + 0x40, 0x202, STACK_TOP - 0x80
+    regs.rip, regs.rcx, regs.r11, regs.rsp = vcpu.area.syscall_out_va, HANDLER + 0x40, 0x202, STACK_TOP - 0x80
     regs.rax = int(Hypercall.xen_version)
     regs.rdi = regs.rsi = 0
     vcpu._on_syscall()

@@ -67,17 +67,23 @@ EXPECTED_PASSES: dict[str, tuple[str, ...]] = {
     "syscall_user": (
         "user_pt_pinned",
         "syscall_callback_registered",
+        "context_switch_hypercalls",
+        "set_gs_user_non_canonical",
         "stack_switch",
         "new_user_baseptr",
         "set_iopl",
         "set_gs_user",
+        "shadow_gs_reads_the_last_set_gs_user",
         "syscall_frame",
         "syscall_kernel_stack",
         "syscall_events_masked",
+        "user_cannot_write_the_kernel_data_slot",
         "user_pf_bounce",
         "user_cli_gp",
         "user_rdmsr_gp",
         "syscall_24_from_user_reaches_the_kernel",
+        "user_reads_zeros_at_the_kernel_data_slot",
+        "kernel_data_page_untouched_by_user",
         "syscall_iret_return",
         "syscall_done",
     ),
@@ -434,6 +440,22 @@ def test_vcpu_op_beyond_the_domains_vcpus_makes_no_exit():
     proc, counts = _run_with_stats("hypercall_page")
     assert proc.returncode == 0 and "PASS hypercall_page_vcpu_op_beyond_max" in proc.stdout, proc.stdout
     assert counts.get("hypercall:24", 0) < 10, proc.stderr[-3000:]
+
+
+@pytest.mark.kvm
+def test_context_switch_hypercalls_make_no_exit():
+    """The syscall_user kernel makes 1,000 stack_switch and 1,000
+    set_segment_base(SEGBASE_GS_USER) calls, as Linux does one of each per
+    context switch; its own SYSCALL stub answers them in the VM. Its checks show
+    the values took effect (the user syscall's frame on the last kernel stack,
+    rdmsr(MSR_SHADOW_GS_BASE)) and that user space can neither write nor read
+    the kernel-data page."""
+    proc, counts = _run_with_stats("syscall_user")
+    assert proc.returncode == 0 and "PASS kernel_data_page_untouched_by_user" in proc.stdout, proc.stdout
+    assert "FAIL" not in proc.stdout, proc.stdout
+    assert counts.get("hypercall:3", 0) == 0, proc.stderr[-3000:]
+    # only the non-canonical base, which the stub leaves to Hospes for its -EINVAL
+    assert counts.get("hypercall:25", 0) == 1, proc.stderr[-3000:]
 
 
 @pytest.mark.kvm

@@ -14,6 +14,7 @@
 
 extern const char user_code_start[], user_code_end[];
 extern const char user_syscall1_ret[], user_pf_insn[], user_pf_resume[], user_cli_insn[], user_rdmsr_insn[];
+extern const char user_kdata_store[], user_kdata_resume[];
 extern void xen_syscall_entry(void);
 
 #define USER_ADDR(label) (USER_CODE_VA + (uint64_t)((label) - user_code_start))
@@ -22,7 +23,7 @@ extern void xen_syscall_entry(void);
 static uint8_t kstack[16384] __attribute__((aligned(16)));
 #define KSTACK_TOP ((uint64_t)kstack + sizeof(kstack))
 
-static struct { int hello, pf, cli, rdmsr, nr24, done; } seen;
+static struct { int hello, pf, kdata, cli, rdmsr, nr24, done; } seen;
 
 static int syscall_handler(struct regs *r)
 {
@@ -66,6 +67,9 @@ static int syscall_handler(struct regs *r)
     }
     if (r->rax == USER_NR_DONE) {
         seen.done = 1;
+        check(r->rsi == 0, "user_reads_zeros_at_the_kernel_data_slot", "read %#lx", r->rsi);
+        check(*(volatile uint64_t *)KDATA_VA == 1, "kernel_data_page_untouched_by_user",
+              "the kernel sees %#lx at its kernel-data page", *(volatile uint64_t *)KDATA_VA);
         check(r->rdi == USER_RETVAL, "syscall_iret_return",
               "user passed back %#lx, want %#lx (RAX set through HYPERVISOR_iret)",
               r->rdi, USER_RETVAL);
@@ -82,6 +86,14 @@ static int pf_handler(struct regs *r)
         fail("unexpected_trap", "kernel-mode #PF at %#lx cr2 %#lx error %#lx",
              r->rip, VCPU0->cr2, r->error);
         finish();
+    }
+    if (r->rip == USER_ADDR(user_kdata_store) && !seen.kdata) {
+        /* A present, read-only page: a user-mode write fault (P | W | U). */
+        seen.kdata = 1;
+        check(r->error == 7 && VCPU0->cr2 == KDATA_VA, "user_cannot_write_the_kernel_data_slot",
+              "error %#lx (want 7) cr2 %#lx", r->error, VCPU0->cr2);
+        r->rip = USER_ADDR(user_kdata_resume);
+        return TRAP_RETURN;
     }
     seen.pf = 1;
     /* From user mode: error code bit 2 (U) set, CS/SS the user's, frame
@@ -163,6 +175,16 @@ void guest_main(void)
     };
     int ok = check_rc(HYPERVISOR_callback_op(CALLBACKOP_register, &cb),
                       "syscall_callback_registered");
+    /* A context switch's two hypercalls, many times over: Hospes' SYSCALL stub
+     * answers them in the VM (the test counts the exits). The last values win. */
+    long rcs = 0;
+    for (int i = 0; i < 1000; i++) {
+        rcs |= HYPERVISOR_stack_switch(FLAT_KERNEL_SS, KSTACK_TOP - 64 - 16 * (i & 3));
+        rcs |= _hc(25 /* set_segment_base */, 1 /* SEGBASE_GS_USER */, 0x6000 + i, 0, 0, 0);
+    }
+    check_rc(rcs, "context_switch_hypercalls");
+    /* A non-canonical base is still -EINVAL (the stub leaves it to Hospes). */
+    check(_hc(25, 1, 0x0000800000000000UL, 0, 0, 0) == -22, "set_gs_user_non_canonical", "not -EINVAL");
     ok &= check_rc(HYPERVISOR_stack_switch(FLAT_KERNEL_SS, KSTACK_TOP), "stack_switch");
     ok &= check_rc(mmuext_mfn(MMUEXT_NEW_USER_BASEPTR, virt_to_mfn(l4)),
                    "new_user_baseptr");
@@ -171,6 +193,10 @@ void guest_main(void)
     static uint32_t iopl = 1;
     ok &= check_rc(_hc(33 /* physdev_op */, 6 /* PHYSDEVOP_set_iopl */, &iopl, 0, 0, 0), "set_iopl");
     ok &= check_rc(_hc(25 /* set_segment_base */, 1 /* SEGBASE_GS_USER */, 0x5000, 0, 0, 0), "set_gs_user");
+    uint32_t lo, hi;
+    asm volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(0xc0000102));
+    check(((uint64_t)hi << 32 | lo) == 0x5000, "shadow_gs_reads_the_last_set_gs_user",
+          "rdmsr(MSR_SHADOW_GS_BASE) %#lx", (uint64_t)hi << 32 | lo);
     if (!ok)
         return;                 /* iret to user would kill the domain */
 
@@ -186,7 +212,7 @@ void guest_main(void)
     run_user(&ctx);
 
     /* Back in kernel mode: the DONE syscall handler abandoned user mode. */
-    check(seen.hello && seen.pf && seen.cli && seen.rdmsr && seen.nr24 && seen.done, "syscall_done",
-          "user program incomplete: hello %d pf %d cli %d rdmsr %d nr24 %d done %d", seen.hello, seen.pf,
-          seen.cli, seen.rdmsr, seen.nr24, seen.done);
+    check(seen.hello && seen.pf && seen.kdata && seen.cli && seen.rdmsr && seen.nr24 && seen.done,
+          "syscall_done", "user program incomplete: hello %d pf %d kdata %d cli %d rdmsr %d nr24 %d done %d",
+          seen.hello, seen.pf, seen.kdata, seen.cli, seen.rdmsr, seen.nr24, seen.done);
 }

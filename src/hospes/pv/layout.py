@@ -36,12 +36,24 @@ SLOT_M2P = 257
 SLOT_HV = 258          # supervisor-only: IDT, GDT windows, TSS, stacks, ring-0 code
 SLOT_USER_STUB = 259   # user-executable: the SYSCALL entry stub (PVM runs it at CPL 3)
 SLOT_DIRECT = 260      # supervisor-only: all guest-physical memory, for the in-VM writer
-HV_SLOTS = (SLOT_M2P, SLOT_HV, SLOT_USER_STUB, SLOT_DIRECT)
+SLOT_KDATA = 261       # each vCPU's kernel-data page, guest-kernel-writable; read-only zeros in user roots
+HV_SLOTS = (SLOT_M2P, SLOT_HV, SLOT_USER_STUB, SLOT_DIRECT, SLOT_KDATA)
 
 M2P_VIRT_START = slot_va(SLOT_M2P)
 HV_VIRT = slot_va(SLOT_HV)
 USER_STUB_VIRT = slot_va(SLOT_USER_STUB)
 DIRECT_VIRT = slot_va(SLOT_DIRECT)
+KDATA_VIRT = slot_va(SLOT_KDATA)
+
+# A vCPU's kernel-data page: state a guest kernel may set with stack_switch and
+# set_segment_base(SEGBASE_GS_USER), which the SYSCALL stub stores itself (no
+# exit) and Hospes reads where it needs it (see hospes.pv.trampoline). Offsets:
+KD_MAGIC = 0           # KD_MAGIC_VALUE in a real page; the user roots' page reads 0 here
+KD_KERNEL_SS = 8       # stack_switch's ss, as the guest gave it
+KD_KERNEL_SP = 16      # stack_switch's esp
+KD_GS_USER = 24        # the user GS base
+KD_MAGIC_VALUE = 1
+SYSCALL_STUB_STRIDE = 128   # each vCPU's copy of the SYSCALL stub (it names its own page)
 
 # Fixed offsets inside the HV slot.
 IDT_VA = HV_VIRT
@@ -57,6 +69,7 @@ TSS_OFF = 0x10000              # 3 pages: 104-byte TSS + 8 KiB I/O bitmap + term
 TSS_PAGES = 3
 STACK_OFF = 0x20000            # ring-0 stack, 4 pages
 STACK_PAGES = 4
+KDATA_ALIAS_OFF = 0x24000      # the vCPU's kernel-data page again, supervisor-only, right above the stack
 CONTROL_OFF = 0x28000          # writer area: pushes below FRAME_OFF, frame + control block above
 CONTROL_PAGES = 12
 FRAME_OFF = 0x2C000
@@ -86,6 +99,10 @@ WRITER_MAX_ENTRIES = (CONTROL_PAGES * PAGE_SIZE - (FRAME_OFF - CONTROL_OFF) - 40
 
 def percpu_va(vcpu: int) -> int:
     return PERCPU_VA + vcpu * PERCPU_STRIDE
+
+
+def kdata_va(vcpu: int) -> int:
+    return KDATA_VIRT + vcpu * PAGE_SIZE
 
 
 def pages_for(nbytes: int) -> int:
@@ -130,10 +147,12 @@ class Layout:
     @property
     def hv_pages(self) -> int:
         """Pages of the hypervisor region, generously sized for its page tables."""
-        fixed = 1 + STUB_PAGES + 1 + 1  # IDT, stubs, user stub, zero page
-        percpu = sum(n for _, n in PERCPU_MAPPED) * self.nr_vcpus
+        # IDT, stubs, the SYSCALL stubs, zero page, the user roots' kernel-data page
+        fixed = 1 + STUB_PAGES + pages_for(self.nr_vcpus * SYSCALL_STUB_STRIDE) + 1 + 1
+        percpu = (sum(n for _, n in PERCPU_MAPPED) + 1) * self.nr_vcpus   # + the kernel-data page
         # The direct map covers everything, including this region: solve roughly.
         base = self.guest_frames + self.m2p_pages + fixed + percpu
         direct_l1 = pages_for((base + base // 256 + 64) * 8)
         tables = direct_l1 + pages_for(direct_l1 * 8) + 4 * 3 + pages_for(self.m2p_pages * 8) + 16 + self.nr_vcpus * 4
+        tables += 2 * (3 + pages_for(self.nr_vcpus * 8))   # the kernel-data slot's two variants
         return self.m2p_pages + fixed + percpu + tables + 64

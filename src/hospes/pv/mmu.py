@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar
 
 from hospes.pv.abi import PTE_A, PTE_ADDR_MASK, PTE_D, PTE_NX, PTE_P, PTE_PCD, PTE_PSE, PTE_PWT, PTE_RW, PTE_US
+from hospes.pv.layout import SLOT_KDATA
 from hospes.pv.errors import Errno, XenError
 from hospes.state import StateError, check_version
 
@@ -137,6 +138,10 @@ class PvMmu:
         self.stale_writable: set[int] = set()
         self.flush_all: Callable[[], None] = lambda: None
         self.translation_cache: TranslationCache = {}  # GuestVirt's; every store invalidates it
+        # The kernel-data slot's entry for the L4s guest user space runs on (set by
+        # the domain; 0: none), and the L4s known to hold it (user_root).
+        self.kdata_user_entry = 0
+        self.user_roots: set[int] = set()
         # Ballooning (pv/reservation.py owns this set): RAM frames the guest gave
         # back. No entry, pin, CR3 or GDT may name one until it is populated again.
         self.released: set[int] = set()
@@ -315,8 +320,23 @@ class PvMmu:
         base = frame << 9
         return self.q[base:base + 512].tolist()
 
+    def user_root(self, frame: int, writes: Writes) -> None:
+        """Make L4 ``frame`` fit to run guest user space on: its kernel-data slot
+        then maps the read-only page of zeros, so user space can neither write
+        the vCPUs' kernel-data pages nor see them (hospes.pv.trampoline). Once per
+        frame until it is validated again, which puts the kernel's variant back."""
+        with self.lock:
+            if self.type.get(frame) != 4 or not self.count.get(frame):
+                return   # not an L4 in use: nothing runs on it (Hospes loads only typed roots)
+            gpa = (frame << 12) + SLOT_KDATA * 8
+            if self.kdata_user_entry and self.q[gpa >> 3] != self.kdata_user_entry:
+                self.store(writes, gpa, self.kdata_user_entry)
+            self.user_roots.add(frame)
+
     def _validate(self, frame: int, level: int, writes: Writes) -> None:
         """Check a table and take its children's references; undo all on failure."""
+        if level == 4:
+            self.user_roots.discard(frame)   # the hypervisor slots come back as hv_l4 has them
         taken: list[int] = []
         fixes: Writes = []
         try:

@@ -115,9 +115,12 @@ def page_types(mem: GuestMemory, layout: L.Layout, trampoline: Trampoline, saved
     references again as they are restored (see :class:`~hospes.pv.mmu.MmuState`).
     """
     if saved is None:
-        return PvMmu(mem, layout.ram_pages, layout.guest_frames, trampoline.l4_entries)
-    return PvMmu.restore(saved, mem=mem, ram_pages=layout.ram_pages, guest_frames=layout.guest_frames,
-                         hv_l4_entries=trampoline.l4_entries)
+        mmu = PvMmu(mem, layout.ram_pages, layout.guest_frames, trampoline.l4_entries)
+    else:
+        mmu = PvMmu.restore(saved, mem=mem, ram_pages=layout.ram_pages, guest_frames=layout.guest_frames,
+                            hv_l4_entries=trampoline.l4_entries)
+    mmu.kdata_user_entry = trampoline.kdata_user_l4e
+    return mmu
 
 
 def grant_table(mem: GuestMemory, layout: L.Layout, types: PvMmu,

@@ -10,7 +10,17 @@ the VM it only needs a few pages that hand control to Python:
 * the SYSCALL entry: one ``out %al, $PORT_SYSCALL`` on a *user-executable*
   page whose port the TSS I/O bitmap lets through. On PVM hosts SYSCALL keeps
   running at CPL 3 (platform.md); on VT-x/SVM it lands at CPL 0. The same stub
-  leaves the VM either way.
+  leaves the VM either way. Each vCPU has its own copy (its LSTAR), which
+  answers three of a guest kernel's hypercalls without leaving the VM: a
+  vcpu_op on an absent vCPU, stack_switch and set_segment_base of the user GS
+  base, the last two by storing into the vCPU's *kernel-data page*.
+* the kernel-data pages (one per vCPU, slot 261): what stack_switch and
+  set_segment_base(SEGBASE_GS_USER) set, which Hospes reads from there. The
+  guest kernel may write them (they hold nothing it could not set with those
+  hypercalls), its user space may not: the slot maps them user-writable in
+  the L4s the guest runs its kernel on, and a read-only page of zeros in the
+  L4s it runs user space on (``PvMmu.user_root``), where the stub then finds
+  no magic word and leaves the VM as for any hypercall.
 * the *writer*: a ring-0 routine that re-stores a batch of page-table
   entries (already written by Hospes) through a direct map of guest-physical
   memory, reloads CR3 and ``iretq``s to the guest. This KVM shadows page
@@ -24,7 +34,8 @@ the VM it only needs a few pages that hand control to Python:
 
 All of it is mapped from L4 slots that every guest L4 gets (see
 :mod:`hospes.pv.layout`); those subtrees are supervisor-only except the M2P
-(read-only, user) and the SYSCALL stub (execute-only, user).
+(read-only, user), the SYSCALL stubs (execute-only, user) and the
+kernel-data slot.
 """
 
 from __future__ import annotations
@@ -80,10 +91,11 @@ WRITER1_RDI_CODE = bytes.fromhex("f048830f00" "48cf")
 # SLUB before alternatives are applied; cli and sti are no-ops where Xen's vIOPL
 # allows them) and ~1,700 `rdmsr` of MSR_KERNEL_GS_BASE (one per context switch:
 # the user GS base, which Hospes keeps while the guest kernel runs). The top of
-# the ring-0 stack holds what they need, kept by hospes.pv.vcpu; RSP0 lies
-# below it:
+# the ring-0 stack holds the mode, kept by hospes.pv.vcpu, and the vCPU's
+# kernel-data page is mapped right above it (the user GS base there may have
+# been set by the SYSCALL stub, with no exit since); RSP0 lies below:
 #   top-8:  flags byte: bit 0 cli/sti are no-ops here, bit 1 guest kernel mode
-#   top-16: the user GS base
+#   top+KD_GS_USER: the user GS base
 #       push %rax; mov 16(%rsp),%rax
 #   probe: movzwl (%rax),%eax                   (a fault here: Python takes the slow path)
 #       cmp $0x320f,%ax; je 1f                  (rdmsr)
@@ -92,22 +104,24 @@ WRITER1_RDI_CODE = bytes.fromhex("f048830f00" "48cf")
 #       testb $1,80(%rsp); jz slow
 #       incq 16(%rsp); pop %rax; add $8,%rsp; iretq
 #    1: cmp $0xc0000102,%ecx; jne slow; testb $2,80(%rsp); jz slow; testb $1,33(%rsp); jnz slow
-#       mov 72(%rsp),%eax; mov 76(%rsp),%edx; addq $2,16(%rsp); add $16,%rsp; iretq
+#       mov 112(%rsp),%eax; mov 116(%rsp),%edx; addq $2,16(%rsp); add $16,%rsp; iretq
 #   slow: pop %rax; push $13; out %al,$0xe0; add $16,%rsp; iretq   (the plain stub)
 # A #GP in Hospes' own ring-0 code (an iretq with a bad frame) finds neither
 # instruction at its RIP, so it never reads the flags from a stack it is not on.
 GP_CODE = bytes.fromhex(
     "50" "488b442410" "0fb700" "663d0f32" "7420" "0c01" "3cfb" "7544" "f644242101" "753d" "f644245001" "7436"
     "48ff442410" "58" "4883c408" "48cf"
-    "81f9020100c0" "7522" "f644245002" "741b" "f644242101" "7514" "8b442448" "8b54244c" "488344241002"
+    "81f9020100c0" "7522" "f644245002" "741b" "f644242101" "7514" "8b442470" "8b542474" "488344241002"
     "4883c410" "48cf"
     "58" "6a0d" "e6e0" "4883c410" "48cf"
 )
 GP_PROBE_OFFSET = 0x06
 GP_SLOW_OFFSET = 0x59
-GP_FLAGS_FROM_TOP = 8        # distances below the ring-0 stack top
-GP_GS_USER_FROM_TOP = 16
+GP_FLAGS_FROM_TOP = 8        # distance below the ring-0 stack top
 RSP0_FROM_TOP = 32
+# The rdmsr path reads the user GS base at top + KD_GS_USER: RSP is top-88 there
+# (the 6-word #GP frame and the pushed RAX below RSP0).
+assert L.KD_GS_USER + 88 == 112 and L.KDATA_ALIAS_OFF == L.STACK_OFF + 4 * PAGE_SIZE
 GP_CLI_NOOP = 1
 GP_KERNEL_MODE = 2
 
@@ -115,26 +129,46 @@ GP_KERNEL_MODE = 2
 # block: out %al,$0xe2; ud2 (ring 0).
 CHUNK_EXIT_STUB = bytes([0xE6, L.PORT_WRITER_CHUNK, 0x0F, 0x0B])
 
-# The SYSCALL entry. Guest kernels probe every possible vCPU id with
-# VCPUOP_is_up at boot (Linux: NR_CPUS, 8192 in Debian's kernels); Xen answers
-# -ENOENT for any vcpu_op on an id at or beyond the domain's vCPUs, and so does
-# the stub itself, without an exit, for a SYSCALL from the upper half (a guest
-# kernel: Linux's user space lies in the lower half, and a user-mode system
-# call 24 is sched_yield, which must reach the guest kernel):
-#    0: cmp $24,%rax; jne 1f; test %rcx,%rcx; jns 1f
-#       cmp $max_vcpus,%esi; jb 1f          (Xen reads the id as an unsigned int)
-#       mov $-ENOENT,%rax; push %r11; popfq; jmp *%rcx   (SYSRET's RIP and RFLAGS)
-#    1: out %al,$0xe1; ud2                  (everything else: a ud2 makes a stray fall-through loud)
-# SFMASK keeps IF, so POPF at CPL 3 has nothing to restore that it cannot.
-SYSCALL_OUT_OFFSET = 0x1F
+# The SYSCALL entry, one copy per vCPU (its LSTAR). A SYSCALL from the upper
+# half is a guest kernel's hypercall (Linux's user space lies in the lower half,
+# where a system call 24 is sched_yield and must reach the guest kernel). Three
+# of those are answered here, natively at CPL 3 on PVM, without an exit:
+# * vcpu_op on a vCPU id at or beyond the domain's: -ENOENT, as Xen answers any
+#   vcpu_op there. Linux probes every possible id (NR_CPUS, 8192 in Debian's
+#   kernels) with VCPUOP_is_up at boot.
+# * stack_switch(ss, esp) and set_segment_base(SEGBASE_GS_USER, canonical base):
+#   one of each per guest context switch. Stored into this vCPU's kernel-data
+#   page when its magic word is there (a guest kernel's L4; not a user root's).
+# Everything else, or a page without the magic, leaves through the port.
+#    0: test %rcx,%rcx; jns out
+#       cmp $24,%rax; je is_up; cmp $3,%rax; je stack_switch; cmp $25,%rax; jne out
+#       cmp $1,%rdi; jne out                          (SEGBASE_GS_USER only)
+#       mov %rsi,%rdx; shl $16,%rdx; sar $16,%rdx; cmp %rsi,%rdx; jne out   (canonical)
+#       movabs $kdata,%rdx; cmpq $1,(%rdx); jne out; mov %rsi,24(%rdx); jmp done
+#   stack_switch: movabs $kdata,%rdx; cmpq $1,(%rdx); jne out; mov %rdi,8(%rdx); mov %rsi,16(%rdx)
+#   done: xor %eax,%eax; push %r11; popfq; jmp *%rcx          (SYSRET's RIP and RFLAGS)
+#   is_up: cmp $max_vcpus,%esi; jb out                (Xen reads the id as an unsigned int)
+#       mov $-ENOENT,%rax; push %r11; popfq; jmp *%rcx
+#   out: out %al,$0xe1; ud2                          (a ud2 makes a stray fall-through loud)
+# RDX is free: Xen's ABI lets a hypercall clobber the argument registers it does
+# not return in. SFMASK keeps IF, so POPF at CPL 3 has nothing to restore that it cannot.
+SYSCALL_OUT_OFFSET = 0x76
 
 
-def syscall_stub(max_vcpus: int) -> bytes:
-    fast = (b"\x48\x83\xf8\x18" b"\x75\x19" b"\x48\x85\xc9" b"\x79\x14"
-            b"\x81\xfe" + struct.pack("<I", max_vcpus) + b"\x72\x0c"
-            b"\x48\xc7\xc0" + struct.pack("<i", -2) + b"\x41\x53" b"\x9d" b"\xff\xe1")
-    assert len(fast) == SYSCALL_OUT_OFFSET
-    return fast + bytes([0xE6, L.PORT_SYSCALL, 0x0F, 0x0B])
+def syscall_stub(max_vcpus: int, kdata: int) -> bytes:
+    """This vCPU's SYSCALL entry; ``kdata`` is the virtual address of its kernel-data page."""
+    addr = struct.pack("<Q", kdata)
+    code = bytes.fromhex(
+        "4885c9" "7971" "4883f818" "7457" "4883f803" "7432" "4883f819" "755f"
+        "4883ff01" "7559" "4889f2" "48c1e210" "48c1fa10" "4839f2" "7549") + b"\x48\xba" + addr + bytes.fromhex(
+        "48833a01" "7539" "48897218" "eb18") + b"\x48\xba" + addr + bytes.fromhex(
+        "48833a01" "7523" "48897a08" "48897210"
+        "31c0" "4153" "9d" "ffe1") + b"\x81\xfe" + struct.pack("<I", max_vcpus) + bytes.fromhex(
+        "720c" "48c7c0feffffff" "4153" "9d" "ffe1")
+    assert len(code) == SYSCALL_OUT_OFFSET
+    code += bytes([0xE6, L.PORT_SYSCALL, 0x0F, 0x0B])
+    assert len(code) <= L.SYSCALL_STUB_STRIDE
+    return code
 
 HV_TABLE_FLAGS = PTE_P | PTE_RW | PTE_A | PTE_D
 
@@ -191,6 +225,8 @@ class VcpuArea:
     page_gpa: dict[int, int] = field(default_factory=dict)  # va -> gpa for every mapped page
     gdt_pte_gpa: int = 0         # GPA of the L1 entry mapping window page 0
     reserved_gdt_gpa: int = 0
+    kdata_gpa: int = 0           # the kernel-data page (layout.KD_*)
+    syscall_stub_va: int = 0     # this vCPU's SYSCALL entry (its LSTAR)
 
     @property
     def stack_top(self) -> int:
@@ -202,9 +238,13 @@ class VcpuArea:
         return self.stack_top - GP_FLAGS_FROM_TOP
 
     @property
-    def gp_gs_user_va(self) -> int:
-        """The user GS base the #GP fast path answers rdmsr(MSR_SHADOW_GS_BASE) with."""
-        return self.stack_top - GP_GS_USER_FROM_TOP
+    def syscall_out_va(self) -> int:
+        """The stub's ``out``: where a SYSCALL exit stops (its end, on VT-x's fall-through)."""
+        return self.syscall_stub_va + SYSCALL_OUT_OFFSET
+
+    @property
+    def syscall_stub_end(self) -> int:
+        return self.syscall_stub_va + SYSCALL_OUT_OFFSET + 4
 
     @property
     def frame_va(self) -> int:
@@ -241,6 +281,7 @@ class Trampoline:
         self._build_direct_map()
         for v in range(lay.nr_vcpus):
             self.vcpus.append(self._build_vcpu(v))
+        self.kdata_user_l4e = self._build_kdata_for_user_roots()
 
     # --- allocation and mapping ---------------------------------------------
 
@@ -341,14 +382,11 @@ class Trampoline:
         self._map_hv(L.IDT_VA, idt, writable=False)
         for i in range(L.STUB_PAGES):
             self._map_hv(L.STUBS_VA + i * PAGE_SIZE, stubs + i * PAGE_SIZE, writable=False, executable=True)
-        user_stub = self._alloc()
-        stub = syscall_stub(self.lay.nr_vcpus)
-        self.mem.write(user_stub, stub)
-        self.map_page(L.USER_STUB_VIRT, user_stub, PTE_P | PTE_US | PTE_A, PTE_P | PTE_US | PTE_A | PTE_RW)
-        self.syscall_stub_va = L.USER_STUB_VIRT
-        self.syscall_stub_end = L.USER_STUB_VIRT + len(stub)
-        self.syscall_out_va = L.USER_STUB_VIRT + SYSCALL_OUT_OFFSET
-        self.syscall_out_end = self.syscall_out_va + 2
+        pages = L.pages_for(self.lay.nr_vcpus * L.SYSCALL_STUB_STRIDE)
+        self._user_stubs = self._alloc(pages)   # written by _build_vcpu
+        for i in range(pages):
+            self.map_page(L.USER_STUB_VIRT + i * PAGE_SIZE, self._user_stubs + i * PAGE_SIZE,
+                          PTE_P | PTE_US | PTE_A, PTE_P | PTE_US | PTE_A | PTE_RW)
 
     def _build_direct_map(self) -> None:
         """Map all guest-physical memory (supervisor-only) for the in-VM writer.
@@ -375,6 +413,17 @@ class Trampoline:
                 gpa = self._alloc()
                 self._map_hv(va, gpa)
                 area.page_gpa[va] = gpa
+        # The kernel-data page: user-writable in the kernel variant of its slot,
+        # supervisor-only above the ring-0 stack for the #GP fast path.
+        kdata = self._alloc()
+        self.mem.write_u64(kdata + L.KD_MAGIC, L.KD_MAGIC_VALUE)
+        self.map_page(L.kdata_va(v), kdata, PTE_P | PTE_RW | PTE_US | PTE_A | PTE_D | PTE_NX,
+                      PTE_P | PTE_RW | PTE_US | PTE_A)
+        self._map_hv(area.va + L.KDATA_ALIAS_OFF, kdata)
+        area.page_gpa[area.va + L.KDATA_ALIAS_OFF] = kdata
+        area.kdata_gpa = kdata
+        area.syscall_stub_va = L.USER_STUB_VIRT + v * L.SYSCALL_STUB_STRIDE
+        self.mem.write(self._user_stubs + v * L.SYSCALL_STUB_STRIDE, syscall_stub(self.lay.nr_vcpus, L.kdata_va(v)))
         reserved = area.page_gpa[area.gdt_va + 14 * PAGE_SIZE]
         area.reserved_gdt_gpa = reserved
         for off, desc in RESERVED_GDT.items():
@@ -395,6 +444,23 @@ class Trampoline:
             self.mem.write(area.page_gpa[area.tss_va + i * PAGE_SIZE], tss_bytes[i * PAGE_SIZE:(i + 1) * PAGE_SIZE])
         assert tss == area.page_gpa[area.tss_va]
         return area
+
+    def _build_kdata_for_user_roots(self) -> int:
+        """The kernel-data slot's other variant, for the L4s guest user space runs on:
+        every vCPU's address shows one read-only page of zeros (no magic word, so the
+        SYSCALL stub leaves the VM). Returns its L4 entry."""
+        zeros = self._alloc()
+        l3, l2 = self._alloc(), self._alloc()
+        table = PTE_P | PTE_US | PTE_A
+        va = L.KDATA_VIRT
+        n = self.lay.nr_vcpus
+        self.mem.write_u64(l3 + ((va >> 30) & 511) * 8, l2 | table)
+        for first in range(0, n, 512):
+            l1 = self._alloc()
+            self.mem.write_u64(l2 + (((va >> 21) + first // 512) & 511) * 8, l1 | table)
+            for i in range(min(512, n - first)):
+                self.mem.write_u64(l1 + i * 8, zeros | PTE_P | PTE_US | PTE_A | PTE_NX)
+        return l3 | table
 
     def runtime_frames(self) -> set[int]:
         """The hypervisor-region frames written while the domain runs: each vCPU's

@@ -36,6 +36,7 @@ from hospes.machine.memory import PAGE_SIZE, GuestFault
 from hospes.pv import abi
 from hospes.pv import layout as L
 from hospes.pv.errors import Errno, XenError
+from hospes.pv.guestvirt import canonical
 from hospes.pv.runstate import RunState, VcpuRun
 from hospes.pv.trampoline import GP_CLI_NOOP, GP_KERNEL_MODE, VcpuArea
 from hospes.pv import debugregs, emulate
@@ -176,11 +177,10 @@ class PvVcpu:
     kvm: "Vcpu"
     area: VcpuArea
     gp_flags_gpa: int
-    gp_gs_user_gpa: int
+    _kd: int
     kvm_counters: dict[str, int]
     cpu: ThreadCpu | None
     gp_flags: int
-    gp_gs_user: int
     mem: "GuestMemory"
     virt: "GuestVirt"
     thread: threading.Thread | None
@@ -190,15 +190,12 @@ class PvVcpu:
     user_cr3: int
     cpu_cr3: int
     gs_base_kernel: int
-    gs_base_user: int
     fs_base: int
     gs_sel: int
     bases_dirty: bool
     mcg_status: int
     trap_table: dict[int, tuple[int, int]]
     callbacks: dict[int, tuple[int, int]]
-    kernel_ss: int
-    kernel_sp: int
     iopl: int
     cr0_ts: bool
     cr4: int
@@ -242,7 +239,7 @@ class PvVcpu:
         self.kvm = kvm_vcpu
         self.area = area
         self.gp_flags_gpa = area.gpa_of(area.gp_flags_va)
-        self.gp_gs_user_gpa = area.gpa_of(area.gp_gs_user_va)
+        self._kd = area.kdata_gpa >> 3     # kernel_ss, kernel_sp and gs_base_user live there
         self.mem = domain.mem
         self.virt = domain.virt
         self.thread: threading.Thread | None = None
@@ -300,8 +297,7 @@ class PvVcpu:
         self.t_rsp = 0
         self.t_ss = abi.FLAT_KERNEL_SS
         self.exit_kind = "start"
-        self.gp_flags = -1          # what the #GP fast path's words say (-1: not yet written)
-        self.gp_gs_user = -1
+        self.gp_flags = -1          # what the #GP fast path's flags byte says (-1: not yet written)
         self.stats: dict[str, int] = {}
         self.kvm_counters: dict[str, int] = {}   # KVM's own, read when the loop ends (Vcpu.counters)
         self.cpu: ThreadCpu | None = None        # this thread's time by owner, read then too
@@ -328,6 +324,35 @@ class PvVcpu:
     def write_u64(self, va: int, value: int) -> None:
         with self.domain.mmu.lock:   # see write()
             self.virt.write_u64(self.kernel_cr3, va, value)
+
+    # The state stack_switch and set_segment_base(SEGBASE_GS_USER) set lives in the
+    # vCPU's kernel-data page, where the SYSCALL stub stores it without an exit. The
+    # guest kernel may also write that page directly, so what is read is made valid
+    # here, as the hypercalls would have checked it.
+    @property
+    def kernel_ss(self) -> int:
+        return (self.mem.q[self._kd + (L.KD_KERNEL_SS >> 3)] & 0xFFFF) | 3
+
+    @kernel_ss.setter
+    def kernel_ss(self, value: int) -> None:
+        self.mem.q[self._kd + (L.KD_KERNEL_SS >> 3)] = value & 0xFFFF
+
+    @property
+    def kernel_sp(self) -> int:
+        return self.mem.q[self._kd + (L.KD_KERNEL_SP >> 3)]
+
+    @kernel_sp.setter
+    def kernel_sp(self, value: int) -> None:
+        self.mem.q[self._kd + (L.KD_KERNEL_SP >> 3)] = value & 0xFFFF_FFFF_FFFF_FFFF
+
+    @property
+    def gs_base_user(self) -> int:
+        base = self.mem.q[self._kd + (L.KD_GS_USER >> 3)]
+        return base if canonical(base) else 0
+
+    @gs_base_user.setter
+    def gs_base_user(self, value: int) -> None:
+        self.mem.q[self._kd + (L.KD_GS_USER >> 3)] = value & 0xFFFF_FFFF_FFFF_FFFF
 
     def bases_from_cpu(self) -> None:
         """Take the FS and current-mode GS bases from the CPU, where the guest may
@@ -406,8 +431,8 @@ class PvVcpu:
         self.cpu_cr3 = self.kernel_cr3
         k.set_msrs({
             0xC0000081: (abi.FLAT_RING3_CS32 << 48) | (abi.HYPERVISOR_CS << 32),  # STAR
-            0xC0000082: self.domain.trampoline.syscall_stub_va,                      # LSTAR
-            0xC0000083: self.domain.trampoline.syscall_stub_va,                      # CSTAR
+            0xC0000082: self.area.syscall_stub_va,                                   # LSTAR
+            0xC0000083: self.area.syscall_stub_va,                                   # CSTAR
             0xC0000084: 0x74500,     # SFMASK: TF DF NT RF VM AC; not IF (the stub's POPF could not set it back)
             0x277: 0x0000050100070406,                                               # PAT
             0xC0000102: 0,                                                           # KERNEL_GS_BASE
@@ -498,8 +523,8 @@ class PvVcpu:
 
     def _on_syscall(self) -> None:
         regs = self.regs
-        tr = self.domain.trampoline
-        if regs.rip != tr.syscall_out_va and regs.rip != tr.syscall_out_end:
+        out = self.area.syscall_out_va
+        if regs.rip != out and regs.rip != out + 2:
             # The guest executed our port itself: as Xen would for a stray port access.
             self.exit_kind = "syscall"
             self.t_rip, self.t_cs, self.t_rflags = regs.rip, self.sregs.cs.selector, regs.rflags
@@ -627,6 +652,17 @@ class PvVcpu:
             self.regs.rip = tr.gp_slow_va
             self.kvm.mark_dirty(regs=True)
             return
+        area = self.area
+        if vec == 14 and area.syscall_stub_va <= rip < area.syscall_stub_end:
+            # The SYSCALL stub could not read its kernel-data page (a root without the
+            # slot, e.g. from an older Hospes' save): the hypercall goes the plain way,
+            # its registers as the SYSCALL left them (the stub had only used RDX).
+            regs = self.regs
+            self.t_rip, self.t_cs, self.t_rflags = regs.rcx, abi.FLAT_KERNEL_CS, regs.r11
+            self.t_rsp, self.t_ss = ersp, abi.FLAT_KERNEL_SS
+            self.count("stub_fault")
+            self._resume(self._hypercall())
+            return
         if cs & 3 == 0 and vec in (11, 12, 13) and tr.is_iretq(rip):
             # Our own return to the guest faulted: the frame named a selector
             # that cannot be loaded. Xen delivers the failsafe callback.
@@ -686,8 +722,8 @@ class PvVcpu:
         sregs = self.sregs
         ev = self.events
         in_guest = sregs.cs.dpl == 3 and not (ev.exception.injected or ev.exception.pending)
-        tr = self.domain.trampoline
-        if tr.syscall_stub_va <= self.regs.rip <= tr.syscall_out_end:
+        area = self.area
+        if area.syscall_stub_va <= self.regs.rip <= area.syscall_out_va + 2:
             in_guest = False  # in the SYSCALL stub: back in the guest or out through the port at once
         if not in_guest:
             # Inside a stub or the writer: it reaches an exit or the guest shortly;
@@ -800,6 +836,9 @@ class PvVcpu:
 
     def _resume_to_target(self, args_spent: bool) -> None:
         want_cr3 = self.kernel_cr3 if self.kernel_mode else self.user_cr3
+        if not self.kernel_mode and want_cr3 >> 12 not in self.domain.mmu.user_roots:
+            # First time user space runs on this L4: hide the kernel-data pages from it.
+            self.domain.mmu.user_root(want_cr3 >> 12, self.writes)
         sregs = self.sregs
         dirty_sregs = False
         if self.bases_dirty:
@@ -813,9 +852,6 @@ class PvVcpu:
         if flags != self.gp_flags:   # the mode or the vIOPL changed: tell the #GP fast path
             self.gp_flags = flags
             self.mem.buf[self.gp_flags_gpa] = flags
-        if kernel and self.gs_base_user != self.gp_gs_user:
-            self.gp_gs_user = self.gs_base_user
-            self.mem.q[self.gp_gs_user_gpa >> 3] = self.gs_base_user
         frame = (self.t_rip, self.t_cs, rflags, self.t_rsp, self.t_ss)
         regs = self.regs
         kind = self.exit_kind
@@ -1064,6 +1100,8 @@ class PvVcpu:
         pv.start_context = state.start_context
         pv.setup_cpu(cpuid_entries)
         load_cpu(kvm_vcpu, state.cpu)
+        # LSTAR names this vCPU's own stub (the saved value may be another layout's).
+        kvm_vcpu.set_msrs({0xC0000082: area.syscall_stub_va, 0xC0000083: area.syscall_stub_va})
         pv.cpu_cr3 = state.cpu_cr3
         pv.run_state.restore_online(state.online)
         return pv

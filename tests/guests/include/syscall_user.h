@@ -8,3 +8,4 @@
 #define USER_MAGIC      0x0123456789abcdef
 #define USER_NR_24      24              /* vcpu_op's number: a user one is still the kernel's */
 #define USER_NR_24_ARG  0x7fffffff      /* an id no domain has */
+#define KDATA_VA        0xffff828000000000  /* Hospes' kernel-data slot (261), vCPU 0's page */
