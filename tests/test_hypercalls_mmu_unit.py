@@ -367,3 +367,61 @@ def test_m2p_changes_survive_encoding_and_restore_into_a_fresh_table(dom: FakePv
     assert fresh.get(dom.layout.ram_pages) == INVALID_M2P_ENTRY
     with pytest.raises(StateError):
         fresh.restore(M2PState(changed=((dom.layout.guest_frames, 1),)))
+
+
+# --- the kernel-data slot ----------------------------------------------------------------------
+
+
+def test_an_l4_user_space_runs_on_gets_the_read_only_kernel_data_slot(dom: FakePvDomain, vcpu: FakeVcpu) -> None:
+    """Every validated L4 gets the kernel's variant of the kernel-data slot (the
+    vCPUs' pages, user-writable); the first time user space runs on one, Hospes
+    puts the read-only variant there and queues the entry for the writer, so KVM
+    drops its shadow of the writable one. Validating the frame again (after it
+    lost its type) brings the kernel's variant back."""
+    from hospes.pv.layout import SLOT_KDATA
+
+    mmu = dom.mmu
+    kernel_entry = dom.trampoline.l4_entries[SLOT_KDATA]
+    user_entry = mmu.kdata_user_entry
+    assert user_entry and kernel_entry and user_entry != kernel_entry
+    frame = FREE_FRAME + 9
+    slot = (frame << 12) + SLOT_KDATA * 8
+    writes: list[tuple[int, int]] = []
+    with mmu.lock:
+        mmu.get_type(frame, 4, writes)                    # an empty L4, validated
+    assert dom.mem.q[slot >> 3] == kernel_entry
+    writes.clear()
+    mmu.user_root(frame, writes)
+    assert dom.mem.q[slot >> 3] == user_entry and writes == [(slot, user_entry)]
+    writes.clear()
+    mmu.user_root(frame, writes)                          # once per frame
+    assert writes == []
+    with mmu.lock:
+        mmu.put_type(frame, writes)
+        mmu.get_type(frame, 4, writes)
+    assert dom.mem.q[slot >> 3] == kernel_entry and frame not in mmu.user_roots
+    # a frame that is no L4 in use is never written
+    other = FREE_FRAME + 10
+    mmu.user_root(other, writes)
+    assert dom.mem.q[((other << 12) + SLOT_KDATA * 8) >> 3] == 0 and other not in mmu.user_roots
+
+
+def test_the_context_switch_state_lives_in_the_kernel_data_page(vcpu: FakeVcpu) -> None:
+    """stack_switch and set_segment_base(SEGBASE_GS_USER) land in the vCPU's
+    kernel-data page, where the SYSCALL stub stores them too; what the guest
+    kernel may have written there itself is read back as the hypercalls would
+    have checked it."""
+    from hospes.pv import layout as L
+
+    q = vcpu.mem.q
+    kd = vcpu.area.kdata_gpa >> 3
+    assert q[kd + L.KD_MAGIC // 8] == L.KD_MAGIC_VALUE
+    assert vcpu.hypercall(Hypercall.stack_switch, 0x18, 0xFFFF888000123000) == 0
+    assert vcpu.hypercall(Hypercall.set_segment_base, 1, 0x7F0000001000) == 0
+    assert q[kd + L.KD_KERNEL_SP // 8] == 0xFFFF888000123000 and vcpu.kernel_sp == 0xFFFF888000123000
+    assert vcpu.kernel_ss == 0x1B                         # RPL 3, as Xen's fixup_guest_stack_selector
+    assert q[kd + L.KD_GS_USER // 8] == 0x7F0000001000 and vcpu.gs_base_user == 0x7F0000001000
+    q[kd + L.KD_GS_USER // 8] = 0x0000800000000000         # the guest kernel wrote a non-canonical base
+    assert vcpu.gs_base_user == 0
+    q[kd + L.KD_KERNEL_SS // 8] = 0xFFFF_FFFF_0010
+    assert vcpu.kernel_ss == 0x13
