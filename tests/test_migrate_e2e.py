@@ -208,26 +208,36 @@ def start_counter(d: Hospesd, name: str, with_disk: bool = True) -> int:
     same console meanwhile may surround the echoed pid (seen once), so the pid is
     the output's last line that is a number."""
     out = run(d, name, COUNTER if with_disk else COUNTER_NO_DISK)
-    pids = [ln.strip() for ln in out.splitlines() if ln.strip().isdigit()]
-    assert pids, f"no pid in {out!r}"
-    return int(pids[-1])
+    pid = _last_number(out)
+    assert pid is not None, f"no pid in {out!r}"
+    return pid
+
+
+def _last_number(out: str) -> int | None:
+    """The output's last line that is a number: a kernel message on the shared console
+    may come with it."""
+    numbers = [ln.strip() for ln in out.splitlines() if ln.strip().lstrip("-").isdigit()]
+    return int(numbers[-1]) if numbers else None
 
 
 def count(d: Hospesd, name: str) -> int:
-    out = run(d, name, "cat /tmp/count 2>/dev/null || echo -1").strip()
-    return int(out) if out.lstrip("-").isdigit() else -1
+    n = _last_number(run(d, name, "cat /tmp/count 2>/dev/null || echo -1"))
+    return -1 if n is None else n
 
 
+# The counter rewrites /tmp/count every 0.2 s (truncate, then write): a read in
+# between finds it empty, so the guest-side check treats "" as not yet counted on.
 def assert_counter_goes_on(d: Hospesd, name: str, pid: int, before: int) -> None:
     """The same process is alive there and counts on past ``before`` (polled in the guest, 15 s at most)."""
     r = d.cli("exec", name, f"kill -0 {pid} || exit 3; t=0; "
-                            f"until [ \"$(cat /tmp/count)\" -gt {before} ]; do "
-                            "t=$((t+1)); [ $t -gt 150 ] && exit 4; usleep 100000; done; cat /tmp/count",
+                            f"until c=$(cat /tmp/count); [ \"${{c:-0}}\" -gt {before} ]; do "
+                            "t=$((t+1)); [ $t -gt 150 ] && exit 4; usleep 100000; done; echo $c",
               timeout=120)
     out = r.stdout.decode(errors="replace")
     assert r.returncode == 0, (f"counter {pid} on {name}: exit {r.returncode} (3: gone, 4: stopped at "
                                f"{before})", out, r.stderr.decode(errors="replace"))
-    assert int(out.strip()) > before
+    n = _last_number(out)
+    assert n is not None and n > before, out
 
 
 # --- migration commands --------------------------------------------------------------------------
