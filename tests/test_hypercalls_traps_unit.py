@@ -344,3 +344,24 @@ def test_an_upcall_that_interrupts_a_hypercall_shows_flat_kernel_cs64(vcpu: Fake
     assert vcpu.t_rip == HANDLER                                # the upcall was bounced
     rcx, r11, rip, cs, rflags, rsp, ss = struct.unpack("<7Q", vcpu.read(vcpu.t_rsp, 56))
     assert (rip, cs & 0xFFFF, ss) == (HANDLER + 0x40, abi.FLAT_KERNEL_CS & ~3, abi.FLAT_KERNEL_SS)
+
+
+def test_a_fault_in_the_syscall_stub_serves_the_hypercall_the_plain_way(vcpu: FakeVcpu) -> None:
+    """A guest root without the kernel-data slot (an older Hospes' save) makes the
+    SYSCALL stub's read of its page a #PF at the stub: the hypercall is then served
+    as if the stub had gone out through its port, from the SYSCALL's registers."""
+    from hospes.pv.trampoline import RSP0_FROM_TOP
+
+    area, regs = vcpu.area, vcpu.regs
+    rsp = area.stack_top - RSP0_FROM_TOP - 7 * 8            # the #PF stub pushed (vector, error) below the frame
+    vcpu.mem.write(area.gpa_of(rsp), struct.pack(
+        "<7Q", 14, 0, area.syscall_stub_va + 0x4D, abi.FLAT_KERNEL_CS, 0x202, STACK_TOP - 0x80, abi.FLAT_KERNEL_SS))
+    regs.rsp = rsp
+    vcpu.sregs.cs.selector, vcpu.sregs.cs.dpl = abi.HYPERVISOR_CS, 0     # in the ring-0 #PF stub
+    regs.rax, regs.rdi, regs.rsi = int(Hypercall.stack_switch), 0x18, 0xFFFF_8880_0123_4000
+    regs.rcx, regs.r11 = HANDLER + 0x40, 0x202
+    vcpu._on_exception()
+    assert vcpu.stats.get("stub_fault") == 1 and vcpu.kernel_sp == 0xFFFF_8880_0123_4000
+    assert regs.rax == 0 and (vcpu.t_rip, vcpu.t_rsp) == (HANDLER + 0x40, STACK_TOP - 0x80)
+    # back in the guest kernel after its SYSCALL, as from the stub's port
+    assert regs.rip == HANDLER + 0x40 and vcpu.sregs.cs.selector == abi.FLAT_KERNEL_CS
