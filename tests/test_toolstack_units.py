@@ -279,8 +279,21 @@ def test_an_abandoned_long_command_leaves_a_usable_shell() -> None:
     import time
 
     master, slave = pty.openpty()
+
+    def as_a_console_shell() -> None:
+        import fcntl
+        import signal
+        import termios
+
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        # ^C must reach the shell's children, as on a guest console: a pytest started
+        # in the background by a non-interactive shell has SIGINT ignored, and an
+        # ignored or blocked signal is inherited (dash then ignores it for good).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
     proc = subprocess.Popen(["sh", "-i"], stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
-                            preexec_fn=lambda: __import__("fcntl").ioctl(0, __import__("termios").TIOCSCTTY, 0))
+                            preexec_fn=as_a_console_shell)
     os.close(slave)
 
     def pump(m: MarkerRun, until: Callable[[], bool], timeout: float = 30.0) -> bytes:
