@@ -365,3 +365,25 @@ def test_a_fault_in_the_syscall_stub_serves_the_hypercall_the_plain_way(vcpu: Fa
     assert regs.rax == 0 and (vcpu.t_rip, vcpu.t_rsp) == (HANDLER + 0x40, STACK_TOP - 0x80)
     # back in the guest kernel after its SYSCALL, as from the stub's port
     assert regs.rip == HANDLER + 0x40 and vcpu.sregs.cs.selector == abi.FLAT_KERNEL_CS
+
+
+def test_a_fault_in_the_syscall_stub_from_user_space_is_its_own_page_fault(vcpu: FakeVcpu) -> None:
+    """User space may jump into the stub (its page is user-executable) and fault on
+    the kernel-data store: that is a #PF for the guest kernel, never a hypercall."""
+    from hospes.pv.trampoline import RSP0_FROM_TOP
+
+    area, regs = vcpu.area, vcpu.regs
+    vcpu.kernel_mode = False
+    vcpu.kernel_sp = STACK_TOP
+    vcpu.trap_table[14] = (0, HANDLER)
+    rsp = area.stack_top - RSP0_FROM_TOP - 7 * 8
+    fault_rip = area.syscall_stub_va + 0x53
+    vcpu.mem.write(area.gpa_of(rsp), struct.pack(
+        "<7Q", 14, 7, fault_rip, abi.FLAT_USER_CS, 0x202, 0x7FFF_0000_1000, abi.FLAT_USER_SS))
+    regs.rsp = rsp
+    vcpu.sregs.cs.selector, vcpu.sregs.cs.dpl = abi.HYPERVISOR_CS, 0
+    regs.rax, regs.rdi, regs.rsi = int(Hypercall.stack_switch), 0x18, 0x1234
+    vcpu._on_exception()
+    assert "stub_fault" not in vcpu.stats and vcpu.stats.get("trap:14") == 1
+    assert vcpu.kernel_sp == STACK_TOP and vcpu.kernel_mode       # no stack_switch; bounced to the kernel
+    assert vcpu.t_rip == HANDLER

@@ -653,10 +653,12 @@ class PvVcpu:
             self.kvm.mark_dirty(regs=True)
             return
         area = self.area
-        if vec == 14 and area.syscall_stub_va <= rip < area.syscall_stub_end:
+        if vec == 14 and self.kernel_mode and area.syscall_stub_va <= rip < area.syscall_stub_end:
             # The SYSCALL stub could not read its kernel-data page (a root without the
             # slot, e.g. from an older Hospes' save): the hypercall goes the plain way,
             # its registers as the SYSCALL left them (the stub had only used RDX).
+            # Only for the guest kernel: user space jumping into the stub's store gets
+            # its #PF like any other, never a hypercall.
             regs = self.regs
             self.t_rip, self.t_cs, self.t_rflags = regs.rcx, abi.FLAT_KERNEL_CS, regs.r11
             self.t_rsp, self.t_ss = ersp, abi.FLAT_KERNEL_SS
