@@ -394,12 +394,28 @@ def test_an_l4_user_space_runs_on_gets_the_read_only_kernel_data_slot(dom: FakeP
     mmu.user_root(frame, writes)
     assert dom.mem.q[slot >> 3] == user_entry and writes == [(slot, user_entry)]
     writes.clear()
-    mmu.user_root(frame, writes)                          # once per frame
-    assert writes == []
+    # Another vCPU's first return to user space on it: the entry is already the user
+    # variant in memory, but its writer must still store it (KVM's shadow may be stale).
+    mmu.user_root(frame, writes)
+    assert writes == [(slot, user_entry)] and dom.mem.q[slot >> 3] == user_entry
+    writes.clear()
     with mmu.lock:
         mmu.put_type(frame, writes)
         mmu.get_type(frame, 4, writes)
     assert dom.mem.q[slot >> 3] == kernel_entry and frame not in mmu.user_roots
+    # a vCPU returning to user space converts a root once, and again after it was validated again
+    vcpu.kernel_mode, vcpu.user_cr3 = False, frame << 12
+    vcpu.writes.clear()
+    vcpu._resume_to_target(False)
+    assert dom.mem.q[slot >> 3] == user_entry and frame in vcpu.user_roots
+    vcpu.writes.clear()
+    vcpu._resume_to_target(False)
+    assert vcpu.writes == []
+    with mmu.lock:
+        mmu.put_type(frame, writes)
+        mmu.get_type(frame, 4, writes)
+    vcpu._resume_to_target(False)
+    assert dom.mem.q[slot >> 3] == user_entry
     # a frame that is no L4 in use is never written
     other = FREE_FRAME + 10
     mmu.user_root(other, writes)

@@ -323,14 +323,22 @@ class PvMmu:
     def user_root(self, frame: int, writes: Writes) -> None:
         """Make L4 ``frame`` fit to run guest user space on: its kernel-data slot
         then maps the read-only page of zeros, so user space can neither write
-        the vCPUs' kernel-data pages nor see them (hospes.pv.trampoline). Once per
-        frame until it is validated again, which puts the kernel's variant back."""
+        the vCPUs' kernel-data pages nor see them (hospes.pv.trampoline). The
+        entry is queued for the caller's writer even when another vCPU changed it
+        already: that vCPU's writer may not have run yet, and until a guest-mode
+        store reaches the entry KVM may still use its shadow of the writable
+        variant. Each vCPU calls this once per frame (``PvVcpu.user_roots``)
+        until the frame is validated again, which puts the kernel's variant back
+        and drops it from :attr:`user_roots`."""
         with self.lock:
             if self.type.get(frame) != 4 or not self.count.get(frame):
                 return   # not an L4 in use: nothing runs on it (Hospes loads only typed roots)
-            gpa = (frame << 12) + SLOT_KDATA * 8
-            if self.kdata_user_entry and self.q[gpa >> 3] != self.kdata_user_entry:
-                self.store(writes, gpa, self.kdata_user_entry)
+            if self.kdata_user_entry:
+                gpa = (frame << 12) + SLOT_KDATA * 8
+                if self.q[gpa >> 3] != self.kdata_user_entry:
+                    self.store(writes, gpa, self.kdata_user_entry)
+                else:
+                    writes.append((gpa, self.kdata_user_entry))
             self.user_roots.add(frame)
 
     def _validate(self, frame: int, level: int, writes: Writes) -> None:

@@ -181,6 +181,7 @@ class PvVcpu:
     kvm_counters: dict[str, int]
     cpu: ThreadCpu | None
     gp_flags: int
+    user_roots: set[int]
     mem: "GuestMemory"
     virt: "GuestVirt"
     thread: threading.Thread | None
@@ -298,6 +299,7 @@ class PvVcpu:
         self.t_ss = abi.FLAT_KERNEL_SS
         self.exit_kind = "start"
         self.gp_flags = -1          # what the #GP fast path's flags byte says (-1: not yet written)
+        self.user_roots: set[int] = set()   # L4s this vCPU made fit for user space (PvMmu.user_root)
         self.stats: dict[str, int] = {}
         self.kvm_counters: dict[str, int] = {}   # KVM's own, read when the loop ends (Vcpu.counters)
         self.cpu: ThreadCpu | None = None        # this thread's time by owner, read then too
@@ -838,9 +840,13 @@ class PvVcpu:
 
     def _resume_to_target(self, args_spent: bool) -> None:
         want_cr3 = self.kernel_cr3 if self.kernel_mode else self.user_cr3
-        if not self.kernel_mode and want_cr3 >> 12 not in self.domain.mmu.user_roots:
-            # First time user space runs on this L4: hide the kernel-data pages from it.
-            self.domain.mmu.user_root(want_cr3 >> 12, self.writes)
+        if not self.kernel_mode:
+            root = want_cr3 >> 12
+            if root not in self.user_roots or root not in self.domain.mmu.user_roots:
+                # First time user space runs on this L4 here (or since it was validated
+                # again): hide the kernel-data pages from it, through this vCPU's writer.
+                self.domain.mmu.user_root(root, self.writes)
+                self.user_roots.add(root)
         sregs = self.sregs
         dirty_sregs = False
         if self.bases_dirty:
