@@ -86,7 +86,7 @@ def load_guest_context(mmu: "PvMmu", ram_pages: int, target: "PvVcpu", ctx: byte
     if syscall_cb:
         target.callbacks[abi.CALLBACKTYPE_syscall] = (
             syscall_cb, abi.CALLBACKF_mask_events if flags & VGCF_syscall_disables_events else 0)
-    target.kernel_ss = (kernel_ss & 0xFFFF) | 3
+    target.kernel_ss = kernel_ss     # RPL 3 when read: PvVcpu.kernel_ss
     target.kernel_sp = kernel_sp
     target.kernel_mode = in_kernel
     target.fs_base = fs_base

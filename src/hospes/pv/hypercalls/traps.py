@@ -72,7 +72,7 @@ def set_callbacks(vcpu: PvVcpu, event: int, failsafe: int, syscall: int, *_: int
 
 
 def stack_switch(vcpu: PvVcpu, ss: int, sp: int, *_: int) -> int:
-    vcpu.kernel_ss = (ss & 0xFFFF) | 3
+    vcpu.kernel_ss = ss     # RPL 3 when read (Xen's fixup_guest_stack_selector): PvVcpu.kernel_ss
     vcpu.kernel_sp = sp
     return 0
 
